@@ -1,0 +1,34 @@
+# flexispeech — the two commands a fresh machine needs:
+#   make demo   install, then run the main job on the offline default
+#   make test   install, then run the test suite
+# Everything is installed into $(VENV); torch is pinned to the CPU wheel we test with.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= dev,offline
+PYTEST_ARGS ?=
+
+.PHONY: install test test-slow demo system-deps clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	touch $@
+
+install: $(VENV)/.installed
+
+test: install
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+test-slow: install
+	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
+
+demo: install
+	$(PY) examples/core_demo.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,62 @@
+"""The ``flexispeech`` command line: one subcommand per module in ``flexispeech.commands``.
+
+Each command module defines ``HELP`` (one line), ``add_arguments(parser)`` and
+``run(args) -> int``. Modules import their heavy dependencies inside ``run`` so that
+``flexispeech --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from flexispeech import __version__
+from flexispeech.errors import FlexispeechError
+
+# name -> module; the order is the order of `flexispeech --help`.
+COMMANDS: dict[str, str] = {
+    "info": "flexispeech.commands.info",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with every registered subcommand."""
+    parser = argparse.ArgumentParser(
+        prog="flexispeech",
+        description="Input-adaptive LoRA (Flexi-LoRA) for speech models: adapters whose rank "
+        "is routed per utterance from its complexity (duration, SNR, decoder confidence).",
+    )
+    parser.add_argument("--version", action="version", version=f"flexispeech {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name in COMMANDS.items():
+        module = importlib.import_module(module_name)
+        cmd = sub.add_parser(name, help=module.HELP, description=module.HELP)
+        module.add_arguments(cmd)
+        cmd.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``flexispeech`` console script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except FlexispeechError as err:
+        if args.debug:
+            raise
+        print(f"flexispeech {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"flexispeech {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
