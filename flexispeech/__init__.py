@@ -1,3 +1,69 @@
-"""flexispeech: input-adaptive LoRA (Flexi-LoRA) for speech and text models."""
+"""flexispeech: input-adaptive LoRA (Flexi-LoRA) for speech and text models.
+
+The names a user imports::
+
+    from flexispeech import FlexiLoraConfig, inject, use_ranks, ThresholdRouter
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+from flexispeech.lora import (  # noqa: E402  (after __version__, which lora.io reads)
+    AdapterParameters,
+    FixedRouter,
+    FlexiLoraConfig,
+    FlexiLoraLinear,
+    LearnedRouter,
+    RandomRouter,
+    ThresholdRouter,
+    attach_router,
+    count_parameters,
+    export_peft,
+    inject,
+    load_adapter,
+    merge,
+    remove,
+    route,
+    save_adapter,
+    use_ranks,
+)
+
+if TYPE_CHECKING:
+    from flexispeech.models.sources import pretrained_path
+
+# Heavier entry points load on first use, so `import flexispeech` stays light.
+_LAZY = {"pretrained_path": "flexispeech.models.sources"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'flexispeech' has no attribute {name!r}")
+
+
+__all__ = [
+    "AdapterParameters",
+    "FixedRouter",
+    "FlexiLoraConfig",
+    "FlexiLoraLinear",
+    "LearnedRouter",
+    "RandomRouter",
+    "ThresholdRouter",
+    "__version__",
+    "attach_router",
+    "count_parameters",
+    "export_peft",
+    "inject",
+    "load_adapter",
+    "merge",
+    "pretrained_path",
+    "remove",
+    "route",
+    "save_adapter",
+    "use_ranks",
+]

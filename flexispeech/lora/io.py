@@ -1,0 +1,172 @@
+"""Adapter files: our own format (PEFT-style layout) and an export to a plain PEFT adapter.
+
+Directory layout written by ``save_adapter``::
+
+    adapter_config.json        {"format": "flexispeech-adapter", "config": ..., "layers": ...}
+    adapter_model.safetensors  "<layer>.lora_A" [r_max, in], "<layer>.lora_B" [out, r_max]
+    router.json                the attached router (when there is one)
+
+Every file is written to a temporary name and renamed, so an interrupted save never
+leaves a half-written file under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from flexispeech import __version__
+from flexispeech.errors import ConfigError, FlexispeechError
+from flexispeech.lora.config import FlexiLoraConfig
+from flexispeech.lora.inject import attach_router, check_ranks, flexi_layers, get_state, inject
+from flexispeech.lora.router import router_from_dict
+
+CONFIG_NAME = "adapter_config.json"
+WEIGHTS_NAME = "adapter_model.safetensors"
+ROUTER_NAME = "router.json"
+FORMAT = "flexispeech-adapter"
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as indented JSON to ``path`` atomically."""
+    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+
+
+def save_adapter(model: nn.Module, directory: str | Path) -> Path:
+    """Save the adapter weights, its config and the attached router into ``directory``."""
+    state = get_state(model)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    layers = flexi_layers(model)
+    tensors: dict[str, torch.Tensor] = {}
+    for name, layer in layers:
+        tensors[f"{name}.lora_A"] = layer.lora_A.detach().contiguous().cpu()
+        tensors[f"{name}.lora_B"] = layer.lora_B.detach().contiguous().cpu()
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    router_path = directory / ROUTER_NAME
+    if state.router is not None:
+        write_json(router_path, state.router.to_dict())
+    elif router_path.exists():
+        router_path.unlink()  # a stale router from an earlier save must not come back
+    write_json(
+        directory / CONFIG_NAME,
+        {
+            "format": FORMAT,
+            "flexispeech_version": __version__,
+            "config": state.config.to_dict(),
+            "layers": {name: [layer.in_features, layer.out_features] for name, layer in layers},
+        },
+    )
+    return directory
+
+
+def read_adapter_config(directory: str | Path) -> dict[str, Any]:
+    """The parsed ``adapter_config.json`` of a saved adapter, validated."""
+    path = Path(directory) / CONFIG_NAME
+    if not path.is_file():
+        raise FlexispeechError(f"{directory}: not a flexispeech adapter (no {CONFIG_NAME})")
+    try:
+        data = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err})") from None
+    if data.get("format") != FORMAT:
+        raise ConfigError(f"{path}: not a flexispeech adapter config (format {data.get('format')!r})")
+    return data
+
+
+def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
+    """Load a saved adapter into ``model``: injects it with the saved config when the model
+    has no adapter yet, and checks every layer name and shape (a mismatch names the layer
+    and both shapes, e.g. an adapter saved for another base model). Returns ``model``."""
+    directory = Path(directory)
+    data = read_adapter_config(directory)
+    config = FlexiLoraConfig.from_dict(data["config"])
+    weights_path = directory / WEIGHTS_NAME
+    if not weights_path.is_file():
+        raise FlexispeechError(f"{directory}: adapter has no {WEIGHTS_NAME}")
+    try:
+        tensors = load_file(str(weights_path))
+    except Exception as err:  # safetensors raises its own error types for corrupt files
+        raise FlexispeechError(f"{weights_path}: cannot read adapter weights ({err})") from None
+    try:
+        state = get_state(model)
+    except FlexispeechError:
+        inject(model, config)
+    else:
+        if state.config.r_max != config.r_max:
+            raise ConfigError(
+                f"{directory}: adapter has r_max={config.r_max} but the model's adapter has r_max={state.config.r_max}"
+            )
+    layers = dict(flexi_layers(model))
+    missing = sorted(set(data["layers"]) - set(layers))
+    if missing:
+        raise FlexispeechError(f"{directory}: adapter layers not in this model: {missing[:5]} (saved for another base model?)")
+    with torch.no_grad():
+        for name, layer in layers.items():
+            if name not in data["layers"]:
+                raise FlexispeechError(f"{directory}: adapter has no weights for layer {name}")
+            for part in ("lora_A", "lora_B"):
+                src = tensors[f"{name}.{part}"]
+                dst = getattr(layer, part)
+                if src.shape != dst.shape:
+                    raise FlexispeechError(
+                        f"{directory}: {name}.{part} has shape {tuple(src.shape)} but the model needs "
+                        f"{tuple(dst.shape)} (adapter saved for another base model?)"
+                    )
+                dst.copy_(src)
+    router_path = directory / ROUTER_NAME
+    if router_path.is_file():
+        attach_router(model, router_from_dict(json.loads(router_path.read_text())))
+    return model
+
+
+def export_peft(model: nn.Module, directory: str | Path, rank: int, base_model_name_or_path: str | None = None) -> Path:
+    """Write a standard PEFT LoRA adapter at fixed ``rank``.
+
+    ``peft.PeftModel.from_pretrained(base, directory)`` then reproduces this model's
+    outputs under ``use_ranks(model, rank)``: the weights are ``A[:rank]``, ``B[:, :rank]``
+    and ``lora_alpha`` is chosen so that PEFT's ``alpha / r`` equals our ``scale(rank)``.
+    """
+    from peft import LoraConfig  # imported here: peft is only needed for this export
+
+    state = get_state(model)
+    check_ranks(state.config, [rank])
+    if rank == 0:
+        raise ConfigError("export_peft: rank 0 is the base model; PEFT adapters need rank >= 1")
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    layers = flexi_layers(model)
+    peft_config = LoraConfig(
+        r=rank,
+        lora_alpha=state.config.scale(rank) * rank,
+        target_modules=[name for name, _ in layers],
+        lora_dropout=state.config.dropout,
+        bias="none",
+        base_model_name_or_path=base_model_name_or_path or state.config.metadata.get("base_model"),
+    )
+    peft_config.save_pretrained(str(directory))
+    tensors = {}
+    for name, layer in layers:
+        tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[:rank].detach().contiguous().cpu()
+        tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[:, :rank].detach().contiguous().cpu()
+    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    return directory

@@ -1,0 +1,49 @@
+"""Parameter accounting: the method's "fewer active parameters" axis."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from flexispeech.lora.inject import check_ranks, flexi_layers, get_state
+
+
+@dataclass(frozen=True)
+class AdapterParameters:
+    """Adapter parameter counts of one model.
+
+    ``total`` is every adapter parameter (rank r_max); ``per_rank[r]`` is what an example
+    at rank r uses; ``active_mean`` is the mean over the given rank distribution (None
+    when no distribution was given).
+    """
+
+    total: int
+    per_rank: dict[int, int]
+    active_mean: float | None = None
+
+
+def count_parameters(
+    model: nn.Module, ranks: Sequence[int] | torch.Tensor | Mapping[int, float] | None = None
+) -> AdapterParameters:
+    """Count adapter parameters; with ``ranks`` (per-example ranks, or ``{rank: weight}``)
+    also the average active adapter parameters per example."""
+    state = get_state(model)
+    per_unit = sum(layer.in_features + layer.out_features for _, layer in flexi_layers(model))
+    per_rank = {r: r * per_unit for r in state.config.ranks}
+    active = None
+    if ranks is not None:
+        if isinstance(ranks, Mapping):
+            weights = {int(r): float(w) for r, w in ranks.items()}
+        else:
+            values = torch.as_tensor(ranks).reshape(-1).tolist()
+            weights = dict(Counter(int(v) for v in values))
+        check_ranks(state.config, list(weights))
+        total_w = sum(weights.values())
+        if total_w <= 0:
+            raise ValueError("count_parameters: the rank distribution is empty")
+        active = sum(per_rank[r] * w for r, w in weights.items()) / total_w
+    return AdapterParameters(total=state.config.r_max * per_unit, per_rank=per_rank, active_mean=active)

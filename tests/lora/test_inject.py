@@ -1,0 +1,165 @@
+"""inject / remove / merge / use_ranks on whole models."""
+
+from __future__ import annotations
+
+import copy
+import threading
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import TinyNet, randomize_adapters
+from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, merge, remove, use_ranks
+from flexispeech.errors import ConfigError, FlexispeechError
+from flexispeech.lora import RankError, adapter_parameters, set_default_rank
+
+
+def test_inject_targets_and_freezes(tiny: TinyNet) -> None:
+    assert isinstance(tiny.q_proj, FlexiLoraLinear) and isinstance(tiny.fc2, FlexiLoraLinear)
+    assert isinstance(tiny.head, nn.Linear) and not isinstance(tiny.head, FlexiLoraLinear)
+    trainable = {n for n, p in tiny.named_parameters() if p.requires_grad}
+    assert trainable == {"q_proj.lora_A", "q_proj.lora_B", "fc2.lora_A", "fc2.lora_B"}
+    assert len(adapter_parameters(tiny)) == 4
+
+
+def test_regex_targets_and_no_match_error() -> None:
+    model = TinyNet()
+    inject(model, FlexiLoraConfig(ranks=(2,), target_modules=r"(q_proj|head)"))
+    assert isinstance(model.head, FlexiLoraLinear) and not isinstance(model.fc2, FlexiLoraLinear)
+    with pytest.raises(ConfigError, match="matched no nn.Linear.*q_proj"):
+        inject(TinyNet(), FlexiLoraConfig(ranks=(2,), target_modules=("nonexistent",)))
+    with pytest.raises(FlexispeechError, match="already has"):
+        inject(model, FlexiLoraConfig(ranks=(2,), target_modules=("fc2",)))
+
+
+def test_remove_restores_base_bit_for_bit(config: FlexiLoraConfig) -> None:
+    torch.manual_seed(0)
+    model = TinyNet()
+    model.head.weight.requires_grad_(False)  # a flag the user set must survive
+    before = copy.deepcopy(model.state_dict())
+    x = torch.randn(2, 3, 6)
+    base_out = model(x)
+    inject(model, config)
+    randomize_adapters(model)
+    with use_ranks(model, [4, 2]):
+        assert not torch.equal(model(x), base_out)
+    remove(model)
+    assert all(type(m) is not FlexiLoraLinear for m in model.modules())
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(model(x), base_out)
+    assert model.head.weight.requires_grad is False and model.q_proj.weight.requires_grad is True
+
+
+@pytest.mark.parametrize("rank", [1, 2, 4])
+def test_merge_equals_unmerged_at_rank(tiny: TinyNet, rank: int) -> None:
+    x = torch.randn(3, 4, 6)
+    with use_ranks(tiny, rank):
+        expected = tiny(x)
+    merge(tiny, rank)
+    assert type(tiny.q_proj) is nn.Linear and type(tiny.fc2) is nn.Linear
+    torch.testing.assert_close(tiny(x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_merge_rejects_unknown_rank(tiny: TinyNet) -> None:
+    with pytest.raises(RankError, match=r"rank\(s\) \[3\] not in the configured ranks"):
+        merge(tiny, 3)
+
+
+def test_per_example_independence(tiny: TinyNet) -> None:
+    x = torch.randn(4, 3, 6)
+    with use_ranks(tiny, [0, 1, 2, 4]):
+        a = tiny(x)
+    with use_ranks(tiny, [0, 4, 2, 1]):  # rows 1 and 3 change rank, rows 0 and 2 do not
+        b = tiny(x)
+    torch.testing.assert_close(a[[0, 2]], b[[0, 2]], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[1], b[1]) and not torch.allclose(a[3], b[3])
+    for n, r in enumerate([0, 1, 2, 4]):  # each row equals that row run alone at its rank
+        with use_ranks(tiny, [r]):
+            torch.testing.assert_close(tiny(x[n : n + 1])[0], a[n], rtol=1e-5, atol=1e-6)
+
+
+def test_repeat_interleave_expansion_gets_each_examples_rank(tiny: TinyNet) -> None:
+    x = torch.randn(2, 3, 6)
+    with use_ranks(tiny, [1, 4]):
+        alone = tiny(x)
+        expanded = tiny(x.repeat_interleave(3, dim=0))  # as beam search with 3 beams
+    for n in range(2):
+        for k in range(3):
+            torch.testing.assert_close(expanded[3 * n + k], alone[n], rtol=1e-5, atol=1e-6)
+
+
+def test_ranks_do_not_leak_to_other_models_or_threads(config: FlexiLoraConfig) -> None:
+    torch.manual_seed(0)
+    first, second = TinyNet(), TinyNet()
+    inject(first, config)
+    inject(second, config)
+    randomize_adapters(first)
+    randomize_adapters(second)
+    x = torch.randn(2, 3, 6)
+    default_second = second(x)  # outside any block: r_max
+    seen_in_thread = []
+    with use_ranks(first, [0, 0]):
+        assert torch.equal(second(x), default_second)
+        thread = threading.Thread(target=lambda: seen_in_thread.append(first(x)))
+        thread.start()
+        thread.join()
+        inside = first(x)
+    with use_ranks(first, 4):
+        at_r_max = first(x)
+    torch.testing.assert_close(seen_in_thread[0], at_r_max)  # the other thread saw r_max
+    with use_ranks(first, 0):
+        torch.testing.assert_close(inside, first(x))
+
+
+def test_nested_contexts_restore(tiny: TinyNet) -> None:
+    x = torch.randn(1, 2, 6)
+    with use_ranks(tiny, 1):
+        outer = tiny(x)
+        with use_ranks(tiny, 4):
+            inner = tiny(x)
+        torch.testing.assert_close(tiny(x), outer)
+    assert not torch.allclose(inner, outer)
+
+
+def test_use_ranks_validation(tiny: TinyNet) -> None:
+    with pytest.raises(RankError, match=r"\[3\] not in"):
+        with use_ranks(tiny, [1, 3]):
+            pass
+    with pytest.raises(RankError, match="integers"):
+        with use_ranks(tiny, torch.tensor([1.0, 2.0])):
+            pass
+    with pytest.raises(FlexispeechError, match="no Flexi-LoRA adapter"):
+        with use_ranks(TinyNet(), 1):
+            pass
+
+
+def test_set_default_rank(tiny: TinyNet) -> None:
+    x = torch.randn(2, 3, 6)
+    set_default_rank(tiny, 1)
+    with use_ranks(tiny, 1):
+        expected = tiny(x)
+    torch.testing.assert_close(tiny(x), expected)
+
+
+def test_deepcopy_keeps_adapters_and_separates_ranks(tiny: TinyNet) -> None:
+    twin = copy.deepcopy(tiny)
+    x = torch.randn(2, 3, 6)
+    with use_ranks(tiny, 4):
+        at_r_max = tiny(x)
+    with use_ranks(tiny, [0, 0]):
+        torch.testing.assert_close(twin(x), at_r_max)  # the copy has its own (empty) slot
+        with use_ranks(twin, 1):
+            at_1 = twin(x)
+        assert not torch.allclose(tiny(x), at_1) and not torch.allclose(at_1, at_r_max)
+
+
+def test_torch_compile_full_graph(tiny: TinyNet) -> None:
+    torch._dynamo.reset()
+    compiled = torch.compile(tiny, fullgraph=True, backend="eager")
+    x = torch.randn(3, 2, 6)
+    for ranks in ([0, 1, 4], [4, 4, 2], [0, 0, 0]):
+        with use_ranks(tiny, ranks):
+            expected = tiny(x)
+            torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
