@@ -1,0 +1,235 @@
+"""The on-disk corpus format every ``prepare_<corpus>()`` writes and every trainer reads.
+
+A corpus is a directory::
+
+    corpus_dir/
+      corpus.json          name, rows per split, hours, info; written last = completion marker
+      dataset/             a datasets.DatasetDict (save_to_disk), one Dataset per split
+      audio/...            the audio files (any layout; rows point at them)
+
+Each row has at least :data:`REQUIRED_COLUMNS`. ``audio`` is a path *relative to the corpus
+directory*, so a corpus can be moved or copied as a whole. Extra columns are allowed
+(``voice``, ``engine``, ``snr_db`` with NaN for clean audio, ``noise_type``,
+``reverb_rt60``, ``seen_voice``, cached signals, ...).
+
+Why ``audio`` is a plain string column and not ``datasets.Audio(decode=False)``: with
+datasets 5.x, casting to ``Audio(decode=False)`` resolves the path against the current
+working directory, and ``save_to_disk`` then embeds every file's bytes into the Arrow table
+and keeps only the file's base name. That doubles the corpus on disk and loses the relative
+layout (two ``0001.wav`` in different folders would collide). Decoding with ``Audio(decode=True)``
+needs torchcodec, which we do not use. So rows keep the relative path as a string and
+:func:`load_row_audio` decodes it with soundfile.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from flexispeech.errors import FlexispeechError
+
+REQUIRED_COLUMNS = ("id", "audio", "text", "duration", "speaker", "split")
+SPLIT_ORDER = ("train", "validation", "test")  # listed first, in this order; others follow
+MARKER = "corpus.json"
+DATASET_DIR = "dataset"
+FORMAT_VERSION = 1
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so a reader never sees a half-written file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _check_row(row: Mapping[str, Any], out_dir: Path, index: int) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in row]
+    if missing:
+        raise FlexispeechError(f"{out_dir}: row {index} ({row.get('id', '?')}) lacks columns {missing}")
+    audio = str(row["audio"])
+    if os.path.isabs(audio):
+        raise FlexispeechError(
+            f"{out_dir}: row {row['id']}: audio path {audio!r} is absolute; it must be relative "
+            "to the corpus directory so the corpus stays relocatable"
+        )
+    if not (out_dir / audio).is_file():
+        raise FlexispeechError(f"{out_dir / audio}: audio file of row {row['id']} does not exist")
+    if not isinstance(row["split"], str) or not row["split"]:
+        raise FlexispeechError(f"{out_dir}: row {row['id']}: split must be a non-empty string")
+
+
+def _ordered_splits(names: Iterable[str]) -> list[str]:
+    names = set(names)
+    return [s for s in SPLIT_ORDER if s in names] + sorted(names - set(SPLIT_ORDER))
+
+
+def _save_dataset_dict(dataset_dict: Any, out_dir: Path) -> None:
+    """Save ``dataset_dict`` to ``out_dir/dataset`` by writing a sibling and swapping it in."""
+    final = out_dir / DATASET_DIR
+    tmp = out_dir / f".{DATASET_DIR}.tmp{os.getpid()}"
+    old = out_dir / f".{DATASET_DIR}.old{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    dataset_dict.save_to_disk(str(tmp))
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _summary(dataset_dict: Any, name: str, info: dict | None) -> dict:
+    splits, hours = {}, {}
+    for split, ds in dataset_dict.items():
+        splits[split] = len(ds)
+        hours[split] = round(float(np.sum(ds["duration"])) / 3600.0, 4) if len(ds) else 0.0
+    return {
+        "name": name,
+        "format_version": FORMAT_VERSION,
+        "splits": splits,
+        "hours": round(sum(hours.values()), 4),
+        "hours_per_split": hours,
+        "columns": list(next(iter(dataset_dict.values())).column_names) if splits else [],
+        "info": info or {},
+    }
+
+
+def write_corpus(
+    rows: Iterable[dict], out_dir: Path, *, name: str, info: dict | None = None
+) -> Path:
+    """Write ``rows`` as a corpus in ``out_dir`` (whose audio files must already be there).
+
+    Rows are grouped by their ``split`` value into a ``datasets.DatasetDict`` saved to
+    ``out_dir/dataset``; ``out_dir/corpus.json`` is written last, atomically, and marks the
+    corpus complete. Rows may carry extra columns; a column missing from some rows is None
+    there.
+
+    Returns:
+        ``out_dir``.
+
+    Raises:
+        FlexispeechError: no rows, a required column is missing, an audio path is absolute
+            or points at no file.
+    """
+    import datasets
+
+    out_dir = Path(out_dir)
+    rows = [dict(r) for r in rows]
+    if not rows:
+        raise FlexispeechError(f"{out_dir}: no rows to write; a corpus needs at least one utterance")
+    columns: list[str] = list(REQUIRED_COLUMNS)
+    for i, row in enumerate(rows):
+        _check_row(row, out_dir, i)
+        columns += [k for k in row if k not in columns]
+    marker = out_dir / MARKER
+    marker.unlink(missing_ok=True)  # a rewrite in progress must not look complete
+    by_split: dict[str, list[dict]] = {}
+    for row in rows:
+        by_split.setdefault(row["split"], []).append({c: row.get(c) for c in columns})
+    dataset_dict = datasets.DatasetDict(
+        {s: datasets.Dataset.from_list(by_split[s]) for s in _ordered_splits(by_split)}
+    )
+    _save_dataset_dict(dataset_dict, out_dir)
+    _atomic_write_text(marker, json.dumps(_summary(dataset_dict, name, info), indent=2) + "\n")
+    return out_dir
+
+
+def read_corpus_info(corpus_dir: Path) -> dict:
+    """The parsed ``corpus.json`` of ``corpus_dir`` (raises if it is not a corpus)."""
+    corpus_dir = Path(corpus_dir)
+    marker = corpus_dir / MARKER
+    if not marker.is_file():
+        raise FlexispeechError(
+            f"{corpus_dir}: not a flexispeech corpus (no {MARKER}); build one with "
+            "`flexispeech prepare NAME --out DIR`, or the build was interrupted: re-run it"
+        )
+    try:
+        return json.loads(marker.read_text())
+    except json.JSONDecodeError as err:
+        raise FlexispeechError(f"{marker}: not valid JSON ({err})") from None
+
+
+def is_corpus(corpus_dir: Path) -> bool:
+    """Whether ``corpus_dir`` holds a complete corpus (its ``corpus.json`` exists)."""
+    return (Path(corpus_dir) / MARKER).is_file()
+
+
+def load_corpus(corpus_dir: Path, split: str | None = None) -> Any:
+    """Load the corpus in ``corpus_dir``: the whole ``DatasetDict``, or one split's ``Dataset``.
+
+    Raises:
+        FlexispeechError: ``corpus_dir`` has no ``corpus.json``, or ``split`` does not exist
+            (the message lists the splits that do).
+    """
+    import datasets
+
+    corpus_dir = Path(corpus_dir)
+    read_corpus_info(corpus_dir)
+    dataset_dict = datasets.load_from_disk(str(corpus_dir / DATASET_DIR))
+    if split is None:
+        return dataset_dict
+    if split not in dataset_dict:
+        raise FlexispeechError(
+            f"{corpus_dir}: no split {split!r}; available: {', '.join(dataset_dict.keys())}"
+        )
+    return dataset_dict[split]
+
+
+def audio_path(corpus_dir: Path, row: Mapping[str, Any]) -> Path:
+    """The absolute path of ``row``'s audio file (rows store it relative to ``corpus_dir``)."""
+    return Path(corpus_dir) / str(row["audio"])
+
+
+def load_row_audio(corpus_dir: Path, row: Mapping[str, Any], sample_rate: int = 16_000) -> np.ndarray:
+    """Decode ``row``'s audio to mono float32 samples [T] at ``sample_rate``."""
+    from flexispeech.audio import load_audio
+
+    return load_audio(audio_path(corpus_dir, row), sample_rate=sample_rate)
+
+
+def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> None:
+    """Add (or replace) ``columns`` in ``split`` of the corpus, e.g. cached signals.
+
+    Each list must have one value per row of the split, in row order. The dataset is
+    rewritten beside the old one and swapped in, then ``corpus.json`` is refreshed, so an
+    interruption leaves the previous corpus intact.
+
+    Raises:
+        FlexispeechError: not a corpus, unknown split, a column of the wrong length, or an
+            attempt to replace a required column.
+    """
+    import datasets
+
+    corpus_dir = Path(corpus_dir)
+    info = read_corpus_info(corpus_dir)
+    dataset_dict = load_corpus(corpus_dir)
+    if split not in dataset_dict:
+        raise FlexispeechError(
+            f"{corpus_dir}: no split {split!r}; available: {', '.join(dataset_dict.keys())}"
+        )
+    ds = dataset_dict[split]
+    for name, values in columns.items():
+        if name in REQUIRED_COLUMNS:
+            raise FlexispeechError(f"{corpus_dir}: column {name!r} is required and cannot be replaced")
+        if len(values) != len(ds):
+            raise FlexispeechError(
+                f"{corpus_dir}: column {name!r} has {len(values)} values, split {split!r} has {len(ds)} rows"
+            )
+        if name in ds.column_names:
+            ds = ds.remove_columns(name)
+        ds = ds.add_column(name, list(values))
+    # The new split is written beside the old files (still memory-mapped) before the swap.
+    new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
+    _save_dataset_dict(new, corpus_dir)
+    summary = _summary(new, info.get("name", corpus_dir.name), info.get("info"))
+    _atomic_write_text(corpus_dir / MARKER, json.dumps(summary, indent=2) + "\n")
+
+
+def is_clean(snr: float | None) -> bool:
+    """Whether an ``snr_db`` value means 'no noise was added' (NaN or None)."""
+    return snr is None or (isinstance(snr, float) and math.isnan(snr))
