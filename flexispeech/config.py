@@ -1,0 +1,254 @@
+"""Run configuration: dataclasses are the schema, YAML files are recipe instances.
+
+Loading is strict: an unknown key, a duplicated key or a value of the wrong type is a
+``ConfigError`` that names the key (and the file). ``key=value`` overrides use dotted
+paths (``train.lr=3e-4``) and YAML syntax for the value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from flexispeech.errors import ConfigError
+
+
+@dataclass
+class ModelConfig:
+    family: str = "whisper"
+    """Model family: whisper, wav2vec2 or causal_lm."""
+    source: str = "whisper-tiny.en"
+    """What ``pretrained_path`` resolves: a bundled name, a local directory or a hub id."""
+    audio_ctx: int | None = None
+    """Whisper only: encoder positions to keep (1500 = 30 s; 500 = 10 s). Shorter is much
+    cheaper on CPU; utterances must fit (longer ones are dropped from training)."""
+
+
+@dataclass
+class DataConfig:
+    corpus: str = "data/synthetic"
+    """A corpus directory written by ``flexispeech prepare``."""
+    train_split: str = "train"
+    eval_split: str = "validation"
+    max_train_examples: int | None = None
+    """Use only the first N training rows (after shuffling by seed)."""
+    max_duration: float | None = None
+    """Drop training utterances longer than this many seconds."""
+
+
+@dataclass
+class AdapterConfig:
+    ranks: list[int] = field(default_factory=lambda: [0, 2, 4, 8, 16])
+    """Allowed ranks; static LoRA uses one rank, e.g. [8]."""
+    alpha: float = 32.0
+    scaling: str = "standard"
+    """standard (alpha/r) or rslora (alpha/sqrt(r))."""
+    rank_scales: dict[int, float] | None = None
+    target_modules: list[str] | None = None
+    """Module-name suffixes to adapt; None = the family's defaults."""
+    dropout: float = 0.05
+    compute_path: str = "auto"
+
+
+@dataclass
+class RoutingConfig:
+    mode: str = "fixed"
+    """fixed (static LoRA) | random (nested training, served at ``rank``) | threshold |
+    learned | inconsistent (random ranks in training, ``inference_router`` at inference)."""
+    rank: int | None = None
+    """fixed/random: the rank to serve at (default: the largest)."""
+    target_mean_rank: float | None = None
+    """threshold/learned: mean rank the router is calibrated to (default: r_max / 2)."""
+    weights: dict[str, float] = field(default_factory=lambda: {"snr_db": -1.0, "proxy": -1.0, "duration": 0.5})
+    """threshold: signal weights of the complexity score (higher = harder)."""
+    features: list[str] = field(default_factory=lambda: ["snr_db", "proxy", "duration", "speech_activity"])
+    """learned: the signals the MLP reads."""
+    difficulty: str = "base_wer"
+    """learned: the per-example column used as difficulty label (harder = higher rank)."""
+    label_noise: float = 0.0
+    inference_router: str = "threshold"
+    """inconsistent: the router used at inference (threshold or learned)."""
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 10
+    max_steps: int = 100
+    schedule: str = "linear"
+    """linear | cosine | constant (after warm-up)."""
+    max_grad_norm: float = 1.0
+    mixed_precision: str = "no"
+    """no | bf16 | fp16 (GPU); passed to accelerate."""
+    log_every: int = 5
+    save_every: int = 50
+    bucket_by_length: bool = True
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    split: str = "test"
+    batch_size: int = 16
+    num_beams: int = 1
+    max_examples: int | None = None
+
+
+@dataclass
+class RunConfig:
+    """One training run (a recipe's conf/*.yaml)."""
+
+    name: str = "run"
+    output_dir: str = "exp/run"
+    seed: int = 0
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """A SafeLoader that rejects duplicated mapping keys (PyYAML keeps the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise ConfigError(f"duplicated key {key!r} (line {key_node.start_mark.line + 1})")
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
+
+
+def _check_type(value: Any, hint: Any, key: str) -> Any:
+    """Check (and lightly coerce: int -> float) ``value`` against a type hint."""
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in typing.get_args(hint):
+            return None
+        errors = []
+        for arg in typing.get_args(hint):
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(value, arg, key)
+            except ConfigError as err:
+                errors.append(str(err))
+        raise ConfigError(errors[0] if errors else f"{key}: invalid value {value!r}")
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        # YAML 1.1 (PyYAML) reads "3e-4" as a string: it wants "3.0e-4". Accept both.
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint in (int, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item,) = typing.get_args(hint)
+        return [_check_type(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        k_hint, v_hint = typing.get_args(hint)
+        return {_check_type(k, k_hint, key): _check_type(v, v_hint, f"{key}.{k}") for k, v in value.items()}
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from nested dicts, naming any unknown or mistyped key."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if key not in fields:
+            close = difflib.get_close_matches(str(key), fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(f"unknown key {path!r}{hint}; known keys here: {sorted(fields)}")
+        hint_type = hints[key]
+        if dataclasses.is_dataclass(hint_type):
+            kwargs[key] = from_dict(hint_type, value or {}, prefix=f"{path}.")
+        else:
+            kwargs[key] = _check_type(value, hint_type, path)
+    return cls(**kwargs)
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """The nested-dict form of a config (what ``from_dict`` reads back)."""
+    return dataclasses.asdict(config)
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.sub=value`` strings (values parsed as YAML) to nested ``data``."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key=value, e.g. train.lr=3e-4")
+        key, raw = item.split("=", 1)
+        value = yaml.load(raw, Loader=_StrictLoader) if raw else None
+        node = data
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part!r} is not a section")
+        node[parts[-1]] = value
+    return data
+
+
+def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A config file as nested dicts; ``extends: other.yaml`` (relative to the file) loads
+    that file first and merges this one over it, so recipe variants stay short."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: no such config file")
+    if path.resolve() in _seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    try:
+        data = yaml.load(path.read_text(), Loader=_StrictLoader) or {}
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{path}: invalid YAML ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    parent = data.pop("extends", None)
+    if parent is not None:
+        data = _deep_merge(read_yaml(path.parent / str(parent), (*_seen, path.resolve())), data)
+    return data
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Load a ``RunConfig`` from a YAML file (or defaults when ``path`` is None) plus
+    ``key=value`` overrides. Errors name the file and the key."""
+    data = read_yaml(Path(path)) if path is not None else {}
+    try:
+        return from_dict(RunConfig, apply_overrides(data, overrides or []))
+    except ConfigError as err:
+        raise ConfigError(f"{path or 'config'}: {err}") from None

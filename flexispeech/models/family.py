@@ -1,0 +1,88 @@
+"""What every model family (whisper, wav2vec2, causal_lm) provides to training and evaluation.
+
+Per-example ranks are not an argument here: callers wrap ``loss``/``generate`` in
+``flexispeech.use_ranks(model, ranks)``, and the adapted layers read them. This keeps one
+adaptive-layer code path for every family.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from flexispeech.errors import ConfigError
+
+
+@dataclass
+class Example:
+    """One item of a batch, as the data layer hands it to a family.
+
+    ``audio`` is 16 kHz mono float32 [T] for speech families (None for text); ``text`` is
+    the reference transcript (speech) or the answer (text tasks); ``prompt`` is the
+    question with its context (text tasks only); ``signals`` are its complexity signals.
+    """
+
+    id: str
+    text: str
+    audio: np.ndarray | None = None
+    prompt: str | None = None
+    signals: dict[str, float] = field(default_factory=dict)
+
+
+class ModelFamily(Protocol):
+    """The interface of ``flexispeech.models.<family>.FAMILY``."""
+
+    name: str
+    default_targets: tuple[str, ...]
+    """Module-name suffixes that get Flexi-LoRA layers by default."""
+
+    def load(self, source: str, device: str = "cpu", dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+        """Model and processor/tokenizer from a name that ``pretrained_path`` resolves."""
+        ...
+
+    def collate(self, processor: Any, examples: Sequence[Example], train: bool = True) -> dict[str, torch.Tensor]:
+        """A batch of model inputs (and ``labels`` when ``train``), first dim = len(examples)."""
+        ...
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean training loss of the batch (scalar); call inside ``use_ranks``."""
+        ...
+
+    def generate(self, model: nn.Module, processor: Any, batch: dict[str, torch.Tensor], num_beams: int = 1) -> list[str]:
+        """Decoded text per example; call inside ``use_ranks`` (ranks follow beams)."""
+        ...
+
+
+FAMILIES = {
+    "whisper": "flexispeech.models.whisper",
+    "wav2vec2": "flexispeech.models.wav2vec2",
+    "causal_lm": "flexispeech.models.causal_lm",
+}
+
+
+def get_family(name: str) -> ModelFamily:
+    """The family object registered under ``name`` (its module's ``FAMILY``)."""
+    if name not in FAMILIES:
+        raise ConfigError(f"unknown model family {name!r}; known: {sorted(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name]).FAMILY
+
+
+def load_model(
+    family: ModelFamily, source: str, device: str = "cpu", audio_ctx: int | None = None
+) -> tuple[nn.Module, Any]:
+    """``family.load(source, device)``, with Whisper's encoder window cut to ``audio_ctx``
+    positions when given (see ``flexispeech.models.whisper.set_audio_ctx``)."""
+    model, processor = family.load(source, device=device)
+    if audio_ctx:
+        if family.name != "whisper":
+            raise ConfigError(f"model.audio_ctx applies to Whisper only, not to the {family.name} family")
+        from flexispeech.models.whisper import set_audio_ctx
+
+        set_audio_ctx(model, audio_ctx, processor)
+    return model, processor
