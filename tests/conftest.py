@@ -1,0 +1,34 @@
+"""Shared fixtures: the speech assets and an isolated, offline model cache."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# No test may reach a model hub: fail fast instead of waiting on the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+ASSETS = Path(__file__).parent / "assets"
+
+
+@pytest.fixture(scope="session")
+def assets_dir() -> Path:
+    """``tests/assets``: short English utterances, see its README.md."""
+    return ASSETS
+
+
+@pytest.fixture(scope="session")
+def transcripts() -> dict[str, str]:
+    """file name -> the text spoken in it, from ``tests/assets/transcripts.txt``."""
+    lines = (ASSETS / "transcripts.txt").read_text(encoding="utf-8").splitlines()
+    return dict(line.split("\t", 1) for line in lines if line.strip())
+
+
+@pytest.fixture
+def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty ``FLEXISPEECH_CACHE`` for one test."""
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("FLEXISPEECH_CACHE", str(cache))
+    return cache
