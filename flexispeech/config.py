@@ -66,7 +66,7 @@ class RoutingConfig:
     """fixed/random: the rank to serve at (default: the largest)."""
     target_mean_rank: float | None = None
     """threshold/learned: mean rank the router is calibrated to (default: r_max / 2)."""
-    weights: dict[str, float] = field(default_factory=lambda: {"snr_db": -1.0, "proxy": -1.0, "duration": 0.5})
+    weights: dict[str, float] = field(default_factory=lambda: {"snr_db": -1.0, "proxy": 1.0, "duration": 0.5})
     """threshold: signal weights of the complexity score (higher = harder)."""
     features: list[str] = field(default_factory=lambda: ["snr_db", "proxy", "duration", "speech_activity"])
     """learned: the signals the MLP reads."""

@@ -63,7 +63,7 @@ def learned_router(
 ) -> LearnedRouter:
     """A LearnedRouter fit to rank labels cut from ``difficulty`` at mean rank ``target``."""
     _check_signals(list(signals), cfg.features, "features")
-    tie_break = (-signals["proxy"]).tolist() if "proxy" in signals else None
+    tie_break = signals["proxy"].tolist() if "proxy" in signals else None  # higher = harder
     scores = difficulty_scores(difficulty, tie_break)
     known = torch.isfinite(scores)
     if int(known.sum()) < 2 * len(ranks):

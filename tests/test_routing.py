@@ -16,7 +16,7 @@ RANKS = (0, 2, 4, 8, 16)
 def signals(n: int = 400) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     snr = torch.rand(n, generator=gen) * 30
-    return {"snr_db": snr, "duration": torch.rand(n, generator=gen) * 10, "proxy": -snr / 30 + 0.1 * torch.rand(n, generator=gen)}
+    return {"snr_db": snr, "duration": torch.rand(n, generator=gen) * 10, "proxy": (30 - snr) / 30 + 0.1 * torch.rand(n, generator=gen)}
 
 
 def test_fixed_and_random_modes() -> None:

@@ -54,8 +54,16 @@ class ModelFamily(Protocol):
         """Mean training loss of the batch (scalar); call inside ``use_ranks``."""
         ...
 
-    def generate(self, model: nn.Module, processor: Any, batch: dict[str, torch.Tensor], num_beams: int = 1) -> list[str]:
-        """Decoded text per example; call inside ``use_ranks`` (ranks follow beams)."""
+    def generate(
+        self,
+        model: nn.Module,
+        processor: Any,
+        batch: dict[str, torch.Tensor],
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+    ) -> list[str]:
+        """Decoded text per example; call inside ``use_ranks`` (ranks follow beams).
+        ``max_new_tokens`` caps the new tokens (per window for Whisper; None: the family's default)."""
         ...
 
 

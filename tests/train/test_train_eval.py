@@ -35,7 +35,7 @@ def corpus(tmp_path_factory):
             "id": f"u{i}", "audio": f"audio/u{i}.wav", "text": " ".join(WORDS[i % 5 : i % 5 + 3]), "duration": dur,
             "speaker": f"v{i % 3}", "split": split, "voice": f"v{i % 3}", "seen_voice": i % 3 != 2,
             "snr_db": snr, "signal_snr_db": snr + float(rng.normal(0, 2)), "signal_duration": dur,
-            "signal_proxy": -snr / 10, "base_wer": (30 - snr) / 30,
+            "signal_proxy": (30 - snr) / 10, "base_wer": (30 - snr) / 30,
         })
     return write_corpus(rows, root, name="mini")
 
@@ -44,7 +44,7 @@ def config(corpus, out, mode: str, **extra):
     overrides = [
         f"output_dir={out}", f"name={mode}", "model.source=random:tiny", f"data.corpus={corpus}",
         "model.audio_ctx=100", "train.batch_size=4", "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.lr=1e-2",
-        "adapter.ranks=[0, 2, 4, 8]", f"routing.mode={mode}", "routing.weights={snr_db: -1.0, proxy: -1.0}",
+        "adapter.ranks=[0, 2, 4, 8]", f"routing.mode={mode}", "routing.weights={snr_db: -1.0, proxy: 1.0}",
         "routing.features=[snr_db, duration, proxy]",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, overrides)

@@ -1,0 +1,73 @@
+"""``flexispeech transcribe AUDIO...``: one transcript per file, at routed or fixed ranks."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "transcribe audio files with a speech model, optionally through a Flexi-LoRA adapter"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (anything soundfile reads)")
+    parser.add_argument(
+        "--model",
+        default="whisper-tiny.en",
+        help="model name, transformers directory or hub id; 'random:tiny' for a random test model "
+        "(default: whisper-tiny.en)",
+    )
+    parser.add_argument("--family", choices=("whisper", "wav2vec2"), help="model family (default: detected)")
+    parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter directory")
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--rank", type=int, help="serve every file at this adapter rank")
+    group.add_argument(
+        "--router",
+        choices=("auto",),
+        help="'auto': route each file with the router saved with the adapter (the default when it has one)",
+    )
+    parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (default 1: greedy)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print JSON lines: path, text, rank, duration, signals")
+    parser.add_argument(
+        "--audio-ctx",
+        type=int,
+        metavar="N",
+        help="Whisper encoder window in positions of 20 ms (e.g. 500 = 10 s; default 1500 = 30 s)",
+    )
+    parser.add_argument("--batch-size", type=int, default=8, help="files decoded together (default 8)")
+    parser.add_argument("--max-new-tokens", type=int, help="cap on tokens per window (default: the model's)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flexispeech.errors import AudioError, ConfigError
+    from flexispeech.transcriber import Transcriber
+
+    from transformers.utils import logging as hf_logging
+
+    # Our output is the transcripts: keep transformers' load bars and advice off stderr.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    if args.beam < 1 or args.batch_size < 1:
+        raise ConfigError("--beam and --batch-size must be >= 1")
+    transcriber = Transcriber(
+        model=args.model,
+        adapter=args.adapter,
+        rank=args.rank,
+        router=args.router,
+        num_beams=args.beam,
+        device=args.device,
+        family=args.family,
+        audio_ctx=args.audio_ctx,
+        batch_size=args.batch_size,
+        max_new_tokens=args.max_new_tokens,
+    )
+    failed = 0
+    for result in transcriber.transcribe_files(args.audio):
+        if isinstance(result, AudioError):
+            failed += 1
+            print(f"flexispeech transcribe: error: {result}", file=sys.stderr, flush=True)
+        elif args.json:
+            print(result.to_json(), flush=True)
+        else:
+            print(f"{result.id}\t{result.text}", flush=True)
+    return 1 if failed else 0

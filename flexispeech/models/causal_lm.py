@@ -1,0 +1,141 @@
+"""The causal-LM family: prompt -> answer text tasks (e.g. SmolLM2-135M-Instruct) at per-example ranks.
+
+Training sequences are ``prompt + answer + eos`` with the prompt tokens masked out of the
+loss (-100), right padded. For generation the prompts are left padded, so every row's
+new tokens start at the same position and ``generate`` returns only those. The prompt
+is rendered with the tokenizer's chat template when it has one (user turn, then the
+assistant header), and as ``"Question: ...\\nAnswer:"`` otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from flexispeech.errors import ConfigError
+from flexispeech.models.common import from_pretrained, resolve_source
+from flexispeech.models.family import Example
+
+DEFAULT_SOURCE = "smollm2-135m-instruct"
+DEFAULT_MAX_NEW_TOKENS = 64  # answers of the text tasks are short
+
+
+def render_prompt(tokenizer: Any, prompt: str) -> str:
+    """The text the model continues: the chat format's user turn + assistant header, or
+    the plain question format for tokenizers without a chat template."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return f"Question: {prompt}\nAnswer:"
+
+
+def render_answer(tokenizer: Any, answer: str) -> str:
+    """The answer as it follows the rendered prompt (plain format: after one space)."""
+    return answer if getattr(tokenizer, "chat_template", None) else " " + answer
+
+
+class CausalLmFamily:
+    """``ModelFamily`` for ``AutoModelForCausalLM`` models with a (fast) tokenizer."""
+
+    name = "causal_lm"
+    default_targets = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+    def load(
+        self, source: str = DEFAULT_SOURCE, device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> tuple[nn.Module, Any]:
+        """Model (eval mode) and tokenizer from a name for ``pretrained_path``, a directory,
+        a hub id or ``random:tiny``. A directory holding one ``.gguf`` file is loaded from
+        it (dequantized; needs the ``gguf`` package)."""
+        from flexispeech.models.random_init import parse_random_source, random_causal_lm
+
+        size = parse_random_source(source)
+        if size is not None:
+            model, tokenizer = random_causal_lm(size)
+        else:
+            from pathlib import Path
+
+            from transformers import AutoModelForCausalLM, AutoTokenizer
+
+            path = resolve_source(source)
+            kwargs: dict[str, Any] = {}
+            ggufs = sorted(Path(path).glob("*.gguf")) if Path(path).is_dir() else []
+            if len(ggufs) == 1 and not (Path(path) / "config.json").is_file():
+                kwargs["gguf_file"] = ggufs[0].name
+            tokenizer = from_pretrained(AutoTokenizer.from_pretrained, path, "tokenizer", **kwargs)
+            model = from_pretrained(AutoModelForCausalLM.from_pretrained, path, "causal LM", **kwargs)
+        if tokenizer.pad_token is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        return model.to(device=device, dtype=dtype).eval(), tokenizer
+
+    def _prompt_ids(self, tokenizer: Any, examples: Sequence[Example]) -> list[list[int]]:
+        rows = []
+        for ex in examples:
+            if ex.prompt is None:
+                raise ConfigError(f"example {ex.id!r}: the causal_lm family needs a prompt")
+            rows.append(tokenizer(render_prompt(tokenizer, ex.prompt), add_special_tokens=False).input_ids)
+        return rows
+
+    def collate(self, processor: Any, examples: Sequence[Example], train: bool = True) -> dict[str, torch.Tensor]:
+        """``train``: ``input_ids``/``attention_mask``/``labels`` [B, L], right padded, labels
+        -100 on the prompt and padding. Otherwise: left-padded prompts ``input_ids`` and
+        ``attention_mask`` [B, L] for ``generate``."""
+        tok = processor
+        prompts = self._prompt_ids(tok, examples)
+        pad = tok.pad_token_id
+        if not train:
+            width = max(len(p) for p in prompts)
+            ids = torch.full((len(prompts), width), pad, dtype=torch.long)
+            mask = torch.zeros((len(prompts), width), dtype=torch.long)
+            for i, p in enumerate(prompts):
+                ids[i, width - len(p) :] = torch.tensor(p, dtype=torch.long)
+                mask[i, width - len(p) :] = 1
+            return {"input_ids": ids, "attention_mask": mask}
+        seqs, n_prompt = [], []
+        for ex, p in zip(examples, prompts):
+            answer = tok(render_answer(tok, ex.text), add_special_tokens=False).input_ids + [tok.eos_token_id]
+            seqs.append(p + answer)
+            n_prompt.append(len(p))
+        width = max(len(s) for s in seqs)
+        ids = torch.full((len(seqs), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(seqs), width), dtype=torch.long)
+        labels = torch.full((len(seqs), width), -100, dtype=torch.long)
+        for i, (s, k) in enumerate(zip(seqs, n_prompt)):
+            ids[i, : len(s)] = torch.tensor(s, dtype=torch.long)
+            mask[i, : len(s)] = 1
+            labels[i, k : len(s)] = torch.tensor(s[k:], dtype=torch.long)
+        return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross entropy over the answer tokens (and eos) of the batch."""
+        device = next(model.parameters()).device
+        return model(**{k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}).loss
+
+    def generate(
+        self,
+        model: nn.Module,
+        processor: Any,
+        batch: dict[str, torch.Tensor],
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+    ) -> list[str]:
+        """Only the new text of each row (greedy, or beam search), special tokens skipped."""
+        device = next(model.parameters()).device
+        ids = batch["input_ids"].to(device)
+        with torch.no_grad():
+            out = model.generate(
+                input_ids=ids,
+                attention_mask=batch["attention_mask"].to(device),
+                num_beams=num_beams,
+                do_sample=False,
+                max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
+                pad_token_id=processor.pad_token_id,
+            )
+        new = out[:, ids.shape[1] :].cpu()
+        return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]
+
+
+FAMILY = CausalLmFamily()

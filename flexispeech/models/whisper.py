@@ -1,0 +1,227 @@
+"""The Whisper family: log-mel features, prefixed labels, loss, and decoding at per-example ranks.
+
+Ranks and decoding: transformers expands a batch for beam search with
+``repeat_interleave`` (``_expand_inputs_for_generation``) and reorders beams only within
+each example's group, which is the expansion the adapted layers assume; the encoder runs
+once on the unexpanded batch. Short-form Whisper generation (audio within the encoder
+window) is one plain ``generate`` call on the whole batch. Long-form generation is not:
+it drops finished utterances from the batch between 30-s windows, so the rows no longer
+line up with the ranks. Utterances longer than the window are therefore decoded one at a
+time, each under its own rank (``ranks_of_rows``), with transformers' sequential long-form
+decoding (timestamps, window by window).
+
+``audio_ctx`` (as in whisper.cpp): the encoder can run on a window shorter than 30 s,
+e.g. 500 positions = 10 s. Self-attention cost grows with the square of the window, so
+this is what makes CPU training affordable on short utterances.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from flexispeech.audio import SAMPLE_RATE
+from flexispeech.errors import ConfigError
+from flexispeech.models.common import from_pretrained, ranks_of_rows, resolve_source
+from flexispeech.models.family import Example
+
+DEFAULT_SOURCE = "whisper-tiny.en"
+HOP_LENGTH = 160  # samples per mel frame: 10 ms at 16 kHz
+FRAMES_PER_POSITION = 2  # the encoder's second conv has stride 2
+SAMPLES_PER_POSITION = HOP_LENGTH * FRAMES_PER_POSITION  # 320 samples = 20 ms per encoder position
+FULL_POSITIONS = 1500  # 30 s / 20 ms
+FULL_EMBED_ATTR = "_flexispeech_full_positions"
+
+
+def encoder_positions(model: nn.Module) -> int:
+    """The encoder window in positions (1500 = 30 s unless ``set_audio_ctx`` shortened it)."""
+    return int(model.config.max_source_positions)
+
+
+def set_audio_ctx(model: nn.Module, n_positions: int, processor: Any | None = None) -> None:
+    """Run the encoder on ``n_positions`` positions (``n_positions * 20 ms`` of audio)
+    instead of 30 s: the positional embedding is cut to its first ``n_positions`` rows and
+    ``config.max_source_positions`` set, so the encoder accepts ``2 * n_positions`` mel
+    frames; ``processor``'s feature extractor then pads/trims audio to that length.
+
+    The full embedding is kept aside, so a later call can widen the window again (up to
+    the original). Save checkpoints with the full window: the config is changed in place.
+    """
+    encoder = model.get_encoder()
+    full = encoder.__dict__.get(FULL_EMBED_ATTR)
+    if full is None:
+        full = encoder.embed_positions.weight.detach().clone()
+        encoder.__dict__[FULL_EMBED_ATTR] = full
+    if not 1 <= n_positions <= full.shape[0]:
+        raise ConfigError(f"audio_ctx: must be in [1, {full.shape[0]}] encoder positions, got {n_positions}")
+    embed = nn.Embedding(n_positions, full.shape[1], device=full.device, dtype=full.dtype)
+    with torch.no_grad():
+        embed.weight.copy_(full[:n_positions])
+    embed.weight.requires_grad_(False)
+    encoder.embed_positions = embed
+    encoder.max_source_positions = n_positions
+    encoder.config.max_source_positions = n_positions
+    model.config.max_source_positions = n_positions
+    if processor is not None:
+        set_feature_window(processor, n_positions)
+
+
+def set_feature_window(processor: Any, n_positions: int) -> None:
+    """Make ``processor`` pad/trim audio to ``n_positions`` encoder positions."""
+    fe = processor.feature_extractor
+    fe.n_samples = n_positions * SAMPLES_PER_POSITION
+    fe.nb_max_frames = n_positions * FRAMES_PER_POSITION
+
+
+class WhisperFamily:
+    """``ModelFamily`` for ``WhisperForConditionalGeneration`` (English transcription)."""
+
+    name = "whisper"
+    default_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+    language = "en"  # for multilingual checkpoints: the prefix <|en|><|transcribe|>
+
+    def load(
+        self, source: str = DEFAULT_SOURCE, device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> tuple[nn.Module, Any]:
+        """Model (eval mode) and ``WhisperProcessor``. ``source``: a name for
+        ``pretrained_path`` (default ``whisper-tiny.en``), a local transformers directory,
+        a hub id, or ``random:tiny`` (random weights, for tests and demos)."""
+        from flexispeech.models.random_init import parse_random_source, random_whisper
+
+        size = parse_random_source(source)
+        if size is not None:
+            model, processor = random_whisper(size)
+        else:
+            from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+            path = resolve_source(source)
+            processor = from_pretrained(WhisperProcessor.from_pretrained, path, "Whisper processor")
+            model = from_pretrained(WhisperForConditionalGeneration.from_pretrained, path, "Whisper model")
+        self.set_prefix(model, processor)
+        if encoder_positions(model) != FULL_POSITIONS:
+            set_feature_window(processor, encoder_positions(model))
+        return model.to(device=device, dtype=dtype).eval(), processor
+
+    def set_prefix(self, model: nn.Module, processor: Any) -> None:
+        """Labels start as decoding does: ``<|startoftranscript|>`` (+ ``<|en|><|transcribe|>``
+        for multilingual models) ``<|notimestamps|>``."""
+        multilingual = bool(getattr(model.generation_config, "is_multilingual", False))
+        if multilingual:
+            processor.tokenizer.set_prefix_tokens(language=self.language, task="transcribe", predict_timestamps=False)
+        else:
+            processor.tokenizer.set_prefix_tokens(predict_timestamps=False)
+
+    def collate(self, processor: Any, examples: Sequence[Example], train: bool = True) -> dict[str, torch.Tensor]:
+        """Batch of ``input_features`` [B, n_mels, frames] float32, ``num_frames`` [B] (true
+        length of each clip in mel frames) and, when ``train``, ``labels`` [B, L].
+
+        ``frames`` is the encoder window (``2 * audio_ctx``): clips are padded or cut to it.
+        For decoding (``train=False``) a batch holding a clip longer than the window keeps
+        every clip whole (padded to the longest) so that ``generate`` can decode it
+        window by window. Labels: the prefix tokens (after ``<|startoftranscript|>``,
+        which the model's right shift puts back as the first decoder input), the text
+        with Whisper's leading space, ``<|endoftext|>``; padding is -100.
+        """
+        fe = processor.feature_extractor
+        audios = [_audio(ex) for ex in examples]
+        lengths = [len(a) for a in audios]
+        long_form = not train and max(lengths) > fe.n_samples
+        kwargs: dict[str, Any] = {"sampling_rate": SAMPLE_RATE, "return_tensors": "pt"}
+        if long_form:
+            kwargs.update(truncation=False, padding="longest")
+        features = fe(audios, **kwargs).input_features
+        num_frames = torch.tensor([min(n // HOP_LENGTH, features.shape[-1]) for n in lengths], dtype=torch.long)
+        batch = {"input_features": features.float(), "num_frames": num_frames}
+        if train:
+            batch["labels"] = self.labels(processor, [ex.text for ex in examples])
+        return batch
+
+    def labels(self, processor: Any, texts: Sequence[str]) -> torch.Tensor:
+        """Token ids [B, L] of ``texts`` as the decoder must predict them, -100 padded."""
+        tok = processor.tokenizer
+        sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
+        rows = []
+        for text in texts:
+            ids = tok(" " + text.strip()).input_ids  # Whisper's words carry their leading space
+            rows.append(ids[1:] if ids and ids[0] == sot else ids)
+        width = max(len(r) for r in rows)
+        out = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return out
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token-level cross entropy (mean over label tokens that are not -100)."""
+        device = next(model.parameters()).device
+        out = model(
+            input_features=batch["input_features"].to(device, dtype=model.dtype),
+            labels=batch["labels"].to(device),
+        )
+        return out.loss
+
+    def generate(
+        self,
+        model: nn.Module,
+        processor: Any,
+        batch: dict[str, torch.Tensor],
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+    ) -> list[str]:
+        """Greedy (``num_beams=1``) or beam-search transcripts, one per example.
+
+        Clips within the encoder window are decoded together in one batched call; longer
+        clips one at a time with long-form decoding (see the module docstring for why).
+        """
+        tokens = self.generate_ids(model, batch, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        return [t.strip() for t in texts]
+
+    def generate_ids(
+        self,
+        model: nn.Module,
+        batch: dict[str, torch.Tensor],
+        num_beams: int = 1,
+        max_new_tokens: int | None = None,
+    ) -> list[torch.Tensor]:
+        """Generated token ids per example (1-D tensors, prefix and special tokens included)."""
+        device = next(model.parameters()).device
+        features = batch["input_features"].to(device, dtype=model.dtype)
+        window = encoder_positions(model) * FRAMES_PER_POSITION
+        n = features.shape[0]
+        num_frames = batch.get("num_frames", torch.full((n,), min(features.shape[-1], window)))
+        long_rows = [i for i in range(n) if features.shape[-1] > window and int(num_frames[i]) > window]
+        short_rows = [i for i in range(n) if i not in long_rows]
+        kwargs: dict[str, Any] = {"num_beams": num_beams}
+        if max_new_tokens is not None:
+            kwargs["max_new_tokens"] = max_new_tokens
+        out: list[torch.Tensor | None] = [None] * n
+        with torch.no_grad():
+            if short_rows:
+                sub = features[short_rows, :, :window]
+                if sub.shape[-1] < window:  # a window trimmed by the caller: pad with log-mel silence
+                    sub = nn.functional.pad(sub, (0, window - sub.shape[-1]), value=float(sub.min()))
+                with ranks_of_rows(model, short_rows):
+                    # One decoding call: without it transformers re-runs rows whose output holds a
+                    # timestamp token on the rest of the window, with a smaller batch.
+                    seqs = model.generate(sub, return_timestamps=False, force_unique_generate_call=True, **kwargs)
+                for row, seq in zip(short_rows, seqs):
+                    out[row] = seq.cpu()
+            for row in long_rows:
+                clip = features[row : row + 1, :, : int(num_frames[row])]
+                with ranks_of_rows(model, [row]):
+                    seq = model.generate(clip, return_timestamps=True, condition_on_prev_tokens=False, **kwargs)
+                out[row] = (seq["sequences"] if isinstance(seq, dict) else seq)[0].cpu()
+        return [t for t in out if t is not None]
+
+
+def _audio(example: Example) -> np.ndarray:
+    if example.audio is None:
+        raise ConfigError(f"example {example.id!r}: the whisper family needs audio")
+    return np.asarray(example.audio, dtype=np.float32)
+
+
+FAMILY = WhisperFamily()

@@ -1,0 +1,203 @@
+"""Load a speech model (+ a Flexi-LoRA adapter), route each utterance to a rank, transcribe.
+
+``Transcriber`` is what ``flexispeech transcribe`` runs, and what the streaming and
+evaluation code reuse: arrays or files in, one ``Transcription`` per utterance out.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flexispeech.audio import SAMPLE_RATE, check_samples, load_audio
+from flexispeech.errors import AudioError, ConfigError, FlexispeechError
+from flexispeech.models.family import Example, get_family
+
+# model_type values of CTC encoders that the wav2vec2 family handles
+CTC_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
+
+
+@dataclass
+class Transcription:
+    """One utterance's result: ``rank`` is None without an adapter."""
+
+    id: str
+    text: str
+    rank: int | None
+    duration: float
+    signals: dict[str, float] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {"path": self.id, "text": self.text, "rank": self.rank, "duration": round(self.duration, 3),
+             "signals": {k: round(v, 4) for k, v in self.signals.items()}}
+        )
+
+
+def detect_family(source: str) -> str:
+    """``wav2vec2`` for a local CTC checkpoint (by its config's ``model_type``), else ``whisper``."""
+    config = Path(source).expanduser() / "config.json"
+    if config.is_file():
+        try:
+            model_type = json.loads(config.read_text()).get("model_type")
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{config}: invalid JSON ({err})") from None
+        if model_type in CTC_MODEL_TYPES:
+            return "wav2vec2"
+    return "wav2vec2" if source.startswith("random:") and "wav2vec2" in source else "whisper"
+
+
+class Transcriber:
+    """A loaded model that transcribes batches of utterances at routed ranks.
+
+    Args:
+        model: model name or directory (``whisper-tiny.en`` by default; see ``load``).
+        adapter: directory of a saved Flexi-LoRA adapter, or None for the base model.
+        rank: serve every utterance at this rank (needs ``adapter``).
+        router: ``"auto"`` routes with the router saved with the adapter (the default when
+            the adapter has one and no ``rank`` is given); None otherwise.
+        num_beams: 1 = greedy.
+        family: ``whisper`` / ``wav2vec2``; None detects it from the model directory.
+        audio_ctx: Whisper encoder window in positions (20 ms each; None = 30 s).
+        batch_size: utterances decoded together.
+    """
+
+    def __init__(
+        self,
+        model: str = "whisper-tiny.en",
+        adapter: str | Path | None = None,
+        rank: int | None = None,
+        router: str | None = None,
+        num_beams: int = 1,
+        device: str = "cpu",
+        family: str | None = None,
+        audio_ctx: int | None = None,
+        batch_size: int = 8,
+        max_new_tokens: int | None = None,
+    ) -> None:
+        from flexispeech.lora import get_router, load_adapter
+
+        if rank is not None and router is not None:
+            raise ConfigError("give either a fixed rank or a router, not both")
+        if (rank is not None or router is not None) and adapter is None:
+            raise ConfigError("--rank and --router need an adapter (--adapter DIR)")
+        if router not in (None, "auto"):
+            raise ConfigError(f"router must be 'auto' (the adapter's saved router), got {router!r}")
+        self.family = get_family(family or detect_family(model))
+        self.model, self.processor = self.family.load(model, device=device)
+        if audio_ctx is not None:
+            if self.family.name != "whisper":
+                raise ConfigError("audio_ctx applies to Whisper models only")
+            from flexispeech.models.whisper import set_audio_ctx
+
+            set_audio_ctx(self.model, audio_ctx, self.processor)
+        self.rank, self.router = rank, None
+        if adapter is not None:
+            load_adapter(self.model, adapter)
+            saved = get_router(self.model)
+            if router == "auto" and saved is None:
+                raise ConfigError(f"{adapter}: --router auto, but the adapter was saved without a router")
+            if rank is None:
+                self.router = saved  # None: every utterance at the adapter's default rank (r_max)
+        self.has_adapter = adapter is not None
+        self.num_beams, self.batch_size, self.max_new_tokens = num_beams, batch_size, max_new_tokens
+
+    def needed_signals(self) -> set[str]:
+        """Signal names the router reads (empty without a router)."""
+        router = self.router
+        if router is None:
+            return set()
+        return set(getattr(router, "features", None) or getattr(router, "weights", None) or ())
+
+    def signals(self, audios: Sequence[np.ndarray], batch: dict[str, torch.Tensor]) -> dict[str, list[float]]:
+        """Audio signals (duration, snr_db, speech_activity) of every clip, plus the proxy
+        signals when the router needs them (Whisper only)."""
+        from flexispeech.signals.audio import audio_signals
+
+        rows = [audio_signals(a, SAMPLE_RATE) for a in audios]
+        out = {k: [r[k] for r in rows] for k in rows[0]}
+        if self.needed_signals() & {"proxy", "proxy_entropy"}:
+            if self.family.name != "whisper":
+                raise ConfigError("the router needs the proxy signal, which only Whisper models compute")
+            from flexispeech.signals.proxy import first_pass_confidence
+
+            proxy = first_pass_confidence(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens)
+            out.update({k: v.tolist() for k, v in proxy.items()})
+        return out
+
+    def transcribe(self, audios: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> list[Transcription]:
+        """Transcribe 16 kHz mono float32 clips [T] (one batch per ``batch_size`` clips)."""
+        ids = list(ids) if ids is not None else [str(i) for i in range(len(audios))]
+        results: list[Transcription] = []
+        for start in range(0, len(audios), self.batch_size):
+            chunk = [np.asarray(a, dtype=np.float32) for a in audios[start : start + self.batch_size]]
+            results += self._batch(chunk, ids[start : start + self.batch_size])
+        return results
+
+    def _batch(self, audios: list[np.ndarray], ids: list[str]) -> list[Transcription]:
+        from flexispeech.lora import use_ranks
+
+        examples = [Example(id=i, text="", audio=a) for i, a in zip(ids, audios)]
+        batch = self.family.collate(self.processor, examples, train=False)
+        signals = self.signals(audios, batch)
+        ranks: torch.Tensor | None = None
+        if self.rank is not None:
+            ranks = torch.full((len(audios),), self.rank, dtype=torch.long)
+        elif self.router is not None:
+            ranks = self.router({k: torch.tensor(v, dtype=torch.float32) for k, v in signals.items()})
+        elif self.has_adapter:
+            default = self.model_default_rank()
+            ranks = torch.full((len(audios),), default, dtype=torch.long)
+        kwargs: dict[str, Any] = {"num_beams": self.num_beams}
+        if self.max_new_tokens is not None:
+            kwargs["max_new_tokens"] = self.max_new_tokens
+        if ranks is None:
+            texts = self.family.generate(self.model, self.processor, batch, **kwargs)
+        else:
+            with use_ranks(self.model, ranks):
+                texts = self.family.generate(self.model, self.processor, batch, **kwargs)
+        return [
+            Transcription(
+                id=i,
+                text=t,
+                rank=None if ranks is None else int(ranks[n]),
+                duration=len(a) / SAMPLE_RATE,
+                signals={k: float(v[n]) for k, v in signals.items()},
+            )
+            for n, (i, t, a) in enumerate(zip(ids, texts, audios))
+        ]
+
+    def model_default_rank(self) -> int:
+        """The rank used when neither a rank nor a router is given: the adapter's r_max."""
+        from flexispeech.lora.inject import get_state
+
+        return get_state(self.model).config.r_max
+
+    def transcribe_files(self, paths: Sequence[str | Path]) -> Iterator[Transcription | AudioError]:
+        """Per path, in order, a ``Transcription`` or the ``AudioError`` that stopped it
+        (a bad file does not stop the others). Audio is read in batches."""
+        from tqdm import tqdm
+
+        paths = list(paths)
+        with tqdm(total=len(paths), unit="file", disable=None, leave=False) as bar:
+            for start in range(0, len(paths), self.batch_size):
+                group = paths[start : start + self.batch_size]
+                loaded: list[np.ndarray | AudioError] = []
+                for p in group:
+                    try:
+                        loaded.append(check_samples(load_audio(p), p))
+                    except AudioError as err:
+                        loaded.append(err)
+                    except FlexispeechError as err:
+                        loaded.append(AudioError(p, str(err)))
+                good = [(str(p), a) for p, a in zip(group, loaded) if not isinstance(a, AudioError)]
+                done = iter(self.transcribe([a for _, a in good], [p for p, _ in good]) if good else [])
+                for item in loaded:
+                    yield item if isinstance(item, AudioError) else next(done)
+                bar.update(len(group))

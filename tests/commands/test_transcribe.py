@@ -1,0 +1,116 @@
+"""``flexispeech transcribe`` in-process: a tiny random Whisper directory, adapters, routers,
+bad files among good ones; and the real tiny.en on the fixtures (slow)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexispeech import FlexiLoraConfig, ThresholdRouter, inject, save_adapter
+from flexispeech.cli import main
+from flexispeech.models.random_init import randomize_adapters
+from flexispeech.models.whisper import FAMILY
+
+FAST = ["--audio-ctx", "150", "--max-new-tokens", "5"]  # a 3-s window; random models never stop
+
+
+@pytest.fixture(scope="module")
+def tiny_dirs(tmp_path_factory: pytest.TempPathFactory):
+    """(model_dir, adapter_dir): a saved random tiny Whisper and an adapter for it whose
+    router sends clips under 2.75 s to rank 2 and longer ones to rank 8 (it also reads the
+    proxy signal, with weight 0, so that the proxy is computed)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny matmuls: a busy multi-core pool only adds spin-waits
+    root = tmp_path_factory.mktemp("tiny_whisper")
+    model, processor = FAMILY.load("random:tiny")
+    model.save_pretrained(root / "model")
+    processor.save_pretrained(root / "model")
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))
+    randomize_adapters(model)
+    from flexispeech.lora import attach_router
+
+    attach_router(model, ThresholdRouter(ranks=(2, 8), weights={"duration": 1.0, "proxy": 0.0}, thresholds=[2.75]))
+    save_adapter(model, root / "adapter")
+    yield root / "model", root / "adapter"
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def files(assets_dir: Path, tmp_path: Path) -> list[str]:
+    bad = tmp_path / "notaudio.wav"
+    bad.write_text("this is not audio")
+    return [str(assets_dir / "fox.wav"), str(bad), str(assets_dir / "meeting.wav"), str(tmp_path / "missing.flac")]
+
+
+def test_bad_files_are_reported_and_the_rest_transcribed(tiny_dirs, files, capsys) -> None:
+    model_dir, _ = tiny_dirs
+    assert main(["transcribe", *files, "--model", str(model_dir), *FAST]) == 1
+    out, err = capsys.readouterr()
+    lines = out.splitlines()
+    assert [line.split("\t")[0] for line in lines] == [files[0], files[2]]
+    assert all(len(line.split("\t")) == 2 for line in lines)
+    errors = err.strip().splitlines()
+    assert len(errors) == 2 and "Traceback" not in err
+    assert files[1] in errors[0] and "cannot decode" in errors[0]
+    assert files[3] in errors[1] and "no such file" in errors[1]
+
+
+def test_router_auto_json_lines(tiny_dirs, assets_dir: Path, capsys) -> None:
+    model_dir, adapter_dir = tiny_dirs
+    paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "fox_48k_stereo.flac")]
+    code = main(["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--router", "auto",
+                 "--json", "--beam", "2", *FAST])
+    assert code == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["path"] for r in rows] == paths
+    for r in rows:
+        assert set(r) == {"path", "text", "rank", "duration", "signals"}
+        assert set(r["signals"]) == {"duration", "snr_db", "speech_activity", "proxy", "proxy_entropy"}
+        assert r["rank"] == (2 if r["duration"] < 2.75 else 8)
+    assert rows[0]["rank"] == 2 and rows[1]["rank"] == 8  # fox is 2.73 s, meeting 2.83 s
+    assert rows[0]["duration"] == pytest.approx(rows[2]["duration"], abs=0.01)  # 48 kHz stereo resampled
+
+
+def test_fixed_rank_matches_router_for_same_rank(tiny_dirs, assets_dir: Path, capsys) -> None:
+    model_dir, adapter_dir = tiny_dirs
+    fox = str(assets_dir / "fox.wav")
+    args = ["transcribe", fox, "--model", str(model_dir), "--adapter", str(adapter_dir), *FAST]
+    assert main([*args, "--rank", "2"]) == 0
+    fixed = capsys.readouterr().out
+    assert main([*args, "--router", "auto"]) == 0
+    assert capsys.readouterr().out == fixed
+    assert main([*args, "--rank", "0"]) == 0
+    base = capsys.readouterr().out
+    assert main(["transcribe", fox, "--model", str(model_dir), *FAST]) == 0
+    assert capsys.readouterr().out == base  # rank 0 is the base model
+
+
+def test_user_errors_are_one_line(tiny_dirs, assets_dir: Path, tmp_path: Path, capsys) -> None:
+    model_dir, adapter_dir = tiny_dirs
+    fox = str(assets_dir / "fox.wav")
+    assert main(["transcribe", fox, "--model", str(model_dir), "--rank", "2"]) == 2
+    assert "need an adapter" in capsys.readouterr().err
+    no_router = tmp_path / "adapter"
+    shutil.copytree(adapter_dir, no_router)
+    (no_router / "router.json").unlink()
+    assert main(["transcribe", fox, "--model", str(model_dir), "--adapter", str(no_router), "--router", "auto"]) == 2
+    assert "without a router" in capsys.readouterr().err
+    assert main(["transcribe", fox, "--model", str(model_dir), "--adapter", str(adapter_dir), "--rank", "5", *FAST]) == 2
+    assert "not in the configured ranks" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tiny_en_transcribes_the_fixtures(assets_dir: Path, transcripts: dict[str, str], capsys) -> None:
+    import jiwer
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    paths = [str(assets_dir / n) for n in transcripts]
+    assert main(["transcribe", *paths, "--beam", "2"]) == 0
+    got = dict(line.split("\t", 1) for line in capsys.readouterr().out.splitlines())
+    norm = EnglishTextNormalizer({})
+    refs = [norm(transcripts[Path(p).name]) for p in paths]
+    assert jiwer.wer(refs, [norm(got[p]) for p in paths]) <= 0.05, got

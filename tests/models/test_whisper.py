@@ -1,0 +1,182 @@
+"""The Whisper family on a tiny random model (fast) and on the real tiny.en (slow)."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from flexispeech import FlexiLoraConfig, inject, use_ranks
+from flexispeech.audio import load_audio
+from flexispeech.errors import ConfigError
+from flexispeech.models.family import Example, get_family
+from flexispeech.models.random_init import randomize_adapters
+from flexispeech.models.whisper import FAMILY, encoder_positions, set_audio_ctx
+
+MAX_NEW = 8  # a random model never stops by itself: keep its transcripts short
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matmuls: one thread avoids the spin-wait cost of a busy multi-core pool."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def examples(assets_dir: Path, transcripts: dict[str, str]) -> list[Example]:
+    names = ["fox.wav", "stella.wav", "meeting.wav"]
+    return [Example(id=n, text=transcripts[n], audio=load_audio(assets_dir / n)) for n in names]
+
+
+@pytest.fixture(scope="module")
+def base():
+    """The random tiny Whisper, built once (tests that change it take a copy)."""
+    return FAMILY.load("random:tiny")
+
+
+@pytest.fixture
+def tiny(base):
+    """A copy of ``base`` with adapters whose B is non-zero, ranks (0, 2, 4, 8)."""
+    model, processor = copy.deepcopy(base)
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 4, 8), target_modules=FAMILY.default_targets))
+    randomize_adapters(model)
+    set_audio_ctx(model, 150, processor)  # a 3-s window holds the fixtures and keeps tests fast
+    return model, processor
+
+
+def test_registered() -> None:
+    assert get_family("whisper") is FAMILY
+
+
+def test_collate_labels_prefix_and_padding(base, examples: list[Example]) -> None:
+    _, processor = base
+    batch = FAMILY.collate(processor, examples)
+    tok = processor.tokenizer
+    assert batch["input_features"].shape == (3, 80, 3000)
+    labels = batch["labels"]
+    notimestamps = tok.convert_tokens_to_ids("<|notimestamps|>")
+    eot = tok.convert_tokens_to_ids("<|endoftext|>")
+    for row, ex in zip(labels, examples):
+        ids = row[row != -100].tolist()
+        # <|startoftranscript|> is not a label: the model's right shift feeds it as input
+        assert ids[0] == notimestamps and ids[-1] == eot
+        assert tok.decode(ids[1:-1]) == " " + ex.text
+    lengths = (labels != -100).sum(1)
+    assert lengths.min() < lengths.max()
+    for row, n in zip(labels, lengths):
+        assert row[n - 1] == eot and (row[n:] == -100).all()
+
+
+def test_loss_is_token_cross_entropy(base, examples: list[Example]) -> None:
+    model, processor = base
+    batch = FAMILY.collate(processor, examples[:2])
+    labels = batch["labels"]
+    sot = model.config.decoder_start_token_id
+    dec_in = torch.cat([torch.full((2, 1), sot), labels[:, :-1].clamp(min=0)], dim=1)
+    with torch.no_grad():
+        logits = model(input_features=batch["input_features"], decoder_input_ids=dec_in).logits
+        expected = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1))
+        got = FAMILY.loss(model, batch)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_ranks_change_the_loss_per_example(tiny, examples: list[Example]) -> None:
+    model, processor = tiny
+    batch = FAMILY.collate(processor, examples[:2])
+    with torch.no_grad():
+        single = []
+        for i, r in enumerate([0, 8]):
+            with use_ranks(model, [r]):
+                single.append(FAMILY.loss(model, {k: v[i : i + 1] for k, v in batch.items()}).item())
+    assert single[0] != pytest.approx(single[1], rel=1e-3)
+
+
+@pytest.mark.parametrize("num_beams", [1, 4])
+def test_generate_batch_equals_each_alone_at_its_rank(tiny, examples: list[Example], num_beams: int) -> None:
+    model, processor = tiny
+    batch = FAMILY.collate(processor, examples, train=False)
+    ranks = [2, 8, 0]
+    with use_ranks(model, ranks):
+        together = FAMILY.generate_ids(model, batch, num_beams=num_beams, max_new_tokens=MAX_NEW)
+    alone = []
+    for i, r in enumerate(ranks):
+        with use_ranks(model, [r]):
+            alone.append(
+                FAMILY.generate_ids(model, {k: v[i : i + 1] for k, v in batch.items()}, num_beams, MAX_NEW)[0]
+            )
+    for t, a in zip(together, alone):
+        assert t[: len(a)].tolist() == a.tolist()
+        assert (t[len(a) :] == model.generation_config.pad_token_id).all()
+    assert len({tuple(a.tolist()) for a in alone}) > 1  # the ranks really differ
+    with use_ranks(model, ranks):
+        texts = FAMILY.generate(model, processor, batch, num_beams=num_beams, max_new_tokens=MAX_NEW)
+    assert texts == [processor.tokenizer.decode(a, skip_special_tokens=True).strip() for a in alone]
+
+
+def test_long_form_is_decoded_per_utterance_at_its_rank(tiny, examples: list[Example]) -> None:
+    model, processor = tiny
+    set_audio_ctx(model, 100, processor)  # a 2-s window: the 2.7-s clips become long-form
+    batch = FAMILY.collate(processor, examples[:2], train=False)
+    assert batch["input_features"].shape[-1] > 200
+    ranks = [8, 2]
+    with use_ranks(model, ranks):
+        together = FAMILY.generate(model, processor, batch, max_new_tokens=MAX_NEW)
+    for i, r in enumerate(ranks):
+        one = FAMILY.collate(processor, examples[i : i + 1], train=False)
+        with use_ranks(model, [r]):
+            assert FAMILY.generate(model, processor, one, max_new_tokens=MAX_NEW) == [together[i]]
+
+
+def test_audio_ctx_shortens_the_encoder(base, examples: list[Example]) -> None:
+    model, processor = copy.deepcopy(base)
+    full = model.get_encoder().embed_positions.weight.detach().clone()
+    set_audio_ctx(model, 500, processor)
+    assert encoder_positions(model) == 500
+    batch = FAMILY.collate(processor, examples[:2])
+    assert batch["input_features"].shape == (2, 80, 1000)
+    assert torch.equal(model.get_encoder().embed_positions.weight, full[:500])
+    with torch.no_grad():
+        out = model.get_encoder()(batch["input_features"]).last_hidden_state
+    assert out.shape == (2, 500, model.config.d_model)
+    assert torch.isfinite(FAMILY.loss(model, batch))
+    set_audio_ctx(model, 1500, processor)  # widening back restores the original table
+    assert torch.equal(model.get_encoder().embed_positions.weight, full)
+    with pytest.raises(ConfigError, match="audio_ctx"):
+        set_audio_ctx(model, 1501)
+
+
+def test_collate_rejects_text_only_examples(base) -> None:
+    _, processor = base
+    with pytest.raises(ConfigError, match="needs audio"):
+        FAMILY.collate(processor, [Example(id="q1", text="x", prompt="y")])
+
+
+def test_random_model_is_reproducible(base) -> None:
+    a, _ = base
+    b, _ = FAMILY.load("random:tiny")
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("audio_ctx", [1500, 500])
+def test_tiny_en_transcribes_the_fixtures(examples: list[Example], audio_ctx: int) -> None:
+    import jiwer
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer
+
+    model, processor = FAMILY.load("whisper-tiny.en")
+    set_audio_ctx(model, audio_ctx, processor)
+    batch = FAMILY.collate(processor, examples, train=False)
+    hyps = FAMILY.generate(model, processor, batch)
+    norm = EnglishTextNormalizer({})
+    wer = jiwer.wer([norm(e.text) for e in examples], [norm(h) for h in hyps])
+    assert wer <= 0.05, hyps
+    inject(model, FlexiLoraConfig(ranks=(0, 8), target_modules=FAMILY.default_targets))
+    with use_ranks(model, [0, 8, 0]):  # fresh adapters (B = 0) leave the model unchanged
+        assert FAMILY.generate(model, processor, batch) == hyps
+    assert np.isfinite(FAMILY.loss(model, FAMILY.collate(processor, examples)).item())
