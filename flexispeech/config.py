@@ -29,6 +29,10 @@ class ModelConfig:
     audio_ctx: int | None = None
     """Whisper only: encoder positions to keep (1500 = 30 s; 500 = 10 s). Shorter is much
     cheaper on CPU; utterances must fit (longer ones are dropped from training)."""
+    cache_encoder_layers: int = 0
+    """Whisper only: the first N encoder layers get no adapters and their output is
+    computed once per training utterance and cached (single process only). N = every
+    layer trains the decoder alone on cached encoder states: the cheapest CPU setting."""
 
 
 @dataclass

@@ -76,6 +76,9 @@ def _save_dataset_dict(dataset_dict: Any, out_dir: Path) -> None:
     tmp = out_dir / f".{DATASET_DIR}.tmp{os.getpid()}"
     old = out_dir / f".{DATASET_DIR}.old{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
+    import datasets
+
+    datasets.disable_progress_bars()  # one bar per split per save is noise: callers show their own
     dataset_dict.save_to_disk(str(tmp))
     if final.exists():
         os.replace(final, old)

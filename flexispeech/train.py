@@ -32,6 +32,7 @@ from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import get_family
 from flexispeech.models.family import load_model as load_family_model
+from flexispeech.models.whisper_prefix import encode_prefix, frozen_prefix_pattern, loss_from_prefix
 from flexispeech.routing import build_routers
 
 WHISPER_FRAMES_PER_S = 50  # encoder positions per second of audio (1500 = 30 s)
@@ -64,12 +65,15 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[Any,
 def adapter_config(cfg: RunConfig, family: Any) -> FlexiLoraConfig:
     """The FlexiLoraConfig of a run (with the facts needed to reload it in metadata)."""
     a = cfg.adapter
+    targets: tuple[str, ...] | str = tuple(a.target_modules or family.default_targets)
+    if cfg.model.cache_encoder_layers:
+        targets = frozen_prefix_pattern(targets, cfg.model.cache_encoder_layers)
     return FlexiLoraConfig(
         ranks=tuple(a.ranks),
         alpha=a.alpha,
         scaling=a.scaling,
         rank_scales=a.rank_scales,
-        target_modules=tuple(a.target_modules or family.default_targets),
+        target_modules=targets,
         dropout=a.dropout,
         compute_path=a.compute_path,
         metadata={
@@ -127,6 +131,11 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
         state, router_state = load_checkpoint(ckpt, model, optimizer, scheduler)
         if isinstance(train_router, RandomRouter) and router_state is not None:
             train_router.generator.set_state(router_state)
+    prefix_cache = None
+    if cfg.model.cache_encoder_layers:
+        if cfg.model.family != "whisper" or world > 1:
+            raise ConfigError("model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)")
+        prefix_cache = build_prefix_cache(model, family, processor, split, cfg.model.cache_encoder_layers, progress)
     model = accelerator.prepare_model(model)
 
     if accelerator.is_main_process:
@@ -151,14 +160,20 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
             state.batch_in_epoch += 1
             if not local_idx:
                 continue
-            batch = collate([split[i] for i in local_idx])
-            ranks = train_router(batch["signals"])
+            signals = {k: torch.tensor([split.signals(i)[k] for i in local_idx]) for k in split.signal_names}
+            ranks = train_router(signals)
             counts.update(ranks.tolist())
             micro += 1
             sync = micro % accum == 0
             ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx, use_ranks(model, ranks):
-                loss = family.loss(model, _to_device(batch["inputs"], accelerator.device)) / accum
+                if prefix_cache is None:
+                    inputs = collate([split[i] for i in local_idx])["inputs"]
+                    loss = family.loss(model, _to_device(inputs, accelerator.device)) / accum
+                else:
+                    labels = family.labels(processor, [split.rows[i]["text"] for i in local_idx])
+                    prefix = torch.stack([prefix_cache[i] for i in local_idx])
+                    loss = loss_from_prefix(model, prefix, labels, cfg.model.cache_encoder_layers) / accum
                 accelerator.backward(loss)
             losses.append(float(loss.detach()) * accum)
             state.examples_seen += len(global_idx)
@@ -212,3 +227,15 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
         }
         (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     return adapter_dir
+
+
+def build_prefix_cache(
+    model: torch.nn.Module, family: Any, processor: Any, split: CorpusSplit, n_layers: int, progress: bool, batch_size: int = 16
+) -> list[torch.Tensor]:
+    """Encoder-prefix states [positions, d_model] of every training row, computed once."""
+    collate = make_collate(family, processor, train=False)
+    cache: list[torch.Tensor] = []
+    for start in tqdm(range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress):
+        inputs = collate([split[i] for i in range(start, min(start + batch_size, len(split)))])["inputs"]
+        cache += list(encode_prefix(model, inputs["input_features"], n_layers).cpu())
+    return cache

@@ -32,3 +32,18 @@ def tmp_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("FLEXISPEECH_CACHE", str(cache))
     return cache
+
+
+@pytest.fixture(autouse=True)
+def _one_thread_for_tiny_models(request: pytest.FixtureRequest):
+    """Fast tests run tiny models, whose matmuls only lose to a multi-thread pool's
+    spin-waits (a 60x slowdown was seen on 2 busy cores); slow tests keep every core."""
+    import torch
+
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

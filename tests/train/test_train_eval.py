@@ -104,3 +104,16 @@ def test_bad_config_key_is_one_line(corpus, tmp_path, capsys) -> None:
     assert main(["train", "--config", str(conf)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'train.max_step'" in err and "bad.yaml" in err
+
+
+def test_cached_encoder_training(corpus, tmp_path) -> None:
+    cfg = config(corpus, tmp_path / "cached", "threshold", **{"model.cache_encoder_layers": 2})
+    adapter = train(cfg, progress=False)
+    targets = read_adapter_config(adapter)["config"]["target_modules"]
+    assert isinstance(targets, str) and "encoder" in targets  # the frozen-prefix pattern
+    log = [json.loads(line) for line in (tmp_path / "cached" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(np.isfinite(e["loss"]) for e in log)
+    from safetensors.torch import load_file
+
+    names = load_file(str(adapter / "adapter_model.safetensors")).keys()
+    assert names and not any(".encoder." in n for n in names)  # all encoder layers cached: decoder only

@@ -1,0 +1,44 @@
+"""``flexispeech signals``: compute and cache complexity signals (and base-model WER) of a corpus."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = "cache per-utterance complexity signals (duration, SNR, speech activity, decoder confidence) and base WER"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("corpus", help="corpus directory (from `flexispeech prepare`)")
+    parser.add_argument("--splits", default="train,validation,test", help="comma-separated splits (default: all three; missing ones are skipped)")
+    parser.add_argument("--model", help="base Whisper model for the decoder-confidence proxy and base WER "
+                        "(e.g. whisper-tiny.en); without it only the audio signals are computed")
+    parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (500 = 10 s); longer utterances get no model signals")
+    parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
+    parser.add_argument("--force", action="store_true", help="recompute columns that are already cached")
+    parser.add_argument("--device", default="cpu", help="torch device for the base model (default: cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from flexispeech.corpus import read_corpus_info
+    from flexispeech.signals.cache import cache_audio_signals, cache_model_signals
+
+    info = read_corpus_info(Path(args.corpus))
+    splits = [s for s in args.splits.split(",") if s in info["splits"]]
+    model = processor = None
+    for split in splits:
+        did = cache_audio_signals(args.corpus, split, force=args.force)
+        print(f"{split}: audio signals {'computed' if did else 'already cached'}")
+        if args.model:
+            if model is None:
+                from flexispeech.models.family import get_family, load_model
+                from flexispeech.models.sources import pretrained_path
+
+                model, processor = load_model(get_family("whisper"), args.model, args.device, args.audio_ctx)
+                model_dir = pretrained_path(args.model)
+            window = args.audio_ctx / 50 if args.audio_ctx else None
+            did = cache_model_signals(args.corpus, split, model, processor, model_dir if isinstance(model_dir, Path) else None,
+                                      args.batch_size, window, force=args.force)
+            print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
+    return 0
