@@ -4,6 +4,7 @@
 """
 
 CORPORA: dict[str, str] = {
+    "synthetic": "data_prep.synthetic:prepare_synthetic",
     "librispeech": "data_prep.librispeech:prepare_librispeech",
     "commonvoice": "data_prep.commonvoice:prepare_commonvoice",
     "folder": "data_prep.folder:prepare_folder",

@@ -17,6 +17,13 @@ from flexispeech.errors import FlexispeechError
 
 # name -> module; the order is the order of `flexispeech --help`.
 COMMANDS: dict[str, str] = {
+    "prepare": "flexispeech.commands.prepare",
+    "signals": "flexispeech.commands.signals",
+    "train": "flexispeech.commands.train",
+    "eval": "flexispeech.commands.eval",
+    "compare": "flexispeech.commands.compare",
+    "transcribe": "flexispeech.commands.transcribe",
+    "convert-ct2": "flexispeech.commands.convert_ct2",
     "info": "flexispeech.commands.info",
 }
 
