@@ -23,14 +23,16 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install
+test: install system-deps
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 test-slow: install system-deps
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
 
+# The main job: static LoRA vs Flexi-LoRA on the offline synthetic corpus, CPU-sized
+# (recipes/synthetic/README.md); prints the comparison table at the end.
 demo: install system-deps
-	$(PY) examples/core_demo.py
+	FLEXISPEECH=$(VENV)/bin/flexispeech bash recipes/synthetic/run.sh --profile cpu
 
 # Offline TTS engines for the synthetic corpus (espeak-ng, flite, festival, MBROLA, pico)
 # and its text sources; as root with apt. Idempotent; elsewhere it only says what to install.

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from flexispeech.data import CorpusSplit, make_collate
@@ -24,6 +23,7 @@ from flexispeech.errors import FlexispeechError
 from flexispeech.lora.inject import get_state, use_ranks
 from flexispeech.lora.stats import count_parameters
 from flexispeech.metrics import error_counts, utterance_wer
+from flexispeech.text_data import TextTaskSplit
 
 SNR_BUCKETS = ((20.0, "≥20 dB"), (10.0, "10–20 dB"), (5.0, "5–10 dB"), (-math.inf, "<5 dB"))
 DURATION_BUCKETS = ((15.0, "≥15 s"), (8.0, "8–15 s"), (3.0, "3–8 s"), (0.0, "<3 s"))
@@ -46,48 +46,43 @@ def decode_split(
     model: torch.nn.Module,
     family: Any,
     processor: Any,
-    split: CorpusSplit,
+    split: CorpusSplit | TextTaskSplit,
     router: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None,
     batch_size: int = 16,
     num_beams: int = 1,
     progress: bool = True,
+    max_new_tokens: int | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Decode every row of ``split``; returns per-utterance records and decode seconds.
 
     ``router`` maps a batch's signals to ranks; None decodes the model as it is (a base
-    model, or an adapter outside any ``use_ranks`` block).
+    model, or an adapter outside any ``use_ranks`` block). ``split`` is a ``CorpusSplit`` or a
+    ``TextTaskSplit`` (its ``record(i)`` says what a record keeps); ``max_new_tokens`` caps
+    the generated tokens (None: the family's default).
     """
     device = next(model.parameters()).device
-    loader = DataLoader(split, batch_size=batch_size, shuffle=False, collate_fn=make_collate(family, processor, train=False))
-    records: list[dict[str, Any]] = []
+    collate = make_collate(family, processor, train=False)
+    # Batches of similar duration (text: prompt length): less padding, similar decoding lengths.
+    lengths = split.durations
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
+    records: list[dict[str, Any]] = [{} for _ in order]
     decode_s = 0.0
     model.eval()
-    for start, batch in zip(range(0, len(split), batch_size), tqdm(loader, desc="decode", disable=not progress)):
+    for start in tqdm(range(0, len(order), batch_size), desc="decode", unit="batch", disable=not progress):
+        idx = order[start : start + batch_size]
+        batch = collate([split[i] for i in idx])
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
         ranks = router(batch["signals"]) if router is not None else None
         t0 = time.perf_counter()
         with torch.no_grad():
             if ranks is None:
-                texts = family.generate(model, processor, inputs, num_beams=num_beams)
+                texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
             else:
                 with use_ranks(model, ranks):
-                    texts = family.generate(model, processor, inputs, num_beams=num_beams)
+                    texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
         decode_s += time.perf_counter() - t0
-        for j, text in enumerate(texts):
-            row = split.rows[start + j]
-            records.append(
-                {
-                    "id": row["id"],
-                    "ref": row["text"],
-                    "hyp": text,
-                    "rank": None if ranks is None else int(ranks[j]),
-                    "duration": float(row["duration"]),
-                    "snr_db": row.get("snr_db"),
-                    "voice": row.get("voice", row.get("speaker")),
-                    "seen_voice": row.get("seen_voice"),
-                    "signals": split.signals(start + j),
-                }
-            )
+        for j, (i, text) in enumerate(zip(idx, texts)):
+            records[i] = {**split.record(i), "hyp": text, "rank": None if ranks is None else int(ranks[j])}
     return records, decode_s
 
 

@@ -34,6 +34,7 @@ from flexispeech.models.family import get_family
 from flexispeech.models.family import load_model as load_family_model
 from flexispeech.models.whisper_prefix import encode_prefix, frozen_prefix_pattern, loss_from_prefix
 from flexispeech.routing import build_routers
+from flexispeech.text_data import open_split
 
 WHISPER_FRAMES_PER_S = 50  # encoder positions per second of audio (1500 = 30 s)
 
@@ -108,7 +109,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     if cfg.model.family == "whisper" and cfg.model.audio_ctx:
         window = cfg.model.audio_ctx / WHISPER_FRAMES_PER_S
         max_duration = window if max_duration is None else min(max_duration, window)
-    split = CorpusSplit(cfg.data.corpus, cfg.data.train_split, max_duration, cfg.data.max_train_examples, cfg.seed)
+    split = open_split(cfg.data.corpus, cfg.data.train_split, max_duration, cfg.data.max_train_examples, cfg.seed, cfg.data.target)
     signals = split.all_signals()
     uses_learned = cfg.routing.mode == "learned" or (cfg.routing.mode == "inconsistent" and cfg.routing.inference_router == "learned")
     difficulty = split.column(cfg.routing.difficulty) if uses_learned else None
@@ -135,7 +136,8 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     if cfg.model.cache_encoder_layers:
         if cfg.model.family != "whisper" or world > 1:
             raise ConfigError("model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)")
-        prefix_cache = build_prefix_cache(model, family, processor, split, cfg.model.cache_encoder_layers, progress)
+        key = f"{cfg.model.source}|{cfg.model.audio_ctx}|{cfg.data.train_split}"
+        prefix_cache = build_prefix_cache(model, family, processor, split, cfg.model.cache_encoder_layers, progress, key)
     model = accelerator.prepare_model(model)
 
     if accelerator.is_main_process:
@@ -230,12 +232,36 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
 
 
 def build_prefix_cache(
-    model: torch.nn.Module, family: Any, processor: Any, split: CorpusSplit, n_layers: int, progress: bool, batch_size: int = 16
+    model: torch.nn.Module,
+    family: Any,
+    processor: Any,
+    split: CorpusSplit,
+    n_layers: int,
+    progress: bool,
+    key: str = "",
+    batch_size: int = 16,
 ) -> list[torch.Tensor]:
-    """Encoder-prefix states [positions, d_model] of every training row, computed once."""
+    """Encoder-prefix states [positions, d_model] of every training row, computed once.
+
+    They are also stored under ``<corpus>/cache/encoder/`` (safetensors, named by a hash
+    of ``key``, the layer count and the row ids), so the other runs of a recipe on the
+    same corpus and model load them instead of recomputing.
+    """
+    import hashlib
+
+    from safetensors.torch import load_file, save_file
+
+    digest = hashlib.sha1(f"{key}|{n_layers}|{[r['id'] for r in split.rows]}".encode()).hexdigest()[:16]
+    path = split.corpus_dir / "cache" / "encoder" / f"{digest}.safetensors"
+    if path.is_file():
+        return list(load_file(str(path))["prefix"])
     collate = make_collate(family, processor, train=False)
     cache: list[torch.Tensor] = []
     for start in tqdm(range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress):
         inputs = collate([split[i] for i in range(start, min(start + batch_size, len(split)))])["inputs"]
         cache += list(encode_prefix(model, inputs["input_features"], n_layers).cpu())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({"prefix": torch.stack(cache).contiguous()}, str(tmp))
+    tmp.replace(path)  # atomic: a killed run never leaves a truncated cache under the final name
     return cache

@@ -17,6 +17,7 @@ this is what makes CPU training affordable on short utterances.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,6 +36,8 @@ FRAMES_PER_POSITION = 2  # the encoder's second conv has stride 2
 SAMPLES_PER_POSITION = HOP_LENGTH * FRAMES_PER_POSITION  # 320 samples = 20 ms per encoder position
 FULL_POSITIONS = 1500  # 30 s / 20 ms
 FULL_EMBED_ATTR = "_flexispeech_full_positions"
+FRAMES_PER_SECOND = 100  # mel frames per second (10-ms hop)
+TOKENS_PER_SECOND = 15  # Whisper's decoder budget: 448 tokens per 30-s window
 
 
 def encoder_positions(model: nn.Module) -> int:
@@ -196,6 +199,10 @@ class WhisperFamily:
         long_rows = [i for i in range(n) if features.shape[-1] > window and int(num_frames[i]) > window]
         short_rows = [i for i in range(n) if i not in long_rows]
         kwargs: dict[str, Any] = {"num_beams": num_beams}
+        if max_new_tokens is None and window < FULL_POSITIONS * FRAMES_PER_POSITION:
+            # A shortened window gets Whisper's own token budget per second (448 per 30 s):
+            # a hallucinating row then stops early instead of holding its batch to 448 steps.
+            max_new_tokens = math.ceil(TOKENS_PER_SECOND * window / FRAMES_PER_SECOND)
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         out: list[torch.Tensor | None] = [None] * n

@@ -70,6 +70,7 @@ def cache_model_signals(
         return False
     split_rows = CorpusSplit(corpus_dir, split)
     keep = [i for i, r in enumerate(split_rows.rows) if max_duration is None or r["duration"] <= max_duration]
+    keep.sort(key=lambda i: split_rows.rows[i]["duration"])  # similar lengths per batch: less padding
     normalize = english_normalizer(model_dir)
     collate = make_collate(FAMILY, processor, train=False)
     n = len(split_rows)
