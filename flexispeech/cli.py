@@ -23,6 +23,8 @@ COMMANDS: dict[str, str] = {
     "eval": "flexispeech.commands.eval",
     "compare": "flexispeech.commands.compare",
     "transcribe": "flexispeech.commands.transcribe",
+    "stream": "flexispeech.commands.stream",
+    "serve": "flexispeech.commands.serve",
     "convert-ct2": "flexispeech.commands.convert_ct2",
     "info": "flexispeech.commands.info",
 }
@@ -46,6 +48,23 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter (transformers' deprecation notes, per-load progress bars)
+    out of command output; ``--debug`` keeps it. Our own progress bars stay."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # deprecations inside libraries
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``flexispeech`` console script; returns the exit status."""
     parser = build_parser()
@@ -53,6 +72,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if not args.debug:
+        quiet_libraries()
     try:
         return int(args._run(args) or 0)
     except FlexispeechError as err:

@@ -8,7 +8,7 @@ HELP = "train an adapter from a YAML config (static LoRA or Flexi-LoRA, any fami
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", required=True, help="a recipe config, e.g. recipes/synthetic/conf/flexi_threshold.yaml")
+    parser.add_argument("--config", help="a recipe config, e.g. recipes/synthetic/conf/flexi_threshold.yaml (default: built-in defaults + overrides)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides with dotted keys, e.g. train.lr=3e-4 train.max_steps=200")
     parser.add_argument("--resume", action="store_true",

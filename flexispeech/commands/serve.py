@@ -1,0 +1,34 @@
+"""``flexispeech serve``: a local web page that transcribes a file or the microphone live."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "serve a local web page that streams a file or the microphone through Whisper, live"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--model", default="whisper-tiny.en", help="Whisper model name or directory (default whisper-tiny.en)")
+    parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter; its router picks each update's rank")
+    parser.add_argument("--rank", type=int, help="serve every update at this adapter rank instead of routing")
+    parser.add_argument("--audio-ctx", default="auto", metavar="N", help="encoder window in 20-ms positions, or 'auto' (default)")
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from flexispeech.commands.stream import load_online
+    from flexispeech.errors import ConfigError
+
+    if args.rank is not None and args.adapter is None:
+        raise ConfigError("--rank needs an adapter (--adapter DIR)")
+    try:
+        from flexispeech.server.app import serve
+    except ImportError as err:
+        raise ConfigError(f"flexispeech serve needs aiohttp (pip install 'flexispeech[serve]'): {err}") from None
+    online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)
+    print(f"flexispeech serve: open http://{args.host}:{args.port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+    serve(online.t, host=args.host, port=args.port, options=online.options)
+    return 0

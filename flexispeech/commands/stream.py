@@ -1,0 +1,124 @@
+"""``flexispeech stream FILE``: transcribe audio as a stream, printing text as it is committed."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+HELP = "stream a file (or the microphone) through Whisper, printing committed text as it grows"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("audio", nargs="?", metavar="FILE", help="audio file (anything soundfile reads)")
+    parser.add_argument("--mic", action="store_true", help="stream the default microphone (needs the 'mic' extra)")
+    parser.add_argument("--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per update (default 1.0)")
+    parser.add_argument("--realtime", action="store_true", help="feed the file at its own pace, as if live")
+    parser.add_argument("--model", default="whisper-tiny.en", help="Whisper model name or directory (default whisper-tiny.en)")
+    parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter; its router picks each update's rank")
+    parser.add_argument("--rank", type=int, help="serve every update at this adapter rank instead of routing")
+    parser.add_argument(
+        "--audio-ctx", default="auto", metavar="N",
+        help="encoder window in 20-ms positions, or 'auto': the buffer rounded up to 10 s (default)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    parser.add_argument("--json", action="store_true", help="print one JSON event per update")
+
+
+def audio_ctx_option(value: str) -> str | int:
+    """``--audio-ctx`` as ``StreamOptions.audio_ctx``: 'auto' or a positive number of positions."""
+    from flexispeech.errors import ConfigError
+
+    if value == "auto":
+        return value
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise ConfigError(f"--audio-ctx must be 'auto' or a number of positions >= 1, got {value!r}")
+    return n
+
+
+def load_online(model: str, adapter: str | None, rank: int | None, audio_ctx: str, device: str = "cpu") -> Any:
+    """An ``OnlineTranscriber`` for the command line and the web server."""
+    from transformers.utils import logging as hf_logging
+
+    from flexispeech.streaming import OnlineTranscriber, StreamOptions
+    from flexispeech.transcriber import Transcriber
+
+    # Our output is the transcript: keep transformers' load bars and generation advice quiet.
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    transcriber = Transcriber(model=model, adapter=adapter, rank=rank, device=device, family="whisper")
+    return OnlineTranscriber(transcriber, StreamOptions(audio_ctx=audio_ctx_option(audio_ctx)))
+
+
+def microphone_updates(online: Any, chunk_s: float) -> Iterator[Any]:
+    """Updates from the default microphone until Ctrl-C, then the final one."""
+    import queue
+
+    from flexispeech.audio import SAMPLE_RATE
+    from flexispeech.errors import FlexispeechError
+
+    try:
+        import sounddevice
+    except (ImportError, OSError) as err:  # OSError: the package is there, PortAudio is not
+        raise FlexispeechError(f"--mic needs sounddevice and PortAudio (pip install 'flexispeech[mic]'): {err}") from None
+    blocks: queue.Queue = queue.Queue()
+    stream = sounddevice.InputStream(
+        samplerate=SAMPLE_RATE, channels=1, dtype="float32", callback=lambda data, *_: blocks.put(data[:, 0].copy())
+    )
+    with stream:
+        print("listening; Ctrl-C to stop", file=sys.stderr, flush=True)
+        try:
+            while True:
+                got = 0
+                while got < chunk_s * SAMPLE_RATE:
+                    block = blocks.get()
+                    online.insert_audio_chunk(block)
+                    got += block.size
+                while not blocks.empty():  # decoding fell behind: take everything that arrived
+                    online.insert_audio_chunk(blocks.get())
+                yield online.process_iter()
+        except KeyboardInterrupt:
+            pass
+    yield online.finish()
+
+
+def format_update(update: Any) -> str | None:
+    """A line for the newly committed words: ``[start-end] (rank) words``; None if none."""
+    if not update.committed:
+        return None
+    rank = "base" if update.rank is None else f"r{update.rank}"
+    words = " ".join(w.text for w in update.committed)
+    return f"[{update.committed[0].start:6.2f}-{update.committed[-1].end:6.2f}] ({rank}) {words}"
+
+
+def run(args: argparse.Namespace) -> int:
+    from flexispeech.audio import check_samples, load_audio
+    from flexispeech.errors import ConfigError
+    from flexispeech.streaming import stream_file_chunks
+
+    if (args.audio is None) == (not args.mic):
+        raise ConfigError("give an audio FILE or --mic (not both)")
+    if args.chunk <= 0:
+        raise ConfigError(f"--chunk must be > 0 seconds, got {args.chunk}")
+    if args.rank is not None and args.adapter is None:
+        raise ConfigError("--rank needs an adapter (--adapter DIR)")
+    audio_ctx_option(args.audio_ctx)  # a bad value fails before the model loads
+    samples = None if args.mic else check_samples(load_audio(args.audio), args.audio)
+    online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)
+    updates = microphone_updates(online, args.chunk) if args.mic else stream_file_chunks(
+        online, samples, args.chunk, realtime=args.realtime
+    )
+    for update in updates:
+        if args.json:
+            print(json.dumps(update.to_dict(online.committed_text)), flush=True)
+        else:
+            line = format_update(update)
+            if line:
+                print(line, flush=True)
+    return 0

@@ -1,0 +1,1 @@
+"""The ``flexispeech serve`` web app: live streaming transcription in the browser."""
