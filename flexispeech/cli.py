@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "transcribe": "flexispeech.commands.transcribe",
     "stream": "flexispeech.commands.stream",
     "serve": "flexispeech.commands.serve",
+    "bench": "flexispeech.commands.bench",
     "convert-ct2": "flexispeech.commands.convert_ct2",
     "info": "flexispeech.commands.info",
 }

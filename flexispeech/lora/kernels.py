@@ -4,31 +4,50 @@ All paths compute, for row ``n`` with rank ``r_n``::
 
     delta[n] = scale(r_n) * (x[n] @ A[:r_n].T) @ B[:, :r_n].T
 
-and return ``None`` when every row has rank 0 (the caller then adds nothing, so rank 0
-is exactly the base model). Shapes: ``x`` [N, *, in], ``A`` [r_max, in], ``B`` [out, r_max],
-``ranks`` [N] (int64, same device as ``x``), ``scale_table`` [r_max + 1] with
-``scale_table[r] = scale(r)``; the result is [N, *, out].
+and add nothing when every row has rank 0 (rank 0 is exactly the base model). Shapes:
+``x`` [N, *, in], ``A`` [r_max, in], ``B`` [out, r_max], ``ranks`` [N] (int64, same device
+as ``x``), ``scale_table`` [r_max + 1] with ``scale_table[r] = scale(r)``; deltas are
+[N, *, out].
+
+Delta-only paths (plain tensor ops; autograd, autocast and ``torch.compile`` see through them):
 
 - ``masked``: one pair of matmuls at the batch's top rank with the components above each
   row's rank zeroed (by a mask that also carries the per-row scale). Cost ∝ N · top.
   Shape-static at a fixed top rank, so it is the path used under ``torch.compile``.
 - ``grouped``: rows gathered per distinct rank, truncated matmuls per group, results
-  scattered back. Cost ∝ Σ r_n (+ a gather/scatter of the rows): a lower rank really
-  costs fewer FLOPs, and rank-0 rows cost nothing.
+  scattered back. Cost ∝ Σ r_n (+ a gather/scatter of the rows).
 - ``uniform``: every row has the same rank r: one truncated pair of matmuls.
+
+Fused layer paths (``lora_linear``: base + adapter in one autograd node, eager mode):
+
+- ``segmented``: when rows of equal rank sit next to each other (a batch sorted by rank,
+  see ``rank_sort_order``), each run of rows is a *view*: truncated matmuls per run, no
+  gather, no scatter; rank-0 runs are skipped. Cost ∝ Σ r_n and nothing for rank 0.
+- ``masked`` (fused): the masked path over the span of rows with rank > 0 only.
+
+Both accumulate the update into the base output inside the matmul (``addmm_``, i.e. the
+GEMM epilogue reads C) instead of materialising a delta and adding it, and the backward
+accumulates ``grad_x`` the same way: one memory pass fewer each way. The grouping of a
+batch (``RankPlan``) is computed once per forward pass with a single host sync and shared
+by every layer of the model through its ``RankSlot``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import torch
+import torch.nn.functional as F
 
-Path = Literal["auto", "masked", "grouped"]
+Path = Literal["auto", "masked", "grouped", "segmented"]
 
 # The grouped path pays a gather and a scatter of its rows; it wins when the masked path
 # would waste more than this fraction of its FLOPs on components above the rows' ranks.
 GROUPED_MIN_SAVING = 0.35
+# The segmented path launches ~6 small matmuls per run of equal-rank rows; past this many
+# runs (an unsorted batch) the launches cost more than the FLOPs they save.
+MAX_SEGMENTS = 8
 
 
 def uniform_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rank: int, scale: float) -> torch.Tensor | None:
@@ -36,6 +55,16 @@ def uniform_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rank: int, 
     if rank == 0:
         return None
     return (x @ A[:rank].T * scale) @ B[:, :rank].T
+
+
+def rank_mask(ranks: torch.Tensor, scale_table: torch.Tensor, top: int, dtype: torch.dtype) -> torch.Tensor:
+    """``mask[n, j] = scale(r_n) if j < r_n else 0``, [N, top] in ``dtype``.
+
+    Zeroing also stops gradients to the components above r_n, which is what nested-rank
+    training needs; carrying the scale in the mask saves a separate multiply.
+    """
+    cols = torch.arange(top, device=ranks.device)
+    return ((cols < ranks[:, None]) * scale_table[ranks][:, None]).to(dtype)
 
 
 def masked_delta(
@@ -51,10 +80,7 @@ def masked_delta(
     if top == 0:
         return None
     h = x @ A[:top].T  # [N, *, top]
-    cols = torch.arange(top, device=x.device)
-    # mask[n, j] = scale(r_n) if j < r_n else 0: zeroing also stops gradients to the
-    # components above r_n, which is what nested-rank training needs.
-    mask = (cols < ranks[:, None]).to(h.dtype) * scale_table[ranks][:, None].to(h.dtype)
+    mask = rank_mask(ranks, scale_table.to(x.device), top, h.dtype)
     mask = mask.view(mask.shape[0], *([1] * (x.dim() - 2)), top)
     return (h * mask) @ B[:, :top].T
 
@@ -83,10 +109,9 @@ def grouped_delta(
 
 
 def choose_path(ranks_list: list[int]) -> tuple[str, list[int]]:
-    """Pick ``uniform``, ``masked`` or ``grouped`` for one call from its per-row ranks.
-
-    Returns the path and the sorted distinct ranks.
-    """
+    """Pick ``uniform``, ``masked`` or ``grouped`` for one call from its per-row ranks
+    (the delta-only paths, for rows in any order). Returns the path and the sorted
+    distinct ranks."""
     distinct = sorted(set(ranks_list))
     if len(distinct) == 1:
         return "uniform", distinct
@@ -98,6 +123,204 @@ def choose_path(ranks_list: list[int]) -> tuple[str, list[int]]:
     return "masked", distinct
 
 
+def rank_sort_order(ranks: torch.Tensor) -> torch.Tensor:
+    """The permutation [N] that sorts a batch by rank, highest first (stable).
+
+    Reordering a batch with it (``inputs[order]``, ``ranks[order]``) before the forward pass
+    makes every rank's rows contiguous, so the ``segmented`` path can use views instead of
+    gathers in every layer; a token-mean loss does not change under the permutation.
+    """
+    return torch.sort(ranks, descending=True, stable=True).indices
+
+
+@dataclass
+class RankPlan:
+    """How one batch's rows are grouped by rank, shared by every layer of a forward pass.
+
+    ``runs`` are the maximal runs of equal-rank rows ``(start, end, rank)`` in row order;
+    ``span`` is ``(first, last + 1)`` of the rows with rank > 0.
+    """
+
+    ranks: torch.Tensor
+    ranks_list: list[int]
+    distinct: list[int]
+    runs: list[tuple[int, int, int]]
+    span: tuple[int, int]
+    masks: dict[Any, torch.Tensor] = field(default_factory=dict)
+
+    @property
+    def top(self) -> int:
+        return self.distinct[-1]
+
+    @property
+    def uniform(self) -> bool:
+        return len(self.distinct) == 1
+
+    def nonzero_runs(self) -> list[tuple[int, int, int]]:
+        return [run for run in self.runs if run[2] > 0]
+
+    def mask(self, scales: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The scaled mask of ``rank_mask`` at the top rank, [N, top], cached per dtype/device."""
+        key = (dtype, device, tuple(scales))
+        if key not in self.masks:
+            table = torch.tensor(scales, dtype=torch.float32, device=device)
+            self.masks[key] = rank_mask(self.ranks.to(device), table, self.top, dtype)
+        return self.masks[key]
+
+    def fused_path(self, requested: str, device_type: str = "cpu") -> str:
+        """The fused path for this batch: ``uniform``, ``segmented`` or ``masked``.
+
+        ``auto`` takes ``masked`` on GPUs: at ranks <= 64 the adapter matmuls are bound by
+        memory and launches, not FLOPs, and one masked block over the rank > 0 span beat
+        the per-run launches of ``segmented`` (benchmarks/NOTES.md). On CPUs, where FLOPs
+        dominate, ``segmented`` (cost ∝ Σ r) is taken when the runs are few.
+        """
+        if self.uniform:
+            return "uniform"
+        if requested == "masked" or (requested == "auto" and device_type != "cpu"):
+            return "masked"
+        if requested == "segmented" or len(self.nonzero_runs()) <= MAX_SEGMENTS:
+            return "segmented"
+        return "masked"
+
+
+def make_plan(ranks: torch.Tensor) -> RankPlan:
+    """Group ``ranks`` [N] (one host sync)."""
+    ranks_list = ranks.tolist()
+    runs: list[tuple[int, int, int]] = []
+    for i, r in enumerate(ranks_list):
+        if runs and runs[-1][2] == r:
+            runs[-1] = (runs[-1][0], i + 1, r)
+        else:
+            runs.append((i, i + 1, r))
+    active = [i for i, r in enumerate(ranks_list) if r > 0]
+    span = (active[0], active[-1] + 1) if active else (0, 0)
+    return RankPlan(ranks, ranks_list, sorted(set(ranks_list)), runs, span)
+
+
+def plan_for(slot: Any, ranks: torch.Tensor, n_rows: int) -> RankPlan:
+    """The plan of the ranks in ``slot`` expanded to ``n_rows`` rows, cached on the slot.
+
+    All layers of a model share the slot, so the grouping (and its host sync) is done once
+    per forward pass, not once per layer. The cache is keyed by the ranks tensor itself
+    (kept alive, so its id cannot be reused) and its version counter (in-place edits).
+    """
+    key = (ranks, ranks._version)
+    cache = getattr(slot, "plan_cache", None)
+    if cache is None or cache[0][0] is not ranks or cache[0][1] != key[1]:
+        cache = (key, {})
+        slot.plan_cache = cache
+    plans = cache[1]
+    if n_rows not in plans:
+        expanded = ranks if ranks.shape[0] == n_rows else ranks.repeat_interleave(n_rows // ranks.shape[0])
+        plans[n_rows] = make_plan(expanded)
+    return plans[n_rows]
+
+
+class _FlexiLinear(torch.autograd.Function):
+    """``F.linear(x, W, b)`` plus the adapter update of ``blocks``, in one autograd node.
+
+    ``blocks``: ``(start, end, r, scale)`` row ranges of ``x`` (dim 0) with their rank; a
+    ``scale`` of ``None`` means "use ``mask[start:end, :r]``" (the masked path). Only the
+    small ``h = scale * x @ A[:r].T`` of each block is saved besides what the base saves.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, mask, blocks):  # type: ignore[override]
+        n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
+        x3 = x.reshape(n, -1, d_in)
+        out = F.linear(x, weight, bias)
+        o3 = out.view(n, -1, d_out)
+        hs = []
+        for start, end, r, scale in blocks:
+            xs = x3[start:end].reshape(-1, d_in)
+            h = xs @ A[:r].T
+            if scale is None:
+                h = (h.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
+            else:
+                h.mul_(scale)
+            # C += h @ B^T inside the GEMM: no delta tensor, no separate add.
+            o3[start:end].view(-1, d_out).addmm_(h, B[:, :r].T)
+            hs.append(h)
+        ctx.blocks = blocks
+        ctx.has_bias = bias is not None
+        ctx.save_for_backward(x, weight, A, B, mask, *hs)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, A, B, mask, *hs = ctx.saved_tensors
+        need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
+        n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
+        g2 = grad_out.reshape(-1, d_out)
+        g3 = g2.view(n, -1, d_out)
+        x3 = x.reshape(n, -1, d_in)
+        grad_x = (g2 @ weight).view(x.shape) if need_x else None
+        gx3 = grad_x.view(n, -1, d_in) if need_x else None
+        grad_a = torch.zeros_like(A) if need_a else None
+        grad_bt = torch.zeros(B.shape[1], B.shape[0], dtype=B.dtype, device=B.device) if need_bb else None
+        for (start, end, r, scale), h in zip(ctx.blocks, hs):
+            gs = g3[start:end].reshape(-1, d_out)
+            if need_bb:
+                grad_bt[:r].addmm_(h.T, gs)
+            if not (need_a or need_x):
+                continue
+            gh = gs @ B[:, :r]
+            if scale is None:
+                gh = (gh.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
+            else:
+                gh.mul_(scale)
+            if need_a:
+                grad_a[:r].addmm_(gh.T, x3[start:end].reshape(-1, d_in))
+            if need_x:
+                gx3[start:end].view(-1, d_in).addmm_(gh, A[:r])
+        grad_w = g2.T @ x.reshape(-1, d_in) if need_w else None
+        grad_b = g2.sum(0) if (need_b and ctx.has_bias) else None
+        grad_bb = grad_bt.T.contiguous() if need_bb else None
+        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None
+
+
+def fused_supported(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor) -> bool:
+    """Whether ``lora_linear`` applies: eager mode, no autocast, one dtype throughout."""
+    if torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
+        return False
+    return x.dtype == base.weight.dtype == A.dtype and (base.bias is None or base.bias.dtype == x.dtype)
+
+
+def lora_linear(
+    x: torch.Tensor,
+    base: torch.nn.Linear,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    plan: RankPlan | None,
+    scales: list[float],
+    path: str = "auto",
+    default_rank: int | None = None,
+) -> torch.Tensor:
+    """``base(x)`` plus the adapter update, fused (see the module docstring).
+
+    ``plan`` is the batch's ``RankPlan``; ``None`` means every row at ``default_rank``
+    (no ``use_ranks`` context: no host sync at all). ``path``: ``auto``, ``segmented`` or
+    ``masked``; ``grouped`` is served by ``segmented``, which needs no gathers.
+    """
+    mask = None
+    if plan is None or plan.uniform:
+        r = default_rank if plan is None else plan.top
+        blocks = [(0, x.shape[0], r, scales[r])] if r else []
+    elif plan.fused_path(path, x.device.type) == "segmented":
+        blocks = [(s, e, r, scales[r]) for s, e, r in plan.nonzero_runs()]
+    else:
+        mask = plan.mask(scales, x.dtype, x.device)
+        blocks = [(plan.span[0], plan.span[1], plan.top, None)]
+    if not blocks and not (torch.is_grad_enabled() and (A.requires_grad or B.requires_grad)):
+        return base(x)
+    # With no blocks but gradients on, the node still runs (base only) and hands A and B
+    # zero gradients, so a process whose rows are all at rank 0 keeps DDP's all-reduce in step.
+    if mask is None:
+        mask = A  # any tensor: save_for_backward needs one; it is unused
+    return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, blocks)
+
+
 def lora_delta(
     x: torch.Tensor,
     A: torch.Tensor,
@@ -106,19 +329,20 @@ def lora_delta(
     scale_table: torch.Tensor,
     scales: list[float],
     path: Path = "auto",
+    plan: RankPlan | None = None,
 ) -> torch.Tensor | None:
-    """The adapter update of a mixed-rank batch by the requested path.
+    """The adapter update of a mixed-rank batch by the requested delta-only path.
 
     Under ``torch.compile`` the masked path at the full r_max is always used: it has no
     data-dependent shapes, so it compiles without graph breaks.
     """
     if torch.compiler.is_compiling():
         return masked_delta(x, A, B, ranks, scale_table)
-    ranks_list = ranks.tolist()
+    ranks_list = plan.ranks_list if plan is not None else ranks.tolist()
     chosen, distinct = choose_path(ranks_list)
     if path == "masked":
         chosen = "uniform" if chosen == "uniform" else "masked"
-    elif path == "grouped" and chosen != "uniform":
+    elif path in ("grouped", "segmented") and chosen != "uniform":
         chosen = "grouped"
     if chosen == "uniform":
         return uniform_delta(x, A, B, distinct[0], scales[distinct[0]])

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.kernels import lora_delta
+from flexispeech.lora.kernels import MAX_SEGMENTS, fused_supported, lora_delta, lora_linear, plan_for
 
 
 class RankSlot(threading.local):
@@ -67,6 +67,7 @@ class FlexiLoraLinear(nn.Module):
         # The same table as a tensor for the masked path (indexed by rank on the device);
         # not persistent: it is derived from the config, which is saved instead.
         self.register_buffer("scale_table", torch.tensor(self.scales, dtype=torch.float32, device=weight.device), persistent=False)
+        self._merged: tuple[int, torch.Tensor] | None = None  # see merge_for_inference
         self.reset_parameters()
 
     @property
@@ -110,18 +111,60 @@ class FlexiLoraLinear(nn.Module):
         return ranks
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        result = self.base_layer(x)
         if x.dim() < 2:
             raise ValueError(f"FlexiLoraLinear expects [batch, ..., {self.in_features}] inputs, got shape {tuple(x.shape)}")
-        ranks = self.row_ranks(x.shape[0])
         A, B = self.lora_A, self.lora_B
+        slot_ranks = self.rank_slot.ranks
+        if torch.compiler.is_compiling():
+            # Shape-static masked path: no host syncs, no graph breaks.
+            ranks = self.row_ranks(x.shape[0])
+            delta = lora_delta(self.dropout(x), A, B, ranks, self.scale_table, self.scales, "masked")
+            result = self.base_layer(x)
+            return result + delta.to(result.dtype)
+        # One grouping of the batch per forward pass, shared by all layers (see plan_for).
+        plan = None
+        if slot_ranks is not None:
+            self.row_ranks(x.shape[0])  # validates the batch size against the ranks
+            plan = plan_for(self.rank_slot, slot_ranks, x.shape[0])
+        merged = self._merged
+        if merged is not None and (plan.distinct == [merged[0]] if plan is not None else self.default_rank == merged[0]):
+            return nn.functional.linear(x, merged[1], self.base_layer.bias)  # whole batch at the merged rank
+        # "unfused:<path>" forces the plain-op paths (a benchmark baseline).
+        unfused, _, path = self.compute_path.rpartition(":")
+        if not unfused and isinstance(self.dropout, nn.Identity) and fused_supported(x, self.base_layer, A):
+            if not (path == "grouped" and plan is not None and len(plan.nonzero_runs()) > MAX_SEGMENTS):
+                return lora_linear(x, self.base_layer, A, B, plan, self.scales, path, self.default_rank)
+        # Unfused (dropout, autocast or mixed dtypes; grouped on an unsorted batch).
+        result = self.base_layer(x)
+        ranks = plan.ranks if plan is not None else self.row_ranks(x.shape[0])
         h = self.dropout(x)
         if h.dtype != A.dtype and not torch.is_autocast_enabled(h.device.type):
             h = h.to(A.dtype)  # only when they differ: no needless casts
-        delta = lora_delta(h, A, B, ranks, self.scale_table, self.scales, self.compute_path)
+        delta = lora_delta(h, A, B, ranks, self.scale_table, self.scales, path, plan)
         if delta is None:
+            if torch.is_grad_enabled() and A.requires_grad:
+                # Keep A and B in the graph (zero gradients) for DDP; adds exactly zero.
+                return result + (A.sum() + B.sum()).to(result.dtype) * 0.0
             return result
         return result + delta.to(result.dtype)
+
+    def merge_for_inference(self, rank: int) -> None:
+        """Keep a merged copy ``W + scale(r) B[:, :r] A[:r]`` of the base weight [out, in].
+
+        Non-destructive: base and adapter are untouched. While set, a batch whose rows are
+        all at ``rank`` runs one plain linear with the merged weight (the base's cost);
+        other batches take the unmerged paths. ``unmerge`` drops the copy.
+        """
+        if rank not in self.config.ranks:
+            raise ValueError(f"rank {rank} not in the configured ranks {list(self.config.ranks)}")
+        weight = self.base_layer.weight
+        with torch.no_grad():
+            merged = (weight.float() + self.delta_weight(rank)).to(weight.dtype) if rank else weight
+        self._merged = (int(rank), merged)
+
+    def unmerge(self) -> None:
+        """Drop the merged copy of ``merge_for_inference``."""
+        self._merged = None
 
     def delta_weight(self, rank: int) -> torch.Tensor:
         """The rank-``rank`` update as a weight, ``scale(r) * B[:, :r] @ A[:r]`` [out, in]."""
@@ -131,3 +174,21 @@ class FlexiLoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"ranks={list(self.config.ranks)}, scaling={self.config.scaling}, alpha={self.config.alpha}"
+
+
+def merge_for_inference(model: nn.Module, rank: int) -> None:
+    """``merge_for_inference(rank)`` on every Flexi-LoRA layer of ``model``: batches all at
+    ``rank`` then cost what the base model costs; the adapters stay intact."""
+    from flexispeech.lora.inject import check_ranks, flexi_layers, get_state
+
+    check_ranks(get_state(model).config, [rank])
+    for _, layer in flexi_layers(model):
+        layer.merge_for_inference(rank)
+
+
+def unmerge(model: nn.Module) -> None:
+    """Undo ``merge_for_inference`` on every Flexi-LoRA layer of ``model``."""
+    from flexispeech.lora.inject import flexi_layers
+
+    for _, layer in flexi_layers(model):
+        layer.unmerge()

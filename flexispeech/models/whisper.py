@@ -159,10 +159,10 @@ class WhisperFamily:
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token-level cross entropy (mean over label tokens that are not -100)."""
-        device = next(model.parameters()).device
+        param = next(model.parameters())  # not model.dtype: a DDP wrapper has no .dtype
         out = model(
-            input_features=batch["input_features"].to(device, dtype=model.dtype),
-            labels=batch["labels"].to(device),
+            input_features=batch["input_features"].to(param.device, dtype=param.dtype),
+            labels=batch["labels"].to(param.device),
         )
         return out.loss
 

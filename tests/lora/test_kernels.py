@@ -1,0 +1,228 @@
+"""Every compute path of FlexiLoraLinear against the written-out definition, values and gradients."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
+from flexispeech.lora.kernels import lora_linear, make_plan, masked_delta, plan_for, rank_sort_order
+from flexispeech.lora.layer import merge_for_inference, unmerge
+
+RANKS = (0, 4, 8, 16)
+PATHS = ["auto", "masked", "grouped", "segmented"]
+
+
+def make_layer(d_in: int = 24, d_out: int = 20, seed: int = 0, dtype: torch.dtype = torch.float32) -> FlexiLoraLinear:
+    torch.manual_seed(seed)
+    layer = FlexiLoraLinear(nn.Linear(d_in, d_out), FlexiLoraConfig(ranks=RANKS, alpha=8.0))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    return layer.to(dtype)
+
+
+def reference(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int]) -> torch.Tensor:
+    """base(x) + scale(r) (x A[:r]^T) B[:, :r]^T row by row, in float64."""
+    W, b = layer.base_layer.weight.double(), layer.base_layer.bias.double()
+    A, B = layer.lora_A.double(), layer.lora_B.double()
+    rows = []
+    for n, r in enumerate(ranks):
+        xn = x[n].double()
+        rows.append(xn @ W.T + b + layer.scales[r] * (xn @ A[:r].T) @ B[:, :r].T)
+    return torch.stack(rows)
+
+
+def run(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int], path: str) -> torch.Tensor:
+    layer.compute_path = path
+    layer.rank_slot.ranks = torch.tensor(ranks, device=layer.lora_A.device)
+    try:
+        return layer(x)
+    finally:
+        layer.rank_slot.ranks = None
+
+
+BATCHES = {
+    "mixed": [16, 0, 4, 8, 0, 16],
+    "sorted": [16, 16, 8, 4, 0, 0],
+    "same": [8, 8, 8, 8, 8, 8],
+    "all_zero": [0, 0, 0, 0, 0, 0],
+    "one_active": [0, 0, 4, 0, 0, 0],
+}
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_every_path_matches_reference(path: str, batch: str) -> None:
+    layer = make_layer()
+    ranks = BATCHES[batch]
+    for shape in [(6, 5, 24), (6, 24), (6, 2, 3, 24)]:
+        x = torch.randn(*shape)
+        out = run(layer, x, ranks, path)
+        torch.testing.assert_close(out.double(), reference(layer, x, ranks), rtol=1e-5, atol=1e-5)
+
+
+def test_rank_zero_rows_are_the_base_exactly_on_the_fused_path() -> None:
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    base = layer.base_layer(x)
+    for path in PATHS:
+        out = run(layer, x, BATCHES["mixed"], path)
+        assert torch.equal(out[1], base[1]) and torch.equal(out[4], base[4])
+        assert torch.equal(run(layer, x, BATCHES["all_zero"], path), base)
+
+
+def grads(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int], path: str | None) -> list[torch.Tensor]:
+    """Gradients of a fixed scalar loss w.r.t. x, W, b, A, B; ``path=None``: the plain-op
+    masked reference (autograd through ``masked_delta``)."""
+    layer.zero_grad()
+    x = x.clone().requires_grad_(True)
+    if path is None:
+        t = torch.tensor(ranks)
+        out = layer.base_layer(x) + masked_delta(x, layer.lora_A, layer.lora_B, t, layer.scale_table)
+    else:
+        out = run(layer, x, ranks, path)
+    weights = torch.linspace(-1, 1, out.numel()).view(out.shape)
+    (out * weights).sum().backward()
+    params = [layer.base_layer.weight, layer.base_layer.bias, layer.lora_A, layer.lora_B]
+    return [x.grad] + [p.grad.clone() for p in params]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("batch", ["mixed", "sorted", "same", "one_active"])
+def test_gradients_equal_the_reference(path: str, batch: str) -> None:
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    expected = grads(layer, x, BATCHES[batch], None)
+    got = grads(layer, x, BATCHES[batch], path)
+    for name, g, e in zip(["x", "W", "b", "A", "B"], got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
+    top = max(BATCHES[batch])
+    assert torch.count_nonzero(got[3][top:]) == 0 and torch.count_nonzero(got[4][:, top:]) == 0
+
+
+def test_frozen_base_gets_no_gradient_and_adapter_does() -> None:
+    layer = make_layer()
+    layer.base_layer.requires_grad_(False)
+    x = torch.randn(6, 5, 24)
+    run(layer, x, BATCHES["mixed"], "auto").pow(2).sum().backward()
+    assert layer.base_layer.weight.grad is None and layer.lora_A.grad is not None
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_bf16_within_tolerance(path: str) -> None:
+    layer = make_layer(dtype=torch.bfloat16)
+    x = torch.randn(6, 7, 24, dtype=torch.bfloat16)
+    out = run(layer, x, BATCHES["mixed"], path)
+    assert out.dtype == torch.bfloat16
+    ref = reference(layer, x, BATCHES["mixed"])
+    rel = (out.double() - ref).norm() / ref.norm()
+    assert rel < 1e-2
+
+
+def test_plan_is_computed_once_per_ranks_tensor() -> None:
+    layer = make_layer()
+    ranks = torch.tensor([4, 0, 8])
+    first = plan_for(layer.rank_slot, ranks, 3)
+    assert plan_for(layer.rank_slot, ranks, 3) is first  # shared by every layer of a pass
+    assert first.runs == [(0, 1, 4), (1, 2, 0), (2, 3, 8)] and first.span == (0, 3) and first.top == 8
+    expanded = plan_for(layer.rank_slot, ranks, 6)  # beam search: each rank repeated
+    assert expanded.ranks_list == [4, 4, 0, 0, 8, 8]
+    ranks[1] = 16  # an in-place edit is a new batch
+    assert plan_for(layer.rank_slot, ranks, 3).ranks_list == [4, 16, 8]
+
+
+def test_rank_sort_order_makes_one_run_per_rank() -> None:
+    ranks = torch.tensor([4, 0, 16, 4, 0, 8])
+    order = rank_sort_order(ranks)
+    assert ranks[order].tolist() == [16, 8, 4, 4, 0, 0]
+    assert len(make_plan(ranks[order]).runs) == 4
+
+
+def flops(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int], path: str) -> int:
+    with FlopCounterMode(display=False) as counter:
+        run(layer, x, ranks, path)
+    return counter.get_total_flops()
+
+
+def test_lower_ranks_cost_fewer_flops_and_rank_zero_costs_nothing() -> None:
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    base = 2 * 6 * 5 * 24 * 20
+    assert flops(layer, x, BATCHES["all_zero"], "auto") == base
+    # Shrink FLOPs of one row per unit of rank. (FlopCounterMode does not count the in-place
+    # addmm_ of the expand, which fuses into the base output, so only the shrink shows.)
+    per_rank = 2 * 5 * 24
+    sorted_ranks = BATCHES["sorted"]
+    assert flops(layer, x, sorted_ranks, "segmented") == base + per_rank * sum(sorted_ranks)
+    assert flops(layer, x, [4] * 6, "auto") < flops(layer, x, [16] * 6, "auto")
+    # masked: the top rank over the rows from the first to the last with rank > 0
+    assert flops(layer, x, BATCHES["one_active"], "masked") == base + per_rank * 4
+
+
+def test_lora_linear_without_plan_uses_the_default_rank() -> None:
+    layer = make_layer()
+    x = torch.randn(3, 24)
+    out = lora_linear(x, layer.base_layer, layer.lora_A, layer.lora_B, None, layer.scales, "auto", 8)
+    torch.testing.assert_close(out.double(), reference(layer, x, [8, 8, 8]), rtol=1e-5, atol=1e-5)
+
+
+class Two(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.q_proj = nn.Linear(24, 24)
+        self.fc2 = nn.Linear(24, 20)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.tanh(self.q_proj(x)))
+
+
+def test_merged_fast_path_equals_unmerged_and_is_non_destructive() -> None:
+    torch.manual_seed(0)
+    model = inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2")))
+    for p in model.parameters():
+        with torch.no_grad():
+            p.normal_(0, 0.2)
+    x = torch.randn(4, 3, 24)
+    weights_before = {k: v.clone() for k, v in model.state_dict().items()}
+    with use_ranks(model, 8):
+        unmerged = model(x)
+    with use_ranks(model, [8, 0, 16, 8]):
+        mixed = model(x)
+    merge_for_inference(model, 8)
+    with use_ranks(model, 8):
+        with FlopCounterMode(display=False) as counter:
+            merged = model(x)
+    assert counter.get_total_flops() == 2 * 12 * 24 * (24 + 20)  # the base model's cost
+    torch.testing.assert_close(merged, unmerged, rtol=1e-5, atol=1e-5)
+    with use_ranks(model, [8, 0, 16, 8]):  # not all at the merged rank: unmerged paths
+        torch.testing.assert_close(model(x), mixed, rtol=0, atol=0)
+    unmerge(model)
+    assert all(torch.equal(v, weights_before[k]) for k, v in model.state_dict().items())
+    with use_ranks(model, 8):
+        assert torch.equal(model(x), unmerged)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("path", PATHS)
+def test_cuda_paths_match_reference_in_bf16(path: str) -> None:
+    layer = make_layer(d_in=256, d_out=320, dtype=torch.bfloat16).cuda()
+    ranks = [16, 0, 4, 8, 0, 16]
+    x = torch.randn(6, 33, 256, dtype=torch.bfloat16, device="cuda")
+    out = run(layer, x, ranks, path)
+    ref = reference(layer, x, ranks)
+    assert ((out.double() - ref).norm() / ref.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("path", ["auto", "unfused:masked"])
+def test_all_rank_zero_batch_keeps_the_adapter_in_the_graph(path: str) -> None:
+    """A DDP process whose rows are all at rank 0 must still produce (zero) adapter
+    gradients, or the all-reduce of the other processes waits forever."""
+    layer = make_layer()
+    layer.base_layer.requires_grad_(False)
+    x = torch.randn(6, 5, 24)
+    out = run(layer, x, BATCHES["all_zero"], path)
+    assert torch.equal(out, layer.base_layer(x))
+    out.sum().backward()
+    assert torch.count_nonzero(layer.lora_A.grad) == 0 and torch.count_nonzero(layer.lora_B.grad) == 0
