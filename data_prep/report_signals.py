@@ -1,12 +1,12 @@
 """Report on a synthetic corpus: size, engines, and how well the blind SNR estimators work.
 
-    python -m data_prep.report_signals CORPUS_DIR [--split test] [--wer-column wer] [--cache]
+    python -m data_prep.report_signals CORPUS_DIR [--split test] [--wer-column base_wer]
 
 Prints markdown tables: build time and hours, utterances per engine and split, and the
 mean absolute error of each SNR estimator against the known mixing SNR (stationary noise
 and babble separately, by SNR). If the split has a per-utterance WER column (e.g. added by
 an evaluation with ``flexispeech.corpus.add_columns``), it also prints the Spearman
-correlation of each signal with WER. ``--cache`` stores the signals as corpus columns.
+correlation of each signal with WER, and the base model's WER by SNR and by engine.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flexispeech.corpus import add_columns, load_corpus, load_row_audio, read_corpus_info
+from flexispeech.corpus import load_corpus, load_row_audio, read_corpus_info
 from flexispeech.signals.audio import SNR_MAX_DB, percentile_snr_db, speech_activity, wada_snr_db
 
 ESTIMATORS = {"percentile": percentile_snr_db, "wada": wada_snr_db}
@@ -69,18 +69,51 @@ def _spearman(a: list[float], b: list[float]) -> float:
 
 
 def wer_table(corpus: Path, split: str, rows: list[dict], column: str) -> list[str]:
-    """Markdown: Spearman correlation of each signal with the per-utterance WER column."""
+    """Markdown: Spearman correlation of each signal (the estimators measured here and
+    every cached ``signal_*`` column, e.g. the decoder-confidence proxy) with the
+    per-utterance WER column, over the rows where it is defined."""
     ds = load_corpus(corpus, split)
     if column not in ds.column_names:
-        return [f"(no {column!r} column in {split}: WER correlations skipped)"]
-    wer = ds[column]
-    lines = [f"| signal | Spearman rho with {column} |", "| --- | --- |"]
-    for key in ("duration", "snr_percentile", "snr_wada", "speech_activity"):
-        lines.append(f"| {key} | {_spearman([r[key] for r in rows], wer):+.3f} |")
+        return [f"(no {column!r} column in {split}: run `flexispeech signals --model ...` first)"]
+    wer = np.array([np.nan if w is None else w for w in ds[column]], dtype=float)
+    ok = np.isfinite(wer)
+    signals = {key: np.array([r[key] for r in rows], dtype=float) for key in ("duration", "snr_percentile", "snr_wada", "speech_activity")}
+    for name in ds.column_names:
+        if name.startswith("signal_") and name[7:] not in ("duration", "snr_db", "speech_activity"):
+            signals[name[7:]] = np.array([np.nan if v is None else v for v in ds[name]], dtype=float)
+    lines = [f"Spearman correlation with {column} over {int(ok.sum())} utterances of {split!r}:", "",
+             f"| signal | Spearman rho with {column} |", "| --- | --- |"]
+    for key, values in signals.items():
+        both = ok & np.isfinite(values)
+        lines.append(f"| {key} | {_spearman(list(values[both]), list(wer[both])):+.3f} |")
     return lines
 
 
-def report(corpus: Path, split: str, wer_column: str, cache: bool) -> str:
+def base_wer_tables(corpus: Path, split: str, hyp_column: str = "base_hyp") -> list[str]:
+    """Markdown: the base model's WER by SNR bucket and by engine, from the transcripts
+    that ``flexispeech signals`` cached (rows without one are left out)."""
+    from flexispeech.evaluate import SNR_ORDER, snr_bucket
+    from flexispeech.metrics import error_counts
+
+    ds = load_corpus(corpus, split)
+    if hyp_column not in ds.column_names:
+        return [f"(no {hyp_column!r} column in {split}: run `flexispeech signals --model ...` first)"]
+    rows = [r for r in ds if r.get("base_wer") is not None and np.isfinite(r["base_wer"])]
+    lines = []
+    for title, key, order in (("SNR", lambda r: snr_bucket(r["snr_db"]), SNR_ORDER), ("engine", lambda r: r["engine"], None)):
+        groups: dict[str, list[dict]] = {}
+        for r in rows:
+            groups.setdefault(key(r), []).append(r)
+        names = [n for n in order if n in groups] if order else sorted(groups)
+        lines += ["", f"Base model WER by {title} ({split!r}, {len(rows)} utterances):", "",
+                  f"| {title} | utterances | WER % | insertions |", "| --- | --- | --- | --- |"]
+        for n in names:
+            c = error_counts([r["text"] for r in groups[n]], [r[hyp_column] for r in groups[n]])
+            lines.append(f"| {n} | {len(groups[n])} | {100 * c['wer']:.1f} | {c['ins']} |")
+    return lines
+
+
+def report(corpus: Path, split: str, wer_column: str) -> str:
     info = read_corpus_info(corpus)
     dataset = load_corpus(corpus)
     meta = info.get("info", {})
@@ -97,9 +130,7 @@ def report(corpus: Path, split: str, wer_column: str, cache: bool) -> str:
     lines += ["", f"SNR estimators on split {split!r} ({len(rows)} clips, {unseen} by unseen voices):", ""]
     lines += snr_table(rows)
     lines += [""] + wer_table(corpus, split, rows, wer_column)
-    if cache:
-        add_columns(corpus, split, {"snr_est": [r["snr_percentile"] for r in rows],
-                                    "speech_activity": [r["speech_activity"] for r in rows]})
+    lines += base_wer_tables(corpus, split)
     return "\n".join(lines)
 
 
@@ -107,10 +138,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--wer-column", default="wer")
-    parser.add_argument("--cache", action="store_true", help="store the signals as corpus columns")
+    parser.add_argument("--wer-column", default="base_wer", help="per-utterance WER column (default: base_wer, "
+                        "cached by `flexispeech signals --model ...`)")
     args = parser.parse_args(argv)
-    print(report(args.corpus, args.split, args.wer_column, args.cache))
+    print(report(args.corpus, args.split, args.wer_column))
     return 0
 
 

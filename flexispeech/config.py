@@ -45,6 +45,9 @@ class DataConfig:
     """Use only the first N training rows (after shuffling by seed)."""
     max_duration: float | None = None
     """Drop training utterances longer than this many seconds."""
+    target: str = "answer"
+    """Text tasks: what the model learns to write, ``answer`` (the short gold answer) or
+    ``solution`` (the worked solution; math: steps ending in ``#### N``)."""
 
 
 @dataclass
@@ -70,7 +73,7 @@ class RoutingConfig:
     """fixed/random: the rank to serve at (default: the largest)."""
     target_mean_rank: float | None = None
     """threshold/learned: mean rank the router is calibrated to (default: r_max / 2)."""
-    weights: dict[str, float] = field(default_factory=lambda: {"snr_db": -1.0, "proxy": 1.0, "duration": 0.5})
+    weights: dict[str, float] = field(default_factory=lambda: {"proxy": 1.0, "snr_db": -0.5})
     """threshold: signal weights of the complexity score (higher = harder)."""
     features: list[str] = field(default_factory=lambda: ["snr_db", "proxy", "duration", "speech_activity"])
     """learned: the signals the MLP reads."""
