@@ -15,12 +15,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from flexispeech.audio import SAMPLE_RATE, check_samples, load_audio
+from flexispeech.audio import SAMPLE_RATE, audio_duration, check_samples, iter_audio_blocks, load_audio
 from flexispeech.errors import AudioError, ConfigError, FlexispeechError
-from flexispeech.models.family import Example, get_family
+from flexispeech.models.family import Example, check_device, get_family
 
 # model_type values of CTC encoders that the wav2vec2 family handles
 CTC_MODEL_TYPES = ("wav2vec2", "hubert", "wavlm", "data2vec-audio", "wav2vec2-conformer")
+# Files longer than this are read and decoded in blocks of this many seconds, so that an
+# hour-long recording is never held whole. Whisper decodes a block with its own sequential
+# long-form decoding; a CTC encoder attends over the whole block, so its blocks are short.
+LONG_BLOCK_S = {"whisper": 300.0}
+DEFAULT_LONG_BLOCK_S = 30.0
+CUT_SEARCH_S = 5.0  # a block is cut at its quietest 100 ms within its last 5 s (not mid-word)
 
 
 @dataclass
@@ -89,6 +95,7 @@ class Transcriber:
             raise ConfigError("--rank and --router need an adapter (--adapter DIR)")
         if router not in (None, "auto"):
             raise ConfigError(f"router must be 'auto' (the adapter's saved router), got {router!r}")
+        check_device(device)
         self.family = get_family(family or detect_family(model))
         self.model, self.processor = self.family.load(model, device=device)
         if audio_ctx is not None:
@@ -107,6 +114,7 @@ class Transcriber:
                 self.router = saved  # None: every utterance at the adapter's default rank (r_max)
         self.has_adapter = adapter is not None
         self.num_beams, self.batch_size, self.max_new_tokens = num_beams, batch_size, max_new_tokens
+        self.long_block_s = LONG_BLOCK_S.get(self.family.name, DEFAULT_LONG_BLOCK_S)
 
     def needed_signals(self) -> set[str]:
         """Signal names the router reads (empty without a router)."""
@@ -179,25 +187,83 @@ class Transcriber:
 
         return get_state(self.model).config.r_max
 
+    def transcribe_long(self, path: str | Path) -> Transcription:
+        """Transcribe a file longer than ``long_block_s`` block by block.
+
+        Each block is cut at its quietest 100 ms in its last ``CUT_SEARCH_S`` seconds (the
+        rest is carried into the next block), routed and decoded on its own; the texts are
+        joined. The result's rank is the most frequent block rank, its signals the
+        duration-weighted means over blocks.
+        """
+        block_n = int(self.long_block_s * SAMPLE_RATE)
+        texts: list[str] = []
+        parts: list[Transcription] = []
+        carry = np.zeros(0, dtype=np.float32)
+        blocks = iter_audio_blocks(path, block_s=self.long_block_s)
+        exhausted = False
+        while not exhausted or carry.size:
+            while carry.size < block_n and not exhausted:
+                block = next(blocks, None)
+                if block is None:
+                    exhausted = True
+                else:
+                    carry = np.concatenate([carry, block])
+            if carry.size == 0:
+                break
+            cut = carry.size if exhausted and carry.size <= block_n else quiet_cut(carry[:block_n])
+            piece, carry = carry[:cut], carry[cut:]
+            result = self.transcribe([piece], [str(path)])[0]
+            parts.append(result)
+            if result.text.strip():
+                texts.append(result.text.strip())
+        total = sum(p.duration for p in parts)
+        ranks = [p.rank for p in parts if p.rank is not None]
+        signals = {k: sum(p.signals[k] * p.duration for p in parts) / total for k in parts[0].signals}
+        signals["duration"] = total
+        rank = max(set(ranks), key=ranks.count) if ranks else None
+        return Transcription(id=str(path), text=" ".join(texts), rank=rank, duration=total, signals=signals)
+
     def transcribe_files(self, paths: Sequence[str | Path]) -> Iterator[Transcription | AudioError]:
         """Per path, in order, a ``Transcription`` or the ``AudioError`` that stopped it
-        (a bad file does not stop the others). Audio is read in batches."""
+        (a bad file does not stop the others). Audio is read in batches; a file longer than
+        ``long_block_s`` is read and decoded block by block (``transcribe_long``)."""
         from tqdm import tqdm
 
         paths = list(paths)
         with tqdm(total=len(paths), unit="file", disable=None, leave=False) as bar:
             for start in range(0, len(paths), self.batch_size):
                 group = paths[start : start + self.batch_size]
-                loaded: list[np.ndarray | AudioError] = []
+                loaded: list[np.ndarray | AudioError | Path] = []
                 for p in group:
                     try:
-                        loaded.append(check_samples(load_audio(p), p))
+                        if audio_duration(p) > self.long_block_s:
+                            loaded.append(Path(p))  # decoded later, block by block
+                        else:
+                            loaded.append(check_samples(load_audio(p), p))
                     except AudioError as err:
                         loaded.append(err)
                     except FlexispeechError as err:
                         loaded.append(AudioError(p, str(err)))
-                good = [(str(p), a) for p, a in zip(group, loaded) if not isinstance(a, AudioError)]
+                good = [(str(p), a) for p, a in zip(group, loaded) if isinstance(a, np.ndarray)]
                 done = iter(self.transcribe([a for _, a in good], [p for p, _ in good]) if good else [])
                 for item in loaded:
-                    yield item if isinstance(item, AudioError) else next(done)
+                    if isinstance(item, Path):
+                        try:
+                            yield self.transcribe_long(item)
+                        except AudioError as err:  # corrupt past the header: found mid-file
+                            yield err
+                    else:
+                        yield item if isinstance(item, AudioError) else next(done)
                 bar.update(len(group))
+
+
+def quiet_cut(samples: np.ndarray) -> int:
+    """Index in ``samples`` [T] to cut a block at: the middle of the quietest 100 ms window
+    in the last ``CUT_SEARCH_S`` seconds (so a cut falls in a pause, not in a word)."""
+    win = SAMPLE_RATE // 10
+    start = max(0, samples.size - int(CUT_SEARCH_S * SAMPLE_RATE))
+    tail = samples[start:].astype(np.float64)
+    if tail.size <= win:
+        return samples.size
+    energy = np.convolve(tail**2, np.ones(win), mode="valid")  # [len(tail) - win + 1]
+    return start + int(np.argmin(energy)) + win // 2

@@ -98,7 +98,7 @@ def format_update(update: Any) -> str | None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flexispeech.audio import check_samples, load_audio
+    from flexispeech.audio import audio_duration, iter_audio_blocks
     from flexispeech.errors import ConfigError
     from flexispeech.streaming import stream_file_chunks
 
@@ -109,10 +109,12 @@ def run(args: argparse.Namespace) -> int:
     if args.rank is not None and args.adapter is None:
         raise ConfigError("--rank needs an adapter (--adapter DIR)")
     audio_ctx_option(args.audio_ctx)  # a bad value fails before the model loads
-    samples = None if args.mic else check_samples(load_audio(args.audio), args.audio)
+    if not args.mic:
+        audio_duration(args.audio)  # a missing or undecodable file fails before the model loads
     online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)
+    # The file is read block by block (an hour-long recording is never held whole).
     updates = microphone_updates(online, args.chunk) if args.mic else stream_file_chunks(
-        online, samples, args.chunk, realtime=args.realtime
+        online, iter_audio_blocks(args.audio, block_s=max(30.0, args.chunk)), args.chunk, realtime=args.realtime
     )
     for update in updates:
         if args.json:

@@ -81,11 +81,32 @@ def get_family(name: str) -> ModelFamily:
     return importlib.import_module(FAMILIES[name]).FAMILY
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device``; a ``ConfigError`` naming it when it is malformed or
+    not available here (``--device cuda`` on a CPU-only machine) instead of torch's error
+    from deep inside the first ``.to()``."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError) as err:
+        raise ConfigError(f"--device {device!r}: not a torch device ({err})") from None
+    if dev.type == "cpu" or dev.type == "meta":
+        return dev
+    backend = getattr(torch, dev.type, None)
+    available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
+    if not available:
+        raise ConfigError(f"--device {device!r}: no {dev.type} device is available on this machine (use --device cpu)")
+    count = backend.device_count() if hasattr(backend, "device_count") else 1
+    if dev.index is not None and dev.index >= count:
+        raise ConfigError(f"--device {device!r}: only {count} {dev.type} device(s) here")
+    return dev
+
+
 def load_model(
     family: ModelFamily, source: str, device: str = "cpu", audio_ctx: int | None = None
 ) -> tuple[nn.Module, Any]:
     """``family.load(source, device)``, with Whisper's encoder window cut to ``audio_ctx``
     positions when given (see ``flexispeech.models.whisper.set_audio_ctx``)."""
+    check_device(device)
     model, processor = family.load(source, device=device)
     if audio_ctx:
         if family.name != "whisper":

@@ -16,6 +16,7 @@ twice for the same corpus.
 from __future__ import annotations
 
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +25,28 @@ from tqdm.auto import tqdm
 
 from flexispeech.corpus import add_columns, load_corpus, load_row_audio
 from flexispeech.data import SIGNAL_PREFIX, CorpusSplit, make_collate
+from flexispeech.errors import AudioError
 from flexispeech.metrics import english_normalizer, utterance_wer
 from flexispeech.signals.audio import audio_signals
+
+def _skip(err: AudioError, skipped: list[str] | None) -> None:
+    """Report a row whose audio cannot be decoded (one line) and remember it."""
+    tqdm.write(f"skipped: {err}", file=sys.stderr)
+    if skipped is not None:
+        skipped.append(str(err))
+
 
 AUDIO_SIGNALS = ("duration", "snr_db", "speech_activity")
 MODEL_COLUMNS = (SIGNAL_PREFIX + "proxy", SIGNAL_PREFIX + "proxy_entropy", "base_hyp", "base_wer")
 
 
-def cache_audio_signals(corpus_dir: str | Path, split: str, force: bool = False, progress: bool = True) -> bool:
-    """Add the audio signal columns to ``split``; returns whether anything was computed."""
+def cache_audio_signals(
+    corpus_dir: str | Path, split: str, force: bool = False, progress: bool = True, skipped: list[str] | None = None
+) -> bool:
+    """Add the audio signal columns to ``split``; returns whether anything was computed.
+
+    A row whose audio cannot be decoded gets NaN signals and is reported on stderr (and
+    appended to ``skipped``) instead of ending the run."""
     corpus_dir = Path(corpus_dir)
     ds = load_corpus(corpus_dir, split)
     columns = [SIGNAL_PREFIX + name for name in AUDIO_SIGNALS]
@@ -40,7 +54,11 @@ def cache_audio_signals(corpus_dir: str | Path, split: str, force: bool = False,
         return False
     values: dict[str, list[float]] = {c: [] for c in columns}
     for row in tqdm(ds, desc=f"audio signals {split}", unit="utt", disable=not progress):
-        sig = audio_signals(load_row_audio(corpus_dir, row), 16_000)
+        try:
+            sig = audio_signals(load_row_audio(corpus_dir, row), 16_000)
+        except AudioError as err:
+            _skip(err, skipped)
+            sig = {name: math.nan for name in AUDIO_SIGNALS}
         for name in AUDIO_SIGNALS:
             values[SIGNAL_PREFIX + name].append(float(sig[name]))
     add_columns(corpus_dir, split, values)
@@ -57,6 +75,7 @@ def cache_model_signals(
     max_duration: float | None = None,
     force: bool = False,
     progress: bool = True,
+    skipped: list[str] | None = None,
 ) -> bool:
     """Decode ``split`` once with the base Whisper ``model`` and cache the proxy signals,
     the transcripts and their WER. Rows longer than ``max_duration`` (the encoder window)
@@ -77,8 +96,16 @@ def cache_model_signals(
     proxy, entropy, hyps, wers = [math.nan] * n, [math.nan] * n, [""] * n, [math.nan] * n
     model.eval()
     for start in tqdm(range(0, len(keep), batch_size), desc=f"base decode {split}", unit="batch", disable=not progress):
-        idx = keep[start : start + batch_size]
-        batch = collate([split_rows[i] for i in idx])["inputs"]
+        idx, examples = [], []
+        for i in keep[start : start + batch_size]:
+            try:
+                examples.append(split_rows[i])
+                idx.append(i)
+            except AudioError as err:  # NaN/empty values for it, like a row over max_duration
+                _skip(err, skipped)
+        if not idx:
+            continue
+        batch = collate(examples)["inputs"]
         signals, texts = first_pass(model, processor, batch)
         for j, i in enumerate(idx):
             proxy[i] = float(signals["proxy"][j])
