@@ -25,9 +25,11 @@ from flexispeech.lora import (  # noqa: E402  (after __version__, which lora.io 
     inject,
     load_adapter,
     merge,
+    merge_for_inference,
     remove,
     route,
     save_adapter,
+    unmerge,
     use_ranks,
 )
 
@@ -61,9 +63,11 @@ __all__ = [
     "inject",
     "load_adapter",
     "merge",
+    "merge_for_inference",
     "pretrained_path",
     "remove",
     "route",
     "save_adapter",
+    "unmerge",
     "use_ranks",
 ]

@@ -16,7 +16,7 @@ from flexispeech.lora.inject import (
     use_ranks,
 )
 from flexispeech.lora.io import export_peft, load_adapter, save_adapter
-from flexispeech.lora.layer import FlexiLoraLinear
+from flexispeech.lora.layer import FlexiLoraLinear, merge_for_inference, unmerge
 from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, ThresholdRouter, rank_labels, router_from_dict
 from flexispeech.lora.stats import AdapterParameters, count_parameters
 
@@ -38,6 +38,7 @@ __all__ = [
     "inject",
     "load_adapter",
     "merge",
+    "merge_for_inference",
     "rank_labels",
     "remove",
     "route",
@@ -45,5 +46,6 @@ __all__ = [
     "save_adapter",
     "set_compute_path",
     "set_default_rank",
+    "unmerge",
     "use_ranks",
 ]
