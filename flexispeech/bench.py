@@ -161,7 +161,9 @@ def permute(batch: dict[str, torch.Tensor], order: torch.Tensor) -> dict[str, to
 
 
 def train_step_fn(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter], ctx: Callable[[], Any]) -> Callable[[], None]:
-    opt = torch.optim.AdamW(params, lr=1e-4)
+    # fused=True on CUDA (one kernel for all tensors): the foreach version cost ~8 ms per
+    # step at 384 adapter tensors (benchmarks/NOTES.md). Every variant gets the same.
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=bool(params) and params[0].is_cuda)
 
     def step() -> None:
         with ctx():
@@ -208,7 +210,10 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
     embeds = [model.model.encoder.embed_positions.weight, model.model.decoder.embed_positions.weight]
     for p in embeds:
         p.requires_grad_(True)
-    record("train", "base (floor)", time_fn(train_step_fn(model, batch, embeds, nullcontext), spec))
+    floor_step = train_step_fn(model, batch, embeds, nullcontext)
+    record("train", "base (floor)", time_fn(floor_step, spec))
+    if spec.profile:
+        profile_step(floor_step, spec, "base (floor)")
     for p in embeds:
         p.requires_grad_(False)
     model.eval()
@@ -220,31 +225,41 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
         with peft_adapters(model, 64, same) as pm:
             params = [p for p in pm.parameters() if p.requires_grad]
             record("train", name, time_fn(train_step_fn(pm, batch, params, nullcontext), spec))
-            pm.eval()
-            record("infer", name + " unmerged", time_fn(infer_fn(pm, batch, nullcontext), spec))
-            pm.train()
+            if same:  # PEFT's default fp32 adapters are 2.4-2.6x at inference (earlier runs)
+                pm.eval()
+                record("infer", name + " unmerged", time_fn(infer_fn(pm, batch, nullcontext), spec))
+                pm.train()
 
     def ranks_ctx(m: nn.Module, r: Any) -> Callable[[], Any]:
         return lambda: use_ranks(m, r)
 
     from flexispeech.lora import adapter_parameters
 
+    # (grouped-with-gather and segmented were 5.9-7.0x and 2.2-2.9x on GPUs in earlier
+    # runs and are left out of the GPU table; they stay the CPU paths.)
     variants = [
         ("unfused:masked", "naive masked, mixed", batch, ranks),
-        ("masked", "masked fused, mixed", batch, ranks),
-        ("grouped", "grouped (gather), mixed", batch, ranks),
-        ("masked", "masked fused, mixed sorted", sorted_batch, sorted_ranks),
-        ("segmented", "segmented, mixed sorted", sorted_batch, sorted_ranks),
+        ("masked", "masked fused (torch), mixed", batch, ranks),
+        ("masked", "masked fused (torch), mixed sorted", sorted_batch, sorted_ranks),
+        ("triton", "triton, mixed", batch, ranks),
         ("auto", "auto, mixed sorted", sorted_batch, sorted_ranks),
-        ("auto", "auto, all r=16", batch, 16),
         ("auto", "auto, all r=64", batch, 64),
+        ("auto", "auto, all r=16", batch, 16),
+        ("auto", "auto, all r=4", batch, 4),
+        ("auto", "auto, all r=0", batch, 0),
     ]
+    if not spec.device.startswith("cuda"):
+        variants += [("grouped", "grouped (gather), mixed", batch, ranks),
+                     ("segmented", "segmented, mixed sorted", sorted_batch, sorted_ranks)]
     for path, name, b, r in variants:
         with flexi_adapters(model, path) as fm:
             step = train_step_fn(fm, b, adapter_parameters(fm), ranks_ctx(fm, r))
             record("train", f"Flexi {name}", time_fn(step, spec))
             if spec.profile and name == "auto, mixed sorted":
-                profile_step(step, spec)
+                profile_step(step, spec, f"Flexi {name}")
+    with flexi_adapters(model, "masked") as fm:
+        fm.eval()
+        record("infer", "Flexi unmerged masked (torch), mixed", time_fn(infer_fn(fm, batch, ranks_ctx(fm, ranks)), spec))
     with flexi_adapters(model, "auto") as fm:
         fm.eval()
         record("infer", "Flexi unmerged auto, mixed sorted", time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec))
@@ -271,7 +286,8 @@ def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) ->
     ranks = mixed_ranks(spec.batch, gen).to(spec.device)
     dtype = getattr(torch, spec.dtype)
     with flexi_adapters(model, "auto") as fm:
-        opt = torch.optim.AdamW(adapter_parameters(fm), lr=1e-4)
+        params = adapter_parameters(fm)
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=params[0].is_cuda)
 
         def step() -> None:
             order = rank_sort_order(ranks)
@@ -289,8 +305,9 @@ def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) ->
     return [{"kind": "throughput", "variant": "Flexi auto incl. log-mel", "seconds": seconds, "ratio": spec.batch / seconds}]
 
 
-def profile_step(step: Callable[[], None], spec: BenchSpec) -> None:
-    """Write the top kernels/ops of one training step (torch.profiler) to ``spec.profile``."""
+def profile_step(step: Callable[[], None], spec: BenchSpec, name: str) -> None:
+    """Write the top kernels/ops of two training steps (torch.profiler) to ``spec.profile``;
+    the floor is profiled the same way, so the two tables can be subtracted."""
     from torch.profiler import ProfilerActivity, profile
 
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if spec.device.startswith("cuda") else [])
@@ -298,9 +315,9 @@ def profile_step(step: Callable[[], None], spec: BenchSpec) -> None:
         for _ in range(2):
             step()
         sync(spec.device)
-    key = "cuda_time_total" if spec.device.startswith("cuda") else "cpu_time_total"
+    key = "self_cuda_time_total" if spec.device.startswith("cuda") else "self_cpu_time_total"
     with open(spec.profile, "a") as f:
-        f.write(f"== {spec.shape} batch={spec.batch}: Flexi auto, mixed sorted (2 steps)\n")
+        f.write(f"== {spec.shape} batch={spec.batch}: {name} (2 steps)\n")
         f.write(prof.key_averages().table(sort_by=key, row_limit=30) + "\n")
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+import os
+
 import pytest
 import torch
 from torch import nn
@@ -12,7 +15,8 @@ from flexispeech.lora.kernels import lora_linear, make_plan, masked_delta, plan_
 from flexispeech.lora.layer import merge_for_inference, unmerge
 
 RANKS = (0, 4, 8, 16)
-PATHS = ["auto", "masked", "grouped", "segmented"]
+# "triton" falls back to the masked path where the Triton kernels cannot run (CPU).
+PATHS = ["auto", "masked", "grouped", "segmented", "triton"]
 
 
 def make_layer(d_in: int = 24, d_out: int = 20, seed: int = 0, dtype: torch.dtype = torch.float32) -> FlexiLoraLinear:
@@ -226,3 +230,62 @@ def test_all_rank_zero_batch_keeps_the_adapter_in_the_graph(path: str) -> None:
     assert torch.equal(out, layer.base_layer(x))
     out.sum().backward()
     assert torch.count_nonzero(layer.lora_A.grad) == 0 and torch.count_nonzero(layer.lora_B.grad) == 0
+
+
+def triton_device() -> str | None:
+    """Where the Triton kernels can run here: "cuda", "cpu" under TRITON_INTERPRET=1
+    (float16/32 only: the interpreter has no bfloat16), or None (skip)."""
+    if importlib.util.find_spec("triton") is None:
+        return None
+    if torch.cuda.is_available():
+        return "cuda"
+    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+
+
+def reference_grads(x, W, b, A, B, ranks, table, weights):
+    """Output and grads of x, A, B in float64 through the row-by-row definition."""
+    x, A, B = (t.detach().double().requires_grad_(True) for t in (x, A, B))
+    rows = []
+    for n, r in enumerate(ranks.tolist()):
+        rows.append(x[n] @ W.double().T + b.double() + table[r].item() * (x[n] @ A[:r].T) @ B[:, :r].T)
+    out = torch.stack(rows)
+    (out * weights.double()).sum().backward()
+    return out.detach(), x.grad, A.grad, B.grad
+
+
+@pytest.mark.skipif(triton_device() is None, reason="needs Triton (CUDA, or TRITON_INTERPRET=1)")
+@pytest.mark.parametrize("case", range(3))
+def test_triton_kernels_match_float64_reference(case: int) -> None:
+    from flexispeech.lora.triton_kernels import FlexiLinearTriton, shrink
+
+    device = triton_device()
+    dtype = torch.bfloat16 if device == "cuda" else torch.float16
+    gen = torch.Generator().manual_seed(1000 + case)
+    # sizes off the tile multiples; ranks with 0s, an unsorted and a sorted batch; top < r_max
+    n, t, d_in, d_out, r_max = [(5, 7, 96, 80, 16), (6, 33, 200, 130, 64), (4, 1, 64, 64, 64)][case]
+    ranks = [[8, 0, 4, 16, 0], [64, 32, 16, 4, 0, 0], [0, 8, 0, 8]][case]
+    top = max(ranks)
+
+    def rnd(*shape, s=1.0):
+        return (torch.randn(*shape, generator=gen) * s).to(device, dtype)
+
+    x, W, b = rnd(n, t, d_in), rnd(d_out, d_in, s=d_in ** -0.5), rnd(d_out)
+    A, B = rnd(r_max, d_in, s=d_in ** -0.5), rnd(d_out, r_max, s=0.5)
+    table = torch.tensor([0.0] + [8.0 / r for r in range(1, r_max + 1)], device=device)
+    rk = torch.tensor(ranks, device=device)
+    weights = rnd(n, t, d_out)
+    poisoned = torch.full((n * t, 16 if top <= 16 else 64), float("nan"), dtype=dtype, device=device)
+    h = shrink(x.reshape(-1, d_in), A[:top], rk, table, out=poisoned)
+    assert not torch.isnan(h).any()  # every element written, zeros above each rank
+    xg, Ag, Bg = (v.clone().requires_grad_(True) for v in (x, A, B))
+    out = FlexiLinearTriton.apply(xg, W, b, Ag, Bg, rk, table, top)
+    (out * weights).sum().backward()
+    ref, gx, gA, gB = reference_grads(x.cpu(), W.cpu(), b.cpu(), A.cpu(), B.cpu(), rk.cpu(), table.cpu(), weights.cpu())
+    for name, got, exp in [("out", out, ref), ("x", xg.grad, gx), ("A", Ag.grad, gA), ("B", Bg.grad, gB)]:
+        rel = (got.detach().double().cpu() - exp).norm() / exp.norm()
+        assert rel < 1e-2, f"{name}: relative error {rel:.2e}"
+    base = torch.nn.functional.linear(x, W, b)
+    for i, r in enumerate(ranks):
+        if r == 0:  # rank-0 rows: exactly the base output, no adapter gradient
+            assert torch.equal(out[i], base[i])
+    assert torch.count_nonzero(Ag.grad[top:]) == 0 and torch.count_nonzero(Bg.grad[:, top:]) == 0
