@@ -184,6 +184,69 @@ def infer_fn(model: nn.Module, batch: dict[str, torch.Tensor], ctx: Callable[[],
     return forward
 
 
+def capture_graph(fn: Callable[[], Any], warmup: int = 3) -> tuple[Callable[[], None], torch.cuda.CUDAGraph]:
+    """Capture ``fn`` (one training or inference step) in a CUDA graph.
+
+    ``fn`` runs ``warmup`` times on a side stream first (Triton compiles, cuBLAS picks its
+    kernels, AdamW creates its state), then once under capture; the returned replay runs
+    the captured kernels with no Python per layer. Inputs must stay at the same addresses:
+    copy new data (and new ranks) into the captured tensors before each replay.
+    """
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(warmup):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return graph.replay, graph
+
+
+def graphed_train_step(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter],
+                       ctx: Callable[[], Any]) -> tuple[Callable[[], None], Callable[[], float]]:
+    """A whole training step (forward, backward, fused AdamW) as one CUDA graph.
+
+    Returns ``(replay, last_loss)``. ``ctx`` (e.g. ``use_ranks`` with a device tensor) is
+    entered once around warm-up and capture, so its host-side checks stay outside the graph.
+    Gradients are not zeroed inside the graph: backward writes them fresh on every replay
+    (they were ``None`` at capture), the pattern of PyTorch's whole-network capture.
+    """
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=True, capturable=True)
+    holder: dict[str, torch.Tensor] = {}
+
+    def step() -> None:
+        loss = model(**batch).loss
+        loss.backward()
+        opt.step()
+        holder["loss"] = loss.detach()
+
+    def warm_step() -> None:
+        step()
+        opt.zero_grad(set_to_none=True)
+
+    with ctx():
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                warm_step()
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    holder["graph"] = graph  # type: ignore[assignment]  # keep it alive with the closure
+    return graph.replay, lambda: float(holder["loss"])
+
+
+def graphed_infer(model: nn.Module, batch: dict[str, torch.Tensor], ctx: Callable[[], Any]) -> Callable[[], None]:
+    """One no-grad forward pass as a CUDA graph (see ``capture_graph``)."""
+    with ctx():
+        replay, graph = capture_graph(infer_fn(model, batch, nullcontext))
+    return lambda: (graph, replay())[1]
+
+
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Time every variant; returns rows ``{kind, variant, seconds, ratio}``."""
     from flexispeech.lora import use_ranks
@@ -201,10 +264,27 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
         f"device={spec.device} dtype={spec.dtype} ranks={sorted_ranks.tolist()}")
     rows: list[dict[str, Any]] = []
 
-    def record(kind: str, variant: str, seconds: float) -> None:
+    graph_refs: dict[str, float] = {}
+
+    def record(kind: str, variant: str, seconds: float, graphed: bool = False) -> None:
         ref = next((r["seconds"] for r in rows if r["kind"] == kind), seconds)
-        rows.append({"kind": kind, "variant": variant, "seconds": seconds, "ratio": seconds / ref})
-        log(f"  {kind:5s} {variant:34s} {seconds * 1000:9.2f} ms  {seconds / ref:5.2f}x")
+        row = {"kind": kind, "variant": variant, "seconds": seconds, "ratio": seconds / ref}
+        extra = ""
+        if graphed:  # graphed rows are also compared with the graphed base of their kind
+            gref = graph_refs.setdefault(kind, seconds)
+            row["ratio_graphed"] = seconds / gref
+            extra = f"  {seconds / gref:5.2f}x of graphed base"
+        rows.append(row)
+        log(f"  {kind:5s} {variant:34s} {seconds * 1000:9.2f} ms  {seconds / ref:5.2f}x{extra}")
+
+    def attempt(name: str, fn: Callable[[], None]) -> None:
+        """Run one graphed variant; a capture failure is logged, not fatal."""
+        try:
+            fn()
+        except Exception as err:  # e.g. a host sync inside the captured region
+            log(f"  {name}: CUDA graph capture failed: {type(err).__name__}: {str(err)[:300]}")
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
 
     # Floor: the frozen base, backward through every layer.
     embeds = [model.model.encoder.embed_positions.weight, model.model.decoder.embed_positions.weight]
@@ -214,10 +294,20 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
     record("train", "base (floor)", time_fn(floor_step, spec))
     if spec.profile:
         profile_step(floor_step, spec, "base (floor)")
+    cuda = spec.device.startswith("cuda")
+    if cuda:
+        def floor_graphed() -> None:
+            replay, _ = graphed_train_step(model, batch, embeds, nullcontext)
+            record("train", "base (floor) graphed", time_fn(replay, spec), graphed=True)
+        attempt("floor graphed", floor_graphed)
     for p in embeds:
         p.requires_grad_(False)
+        p.grad = None
     model.eval()
     record("infer", "base", time_fn(infer_fn(model, batch, nullcontext), spec))
+    if cuda:
+        attempt("base graphed", lambda: record("infer", "base graphed", time_fn(graphed_infer(model, batch, nullcontext), spec),
+                                               graphed=True))
     model.train()
 
     for same in (False, True):
@@ -268,9 +358,58 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
         merge_for_inference(fm, 16)
         record("infer", "Flexi merged fast path, all r=16", time_fn(infer_fn(fm, batch, ranks_ctx(fm, 16)), spec))
         unmerge(fm)
-    if spec.device.startswith("cuda"):
+    static_rows(spec, model, batch, ranks, record, attempt, log)
+    if cuda:
         rows.extend(throughput(spec, model, log))
     return rows
+
+
+def static_rows(spec: BenchSpec, model: nn.Module, batch: dict[str, torch.Tensor], ranks: torch.Tensor,
+                record: Callable[..., None], attempt: Callable[[str, Callable[[], None]], None],
+                log: Callable[[str], None]) -> None:
+    """The graph-safe ``static`` path, eager and (on CUDA) as whole-step CUDA graphs.
+
+    One graph per kind is captured with the mixed ranks and replayed for other rank
+    patterns by copying them into the captured ranks tensor (the copy is timed too).
+    """
+    from flexispeech.lora import adapter_parameters, use_ranks
+    from flexispeech.lora.kernels import set_static_path
+
+    static_ranks = ranks.to(spec.device).clone()
+    patterns = {"mixed": ranks.to(spec.device), "all r=64": torch.full_like(static_ranks, 64),
+                "all r=0": torch.zeros_like(static_ranks)}
+    with flexi_adapters(model, "auto") as fm:
+        set_static_path(fm)
+        params = adapter_parameters(fm)
+        step = train_step_fn(fm, batch, params, lambda: use_ranks(fm, static_ranks))
+        record("train", "Flexi static (eager), mixed", time_fn(step, spec))
+        if spec.device.startswith("cuda"):
+            def train_graphed() -> None:
+                replay, last_loss = graphed_train_step(fm, batch, params, lambda: use_ranks(fm, static_ranks))
+                for name, pattern in patterns.items():
+                    def run() -> None:
+                        static_ranks.copy_(pattern, non_blocking=True)
+                        replay()
+                    record("train", f"Flexi static graphed, {name}", time_fn(run, spec), graphed=True)
+                # Check: the graph's loss (before its AdamW update) equals the eager `auto`
+                # path's loss at the same parameters and ranks.
+                static_ranks.copy_(patterns["mixed"])
+                set_static_path(fm, False)
+                with torch.no_grad(), use_ranks(fm, static_ranks):
+                    eager = float(fm(**batch).loss)
+                set_static_path(fm)
+                replay()
+                log(f"  check: graphed static loss {last_loss():.5f} vs eager auto loss {eager:.5f} (same params, mixed ranks)")
+            attempt("Flexi static graphed", train_graphed)
+        fm.eval()
+        static_ranks.copy_(patterns["mixed"])
+        record("infer", "Flexi unmerged static (eager), mixed", time_fn(infer_fn(fm, batch, lambda: use_ranks(fm, static_ranks)), spec))
+        if spec.device.startswith("cuda"):
+            def infer_graphed() -> None:
+                replay = graphed_infer(fm, batch, lambda: use_ranks(fm, static_ranks))
+                record("infer", "Flexi unmerged static graphed, mixed", time_fn(replay, spec), graphed=True)
+            attempt("Flexi unmerged static graphed", infer_graphed)
+        fm.train()
 
 
 def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -324,10 +463,11 @@ def profile_step(step: Callable[[], None], spec: BenchSpec, name: str) -> None:
 def format_table(rows: list[dict[str, Any]], spec: BenchSpec) -> str:
     """A markdown table of the rows."""
     lines = [f"### {spec.shape}, batch {spec.batch}, {spec.audio_ctx} encoder positions, {spec.dtype} on {spec.device}", "",
-             "| kind | variant | ms | ratio |", "| --- | --- | ---: | ---: |"]
+             "| kind | variant | ms | ratio | vs graphed base |", "| --- | --- | ---: | ---: | ---: |"]
     for r in rows:
+        graphed = f"{r['ratio_graphed']:.2f}x" if "ratio_graphed" in r else ""
         if r["kind"] == "throughput":
-            lines.append(f"| train | {r['variant']} | {r['seconds'] * 1000:.1f} | {r['ratio']:.1f} utt/s |")
+            lines.append(f"| train | {r['variant']} | {r['seconds'] * 1000:.1f} | {r['ratio']:.1f} utt/s | |")
         else:
-            lines.append(f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x |")
+            lines.append(f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x | {graphed} |")
     return "\n".join(lines)

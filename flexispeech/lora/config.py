@@ -11,7 +11,9 @@ from flexispeech.errors import ConfigError
 
 Scaling = Literal["standard", "rslora"]
 Init = Literal["kaiming", "gaussian"]
-ComputePath = Literal["auto", "masked", "grouped"]
+# "static" never syncs with the host (CUDA-graph capturable); see flexispeech.lora.kernels.
+COMPUTE_PATHS = ("auto", "masked", "grouped", "segmented", "triton", "static")
+ComputePath = Literal["auto", "masked", "grouped", "segmented", "triton", "static"]
 
 
 @dataclass(frozen=True)
@@ -68,8 +70,8 @@ class FlexiLoraConfig:
             raise ConfigError(f"scaling: expected 'standard' or 'rslora', got {self.scaling!r}")
         if self.init not in ("kaiming", "gaussian"):
             raise ConfigError(f"init: expected 'kaiming' or 'gaussian', got {self.init!r}")
-        if self.compute_path not in ("auto", "masked", "grouped"):
-            raise ConfigError(f"compute_path: expected auto, masked or grouped, got {self.compute_path!r}")
+        if self.compute_path not in COMPUTE_PATHS:
+            raise ConfigError(f"compute_path: expected one of {list(COMPUTE_PATHS)}, got {self.compute_path!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.rank_scales is not None:

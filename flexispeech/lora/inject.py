@@ -185,9 +185,12 @@ def set_default_rank(model: nn.Module, rank: int) -> None:
 
 
 def set_compute_path(model: nn.Module, path: str) -> None:
-    """Choose how mixed-rank batches are computed: ``auto``, ``masked`` or ``grouped``."""
-    if path not in ("auto", "masked", "grouped"):
-        raise ConfigError(f"compute path must be auto, masked or grouped, got {path!r}")
+    """Choose how mixed-rank batches are computed (one of ``COMPUTE_PATHS``; see
+    ``flexispeech.lora.kernels``)."""
+    from flexispeech.lora.config import COMPUTE_PATHS
+
+    if path not in COMPUTE_PATHS:
+        raise ConfigError(f"compute path must be one of {list(COMPUTE_PATHS)}, got {path!r}")
     for _, layer in flexi_layers(model):
         layer.compute_path = path
 

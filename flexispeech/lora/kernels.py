@@ -34,6 +34,13 @@ GEMM epilogue reads C) instead of materialising a delta and adding it, and the b
 accumulates ``grad_x`` the same way: one memory pass fewer each way. The grouping of a
 batch (``RankPlan``) is computed once per forward pass with a single host sync and shared
 by every layer of the model through its ``RankSlot``.
+
+Graph-safe path (``static``, set by ``set_static_path``): no ``RankPlan``, no host sync,
+no data-dependent shape, so a whole training step can be captured in a CUDA graph and
+replayed for any rank pattern (copy the new ranks into the captured ranks tensor first).
+It runs the Triton kernels at top = r_max where they are usable (each kernel still stops
+at the top rank of its own block of rows, read from device memory) and the torch masked
+path at r_max elsewhere (CPU, fp32, no Triton).
 """
 
 from __future__ import annotations
@@ -383,6 +390,50 @@ def lora_linear(
     if mask is None:
         mask = A  # any tensor: save_for_backward needs one; it is unused
     return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, blocks)
+
+
+def expand_ranks(ranks: torch.Tensor, n_rows: int) -> torch.Tensor:
+    """``ranks`` [N'] repeated to [n_rows] (each rank ``n_rows // N'`` times; no host sync:
+    an integer repeat count is an expand + reshape)."""
+    return ranks if ranks.shape[0] == n_rows else ranks.repeat_interleave(n_rows // ranks.shape[0])
+
+
+def static_linear(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor, B: torch.Tensor,
+                  ranks: torch.Tensor, scale_table: torch.Tensor) -> torch.Tensor:
+    """``base(x)`` plus the adapter update at every row's rank, with no host sync.
+
+    ``x`` [N, *, in]; ``ranks`` [N'] on ``x``'s device with N = k·N'; ``scale_table``
+    [r_max + 1] float32 on the device. The adapter always takes part in autograd (rank-0
+    rows add exactly zero and give zero gradients), so the graph's shape never depends on
+    the ranks. Requires ``fused_supported(x, base, A)``.
+    """
+    if triton_usable(x):
+        try:
+            from flexispeech.lora.triton_kernels import FlexiLinearTriton
+
+            return FlexiLinearTriton.apply(x.contiguous(), base.weight, base.bias, A, B, ranks, scale_table, A.shape[0])
+        except Exception as err:  # same fallback as _triton_linear
+            _TRITON_STATE["broken"] = True
+            warnings.warn(f"Flexi-LoRA Triton kernels failed ({type(err).__name__}: {err}); using the torch path", stacklevel=2)
+    r_max = A.shape[0]
+    mask = rank_mask(expand_ranks(ranks, x.shape[0]), scale_table, r_max, x.dtype)
+    return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, [(0, x.shape[0], r_max, None)])
+
+
+def set_static_path(model: torch.nn.Module, enabled: bool = True) -> None:
+    """Put every Flexi-LoRA layer of ``model`` on the graph-safe ``static`` path (or back
+    to ``auto`` with ``enabled=False``).
+
+    Use it to capture a training or inference step with ``torch.cuda.CUDAGraph``: enter
+    ``use_ranks(model, ranks)`` with a device tensor *before* the capture (it validates
+    the ranks with one host sync) and ``ranks.copy_(new)`` before each replay (new ranks
+    must come from the configured set; the graph does not check them). The merged fast
+    path is not taken on this path (choosing it needs the ranks on the host).
+    """
+    from flexispeech.lora.inject import flexi_layers
+
+    for _, layer in flexi_layers(model):
+        layer.compute_path = "static" if enabled else "auto"
 
 
 def lora_delta(

@@ -9,7 +9,8 @@ import torch
 from torch import nn
 
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.kernels import MAX_SEGMENTS, fused_supported, lora_delta, lora_linear, plan_for
+from flexispeech.lora.kernels import (MAX_SEGMENTS, expand_ranks, fused_supported, lora_delta, lora_linear, masked_delta,
+                                      plan_for, static_linear)
 
 
 class RankSlot(threading.local):
@@ -120,6 +121,19 @@ class FlexiLoraLinear(nn.Module):
             ranks = self.row_ranks(x.shape[0])
             delta = lora_delta(self.dropout(x), A, B, ranks, self.scale_table, self.scales, "masked")
             result = self.base_layer(x)
+            return result + delta.to(result.dtype)
+        if self.compute_path == "static":
+            # Graph-safe: no plan, no host sync (kernels.static_linear, set_static_path).
+            ranks = slot_ranks if slot_ranks is not None else self.row_ranks(x.shape[0])
+            if x.shape[0] % ranks.shape[0] != 0:
+                self.row_ranks(x.shape[0])  # raises the batch-size error
+            if isinstance(self.dropout, nn.Identity) and fused_supported(x, self.base_layer, A):
+                return static_linear(x, self.base_layer, A, B, ranks, self.scale_table)
+            result = self.base_layer(x)  # dropout, autocast or mixed dtypes: plain ops at r_max
+            h = self.dropout(x)
+            if h.dtype != A.dtype and not torch.is_autocast_enabled(h.device.type):
+                h = h.to(A.dtype)
+            delta = masked_delta(h, A, B, expand_ranks(ranks, x.shape[0]), self.scale_table)
             return result + delta.to(result.dtype)
         # One grouping of the batch per forward pass, shared by all layers (see plan_for).
         plan = None

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
 from flexispeech.lora.kernels import lora_linear, make_plan, masked_delta, plan_for, rank_sort_order
+from flexispeech.lora.inject import flexi_layers
 from flexispeech.lora.layer import merge_for_inference, unmerge
 
 RANKS = (0, 4, 8, 16)
@@ -289,3 +290,151 @@ def test_triton_kernels_match_float64_reference(case: int) -> None:
         if r == 0:  # rank-0 rows: exactly the base output, no adapter gradient
             assert torch.equal(out[i], base[i])
     assert torch.count_nonzero(Ag.grad[top:]) == 0 and torch.count_nonzero(Bg.grad[:, top:]) == 0
+
+
+# --- the graph-safe ``static`` path (no host sync, CUDA-graph capturable) -----------------
+
+
+@pytest.mark.parametrize("batch", sorted(BATCHES))
+def test_static_path_matches_reference(batch: str) -> None:
+    layer = make_layer()
+    ranks = BATCHES[batch]
+    for shape in [(6, 5, 24), (6, 24), (6, 2, 3, 24)]:
+        x = torch.randn(*shape)
+        out = run(layer, x, ranks, "static")
+        torch.testing.assert_close(out.double(), reference(layer, x, ranks), rtol=1e-5, atol=1e-5)
+    x = torch.randn(6, 5, 24)
+    out = run(layer, x, ranks, "static")
+    base = layer.base_layer(x)
+    for i, r in enumerate(ranks):
+        if r == 0:  # rank-0 rows add exactly zero
+            assert torch.equal(out[i], base[i])
+
+
+@pytest.mark.parametrize("batch", ["mixed", "same", "all_zero"])
+def test_static_path_gradients_equal_the_reference(batch: str) -> None:
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    expected = grads(layer, x, BATCHES[batch], None)
+    got = grads(layer, x, BATCHES[batch], "static")
+    for name, g, e in zip(["x", "W", "b", "A", "B"], got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
+
+
+def test_static_path_expands_ranks_for_repeated_rows_and_checks_the_batch() -> None:
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    layer.compute_path = "static"
+    layer.rank_slot.ranks = torch.tensor([4, 0, 16])  # beam search: each rank twice
+    try:
+        out = layer(x)
+        with pytest.raises(RuntimeError, match="not a multiple"):
+            layer(torch.randn(4, 5, 24))
+    finally:
+        layer.rank_slot.ranks = None
+    torch.testing.assert_close(out.double(), reference(layer, x, [4, 4, 0, 0, 16, 16]), rtol=1e-5, atol=1e-5)
+    layer.default_rank = 8  # no use_ranks context: every row at the default rank
+    torch.testing.assert_close(layer(x).double(), reference(layer, x, [8] * 6), rtol=1e-5, atol=1e-5)
+
+
+def test_static_path_with_dropout_takes_the_plain_ops_and_stays_close() -> None:
+    torch.manual_seed(0)
+    layer = FlexiLoraLinear(nn.Linear(24, 20), FlexiLoraConfig(ranks=RANKS, alpha=8.0, dropout=0.1))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    layer.eval()  # dropout off: the result is the reference
+    x = torch.randn(6, 5, 24)
+    out = run(layer, x, BATCHES["mixed"], "static")
+    torch.testing.assert_close(out.double(), reference(layer, x, BATCHES["mixed"]), rtol=1e-5, atol=1e-5)
+
+
+def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Forward and backward of an injected model on the static path never read a tensor
+    back to the host nor build a RankPlan (what a CUDA graph capture would fail on)."""
+    from flexispeech.lora import kernels, layer as layer_mod
+    from flexispeech.lora.kernels import set_static_path
+
+    torch.manual_seed(0)
+    model = inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2")))
+    for _, lyr in flexi_layers(model):
+        with torch.no_grad():
+            lyr.lora_B.normal_()
+    set_static_path(model)
+    x = torch.randn(4, 3, 24)
+    ranks = torch.tensor([8, 0, 16, 4])
+    with use_ranks(model, ranks):  # validates the ranks (one host read) before the region
+        def forbidden(*args, **kwargs):
+            raise AssertionError("host sync on the static path")
+
+        for name in ("tolist", "item", "__bool__", "__int__", "nonzero"):
+            monkeypatch.setattr(torch.Tensor, name, forbidden)
+        monkeypatch.setattr(kernels, "make_plan", forbidden)
+        monkeypatch.setattr(layer_mod, "plan_for", forbidden)
+        out = model(x)
+        out.pow(2).sum().backward()
+        monkeypatch.undo()
+    set_static_path(model, False)
+    with use_ranks(model, ranks):
+        expected = model(x)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert all(lyr.compute_path == "auto" for _, lyr in flexi_layers(model))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_cuda_static_path_has_no_sync_and_replays_in_a_graph(dtype: torch.dtype) -> None:
+    """bf16: the Triton kernels; fp32: the torch masked path. Forward + backward + AdamW
+    captured once, replayed for two rank patterns, equal to eager steps."""
+    from flexispeech.lora import adapter_parameters
+    from flexispeech.lora.kernels import set_static_path
+
+    torch.manual_seed(0)
+    model = inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2"))).cuda().to(dtype)
+    for _, lyr in flexi_layers(model):
+        with torch.no_grad():
+            lyr.lora_B.normal_()
+    set_static_path(model)
+    x = torch.randn(4, 33, 24, device="cuda", dtype=dtype)
+    static_ranks = torch.tensor([8, 0, 16, 4], device="cuda")
+    with use_ranks(model, static_ranks):
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            model(x).float().pow(2).mean().backward()  # compiles the kernels, no sync allowed
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    params = adapter_parameters(model)
+    start = [p.detach().clone() for p in params]
+    opt = torch.optim.AdamW(params, lr=1e-2, fused=True, capturable=True)
+    holder = {}
+
+    def step() -> None:
+        loss = model(x).float().pow(2).mean()
+        loss.backward()
+        opt.step()
+        holder["loss"] = loss.detach()
+
+    with use_ranks(model, static_ranks):
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(2):
+                step()
+                opt.zero_grad(set_to_none=True)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            step()
+    for pattern in ([16, 16, 0, 4], [0, 0, 0, 0], [4, 8, 0, 16]):
+        static_ranks.copy_(torch.tensor(pattern))
+        with torch.no_grad():
+            before = [p.detach().clone() for p in params]
+        set_static_path(model, False)
+        with torch.no_grad(), use_ranks(model, pattern):
+            eager_loss = model(x).float().pow(2).mean()
+        set_static_path(model)
+        graph.replay()
+        torch.testing.assert_close(holder["loss"], eager_loss, rtol=2e-2, atol=1e-4)
+        moved = [not torch.equal(b, p) for b, p in zip(before, params)]
+        assert any(moved)  # AdamW ran inside the graph
+    assert not all(torch.equal(s, p) for s, p in zip(start, params))
