@@ -116,3 +116,35 @@ def load_text_task(task_dir: Path, split: str | None = None) -> Any:
     if split not in dataset_dict:
         raise FlexispeechError(f"{task_dir}: no split {split!r}; available: {', '.join(dataset_dict)}")
     return dataset_dict[split]
+
+
+def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> None:
+    """Add (or replace) ``columns`` in ``split`` of a text task, e.g. cached signals.
+
+    Each list has one value per row of the split, in row order. As for corpora, the
+    dataset is rewritten beside the old one and swapped in, then ``task.json`` refreshed.
+
+    Raises:
+        FlexispeechError: not a text task, unknown split, a column of the wrong length, or
+            an attempt to replace one of :data:`TEXT_TASK_COLUMNS`.
+    """
+    import datasets
+
+    task_dir = Path(task_dir)
+    info = read_text_task_info(task_dir)
+    dataset_dict = load_text_task(task_dir)
+    if split not in dataset_dict:
+        raise FlexispeechError(f"{task_dir}: no split {split!r}; available: {', '.join(dataset_dict)}")
+    ds = dataset_dict[split]
+    for name, values in columns.items():
+        if name in TEXT_TASK_COLUMNS:
+            raise FlexispeechError(f"{task_dir}: column {name!r} is part of the format and cannot be replaced")
+        if len(values) != len(ds):
+            raise FlexispeechError(f"{task_dir}: column {name!r} has {len(values)} values, split {split!r} has {len(ds)} rows")
+        if name in ds.column_names:
+            ds = ds.remove_columns(name)
+        ds = ds.add_column(name, list(values))
+    new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
+    _save_dataset_dict(new, task_dir)
+    info["columns"] = list(dict.fromkeys([*info.get("columns", []), *columns]))
+    _atomic_write_text(task_dir / MARKER, json.dumps(info, indent=2) + "\n")

@@ -90,6 +90,19 @@ class CorpusSplit(Dataset):
             raise FlexispeechError(f"{self.corpus_dir}: no column {name!r}; run `flexispeech signals` first?")
         return [r[name] for r in self.rows]
 
+    def record(self, index: int) -> dict[str, Any]:
+        """What an evaluation keeps about row ``index`` besides the prediction."""
+        row = self.rows[index]
+        return {
+            "id": row["id"],
+            "ref": row["text"],
+            "duration": float(row["duration"]),
+            "snr_db": row.get("snr_db"),
+            "voice": row.get("voice", row.get("speaker")),
+            "seen_voice": row.get("seen_voice"),
+            "signals": self.signals(index),
+        }
+
     def __getitem__(self, index: int) -> Example:
         row = self.rows[index]
         return Example(

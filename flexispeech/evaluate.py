@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -19,7 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from flexispeech.data import CorpusSplit, make_collate
-from flexispeech.errors import FlexispeechError
+from flexispeech.errors import AudioError, FlexispeechError
 from flexispeech.lora.inject import get_state, use_ranks
 from flexispeech.lora.stats import count_parameters
 from flexispeech.metrics import error_counts, utterance_wer
@@ -69,8 +70,17 @@ def decode_split(
     decode_s = 0.0
     model.eval()
     for start in tqdm(range(0, len(order), batch_size), desc="decode", unit="batch", disable=not progress):
-        idx = order[start : start + batch_size]
-        batch = collate([split[i] for i in idx])
+        idx, examples = [], []
+        for i in order[start : start + batch_size]:
+            try:
+                examples.append(split[i])
+                idx.append(i)
+            except AudioError as err:  # one bad file is reported and skipped, not the end of the run
+                tqdm.write(f"skipped: {err}", file=sys.stderr)
+                records[i] = {**split.record(i), "hyp": "", "rank": None, "error": str(err)}
+        if not idx:
+            continue
+        batch = collate(examples)
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
         ranks = router(batch["signals"]) if router is not None else None
         t0 = time.perf_counter()
@@ -100,7 +110,12 @@ def summarize(
     model: torch.nn.Module | None = None,
     name: str = "run",
 ) -> dict[str, Any]:
-    """Overall and per-bucket scores, rank histogram, active parameters and real-time factor."""
+    """Overall and per-bucket scores, rank histogram, active parameters and real-time factor.
+
+    Records with an ``error`` (audio that could not be decoded) are left out of every score
+    and listed under ``skipped``; ``n_skipped`` counts them."""
+    skipped = [{"id": r["id"], "error": r["error"]} for r in records if "error" in r]
+    records = [r for r in records if "error" not in r]
     for rec in records:
         rec["wer"] = utterance_wer(rec["ref"], rec["hyp"], normalize)
     audio_s = sum(r["duration"] for r in records)
@@ -108,6 +123,8 @@ def summarize(
     result: dict[str, Any] = {
         "name": name,
         "n": len(records),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
         "overall": error_counts([r["ref"] for r in records], [r["hyp"] for r in records], normalize),
         "by_snr": _bucketed(records, lambda r: snr_bucket(r["snr_db"]), normalize),
         "by_duration": _bucketed(records, lambda r: duration_bucket(r["duration"]), normalize),

@@ -25,7 +25,10 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 def markdown_summary(result: dict[str, Any]) -> str:
     """A markdown report of one evaluation (results.md)."""
     from flexispeech.evaluate import DURATION_ORDER, SNR_ORDER
+    from flexispeech.text_report import KIND, markdown_text_summary
 
+    if result.get("kind") == KIND:
+        return markdown_text_summary(result)
     o = result["overall"]
     parts = [
         f"# {result['name']}\n",
@@ -44,6 +47,11 @@ def markdown_summary(result: dict[str, Any]) -> str:
     if result["rank_histogram"]:
         rows = [[r, n] for r, n in result["rank_histogram"].items()]
         parts.append("\n## Ranks used\n\n" + _table(["rank", "utterances"], rows))
+    if o.get("n_empty_refs"):
+        parts.append(f"\n{o['n_empty_refs']} utterance(s) with an empty normalised reference are not scored.\n")
+    if result.get("skipped"):
+        parts.append(f"\n## Skipped ({len(result['skipped'])}: audio could not be decoded)\n\n"
+                     + "".join(f"- {s['id']}: {s['error']}\n" for s in result["skipped"]))
     return "".join(parts)
 
 
@@ -66,7 +74,13 @@ def load_run(path: str | Path) -> dict[str, Any]:
 def compare_table(results: Sequence[dict[str, Any]]) -> str:
     """Runs side by side: WER overall, by SNR bucket, on unseen voices; ranks; parameters; time."""
     from flexispeech.evaluate import SNR_ORDER
+    from flexispeech.text_report import KIND, text_compare_table
 
+    kinds = {r.get("kind", "speech") for r in results}
+    if len(kinds) > 1:
+        raise FlexispeechError("compare: cannot put speech and text-task results in one table")
+    if kinds == {KIND}:
+        return text_compare_table(results)
     snr_cols = [n for n in SNR_ORDER if any(n in r["by_snr"] for r in results)]
     header = ["method", "WER %"] + [f"WER {n}" for n in snr_cols] + ["WER unseen voices", "ins", "mean rank", "active params", "train time s"]
     rows = []

@@ -24,7 +24,8 @@ def run(args: argparse.Namespace) -> int:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         (out / "compare.md").write_text(table)
-        plot_wer_by_snr(results, out / "wer_by_snr.png")
+        if all("by_snr" in r for r in results):  # speech results (text tasks have levels, not SNR)
+            plot_wer_by_snr(results, out / "wer_by_snr.png")
         routed = [r for r in results if r["rank_histogram"]]
         if routed:
             plot_ranks(routed, out / "ranks.png")

@@ -16,6 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, help="decode every utterance at this rank instead of the adapter's router")
     parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's, else 1500 = 30 s)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
+    parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
     parser.add_argument("--max-examples", type=int, help="evaluate only the first N utterances (seeded sample)")
     parser.add_argument("--max-duration", type=float, help="skip utterances longer than this many seconds")
@@ -27,7 +28,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flexispeech.data import CorpusSplit
     from flexispeech.evaluate import adapter_router, decode_split, summarize, write_results
     from flexispeech.lora.io import load_adapter, read_adapter_config
     from flexispeech.lora.router import FixedRouter
@@ -35,10 +35,14 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
     from flexispeech.report import pct
+    from flexispeech.text_data import TextTaskSplit, open_split
+    from flexispeech.text_report import summarize_text
+    from data_prep.text_tasks import is_text_task
 
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
-    source = args.model or meta.get("base_model") or "whisper-tiny.en"
-    family = get_family(args.family or meta.get("family") or "whisper")
+    text = is_text_task(Path(args.data))  # text tasks default to the causal LM
+    source = args.model or meta.get("base_model") or ("smollm2-135m-instruct" if text else "whisper-tiny.en")
+    family = get_family(args.family or meta.get("family") or ("causal_lm" if text else "whisper"))
     audio_ctx = args.audio_ctx or meta.get("audio_ctx")
     model, processor = load_model(family, source, args.device, audio_ctx)
     router = None
@@ -50,15 +54,27 @@ def run(args: argparse.Namespace) -> int:
     max_duration = args.max_duration
     if audio_ctx and family.name == "whisper":
         max_duration = min(max_duration or 1e9, audio_ctx / 50)
-    split = CorpusSplit(args.data, args.split, max_duration=max_duration, max_examples=args.max_examples)
-    records, decode_s = decode_split(model, family, processor, split, router, args.batch_size, args.beam)
+    split = open_split(args.data, args.split, max_duration=max_duration, max_examples=args.max_examples)
+    records, decode_s = decode_split(model, family, processor, split, router, args.batch_size, args.beam,
+                                     max_new_tokens=args.max_new_tokens)
     name = args.name or meta.get("run") or "base"
+    default_out = Path(args.adapter).parent / f"eval_{args.split}" if args.adapter else Path("exp/base") / f"eval_{args.split}"
+    if isinstance(split, TextTaskSplit):
+        result = summarize_text(records, split.metric, decode_s, model if args.adapter else None, name, split.task_name)
+        result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": getattr(router, "describe", lambda: None)()}
+        out = write_results(result, args.out or default_out)
+        o = result["overall"]
+        score = f"accuracy {pct(o['accuracy'])}%" if split.metric == "accuracy" else f"EM {pct(o['em'])}%  F1 {pct(o['f1'])}%"
+        print(f"{name}: {score}  on {result['n']} questions (mean rank {result['mean_rank']:.2f}, "
+              f"active adapter params {result['active_params_mean']:,.0f}) -> {out}")
+        return 0
     model_dir = pretrained_path(source)
     result = summarize(records, english_normalizer(model_dir if isinstance(model_dir, Path) else None), decode_s, model if args.adapter else None, name)
     result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": getattr(router, "describe", lambda: None)()}
-    default_out = Path(args.adapter).parent / f"eval_{args.split}" if args.adapter else Path("exp/base") / f"eval_{args.split}"
     out = write_results(result, args.out or default_out)
     o = result["overall"]
-    print(f"{name}: WER {pct(o['wer'])}%  CER {pct(o['cer'])}%  on {result['n']} utterances "
+    skipped = f", {result['n_skipped']} skipped (undecodable audio)" if result["n_skipped"] else ""
+    empty = f", {o['n_empty_refs']} with empty references (not scored)" if o["n_empty_refs"] else ""
+    print(f"{name}: WER {pct(o['wer'])}%  CER {pct(o['cer'])}%  on {result['n']} utterances{skipped}{empty} "
           f"(mean rank {result['mean_rank']:.2f}, RTF {result['rtf']:.3f}) -> {out}")
     return 0

@@ -14,6 +14,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(e.g. whisper-tiny.en); without it only the audio signals are computed")
     parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (500 = 10 s); longer utterances get no model signals")
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
+    parser.add_argument("--max-new-tokens", type=int, default=96,
+                        help="text tasks: cap on the base model's answer tokens (default: 96)")
     parser.add_argument("--force", action="store_true", help="recompute columns that are already cached")
     parser.add_argument("--device", default="cpu", help="torch device for the base model (default: cpu)")
 
@@ -24,12 +26,20 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.corpus import read_corpus_info
     from flexispeech.signals.cache import cache_audio_signals, cache_model_signals
 
+    from data_prep.text_tasks import is_text_task
+
+    if is_text_task(Path(args.corpus)):  # a text task: surface counts, prompt perplexity, base answers
+        from flexispeech.signals.text_cache import run_text_signals
+
+        return run_text_signals(args)
     info = read_corpus_info(Path(args.corpus))
     splits = [s for s in args.splits.split(",") if s in info["splits"]]
     model = processor = None
     for split in splits:
-        did = cache_audio_signals(args.corpus, split, force=args.force)
-        print(f"{split}: audio signals {'computed' if did else 'already cached'}")
+        skipped: list[str] = []  # rows whose audio cannot be decoded: reported, given NaN signals
+        did = cache_audio_signals(args.corpus, split, force=args.force, skipped=skipped)
+        print(f"{split}: audio signals {'computed' if did else 'already cached'}"
+              + (f", {len(skipped)} utterance(s) skipped (undecodable audio)" if skipped else ""))
         if args.model:
             if model is None:
                 from flexispeech.models.family import get_family, load_model
@@ -39,6 +49,6 @@ def run(args: argparse.Namespace) -> int:
                 model_dir = pretrained_path(args.model)
             window = args.audio_ctx / 50 if args.audio_ctx else None
             did = cache_model_signals(args.corpus, split, model, processor, model_dir if isinstance(model_dir, Path) else None,
-                                      args.batch_size, window, force=args.force)
+                                      args.batch_size, window, force=args.force, skipped=skipped)
             print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
     return 0
