@@ -44,6 +44,11 @@ def run(args: argparse.Namespace) -> int:
     source = args.model or meta.get("base_model") or ("smollm2-135m-instruct" if text else "whisper-tiny.en")
     family = get_family(args.family or meta.get("family") or ("causal_lm" if text else "whisper"))
     audio_ctx = args.audio_ctx or meta.get("audio_ctx")
+    max_duration = args.max_duration
+    if audio_ctx and family.name == "whisper":
+        max_duration = min(max_duration or 1e9, audio_ctx / 50)
+    # The data first: a wrong --data fails in a moment, not after the model has loaded.
+    split = open_split(args.data, args.split, max_duration=max_duration, max_examples=args.max_examples)
     model, processor = load_model(family, source, args.device, audio_ctx)
     router = None
     if args.adapter:
@@ -51,10 +56,6 @@ def run(args: argparse.Namespace) -> int:
         router = FixedRouter(args.rank) if args.rank is not None else adapter_router(model)
     elif args.rank is not None:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
-    max_duration = args.max_duration
-    if audio_ctx and family.name == "whisper":
-        max_duration = min(max_duration or 1e9, audio_ctx / 50)
-    split = open_split(args.data, args.split, max_duration=max_duration, max_examples=args.max_examples)
     records, decode_s = decode_split(model, family, processor, split, router, args.batch_size, args.beam,
                                      max_new_tokens=args.max_new_tokens)
     name = args.name or meta.get("run") or "base"
