@@ -32,6 +32,23 @@ def _as_float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def row_signals(row: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
+    """The cached signals ``names`` of one row (NaN where a value is missing)."""
+    return {name: _as_float(row[SIGNAL_PREFIX + name]) for name in names}
+
+
+def stacked_signals(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, torch.Tensor]:
+    """Every row's cached signals, name -> [len(rows)] float32 (for router calibration)."""
+    return {n: torch.tensor([_as_float(r[SIGNAL_PREFIX + n]) for r in rows], dtype=torch.float32) for n in names}
+
+
+def rows_column(rows: Sequence[dict[str, Any]], name: str, source: Path) -> list[Any]:
+    """Column ``name`` of ``rows`` (raises naming the column when ``source`` lacks it)."""
+    if name not in rows[0]:
+        raise FlexispeechError(f"{source}: no column {name!r}; run `flexispeech signals` first?")
+    return [r[name] for r in rows]
+
+
 class CorpusSplit(Dataset):
     """One split of a corpus as ``Example`` items; audio is decoded in ``__getitem__``.
 
@@ -74,21 +91,15 @@ class CorpusSplit(Dataset):
 
     def signals(self, index: int) -> dict[str, float]:
         """The cached signals of row ``index``."""
-        row = self.rows[index]
-        return {name: _as_float(row[SIGNAL_PREFIX + name]) for name in self.signal_names}
+        return row_signals(self.rows[index], self.signal_names)
 
     def all_signals(self) -> dict[str, torch.Tensor]:
         """Every row's cached signals, name -> [len(self)] float32 (for router calibration)."""
-        return {
-            name: torch.tensor([_as_float(r[SIGNAL_PREFIX + name]) for r in self.rows], dtype=torch.float32)
-            for name in self.signal_names
-        }
+        return stacked_signals(self.rows, self.signal_names)
 
     def column(self, name: str) -> list[Any]:
         """A column of the kept rows (raises naming the column if the corpus lacks it)."""
-        if name not in self.rows[0]:
-            raise FlexispeechError(f"{self.corpus_dir}: no column {name!r}; run `flexispeech signals` first?")
-        return [r[name] for r in self.rows]
+        return rows_column(self.rows, name, self.corpus_dir)
 
     def record(self, index: int) -> dict[str, Any]:
         """What an evaluation keeps about row ``index`` besides the prediction."""

@@ -130,20 +130,29 @@ def summarize(
         "by_duration": _bucketed(records, lambda r: duration_bucket(r["duration"]), normalize),
         "by_voice": _bucketed(records, lambda r: r["voice"], normalize),
         "by_seen_voice": _bucketed(records, lambda r: {True: "seen", False: "unseen"}.get(r["seen_voice"], "unknown"), normalize),
-        "rank_histogram": {str(k): v for k, v in sorted(Counter(ranks).items())},
-        "mean_rank": sum(ranks) / len(ranks) if ranks else 0.0,
         "audio_s": round(audio_s, 2),
         "decode_s": round(decode_s, 2),
         "rtf": decode_s / audio_s if audio_s else math.nan,
+        **rank_summary(model, ranks),
+    }
+    result["utterances"] = list(records)
+    return result
+
+
+def rank_summary(model: torch.nn.Module | None, ranks: Sequence[int]) -> dict[str, Any]:
+    """Rank histogram, mean rank, and total / mean active adapter parameters of an
+    evaluation's per-example ranks (zeros for a base model)."""
+    summary: dict[str, Any] = {
+        "rank_histogram": {str(k): v for k, v in sorted(Counter(ranks).items())},
+        "mean_rank": sum(ranks) / len(ranks) if ranks else 0.0,
         "adapter_params_total": 0,
         "active_params_mean": 0.0,
     }
     if model is not None and ranks:
         params = count_parameters(model, ranks)
-        result["adapter_params_total"] = params.total
-        result["active_params_mean"] = params.active_mean
-    result["utterances"] = list(records)
-    return result
+        summary["adapter_params_total"] = params.total
+        summary["active_params_mean"] = params.active_mean
+    return summary
 
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> Path:

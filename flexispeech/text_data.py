@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset
 
-from flexispeech.data import SIGNAL_PREFIX, CorpusSplit, _as_float, signal_columns
+from flexispeech.data import CorpusSplit, row_signals, rows_column, signal_columns, stacked_signals
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.models.family import Example
 
@@ -83,21 +83,15 @@ class TextTaskSplit(Dataset):
 
     def signals(self, index: int) -> dict[str, float]:
         """The cached signals of row ``index``."""
-        row = self.rows[index]
-        return {name: _as_float(row[SIGNAL_PREFIX + name]) for name in self.signal_names}
+        return row_signals(self.rows[index], self.signal_names)
 
     def all_signals(self) -> dict[str, torch.Tensor]:
         """Every row's cached signals, name -> [len(self)] float32 (for router calibration)."""
-        return {
-            name: torch.tensor([_as_float(r[SIGNAL_PREFIX + name]) for r in self.rows], dtype=torch.float32)
-            for name in self.signal_names
-        }
+        return stacked_signals(self.rows, self.signal_names)
 
     def column(self, name: str) -> list[Any]:
         """A column of the kept rows (raises naming the column if the task lacks it)."""
-        if name not in self.rows[0]:
-            raise FlexispeechError(f"{self.corpus_dir}: no column {name!r}; run `flexispeech signals` first?")
-        return [r[name] for r in self.rows]
+        return rows_column(self.rows, name, self.corpus_dir)
 
     def target_text(self, index: int) -> str:
         """The text row ``index`` is trained to produce (see ``target``)."""

@@ -8,13 +8,12 @@ dict with the same rank/parameter keys out, broken down by the task's difficulty
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from flexispeech.lora.stats import count_parameters
+from flexispeech.evaluate import rank_summary
 from flexispeech.text_metrics import exact_match, extract_final_number, numeric_match, token_f1
 
 KIND = "text"  # results["kind"]: how report.py tells text results from speech ones
@@ -74,16 +73,9 @@ def summarize_text(
         "n": len(records),
         "overall": _scores(records),
         "by_difficulty": {str(k): _scores(g) for k, g in sorted(groups.items())},
-        "rank_histogram": {str(k): v for k, v in sorted(Counter(ranks).items())},
-        "mean_rank": sum(ranks) / len(ranks) if ranks else 0.0,
         "decode_s": round(decode_s, 2),
-        "adapter_params_total": 0,
-        "active_params_mean": 0.0,
+        **rank_summary(model, ranks),
     }
-    if model is not None and ranks:
-        params = count_parameters(model, ranks)
-        result["adapter_params_total"] = params.total
-        result["active_params_mean"] = params.active_mean
     result["examples"] = records
     return result
 
