@@ -8,50 +8,5 @@
 # unreadable are reported, skipped and counted. Stages 1-7 are recipes/speech_stages.sh (see
 # recipes/librispeech/run.sh for the list and the --model presets).
 set -euo pipefail
-corpus=commonvoice
-
-stage=0
-stop_stage=7
-src=""
-model=tiny.en
-profile=gpu
-data=""
-exp=""
-FLEXI=${FLEXISPEECH:-flexispeech}
-pass=()
-
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --src) src=$2; shift 2 ;;
-    --model) model=$2; shift 2 ;;
-    --profile) profile=$2; shift 2 ;;
-    --stage) stage=$2; shift 2 ;;
-    --stop-stage) stop_stage=$2; shift 2 ;;
-    --data) data=$2; shift 2 ;;
-    --exp) exp=$2; shift 2 ;;
-    --steps|--seed) pass+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
-    *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
-  esac
-done
-data=${data:-data/$corpus}
-exp=${exp:-exp/$corpus/$model}
-family=whisper
-case "$model" in
-  tiny.en) source=whisper-tiny.en ;;
-  base) source=whisper-base ;;
-  small) source=openai/whisper-small ;;
-  wav2vec2) source=facebook/wav2vec2-base-960h; family=wav2vec2 ;;
-  *) source=$model ;;
-esac
-
-if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
-  [ -n "$src" ] || { echo "run.sh: stage 0 needs --src DIR (your local copy of the corpus)" >&2; exit 2; }
-  echo "== stage 0: import $corpus from $src -> $data"
-  $FLEXI prepare "$corpus" --src "$src" --out "$data"
-fi
-if [ "$stop_stage" -ge 1 ]; then
-  bash "$(dirname "$0")/../speech_stages.sh" --conf "recipes/$corpus/conf" --data "$data" --exp "$exp" \
-    --stage "$(( stage > 1 ? stage : 1 ))" --stop-stage "$stop_stage" --profile "$profile" \
-    --model "$source" --family "$family" "${pass[@]}"
-fi
+case "${1:-}" in -h|--help) sed -n '2,9p' "$0"; exit 0 ;; esac
+exec bash "$(dirname "$0")/../real_corpus.sh" commonvoice "$@"
