@@ -45,6 +45,11 @@ def read_tsv(path: Path) -> list[dict[str, str]]:
 def prepare_commonvoice(src: Path, out: Path, *, force: bool = False) -> Path:
     """Import the Common Voice language folder ``src`` (clips/ + train/dev/test.tsv) into ``out``.
 
+    Args:
+        src: the language folder (clips/*.mp3, train.tsv, dev.tsv, test.tsv)
+        out: the corpus directory to write
+        force: rebuild even if ``out`` holds a complete corpus
+
     Safe to re-run: a complete corpus built from the same folder is kept unless ``force``.
     Skipped rows are logged and counted in ``corpus.json`` (info ``skipped``: ``missing``,
     ``unreadable``, ``duplicate``).

@@ -118,6 +118,15 @@ def prepare_folder(
 ) -> Path:
     """Import the audio under ``src`` listed in ``transcripts`` (default ``src/metadata.csv``).
 
+    Args:
+        src: the folder of audio files
+        out: the corpus directory to write
+        transcripts: a metadata.csv (file_name,transcription) or "path<TAB or |>text" lines
+        validation_fraction: share of utterances in the validation split (by hash of the id)
+        test_fraction: share of utterances in the test split (by hash of the id)
+        name: the corpus name in corpus.json (default: the folder's name)
+        force: rebuild even if ``out`` holds a complete corpus
+
     Transcript entries whose audio is missing or unreadable are skipped and counted
     (``corpus.json`` info ``skipped``); audio without a transcript is ignored.
     Safe to re-run: a complete corpus in ``out`` is kept unless ``force``.

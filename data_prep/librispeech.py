@@ -86,6 +86,13 @@ def prepare_librispeech(
 ) -> Path:
     """Import LibriSpeech ``subsets`` (default: every subset present) from ``src`` into ``out``.
 
+    Args:
+        src: the folder holding ``LibriSpeech/`` (or ``LibriSpeech/`` itself)
+        out: the corpus directory to write
+        subsets: e.g. train-clean-100 dev-clean test-clean (default: every subset present)
+        hub_id: load this Hugging Face dataset instead of ``src`` (needs a hub)
+        force: rebuild even if ``out`` holds a complete corpus
+
     With ``hub_id`` (e.g. ``"openslr/librispeech_asr"``) the subsets are loaded through
     ``datasets.load_dataset`` instead and ``src`` is ignored; this needs a reachable (or
     cached) hub and is never the default. Utterances listed in a transcript whose flac is
