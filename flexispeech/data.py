@@ -32,6 +32,15 @@ def _as_float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def sample_rows(rows: list[dict[str, Any]], max_examples: int | None, seed: int) -> list[dict[str, Any]]:
+    """At most ``max_examples`` of ``rows``, drawn by a seeded shuffle, in their order."""
+    if max_examples is None or max_examples >= len(rows):
+        return rows
+    order = list(range(len(rows)))
+    random.Random(seed).shuffle(order)
+    return [rows[i] for i in sorted(order[:max_examples])]
+
+
 def row_signals(row: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
     """The cached signals ``names`` of one row (NaN where a value is missing)."""
     return {name: _as_float(row[SIGNAL_PREFIX + name]) for name in names}
@@ -74,10 +83,7 @@ class CorpusSplit(Dataset):
         rows = ds.to_list()
         if max_duration is not None:
             rows = [r for r in rows if r["duration"] <= max_duration]
-        if max_examples is not None and max_examples < len(rows):
-            order = list(range(len(rows)))
-            random.Random(seed).shuffle(order)
-            rows = [rows[i] for i in sorted(order[:max_examples])]
+        rows = sample_rows(rows, max_examples, seed)
         if not rows:
             raise FlexispeechError(f"{self.corpus_dir}: split {split!r} has no rows left (max_duration={max_duration})")
         self.rows = rows

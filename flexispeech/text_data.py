@@ -10,14 +10,13 @@ loop are the same code for speech and text.
 
 from __future__ import annotations
 
-import random
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.data import Dataset
 
-from flexispeech.data import CorpusSplit, row_signals, rows_column, signal_columns, stacked_signals
+from flexispeech.data import CorpusSplit, row_signals, rows_column, sample_rows, signal_columns, stacked_signals
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.models.family import Example
 
@@ -63,11 +62,7 @@ class TextTaskSplit(Dataset):
         self.signal_names = signal_columns(ds.column_names)
         self.metric = task_metric(self.task_name, ds.column_names)
         self.target = target
-        rows = ds.to_list()
-        if max_examples is not None and max_examples < len(rows):
-            order = list(range(len(rows)))
-            random.Random(seed).shuffle(order)
-            rows = [rows[i] for i in sorted(order[:max_examples])]
+        rows = sample_rows(ds.to_list(), max_examples, seed)
         if not rows:
             raise FlexispeechError(f"{self.corpus_dir}: split {split!r} has no rows")
         self.rows = rows
