@@ -56,7 +56,8 @@ class AdapterConfig:
     """Allowed ranks; static LoRA uses one rank, e.g. [8]."""
     alpha: float = 32.0
     scaling: str = "standard"
-    """standard (alpha/r) or rslora (alpha/sqrt(r))."""
+    """standard (alpha/r), rslora (alpha/sqrt(r)) or nested (alpha/r_max at every rank:
+    lower ranks are exact truncations of the top one)."""
     rank_scales: dict[int, float] | None = None
     target_modules: list[str] | None = None
     """Module-name suffixes to adapt; None = the family's defaults."""

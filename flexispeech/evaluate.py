@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from flexispeech.data import CorpusSplit, make_collate
 from flexispeech.errors import AudioError, FlexispeechError
 from flexispeech.lora.inject import get_state, use_ranks
+from flexispeech.lora.kernels import rank_sort_order
 from flexispeech.lora.stats import count_parameters
 from flexispeech.metrics import error_counts, utterance_wer
 from flexispeech.text_data import TextTaskSplit
@@ -83,6 +84,12 @@ def decode_split(
         batch = collate(examples)
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
         ranks = router(batch["signals"]) if router is not None else None
+        if ranks is not None:
+            # Rows of equal rank side by side: the CPU's segmented path then runs one
+            # truncated matmul per rank instead of one per row (rows decode independently).
+            by_rank = rank_sort_order(ranks)
+            inputs = {k: v[by_rank] if isinstance(v, torch.Tensor) and v.shape[:1] == ranks.shape else v for k, v in inputs.items()}
+            ranks, idx = ranks[by_rank], [idx[j] for j in by_rank.tolist()]
         t0 = time.perf_counter()
         with torch.no_grad():
             if ranks is None:

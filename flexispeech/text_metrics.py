@@ -20,8 +20,11 @@ NUMBER_RE = re.compile(
     r"(?:(?<![\w.])(?P<sign>[-\u2212]))?\s?\$?\s?"
     r"(?P<num>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
 )
-# Markers after which the final answer is stated, most explicit first.
-_ANSWER_MARKERS = (re.compile(r"####"), re.compile(r"answer\s+is\b", re.IGNORECASE))
+# Markers after which the final answer is stated, most explicit first, and which
+# occurrence counts: GSM8K's "#### N" line ends a solution, so the first one is the answer
+# (anything after it is not part of the solution); "the answer is" may be restated, the
+# last statement counts.
+_ANSWER_MARKERS = ((re.compile(r"####"), 0), (re.compile(r"answer\s+is\b", re.IGNORECASE), -1))
 
 
 def canonical_number(sign: str, digits: str) -> str:
@@ -45,15 +48,16 @@ def find_numbers(text: str) -> list[str]:
 def extract_final_number(text: str) -> str | None:
     """The final numeric answer stated in ``text``, canonicalised, or None if it has no number.
 
-    Looks, in order, for the first number after the last ``####`` (GSM8K's answer line),
-    then after the last "answer is", then falls back to the last number in the text.
-    ``"#### 1,234"`` -> ``"1234"``, ``"The answer is $12.50."`` -> ``"12.5"``,
+    Looks, in order, for the first number after the first ``####`` (GSM8K's answer line,
+    which ends a solution), then after the last "answer is", then
+    falls back to the last number in the text. ``"#### 1,234"`` -> ``"1234"``,
+    ``"#### 8\nuser: ... #### 4"`` -> ``"8"``, ``"The answer is $12.50."`` -> ``"12.5"``,
     ``"it drops to -7"`` -> ``"-7"``.
     """
-    for marker in _ANSWER_MARKERS:
+    for marker, which in _ANSWER_MARKERS:
         hits = list(marker.finditer(text))
         if hits:
-            numbers = find_numbers(text[hits[-1].end() :])
+            numbers = find_numbers(text[hits[which].end() :])
             if numbers:
                 return numbers[0]
     numbers = find_numbers(text)

@@ -80,6 +80,17 @@ def summarize_text(
     return result
 
 
+RANK_KEYS = ("rank_histogram", "mean_rank", "adapter_params_total", "active_params_mean")
+
+
+def rescore_text(result: dict[str, Any]) -> dict[str, Any]:
+    """``result`` (a text evaluation's results.json) scored again from its stored
+    predictions with the current scoring code; nothing is decoded again. For a change in
+    answer extraction: the ranks, parameter counts and every other key are kept."""
+    fresh = summarize_text(result["examples"], result["metric"], result["decode_s"], None, result["name"], result["task"])
+    return {**result, **{k: v for k, v in fresh.items() if k not in RANK_KEYS}}
+
+
 def _pct(x: float | None) -> str:
     return "–" if x is None or x != x else f"{100 * x:.1f}"
 

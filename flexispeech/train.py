@@ -28,6 +28,7 @@ from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import save_adapter
+from flexispeech.lora.kernels import rank_sort_order
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import get_family
@@ -164,6 +165,10 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
                 continue
             signals = {k: torch.tensor([split.signals(i)[k] for i in local_idx]) for k in split.signal_names}
             ranks = train_router(signals)
+            # Rows of equal rank side by side (a token-mean loss does not depend on row
+            # order): the CPU's segmented path then runs one truncated matmul per rank.
+            by_rank = rank_sort_order(ranks)
+            local_idx, ranks = [local_idx[j] for j in by_rank.tolist()], ranks[by_rank]
             counts.update(ranks.tolist())
             micro += 1
             sync = micro % accum == 0

@@ -35,3 +35,16 @@ def test_script_parses_and_has_help(script: Path) -> None:
     subprocess.run(["bash", "-n", str(script)], check=True)
     out = subprocess.run(["bash", str(script), "--help"], capture_output=True, text=True, check=True).stdout
     assert "--stage" in out
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--profile", "tpu"], "--profile must be cpu or gpu"),
+    (["--size", "huge"], "--size must be one of"),
+    (["--bogus"], "unknown option --bogus"),
+])
+def test_text_recipes_reject_bad_options_before_doing_anything(args: list[str], message: str, tmp_path: Path) -> None:
+    for task in ("math", "qa"):
+        done = subprocess.run(["bash", str(RECIPES / task / "run.sh"), *args, "--exp", str(tmp_path / "exp")],
+                              capture_output=True, text=True, cwd=RECIPES.parent, env={"PATH": "/usr/bin:/bin", "FLEXISPEECH": "false"})
+        assert done.returncode == 2 and message in done.stderr
+        assert not (tmp_path / "exp").exists()

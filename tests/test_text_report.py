@@ -43,3 +43,24 @@ def test_compare_table_for_qa() -> None:
     assert lines[0] == "| method | EM % | F1 % | F1 L1 | F1 L2 | mean rank | active params | train time s |"
     assert lines[2] == "| base | 50.0 | 50.0 | 100.0 | 0.0 | 0.00 | 0 | – |"
     assert lines[3] == "| flexi | 100.0 | 100.0 | 100.0 | 100.0 | 6.00 | 0 | 42 |"
+
+
+def test_compare_rescore_rewrites_text_results_from_their_predictions(tmp_path, capsys) -> None:
+    import json
+
+    from flexispeech.cli import main
+    from flexispeech.evaluate import write_results
+
+    records = [rec("7 + 1 = 8\n#### 8user\nOne of 2 parts: 8 / 2 = 4\n#### 4", ["8"], 1, 2), rec("#### 3", ["5"], 2, 8)]
+    result = summarize_text(records, "accuracy", 1.0, name="flexi", task="math")
+    result |= {"adapter_params_total": 1000, "active_params_mean": 500.0}  # as counted on the model
+    result["overall"]["accuracy"] = 0.0  # as an older extraction scored it (the last "####")
+    result["examples"][0]["correct"] = 0.0
+    (tmp_path / "train_summary.json").write_text(json.dumps({"train_time_s": 12.0}))
+    run = write_results(result, tmp_path / "eval_test")
+    assert main(["compare", str(run), "--rescore"]) == 0
+    assert "| flexi | 50.0 | 100.0 | 0.0 | 5.00 | 500 | 12 |" in capsys.readouterr().out
+    saved = json.loads((run / "results.json").read_text())
+    assert saved["overall"]["accuracy"] == 0.5 and saved["examples"][0]["correct"] == 1.0
+    assert saved["active_params_mean"] == 500.0 and saved["rank_histogram"] == {"2": 1, "8": 1} and "train" not in saved
+    assert (run / "results.md").read_text().startswith("# flexi (math)")

@@ -10,15 +10,31 @@ HELP = "print evaluation results side by side (WER overall/by SNR/unseen voices,
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="results.json files or the directories holding them")
     parser.add_argument("--out", help="also write compare.md, wer_by_snr.png and ranks.png into this directory")
+    parser.add_argument("--baseline", metavar="NAME",
+                        help="text tasks: also compare every run with the run of this name question by question "
+                             "(questions better / worse, the gap's 95%% bootstrap interval, a sign test)")
+    parser.add_argument("--rescore", action="store_true",
+                        help="text tasks: score each run's stored predictions again with the current answer "
+                             "extraction and rewrite its results.json / results.md (nothing is decoded again)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from flexispeech.errors import FlexispeechError
     from flexispeech.report import compare_table, load_run, plot_ranks, plot_wer_by_snr
 
     results = [load_run(r) for r in args.runs]
+    if args.rescore:
+        results = [_rescored(r, path) for r, path in zip(results, args.runs)]
     table = compare_table(results)
+    if args.baseline:
+        from flexispeech.paired import paired_table
+        from flexispeech.text_report import KIND
+
+        if any(r.get("kind") != KIND for r in results):
+            raise FlexispeechError("--baseline: paired comparisons are for text-task results")
+        table += "\n" + paired_table(results, args.baseline)
     print(table, end="")
     if args.out:
         out = Path(args.out)
@@ -30,3 +46,18 @@ def run(args: argparse.Namespace) -> int:
         if routed:
             plot_ranks(routed, out / "ranks.png")
     return 0
+
+
+def _rescored(result: dict, path: str) -> dict:
+    """A text result scored again and written back beside its old self (speech: unchanged)."""
+    from pathlib import Path
+
+    from flexispeech.evaluate import write_results
+    from flexispeech.text_report import KIND, rescore_text
+
+    if result.get("kind") != KIND:
+        return result
+    train = result.pop("train", None)  # attached by load_run, not part of results.json
+    result = rescore_text(result)
+    write_results(result, Path(path) if Path(path).is_dir() else Path(path).parent)
+    return result if train is None else {**result, "train": train}

@@ -16,6 +16,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
     parser.add_argument("--max-new-tokens", type=int, default=96,
                         help="text tasks: cap on the base model's answer tokens (default: 96)")
+    parser.add_argument("--label-splits", help="text tasks: the splits that also get the base model's answers and "
+                        "difficulty labels (default: every split in --splits; the learned router reads them on train only)")
     parser.add_argument("--force", action="store_true", help="recompute columns that are already cached")
     parser.add_argument("--device", default="cpu", help="torch device for the base model (default: cpu)")
 

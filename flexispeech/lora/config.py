@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from flexispeech.errors import ConfigError
 
-Scaling = Literal["standard", "rslora"]
+Scaling = Literal["standard", "rslora", "nested"]
 Init = Literal["kaiming", "gaussian"]
 # "static" never syncs with the host (CUDA-graph capturable); see flexispeech.lora.kernels.
 COMPUTE_PATHS = ("auto", "masked", "grouped", "segmented", "triton", "static")
@@ -29,7 +29,11 @@ class FlexiLoraConfig:
     alpha: float = 16.0
     """LoRA alpha: the numerator of the per-rank scale."""
     scaling: Scaling = "standard"
-    """``"standard"``: scale(r) = alpha / r; ``"rslora"``: scale(r) = alpha / sqrt(r)."""
+    """``"standard"``: scale(r) = alpha / r; ``"rslora"``: scale(r) = alpha / sqrt(r);
+    ``"nested"``: scale(r) = alpha / r_max for every rank, so a rank-r update is exactly the
+    first r components of the rank-r_max one. With ``standard``, the shared first
+    components count 4x more in a rank-2 row than in a rank-8 row, and rows of different
+    ranks pull them in conflicting directions; with one rank all three are standard LoRA."""
     rank_scales: dict[int, float] | None = None
     """Per-rank overrides of the scale, e.g. ``{2: 4.0}``; ranks not listed use ``scaling``."""
     target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
@@ -66,8 +70,8 @@ class FlexiLoraConfig:
                 re.compile(self.target_modules)
             except re.error as err:
                 raise ConfigError(f"target_modules: invalid regex {self.target_modules!r}: {err}") from None
-        if self.scaling not in ("standard", "rslora"):
-            raise ConfigError(f"scaling: expected 'standard' or 'rslora', got {self.scaling!r}")
+        if self.scaling not in ("standard", "rslora", "nested"):
+            raise ConfigError(f"scaling: expected 'standard', 'rslora' or 'nested', got {self.scaling!r}")
         if self.init not in ("kaiming", "gaussian"):
             raise ConfigError(f"init: expected 'kaiming' or 'gaussian', got {self.init!r}")
         if self.compute_path not in COMPUTE_PATHS:
@@ -94,6 +98,8 @@ class FlexiLoraConfig:
             return self.rank_scales[rank]
         if self.scaling == "rslora":
             return self.alpha / math.sqrt(rank)
+        if self.scaling == "nested":
+            return self.alpha / self.r_max
         return self.alpha / rank
 
     def scale_table(self) -> list[float]:

@@ -16,6 +16,9 @@ Delta-only paths (plain tensor ops; autograd, autocast and ``torch.compile`` see
   Shape-static at a fixed top rank, so it is the path used under ``torch.compile``.
 - ``grouped``: rows gathered per distinct rank, truncated matmuls per group, results
   scattered back. Cost ∝ Σ r_n (+ a gather/scatter of the rows).
+- ``segmented``: when rows of equal rank sit next to each other, truncated matmuls on
+  views of each run, joined by one ``cat``. Cost ∝ Σ r_n, no gather or scatter; ``auto``
+  takes it on CPUs when the runs are few, and ``masked`` on GPUs.
 - ``uniform``: every row has the same rank r: one truncated pair of matmuls.
 
 Fused layer paths (``lora_linear``: base + adapter in one autograd node, eager mode):
@@ -61,6 +64,10 @@ GROUPED_MIN_SAVING = 0.35
 # The segmented path launches ~6 small matmuls per run of equal-rank rows; past this many
 # runs (an unsorted batch) the launches cost more than the FLOPs they save.
 MAX_SEGMENTS = 8
+# Below this many token positions in one call (a decoding step: one token per row) a CPU
+# matmul costs its launch, not its FLOPs, and the single masked block beats one block per
+# run: benchmarks/text_step.py measured segmented decoding steps at 1.1-1.2x static.
+MIN_SEGMENTED_TOKENS = 256
 
 
 def uniform_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rank: int, scale: float) -> torch.Tensor | None:
@@ -119,6 +126,23 @@ def grouped_delta(
         # index_add (not in place) keeps autograd simple; rows of other ranks stay zero.
         out = out.index_add(0, idx, part)
     return out
+
+
+def segmented_delta(
+    x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, runs: list[tuple[int, int, int]], scales: list[float]
+) -> torch.Tensor | None:
+    """Segmented path of the delta-only paths: truncated matmuls per run ``(start, end, r)``
+    of equal-rank rows, on views of ``x`` (no gather, no scatter), joined by one ``cat``;
+    rank-0 runs add zeros. None when every run is at rank 0."""
+    parts: dict[int, torch.Tensor] = {}
+    for i, (start, end, r) in enumerate(runs):
+        if r:
+            parts[i] = (x[start:end] @ A[:r].T * scales[r]) @ B[:, :r].T
+    if not parts:
+        return None
+    like = next(iter(parts.values()))
+    pieces = [parts[i] if i in parts else like.new_zeros((end - start, *like.shape[1:])) for i, (start, end, _) in enumerate(runs)]
+    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
 def choose_path(ranks_list: list[int]) -> tuple[str, list[int]]:
@@ -187,19 +211,21 @@ class RankPlan:
             self.masks[key] = torch.tensor(scales, dtype=torch.float32, device=device)
         return self.masks[key]
 
-    def fused_path(self, requested: str, device_type: str = "cpu") -> str:
+    def fused_path(self, requested: str, device_type: str = "cpu", tokens: int | None = None) -> str:
         """The fused path for this batch: ``uniform``, ``segmented`` or ``masked``.
 
         ``auto`` takes ``masked`` on GPUs: at ranks <= 64 the adapter matmuls are bound by
         memory and launches, not FLOPs, and one masked block over the rank > 0 span beat
         the per-run launches of ``segmented`` (benchmarks/NOTES.md). On CPUs, where FLOPs
-        dominate, ``segmented`` (cost ∝ Σ r) is taken when the runs are few.
+        dominate, ``segmented`` (cost ∝ Σ r) is taken when the runs are few and the call
+        has at least ``MIN_SEGMENTED_TOKENS`` token positions (``tokens``).
         """
         if self.uniform:
             return "uniform"
         if requested == "triton":
             return "triton"
-        if requested == "masked" or (requested == "auto" and device_type != "cpu"):
+        few_tokens = tokens is not None and tokens < MIN_SEGMENTED_TOKENS
+        if requested == "masked" or (requested == "auto" and (device_type != "cpu" or few_tokens)):
             return "masked"
         if requested == "segmented" or len(self.nonzero_runs()) <= MAX_SEGMENTS:
             return "segmented"
@@ -368,7 +394,7 @@ def lora_linear(
     kernels when ``triton_usable``; elsewhere it is the ``masked`` path.
     """
     mask = None
-    chosen = None if plan is None else plan.fused_path(path, x.device.type)
+    chosen = None if plan is None else plan.fused_path(path, x.device.type, x.numel() // x.shape[-1])
     # Uniform batches too: on the H200 the torch uniform pair (1.80x at r=64) was slower
     # than the Triton kernels on a mixed batch (1.49x), and they serve any rank pattern.
     if chosen in ("masked", "triton", "uniform") and path in ("auto", "triton") and plan.top > 0 and triton_usable(x):
@@ -453,14 +479,19 @@ def lora_delta(
     """
     if torch.compiler.is_compiling():
         return masked_delta(x, A, B, ranks, scale_table)
-    ranks_list = plan.ranks_list if plan is not None else ranks.tolist()
-    chosen, distinct = choose_path(ranks_list)
-    if path == "masked":
-        chosen = "uniform" if chosen == "uniform" else "masked"
-    elif path in ("grouped", "segmented") and chosen != "uniform":
-        chosen = "grouped"
+    plan = plan if plan is not None else make_plan(ranks)
+    chosen, distinct = choose_path(plan.ranks_list)
+    if chosen != "uniform":
+        if path == "masked" or (path == "auto" and (x.device.type != "cpu" or x.numel() // x.shape[-1] < MIN_SEGMENTED_TOKENS)):
+            chosen = "masked"  # GPUs, decoding steps: launches and memory, not FLOPs, bound these matmuls
+        elif path == "segmented" or (path == "auto" and len(plan.nonzero_runs()) <= MAX_SEGMENTS):
+            chosen = "segmented"  # CPUs, rows grouped by rank: views, no gather or scatter
+        elif path == "grouped":
+            chosen = "grouped"
     if chosen == "uniform":
         return uniform_delta(x, A, B, distinct[0], scales[distinct[0]])
+    if chosen == "segmented":
+        return segmented_delta(x, A, B, plan.runs, scales)
     if chosen == "grouped":
         return grouped_delta(x, A, B, ranks, scales, distinct)
     return masked_delta(x, A, B, ranks, scale_table, top=distinct[-1])

@@ -111,6 +111,11 @@ class FlexiLoraLinear(nn.Module):
             ranks = ranks.repeat_interleave(n_rows // ranks.shape[0])
         return ranks
 
+    def _no_dropout(self) -> bool:
+        """Whether the adapter reads ``x`` itself (no dropout, or dropout in eval mode): then
+        base and adapter share one input and the fused paths apply."""
+        return isinstance(self.dropout, nn.Identity) or not self.dropout.training or self.dropout.p == 0
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
             raise ValueError(f"FlexiLoraLinear expects [batch, ..., {self.in_features}] inputs, got shape {tuple(x.shape)}")
@@ -127,7 +132,7 @@ class FlexiLoraLinear(nn.Module):
             ranks = slot_ranks if slot_ranks is not None else self.row_ranks(x.shape[0])
             if x.shape[0] % ranks.shape[0] != 0:
                 self.row_ranks(x.shape[0])  # raises the batch-size error
-            if isinstance(self.dropout, nn.Identity) and fused_supported(x, self.base_layer, A):
+            if self._no_dropout() and fused_supported(x, self.base_layer, A):
                 return static_linear(x, self.base_layer, A, B, ranks, self.scale_table)
             result = self.base_layer(x)  # dropout, autocast or mixed dtypes: plain ops at r_max
             h = self.dropout(x)
@@ -145,7 +150,7 @@ class FlexiLoraLinear(nn.Module):
             return nn.functional.linear(x, merged[1], self.base_layer.bias)  # whole batch at the merged rank
         # "unfused:<path>" forces the plain-op paths (a benchmark baseline).
         unfused, _, path = self.compute_path.rpartition(":")
-        if not unfused and isinstance(self.dropout, nn.Identity) and fused_supported(x, self.base_layer, A):
+        if not unfused and self._no_dropout() and fused_supported(x, self.base_layer, A):
             if not (path == "grouped" and plan is not None and len(plan.nonzero_runs()) > MAX_SEGMENTS):
                 return lora_linear(x, self.base_layer, A, B, plan, self.scales, path, self.default_rank)
         # Unfused (dropout, autocast or mixed dtypes; grouped on an unsorted batch).

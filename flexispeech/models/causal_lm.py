@@ -23,6 +23,15 @@ DEFAULT_SOURCE = "smollm2-135m-instruct"
 DEFAULT_MAX_NEW_TOKENS = 64  # answers of the text tasks are short
 
 
+def _accepts_logits_to_keep(model: nn.Module) -> bool:
+    """Whether the (possibly DDP-wrapped) model's forward takes ``logits_to_keep``, as
+    transformers' Llama-style causal LMs do."""
+    import inspect
+
+    inner = getattr(model, "module", model)
+    return "logits_to_keep" in inspect.signature(inner.forward).parameters
+
+
 def render_prompt(tokenizer: Any, prompt: str) -> str:
     """The text the model continues: the chat format's user turn + assistant header, or
     the plain question format for tokenizers without a chat template."""
@@ -31,6 +40,27 @@ def render_prompt(tokenizer: Any, prompt: str) -> str:
             [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
         )
     return f"Question: {prompt}\nAnswer:"
+
+
+def end_token_id(tokenizer: Any) -> int:
+    """The token that ends an answer, trained after every target and stopping generation.
+
+    With a chat template it is the template's end-of-turn token (the first token the
+    template writes after an assistant message: ``<|im_end|>`` for SmolLM2), not
+    ``tokenizer.eos_token``, which converters do not always agree on: transformers 5.17
+    reads SmolLM2's GGUF with ``eos_token = <|im_start|>``, 5.24 with ``<|im_end|>``. An
+    adapter trained to end on ``<|im_start|>`` never emits the generation config's
+    ``<|im_end|>`` and runs on into a made-up next turn. Without a template: eos.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        return int(tokenizer.eos_token_id)
+    marker = "\u2063answer\u2063"  # invisible separators: text no template adds itself
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False
+    )
+    after = text[text.rindex(marker) + len(marker) :]
+    ids = tokenizer(after, add_special_tokens=False).input_ids if after else []
+    return int(ids[0]) if ids else int(tokenizer.eos_token_id)
 
 
 def render_answer(tokenizer: Any, answer: str) -> str:
@@ -95,8 +125,9 @@ class CausalLmFamily:
                 mask[i, width - len(p) :] = 1
             return {"input_ids": ids, "attention_mask": mask}
         seqs, n_prompt = [], []
+        end = end_token_id(tok)
         for ex, p in zip(examples, prompts):
-            answer = tok(render_answer(tok, ex.text), add_special_tokens=False).input_ids + [tok.eos_token_id]
+            answer = tok(render_answer(tok, ex.text), add_special_tokens=False).input_ids + [end]
             seqs.append(p + answer)
             n_prompt.append(len(p))
         width = max(len(s) for s in seqs)
@@ -109,10 +140,40 @@ class CausalLmFamily:
             labels[i, k : len(s)] = torch.tensor(s[k:], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross entropy over the answer tokens (and eos) of the batch."""
+    def answer_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed negative log-likelihood (nats) of each row's labelled tokens, and their count.
+
+        The output head runs only from the first position that predicts a labelled token:
+        on a ~500-token QA prompt with a 5-token answer, the vocabulary projection (576 x
+        49,152 for SmolLM2, a fifth of the model's FLOPs per position) and its log-softmax
+        are skipped on the prompt. Models whose forward lacks ``logits_to_keep`` get full logits.
+
+        Args:
+            batch: ``input_ids``, ``attention_mask``, ``labels`` [B, L] from ``collate(train=True)``.
+
+        Returns:
+            ``nll`` [B] float32 and ``n_tokens`` [B] int64.
+        """
         device = next(model.parameters()).device
-        return model(**{k: batch[k].to(device) for k in ("input_ids", "attention_mask", "labels")}).loss
+        ids, mask, labels = (batch[k].to(device) for k in ("input_ids", "attention_mask", "labels"))
+        answer_cols = (labels != -100).any(dim=0).nonzero()
+        # Position p predicts token p + 1: logits from position first - 1 on cover every label.
+        first = max(int(answer_cols[0]) if len(answer_cols) else ids.shape[1] - 1, 1)
+        if _accepts_logits_to_keep(model):
+            logits = model(input_ids=ids, attention_mask=mask, logits_to_keep=ids.shape[1] - first + 1).logits
+        else:
+            logits = model(input_ids=ids, attention_mask=mask).logits[:, first - 1 :]
+        targets = labels[:, first:]  # [B, L - first]
+        nll = nn.functional.cross_entropy(
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+        ).view(targets.shape)
+        return nll.sum(dim=1), (targets != -100).sum(dim=1)
+
+    def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean cross entropy over the answer tokens (and eos) of the batch: the model's own
+        ``labels=`` loss, computed through :meth:`answer_nll`."""
+        nll, n_tokens = self.answer_nll(model, batch)
+        return nll.sum() / n_tokens.sum().clamp(min=1)
 
     def generate(
         self,
@@ -122,9 +183,14 @@ class CausalLmFamily:
         num_beams: int = 1,
         max_new_tokens: int | None = None,
     ) -> list[str]:
-        """Only the new text of each row (greedy, or beam search), special tokens skipped."""
+        """Only the new text of each row (greedy, or beam search), special tokens skipped.
+
+        Generation stops at :func:`end_token_id` (what the adapters are trained to end
+        with) as well as at the model's own end-of-sequence tokens."""
         device = next(model.parameters()).device
         ids = batch["input_ids"].to(device)
+        own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+        stops = sorted({end_token_id(processor), *([] if own is None else [own] if isinstance(own, int) else own)})
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,
@@ -133,6 +199,7 @@ class CausalLmFamily:
                 do_sample=False,
                 max_new_tokens=max_new_tokens or DEFAULT_MAX_NEW_TOKENS,
                 pad_token_id=processor.pad_token_id,
+                eos_token_id=stops,
             )
         new = out[:, ids.shape[1] :].cpu()
         return [t.strip() for t in processor.batch_decode(new, skip_special_tokens=True)]

@@ -168,6 +168,11 @@ def _smollm2() -> Path:
         gguf_args = {"gguf_file": gguf_file.name}
         loaded = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype=torch.float32, **gguf_args)
         tokenizer = AutoTokenizer.from_pretrained(gguf_file.parent, **gguf_args)
+        # Some transformers versions (5.17) read the GGUF with eos = <|im_start|> while the
+        # generation config says <|im_end|>: keep the saved tokenizer in line with the model.
+        eos = loaded.generation_config.eos_token_id
+        if isinstance(eos, int) and tokenizer.eos_token_id != eos:
+            tokenizer.eos_token = tokenizer.convert_ids_to_tokens(eos)
         config = loaded.config
         if hasattr(config, "quantization_config"):
             del config.quantization_config

@@ -4,6 +4,12 @@
 prompt under the base causal LM: a prompt the model finds surprising is a candidate for a
 larger rank.
 
+``n_question_words`` counts the words of the question alone: after the last ``Question:``
+marker (the reading-comprehension prompts put a passage first), else the last sentence. In
+multi-hop QA the passage's length says little about the question's depth, while each hop
+adds a clause ("the population of the town where the company that X works for is
+headquartered"), so the question's own length is the length signal that tracks it.
+
 Operator counting (``n_operators``): the arithmetic symbols ``+ - * / × ÷ % =`` (a ``-``
 only between spaces or before a digit, so hyphenated words do not count), plus the words
 that state an operation in word problems: plus, minus, times, divided, multiplied,
@@ -29,6 +35,22 @@ OPERATOR_WORDS = frozenset({
 _OPERATOR_SYMBOLS = re.compile(r"[+*/×÷%=]|(?:(?<=\s)|^)-(?=\s|\d)")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # letters/digits, with inner apostrophes
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|\n\s*\n|\n(?=\S)")
+_QUESTION_MARKER = re.compile(r"\bquestion\s*:", re.IGNORECASE)
+
+
+def _n_words(text: str) -> int:
+    """Whitespace-separated tokens holding a letter or digit."""
+    return sum(1 for t in text.split() if any(ch.isalnum() for ch in t))
+
+
+def question_text(prompt: str) -> str:
+    """The question of ``prompt``: the text after the last ``Question:`` marker, else the
+    last sentence without its end mark (``""`` for blank text)."""
+    markers = list(_QUESTION_MARKER.finditer(prompt))
+    if markers:
+        return prompt[markers[-1].end() :].strip()
+    sentences = [s for s in _SENTENCE_END.split(prompt.strip()) if s and s.strip()]
+    return sentences[-1].strip() if sentences else ""
 
 
 def text_signals(prompt: str) -> dict[str, float]:
@@ -39,13 +61,14 @@ def text_signals(prompt: str) -> dict[str, float]:
         is one word and a lone "×" none), ``n_chars`` (all characters), ``n_digits``,
         ``n_numbers`` (numbers as written, "1,234.5" is one), ``n_operators`` (see the module
         docstring), ``n_sentences`` (terminated by . ! ? or a line break; a trailing
-        unterminated sentence counts; 0 for blank text). All as floats.
+        unterminated sentence counts; 0 for blank text), ``n_question_words`` (words of
+        :func:`question_text`). All as floats.
     """
     words = _WORD.findall(prompt)  # for operator words: "half-price" -> half, price
     stripped = prompt.strip()
     sentences = [s for s in _SENTENCE_END.split(stripped) if s and s.strip()]
     return {
-        "n_words": float(sum(1 for t in prompt.split() if any(ch.isalnum() for ch in t))),
+        "n_words": float(_n_words(prompt)),
         "n_chars": float(len(prompt)),
         "n_digits": float(sum(ch.isdigit() for ch in prompt)),
         "n_numbers": float(sum(1 for _ in NUMBER_RE.finditer(prompt))),
@@ -53,11 +76,12 @@ def text_signals(prompt: str) -> dict[str, float]:
             len(_OPERATOR_SYMBOLS.findall(prompt)) + sum(w.lower() in OPERATOR_WORDS for w in words)
         ),
         "n_sentences": float(len(sentences)),
+        "n_question_words": float(_n_words(question_text(prompt))),
     }
 
 
 def prompt_perplexity(
-    model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 8
+    model: Any, tokenizer: Any, prompts: Sequence[str], batch_size: int = 8, progress: bool = False
 ) -> list[float]:
     """Mean next-token negative log-likelihood (nats) of each prompt under a causal LM.
 
@@ -73,11 +97,13 @@ def prompt_perplexity(
         tokenizer: its tokenizer (``tokenizer(text)["input_ids"]`` -> list[int]).
         prompts: the texts to score.
         batch_size: prompts per forward pass.
+        progress: show a progress bar.
 
     Returns:
         one float per prompt, in order.
     """
     import torch
+    from tqdm.auto import tqdm
 
     device = next(model.parameters()).device
     ids = [list(tokenizer(p)["input_ids"]) for p in prompts]
@@ -86,7 +112,7 @@ def prompt_perplexity(
     model.eval()
     try:
         with torch.no_grad():
-            for start in range(0, len(ids), batch_size):
+            for start in tqdm(range(0, len(ids), batch_size), desc="prompt perplexity", unit="batch", disable=not progress):
                 batch = ids[start : start + batch_size]
                 length = max(len(x) for x in batch)
                 input_ids = torch.zeros(len(batch), length, dtype=torch.long)

@@ -1,17 +1,19 @@
 #!/usr/bin/env bash
 # Flexi-LoRA vs static LoRA on math word problems (graded 1-6 steps; score: the final number), SmolLM2-135M-Instruct.
 #
-#   recipes/math/run.sh [--stage N] [--stop-stage N] [--size tiny|small|default]
-#                        [--steps N] [--data DIR] [--exp DIR] [--import DIR] [--device DEV]
+#   recipes/math/run.sh [--profile cpu|gpu] [--stage N] [--stop-stage N] [--size SIZE]
+#                        [--steps N] [--data DIR] [--exp DIR] [--import DIR] [--seed N]
 #
 # Stages (each only calls the flexispeech command line; finished outputs are skipped):
 #   0  build the task (or import: --import DIR)  4  train Flexi-LoRA (threshold, learned)
 #   1  cache signals + base-model answers        5  train the inconsistent-routing ablation
 #   2  evaluate the base model                   6  evaluate every adapter on the test split
 #   3  train static LoRA (rank 4, rank 8)        7  compare all runs side by side
+# --profile cpu (default): --size cpu, about 50 min on 2 cores; --profile gpu: one CUDA
+# device, --size gpu (3000 training / 500 test questions). Sizes: tiny (a smoke run),
+# cpu, small, gpu, default (5000 / 500). Outputs: data/math-SIZE, exp/math-SIZE.
 # --import DIR imports the GSM8K jsonl files (train.jsonl, test.jsonl) in DIR
-# instead of generating questions. Torch uses one thread unless OMP_NUM_THREADS says
-# otherwise: on a small shared CPU a thread pool's spin-waits cost more than they give.
+# instead of generating questions.
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n '2,14p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,16p' "$0"; exit 0 ;; esac
 exec bash "$(dirname "$0")/../text_stages.sh" math "$@"

@@ -107,6 +107,36 @@ def test_gradients_equal_the_reference(path: str, batch: str) -> None:
     assert torch.count_nonzero(got[3][top:]) == 0 and torch.count_nonzero(got[4][:, top:]) == 0
 
 
+
+@pytest.mark.parametrize("path", ["unfused:auto", "unfused:masked", "unfused:grouped", "unfused:segmented"])
+@pytest.mark.parametrize("batch", ["mixed", "sorted", "same", "one_active", "all_zero"])
+def test_plain_op_paths_match_the_reference(path: str, batch: str) -> None:
+    """The delta-only paths, which training with adapter dropout takes: values and gradients."""
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    torch.testing.assert_close(run(layer, x, BATCHES[batch], path).double(), reference(layer, x, BATCHES[batch]),
+                               rtol=1e-5, atol=1e-5)
+    if batch != "all_zero":
+        for name, g, e in zip(["x", "W", "b", "A", "B"], grads(layer, x, BATCHES[batch], path), grads(layer, x, BATCHES[batch], None)):
+            torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
+
+
+def test_dropout_in_eval_mode_takes_the_fused_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    import flexispeech.lora.layer as layer_module
+
+    torch.manual_seed(0)
+    layer = FlexiLoraLinear(nn.Linear(24, 20), FlexiLoraConfig(ranks=RANKS, alpha=8.0, dropout=0.1))
+    calls: list[str] = []
+    monkeypatch.setattr(layer_module, "lora_linear", lambda *a, **k: calls.append("fused") or lora_linear(*a, **k))
+    x = torch.randn(6, 5, 24)
+    layer.train()
+    run(layer, x, BATCHES["sorted"], "auto")
+    assert calls == []  # training: dropout needs its own adapter input, the plain ops
+    layer.eval()
+    out = run(layer, x, BATCHES["sorted"], "auto")
+    assert calls == ["fused"]
+    torch.testing.assert_close(out.double(), reference(layer, x, BATCHES["sorted"]), rtol=1e-5, atol=1e-5)
+
 def test_frozen_base_gets_no_gradient_and_adapter_does() -> None:
     layer = make_layer()
     layer.base_layer.requires_grad_(False)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear
+from flexispeech.errors import ConfigError
 from flexispeech.lora.kernels import choose_path, grouped_delta, masked_delta
 
 
@@ -57,6 +58,11 @@ def test_scales_standard_rslora_and_overrides() -> None:
     assert cfg.scale(4) == 3.0
     assert cfg.scale(16) == pytest.approx(8.0 / math.sqrt(16))
     assert FlexiLoraConfig(ranks=(2, 8), alpha=8.0).scale(2) == 4.0
+    nested = FlexiLoraConfig(ranks=(0, 2, 4, 8), alpha=16.0, scaling="nested")
+    assert nested.scale_table() == [0.0, 0.0, 2.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0]  # alpha / r_max at every rank
+    assert FlexiLoraConfig(ranks=(8,), alpha=16.0, scaling="nested").scale(8) == FlexiLoraConfig(ranks=(8,), alpha=16.0).scale(8)
+    with pytest.raises(ConfigError, match="'standard', 'rslora' or 'nested'"):
+        FlexiLoraConfig(scaling="dylora")
     layer = make_layer(ranks=(0, 4, 16), scaling="rslora", rank_scales={4: 3.0})
     x = torch.randn(2, 12)
     layer.rank_slot.ranks = torch.tensor([4, 16])

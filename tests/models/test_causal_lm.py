@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from flexispeech import FlexiLoraConfig, inject, use_ranks
-from flexispeech.models.causal_lm import FAMILY, render_prompt
+from flexispeech.models.causal_lm import FAMILY, end_token_id, render_prompt
 from flexispeech.models.family import Example, get_family
 from flexispeech.models.random_init import random_causal_lm, randomize_adapters
 
@@ -62,6 +62,28 @@ def test_loss_masks_the_prompt_exactly(base) -> None:
         assert FAMILY.loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
+
+def test_loss_runs_the_output_head_on_answer_positions_only(base) -> None:
+    model, tok = copy.deepcopy(base)
+    inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))
+    randomize_adapters(model, b_scale=0.3)
+    batch = FAMILY.collate(tok, EXAMPLES)  # two prompts of different lengths
+    seen: list[int] = []
+    hook = model.lm_head.register_forward_hook(lambda _m, args, _out: seen.append(args[0].shape[1]))
+    with use_ranks(model, [2, 8]):
+        ours = FAMILY.loss(model, batch)
+        ours.backward()
+        grads = [p.grad.clone() for p in model.parameters() if p.requires_grad]
+        model.zero_grad()
+        hook.remove()
+        full = model(**batch).loss  # transformers' own loss over full logits
+        full.backward()
+    first = int((batch["labels"] != -100).any(0).nonzero()[0])
+    assert seen == [batch["input_ids"].shape[1] - first + 1]  # from the first answer-predicting position
+    assert ours.item() == pytest.approx(full.item(), rel=1e-6)
+    for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
+        torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
+
 def test_generate_left_pads_and_follows_ranks(base) -> None:
     model, tok = copy.deepcopy(base)
     inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))
@@ -81,3 +103,24 @@ def test_generate_left_pads_and_follows_ranks(base) -> None:
         base_text = FAMILY.generate(model, tok, batch, max_new_tokens=6)
     assert base_text != together
     assert not any("<|im_start|>" in t or "user" in t for t in together)  # only the new text
+
+
+
+def test_answers_end_with_the_chat_turn_end_whatever_eos_says(base) -> None:
+    model, tok = copy.deepcopy(base)
+    im_end, im_start = tok.convert_tokens_to_ids(["<|im_end|>", "<|im_start|>"])
+    assert end_token_id(tok) == im_end
+    tok.eos_token = "<|im_start|>"  # as transformers 5.17 reads SmolLM2's GGUF
+    assert end_token_id(tok) == im_end  # the template decides, not eos_token
+    labels = FAMILY.collate(tok, EXAMPLES)["labels"]
+    assert [row[row != -100][-1].item() for row in labels] == [im_end, im_end]
+    _, plain = random_causal_lm(chat_template=False)
+    assert end_token_id(plain) == plain.eos_token_id
+
+    # generation stops at the turn end even when the model's own config names another token
+    model.generation_config.eos_token_id = im_start
+    seen: dict = {}
+    generate = model.generate
+    model.generate = lambda **kw: seen.update(kw) or generate(**kw)
+    FAMILY.generate(model, tok, FAMILY.collate(tok, EXAMPLES, train=False), max_new_tokens=3)
+    assert seen["eos_token_id"] == sorted({im_end, im_start})

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from flexispeech.signals.text import prompt_perplexity, text_signals
+from flexispeech.signals.text import prompt_perplexity, question_text, text_signals
 
 
 def test_text_signals_counts():
@@ -18,7 +18,20 @@ def test_text_signals_counts():
         "n_numbers": 5.0,  # 3, 1250.5, 3, 4, 2
         "n_operators": 3.0,  # "each", "×", "-"
         "n_sentences": 2.0,
+        "n_question_words": 5.0,  # What is 3 4 2? (the last sentence)
     }
+
+
+def test_question_words_read_the_question_not_the_passage():
+    one_hop = "Passage: Ardel Vosk is 41 years old. Vosk Labs is in Brenford.\nQuestion: How old is Ardel Vosk?"
+    three_hop = ("Passage: Ardel Vosk is 41.\nQuestion: What is the population of the town where the company "
+                 "that Ardel Vosk works for is headquartered?")
+    assert question_text(one_hop) == "How old is Ardel Vosk?"
+    assert text_signals(one_hop)["n_question_words"] == 5.0
+    assert text_signals(three_hop)["n_question_words"] == 17.0
+    assert question_text("Mira has 3 pens. She buys 2 more. How many pens does she have?") == "How many pens does she have"  # split off its "?"
+    assert question_text("question: first? QUESTION:  second one") == "second one"  # the last marker
+    assert question_text("") == "" and text_signals("")["n_question_words"] == 0.0
 
 
 def test_text_signals_operator_rules():

@@ -15,9 +15,9 @@ def test_score_answer() -> None:
     assert score_answer("f1", "red dog", ["red fox"]) == 0.5
 
 
-def test_difficulty_tie_break_orders_ties_by_perplexity() -> None:
+def test_difficulty_tie_break_orders_ties_by_the_second_score() -> None:
     d = difficulty_with_tie_break([1.0, 1.0, 0.0, 0.0, 0.5], [3.0, 1.0, 2.0, math.nan, 5.0])
-    # perplexity order: nan (idx 3), 1.0 (1), 2.0 (2), 3.0 (0), 5.0 (4) -> ranks 0..4, span 0.01/5
+    # tie-break order: nan (idx 3), 1.0 (1), 2.0 (2), 3.0 (0), 5.0 (4) -> ranks 0..4, span 0.01/5
     assert d == [0.0 + 0.006, 0.0 + 0.002, 1.0 + 0.004, 1.0 + 0.0, 0.5 + 0.008]
 
 

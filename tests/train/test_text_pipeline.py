@@ -8,6 +8,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from data_prep.math import prepare_math
 from data_prep.qa import prepare_qa
@@ -15,10 +16,11 @@ from data_prep.text_tasks import load_text_task
 from flexispeech.cli import main
 from flexispeech.config import load_config
 from flexispeech.lora.io import read_adapter_config
+from flexispeech.models.causal_lm import FAMILY
 from flexispeech.text_data import TextTaskSplit, open_split
 from flexispeech.train import train
 
-SIGNALS = ["n_words", "n_chars", "n_digits", "n_numbers", "n_operators", "n_sentences", "prompt_ppl"]
+SIGNALS = ["n_words", "n_chars", "n_digits", "n_numbers", "n_operators", "n_sentences", "n_question_words", "prompt_ppl"]
 
 
 @pytest.fixture(scope="module")
@@ -55,10 +57,19 @@ def test_signals_are_cached_with_base_answers(math_task) -> None:
     assert row["signal_n_words"] == len(row["prompt"].split())  # generated prompts have no bare symbols
     assert all(np.isfinite(ds["signal_prompt_ppl"]))
     assert all(c in (0.0, 1.0) for c in ds["base_correct"])
-    # difficulty = 1 - correct plus a perplexity tie-break below 0.01
+    # difficulty = 1 - correct plus a tie-break below 0.01 that follows the gold answer's NLL
     for c, d in zip(ds["base_correct"], ds["base_difficulty"]):
         assert 0 <= d - (1 - c) < 0.01
     assert len(set(ds["base_difficulty"])) == len(ds)  # ties broken: every value distinct
+    wrong = [i for i, c in enumerate(ds["base_correct"]) if c == 0.0]
+    by_nll = sorted(wrong, key=lambda i: ds["base_gold_nll"][i])
+    assert by_nll == sorted(wrong, key=lambda i: ds["base_difficulty"][i])
+    # base_gold_nll is the base model's training loss on the row's answer, summed, not averaged
+    model, tok = FAMILY.load("random:tiny")
+    batch = FAMILY.collate(tok, [split[0]])
+    n_tokens = int((batch["labels"] != -100).sum())
+    with torch.no_grad():
+        assert ds["base_gold_nll"][0] == pytest.approx(FAMILY.loss(model, batch).item() * n_tokens, rel=1e-5)
     assert "test" in json.loads((math_task / "task.json").read_text())["splits"]
 
 
@@ -110,3 +121,37 @@ def test_eval_and_compare_on_both_tasks(math_task, qa_task, tmp_path, capsys) ->
         head = "| method | accuracy % |" if metric == "accuracy" else "| method | EM % | F1 % |"
         assert table[0].startswith(head) and table[2].startswith("| base |") and table[4].startswith("| threshold |")
         assert (tmp_path / task.name / "cmp" / "ranks.png").is_file()
+
+
+def test_decode_split_sorts_rows_by_rank_without_changing_results(math_task) -> None:
+    from flexispeech.evaluate import decode_split
+    from flexispeech.lora.config import FlexiLoraConfig
+    from flexispeech.lora.inject import inject
+    from flexispeech.models.random_init import randomize_adapters
+
+    model, tok = FAMILY.load("random:tiny")
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))
+    randomize_adapters(model, b_scale=0.3)
+    split = open_split(math_task, "test")
+    pattern = torch.tensor([2, 0, 8, 2, 8, 0, 0, 2])  # unsorted within every batch of 4
+
+    def router(signals):  # a rank per row, fixed by the row's word count (any function of signals will do)
+        return pattern[signals["n_words"].long() % len(pattern)]
+
+    batched, _ = decode_split(model, FAMILY, tok, split, router, batch_size=4, progress=False, max_new_tokens=5)
+    alone, _ = decode_split(model, FAMILY, tok, split, router, batch_size=1, progress=False, max_new_tokens=5)
+    assert len({r["rank"] for r in batched}) == 3
+    assert [(r["id"], r["rank"], r["hyp"]) for r in batched] == [(r["id"], r["rank"], r["hyp"]) for r in alone]
+
+
+def test_label_splits_limit_the_base_answers_to_training_rows(tmp_path) -> None:
+    task = prepare_qa(tmp_path / "qa", n_train=6, n_validation=1, n_test=4, seed=2)
+    args = [str(task), "--model", "random:tiny", "--splits", "train,test", "--max-new-tokens", "3"]
+    assert main(["signals", *args, "--label-splits", "train"]) == 0
+    train_cols, test = load_text_task(task, "train").column_names, load_text_task(task, "test")
+    assert {"base_answer", "base_gold_nll", "base_difficulty", "signal_prompt_ppl"} <= set(train_cols)
+    assert "signal_prompt_ppl" in test.column_names and "base_answer" not in test.column_names
+    ppl = list(test["signal_prompt_ppl"])
+    assert main(["signals", *args]) == 0  # now every split gets labels; the cached ppl is kept
+    test = load_text_task(task, "test")
+    assert "base_answer" in test.column_names and list(test["signal_prompt_ppl"]) == ppl
