@@ -145,6 +145,18 @@ def segmented_delta(
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
 
 
+def token_positions(x: torch.Tensor) -> int:
+    """Token positions in one call: rows x sequence positions of ``x`` [..., in]."""
+    return x.numel() // x.shape[-1]
+
+
+def auto_takes_masked(device_type: str, tokens: int | None) -> bool:
+    """Whether ``auto`` takes the one masked block over per-run blocks for a mixed batch:
+    on GPUs, and on CPUs for calls under ``MIN_SEGMENTED_TOKENS`` token positions
+    (decoding steps), where launches and memory, not FLOPs, bound these matmuls."""
+    return device_type != "cpu" or (tokens is not None and tokens < MIN_SEGMENTED_TOKENS)
+
+
 def choose_path(ranks_list: list[int]) -> tuple[str, list[int]]:
     """Pick ``uniform``, ``masked`` or ``grouped`` for one call from its per-row ranks
     (the delta-only paths, for rows in any order). Returns the path and the sorted
@@ -196,6 +208,11 @@ class RankPlan:
     def nonzero_runs(self) -> list[tuple[int, int, int]]:
         return [run for run in self.runs if run[2] > 0]
 
+    def few_runs(self) -> bool:
+        """Whether the rank > 0 rows fall into at most ``MAX_SEGMENTS`` runs (a batch grouped
+        by rank): then one block per run beats a gather or a masked block on a CPU."""
+        return len(self.nonzero_runs()) <= MAX_SEGMENTS
+
     def mask(self, scales: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The scaled mask of ``rank_mask`` at the top rank, [N, top], cached per dtype/device."""
         key = (dtype, device, tuple(scales))
@@ -224,10 +241,9 @@ class RankPlan:
             return "uniform"
         if requested == "triton":
             return "triton"
-        few_tokens = tokens is not None and tokens < MIN_SEGMENTED_TOKENS
-        if requested == "masked" or (requested == "auto" and (device_type != "cpu" or few_tokens)):
+        if requested == "masked" or (requested == "auto" and auto_takes_masked(device_type, tokens)):
             return "masked"
-        if requested == "segmented" or len(self.nonzero_runs()) <= MAX_SEGMENTS:
+        if requested == "segmented" or self.few_runs():
             return "segmented"
         return "masked"
 
@@ -394,7 +410,7 @@ def lora_linear(
     kernels when ``triton_usable``; elsewhere it is the ``masked`` path.
     """
     mask = None
-    chosen = None if plan is None else plan.fused_path(path, x.device.type, x.numel() // x.shape[-1])
+    chosen = None if plan is None else plan.fused_path(path, x.device.type, token_positions(x))
     # Uniform batches too: on the H200 the torch uniform pair (1.80x at r=64) was slower
     # than the Triton kernels on a mixed batch (1.49x), and they serve any rank pattern.
     if chosen in ("masked", "triton", "uniform") and path in ("auto", "triton") and plan.top > 0 and triton_usable(x):
@@ -482,9 +498,9 @@ def lora_delta(
     plan = plan if plan is not None else make_plan(ranks)
     chosen, distinct = choose_path(plan.ranks_list)
     if chosen != "uniform":
-        if path == "masked" or (path == "auto" and (x.device.type != "cpu" or x.numel() // x.shape[-1] < MIN_SEGMENTED_TOKENS)):
-            chosen = "masked"  # GPUs, decoding steps: launches and memory, not FLOPs, bound these matmuls
-        elif path == "segmented" or (path == "auto" and len(plan.nonzero_runs()) <= MAX_SEGMENTS):
+        if path == "masked" or (path == "auto" and auto_takes_masked(x.device.type, token_positions(x))):
+            chosen = "masked"
+        elif path == "segmented" or (path == "auto" and plan.few_runs()):
             chosen = "segmented"  # CPUs, rows grouped by rank: views, no gather or scatter
         elif path == "grouped":
             chosen = "grouped"

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.kernels import (MAX_SEGMENTS, expand_ranks, fused_supported, lora_delta, lora_linear, masked_delta,
+from flexispeech.lora.kernels import (expand_ranks, fused_supported, lora_delta, lora_linear, masked_delta,
                                       plan_for, static_linear)
 
 
@@ -151,7 +151,7 @@ class FlexiLoraLinear(nn.Module):
         # "unfused:<path>" forces the plain-op paths (a benchmark baseline).
         unfused, _, path = self.compute_path.rpartition(":")
         if not unfused and self._no_dropout() and fused_supported(x, self.base_layer, A):
-            if not (path == "grouped" and plan is not None and len(plan.nonzero_runs()) > MAX_SEGMENTS):
+            if not (path == "grouped" and plan is not None and not plan.few_runs()):
                 return lora_linear(x, self.base_layer, A, B, plan, self.scales, path, self.default_rank)
         # Unfused (dropout, autocast or mixed dtypes; grouped on an unsorted batch).
         result = self.base_layer(x)
