@@ -45,7 +45,7 @@ case "$task" in
   math) base_tokens=160; tokens=192; cpu_batch=8
         declare -A counts=([tiny]="48 6 30" [cpu]="224 30 72" [small]="400 50 120" [gpu]="3000 100 500" [default]="5000 250 500") ;;
   qa) base_tokens=24; tokens=16; cpu_batch=4
-      declare -A counts=([tiny]="32 6 18" [cpu]="96 30 60" [small]="400 50 120" [gpu]="3000 100 500" [default]="5000 250 500") ;;
+      declare -A counts=([tiny]="32 6 18" [cpu]="80 30 48" [small]="400 50 120" [gpu]="3000 100 500" [default]="5000 250 500") ;;
   *) echo "text_stages.sh: unknown task $task (math or qa)" >&2; exit 2 ;;
 esac
 
@@ -57,7 +57,7 @@ case "$profile" in
   cpu) device=cpu; decode_batch=32; size=${size:-cpu}
        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
        overrides=(train.batch_size="$cpu_batch")
-       case "$task" in math) default_steps=28 ;; qa) default_steps=24 ;; esac ;;
+       case "$task" in math) default_steps=28 ;; qa) default_steps=20 ;; esac ;;
   gpu) device=cuda; decode_batch=128; size=${size:-gpu}
        overrides=(train.batch_size=16 train.lr=1.0e-3 train.warmup_steps=30 train.log_every=20 train.save_every=100)
        case "$task" in math) default_steps=500 ;; qa) default_steps=300 ;; esac ;;

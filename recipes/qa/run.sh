@@ -9,7 +9,7 @@
 #   1  cache signals + base-model answers        5  train the inconsistent-routing ablation
 #   2  evaluate the base model                   6  evaluate every adapter on the test split
 #   3  train static LoRA (rank 4, rank 8)        7  compare all runs side by side
-# --profile cpu (default): --size cpu, about 65 min on 2 cores; --profile gpu: one CUDA
+# --profile cpu (default): --size cpu, about 48 min on 2 cores; --profile gpu: one CUDA
 # device, --size gpu (3000 training / 500 test questions). Sizes: tiny (a smoke run),
 # cpu, small, gpu, default (5000 / 500). Outputs: data/qa-SIZE, exp/qa-SIZE.
 # --import DIR imports the SQuAD json files (train-v*.json, dev-v*.json) in DIR
