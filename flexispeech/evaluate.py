@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from flexispeech.data import CorpusSplit, make_collate
 from flexispeech.errors import AudioError, FlexispeechError
 from flexispeech.lora.inject import get_state, use_ranks
-from flexispeech.lora.kernels import rank_sort_order
+from flexispeech.lora.plans import rank_sort_order
 from flexispeech.lora.stats import count_parameters
 from flexispeech.metrics import error_counts, utterance_wer
 from flexispeech.text_data import TextTaskSplit

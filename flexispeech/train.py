@@ -28,7 +28,7 @@ from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import save_adapter
-from flexispeech.lora.kernels import rank_sort_order
+from flexispeech.lora.plans import rank_sort_order
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import get_family

@@ -1,27 +1,11 @@
-"""Compute paths for the adapter update of a batch whose rows have different ranks.
+"""Fused compute paths: the base layer and the adapter update of a mixed-rank batch in one node.
 
-All paths compute, for row ``n`` with rank ``r_n``::
+``lora_linear`` returns ``base(x)`` plus, for row ``n`` with rank ``r_n``,
+``scale(r_n) * (x[n] @ A[:r_n].T) @ B[:, :r_n].T`` (shapes as in ``deltas``), in eager mode
+with one dtype throughout (``fused_supported``); the grouping of the batch comes from its
+``RankPlan`` (``plans``).
 
-    delta[n] = scale(r_n) * (x[n] @ A[:r_n].T) @ B[:, :r_n].T
-
-and add nothing when every row has rank 0 (rank 0 is exactly the base model). Shapes:
-``x`` [N, *, in], ``A`` [r_max, in], ``B`` [out, r_max], ``ranks`` [N] (int64, same device
-as ``x``), ``scale_table`` [r_max + 1] with ``scale_table[r] = scale(r)``; deltas are
-[N, *, out].
-
-Delta-only paths (plain tensor ops; autograd, autocast and ``torch.compile`` see through them):
-
-- ``masked``: one pair of matmuls at the batch's top rank with the components above each
-  row's rank zeroed (by a mask that also carries the per-row scale). Cost ∝ N · top.
-  Shape-static at a fixed top rank, so it is the path used under ``torch.compile``.
-- ``grouped``: rows gathered per distinct rank, truncated matmuls per group, results
-  scattered back. Cost ∝ Σ r_n (+ a gather/scatter of the rows).
-- ``segmented``: when rows of equal rank sit next to each other, truncated matmuls on
-  views of each run, joined by one ``cat``. Cost ∝ Σ r_n, no gather or scatter; ``auto``
-  takes it on CPUs when the runs are few, and ``masked`` on GPUs.
-- ``uniform``: every row has the same rank r: one truncated pair of matmuls.
-
-Fused layer paths (``lora_linear``: base + adapter in one autograd node, eager mode):
+The paths:
 
 - ``segmented``: when rows of equal rank sit next to each other (a batch sorted by rank,
   see ``rank_sort_order``), each run of rows is a *view*: truncated matmuls per run, no
@@ -50,235 +34,11 @@ from __future__ import annotations
 
 import importlib.util
 import warnings
-from dataclasses import dataclass, field
-from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 
-Path = Literal["auto", "masked", "grouped", "segmented", "triton"]
-
-# The grouped path pays a gather and a scatter of its rows; it wins when the masked path
-# would waste more than this fraction of its FLOPs on components above the rows' ranks.
-GROUPED_MIN_SAVING = 0.35
-# The segmented path launches ~6 small matmuls per run of equal-rank rows; past this many
-# runs (an unsorted batch) the launches cost more than the FLOPs they save.
-MAX_SEGMENTS = 8
-# Below this many token positions in one call (a decoding step: one token per row) a CPU
-# matmul costs its launch, not its FLOPs, and the single masked block beats one block per
-# run: benchmarks/text_step.py measured segmented decoding steps at 1.1-1.2x static.
-MIN_SEGMENTED_TOKENS = 256
-
-
-def uniform_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rank: int, scale: float) -> torch.Tensor | None:
-    """Every row at ``rank``: ``scale * (x @ A[:rank].T) @ B[:, :rank].T`` ([N, *, out])."""
-    if rank == 0:
-        return None
-    return (x @ A[:rank].T * scale) @ B[:, :rank].T
-
-
-def rank_mask(ranks: torch.Tensor, scale_table: torch.Tensor, top: int, dtype: torch.dtype) -> torch.Tensor:
-    """``mask[n, j] = scale(r_n) if j < r_n else 0``, [N, top] in ``dtype``.
-
-    Zeroing also stops gradients to the components above r_n, which is what nested-rank
-    training needs; carrying the scale in the mask saves a separate multiply.
-    """
-    cols = torch.arange(top, device=ranks.device)
-    return ((cols < ranks[:, None]) * scale_table[ranks][:, None]).to(dtype)
-
-
-def masked_delta(
-    x: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    ranks: torch.Tensor,
-    scale_table: torch.Tensor,
-    top: int | None = None,
-) -> torch.Tensor | None:
-    """Masked path at rank ``top`` (default: A's full r_max), as described above."""
-    top = A.shape[0] if top is None else top
-    if top == 0:
-        return None
-    h = x @ A[:top].T  # [N, *, top]
-    mask = rank_mask(ranks, scale_table.to(x.device), top, h.dtype)
-    mask = mask.view(mask.shape[0], *([1] * (x.dim() - 2)), top)
-    return (h * mask) @ B[:, :top].T
-
-
-def grouped_delta(
-    x: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    ranks: torch.Tensor,
-    scales: list[float],
-    distinct: list[int],
-) -> torch.Tensor | None:
-    """Grouped path: truncated matmuls per distinct rank in ``distinct`` (sorted, no 0s
-    needed); ``scales[r]`` is scale(r) as a Python float."""
-    out: torch.Tensor | None = None
-    for r in distinct:
-        if r == 0:
-            continue
-        idx = (ranks == r).nonzero().squeeze(1)
-        part = (x.index_select(0, idx) @ A[:r].T * scales[r]) @ B[:, :r].T
-        if out is None:
-            out = torch.zeros(*x.shape[:-1], B.shape[0], dtype=part.dtype, device=part.device)
-        # index_add (not in place) keeps autograd simple; rows of other ranks stay zero.
-        out = out.index_add(0, idx, part)
-    return out
-
-
-def segmented_delta(
-    x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, runs: list[tuple[int, int, int]], scales: list[float]
-) -> torch.Tensor | None:
-    """Segmented path of the delta-only paths: truncated matmuls per run ``(start, end, r)``
-    of equal-rank rows, on views of ``x`` (no gather, no scatter), joined by one ``cat``;
-    rank-0 runs add zeros. None when every run is at rank 0."""
-    parts: dict[int, torch.Tensor] = {}
-    for i, (start, end, r) in enumerate(runs):
-        if r:
-            parts[i] = (x[start:end] @ A[:r].T * scales[r]) @ B[:, :r].T
-    if not parts:
-        return None
-    like = next(iter(parts.values()))
-    pieces = [parts[i] if i in parts else like.new_zeros((end - start, *like.shape[1:])) for i, (start, end, _) in enumerate(runs)]
-    return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-
-def token_positions(x: torch.Tensor) -> int:
-    """Token positions in one call: rows x sequence positions of ``x`` [..., in]."""
-    return x.numel() // x.shape[-1]
-
-
-def auto_takes_masked(device_type: str, tokens: int | None) -> bool:
-    """Whether ``auto`` takes the one masked block over per-run blocks for a mixed batch:
-    on GPUs, and on CPUs for calls under ``MIN_SEGMENTED_TOKENS`` token positions
-    (decoding steps), where launches and memory, not FLOPs, bound these matmuls."""
-    return device_type != "cpu" or (tokens is not None and tokens < MIN_SEGMENTED_TOKENS)
-
-
-def choose_path(ranks_list: list[int]) -> tuple[str, list[int]]:
-    """Pick ``uniform``, ``masked`` or ``grouped`` for one call from its per-row ranks
-    (the delta-only paths, for rows in any order). Returns the path and the sorted
-    distinct ranks."""
-    distinct = sorted(set(ranks_list))
-    if len(distinct) == 1:
-        return "uniform", distinct
-    top = distinct[-1]
-    masked_cost = top * len(ranks_list)
-    grouped_cost = sum(ranks_list)
-    if grouped_cost <= (1.0 - GROUPED_MIN_SAVING) * masked_cost:
-        return "grouped", distinct
-    return "masked", distinct
-
-
-def rank_sort_order(ranks: torch.Tensor) -> torch.Tensor:
-    """The permutation [N] that sorts a batch by rank, highest first (stable).
-
-    Reordering a batch with it (``inputs[order]``, ``ranks[order]``) before the forward pass
-    makes every rank's rows contiguous, so the ``segmented`` path can use views instead of
-    gathers in every layer; a token-mean loss does not change under the permutation.
-    """
-    return torch.sort(ranks, descending=True, stable=True).indices
-
-
-@dataclass
-class RankPlan:
-    """How one batch's rows are grouped by rank, shared by every layer of a forward pass.
-
-    ``runs`` are the maximal runs of equal-rank rows ``(start, end, rank)`` in row order;
-    ``span`` is ``(first, last + 1)`` of the rows with rank > 0.
-    """
-
-    ranks: torch.Tensor
-    ranks_list: list[int]
-    distinct: list[int]
-    runs: list[tuple[int, int, int]]
-    span: tuple[int, int]
-    masks: dict[Any, torch.Tensor] = field(default_factory=dict)
-
-    @property
-    def top(self) -> int:
-        return self.distinct[-1]
-
-    @property
-    def uniform(self) -> bool:
-        return len(self.distinct) == 1
-
-    def nonzero_runs(self) -> list[tuple[int, int, int]]:
-        return [run for run in self.runs if run[2] > 0]
-
-    def few_runs(self) -> bool:
-        """Whether the rank > 0 rows fall into at most ``MAX_SEGMENTS`` runs (a batch grouped
-        by rank): then one block per run beats a gather or a masked block on a CPU."""
-        return len(self.nonzero_runs()) <= MAX_SEGMENTS
-
-    def mask(self, scales: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The scaled mask of ``rank_mask`` at the top rank, [N, top], cached per dtype/device."""
-        key = (dtype, device, tuple(scales))
-        if key not in self.masks:
-            table = torch.tensor(scales, dtype=torch.float32, device=device)
-            self.masks[key] = rank_mask(self.ranks.to(device), table, self.top, dtype)
-        return self.masks[key]
-
-    def scale_tensor(self, scales: list[float], device: torch.device) -> torch.Tensor:
-        """``scales`` as a float32 tensor on ``device`` [r_max + 1], cached like ``mask``."""
-        key = ("scales", device, tuple(scales))
-        if key not in self.masks:
-            self.masks[key] = torch.tensor(scales, dtype=torch.float32, device=device)
-        return self.masks[key]
-
-    def fused_path(self, requested: str, device_type: str = "cpu", tokens: int | None = None) -> str:
-        """The fused path for this batch: ``uniform``, ``segmented`` or ``masked``.
-
-        ``auto`` takes ``masked`` on GPUs: at ranks <= 64 the adapter matmuls are bound by
-        memory and launches, not FLOPs, and one masked block over the rank > 0 span beat
-        the per-run launches of ``segmented`` (benchmarks/NOTES.md). On CPUs, where FLOPs
-        dominate, ``segmented`` (cost ∝ Σ r) is taken when the runs are few and the call
-        has at least ``MIN_SEGMENTED_TOKENS`` token positions (``tokens``).
-        """
-        if self.uniform:
-            return "uniform"
-        if requested == "triton":
-            return "triton"
-        if requested == "masked" or (requested == "auto" and auto_takes_masked(device_type, tokens)):
-            return "masked"
-        if requested == "segmented" or self.few_runs():
-            return "segmented"
-        return "masked"
-
-
-def make_plan(ranks: torch.Tensor) -> RankPlan:
-    """Group ``ranks`` [N] (one host sync)."""
-    ranks_list = ranks.tolist()
-    runs: list[tuple[int, int, int]] = []
-    for i, r in enumerate(ranks_list):
-        if runs and runs[-1][2] == r:
-            runs[-1] = (runs[-1][0], i + 1, r)
-        else:
-            runs.append((i, i + 1, r))
-    active = [i for i, r in enumerate(ranks_list) if r > 0]
-    span = (active[0], active[-1] + 1) if active else (0, 0)
-    return RankPlan(ranks, ranks_list, sorted(set(ranks_list)), runs, span)
-
-
-def plan_for(slot: Any, ranks: torch.Tensor, n_rows: int) -> RankPlan:
-    """The plan of the ranks in ``slot`` expanded to ``n_rows`` rows, cached on the slot.
-
-    All layers of a model share the slot, so the grouping (and its host sync) is done once
-    per forward pass, not once per layer. The cache is keyed by the ranks tensor itself
-    (kept alive, so its id cannot be reused) and its version counter (in-place edits).
-    """
-    key = (ranks, ranks._version)
-    cache = getattr(slot, "plan_cache", None)
-    if cache is None or cache[0][0] is not ranks or cache[0][1] != key[1]:
-        cache = (key, {})
-        slot.plan_cache = cache
-    plans = cache[1]
-    if n_rows not in plans:
-        expanded = ranks if ranks.shape[0] == n_rows else ranks.repeat_interleave(n_rows // ranks.shape[0])
-        plans[n_rows] = make_plan(expanded)
-    return plans[n_rows]
+from flexispeech.lora.plans import RankPlan, expand_ranks, rank_mask, token_positions
 
 
 class _FlexiLinear(torch.autograd.Function):
@@ -434,12 +194,6 @@ def lora_linear(
     return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, blocks)
 
 
-def expand_ranks(ranks: torch.Tensor, n_rows: int) -> torch.Tensor:
-    """``ranks`` [N'] repeated to [n_rows] (each rank ``n_rows // N'`` times; no host sync:
-    an integer repeat count is an expand + reshape)."""
-    return ranks if ranks.shape[0] == n_rows else ranks.repeat_interleave(n_rows // ranks.shape[0])
-
-
 def static_linear(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor, B: torch.Tensor,
                   ranks: torch.Tensor, scale_table: torch.Tensor) -> torch.Tensor:
     """``base(x)`` plus the adapter update at every row's rank, with no host sync.
@@ -476,38 +230,3 @@ def set_static_path(model: torch.nn.Module, enabled: bool = True) -> None:
 
     for _, layer in flexi_layers(model):
         layer.compute_path = "static" if enabled else "auto"
-
-
-def lora_delta(
-    x: torch.Tensor,
-    A: torch.Tensor,
-    B: torch.Tensor,
-    ranks: torch.Tensor,
-    scale_table: torch.Tensor,
-    scales: list[float],
-    path: Path = "auto",
-    plan: RankPlan | None = None,
-) -> torch.Tensor | None:
-    """The adapter update of a mixed-rank batch by the requested delta-only path.
-
-    Under ``torch.compile`` the masked path at the full r_max is always used: it has no
-    data-dependent shapes, so it compiles without graph breaks.
-    """
-    if torch.compiler.is_compiling():
-        return masked_delta(x, A, B, ranks, scale_table)
-    plan = plan if plan is not None else make_plan(ranks)
-    chosen, distinct = choose_path(plan.ranks_list)
-    if chosen != "uniform":
-        if path == "masked" or (path == "auto" and auto_takes_masked(x.device.type, token_positions(x))):
-            chosen = "masked"
-        elif path == "segmented" or (path == "auto" and plan.few_runs()):
-            chosen = "segmented"  # CPUs, rows grouped by rank: views, no gather or scatter
-        elif path == "grouped":
-            chosen = "grouped"
-    if chosen == "uniform":
-        return uniform_delta(x, A, B, distinct[0], scales[distinct[0]])
-    if chosen == "segmented":
-        return segmented_delta(x, A, B, plan.runs, scales)
-    if chosen == "grouped":
-        return grouped_delta(x, A, B, ranks, scales, distinct)
-    return masked_delta(x, A, B, ranks, scale_table, top=distinct[-1])

@@ -9,8 +9,9 @@ import torch
 from torch import nn
 
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.kernels import (expand_ranks, fused_supported, lora_delta, lora_linear, masked_delta,
-                                      plan_for, static_linear)
+from flexispeech.lora.deltas import lora_delta, masked_delta
+from flexispeech.lora.kernels import fused_supported, lora_linear, static_linear
+from flexispeech.lora.plans import expand_ranks, plan_for
 
 
 class RankSlot(threading.local):

@@ -9,6 +9,7 @@ assistant header), and as ``"Question: ...\\nAnswer:"`` otherwise.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,6 +43,11 @@ def render_prompt(tokenizer: Any, prompt: str) -> str:
     return f"Question: {prompt}\nAnswer:"
 
 
+# end_token_id per tokenizer object, keyed by what it is derived from (a user may swap the
+# template); weak, so a cached tokenizer does not outlive its model.
+_END_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def end_token_id(tokenizer: Any) -> int:
     """The token that ends an answer, trained after every target and stopping generation.
 
@@ -51,9 +57,27 @@ def end_token_id(tokenizer: Any) -> int:
     reads SmolLM2's GGUF with ``eos_token = <|im_start|>``, 5.24 with ``<|im_end|>``. An
     adapter trained to end on ``<|im_start|>`` never emits the generation config's
     ``<|im_end|>`` and runs on into a made-up next turn. Without a template: eos.
+    Rendering the template costs ~1 ms, so the result is cached per tokenizer (every
+    collate and generate call asks).
     """
-    if not getattr(tokenizer, "chat_template", None):
-        return int(tokenizer.eos_token_id)
+    template = getattr(tokenizer, "chat_template", None)
+    key = (template, tokenizer.eos_token_id)
+    try:
+        cached = _END_CACHE.get(tokenizer)
+    except TypeError:  # not weak-referenceable: compute every time
+        cached = None
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    end = _end_token_id(tokenizer) if template else int(tokenizer.eos_token_id)
+    try:
+        _END_CACHE[tokenizer] = (key, end)
+    except TypeError:
+        pass
+    return end
+
+
+def _end_token_id(tokenizer: Any) -> int:
+    """The first token the chat template writes after an assistant message (eos if none)."""
     marker = "\u2063answer\u2063"  # invisible separators: text no template adds itself
     text = tokenizer.apply_chat_template(
         [{"role": "user", "content": "q"}, {"role": "assistant", "content": marker}], tokenize=False

@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
-from flexispeech.lora.kernels import lora_linear, make_plan, masked_delta, plan_for, rank_sort_order
+from flexispeech.lora.deltas import masked_delta
+from flexispeech.lora.kernels import lora_linear
 from flexispeech.lora.inject import flexi_layers
 from flexispeech.lora.layer import merge_for_inference, unmerge
 
@@ -154,25 +155,6 @@ def test_bf16_within_tolerance(path: str) -> None:
     ref = reference(layer, x, BATCHES["mixed"])
     rel = (out.double() - ref).norm() / ref.norm()
     assert rel < 1e-2
-
-
-def test_plan_is_computed_once_per_ranks_tensor() -> None:
-    layer = make_layer()
-    ranks = torch.tensor([4, 0, 8])
-    first = plan_for(layer.rank_slot, ranks, 3)
-    assert plan_for(layer.rank_slot, ranks, 3) is first  # shared by every layer of a pass
-    assert first.runs == [(0, 1, 4), (1, 2, 0), (2, 3, 8)] and first.span == (0, 3) and first.top == 8
-    expanded = plan_for(layer.rank_slot, ranks, 6)  # beam search: each rank repeated
-    assert expanded.ranks_list == [4, 4, 0, 0, 8, 8]
-    ranks[1] = 16  # an in-place edit is a new batch
-    assert plan_for(layer.rank_slot, ranks, 3).ranks_list == [4, 16, 8]
-
-
-def test_rank_sort_order_makes_one_run_per_rank() -> None:
-    ranks = torch.tensor([4, 0, 16, 4, 0, 8])
-    order = rank_sort_order(ranks)
-    assert ranks[order].tolist() == [16, 8, 4, 4, 0, 0]
-    assert len(make_plan(ranks[order]).runs) == 4
 
 
 def flops(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int], path: str) -> int:
@@ -381,7 +363,7 @@ def test_static_path_with_dropout_takes_the_plain_ops_and_stays_close() -> None:
 def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forward and backward of an injected model on the static path never read a tensor
     back to the host nor build a RankPlan (what a CUDA graph capture would fail on)."""
-    from flexispeech.lora import kernels, layer as layer_mod
+    from flexispeech.lora import deltas, layer as layer_mod, plans
     from flexispeech.lora.kernels import set_static_path
 
     torch.manual_seed(0)
@@ -398,7 +380,8 @@ def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None
 
         for name in ("tolist", "item", "__bool__", "__int__", "nonzero"):
             monkeypatch.setattr(torch.Tensor, name, forbidden)
-        monkeypatch.setattr(kernels, "make_plan", forbidden)
+        monkeypatch.setattr(plans, "make_plan", forbidden)
+        monkeypatch.setattr(deltas, "make_plan", forbidden)
         monkeypatch.setattr(layer_mod, "plan_for", forbidden)
         out = model(x)
         out.pow(2).sum().backward()

@@ -10,7 +10,7 @@ from torch import nn
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear
 from flexispeech.errors import ConfigError
-from flexispeech.lora.kernels import choose_path, grouped_delta, masked_delta
+from flexispeech.lora.deltas import choose_path, grouped_delta, masked_delta
 
 
 def make_layer(ranks=(0, 2, 4, 8), scaling="standard", rank_scales=None, seed=0) -> FlexiLoraLinear:

@@ -124,3 +124,6 @@ def test_answers_end_with_the_chat_turn_end_whatever_eos_says(base) -> None:
     model.generate = lambda **kw: seen.update(kw) or generate(**kw)
     FAMILY.generate(model, tok, FAMILY.collate(tok, EXAMPLES, train=False), max_new_tokens=3)
     assert seen["eos_token_id"] == sorted({im_end, im_start})
+    # the result is cached per tokenizer, but a swapped template is seen
+    tok.chat_template = None
+    assert end_token_id(tok) == im_start  # no template: the (changed) eos
