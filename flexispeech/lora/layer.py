@@ -23,7 +23,14 @@ class RankSlot(threading.local):
     read of a ``threading.local`` (a ContextVar would graph-break), guarding on it.
     """
 
-    ranks: torch.Tensor | None = None
+    ranks: torch.Tensor | None
+
+    def __init__(self) -> None:
+        # An instance attribute, set per thread (threading.local runs __init__ in every
+        # thread that touches the slot), not a class-level default: torch 2.11's dynamo
+        # resolves a class default as a constant and then fails to guard the tensor that
+        # use_ranks puts in the thread's dict ("Unexpected type <class 'torch.Tensor'>").
+        self.ranks = None
 
     def __deepcopy__(self, memo: dict) -> RankSlot:
         # A copied model starts with no ranks set (and threading.local cannot be copied).

@@ -138,3 +138,22 @@ def test_batch_not_a_multiple_of_ranks_is_an_error() -> None:
     layer.rank_slot.ranks = torch.tensor([2, 4])
     with pytest.raises(RuntimeError, match="not a multiple"):
         layer(torch.randn(3, 12))
+
+
+def test_rank_slot_keeps_ranks_per_thread_not_on_the_class() -> None:
+    """torch 2.11's dynamo took a class-level ``ranks = None`` default for a constant and
+    then failed to guard the tensor use_ranks stores (torch.compile broke, fullgraph or
+    not); the slot must hold ``ranks`` in each thread's own dict."""
+    import threading
+
+    from flexispeech.lora.layer import RankSlot
+
+    assert "ranks" not in vars(RankSlot)
+    slot = RankSlot()
+    assert vars(slot) == {"ranks": None}
+    slot.ranks = torch.tensor([1])
+    seen: list = []
+    thread = threading.Thread(target=lambda: seen.append(slot.ranks))
+    thread.start()
+    thread.join()
+    assert seen == [None] and slot.ranks is not None
