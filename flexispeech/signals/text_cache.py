@@ -92,6 +92,15 @@ def cache_surface_signals(task_dir: str | Path, split: str, force: bool = False)
     return True
 
 
+def missing_model_columns(task_dir: str | Path, split: str, labels: bool, force: bool) -> tuple[bool, bool]:
+    """Whether ``split`` still needs (the prompt perplexity, the label columns): what
+    ``cache_model_signals`` computes, and whether the base model must be loaded at all."""
+    from data_prep.text_tasks import load_text_task
+
+    have = set(load_text_task(Path(task_dir), split).column_names)
+    return force or PPL_COLUMN not in have, labels and (force or not all(c in have for c in LABEL_COLUMNS))
+
+
 def cache_model_signals(
     task_dir: str | Path,
     split: str,
@@ -106,14 +115,12 @@ def cache_model_signals(
     """Cache ``signal_prompt_ppl`` of ``split`` and, with ``labels``, the columns of
     ``LABEL_COLUMNS`` (gold-answer NLL, one greedy decoding of the base model's answers,
     their score, the difficulty). Returns whether anything was computed."""
-    from data_prep.text_tasks import add_task_columns, load_text_task
+    from data_prep.text_tasks import add_task_columns
     from flexispeech.models.causal_lm import FAMILY
     from flexispeech.text_data import TextTaskSplit
 
     task_dir = Path(task_dir)
-    have = set(load_text_task(task_dir, split).column_names)
-    want_ppl = force or PPL_COLUMN not in have
-    want_labels = labels and (force or not all(c in have for c in LABEL_COLUMNS))
+    want_ppl, want_labels = missing_model_columns(task_dir, split, labels, force)
     if not (want_ppl or want_labels):
         return False
     rows = TextTaskSplit(task_dir, split)
@@ -165,9 +172,7 @@ def cache_text_signals(
     if model_source is not None:
         model, tokenizer = None, None
         for split in splits:
-            have = load_text_task(Path(task_dir), split).column_names
-            needed = [PPL_COLUMN, *(LABEL_COLUMNS if split in label_splits else ())]
-            if not force and all(c in have for c in needed):
+            if not any(missing_model_columns(task_dir, split, split in label_splits, force)):
                 continue
             if model is None:
                 model, tokenizer = FAMILY.load(model_source, device=device)
