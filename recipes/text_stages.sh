@@ -39,12 +39,12 @@ done
 
 # Per task: tokens the base model may write (it answers in sentences; math: with its
 # working), tokens an adapter may write (math: the worked steps, up to ~180 tokens at 6
-# steps; QA: a name or a number), training batch on a CPU (QA prompts are ~500 tokens),
-# and the question counts per size (train validation test).
+# steps; QA: a name or a number), training batch and steps on a CPU (QA prompts are ~500
+# tokens), steps on a GPU, and the question counts per size (train validation test).
 case "$task" in
-  math) base_tokens=160; tokens=192; cpu_batch=8
+  math) base_tokens=160; tokens=192; cpu_batch=8; cpu_steps=28; gpu_steps=500
         declare -A counts=([tiny]="48 6 30" [cpu]="224 30 72" [small]="400 50 120" [gpu]="3000 100 500" [default]="5000 250 500") ;;
-  qa) base_tokens=24; tokens=16; cpu_batch=4
+  qa) base_tokens=24; tokens=16; cpu_batch=4; cpu_steps=20; gpu_steps=300
       declare -A counts=([tiny]="32 6 18" [cpu]="80 30 48" [small]="400 50 120" [gpu]="3000 100 500" [default]="5000 250 500") ;;
   *) echo "text_stages.sh: unknown task $task (math or qa)" >&2; exit 2 ;;
 esac
@@ -56,11 +56,10 @@ esac
 case "$profile" in
   cpu) device=cpu; decode_batch=32; size=${size:-cpu}
        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
-       overrides=(train.batch_size="$cpu_batch")
-       case "$task" in math) default_steps=28 ;; qa) default_steps=20 ;; esac ;;
+       overrides=(train.batch_size="$cpu_batch"); default_steps=$cpu_steps ;;
   gpu) device=cuda; decode_batch=128; size=${size:-gpu}
        overrides=(train.batch_size=16 train.lr=1.0e-3 train.warmup_steps=30 train.log_every=20 train.save_every=100)
-       case "$task" in math) default_steps=500 ;; qa) default_steps=300 ;; esac ;;
+       default_steps=$gpu_steps ;;
   *) echo "run.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 [ "$size" = tiny ] && default_steps=16  # smoke size: seconds per run, numbers mean nothing
