@@ -24,6 +24,7 @@ import time
 import torch
 
 from flexispeech import FlexiLoraConfig, inject, use_ranks
+from flexispeech.bench_steps import sync as device_sync
 from flexispeech.lora.plans import rank_sort_order
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -66,7 +67,8 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     # CUDA kernels run asynchronously: a step's time is only known once the device is idle.
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    def sync() -> None:
+        device_sync(args.device)
 
     base = build(None).to(device)
     flexi = build((2, 4, 8), args.dropout).to(device)
@@ -100,7 +102,7 @@ def main() -> None:
         m.train()
         sync()
         t0 = time.perf_counter()
-        with use_ranks(m, ranks) if ranks is not None else contextlib.nullcontext():
+        with use_ranks(m, ranks):
             out = m(input_ids=ids, labels=labels)
         out.loss.backward()
         opts[name].step()

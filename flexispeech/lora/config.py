@@ -33,7 +33,7 @@ class FlexiLoraConfig:
     ``"nested"``: scale(r) = alpha / r_max for every rank, so a rank-r update is exactly the
     first r components of the rank-r_max one. With ``standard``, the shared first
     components count 4x more in a rank-2 row than in a rank-8 row, and rows of different
-    ranks pull them in conflicting directions; with one rank all three are standard LoRA."""
+    ranks pull them in conflicting directions; with one rank ``nested`` is ``standard``."""
     rank_scales: dict[int, float] | None = None
     """Per-rank overrides of the scale, e.g. ``{2: 4.0}``; ranks not listed use ``scaling``."""
     target_modules: tuple[str, ...] | str = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
