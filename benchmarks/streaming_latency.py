@@ -42,7 +42,7 @@ def load_streams() -> list[tuple[str, np.ndarray, str]]:
 
 def run_stream(online, samples: np.ndarray, chunk_s: float) -> tuple[str, list[float], float]:
     """(transcript, per-word commit latencies, decoding seconds) of one real-time stream."""
-    from flexispeech.streaming import stream_file_chunks
+    from flexispeech.streaming.online import stream_file_chunks
 
     online.reset()
     latencies, compute = [], 0.0
@@ -67,9 +67,9 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from flexispeech.audio import SAMPLE_RATE
-    from flexispeech.metrics import error_counts
-    from flexispeech.streaming import TOKENS_BASE, TOKENS_PER_S, OnlineTranscriber, StreamOptions
-    from flexispeech.transcriber import Transcriber
+    from flexispeech.evaluation.metrics import error_counts
+    from flexispeech.streaming.online import TOKENS_BASE, TOKENS_PER_S, OnlineTranscriber, StreamOptions
+    from flexispeech.streaming.transcriber import Transcriber
 
     hf_logging.set_verbosity_error()
     if args.threads:

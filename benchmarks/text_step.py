@@ -24,7 +24,7 @@ import time
 import torch
 
 from flexispeech import FlexiLoraConfig, inject, use_ranks
-from flexispeech.bench_steps import sync as device_sync
+from flexispeech.bench.steps import sync as device_sync
 from flexispeech.lora.plans import rank_sort_order
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

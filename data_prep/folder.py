@@ -24,7 +24,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flexispeech.corpus import is_corpus, read_corpus_info, write_corpus
+from flexispeech.data.corpus import is_corpus, read_corpus_info, write_corpus
 from flexispeech.errors import FlexispeechError
 
 log = logging.getLogger(__name__)

@@ -21,7 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from data_prep.folder import audio_duration, is_complete, link_or_copy, report_skipped
-from flexispeech.corpus import write_corpus
+from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import FlexispeechError
 
 SUBSETS = {

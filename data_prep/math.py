@@ -8,7 +8,7 @@ and the answer are positive integers. ``prepare_gsm8k`` imports GSM8K jsonl file
 already has (``question``, ``answer`` ending in ``#### N``).
 
 Rows follow :mod:`data_prep.text_tasks`; ``solution`` ends with a ``#### N`` line, as GSM8K's
-does, so :func:`flexispeech.text_metrics.extract_final_number` reads both the same way.
+does, so :func:`flexispeech.evaluation.text_metrics.extract_final_number` reads both the same way.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from data_prep.text_tasks import is_text_task, read_text_task_info, write_text_task
 from flexispeech.errors import FlexispeechError
-from flexispeech.text_metrics import extract_final_number
+from flexispeech.evaluation.text_metrics import extract_final_number
 
 MAX_VALUE = 10_000  # keeps numbers in the range a small LM has seen spelled out in text
 PERCENTS = (10, 20, 25, 50, 75)

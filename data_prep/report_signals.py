@@ -5,7 +5,7 @@
 Prints markdown tables: build time and hours, utterances per engine and split, and the
 mean absolute error of each SNR estimator against the known mixing SNR (stationary noise
 and babble separately, by SNR). If the split has a per-utterance WER column (e.g. added by
-an evaluation with ``flexispeech.corpus.add_columns``), it also prints the Spearman
+an evaluation with ``flexispeech.data.corpus.add_columns``), it also prints the Spearman
 correlation of each signal with WER, and the base model's WER by SNR and by engine.
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from flexispeech.corpus import load_corpus, load_row_audio, read_corpus_info
+from flexispeech.data.corpus import load_corpus, load_row_audio, read_corpus_info
 from flexispeech.signals.audio import SNR_MAX_DB, percentile_snr_db, speech_activity, wada_snr_db
 
 ESTIMATORS = {"percentile": percentile_snr_db, "wada": wada_snr_db}
@@ -92,8 +92,8 @@ def wer_table(corpus: Path, split: str, rows: list[dict], column: str) -> list[s
 def base_wer_tables(corpus: Path, split: str, hyp_column: str = "base_hyp") -> list[str]:
     """Markdown: the base model's WER by SNR bucket and by engine, from the transcripts
     that ``flexispeech signals`` cached (rows without one are left out)."""
-    from flexispeech.evaluate import SNR_ORDER, snr_bucket
-    from flexispeech.metrics import error_counts
+    from flexispeech.evaluation.evaluate import SNR_ORDER, snr_bucket
+    from flexispeech.evaluation.metrics import error_counts
 
     ds = load_corpus(corpus, split)
     if hyp_column not in ds.column_names:

@@ -6,7 +6,7 @@ The build is planned up front from the seed (text, voice, rate, pitch, noise typ
 RT60, channel of every utterance), then each utterance is rendered by a worker into
 ``audio/<split>/<id>.wav`` plus a ``.json`` row, both written atomically; a re-run skips
 utterances already rendered, so an interrupted build resumes. The corpus (``dataset/`` and
-``corpus.json``, see :mod:`flexispeech.corpus`) is written last. Same seed, same corpus:
+``corpus.json``, see :mod:`flexispeech.data.corpus`) is written last. Same seed, same corpus:
 every engine is deterministic and every random draw comes from a generator seeded by
 (seed, utterance index), so the audio is bit-identical whatever the number of workers.
 """
@@ -29,7 +29,7 @@ from data_prep import acoustics
 from data_prep.sentences import BUCKETS, compose, n_words, sentence_pools
 from data_prep.tts import ENGINE_SHARES, Synthesizer, Voice, installed_voices
 from flexispeech.audio import SAMPLE_RATE
-from flexispeech.corpus import is_corpus, read_corpus_info, write_corpus
+from flexispeech.data.corpus import is_corpus, read_corpus_info, write_corpus
 from flexispeech.errors import FlexispeechError
 
 MAX_CLIP_S = 29.5  # Whisper's window is 30 s; longer clips are re-synthesised faster

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 # The corpus format's atomic save helpers: same dataset/ layout, same swap-in semantics.
-from flexispeech.corpus import DATASET_DIR, _atomic_write_text, _ordered_splits, _save_dataset_dict
+from flexispeech.data.corpus import DATASET_DIR, _atomic_write_text, _ordered_splits, _save_dataset_dict
 from flexispeech.errors import FlexispeechError
 
 TEXT_TASK_COLUMNS = ("id", "prompt", "answer", "solution", "difficulty", "source", "split")

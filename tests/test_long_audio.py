@@ -15,7 +15,7 @@ import soundfile as sf
 import flexispeech.audio
 from flexispeech.audio import audio_duration, iter_audio_blocks, load_audio
 from flexispeech.cli import main
-from flexispeech.streaming import _BlockFeed
+from flexispeech.streaming.online import _BlockFeed
 
 HOUR_SR = 8_000  # the lowest rate the toolkit promises; resampled 2x on reading
 
@@ -81,7 +81,7 @@ def test_blocks_equal_one_shot_decoding(tmp_path: Path, sr: int) -> None:
 def test_transcribe_and_stream_read_long_files_in_blocks(tmp_path: Path, monkeypatch, capsys) -> None:
     """A file longer than the transcriber's block size never goes through ``load_audio``
     (which would hold it whole), in ``transcribe`` and in ``stream``."""
-    import flexispeech.transcriber as transcriber
+    import flexispeech.streaming.transcriber as transcriber
 
     path = tmp_path / "long.wav"
     t = np.arange(7 * 16_000) / 16_000
@@ -106,7 +106,7 @@ def test_transcribe_and_stream_read_long_files_in_blocks(tmp_path: Path, monkeyp
 
 
 def test_quiet_cut_falls_in_a_pause() -> None:
-    from flexispeech.transcriber import quiet_cut
+    from flexispeech.streaming.transcriber import quiet_cut
 
     x = np.full(10 * 16_000, 0.3, dtype=np.float32)
     x[int(7.2 * 16_000) : int(7.5 * 16_000)] = 0.0  # a 300-ms pause in the last 5 s

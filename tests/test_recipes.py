@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from flexispeech.config import load_config
+from flexispeech.training.config import load_config
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 CONFIGS = sorted(RECIPES.glob("*/conf/*.yaml"))

@@ -23,7 +23,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the ratio table."""
-    from flexispeech.bench import BenchSpec, format_table, run_bench
+    from flexispeech.bench.variants import BenchSpec, format_table, run_bench
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     spec = BenchSpec(shape=args.shape, batch=args.batch, audio_ctx=args.audio_ctx, label_len=args.label_len,

@@ -22,15 +22,15 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flexispeech.errors import FlexispeechError
-    from flexispeech.report import compare_table, load_run, plot_ranks, plot_wer_by_snr
+    from flexispeech.evaluation.report import compare_table, load_run, plot_ranks, plot_wer_by_snr
 
     results = [load_run(r) for r in args.runs]
     if args.rescore:
         results = [_rescored(r, path) for r, path in zip(results, args.runs)]
     table = compare_table(results)
     if args.baseline:
-        from flexispeech.paired import paired_table
-        from flexispeech.text_report import KIND
+        from flexispeech.evaluation.paired import paired_table
+        from flexispeech.evaluation.text_report import KIND
 
         if any(r.get("kind") != KIND for r in results):
             raise FlexispeechError("--baseline: paired comparisons are for text-task results")
@@ -52,8 +52,8 @@ def _rescored(result: dict, path: str) -> dict:
     """A text result scored again and written back beside its old self (speech: unchanged)."""
     from pathlib import Path
 
-    from flexispeech.evaluate import write_results
-    from flexispeech.text_report import KIND, rescore_text
+    from flexispeech.evaluation.evaluate import write_results
+    from flexispeech.evaluation.text_report import KIND, rescore_text
 
     if result.get("kind") != KIND:
         return result

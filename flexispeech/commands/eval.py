@@ -28,15 +28,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flexispeech.evaluate import adapter_router, decode_split, summarize, write_results
+    from flexispeech.evaluation.evaluate import adapter_router, decode_split, summarize, write_results
     from flexispeech.lora.io import load_adapter, read_adapter_config
     from flexispeech.lora.router import FixedRouter
-    from flexispeech.metrics import english_normalizer
+    from flexispeech.evaluation.metrics import english_normalizer
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
-    from flexispeech.report import pct
-    from flexispeech.text_data import TextTaskSplit, open_split
-    from flexispeech.text_report import summarize_text
+    from flexispeech.evaluation.report import pct
+    from flexispeech.data.text import TextTaskSplit, open_split
+    from flexispeech.evaluation.text_report import summarize_text
     from data_prep.text_tasks import is_text_task
 
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}

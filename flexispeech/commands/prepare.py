@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     func = _resolve(args.corpus)
     options = vars(corpus_parser(args.corpus, func).parse_args(args.options))
     out = func(**options)
-    from flexispeech.corpus import read_corpus_info
+    from flexispeech.data.corpus import read_corpus_info
 
     if out is not None and (Path(out) / "corpus.json").is_file():
         info = read_corpus_info(Path(out))

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     if args.rank is not None and args.adapter is None:
         raise ConfigError("--rank needs an adapter (--adapter DIR)")
     try:
-        from flexispeech.server.app import serve
+        from flexispeech.streaming.server.app import serve
     except ImportError as err:
         raise ConfigError(f"flexispeech serve needs aiohttp (pip install 'flexispeech[serve]'): {err}") from None
     online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)

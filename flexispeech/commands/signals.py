@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from flexispeech.corpus import read_corpus_info
+    from flexispeech.data.corpus import read_corpus_info
     from flexispeech.signals.cache import cache_audio_signals, cache_model_signals
 
     from data_prep.text_tasks import is_text_task

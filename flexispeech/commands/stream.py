@@ -46,8 +46,8 @@ def load_online(model: str, adapter: str | None, rank: int | None, audio_ctx: st
     """An ``OnlineTranscriber`` for the command line and the web server."""
     from transformers.utils import logging as hf_logging
 
-    from flexispeech.streaming import OnlineTranscriber, StreamOptions
-    from flexispeech.transcriber import Transcriber
+    from flexispeech.streaming.online import OnlineTranscriber, StreamOptions
+    from flexispeech.streaming.transcriber import Transcriber
 
     # Our output is the transcript: keep transformers' load bars and generation advice quiet.
     hf_logging.set_verbosity_error()
@@ -100,7 +100,7 @@ def format_update(update: Any) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from flexispeech.audio import audio_duration, iter_audio_blocks
     from flexispeech.errors import ConfigError
-    from flexispeech.streaming import stream_file_chunks
+    from flexispeech.streaming.online import stream_file_chunks
 
     if (args.audio is None) == (not args.mic):
         raise ConfigError("give an audio FILE or --mic (not both)")

@@ -19,8 +19,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from flexispeech.config import load_config
-    from flexispeech.train import train
+    from flexispeech.training.config import load_config
+    from flexispeech.training.loop import train
 
     cfg = load_config(args.config, args.overrides)
     adapter = train(cfg, resume=args.resume, progress=not args.no_progress)

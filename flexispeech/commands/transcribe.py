@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from flexispeech.errors import AudioError, ConfigError
-    from flexispeech.transcriber import Transcriber
+    from flexispeech.streaming.transcriber import Transcriber
 
     from transformers.utils import logging as hf_logging
 

@@ -1,6 +1,6 @@
 """Compute complexity signals for a corpus split once and cache them as columns.
 
-Columns written (``flexispeech.data`` reads ``signal_*`` back as router signals):
+Columns written (``flexispeech.data.speech`` reads ``signal_*`` back as router signals):
 
 * ``signal_duration``, ``signal_snr_db``, ``signal_speech_activity``: blind audio signals
   (``flexispeech.signals.audio``), no model needed;
@@ -23,10 +23,10 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from flexispeech.corpus import add_columns, load_corpus, load_row_audio
-from flexispeech.data import SIGNAL_PREFIX, CorpusSplit, make_collate
+from flexispeech.data.corpus import add_columns, load_corpus, load_row_audio
+from flexispeech.data.speech import SIGNAL_PREFIX, CorpusSplit, make_collate
 from flexispeech.errors import AudioError
-from flexispeech.metrics import english_normalizer, utterance_wer
+from flexispeech.evaluation.metrics import english_normalizer, utterance_wer
 from flexispeech.signals.audio import audio_signals
 
 def _skip(err: AudioError, skipped: list[str] | None) -> None:

@@ -26,7 +26,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from flexispeech.text_metrics import NUMBER_RE
+from flexispeech.evaluation.text_metrics import NUMBER_RE
 
 OPERATOR_WORDS = frozenset({
     "plus", "minus", "times", "divided", "multiplied", "percent", "twice", "double", "triple",

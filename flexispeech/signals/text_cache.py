@@ -1,7 +1,7 @@
 """Compute a text task's complexity signals and base-model difficulty once, cached as columns.
 
 The text counterpart of :mod:`flexispeech.signals.cache`. Columns written into the split
-(``flexispeech.text_data.TextTaskSplit`` reads ``signal_*`` back as router signals):
+(``flexispeech.data.text.TextTaskSplit`` reads ``signal_*`` back as router signals):
 
 * ``signal_n_words``, ``signal_n_chars``, ``signal_n_digits``, ``signal_n_numbers``,
   ``signal_n_operators``, ``signal_n_sentences``, ``signal_n_question_words``: surface counts of the prompt
@@ -31,9 +31,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from flexispeech.data import SIGNAL_PREFIX, make_collate
+from flexispeech.data.speech import SIGNAL_PREFIX, make_collate
 from flexispeech.signals.text import prompt_perplexity, text_signals
-from flexispeech.text_metrics import numeric_match, token_f1
+from flexispeech.evaluation.text_metrics import numeric_match, token_f1
 
 SURFACE_SIGNALS = ("n_words", "n_chars", "n_digits", "n_numbers", "n_operators", "n_sentences", "n_question_words")
 PPL_COLUMN = SIGNAL_PREFIX + "prompt_ppl"  # a router input: every split needs it
@@ -117,7 +117,7 @@ def cache_model_signals(
     their score, the difficulty). Returns whether anything was computed."""
     from data_prep.text_tasks import add_task_columns
     from flexispeech.models.causal_lm import FAMILY
-    from flexispeech.text_data import TextTaskSplit
+    from flexispeech.data.text import TextTaskSplit
 
     task_dir = Path(task_dir)
     want_ppl, want_labels = missing_model_columns(task_dir, split, labels, force)

@@ -16,7 +16,7 @@ import pytest
 import soundfile as sf
 
 from flexispeech.cli import main
-from flexispeech.corpus import load_corpus, write_corpus
+from flexispeech.data.corpus import load_corpus, write_corpus
 
 SR = 16_000
 FAST = ["--model", "random:tiny", "--audio-ctx", "150", "--max-new-tokens", "3"]

@@ -9,7 +9,7 @@ import pytest
 import soundfile as sf
 
 from data_prep.commonvoice import prepare_commonvoice
-from flexispeech.corpus import load_corpus, load_row_audio, read_corpus_info
+from flexispeech.data.corpus import load_corpus, load_row_audio, read_corpus_info
 from flexispeech.errors import FlexispeechError
 
 SR = 16_000

@@ -8,7 +8,7 @@ import numpy as np
 import soundfile as sf
 
 from data_prep.report_signals import base_wer_tables, wer_table
-from flexispeech.corpus import write_corpus
+from flexispeech.data.corpus import write_corpus
 
 
 def make_corpus(root):

@@ -13,7 +13,7 @@ import pytest
 from data_prep.sentences import split_of
 from data_prep.synthetic import prepare_synthetic
 from flexispeech.cli import main
-from flexispeech.corpus import load_corpus, load_row_audio
+from flexispeech.data.corpus import load_corpus, load_row_audio
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng")
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from data_prep.synthetic import prepare_synthetic
-from flexispeech.corpus import load_corpus
+from flexispeech.data.corpus import load_corpus
 
 pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng"),
               pytest.mark.slow]  # ~16 s: two tiny builds and a kill

@@ -1,0 +1,344 @@
+"""Speed of base, PEFT LoRA and every Flexi-LoRA path, side by side in one run.
+
+A random-initialised ``WhisperForConditionalGeneration`` of a real shape (tiny, base, small,
+large-v3) is built once; each variant adds its adapters to that same base model, is timed
+(warm-up, then the median of several steps) and removed again. A training step is forward
++ backward + AdamW on the trainable parameters; the *floor* is the frozen base model's
+forward + backward (gradients flow down to the positional embeddings, the cheapest way to
+make autograd walk the whole network). Ratios are over the floor (training) and over the
+base forward (inference). The steps and the timer are in ``bench_steps``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from flexispeech.bench.steps import graphed_infer, graphed_train_step, infer_fn, profile_step, time_fn, train_step_fn
+from flexispeech.errors import ConfigError
+
+# WhisperConfig values of the released checkpoints (d_model, layers, heads, ffn, mel bins).
+SHAPES: dict[str, dict[str, int]] = {
+    "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6, decoder_attention_heads=6,
+                 encoder_ffn_dim=1536, decoder_ffn_dim=1536, num_mel_bins=80),
+    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
+                 encoder_ffn_dim=2048, decoder_ffn_dim=2048, num_mel_bins=80),
+    "small": dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12, decoder_attention_heads=12,
+                  encoder_ffn_dim=3072, decoder_ffn_dim=3072, num_mel_bins=80),
+    "large-v3": dict(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20, decoder_attention_heads=20,
+                     encoder_ffn_dim=5120, decoder_ffn_dim=5120, num_mel_bins=128),
+}
+TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+RANKS = (0, 4, 8, 16, 32, 64)
+SAMPLE_RATE, N_FFT, HOP = 16000, 400, 160
+
+
+@dataclass
+class BenchSpec:
+    shape: str = "tiny"
+    batch: int = 8
+    audio_ctx: int = 1500  # encoder positions (1500 = 30 s)
+    label_len: int = 64
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    warmup: int = 2
+    reps: int = 5
+    seed: int = 0
+    profile: str | None = None  # a file to write a torch.profiler table of the Flexi step to
+
+
+def build_whisper(spec: BenchSpec) -> nn.Module:
+    """A random-initialised Whisper of ``spec.shape`` on ``spec.device`` in ``spec.dtype``."""
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    if spec.shape not in SHAPES:
+        raise ConfigError(f"bench shape: expected one of {sorted(SHAPES)}, got {spec.shape!r}")
+    torch.manual_seed(spec.seed)
+    cfg = WhisperConfig(vocab_size=51866, max_source_positions=spec.audio_ctx, max_target_positions=448,
+                        attn_implementation="sdpa", **SHAPES[spec.shape])
+    with torch.device(spec.device):
+        model = WhisperForConditionalGeneration(cfg)
+    return model.to(dtype=getattr(torch, spec.dtype)).requires_grad_(False)
+
+
+def log_mel(waveform: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Whisper's log-mel features of a batch on the waveform's device, [B, n_mels, frames].
+
+    The same computation as ``WhisperFeatureExtractor``'s torch backend, which returns numpy
+    on the host; kept on the device here so that feature extraction is one batched GPU op.
+    ``filters``: the extractor's ``mel_filters`` [n_freq, n_mels] as a tensor.
+    """
+    window = torch.hann_window(N_FFT, device=waveform.device)
+    stft = torch.stft(waveform, N_FFT, HOP, window=window, return_complex=True)
+    power = stft[..., :-1].abs() ** 2
+    mel = torch.clamp(filters.T @ power, min=1e-10).log10()
+    mel = torch.maximum(mel, mel.amax(dim=(1, 2), keepdim=True) - 8.0)
+    return (mel + 4.0) / 4.0
+
+
+def mel_filters(n_mels: int, device: str) -> torch.Tensor:
+    from transformers import WhisperFeatureExtractor
+
+    return torch.from_numpy(WhisperFeatureExtractor(feature_size=n_mels).mel_filters).float().to(device)
+
+
+@contextmanager
+def peft_adapters(model: nn.Module, rank: int, same_dtype: bool) -> Iterator[nn.Module]:
+    """PEFT LoRA at ``rank`` on the targets; ``same_dtype=False`` is PEFT's default (fp32
+    adapter weights on a bf16 model)."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=16, target_modules=list(TARGETS), lora_dropout=0.0)
+    peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=not same_dtype)
+    try:
+        yield peft_model
+    finally:
+        peft_model.unload()
+
+
+@contextmanager
+def flexi_adapters(model: nn.Module, path: str) -> Iterator[nn.Module]:
+    from flexispeech.lora import FlexiLoraConfig, inject, remove
+
+    inject(model, FlexiLoraConfig(ranks=RANKS, alpha=16.0, target_modules=TARGETS))
+    from flexispeech.lora.inject import flexi_layers
+
+    for _, layer in flexi_layers(model):
+        nn.init.normal_(layer.lora_B, std=0.01)  # non-zero B: a trained adapter's cost
+        layer.compute_path = path
+    try:
+        yield model
+    finally:
+        remove(model)
+
+
+def make_batch(spec: BenchSpec, model: nn.Module, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    """Random features [B, n_mels, 2*audio_ctx] and labels [B, label_len] on the device."""
+    cfg = model.config
+    feats = torch.randn(spec.batch, cfg.num_mel_bins, 2 * spec.audio_ctx, generator=gen)
+    labels = torch.randint(0, cfg.vocab_size, (spec.batch, spec.label_len), generator=gen)
+    return {"input_features": feats.to(spec.device, getattr(torch, spec.dtype)), "labels": labels.to(spec.device)}
+
+
+def mixed_ranks(batch: int, gen: torch.Generator) -> torch.Tensor:
+    """Ranks drawn uniformly from ``RANKS`` (about 1/6 of the rows at rank 0)."""
+    return torch.tensor(RANKS)[torch.randint(len(RANKS), (batch,), generator=gen)]
+
+
+def permute(batch: dict[str, torch.Tensor], order: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {k: v[order.to(v.device)] for k, v in batch.items()}
+
+
+def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Time every variant; returns rows ``{kind, variant, seconds, ratio}``."""
+    from flexispeech.lora import use_ranks
+    from flexispeech.lora.plans import rank_sort_order
+    from flexispeech.lora.layer import merge_for_inference, unmerge
+
+    model = build_whisper(spec)
+    model.train()
+    gen = torch.Generator().manual_seed(spec.seed)
+    batch = make_batch(spec, model, gen)
+    ranks = mixed_ranks(spec.batch, gen)
+    order = rank_sort_order(ranks)
+    sorted_batch, sorted_ranks = permute(batch, order), ranks[order]
+    log(f"shape={spec.shape} batch={spec.batch} audio_ctx={spec.audio_ctx} labels={spec.label_len} "
+        f"device={spec.device} dtype={spec.dtype} ranks={sorted_ranks.tolist()}")
+    rows: list[dict[str, Any]] = []
+
+    graph_refs: dict[str, float] = {}
+
+    def record(kind: str, variant: str, seconds: float, graphed: bool = False) -> None:
+        ref = next((r["seconds"] for r in rows if r["kind"] == kind), seconds)
+        row = {"kind": kind, "variant": variant, "seconds": seconds, "ratio": seconds / ref}
+        extra = ""
+        if graphed:  # graphed rows are also compared with the graphed base of their kind
+            gref = graph_refs.setdefault(kind, seconds)
+            row["ratio_graphed"] = seconds / gref
+            extra = f"  {seconds / gref:5.2f}x of graphed base"
+        rows.append(row)
+        log(f"  {kind:5s} {variant:34s} {seconds * 1000:9.2f} ms  {seconds / ref:5.2f}x{extra}")
+
+    def attempt(name: str, fn: Callable[[], None]) -> None:
+        """Run one graphed variant; a capture failure is logged, not fatal."""
+        try:
+            fn()
+        except Exception as err:  # e.g. a host sync inside the captured region
+            log(f"  {name}: CUDA graph capture failed: {type(err).__name__}: {str(err)[:300]}")
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+
+    # Floor: the frozen base, backward through every layer.
+    embeds = [model.model.encoder.embed_positions.weight, model.model.decoder.embed_positions.weight]
+    for p in embeds:
+        p.requires_grad_(True)
+    floor_step = train_step_fn(model, batch, embeds, nullcontext)
+    record("train", "base (floor)", time_fn(floor_step, spec))
+    if spec.profile:
+        profile_step(floor_step, spec, "base (floor)")
+    cuda = spec.device.startswith("cuda")
+    if cuda:
+        def floor_graphed() -> None:
+            replay, _ = graphed_train_step(model, batch, embeds, nullcontext)
+            record("train", "base (floor) graphed", time_fn(replay, spec), graphed=True)
+        attempt("floor graphed", floor_graphed)
+    for p in embeds:
+        p.requires_grad_(False)
+        p.grad = None
+    model.eval()
+    record("infer", "base", time_fn(infer_fn(model, batch, nullcontext), spec))
+    if cuda:
+        attempt("base graphed", lambda: record("infer", "base graphed", time_fn(graphed_infer(model, batch, nullcontext), spec),
+                                               graphed=True))
+    model.train()
+
+    for same in (False, True):
+        name = f"PEFT r=64 ({'same dtype' if same else 'fp32 adapter'})"
+        with peft_adapters(model, 64, same) as pm:
+            params = [p for p in pm.parameters() if p.requires_grad]
+            record("train", name, time_fn(train_step_fn(pm, batch, params, nullcontext), spec))
+            if same:  # PEFT's default fp32 adapters are 2.4-2.6x at inference (earlier runs)
+                pm.eval()
+                record("infer", name + " unmerged", time_fn(infer_fn(pm, batch, nullcontext), spec))
+                pm.train()
+
+    def ranks_ctx(m: nn.Module, r: Any) -> Callable[[], Any]:
+        return lambda: use_ranks(m, r)
+
+    from flexispeech.lora import adapter_parameters
+
+    # (grouped-with-gather and segmented were 5.9-7.0x and 2.2-2.9x on GPUs in earlier
+    # runs and are left out of the GPU table; they stay the CPU paths.)
+    variants = [
+        ("unfused:masked", "naive masked, mixed", batch, ranks),
+        ("masked", "masked fused (torch), mixed", batch, ranks),
+        ("masked", "masked fused (torch), mixed sorted", sorted_batch, sorted_ranks),
+        ("triton", "triton, mixed", batch, ranks),
+        ("auto", "auto, mixed sorted", sorted_batch, sorted_ranks),
+        ("auto", "auto, all r=64", batch, 64),
+        ("auto", "auto, all r=16", batch, 16),
+        ("auto", "auto, all r=4", batch, 4),
+        ("auto", "auto, all r=0", batch, 0),
+    ]
+    if not spec.device.startswith("cuda"):
+        variants += [("grouped", "grouped (gather), mixed", batch, ranks),
+                     ("segmented", "segmented, mixed sorted", sorted_batch, sorted_ranks)]
+    for path, name, b, r in variants:
+        with flexi_adapters(model, path) as fm:
+            step = train_step_fn(fm, b, adapter_parameters(fm), ranks_ctx(fm, r))
+            record("train", f"Flexi {name}", time_fn(step, spec))
+            if spec.profile and name == "auto, mixed sorted":
+                profile_step(step, spec, f"Flexi {name}")
+    with flexi_adapters(model, "masked") as fm:
+        fm.eval()
+        record("infer", "Flexi unmerged masked (torch), mixed", time_fn(infer_fn(fm, batch, ranks_ctx(fm, ranks)), spec))
+    with flexi_adapters(model, "auto") as fm:
+        fm.eval()
+        record("infer", "Flexi unmerged auto, mixed sorted", time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec))
+        record("infer", "Flexi unmerged auto, mixed", time_fn(infer_fn(fm, batch, ranks_ctx(fm, ranks)), spec))
+        record("infer", "Flexi unmerged, all r=16", time_fn(infer_fn(fm, batch, ranks_ctx(fm, 16)), spec))
+        merge_for_inference(fm, 16)
+        record("infer", "Flexi merged fast path, all r=16", time_fn(infer_fn(fm, batch, ranks_ctx(fm, 16)), spec))
+        unmerge(fm)
+    static_rows(spec, model, batch, ranks, record, attempt, log)
+    if cuda:
+        rows.extend(throughput(spec, model, log))
+    return rows
+
+
+def static_rows(spec: BenchSpec, model: nn.Module, batch: dict[str, torch.Tensor], ranks: torch.Tensor,
+                record: Callable[..., None], attempt: Callable[[str, Callable[[], None]], None],
+                log: Callable[[str], None]) -> None:
+    """The graph-safe ``static`` path, eager and (on CUDA) as whole-step CUDA graphs.
+
+    One graph per kind is captured with the mixed ranks and replayed for other rank
+    patterns by copying them into the captured ranks tensor (the copy is timed too).
+    """
+    from flexispeech.lora import adapter_parameters, use_ranks
+    from flexispeech.lora.kernels import set_static_path
+
+    static_ranks = ranks.to(spec.device).clone()
+    patterns = {"mixed": ranks.to(spec.device), "all r=64": torch.full_like(static_ranks, 64),
+                "all r=0": torch.zeros_like(static_ranks)}
+    with flexi_adapters(model, "auto") as fm:
+        set_static_path(fm)
+        params = adapter_parameters(fm)
+        step = train_step_fn(fm, batch, params, lambda: use_ranks(fm, static_ranks))
+        record("train", "Flexi static (eager), mixed", time_fn(step, spec))
+        if spec.device.startswith("cuda"):
+            def train_graphed() -> None:
+                replay, last_loss = graphed_train_step(fm, batch, params, lambda: use_ranks(fm, static_ranks))
+                for name, pattern in patterns.items():
+                    def run() -> None:
+                        static_ranks.copy_(pattern, non_blocking=True)
+                        replay()
+                    record("train", f"Flexi static graphed, {name}", time_fn(run, spec), graphed=True)
+                # Check: the graph's loss (before its AdamW update) equals the eager `auto`
+                # path's loss at the same parameters and ranks.
+                static_ranks.copy_(patterns["mixed"])
+                set_static_path(fm, False)
+                with torch.no_grad(), use_ranks(fm, static_ranks):
+                    eager = float(fm(**batch).loss)
+                set_static_path(fm)
+                replay()
+                log(f"  check: graphed static loss {last_loss():.5f} vs eager auto loss {eager:.5f} (same params, mixed ranks)")
+            attempt("Flexi static graphed", train_graphed)
+        fm.eval()
+        static_ranks.copy_(patterns["mixed"])
+        record("infer", "Flexi unmerged static (eager), mixed", time_fn(infer_fn(fm, batch, lambda: use_ranks(fm, static_ranks)), spec))
+        if spec.device.startswith("cuda"):
+            def infer_graphed() -> None:
+                replay = graphed_infer(fm, batch, lambda: use_ranks(fm, static_ranks))
+                record("infer", "Flexi unmerged static graphed, mixed", time_fn(replay, spec), graphed=True)
+            attempt("Flexi unmerged static graphed", infer_graphed)
+        fm.train()
+
+
+def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) -> list[dict[str, Any]]:
+    """Training utterances/s with log-mel features computed on the device from raw audio."""
+    from flexispeech.lora import adapter_parameters, use_ranks
+    from flexispeech.lora.plans import rank_sort_order
+
+    gen = torch.Generator().manual_seed(spec.seed + 1)
+    n_samples = 2 * spec.audio_ctx * HOP
+    audio = (0.1 * torch.randn(spec.batch, n_samples, generator=gen)).to(spec.device)
+    filters = mel_filters(model.config.num_mel_bins, spec.device)
+    labels = torch.randint(0, model.config.vocab_size, (spec.batch, spec.label_len), generator=gen).to(spec.device)
+    ranks = mixed_ranks(spec.batch, gen).to(spec.device)
+    dtype = getattr(torch, spec.dtype)
+    with flexi_adapters(model, "auto") as fm:
+        params = adapter_parameters(fm)
+        opt = torch.optim.AdamW(params, lr=1e-4, fused=params[0].is_cuda)
+
+        def step() -> None:
+            order = rank_sort_order(ranks)
+            feats = log_mel(audio[order], filters)[..., : 2 * spec.audio_ctx].to(dtype)
+            with use_ranks(fm, ranks[order]):
+                loss = fm(input_features=feats, labels=labels[order]).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+
+        seconds = time_fn(step, spec)
+    mel_s = time_fn(lambda: log_mel(audio, filters), spec)
+    log(f"  train throughput (log-mel on device, Flexi auto, mixed): {spec.batch / seconds:.1f} utt/s; "
+        f"log-mel alone {mel_s * 1000:.2f} ms per batch")
+    return [{"kind": "throughput", "variant": "Flexi auto incl. log-mel", "seconds": seconds, "ratio": spec.batch / seconds}]
+
+
+def format_table(rows: list[dict[str, Any]], spec: BenchSpec) -> str:
+    """A markdown table of the rows."""
+    lines = [f"### {spec.shape}, batch {spec.batch}, {spec.audio_ctx} encoder positions, {spec.dtype} on {spec.device}", "",
+             "| kind | variant | ms | ratio | vs graphed base |", "| --- | --- | ---: | ---: | ---: |"]
+    for r in rows:
+        graphed = f"{r['ratio_graphed']:.2f}x" if "ratio_graphed" in r else ""
+        if r["kind"] == "throughput":
+            lines.append(f"| train | {r['variant']} | {r['seconds'] * 1000:.1f} | {r['ratio']:.1f} utt/s | |")
+        else:
+            lines.append(f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x | {graphed} |")
+    return "\n".join(lines)

@@ -1,0 +1,183 @@
+"""Evaluate a model (base, static LoRA or Flexi-LoRA) on a corpus split.
+
+Every utterance is routed by the adapter's router on its cached signals, decoded at that
+rank, and scored; results are broken down by complexity bucket (SNR, duration, voice,
+seen/unseen voice) and written as results.json, results.md and PNG plots.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from flexispeech.data.speech import CorpusSplit, make_collate
+from flexispeech.errors import AudioError, FlexispeechError
+from flexispeech.lora.inject import get_state, use_ranks
+from flexispeech.lora.plans import rank_sort_order
+from flexispeech.lora.stats import count_parameters
+from flexispeech.evaluation.metrics import error_counts, utterance_wer
+from flexispeech.data.text import TextTaskSplit
+
+SNR_BUCKETS = ((20.0, "≥20 dB"), (10.0, "10–20 dB"), (5.0, "5–10 dB"), (-math.inf, "<5 dB"))
+DURATION_BUCKETS = ((15.0, "≥15 s"), (8.0, "8–15 s"), (3.0, "3–8 s"), (0.0, "<3 s"))
+SNR_ORDER = ["clean"] + [name for _, name in SNR_BUCKETS]
+DURATION_ORDER = [name for _, name in reversed(DURATION_BUCKETS)]
+
+
+def snr_bucket(snr: float | None) -> str:
+    """The SNR bucket of a mixing SNR (None/NaN = no noise added = clean)."""
+    if snr is None or snr != snr:
+        return "clean"
+    return next(name for low, name in SNR_BUCKETS if snr >= low)
+
+
+def duration_bucket(duration: float) -> str:
+    return next(name for low, name in DURATION_BUCKETS if duration >= low)
+
+
+def decode_split(
+    model: torch.nn.Module,
+    family: Any,
+    processor: Any,
+    split: CorpusSplit | TextTaskSplit,
+    router: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None,
+    batch_size: int = 16,
+    num_beams: int = 1,
+    progress: bool = True,
+    max_new_tokens: int | None = None,
+) -> tuple[list[dict[str, Any]], float]:
+    """Decode every row of ``split``; returns per-utterance records and decode seconds.
+
+    ``router`` maps a batch's signals to ranks; None decodes the model as it is (a base
+    model, or an adapter outside any ``use_ranks`` block). ``split`` is a ``CorpusSplit`` or a
+    ``TextTaskSplit`` (its ``record(i)`` says what a record keeps); ``max_new_tokens`` caps
+    the generated tokens (None: the family's default).
+    """
+    device = next(model.parameters()).device
+    collate = make_collate(family, processor, train=False)
+    # Batches of similar duration (text: prompt length): less padding, similar decoding lengths.
+    lengths = split.durations
+    order = sorted(range(len(split)), key=lambda i: lengths[i])
+    records: list[dict[str, Any]] = [{} for _ in order]
+    decode_s = 0.0
+    model.eval()
+    for start in tqdm(range(0, len(order), batch_size), desc="decode", unit="batch", disable=not progress):
+        idx, examples = [], []
+        for i in order[start : start + batch_size]:
+            try:
+                examples.append(split[i])
+                idx.append(i)
+            except AudioError as err:  # one bad file is reported and skipped, not the end of the run
+                tqdm.write(f"skipped: {err}", file=sys.stderr)
+                records[i] = {**split.record(i), "hyp": "", "rank": None, "error": str(err)}
+        if not idx:
+            continue
+        batch = collate(examples)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
+        ranks = router(batch["signals"]) if router is not None else None
+        if ranks is not None:
+            # Rows of equal rank side by side: the CPU's segmented path then runs one
+            # truncated matmul per rank instead of one per row (rows decode independently).
+            by_rank = rank_sort_order(ranks)
+            inputs = {k: v[by_rank] if isinstance(v, torch.Tensor) and v.shape[:1] == ranks.shape else v for k, v in inputs.items()}
+            ranks, idx = ranks[by_rank], [idx[j] for j in by_rank.tolist()]
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            if ranks is None:
+                texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
+            else:
+                with use_ranks(model, ranks):
+                    texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        decode_s += time.perf_counter() - t0
+        for j, (i, text) in enumerate(zip(idx, texts)):
+            records[i] = {**split.record(i), "hyp": text, "rank": None if ranks is None else int(ranks[j])}
+    return records, decode_s
+
+
+def _bucketed(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any], normalize: Callable[[str], str]) -> dict[str, Any]:
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for rec in records:
+        groups.setdefault(str(key(rec)), []).append(rec)
+    return {name: error_counts([r["ref"] for r in g], [r["hyp"] for r in g], normalize) for name, g in sorted(groups.items())}
+
+
+def summarize(
+    records: Sequence[dict[str, Any]],
+    normalize: Callable[[str], str],
+    decode_s: float,
+    model: torch.nn.Module | None = None,
+    name: str = "run",
+) -> dict[str, Any]:
+    """Overall and per-bucket scores, rank histogram, active parameters and real-time factor.
+
+    Records with an ``error`` (audio that could not be decoded) are left out of every score
+    and listed under ``skipped``; ``n_skipped`` counts them."""
+    skipped = [{"id": r["id"], "error": r["error"]} for r in records if "error" in r]
+    records = [r for r in records if "error" not in r]
+    for rec in records:
+        rec["wer"] = utterance_wer(rec["ref"], rec["hyp"], normalize)
+    audio_s = sum(r["duration"] for r in records)
+    ranks = [r["rank"] for r in records if r["rank"] is not None]
+    result: dict[str, Any] = {
+        "name": name,
+        "n": len(records),
+        "n_skipped": len(skipped),
+        "skipped": skipped,
+        "overall": error_counts([r["ref"] for r in records], [r["hyp"] for r in records], normalize),
+        "by_snr": _bucketed(records, lambda r: snr_bucket(r["snr_db"]), normalize),
+        "by_duration": _bucketed(records, lambda r: duration_bucket(r["duration"]), normalize),
+        "by_voice": _bucketed(records, lambda r: r["voice"], normalize),
+        "by_seen_voice": _bucketed(records, lambda r: {True: "seen", False: "unseen"}.get(r["seen_voice"], "unknown"), normalize),
+        "audio_s": round(audio_s, 2),
+        "decode_s": round(decode_s, 2),
+        "rtf": decode_s / audio_s if audio_s else math.nan,
+        **rank_summary(model, ranks),
+    }
+    result["utterances"] = list(records)
+    return result
+
+
+def rank_summary(model: torch.nn.Module | None, ranks: Sequence[int]) -> dict[str, Any]:
+    """Rank histogram, mean rank, and total / mean active adapter parameters of an
+    evaluation's per-example ranks (zeros for a base model)."""
+    summary: dict[str, Any] = {
+        "rank_histogram": {str(k): v for k, v in sorted(Counter(ranks).items())},
+        "mean_rank": sum(ranks) / len(ranks) if ranks else 0.0,
+        "adapter_params_total": 0,
+        "active_params_mean": 0.0,
+    }
+    if model is not None and ranks:
+        params = count_parameters(model, ranks)
+        summary["adapter_params_total"] = params.total
+        summary["active_params_mean"] = params.active_mean
+    return summary
+
+
+def write_results(result: dict[str, Any], out_dir: str | Path) -> Path:
+    """results.json, results.md and plots of one evaluation into ``out_dir``."""
+    from flexispeech.evaluation.report import markdown_summary, plot_ranks
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    (out / "results.md").write_text(markdown_summary(result))
+    if result["rank_histogram"]:
+        plot_ranks([result], out / "ranks.png")
+    return out
+
+
+def adapter_router(model: torch.nn.Module) -> Any:
+    """The router saved with the model's adapter (FlexispeechError if it has none)."""
+    router = get_state(model).router
+    if router is None:
+        raise FlexispeechError("the adapter has no router; pass --rank R to evaluate at a fixed rank")
+    return router

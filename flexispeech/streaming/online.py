@@ -1,0 +1,362 @@
+"""Online (streaming) transcription with local agreement and a rank routed per update.
+
+``OnlineTranscriber`` follows whisper_streaming's interface and policy:
+
+* ``insert_audio_chunk(samples)`` appends 16 kHz audio to a buffer;
+* ``process_iter()`` re-transcribes the whole buffer (Whisper with segment timestamps),
+  commits the words two consecutive hypotheses agree on (``flexispeech.streaming.agreement``) and
+  returns an ``Update``: the newly committed words and the tentative rest;
+* ``finish()`` commits what is left at the end of the stream.
+
+The buffer is trimmed at the end of a committed segment (Whisper ends its segments at
+sentence ends) once it is longer than ``trim_s`` (and cut hard at ``max_buffer_s``), so
+the cost of an update stays bounded; committed text that left the buffer is carried forward as the decoder prompt.
+
+Ranks: every update routes its own rank from the signals of the current buffer (duration,
+snr_db, speech_activity), so a noisy stretch of the stream gets more adapter capacity than
+a clean one. The perplexity proxy costs a second decoding pass per update and is not
+computed here: a router that reads it gets its own mean for it (a neutral z-score of 0)
+when it has one (``ThresholdRouter``), else 0.
+
+Encoder window (``audio_ctx="auto"``): the encoder runs on the buffer length rounded up to
+``CTX_STEP_S`` (10 s = 500 positions) instead of 30 s, about 3x less encoder work for
+buffers up to 10 s; docs/streaming.md measures what it does to WER.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from flexispeech.streaming.agreement import HypothesisBuffer, Word, words_text
+from flexispeech.audio import SAMPLE_RATE
+from flexispeech.errors import ConfigError
+from flexispeech.streaming.transcriber import Transcriber
+
+SECONDS_PER_TIMESTAMP = 0.02  # Whisper's timestamp tokens step by one encoder position (20 ms)
+CTX_STEP_S = 10.0  # "auto" encoder window: buffer length rounded up to 10 s (500 positions)
+FULL_WINDOW_S = 30.0
+TOKENS_PER_S = 8  # cap on generated tokens per buffer second (speech is ~4/s with timestamps):
+TOKENS_BASE = 10  # stops the repetition loops a short window sometimes falls into
+PROXY_KEYS = ("proxy", "proxy_entropy")
+
+
+@dataclass(frozen=True)
+class StreamOptions:
+    """How the online transcriber buffers, trims and decodes."""
+
+    min_buffer_s: float = 1.0  # Whisper needs about a second of context: shorter buffers wait
+    trim_s: float = 8.0  # buffer longer than this: cut at the last committed segment end
+    max_buffer_s: float = 16.0  # buffer longer than this: cut anyway (commits without agreement)
+    prompt_chars: int = 200  # committed text before the buffer given as the decoder prompt
+    audio_ctx: str | int = "auto"  # "auto", or encoder positions (1500 = the full 30 s)
+
+
+@dataclass
+class Update:
+    """The result of one ``process_iter`` / ``finish``."""
+
+    committed: list[Word]  # words that became final in this update
+    tentative: list[Word]  # the rest of the current hypothesis (may still change)
+    rank: int | None  # adapter rank of this update; None = the base model
+    signals: dict[str, float] = field(default_factory=dict)  # of the buffer that was decoded
+    audio_s: float = 0.0  # seconds of audio received so far
+    buffer_start_s: float = 0.0  # stream time of the buffer's first sample
+    buffer_s: float = 0.0  # buffer length when decoded
+    compute_s: float = 0.0  # wall-clock seconds this update took
+    final: bool = False  # the last update of the stream
+
+    def to_dict(self, committed_text: str) -> dict[str, Any]:
+        """A JSON-ready event; ``committed_text``: everything committed so far."""
+        return {
+            "audio_s": round(self.audio_s, 3),
+            "rank": self.rank,
+            "committed": [{"start": round(w.start, 2), "end": round(w.end, 2), "text": w.text} for w in self.committed],
+            "committed_text": committed_text,
+            "tentative": words_text(self.tentative),
+            "buffer": [round(self.buffer_start_s, 2), round(self.buffer_start_s + self.buffer_s, 2)],
+            "signals": {k: round(v, 3) for k, v in self.signals.items()},
+            "compute_s": round(self.compute_s, 3),
+            "final": self.final,
+        }
+
+
+class OnlineTranscriber:
+    """Streaming transcription on top of a loaded Whisper ``Transcriber``."""
+
+    def __init__(self, transcriber: Transcriber, options: StreamOptions | None = None) -> None:
+        if transcriber.family.name != "whisper":
+            raise ConfigError(f"streaming needs a Whisper model, got the {transcriber.family.name} family")
+        if transcriber.num_beams != 1:
+            raise ConfigError("streaming decodes greedily: use num_beams=1")
+        self.t = transcriber
+        self.options = options or StreamOptions()
+        if not (isinstance(self.options.audio_ctx, int) or self.options.audio_ctx == "auto"):
+            raise ConfigError(f"audio_ctx must be 'auto' or a number of positions, got {self.options.audio_ctx!r}")
+        tok = transcriber.processor.tokenizer
+        self.timestamp_begin = int(transcriber.model.generation_config.no_timestamps_token_id) + 1
+        self.special_ids = set(tok.all_special_ids)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: an empty buffer at time 0."""
+        self.audio = np.zeros(0, dtype=np.float32)  # [T] the buffer
+        self.buffer_start = 0.0  # stream seconds of audio[0]
+        self.received = 0  # samples received in all
+        self.hyp = HypothesisBuffer()
+
+    @property
+    def committed_text(self) -> str:
+        """Everything committed so far."""
+        return words_text(self.hyp.committed)
+
+    def insert_audio_chunk(self, samples: np.ndarray) -> None:
+        """Append 16 kHz mono float32 samples [T] to the buffer."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        self.audio = np.concatenate([self.audio, samples])
+        self.received += samples.size
+
+    def process_iter(self) -> Update:
+        """Decode the buffer, commit what two consecutive hypotheses agree on, trim."""
+        started = time.perf_counter()
+        buffer_s = self.audio.size / SAMPLE_RATE
+        if buffer_s < self.options.min_buffer_s:
+            return Update([], self.hyp.tentative, None, audio_s=self._audio_s(), buffer_start_s=self.buffer_start,
+                          buffer_s=buffer_s)
+        start = self.buffer_start
+        rank, signals = self.route(self.audio)
+        words, segment_ends = self.transcribe_buffer(self.audio, rank)
+        self.hyp.insert(words)
+        committed = self.hyp.flush()
+        committed += self._trim(segment_ends)
+        return Update(committed, self.hyp.tentative, rank, signals, self._audio_s(), start, buffer_s,
+                      time.perf_counter() - started)
+
+    def finish(self) -> Update:
+        """End of stream: decode what is left once more and commit all of it."""
+        started = time.perf_counter()
+        buffer_s = self.audio.size / SAMPLE_RATE
+        rank, signals = None, {}
+        if self.audio.size > 0:
+            rank, signals = self.route(self.audio)
+            words, _ = self.transcribe_buffer(self.audio, rank)
+            self.hyp.insert(words)
+        start = self.buffer_start
+        committed = self.hyp.force()
+        self.buffer_start += buffer_s
+        self.audio = self.audio[:0]
+        self.hyp.forget_until(self.buffer_start)
+        return Update(committed, [], rank, signals, self._audio_s(), start, buffer_s,
+                      time.perf_counter() - started, final=True)
+
+    # -- decoding ------------------------------------------------------------------------
+
+    def route(self, audio: np.ndarray) -> tuple[int | None, dict[str, float]]:
+        """Rank for a buffer [T] (None without an adapter) and the signals it was routed on."""
+        from flexispeech.signals.audio import audio_signals
+
+        signals = audio_signals(audio, SAMPLE_RATE)
+        t = self.t
+        if t.rank is not None:
+            return t.rank, signals
+        if t.router is not None:
+            inputs = {k: torch.tensor([v], dtype=torch.float32) for k, v in signals.items()}
+            for key in t.needed_signals() & set(PROXY_KEYS):  # see the module docstring
+                inputs[key] = torch.tensor([float(getattr(t.router, "means", {}).get(key, 0.0))])
+            return int(t.router(inputs)[0]), signals
+        if t.has_adapter:
+            return t.model_default_rank(), signals
+        return None, signals
+
+    def window_positions(self, buffer_s: float) -> int:
+        """Encoder positions for a buffer of ``buffer_s`` seconds (see ``audio_ctx``)."""
+        if self.options.audio_ctx != "auto":
+            return int(self.options.audio_ctx)
+        seconds = min(FULL_WINDOW_S, CTX_STEP_S * max(1, math.ceil(buffer_s / CTX_STEP_S)))
+        return int(round(seconds / SECONDS_PER_TIMESTAMP))
+
+    def transcribe_buffer(self, audio: np.ndarray, rank: int | None) -> tuple[list[Word], list[tuple[int, float]]]:
+        """Greedy transcript of ``audio`` [T] with segment timestamps, prompted with the
+        committed text before the buffer.
+
+        Returns the words (absolute times: interpolated by length within each segment) and
+        the segment ends as (number of words up to and including the segment, end time).
+        """
+        from flexispeech.lora import use_ranks
+        from flexispeech.models.whisper import encoder_positions, set_audio_ctx
+
+        model, processor = self.t.model, self.t.processor
+        buffer_s = audio.size / SAMPLE_RATE
+        positions = self.window_positions(buffer_s)
+        if positions != encoder_positions(model):
+            set_audio_ctx(model, positions, processor)
+        features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+        device = next(model.parameters()).device
+        kwargs: dict[str, Any] = {
+            "return_timestamps": True,
+            "max_new_tokens": int(TOKENS_BASE + TOKENS_PER_S * buffer_s),
+        }
+        prompt = self.prompt()
+        if prompt:
+            kwargs["prompt_ids"] = processor.tokenizer.get_prompt_ids(prompt, return_tensors="pt").to(device)
+        with torch.no_grad():
+            if rank is None:
+                out = model.generate(features.to(device, dtype=model.dtype), **kwargs)
+            else:
+                with use_ranks(model, torch.tensor([rank])):
+                    out = model.generate(features.to(device, dtype=model.dtype), **kwargs)
+        seq = (out["sequences"] if isinstance(out, dict) else out)[0].tolist()
+        return self.parse(seq, buffer_s)
+
+    def parse(self, ids: list[int], buffer_s: float) -> tuple[list[Word], list[tuple[int, float]]]:
+        """Words and segment ends of a generated sequence (see ``transcribe_buffer``)."""
+        tok = self.t.processor.tokenizer
+        sot = tok.convert_tokens_to_ids("<|startoftranscript|>")
+        if sot in ids:  # a prompt (<|startofprev|> ...) comes before <|startoftranscript|>
+            ids = ids[ids.index(sot) + 1 :]
+        words: list[Word] = []
+        ends: list[tuple[int, float]] = []
+        text_ids: list[int] = []
+        seg_start = 0.0
+        for i in ids + [None]:  # None: flush an unterminated last segment
+            if i is not None and i < self.timestamp_begin and i not in self.special_ids:
+                text_ids.append(i)
+                continue
+            stamp = buffer_s if i is None or i < self.timestamp_begin else (i - self.timestamp_begin) * SECONDS_PER_TIMESTAMP
+            if text_ids:
+                end = min(max(stamp, seg_start), buffer_s)
+                words += self._spread(tok.decode(text_ids, skip_special_tokens=True).split(), seg_start, end)
+                if i is not None and i >= self.timestamp_begin:
+                    ends.append((len(words), self.buffer_start + end))
+                text_ids = []
+            if i is not None and i >= self.timestamp_begin:
+                seg_start = min(stamp, buffer_s)
+        return words, ends
+
+    def _spread(self, texts: list[str], start: float, end: float) -> list[Word]:
+        """Words over [start, end] (buffer seconds) in proportion to their length."""
+        total = sum(len(t) for t in texts) or 1
+        out, t = [], start
+        for text in texts:
+            step = (end - start) * len(text) / total
+            out.append(Word(self.buffer_start + t, self.buffer_start + t + step, text))
+            t += step
+        return out
+
+    def prompt(self) -> str:
+        """The last ``prompt_chars`` of committed text that is no longer in the buffer."""
+        hyp = self.hyp
+        before = hyp.committed[: len(hyp.committed) - hyp.in_buffer]
+        return words_text(before)[-self.options.prompt_chars :].lstrip()
+
+    # -- buffer management -----------------------------------------------------------------
+
+    def _trim(self, segment_ends: list[tuple[int, float]]) -> list[Word]:
+        """Cut the buffer at the last committed segment end once it is longer than
+        ``trim_s``; past ``max_buffer_s`` cut even without one. Returns words committed by
+        a forced cut."""
+        buffer_s = self.audio.size / SAMPLE_RATE
+        if buffer_s <= self.options.trim_s:
+            return []
+        held = self.hyp.committed[len(self.hyp.committed) - self.hyp.in_buffer :]
+        n_held = len(held)
+        # Segment ends are Whisper's own timestamps, which it puts at sentence ends; a word
+        # ending in "." is no safe cut: "Dr." is one, and word times are only interpolated.
+        cuts = [end for count, end in segment_ends if count <= n_held]
+        if cuts:
+            self._cut(max(cuts))
+        buffer_s = self.audio.size / SAMPLE_RATE
+        if buffer_s <= self.options.max_buffer_s:
+            return []
+        # No agreement for a whole buffer (noise, a repetition loop): keep what is there and
+        # cut to at most trim_s, so that the cost of an update stays bounded.
+        forced = self.hyp.force()
+        end = self.buffer_start + buffer_s
+        self._cut(max([w.end for w in forced[-1:]] + [end - self.options.trim_s]))
+        return forced
+
+    def _cut(self, time_s: float) -> None:
+        """Drop the buffer's audio before stream time ``time_s``."""
+        n = int(round((time_s - self.buffer_start) * SAMPLE_RATE))
+        n = max(0, min(n, self.audio.size))
+        self.audio = self.audio[n:]
+        self.buffer_start += n / SAMPLE_RATE
+        self.hyp.forget_until(self.buffer_start)
+
+    def _audio_s(self) -> float:
+        return self.received / SAMPLE_RATE
+
+
+class _BlockFeed:
+    """Hands out pieces of a given size from an array [T] or an iterator of blocks [t],
+    reading blocks only as they are needed (a long file is never held whole)."""
+
+    def __init__(self, source: np.ndarray | Iterable[np.ndarray]) -> None:
+        self.blocks = iter([source]) if isinstance(source, np.ndarray) else iter(source)
+        self.pending: list[np.ndarray] = []
+        self.size = 0
+        self.exhausted = False
+
+    def _fill(self, n: int) -> None:
+        while self.size < n and not self.exhausted:
+            block = next(self.blocks, None)
+            if block is None:
+                self.exhausted = True
+                return
+            block = np.asarray(block, dtype=np.float32).reshape(-1)
+            self.pending.append(block)
+            self.size += block.size
+
+    def take(self, n: int) -> np.ndarray:
+        """Up to ``n`` samples [<=n] (fewer only at the end)."""
+        self._fill(n)
+        data = np.concatenate(self.pending) if self.pending else np.zeros(0, dtype=np.float32)
+        piece, rest = data[:n], data[n:]
+        self.pending, self.size = ([rest] if rest.size else []), rest.size
+        return piece
+
+    @property
+    def done(self) -> bool:
+        self._fill(1)
+        return self.size == 0
+
+
+def stream_file_chunks(
+    online: OnlineTranscriber,
+    samples: np.ndarray | Iterable[np.ndarray],
+    chunk_s: float,
+    realtime: bool = False,
+) -> Iterator[Update]:
+    """Feed ``samples`` [T] (or an iterator of blocks, e.g. ``audio.iter_audio_blocks``)
+    to ``online`` in chunks of ``chunk_s`` seconds; one ``Update`` per chunk, then the
+    final one.
+
+    ``realtime``: audio arrives at its own pace (a chunk is available only once its last
+    sample would have been recorded); when decoding falls behind, all audio that has
+    arrived meanwhile goes in at once, as from a live source.
+    """
+    if chunk_s <= 0:
+        raise ConfigError(f"--chunk must be > 0 seconds, got {chunk_s}")
+    step = max(1, int(round(chunk_s * SAMPLE_RATE)))
+    feed = _BlockFeed(samples)
+    fed, t0 = 0, time.perf_counter()
+    while not feed.done:
+        want = step
+        if realtime:
+            due = (fed + step) / SAMPLE_RATE
+            wait = due - (time.perf_counter() - t0)
+            if wait > 0:
+                time.sleep(wait)
+            want = max(step, int((time.perf_counter() - t0) * SAMPLE_RATE) - fed)
+        piece = feed.take(want)
+        online.insert_audio_chunk(piece)
+        fed += piece.size
+        if not feed.done:
+            yield online.process_iter()
+    yield online.finish()

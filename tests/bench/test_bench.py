@@ -1,0 +1,41 @@
+"""``flexispeech bench`` on a tiny CPU shape: every variant runs, ratios are to the right reference."""
+
+from __future__ import annotations
+
+import pytest
+
+from flexispeech.bench.variants import BenchSpec, format_table, run_bench
+from flexispeech.bench.steps import time_fn
+from flexispeech.errors import ConfigError
+
+
+def test_every_variant_runs_and_ratios_are_to_the_base() -> None:
+    spec = BenchSpec(shape="tiny", batch=2, audio_ctx=4, label_len=3, device="cpu", dtype="float32", warmup=0, reps=1)
+    lines: list[str] = []
+    rows = run_bench(spec, log=lines.append)
+    by = {(r["kind"], r["variant"]): r for r in rows}
+    assert by[("train", "base (floor)")]["ratio"] == 1.0 and by[("infer", "base")]["ratio"] == 1.0
+    for kind, ref in (("train", "base (floor)"), ("infer", "base")):
+        base = by[(kind, ref)]["seconds"]
+        for r in rows:
+            if r["kind"] == kind:
+                assert r["seconds"] > 0 and r["ratio"] == pytest.approx(r["seconds"] / base)
+    # the CPU-only paths and the graph-safe path are timed; CUDA graphs are not on a CPU
+    names = {v for _, v in by}
+    assert {"Flexi segmented, mixed sorted", "Flexi grouped (gather), mixed", "Flexi static (eager), mixed",
+            "Flexi merged fast path, all r=16", "PEFT r=64 (same dtype)"} <= names
+    assert not any("graphed" in v for v in names)
+    table = format_table(rows, spec)
+    assert table.count("\n| train |") + table.count("\n| infer |") == len(rows)
+    assert lines[0].startswith("shape=tiny batch=2")
+
+
+def test_unknown_shape_is_a_config_error() -> None:
+    with pytest.raises(ConfigError, match="bench shape"):
+        run_bench(BenchSpec(shape="huge"), log=lambda _: None)
+
+
+def test_time_fn_is_the_median_after_warmup() -> None:
+    calls: list[int] = []
+    seconds = time_fn(lambda: calls.append(1), BenchSpec(warmup=2, reps=3))
+    assert len(calls) == 5 and seconds >= 0

@@ -1,0 +1,107 @@
+"""The corpus format: write, load, relocate, add columns, errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from flexispeech.data.corpus import (
+    REQUIRED_COLUMNS,
+    add_columns,
+    audio_path,
+    load_corpus,
+    load_row_audio,
+    write_corpus,
+)
+from flexispeech.errors import FlexispeechError
+
+SR = 16_000
+
+
+def _tone(seconds: float, freq: float) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+@pytest.fixture()
+def corpus_rows(tmp_path: Path) -> tuple[Path, list[dict]]:
+    """Three tiny wavs in tmp_path/audio and their rows (two train, one test)."""
+    (tmp_path / "audio" / "a").mkdir(parents=True)
+    specs = [("u1", 0.5, 440.0, "train"), ("u2", 0.25, 220.0, "train"), ("u3", 1.0, 330.0, "test")]
+    rows = []
+    for uid, secs, freq, split in specs:
+        rel = f"audio/a/{uid}.wav"
+        sf.write(tmp_path / rel, _tone(secs, freq), SR, subtype="PCM_16")
+        rows.append(
+            {"id": uid, "audio": rel, "text": f"say {uid}", "duration": secs, "speaker": "s1",
+             "split": split, "snr_db": math.nan if uid != "u2" else 10.0, "voice": "v"}
+        )
+    return tmp_path, rows
+
+
+def test_write_and_load_roundtrip(corpus_rows: tuple[Path, list[dict]]) -> None:
+    root, rows = corpus_rows
+    write_corpus(rows, root, name="toy", info={"seed": 3})
+    info = json.loads((root / "corpus.json").read_text())
+    assert info["name"] == "toy"
+    assert info["splits"] == {"train": 2, "test": 1}
+    assert info["hours"] == pytest.approx(1.75 / 3600, abs=1e-4)
+    assert info["info"] == {"seed": 3}
+    dd = load_corpus(root)
+    assert list(dd.keys()) == ["train", "test"]
+    train = load_corpus(root, "train")
+    assert train["id"] == ["u1", "u2"]
+    assert set(REQUIRED_COLUMNS) <= set(train.column_names)
+    assert math.isnan(train[0]["snr_db"]) and train[1]["snr_db"] == 10.0
+    samples = load_row_audio(root, train[0])
+    assert samples.dtype == np.float32 and samples.shape == (8000,)
+    np.testing.assert_allclose(samples, _tone(0.5, 440.0), atol=1e-4)
+
+
+def test_corpus_is_relocatable(corpus_rows: tuple[Path, list[dict]], tmp_path_factory) -> None:
+    root, rows = corpus_rows
+    write_corpus(rows, root, name="toy")
+    moved = tmp_path_factory.mktemp("moved") / "corpus"
+    shutil.copytree(root, moved)
+    shutil.rmtree(root)
+    row = load_corpus(moved, "test")[0]
+    assert audio_path(moved, row) == moved / "audio/a/u3.wav"
+    assert load_row_audio(moved, row).shape == (16000,)
+
+
+def test_add_columns_caches_signals(corpus_rows: tuple[Path, list[dict]]) -> None:
+    root, rows = corpus_rows
+    write_corpus(rows, root, name="toy")
+    add_columns(root, "train", {"snr_est": [12.5, 3.0]})
+    train = load_corpus(root, "train")
+    assert train["snr_est"] == [12.5, 3.0]
+    add_columns(root, "train", {"snr_est": [1.0, 2.0]})  # replacing works too
+    assert load_corpus(root, "train")["snr_est"] == [1.0, 2.0]
+    assert "snr_est" not in load_corpus(root, "test").column_names
+    assert load_corpus(root, "test")["id"] == ["u3"]
+    with pytest.raises(FlexispeechError, match="has 1 values"):
+        add_columns(root, "train", {"x": [1]})
+    with pytest.raises(FlexispeechError, match="required"):
+        add_columns(root, "train", {"text": ["a", "b"]})
+
+
+def test_errors_name_the_problem(corpus_rows: tuple[Path, list[dict]], tmp_path_factory) -> None:
+    root, rows = corpus_rows
+    with pytest.raises(FlexispeechError, match="not a flexispeech corpus"):
+        load_corpus(root)
+    write_corpus(rows, root, name="toy")
+    with pytest.raises(FlexispeechError, match="available: train, test"):
+        load_corpus(root, "validation")
+    bad = dict(rows[0], audio=str(root / rows[0]["audio"]))
+    with pytest.raises(FlexispeechError, match="absolute"):
+        write_corpus([bad], tmp_path_factory.mktemp("bad"), name="x")
+    with pytest.raises(FlexispeechError, match="lacks columns"):
+        write_corpus([{"id": "x"}], root, name="x")
+    with pytest.raises(FlexispeechError, match="does not exist"):
+        write_corpus([dict(rows[0], audio="audio/none.wav")], root, name="x")

@@ -1,0 +1,50 @@
+"""Paired comparisons: exact sign-test values, bootstrap intervals, the table against a baseline."""
+
+from __future__ import annotations
+
+import pytest
+
+from flexispeech.errors import FlexispeechError
+from flexispeech.evaluation.paired import paired_difference, paired_table, sign_test
+from flexispeech.evaluation.text_report import summarize_text
+
+
+def test_sign_test_exact_values() -> None:
+    assert sign_test(0, 0) == 1.0
+    assert sign_test(5, 0) == pytest.approx(2 / 32)  # two-sided: 2 * (1/2)^5
+    assert sign_test(3, 3) == 1.0
+    assert sign_test(1, 9) == pytest.approx(2 * (1 + 10) / 1024)
+
+
+def test_paired_difference_counts_and_interval() -> None:
+    a = [1, 0, 1, 1, 0, 0, 1, 0]
+    b = [1, 1, 1, 0, 1, 1, 1, 0]
+    d = paired_difference(a, b)
+    assert (d.n, d.wins, d.losses, d.ties) == (8, 3, 1, 4)
+    assert d.delta == pytest.approx(2 / 8) and d.ci_low <= d.delta <= d.ci_high
+    assert d.p_sign == pytest.approx(sign_test(3, 1))
+    assert paired_difference(a, b) == d  # seeded
+    same = paired_difference(a, a)
+    assert (same.delta, same.ci_low, same.ci_high, same.p_sign) == (0.0, 0.0, 0.0, 1.0)
+    with pytest.raises(FlexispeechError):
+        paired_difference([1.0], [1.0, 0.0])
+
+
+def _run(name: str, hyps: list[str]) -> dict:
+    golds = ["1", "2", "3", "4"]
+    records = [{"id": f"q{i}", "hyp": h, "golds": [g], "ref": g, "difficulty": 1, "rank": None, "signals": {}}
+               for i, (h, g) in enumerate(zip(hyps, golds))]
+    return summarize_text(records, "accuracy", 1.0, name=name, task="math")
+
+
+def test_paired_table_against_a_baseline() -> None:
+    base, ours = _run("static", ["#### 1", "#### 0", "#### 0", "#### 4"]), _run("flexi", ["#### 1", "#### 2", "#### 3", "#### 0"])
+    lines = paired_table([base, ours], "static").splitlines()
+    assert lines[0].startswith("| method vs static | Δ correct (points) |")
+    assert lines[2].startswith("| flexi | +25.0 | [") and lines[2].endswith("| 2 | 1 | 1 | 1.000 |")
+    with pytest.raises(FlexispeechError, match="no run of that name"):
+        paired_table([base, ours], "r8")
+    other = _run("other", ["1", "2", "3", "4"])
+    other["examples"][0]["id"] = "elsewhere"
+    with pytest.raises(FlexispeechError, match="same questions"):
+        paired_table([base, other], "static")

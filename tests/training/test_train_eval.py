@@ -1,0 +1,119 @@
+"""A miniature train + eval on a random-initialised tiny Whisper, every routing mode, in seconds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from flexispeech.cli import main
+from flexispeech.training.config import load_config
+from flexispeech.data.corpus import write_corpus
+from flexispeech.lora.io import load_adapter, read_adapter_config
+from flexispeech.training.loop import train
+
+WORDS = "the quick brown fox jumps over the lazy dog please call stella".split()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(24):
+        dur = 0.5 + 0.1 * (i % 7)
+        audio = (0.1 * np.sin(2 * np.pi * (200 + 20 * i) * np.arange(int(16000 * dur)) / 16000)).astype(np.float32)
+        snr = float(rng.uniform(0, 30))
+        audio += rng.normal(0, 0.1 * 10 ** (-snr / 20), audio.shape).astype(np.float32)
+        sf.write(root / "audio" / f"u{i}.wav", audio, 16000)
+        split = "test" if i >= 18 else "train"
+        rows.append({
+            "id": f"u{i}", "audio": f"audio/u{i}.wav", "text": " ".join(WORDS[i % 5 : i % 5 + 3]), "duration": dur,
+            "speaker": f"v{i % 3}", "split": split, "voice": f"v{i % 3}", "seen_voice": i % 3 != 2,
+            "snr_db": snr, "signal_snr_db": snr + float(rng.normal(0, 2)), "signal_duration": dur,
+            "signal_proxy": (30 - snr) / 10, "base_wer": (30 - snr) / 30,
+        })
+    return write_corpus(rows, root, name="mini")
+
+
+def config(corpus, out, mode: str, **extra):
+    overrides = [
+        f"output_dir={out}", f"name={mode}", "model.source=random:tiny", f"data.corpus={corpus}",
+        "model.audio_ctx=100", "train.batch_size=4", "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.lr=1e-2",
+        "adapter.ranks=[0, 2, 4, 8]", f"routing.mode={mode}", "routing.weights={snr_db: -1.0, proxy: 1.0}",
+        "routing.features=[snr_db, duration, proxy]",
+    ] + [f"{k}={v}" for k, v in extra.items()]
+    return load_config(None, overrides)
+
+
+@pytest.mark.parametrize("mode", ["fixed", "random", "threshold", "learned", "inconsistent"])
+def test_every_routing_mode_trains_and_saves(corpus, tmp_path, mode: str) -> None:
+    adapter = train(config(corpus, tmp_path / mode, mode), progress=False)
+    summary = json.loads((tmp_path / mode / "train_summary.json").read_text())
+    assert summary["steps"] == 3 and summary["examples_seen"] == 12
+    log = [json.loads(line) for line in (tmp_path / mode / "train_log.jsonl").read_text().splitlines()]
+    assert [e["step"] for e in log] == [1, 2, 3] and all(np.isfinite(e["loss"]) for e in log)
+    meta = read_adapter_config(adapter)["config"]["metadata"]
+    assert meta["base_model"] == "random:tiny" and meta["routing"] == mode
+    assert (adapter / "router.json").is_file()
+    hist = summary["train_rank_histogram"]
+    if mode == "fixed":
+        assert hist == {"8": 12}
+    else:
+        assert len(hist) > 1  # several ranks used in training
+
+
+def test_training_changes_only_the_adapter_and_is_deterministic(corpus, tmp_path) -> None:
+    from flexispeech.models.family import get_family
+
+    a = train(config(corpus, tmp_path / "a", "threshold"), progress=False)
+    b = train(config(corpus, tmp_path / "b", "threshold"), progress=False)
+    from safetensors.torch import load_file
+
+    wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same adapter
+    assert any(torch.count_nonzero(v) for k, v in wa.items() if k.endswith("lora_B"))  # B moved off zero
+    model, _ = get_family("whisper").load("random:tiny")
+    load_adapter(model, a)  # loads into a fresh base
+
+
+def test_eval_and_compare_commands(corpus, tmp_path, capsys) -> None:
+    adapter = train(config(corpus, tmp_path / "flexi", "threshold"), progress=False)
+    assert main(["eval", "--data", str(corpus), "--adapter", str(adapter), "--batch-size", "4"]) == 0
+    res = json.loads((tmp_path / "flexi" / "eval_test" / "results.json").read_text())
+    assert res["n"] == 6 and res["name"] == "threshold"
+    assert sum(res["rank_histogram"].values()) == 6 and set(res["by_seen_voice"]) <= {"seen", "unseen"}
+    assert 0 <= res["active_params_mean"] <= res["adapter_params_total"]
+    assert (tmp_path / "flexi" / "eval_test" / "results.md").read_text().startswith("# threshold")
+    base_out = tmp_path / "base"
+    assert main(["eval", "--data", str(corpus), "--model", "random:tiny", "--audio-ctx", "100", "--out", str(base_out), "--name", "base"]) == 0
+    capsys.readouterr()
+    assert main(["compare", str(base_out), str(tmp_path / "flexi" / "eval_test"), "--out", str(tmp_path / "cmp")]) == 0
+    table = capsys.readouterr().out
+    assert table.splitlines()[0].startswith("| method | WER % |") and "| base |" in table and "| threshold |" in table
+    assert (tmp_path / "cmp" / "wer_by_snr.png").stat().st_size > 1000
+
+
+def test_bad_config_key_is_one_line(corpus, tmp_path, capsys) -> None:
+    conf = tmp_path / "bad.yaml"
+    conf.write_text("train:\n  max_step: 3\n")
+    assert main(["train", "--config", str(conf)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown key 'train.max_step'" in err and "bad.yaml" in err
+
+
+def test_cached_encoder_training(corpus, tmp_path) -> None:
+    cfg = config(corpus, tmp_path / "cached", "threshold", **{"model.cache_encoder_layers": 2})
+    adapter = train(cfg, progress=False)
+    targets = read_adapter_config(adapter)["config"]["target_modules"]
+    assert isinstance(targets, str) and "encoder" in targets  # the frozen-prefix pattern
+    log = [json.loads(line) for line in (tmp_path / "cached" / "train_log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and all(np.isfinite(e["loss"]) for e in log)
+    from safetensors.torch import load_file
+
+    names = load_file(str(adapter / "adapter_model.safetensors")).keys()
+    assert names and not any(".encoder." in n for n in names)  # all encoder layers cached: decoder only
