@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 EXTRAS ?= dev,offline
 PYTEST_ARGS ?=
 
-.PHONY: install test test-slow demo system-deps clean
+.PHONY: install lint test test-slow demo system-deps clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -23,8 +23,13 @@ $(VENV)/.installed: pyproject.toml
 
 install: $(VENV)/.installed
 
-test: install system-deps
+test: install system-deps lint
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# ruff (pinned in the dev extra): lint and formatting, so CI enforces both
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 
 test-slow: install system-deps
 	$(PY) -m pytest -q -m slow $(PYTEST_ARGS)
