@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.evaluation.report import pct
     from flexispeech.data.text import TextTaskSplit, open_split
     from flexispeech.evaluation.text_report import summarize_text
-    from data_prep.text_tasks import is_text_task
+    from flexispeech.data.text_format import is_text_task
 
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM

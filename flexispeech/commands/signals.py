@@ -28,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.data.corpus import read_corpus_info
     from flexispeech.signals.cache import cache_audio_signals, cache_model_signals
 
-    from data_prep.text_tasks import is_text_task
+    from flexispeech.data.text_format import is_text_task
 
     if is_text_task(Path(args.corpus)):  # a text task: surface counts, prompt perplexity, base answers
         from flexispeech.signals.text_cache import run_text_signals

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from data_prep.text_tasks import add_task_columns, load_text_task, read_text_task_info, write_text_task
+from flexispeech.data.text_format import add_task_columns, load_text_task, read_text_task_info, write_text_task
 from flexispeech.signals.text_cache import cache_surface_signals, difficulty_with_tie_break, score_answer
 
 
