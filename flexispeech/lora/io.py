@@ -21,12 +21,12 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flexispeech import __version__
 from flexispeech.atomic import existing_dir, replace_dir, write_file, write_text
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import attach_router, check_ranks, flexi_layers, get_state, inject
 from flexispeech.lora.router import router_from_dict
+from flexispeech.version import __version__
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
