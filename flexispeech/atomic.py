@@ -113,12 +113,14 @@ def replace_dir(target: str | Path) -> Iterator[Path]:
     with _tmp_dir(target) as tmp:
         yield tmp
         if target.exists():
-            # An old copy beside a present target is the leftover of a swap killed after
-            # its second rename: the target is complete, the old copy is not needed.
-            _remove(old)
+            if old.exists():
+                # The leftover of a swap killed after its second rename: the target is
+                # complete, so this copy is not needed.
+                _remove(old)
             _rename(target, old)
         _rename(tmp, target)
-    _remove(old)
+    if old.exists():
+        _remove(old)
 
 
 @contextlib.contextmanager

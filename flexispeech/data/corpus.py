@@ -3,7 +3,7 @@
 A corpus is a directory::
 
     corpus_dir/
-      corpus.json          name, rows per split, hours, info; written last = completion marker
+      corpus.json          name, rows per split, hours, columns written, info; written last = completion marker
       dataset/             a datasets.DatasetDict (save_to_disk), one Dataset per split
       audio/...            the audio files (any layout; rows point at them)
 
@@ -193,8 +193,10 @@ def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> No
     """Add (or replace) ``columns`` in ``split`` of the corpus, e.g. cached signals.
 
     Each list must have one value per row of the split, in row order. The dataset is
-    rewritten beside the old one and swapped in, then ``corpus.json`` is refreshed, so an
-    interruption leaves the previous corpus intact.
+    rewritten beside the old one and swapped in (:func:`save_dataset_dict`), one atomic
+    step: a kill leaves the previous rows or the new ones. ``corpus.json`` is not rewritten
+    (rows, splits and hours are unchanged; its ``columns`` are those the corpus was written
+    with).
 
     Raises:
         FlexispeechError: not a corpus, unknown split, a column of the wrong length, or an
@@ -203,7 +205,6 @@ def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> No
     import datasets
 
     corpus_dir = Path(corpus_dir)
-    info = read_corpus_info(corpus_dir)
     dataset_dict = load_corpus(corpus_dir)
     if split not in dataset_dict:
         raise FlexispeechError(
@@ -223,8 +224,6 @@ def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> No
     # The new split is written beside the old files (still memory-mapped) before the swap.
     new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
     save_dataset_dict(new, corpus_dir)
-    summary = _summary(new, info.get("name", corpus_dir.name), info.get("info"))
-    write_text(corpus_dir / MARKER, json.dumps(summary, indent=2) + "\n")
 
 
 def is_clean(snr: float | None) -> bool:

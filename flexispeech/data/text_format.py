@@ -126,7 +126,8 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
     """Add (or replace) ``columns`` in ``split`` of a text task, e.g. cached signals.
 
     Each list has one value per row of the split, in row order. As for corpora, the
-    dataset is rewritten beside the old one and swapped in, then ``task.json`` refreshed.
+    dataset is rewritten beside the old one and swapped in, one atomic step; ``task.json``
+    is not rewritten (its ``columns`` are those the task was written with).
 
     Raises:
         FlexispeechError: not a text task, unknown split, a column of the wrong length, or
@@ -135,7 +136,6 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
     import datasets
 
     task_dir = Path(task_dir)
-    info = read_text_task_info(task_dir)
     dataset_dict = load_text_task(task_dir)
     if split not in dataset_dict:
         raise FlexispeechError(f"{task_dir}: no split {split!r}; available: {', '.join(dataset_dict)}")
@@ -150,5 +150,3 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
         ds = ds.add_column(name, list(values))
     new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
     save_dataset_dict(new, task_dir)
-    info["columns"] = list(dict.fromkeys([*info.get("columns", []), *columns]))
-    write_text(task_dir / MARKER, json.dumps(info, indent=2) + "\n")
