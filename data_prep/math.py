@@ -7,7 +7,7 @@ and one line of the worked solution, so ``difficulty`` = number of steps is exac
 and the answer are positive integers. ``prepare_gsm8k`` imports GSM8K jsonl files a user
 already has (``question``, ``answer`` ending in ``#### N``).
 
-Rows follow :mod:`data_prep.text_tasks`; ``solution`` ends with a ``#### N`` line, as GSM8K's
+Rows follow :mod:`flexispeech.data.text_format`; ``solution`` ends with a ``#### N`` line, as GSM8K's
 does, so :func:`flexispeech.evaluation.text_metrics.extract_final_number` reads both the same way.
 """
 
@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.text_tasks import is_text_task, read_text_task_info, write_text_task
+from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
 from flexispeech.errors import FlexispeechError
 from flexispeech.evaluation.text_metrics import extract_final_number
 

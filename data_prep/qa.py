@@ -12,7 +12,7 @@ it as a shuffled passage, and asks one question whose depth is known:
 
 Every answer is a short span: a name or an integer. Entities are made-up names, so a model
 cannot answer from memorised world knowledge. ``prepare_squad`` imports SQuAD json files.
-Rows follow :mod:`data_prep.text_tasks`, plus ``answers`` (every accepted answer; empty for
+Rows follow :mod:`flexispeech.data.text_format`, plus ``answers`` (every accepted answer; empty for
 unanswerable SQuAD v2 questions) and, for generated data, ``kind`` (the question type).
 """
 
@@ -23,7 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.text_tasks import is_text_task, read_text_task_info, write_text_task
+from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
 from flexispeech.errors import FlexispeechError
 
 _ONSETS = ("b", "br", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "st")

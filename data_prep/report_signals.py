@@ -92,7 +92,7 @@ def wer_table(corpus: Path, split: str, rows: list[dict], column: str) -> list[s
 def base_wer_tables(corpus: Path, split: str, hyp_column: str = "base_hyp") -> list[str]:
     """Markdown: the base model's WER by SNR bucket and by engine, from the transcripts
     that ``flexispeech signals`` cached (rows without one are left out)."""
-    from flexispeech.evaluation.evaluate import SNR_ORDER, snr_bucket
+    from flexispeech.evaluation.breakdown import SNR_ORDER, snr_bucket
     from flexispeech.evaluation.metrics import error_counts
 
     ds = load_corpus(corpus, split)

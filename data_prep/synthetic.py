@@ -16,7 +16,6 @@ from __future__ import annotations
 import json
 import math
 import multiprocessing as mp
-import os
 import shutil
 import time
 import warnings
@@ -28,6 +27,7 @@ import numpy as np
 from data_prep import acoustics
 from data_prep.sentences import BUCKETS, compose, n_words, sentence_pools
 from data_prep.tts import ENGINE_SHARES, Synthesizer, Voice, installed_voices
+from flexispeech.atomic import write_file, write_text
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.data.corpus import is_corpus, read_corpus_info, write_corpus
 from flexispeech.errors import FlexispeechError
@@ -156,9 +156,7 @@ def render(plan: Plan, out: Path, seed: int, synth: Synthesizer) -> dict:
         audio = acoustics.telephone(audio, SAMPLE_RATE)
     audio = acoustics.set_peak(audio, plan.peak)
     (out / rel).parent.mkdir(parents=True, exist_ok=True)
-    tmp = out / f"{rel}.tmp{os.getpid()}"
-    sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV")
-    os.replace(tmp, out / rel)
+    write_file(out / rel, lambda tmp: sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
     row = {
         "id": plan.id, "audio": rel, "text": plan.text, "duration": round(audio.size / SAMPLE_RATE, 4),
         "speaker": plan.voice.id, "split": plan.split, "voice": plan.voice.name,
@@ -166,9 +164,7 @@ def render(plan: Plan, out: Path, seed: int, synth: Synthesizer) -> dict:
         "reverb_rt60": plan.reverb_rt60, "channel": plan.channel, "seen_voice": not plan.voice.unseen,
         "rate": plan.rate, "pitch": plan.pitch,
     }
-    tmp_meta = meta.with_name(f"{meta.name}.tmp{os.getpid()}")
-    tmp_meta.write_text(json.dumps(row))
-    os.replace(tmp_meta, meta)
+    write_text(meta, json.dumps(row))  # after the audio: a row on disk means its audio is complete
     return row
 
 
@@ -194,7 +190,7 @@ def _check_resume(out: Path, size: str, seed: int, engines: list[str]) -> None:
             "use another --out directory or delete this one"
         )
     out.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps(wanted) + "\n")
+    write_text(state, json.dumps(wanted) + "\n")
 
 
 def prepare_synthetic(

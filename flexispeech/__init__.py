@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
-
-from flexispeech.lora import (  # noqa: E402  (after __version__, which lora.io reads)
+from flexispeech.lora import (
     AdapterParameters,
     FixedRouter,
     FlexiLoraConfig,
@@ -32,6 +30,7 @@ from flexispeech.lora import (  # noqa: E402  (after __version__, which lora.io 
     unmerge,
     use_ranks,
 )
+from flexispeech.version import __version__
 
 if TYPE_CHECKING:
     from flexispeech.models.sources import pretrained_path

@@ -11,13 +11,12 @@ import statistics
 import time
 from collections.abc import Callable
 from contextlib import nullcontext
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from flexispeech.bench.variants import BenchSpec
+from flexispeech.bench.spec import BenchSpec
 
 
 def sync(device: str) -> None:

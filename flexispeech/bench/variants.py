@@ -6,19 +6,19 @@ large-v3) is built once; each variant adds its adapters to that same base model,
 + backward + AdamW on the trainable parameters; the *floor* is the frozen base model's
 forward + backward (gradients flow down to the positional embeddings, the cheapest way to
 make autograd walk the whole network). Ratios are over the floor (training) and over the
-base forward (inference). The steps and the timer are in ``bench_steps``.
+base forward (inference). The steps and the timer are in ``steps``, the run's options in ``spec``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from flexispeech.bench.spec import BenchSpec
 from flexispeech.bench.steps import graphed_infer, graphed_train_step, infer_fn, profile_step, time_fn, train_step_fn
 from flexispeech.errors import ConfigError
 
@@ -36,20 +36,6 @@ SHAPES: dict[str, dict[str, int]] = {
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 RANKS = (0, 4, 8, 16, 32, 64)
 SAMPLE_RATE, N_FFT, HOP = 16000, 400, 160
-
-
-@dataclass
-class BenchSpec:
-    shape: str = "tiny"
-    batch: int = 8
-    audio_ctx: int = 1500  # encoder positions (1500 = 30 s)
-    label_len: int = 64
-    device: str = "cpu"
-    dtype: str = "bfloat16"
-    warmup: int = 2
-    reps: int = 5
-    seed: int = 0
-    profile: str | None = None  # a file to write a torch.profiler table of the Flexi step to
 
 
 def build_whisper(spec: BenchSpec) -> nn.Module:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from flexispeech.models.whisper import FULL_POSITIONS, POSITIONS_PER_SECOND
+
 HELP = "time base, PEFT LoRA and every Flexi-LoRA compute path on a random-init Whisper shape"
 
 
@@ -11,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Shape, batch, input length, device and repetitions."""
     parser.add_argument("--shape", default="tiny", help="tiny, base, small or large-v3 (default tiny)")
     parser.add_argument("--batch", type=int, default=8, help="utterances per batch (default 8)")
-    parser.add_argument("--audio-ctx", type=int, default=100, help="encoder positions, 1500 = 30 s (default 100)")
+    parser.add_argument("--audio-ctx", type=int, default=100, help=f"encoder positions, {FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s (default 100)")
     parser.add_argument("--label-len", type=int, default=32, help="decoder tokens per utterance (default 32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
@@ -23,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the ratio table."""
-    from flexispeech.bench.variants import BenchSpec, format_table, run_bench
+    from flexispeech.bench.spec import BenchSpec
+    from flexispeech.bench.variants import format_table, run_bench
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     spec = BenchSpec(shape=args.shape, batch=args.batch, audio_ctx=args.audio_ctx, label_len=args.label_len,

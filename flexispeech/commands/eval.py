@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import argparse
 
+from flexispeech.models import causal_lm, whisper
+
 HELP = "evaluate a model or adapter on a corpus split: WER/CER overall and by SNR, duration and voice"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="corpus directory (from `flexispeech prepare`)")
     parser.add_argument("--adapter", help="adapter directory (from `flexispeech train`); omit to evaluate the base model")
-    parser.add_argument("--model", help="base model (default: the one the adapter was trained on, else whisper-tiny.en)")
+    parser.add_argument("--model", help="base model (default: the one the adapter was trained on, else "
+                        f"{whisper.DEFAULT_SOURCE}; {causal_lm.DEFAULT_SOURCE} on a text task)")
     parser.add_argument("--family", help="model family (default: from the adapter, else whisper)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
     parser.add_argument("--rank", type=int, help="decode every utterance at this rank instead of the adapter's router")
-    parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's, else 1500 = 30 s)")
+    parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's, "
+                        f"else {whisper.FULL_POSITIONS} = {whisper.FULL_POSITIONS // whisper.POSITIONS_PER_SECOND} s)")
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
@@ -34,19 +38,19 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.evaluation.metrics import english_normalizer
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
-    from flexispeech.evaluation.report import pct
+    from flexispeech.evaluation.tables import pct
     from flexispeech.data.text import TextTaskSplit, open_split
     from flexispeech.evaluation.text_report import summarize_text
-    from data_prep.text_tasks import is_text_task
+    from flexispeech.data.text_format import is_text_task
 
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
-    source = args.model or meta.get("base_model") or ("smollm2-135m-instruct" if text else "whisper-tiny.en")
+    source = args.model or meta.get("base_model") or (causal_lm.DEFAULT_SOURCE if text else whisper.DEFAULT_SOURCE)
     family = get_family(args.family or meta.get("family") or ("causal_lm" if text else "whisper"))
     audio_ctx = args.audio_ctx or meta.get("audio_ctx")
     max_duration = args.max_duration
     if audio_ctx and family.name == "whisper":
-        max_duration = min(max_duration or 1e9, audio_ctx / 50)
+        max_duration = min(max_duration or 1e9, audio_ctx / whisper.POSITIONS_PER_SECOND)
     # The data first: a wrong --data fails in a moment, not after the model has loaded.
     split = open_split(args.data, args.split, max_duration=max_duration, max_examples=args.max_examples)
     model, processor = load_model(family, source, args.device, audio_ctx)

@@ -5,13 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flexispeech.models.whisper import DEFAULT_SOURCE
+
 HELP = "serve a local web page that streams a file or the microphone through Whisper, live"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
-    parser.add_argument("--model", default="whisper-tiny.en", help="Whisper model name or directory (default whisper-tiny.en)")
+    parser.add_argument("--model", default=DEFAULT_SOURCE, help=f"Whisper model name or directory (default {DEFAULT_SOURCE})")
     parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter; its router picks each update's rank")
     parser.add_argument("--rank", type=int, help="serve every update at this adapter rank instead of routing")
     parser.add_argument("--audio-ctx", default="auto", metavar="N", help="encoder window in 20-ms positions, or 'auto' (default)")

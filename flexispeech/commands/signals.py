@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from flexispeech.models.whisper import DEFAULT_SOURCE, POSITIONS_PER_SECOND
+
 HELP = "cache per-utterance complexity signals (duration, SNR, speech activity, decoder confidence) and base WER"
 
 
@@ -11,7 +13,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("corpus", help="corpus directory (from `flexispeech prepare`)")
     parser.add_argument("--splits", default="train,validation,test", help="comma-separated splits (default: all three; missing ones are skipped)")
     parser.add_argument("--model", help="base Whisper model for the decoder-confidence proxy and base WER "
-                        "(e.g. whisper-tiny.en); without it only the audio signals are computed")
+                        f"(e.g. {DEFAULT_SOURCE}); without it only the audio signals are computed")
     parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (500 = 10 s); longer utterances get no model signals")
     parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
     parser.add_argument("--max-new-tokens", type=int, default=96,
@@ -26,9 +28,8 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from flexispeech.data.corpus import read_corpus_info
+    from flexispeech.data.text_format import is_text_task
     from flexispeech.signals.cache import cache_audio_signals, cache_model_signals
-
-    from data_prep.text_tasks import is_text_task
 
     if is_text_task(Path(args.corpus)):  # a text task: surface counts, prompt perplexity, base answers
         from flexispeech.signals.text_cache import run_text_signals
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
 
                 model, processor = load_model(get_family("whisper"), args.model, args.device, args.audio_ctx)
                 model_dir = pretrained_path(args.model)
-            window = args.audio_ctx / 50 if args.audio_ctx else None
+            window = args.audio_ctx / POSITIONS_PER_SECOND if args.audio_ctx else None
             did = cache_model_signals(args.corpus, split, model, processor, model_dir if isinstance(model_dir, Path) else None,
                                       args.batch_size, window, force=args.force, skipped=skipped)
             print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")

@@ -8,6 +8,8 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from flexispeech.models.whisper import DEFAULT_SOURCE
+
 HELP = "stream a file (or the microphone) through Whisper, printing committed text as it grows"
 
 
@@ -16,7 +18,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mic", action="store_true", help="stream the default microphone (needs the 'mic' extra)")
     parser.add_argument("--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per update (default 1.0)")
     parser.add_argument("--realtime", action="store_true", help="feed the file at its own pace, as if live")
-    parser.add_argument("--model", default="whisper-tiny.en", help="Whisper model name or directory (default whisper-tiny.en)")
+    parser.add_argument("--model", default=DEFAULT_SOURCE, help=f"Whisper model name or directory (default {DEFAULT_SOURCE})")
     parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter; its router picks each update's rank")
     parser.add_argument("--rank", type=int, help="serve every update at this adapter rank instead of routing")
     parser.add_argument(

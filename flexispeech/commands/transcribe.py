@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flexispeech.models.whisper import DEFAULT_SOURCE, FULL_POSITIONS, POSITIONS_PER_SECOND
+
 HELP = "transcribe audio files with a speech model, optionally through a Flexi-LoRA adapter"
 
 
@@ -12,9 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="+", metavar="AUDIO", help="audio files (anything soundfile reads)")
     parser.add_argument(
         "--model",
-        default="whisper-tiny.en",
+        default=DEFAULT_SOURCE,
         help="model name, transformers directory or hub id; 'random:tiny' for a random test model "
-        "(default: whisper-tiny.en)",
+        f"(default: {DEFAULT_SOURCE})",
     )
     parser.add_argument("--family", choices=("whisper", "wav2vec2"), help="model family (default: detected)")
     parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter directory")
@@ -32,7 +34,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--audio-ctx",
         type=int,
         metavar="N",
-        help="Whisper encoder window in positions of 20 ms (e.g. 500 = 10 s; default 1500 = 30 s)",
+        help=f"Whisper encoder window in positions of {1000 // POSITIONS_PER_SECOND} ms (e.g. 500 = 10 s; "
+        f"default {FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="files decoded together (default 8)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on tokens per window (default: the model's)")

@@ -3,7 +3,7 @@
 A corpus is a directory::
 
     corpus_dir/
-      corpus.json          name, rows per split, hours, info; written last = completion marker
+      corpus.json          name, rows per split, hours, columns written, info; written last = completion marker
       dataset/             a datasets.DatasetDict (save_to_disk), one Dataset per split
       audio/...            the audio files (any layout; rows point at them)
 
@@ -26,13 +26,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from flexispeech.atomic import existing_dir, replace_dir, write_text
 from flexispeech.errors import FlexispeechError
 
 REQUIRED_COLUMNS = ("id", "audio", "text", "duration", "speaker", "split")
@@ -40,13 +40,6 @@ SPLIT_ORDER = ("train", "validation", "test")  # listed first, in this order; ot
 MARKER = "corpus.json"
 DATASET_DIR = "dataset"
 FORMAT_VERSION = 1
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` so a reader never sees a half-written file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _check_row(row: Mapping[str, Any], out_dir: Path, index: int) -> None:
@@ -65,25 +58,28 @@ def _check_row(row: Mapping[str, Any], out_dir: Path, index: int) -> None:
         raise FlexispeechError(f"{out_dir}: row {row['id']}: split must be a non-empty string")
 
 
-def _ordered_splits(names: Iterable[str]) -> list[str]:
+def ordered_splits(names: Iterable[str]) -> list[str]:
+    """Split names in :data:`SPLIT_ORDER` first, in that order, then the others sorted."""
     names = set(names)
     return [s for s in SPLIT_ORDER if s in names] + sorted(names - set(SPLIT_ORDER))
 
 
-def _save_dataset_dict(dataset_dict: Any, out_dir: Path) -> None:
-    """Save ``dataset_dict`` to ``out_dir/dataset`` by writing a sibling and swapping it in."""
-    final = out_dir / DATASET_DIR
-    tmp = out_dir / f".{DATASET_DIR}.tmp{os.getpid()}"
-    old = out_dir / f".{DATASET_DIR}.old{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
+def save_dataset_dict(dataset_dict: Any, out_dir: Path) -> None:
+    """Save ``dataset_dict`` to ``out_dir/dataset``, replacing the old one atomically
+    (:func:`flexispeech.atomic.replace_dir`): a kill leaves the old rows or the new ones."""
     import datasets
 
     datasets.disable_progress_bars()  # one bar per split per save is noise: callers show their own
-    dataset_dict.save_to_disk(str(tmp))
-    if final.exists():
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with replace_dir(Path(out_dir) / DATASET_DIR) as tmp:
+        dataset_dict.save_to_disk(str(tmp))
+
+
+def load_dataset_dict(directory: Path) -> Any:
+    """The ``DatasetDict`` that :func:`save_dataset_dict` saved in ``directory`` (its previous
+    copy when a save was killed between its two renames)."""
+    import datasets
+
+    return datasets.load_from_disk(str(existing_dir(Path(directory) / DATASET_DIR)))
 
 
 def _summary(dataset_dict: Any, name: str, info: dict | None) -> dict:
@@ -135,10 +131,10 @@ def write_corpus(
     for row in rows:
         by_split.setdefault(row["split"], []).append({c: row.get(c) for c in columns})
     dataset_dict = datasets.DatasetDict(
-        {s: datasets.Dataset.from_list(by_split[s]) for s in _ordered_splits(by_split)}
+        {s: datasets.Dataset.from_list(by_split[s]) for s in ordered_splits(by_split)}
     )
-    _save_dataset_dict(dataset_dict, out_dir)
-    _atomic_write_text(marker, json.dumps(_summary(dataset_dict, name, info), indent=2) + "\n")
+    save_dataset_dict(dataset_dict, out_dir)
+    write_text(marker, json.dumps(_summary(dataset_dict, name, info), indent=2) + "\n")
     return out_dir
 
 
@@ -169,11 +165,9 @@ def load_corpus(corpus_dir: Path, split: str | None = None) -> Any:
         FlexispeechError: ``corpus_dir`` has no ``corpus.json``, or ``split`` does not exist
             (the message lists the splits that do).
     """
-    import datasets
-
     corpus_dir = Path(corpus_dir)
     read_corpus_info(corpus_dir)
-    dataset_dict = datasets.load_from_disk(str(corpus_dir / DATASET_DIR))
+    dataset_dict = load_dataset_dict(corpus_dir)
     if split is None:
         return dataset_dict
     if split not in dataset_dict:
@@ -199,8 +193,10 @@ def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> No
     """Add (or replace) ``columns`` in ``split`` of the corpus, e.g. cached signals.
 
     Each list must have one value per row of the split, in row order. The dataset is
-    rewritten beside the old one and swapped in, then ``corpus.json`` is refreshed, so an
-    interruption leaves the previous corpus intact.
+    rewritten beside the old one and swapped in (:func:`save_dataset_dict`), one atomic
+    step: a kill leaves the previous rows or the new ones. ``corpus.json`` is not rewritten
+    (rows, splits and hours are unchanged; its ``columns`` are those the corpus was written
+    with).
 
     Raises:
         FlexispeechError: not a corpus, unknown split, a column of the wrong length, or an
@@ -209,7 +205,6 @@ def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> No
     import datasets
 
     corpus_dir = Path(corpus_dir)
-    info = read_corpus_info(corpus_dir)
     dataset_dict = load_corpus(corpus_dir)
     if split not in dataset_dict:
         raise FlexispeechError(
@@ -228,9 +223,7 @@ def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> No
         ds = ds.add_column(name, list(values))
     # The new split is written beside the old files (still memory-mapped) before the swap.
     new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
-    _save_dataset_dict(new, corpus_dir)
-    summary = _summary(new, info.get("name", corpus_dir.name), info.get("info"))
-    _atomic_write_text(corpus_dir / MARKER, json.dumps(summary, indent=2) + "\n")
+    save_dataset_dict(new, corpus_dir)
 
 
 def is_clean(snr: float | None) -> bool:

@@ -52,7 +52,7 @@ class TextTaskSplit(Dataset):
         seed: int = 0,
         target: str = "answer",
     ) -> None:
-        from data_prep.text_tasks import load_text_task, read_text_task_info
+        from flexispeech.data.text_format import load_text_task, read_text_task_info
 
         if target not in TARGETS:
             raise ConfigError(f"data.target: expected one of {list(TARGETS)}, got {target!r}")
@@ -129,7 +129,7 @@ def open_split(
 
     ``max_duration`` applies to speech only, ``target`` to text only.
     """
-    from data_prep.text_tasks import is_text_task
+    from flexispeech.data.text_format import is_text_task
 
     if is_text_task(Path(path)):
         return TextTaskSplit(path, split, max_examples=max_examples, seed=seed, target=target)

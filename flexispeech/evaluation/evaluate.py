@@ -11,7 +11,6 @@ import json
 import math
 import sys
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,26 +22,9 @@ from flexispeech.data.speech import CorpusSplit, make_collate
 from flexispeech.errors import AudioError, FlexispeechError
 from flexispeech.lora.inject import get_state, use_ranks
 from flexispeech.lora.plans import rank_sort_order
-from flexispeech.lora.stats import count_parameters
+from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, snr_bucket
 from flexispeech.evaluation.metrics import error_counts, utterance_wer
 from flexispeech.data.text import TextTaskSplit
-
-SNR_BUCKETS = ((20.0, "≥20 dB"), (10.0, "10–20 dB"), (5.0, "5–10 dB"), (-math.inf, "<5 dB"))
-DURATION_BUCKETS = ((15.0, "≥15 s"), (8.0, "8–15 s"), (3.0, "3–8 s"), (0.0, "<3 s"))
-SNR_ORDER = ["clean"] + [name for _, name in SNR_BUCKETS]
-DURATION_ORDER = [name for _, name in reversed(DURATION_BUCKETS)]
-
-
-def snr_bucket(snr: float | None) -> str:
-    """The SNR bucket of a mixing SNR (None/NaN = no noise added = clean)."""
-    if snr is None or snr != snr:
-        return "clean"
-    return next(name for low, name in SNR_BUCKETS if snr >= low)
-
-
-def duration_bucket(duration: float) -> str:
-    return next(name for low, name in DURATION_BUCKETS if duration >= low)
-
 
 def decode_split(
     model: torch.nn.Module,
@@ -144,22 +126,6 @@ def summarize(
     }
     result["utterances"] = list(records)
     return result
-
-
-def rank_summary(model: torch.nn.Module | None, ranks: Sequence[int]) -> dict[str, Any]:
-    """Rank histogram, mean rank, and total / mean active adapter parameters of an
-    evaluation's per-example ranks (zeros for a base model)."""
-    summary: dict[str, Any] = {
-        "rank_histogram": {str(k): v for k, v in sorted(Counter(ranks).items())},
-        "mean_rank": sum(ranks) / len(ranks) if ranks else 0.0,
-        "adapter_params_total": 0,
-        "active_params_mean": 0.0,
-    }
-    if model is not None and ranks:
-        params = count_parameters(model, ranks)
-        summary["adapter_params_total"] = params.total
-        summary["active_params_mean"] = params.active_mean
-    return summary
 
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> Path:

@@ -9,30 +9,19 @@ from pathlib import Path
 from typing import Any
 
 from flexispeech.errors import FlexispeechError
-
-
-def pct(x: float | None) -> str:
-    """A rate as a percentage with one decimal ('–' when undefined)."""
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{100 * x:.1f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
+from flexispeech.evaluation.breakdown import DURATION_ORDER, SNR_ORDER
+from flexispeech.evaluation.tables import markdown_table, pct
+from flexispeech.evaluation.text_report import KIND, markdown_text_summary, text_compare_table
 
 
 def markdown_summary(result: dict[str, Any]) -> str:
     """A markdown report of one evaluation (results.md)."""
-    from flexispeech.evaluation.evaluate import DURATION_ORDER, SNR_ORDER
-    from flexispeech.evaluation.text_report import KIND, markdown_text_summary
-
     if result.get("kind") == KIND:
         return markdown_text_summary(result)
     o = result["overall"]
     parts = [
         f"# {result['name']}\n",
-        _table(
+        markdown_table(
             ["utterances", "WER %", "CER %", "sub", "del", "ins", "mean rank", "active adapter params", "RTF"],
             [[result["n"], pct(o["wer"]), pct(o["cer"]), o["sub"], o["del"], o["ins"], f"{result['mean_rank']:.2f}",
               f"{result['active_params_mean']:,.0f}", f"{result['rtf']:.3f}"]],
@@ -43,10 +32,10 @@ def markdown_summary(result: dict[str, Any]) -> str:
         table = result[key]
         names = [n for n in order if n in table] if order else sorted(table)
         rows = [[n, table[n]["n"], pct(table[n]["wer"]), table[n]["ins"]] for n in names]
-        parts.append(f"\n## WER by {title}\n\n" + _table([title, "utterances", "WER %", "insertions"], rows))
+        parts.append(f"\n## WER by {title}\n\n" + markdown_table([title, "utterances", "WER %", "insertions"], rows))
     if result["rank_histogram"]:
         rows = [[r, n] for r, n in result["rank_histogram"].items()]
-        parts.append("\n## Ranks used\n\n" + _table(["rank", "utterances"], rows))
+        parts.append("\n## Ranks used\n\n" + markdown_table(["rank", "utterances"], rows))
     if o.get("n_empty_refs"):
         parts.append(f"\n{o['n_empty_refs']} utterance(s) with an empty normalised reference are not scored.\n")
     if result.get("skipped"):
@@ -73,9 +62,6 @@ def load_run(path: str | Path) -> dict[str, Any]:
 
 def compare_table(results: Sequence[dict[str, Any]]) -> str:
     """Runs side by side: WER overall, by SNR bucket, on unseen voices; ranks; parameters; time."""
-    from flexispeech.evaluation.evaluate import SNR_ORDER
-    from flexispeech.evaluation.text_report import KIND, text_compare_table
-
     kinds = {r.get("kind", "speech") for r in results}
     if len(kinds) > 1:
         raise FlexispeechError("compare: cannot put speech and text-task results in one table")
@@ -93,7 +79,7 @@ def compare_table(results: Sequence[dict[str, Any]]) -> str:
             + [pct(unseen), r["overall"]["ins"], f"{r['mean_rank']:.2f}", f"{r['active_params_mean']:,.0f}",
                "–" if train_s is None else f"{train_s:.0f}"]
         )
-    return _table(header, rows)
+    return markdown_table(header, rows)
 
 
 def plot_wer_by_snr(results: Sequence[dict[str, Any]], path: str | Path) -> Path:
@@ -102,8 +88,6 @@ def plot_wer_by_snr(results: Sequence[dict[str, Any]], path: str | Path) -> Path
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from flexispeech.evaluation.evaluate import SNR_ORDER
 
     buckets = [n for n in SNR_ORDER if any(n in r["by_snr"] for r in results)]
     fig, ax = plt.subplots(figsize=(7, 4))

@@ -13,7 +13,8 @@ from typing import Any
 
 import torch
 
-from flexispeech.evaluation.evaluate import rank_summary
+from flexispeech.evaluation.breakdown import rank_summary
+from flexispeech.evaluation.tables import markdown_table, pct
 from flexispeech.evaluation.text_metrics import exact_match, extract_final_number, numeric_match, token_f1
 
 KIND = "text"  # results["kind"]: how report.py tells text results from speech ones
@@ -91,16 +92,6 @@ def rescore_text(result: dict[str, Any]) -> dict[str, Any]:
     return {**result, **{k: v for k, v in fresh.items() if k not in RANK_KEYS}}
 
 
-def _pct(x: float | None) -> str:
-    return "–" if x is None or x != x else f"{100 * x:.1f}"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def _headline(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(column title, score key) of the task's metrics: accuracy, or EM and F1."""
     return [("accuracy %", "accuracy")] if result["metric"] == "accuracy" else [("EM %", "em"), ("F1 %", "f1")]
@@ -112,16 +103,16 @@ def markdown_text_summary(result: dict[str, Any]) -> str:
     o = result["overall"]
     parts = [
         f"# {result['name']} ({result['task']})\n\n",
-        _table(["questions", *[c for c, _ in cols], "mean rank", "active adapter params", "decode s"],
-               [[o["n"], *[_pct(o[k]) for _, k in cols], f"{result['mean_rank']:.2f}",
-                 f"{result['active_params_mean']:,.0f}", f"{result['decode_s']:.1f}"]]),
+        markdown_table(["questions", *[c for c, _ in cols], "mean rank", "active adapter params", "decode s"],
+                       [[o["n"], *[pct(o[k]) for _, k in cols], f"{result['mean_rank']:.2f}",
+                         f"{result['active_params_mean']:,.0f}", f"{result['decode_s']:.1f}"]]),
         "\n## By difficulty level\n\n",
-        _table(["level", "questions", *[c for c, _ in cols], "mean rank"],
-               [[lvl, s["n"], *[_pct(s[k]) for _, k in cols], "–" if s["mean_rank"] is None else f"{s['mean_rank']:.2f}"]
-                for lvl, s in result["by_difficulty"].items()]),
+        markdown_table(["level", "questions", *[c for c, _ in cols], "mean rank"],
+                       [[lvl, s["n"], *[pct(s[k]) for _, k in cols], "–" if s["mean_rank"] is None else f"{s['mean_rank']:.2f}"]
+                        for lvl, s in result["by_difficulty"].items()]),
     ]
     if result["rank_histogram"]:
-        parts.append("\n## Ranks used\n\n" + _table(["rank", "questions"], list(result["rank_histogram"].items())))
+        parts.append("\n## Ranks used\n\n" + markdown_table(["rank", "questions"], list(result["rank_histogram"].items())))
     return "".join(parts)
 
 
@@ -137,8 +128,8 @@ def text_compare_table(results: Sequence[dict[str, Any]]) -> str:
     rows = []
     for r in results:
         train_s = r.get("train", {}).get("train_time_s")
-        rows.append([r["name"], *[_pct(r["overall"][k]) for _, k in cols],
-                     *[_pct(r["by_difficulty"].get(lvl, {}).get(key)) for lvl in levels],
+        rows.append([r["name"], *[pct(r["overall"][k]) for _, k in cols],
+                     *[pct(r["by_difficulty"].get(lvl, {}).get(key)) for lvl in levels],
                      f"{r['mean_rank']:.2f}", f"{r['active_params_mean']:,.0f}",
                      "–" if train_s is None else f"{train_s:.0f}"])
-    return _table(header, rows)
+    return markdown_table(header, rows)

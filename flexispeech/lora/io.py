@@ -6,15 +6,14 @@ Directory layout written by ``save_adapter``::
     adapter_model.safetensors  "<layer>.lora_A" [r_max, in], "<layer>.lora_B" [out, r_max]
     router.json                the attached router (when there is one)
 
-Every file is written to a temporary name and renamed, so an interrupted save never
-leaves a half-written file under the final name.
+``save_adapter`` writes the directory whole into a temporary one and swaps it in
+(:func:`flexispeech.atomic.replace_dir`), so an interrupted save leaves the previous
+adapter or the new one, never weights of one save beside the config of another.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -22,66 +21,61 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from flexispeech import __version__
+from flexispeech.atomic import existing_dir, replace_dir, write_file, write_text
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import attach_router, check_ranks, flexi_layers, get_state, inject
 from flexispeech.lora.router import router_from_dict
+from flexispeech.version import __version__
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
 ROUTER_NAME = "router.json"
 FORMAT = "flexispeech-adapter"
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` then rename the temporary file onto ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+ADAPTER_FILES = (CONFIG_NAME, WEIGHTS_NAME, ROUTER_NAME)
 
 
 def write_json(path: Path, data: Any) -> None:
     """Write ``data`` as indented JSON to ``path`` atomically."""
-    _atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
+    write_text(path, json.dumps(data, indent=2) + "\n")
 
 
 def save_adapter(model: nn.Module, directory: str | Path) -> Path:
-    """Save the adapter weights, its config and the attached router into ``directory``."""
+    """Save the adapter weights, its config and the attached router into ``directory``.
+
+    The directory is the adapter's own and is replaced whole, atomically: one that holds
+    files other than an adapter's is refused rather than emptied.
+    """
     state = get_state(model)
     directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    foreign = sorted(p.name for p in directory.iterdir() if p.name not in ADAPTER_FILES) if directory.is_dir() else []
+    if foreign:
+        raise FlexispeechError(f"{directory}: holds files that are not an adapter's ({', '.join(foreign[:5])}); "
+                               "save the adapter into a directory of its own")
     layers = flexi_layers(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers:
         tensors[f"{name}.lora_A"] = layer.lora_A.detach().contiguous().cpu()
         tensors[f"{name}.lora_B"] = layer.lora_B.detach().contiguous().cpu()
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
-    router_path = directory / ROUTER_NAME
-    if state.router is not None:
-        write_json(router_path, state.router.to_dict())
-    elif router_path.exists():
-        router_path.unlink()  # a stale router from an earlier save must not come back
-    write_json(
-        directory / CONFIG_NAME,
-        {
-            "format": FORMAT,
-            "flexispeech_version": __version__,
-            "config": state.config.to_dict(),
-            "layers": {name: [layer.in_features, layer.out_features] for name, layer in layers},
-        },
-    )
+    with replace_dir(directory) as tmp:  # a router of an earlier save goes with the old directory
+        save_file(tensors, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
+        if state.router is not None:
+            write_json(tmp / ROUTER_NAME, state.router.to_dict())
+        write_json(
+            tmp / CONFIG_NAME,
+            {
+                "format": FORMAT,
+                "flexispeech_version": __version__,
+                "config": state.config.to_dict(),
+                "layers": {name: [layer.in_features, layer.out_features] for name, layer in layers},
+            },
+        )
     return directory
 
 
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """The parsed ``adapter_config.json`` of a saved adapter, validated."""
-    path = Path(directory) / CONFIG_NAME
+    path = existing_dir(directory) / CONFIG_NAME
     if not path.is_file():
         raise FlexispeechError(f"{directory}: not a flexispeech adapter (no {CONFIG_NAME})")
     try:
@@ -97,7 +91,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load a saved adapter into ``model``: injects it with the saved config when the model
     has no adapter yet, and checks every layer name and shape (a mismatch names the layer
     and both shapes, e.g. an adapter saved for another base model). Returns ``model``."""
-    directory = Path(directory)
+    directory = existing_dir(directory)  # the previous save, when a save was killed between its renames
     data = read_adapter_config(directory)
     config = FlexiLoraConfig.from_dict(data["config"])
     weights_path = directory / WEIGHTS_NAME
@@ -168,5 +162,5 @@ def export_peft(model: nn.Module, directory: str | Path, rank: int, base_model_n
     for name, layer in layers:
         tensors[f"base_model.model.{name}.lora_A.weight"] = layer.lora_A[:rank].detach().contiguous().cpu()
         tensors[f"base_model.model.{name}.lora_B.weight"] = layer.lora_B[:, :rank].detach().contiguous().cpu()
-    _atomic_write(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
+    write_file(directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata={"format": "pt"}))
     return directory

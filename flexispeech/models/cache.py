@@ -1,27 +1,25 @@
 """The flexispeech cache directory and atomic creation of directories in it.
 
 A converted checkpoint is written into a temporary sibling directory and renamed into
-place only when complete, with a marker file inside: an interrupted conversion leaves
-at most a ``.tmp-*`` directory, which is never mistaken for a result and is replaced by
-the next attempt.
+place only when complete, with a marker file inside (:mod:`flexispeech.atomic`): an
+interrupted conversion leaves at most a ``.tmp-*`` directory, which is never mistaken for
+a result and is removed by the next attempt.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import sys
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from flexispeech.atomic import create_dir, replace_dir
 from flexispeech.errors import FlexispeechError
 
 CACHE_ENV = "FLEXISPEECH_CACHE"
 # Written last into a finished directory; its presence is what "complete" means.
 COMPLETE_MARKER = ".flexispeech-complete"
-TMP_INFIX = ".tmp-"
 
 
 def cache_root() -> Path:
@@ -48,11 +46,14 @@ def is_complete(directory: Path) -> bool:
 
 @contextlib.contextmanager
 def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield a fresh temporary directory that becomes ``target`` when the block succeeds.
+    """Yield a fresh temporary directory that becomes ``target``, marked complete, when the
+    block succeeds.
 
-    The temporary directory is ``<parent>/.<name>.tmp-<pid>-<random>``; on an exception
-    it is removed, and leftovers of killed processes are removed by the next call. If another process finished ``target`` first (a concurrent conversion), its
-    result is kept and ours is discarded.
+    Without ``overwrite`` it is :func:`flexispeech.atomic.create_dir`: if another process
+    finished ``target`` first (a concurrent conversion), its result is kept and ours
+    discarded. With ``overwrite`` an existing ``target`` is replaced by
+    :func:`flexispeech.atomic.replace_dir` (two renames, the old copy kept until the new
+    one is in place). On an exception the temporary directory is removed.
 
     Raises:
         FlexispeechError: ``target`` exists and is not empty, and ``overwrite`` is False.
@@ -60,48 +61,6 @@ def atomic_dir(target: str | Path, overwrite: bool = False) -> Iterator[Path]:
     target = Path(target)
     if target.exists() and any(target.iterdir()) and not overwrite:
         raise FlexispeechError(f"{target}: already exists and is not empty (remove it first)")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_tmp(target)
-    tmp = target.parent / f".{target.name}{TMP_INFIX}{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
-    try:
+    with (replace_dir if overwrite else create_dir)(target) as tmp:
         yield tmp
         (tmp / COMPLETE_MARKER).write_text("ok\n")
-        if overwrite and target.exists():
-            shutil.rmtree(target)
-        elif target.is_dir() and not any(target.iterdir()):
-            target.rmdir()
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not is_complete(target):
-                raise
-            # A concurrent writer won the race with an equally complete result.
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-def remove_stale_tmp(target: Path) -> None:
-    """Remove ``.<name>.tmp-<pid>-*`` siblings of ``target`` left by dead processes.
-
-    A temp dir whose writer (same host) is still running is left alone, so two
-    concurrent conversions do not destroy each other's work.
-    """
-    for stale in target.parent.glob(f".{target.name}{TMP_INFIX}*"):
-        pid_text = stale.name.rsplit(TMP_INFIX, 1)[1].split("-", 1)[0]
-        if pid_text.isdigit() and _alive(int(pid_text)):
-            continue
-        shutil.rmtree(stale, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    """Whether a process with this id exists (signal 0 probes without signalling)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

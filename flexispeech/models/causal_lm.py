@@ -18,7 +18,7 @@ from torch import nn
 
 from flexispeech.errors import ConfigError
 from flexispeech.models.common import from_pretrained, resolve_source
-from flexispeech.models.family import Example
+from flexispeech.models.example import Example
 
 DEFAULT_SOURCE = "smollm2-135m-instruct"
 DEFAULT_MAX_NEW_TOKENS = 64  # answers of the text tasks are short

@@ -9,30 +9,13 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-import numpy as np
 import torch
 from torch import nn
 
 from flexispeech.errors import ConfigError
-
-
-@dataclass
-class Example:
-    """One item of a batch, as the data layer hands it to a family.
-
-    ``audio`` is 16 kHz mono float32 [T] for speech families (None for text); ``text`` is
-    the reference transcript (speech) or the answer (text tasks); ``prompt`` is the
-    question with its context (text tasks only); ``signals`` are its complexity signals.
-    """
-
-    id: str
-    text: str
-    audio: np.ndarray | None = None
-    prompt: str | None = None
-    signals: dict[str, float] = field(default_factory=dict)
+from flexispeech.models.example import Example  # in a module of its own: the families need it, and get_family loads them
 
 
 class ModelFamily(Protocol):

@@ -9,12 +9,14 @@ pretrained vocabulary file may be assumed to exist offline.
 
 from __future__ import annotations
 
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 
 SIZES = ("tiny",)
@@ -136,11 +138,32 @@ def char_vocab() -> dict[str, int]:
     return {s: i for i, s in enumerate(symbols)}
 
 
+def build_processor(vocab: dict[str, int]) -> Any:
+    """A ``Wav2Vec2Processor`` for the character ``vocab`` (symbol -> id): ``<pad>`` is the
+    CTC blank, ``|`` the word delimiter, ``<unk>`` anything else."""
+    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
+
+    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer only reads a vocab file
+        path = Path(tmp) / "vocab.json"
+        path.write_text(json.dumps(vocab))
+        tokenizer = Wav2Vec2CTCTokenizer(
+            str(path),
+            unk_token="<unk>",
+            pad_token="<pad>",
+            word_delimiter_token="|",
+            bos_token=None,  # CTC has no sentence markers; without these the tokenizer adds <s> and </s>
+            eos_token=None,
+            do_lower_case=False,
+        )
+    features = Wav2Vec2FeatureExtractor(
+        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
+    )
+    return Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer)
+
+
 def random_wav2vec2(size: str = "tiny") -> tuple[Any, Any]:
     """A 2-layer Wav2Vec2ForCTC (hidden 32) with the character vocabulary; (model, processor)."""
     from transformers import Wav2Vec2Config, Wav2Vec2ForCTC
-
-    from flexispeech.models.wav2vec2 import build_processor
 
     processor = build_processor(char_vocab())
     config = Wav2Vec2Config(

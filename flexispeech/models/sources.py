@@ -28,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from flexispeech.atomic import existing_dir
 from flexispeech.errors import FlexispeechError
 from flexispeech.models.cache import atomic_dir, cache_root, is_complete
 from flexispeech.models.ct2_convert import convert_ct2_whisper
@@ -202,8 +203,9 @@ def _convert_once(key: str, convert: Callable[[Path], object]) -> Path:
     incomplete directory is replaced.
     """
     out = cache_root() / "models" / key
-    if is_complete(out):
-        return out
+    found = existing_dir(out)  # the previous copy, when a replacement was killed between its renames
+    if is_complete(found):
+        return found
     out.parent.mkdir(parents=True, exist_ok=True)
     if out.exists():  # incomplete leftover (made by hand, or by a foreign tool)
         shutil.rmtree(out)

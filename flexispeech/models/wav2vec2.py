@@ -9,11 +9,8 @@ attention mask), so the per-example ranks of ``use_ranks`` line up with the rows
 
 from __future__ import annotations
 
-import json
 import re
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,30 +20,7 @@ from torch import nn
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 from flexispeech.models.common import from_pretrained, resolve_source
-from flexispeech.models.family import Example
-
-
-def build_processor(vocab: dict[str, int]) -> Any:
-    """A ``Wav2Vec2Processor`` for the character ``vocab`` (symbol -> id): ``<pad>`` is the
-    CTC blank, ``|`` the word delimiter, ``<unk>`` anything else."""
-    from transformers import Wav2Vec2CTCTokenizer, Wav2Vec2FeatureExtractor, Wav2Vec2Processor
-
-    with tempfile.TemporaryDirectory() as tmp:  # the tokenizer only reads a vocab file
-        path = Path(tmp) / "vocab.json"
-        path.write_text(json.dumps(vocab))
-        tokenizer = Wav2Vec2CTCTokenizer(
-            str(path),
-            unk_token="<unk>",
-            pad_token="<pad>",
-            word_delimiter_token="|",
-            bos_token=None,  # CTC has no sentence markers; without these the tokenizer adds <s> and </s>
-            eos_token=None,
-            do_lower_case=False,
-        )
-    features = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
-    )
-    return Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer)
+from flexispeech.models.example import Example
 
 
 def normalize_text(text: str, vocab: dict[str, int]) -> str:

@@ -28,12 +28,13 @@ from torch import nn
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 from flexispeech.models.common import from_pretrained, ranks_of_rows, resolve_source
-from flexispeech.models.family import Example
+from flexispeech.models.example import Example
 
 DEFAULT_SOURCE = "whisper-tiny.en"
 HOP_LENGTH = 160  # samples per mel frame: 10 ms at 16 kHz
 FRAMES_PER_POSITION = 2  # the encoder's second conv has stride 2
 SAMPLES_PER_POSITION = HOP_LENGTH * FRAMES_PER_POSITION  # 320 samples = 20 ms per encoder position
+POSITIONS_PER_SECOND = SAMPLE_RATE // SAMPLES_PER_POSITION  # 16000 / 320 = 50 encoder positions per second
 FULL_POSITIONS = 1500  # 30 s / 20 ms
 FULL_EMBED_ATTR = "_flexispeech_full_positions"
 FRAMES_PER_SECOND = 100  # mel frames per second (10-ms hop)

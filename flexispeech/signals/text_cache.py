@@ -32,6 +32,8 @@ import torch
 from tqdm.auto import tqdm
 
 from flexispeech.data.speech import SIGNAL_PREFIX, make_collate
+from flexispeech.data.text_format import add_task_columns, load_text_task, read_text_task_info
+from flexispeech.models.causal_lm import DEFAULT_SOURCE
 from flexispeech.signals.text import prompt_perplexity, text_signals
 from flexispeech.evaluation.text_metrics import numeric_match, token_f1
 
@@ -81,8 +83,6 @@ def gold_answer_nll(model: torch.nn.Module, tokenizer: Any, split: Any, batch_si
 
 def cache_surface_signals(task_dir: str | Path, split: str, force: bool = False) -> bool:
     """Add the surface-count signal columns to ``split``; returns whether anything was computed."""
-    from data_prep.text_tasks import add_task_columns, load_text_task
-
     ds = load_text_task(Path(task_dir), split)
     columns = [SIGNAL_PREFIX + name for name in SURFACE_SIGNALS]
     if not force and all(c in ds.column_names for c in columns):
@@ -95,8 +95,6 @@ def cache_surface_signals(task_dir: str | Path, split: str, force: bool = False)
 def missing_model_columns(task_dir: str | Path, split: str, labels: bool, force: bool) -> tuple[bool, bool]:
     """Whether ``split`` still needs (the prompt perplexity, the label columns): what
     ``cache_model_signals`` computes, and whether the base model must be loaded at all."""
-    from data_prep.text_tasks import load_text_task
-
     have = set(load_text_task(Path(task_dir), split).column_names)
     return force or PPL_COLUMN not in have, labels and (force or not all(c in have for c in LABEL_COLUMNS))
 
@@ -115,7 +113,6 @@ def cache_model_signals(
     """Cache ``signal_prompt_ppl`` of ``split`` and, with ``labels``, the columns of
     ``LABEL_COLUMNS`` (gold-answer NLL, one greedy decoding of the base model's answers,
     their score, the difficulty). Returns whether anything was computed."""
-    from data_prep.text_tasks import add_task_columns
     from flexispeech.models.causal_lm import FAMILY
     from flexispeech.data.text import TextTaskSplit
 
@@ -146,7 +143,7 @@ def cache_model_signals(
 def cache_text_signals(
     task_dir: str | Path,
     splits: list[str],
-    model_source: str | None = "smollm2-135m-instruct",
+    model_source: str | None = DEFAULT_SOURCE,
     batch_size: int = 8,
     max_new_tokens: int = 96,
     device: str = "cpu",
@@ -163,7 +160,6 @@ def cache_text_signals(
     Returns:
         split -> names of the ``signal_*`` columns the split now has.
     """
-    from data_prep.text_tasks import load_text_task
     from flexispeech.models.causal_lm import FAMILY
 
     label_splits = list(splits) if label_splits is None else label_splits
@@ -187,11 +183,9 @@ def cache_text_signals(
 def run_text_signals(args: Any) -> int:
     """``flexispeech signals TASK_DIR`` on a text task (``--model`` defaults to the task's
     causal LM, ``smollm2-135m-instruct``; ``--model none`` computes the surface counts only)."""
-    from data_prep.text_tasks import read_text_task_info
-
     info = read_text_task_info(Path(args.corpus))
     splits = [s for s in args.splits.split(",") if s in info["splits"]]
-    source = None if (args.model or "").lower() == "none" else (args.model or "smollm2-135m-instruct")
+    source = None if (args.model or "").lower() == "none" else (args.model or DEFAULT_SOURCE)
     label_splits = splits if args.label_splits is None else [s for s in args.label_splits.split(",") if s]
     have = cache_text_signals(args.corpus, splits, source, args.batch_size, args.max_new_tokens, args.device, args.force,
                               label_splits=label_splits)

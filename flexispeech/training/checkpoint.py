@@ -2,15 +2,15 @@
 
 A checkpoint is a directory ``<output_dir>/checkpoint`` holding the adapter files
 (``save_adapter``) and ``trainer_state.pt`` (step, data position, optimizer, scheduler,
-RNG states). It is written as ``checkpoint.tmp`` and swapped in by renames, so a kill at
-any moment leaves either the previous checkpoint or the new one, never a torn one.
+RNG states). It is written into a temporary directory and swapped in by two renames
+(:func:`flexispeech.atomic.replace_dir`), so a kill at any moment leaves the previous
+checkpoint or the new one, never a torn one; after a kill between the two renames only
+``checkpoint.old`` is there, and :func:`find_checkpoint` resumes from it.
 """
 
 from __future__ import annotations
 
-import os
 import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from flexispeech.atomic import existing_dir, replace_dir
 from flexispeech.errors import FlexispeechError
 from flexispeech.lora.io import load_adapter, save_adapter
 
@@ -58,37 +59,28 @@ def save_checkpoint(
     scheduler: Any,
     router_state: Any = None,
 ) -> Path:
-    """Write the checkpoint atomically (temp dir, then renames) and return its path."""
+    """Write the checkpoint atomically (a temporary directory, then two renames) and return its path."""
     final = output_dir / CHECKPOINT_DIR
-    tmp = output_dir / f"{CHECKPOINT_DIR}.tmp"
-    old = output_dir / f"{CHECKPOINT_DIR}.old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_adapter(model, tmp)
-    torch.save(
-        {
-            "trainer": trainer.__dict__,
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": rng_state(),
-            "router": router_state,
-        },
-        tmp / STATE_NAME,
-    )
-    if final.exists():
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
+    with replace_dir(final) as tmp:
+        save_adapter(model, tmp)
+        torch.save(
+            {
+                "trainer": trainer.__dict__,
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": rng_state(),
+                "router": router_state,
+            },
+            tmp / STATE_NAME,
+        )
     return final
 
 
 def find_checkpoint(output_dir: Path) -> Path | None:
-    """The checkpoint to resume from, also after a kill between the two renames."""
-    for name in (CHECKPOINT_DIR, f"{CHECKPOINT_DIR}.old"):
-        path = output_dir / name
-        if (path / STATE_NAME).is_file():
-            return path
-    return None
+    """The checkpoint to resume from, also after a kill between the two renames
+    (``checkpoint.old``); None when there is none."""
+    path = existing_dir(output_dir / CHECKPOINT_DIR)
+    return path if (path / STATE_NAME).is_file() else None
 
 
 def load_checkpoint(

@@ -21,6 +21,7 @@ import torch
 import yaml
 from tqdm.auto import tqdm
 
+from flexispeech.atomic import write_file
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from flexispeech.training.config import RunConfig, to_dict
 from flexispeech.data.speech import CorpusSplit, LengthBucketSampler, make_collate
@@ -33,11 +34,10 @@ from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import get_family
 from flexispeech.models.family import load_model as load_family_model
+from flexispeech.models.whisper import POSITIONS_PER_SECOND
 from flexispeech.models.whisper_prefix import encode_prefix, frozen_prefix_pattern, loss_from_prefix
 from flexispeech.training.routing import build_routers
 from flexispeech.data.text import open_split
-
-WHISPER_FRAMES_PER_S = 50  # encoder positions per second of audio (1500 = 30 s)
 
 
 def _hist(counts: Counter | dict[int, int]) -> str:
@@ -108,7 +108,7 @@ def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
 
     max_duration = cfg.data.max_duration
     if cfg.model.family == "whisper" and cfg.model.audio_ctx:
-        window = cfg.model.audio_ctx / WHISPER_FRAMES_PER_S
+        window = cfg.model.audio_ctx / POSITIONS_PER_SECOND
         max_duration = window if max_duration is None else min(max_duration, window)
     split = open_split(cfg.data.corpus, cfg.data.train_split, max_duration, cfg.data.max_train_examples, cfg.seed, cfg.data.target)
     signals = split.all_signals()
@@ -266,7 +266,6 @@ def build_prefix_cache(
         inputs = collate([split[i] for i in range(start, min(start + batch_size, len(split)))])["inputs"]
         cache += list(encode_prefix(model, inputs["input_features"], n_layers).cpu())
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({"prefix": torch.stack(cache).contiguous()}, str(tmp))
-    tmp.replace(path)  # atomic: a killed run never leaves a truncated cache under the final name
+    prefix = {"prefix": torch.stack(cache).contiguous()}
+    write_file(path, lambda tmp: save_file(prefix, str(tmp)))  # a killed run never leaves a truncated cache
     return cache

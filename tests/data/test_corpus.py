@@ -1,4 +1,4 @@
-"""The corpus format: write, load, relocate, add columns, errors."""
+"""The corpus format: write, load, relocate, add columns, errors, interrupted writes."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from interruptions import views_at_every_kill
 
 from flexispeech.data.corpus import (
     REQUIRED_COLUMNS,
@@ -17,6 +18,7 @@ from flexispeech.data.corpus import (
     audio_path,
     load_corpus,
     load_row_audio,
+    read_corpus_info,
     write_corpus,
 )
 from flexispeech.errors import FlexispeechError
@@ -32,17 +34,22 @@ def _tone(seconds: float, freq: float) -> np.ndarray:
 @pytest.fixture()
 def corpus_rows(tmp_path: Path) -> tuple[Path, list[dict]]:
     """Three tiny wavs in tmp_path/audio and their rows (two train, one test)."""
-    (tmp_path / "audio" / "a").mkdir(parents=True)
+    return tmp_path, audio_rows(tmp_path)
+
+
+def audio_rows(root: Path) -> list[dict]:
+    """Write three tiny wavs into ``root/audio/a``; their rows (two train, one test)."""
+    (root / "audio" / "a").mkdir(parents=True)
     specs = [("u1", 0.5, 440.0, "train"), ("u2", 0.25, 220.0, "train"), ("u3", 1.0, 330.0, "test")]
     rows = []
     for uid, secs, freq, split in specs:
         rel = f"audio/a/{uid}.wav"
-        sf.write(tmp_path / rel, _tone(secs, freq), SR, subtype="PCM_16")
+        sf.write(root / rel, _tone(secs, freq), SR, subtype="PCM_16")
         rows.append(
             {"id": uid, "audio": rel, "text": f"say {uid}", "duration": secs, "speaker": "s1",
              "split": split, "snr_db": math.nan if uid != "u2" else 10.0, "voice": "v"}
         )
-    return tmp_path, rows
+    return rows
 
 
 def test_write_and_load_roundtrip(corpus_rows: tuple[Path, list[dict]]) -> None:
@@ -105,3 +112,46 @@ def test_errors_name_the_problem(corpus_rows: tuple[Path, list[dict]], tmp_path_
         write_corpus([{"id": "x"}], root, name="x")
     with pytest.raises(FlexispeechError, match="does not exist"):
         write_corpus([dict(rows[0], audio="audio/none.wav")], root, name="x")
+
+
+def corpus_view(root: Path) -> str:
+    """What a reader of the corpus sees (corpus.json and every row, as JSON: NaN equals
+    NaN there), or "incomplete" when it is not a complete corpus."""
+    try:
+        info = read_corpus_info(root)
+        rows = {split: load_corpus(root, split).to_list() for split in info["splits"]}
+    except FlexispeechError:
+        return "incomplete"
+    return json.dumps([info, rows], sort_keys=True)
+
+
+def test_add_columns_killed_at_every_step_loads_old_or_new(tmp_path: Path) -> None:
+    def make_old(root: Path) -> None:
+        write_corpus(audio_rows(root), root, name="toy")
+        add_columns(root, "train", {"snr_est": [1.0, 2.0]})
+
+    old, new, kills = views_at_every_kill(
+        tmp_path, make_old, lambda root: add_columns(root, "train", {"snr_est": [3.0, 4.0], "proxy": [0.5, 0.25]}),
+        corpus_view,
+    )
+    assert '"proxy": 0.25' in new and '"proxy"' not in old
+    assert kills[0][1] == old and all(view in (old, new) for _, view in kills), "a mix of old and new rows"
+    # Killed between the two renames of dataset/: the reader falls back to dataset.old.
+    between = [view for steps, view in kills if steps[-1:] == ["rename dataset -> dataset.old"]]
+    assert between == [old]
+
+
+def test_write_corpus_killed_at_every_step_is_new_or_incomplete(tmp_path: Path) -> None:
+    """A rewrite (``prepare --force``) removes corpus.json first: killed, the corpus reads
+    as incomplete (re-run the build), never as old metadata over new rows."""
+
+    def make_old(root: Path) -> None:
+        write_corpus(audio_rows(root), root, name="old")
+
+    def rewrite(root: Path) -> None:
+        rows = load_corpus(root, "train").to_list() + load_corpus(root, "test").to_list()
+        write_corpus([dict(r, text=r["text"].upper()) for r in rows], root, name="new")
+
+    old, new, kills = views_at_every_kill(tmp_path, make_old, rewrite, corpus_view)
+    assert old != "incomplete" and '"SAY U1"' in new
+    assert {view for _, view in kills} <= {"incomplete", new} and "incomplete" in {view for _, view in kills}

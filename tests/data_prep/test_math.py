@@ -9,7 +9,7 @@ import re
 import pytest
 
 from data_prep.math import generate_problem, prepare_gsm8k, prepare_math
-from data_prep.text_tasks import TEXT_TASK_COLUMNS, load_text_task, read_text_task_info
+from flexispeech.data.text_format import TEXT_TASK_COLUMNS, load_text_task, read_text_task_info
 from flexispeech.errors import FlexispeechError
 from flexispeech.evaluation.text_metrics import extract_final_number
 

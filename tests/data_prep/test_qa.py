@@ -9,7 +9,7 @@ import re
 import pytest
 
 from data_prep.qa import generate_question, make_world, passage, prepare_qa, prepare_squad
-from data_prep.text_tasks import load_text_task
+from flexispeech.data.text_format import load_text_task
 from flexispeech.errors import FlexispeechError
 
 

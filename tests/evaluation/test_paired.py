@@ -30,6 +30,26 @@ def test_paired_difference_counts_and_interval() -> None:
         paired_difference([1.0], [1.0, 0.0])
 
 
+def test_bootstrap_interval_matches_a_hand_computed_case() -> None:
+    """One win in four questions: a resample of the 4 differences (0, 0, 0, 1) has mean k/4
+    with k ~ Binomial(4, 1/4), so P(mean = 0) = (3/4)^4 = 0.32 > 2.5% and
+    P(mean <= 1/2) = 1 - 4 (1/4)^3 (3/4) - (1/4)^4 = 0.949 < 97.5% <= P(mean <= 3/4) = 0.996:
+    the 95% percentile interval is [0, 3/4], whatever the seed (the margins are over five
+    standard deviations of 2000 resamples)."""
+    a, b = [1, 0, 1, 0], [1, 0, 1, 1]
+    for seed in (0, 1, 2):
+        d = paired_difference(a, b, seed=seed)
+        assert (d.delta, d.ci_low, d.ci_high) == (0.25, 0.0, 0.75)
+    # Two questions, differences (0, 1): resampled means 0, 1/2, 1 with probabilities 1/4, 1/2,
+    # 1/4, so the interval is the whole range [0, 1].
+    d = paired_difference([0, 0], [0, 1])
+    assert (d.delta, d.ci_low, d.ci_high) == (0.5, 0.0, 1.0)
+    # Pairing matters: the same scores unpaired would resample a and b independently.
+    # Here b = a + 0.1 exactly, so every paired resample has mean 0.1.
+    d = paired_difference([0.0, 0.3, 0.9, 0.5], [0.1, 0.4, 1.0, 0.6])
+    assert d.ci_low == pytest.approx(0.1) and d.ci_high == pytest.approx(0.1)
+
+
 def _run(name: str, hyps: list[str]) -> dict:
     golds = ["1", "2", "3", "4"]
     records = [{"id": f"q{i}", "hyp": h, "golds": [g], "ref": g, "difficulty": 1, "rank": None, "signals": {}}

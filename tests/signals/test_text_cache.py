@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-from data_prep.text_tasks import add_task_columns, load_text_task, read_text_task_info, write_text_task
+from flexispeech.data.text_format import add_task_columns, load_text_task, read_text_task_info, write_text_task
 from flexispeech.signals.text_cache import cache_surface_signals, difficulty_with_tie_break, score_answer
 
 
@@ -35,4 +35,4 @@ def test_surface_signals_cached_once(tmp_path) -> None:
     assert cache_surface_signals(task, "train") is False  # already there: not recomputed
     add_task_columns(task, "train", {"base_correct": [1.0, 0.0]})
     assert list(load_text_task(task, "train")["base_correct"]) == [1.0, 0.0]
-    assert "base_correct" in read_text_task_info(task)["columns"]
+    assert "base_correct" not in read_text_task_info(task)["columns"]  # task.json: the columns written; the swap is one step

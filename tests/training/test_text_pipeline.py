@@ -12,7 +12,7 @@ import torch
 
 from data_prep.math import prepare_math
 from data_prep.qa import prepare_qa
-from data_prep.text_tasks import load_text_task
+from flexispeech.data.text_format import load_text_task
 from flexispeech.cli import main
 from flexispeech.training.config import load_config
 from flexispeech.lora.io import read_adapter_config

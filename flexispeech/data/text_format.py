@@ -10,6 +10,11 @@ Each row has :data:`TEXT_TASK_COLUMNS`: ``prompt`` is what the model reads (ques
 its context), ``answer`` the gold short answer, ``solution`` a worked solution (may be
 empty), ``difficulty`` an int (0 = unlabelled), ``source`` the generator or corpus name.
 Extra columns are allowed (``answers``: every accepted gold answer, for SQuAD).
+
+The generators and importers in ``data_prep`` write text tasks with :func:`write_text_task`;
+the library reads them (``flexispeech.data.text``) and adds cached signal columns
+(``flexispeech.signals.text_cache``). Saving works as for speech corpora
+(:mod:`flexispeech.data.corpus`): the dataset is replaced atomically, the marker last.
 """
 
 from __future__ import annotations
@@ -20,8 +25,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-# The corpus format's atomic save helpers: same dataset/ layout, same swap-in semantics.
-from flexispeech.data.corpus import DATASET_DIR, _atomic_write_text, _ordered_splits, _save_dataset_dict
+from flexispeech.atomic import write_text
+# The corpus format's dataset/ layout and its atomic save and load.
+from flexispeech.data.corpus import load_dataset_dict, ordered_splits, save_dataset_dict
 from flexispeech.errors import FlexispeechError
 
 TEXT_TASK_COLUMNS = ("id", "prompt", "answer", "solution", "difficulty", "source", "split")
@@ -68,9 +74,9 @@ def write_text_task(
     for row in rows:
         row["difficulty"] = int(row["difficulty"])
         by_split.setdefault(str(row["split"]), []).append({c: row.get(c) for c in columns})
-    order = _ordered_splits(by_split)
+    order = ordered_splits(by_split)
     dataset_dict = datasets.DatasetDict({s: datasets.Dataset.from_list(by_split[s]) for s in order})
-    _save_dataset_dict(dataset_dict, out_dir)  # beside the old copy, then swapped in
+    save_dataset_dict(dataset_dict, out_dir)  # beside the old copy, then swapped in
 
     summary = {
         "name": name,
@@ -82,7 +88,7 @@ def write_text_task(
         "columns": columns,
         "info": info or {},
     }
-    _atomic_write_text(marker, json.dumps(summary, indent=2) + "\n")
+    write_text(marker, json.dumps(summary, indent=2) + "\n")
     return out_dir
 
 
@@ -106,11 +112,9 @@ def load_text_task(task_dir: Path, split: str | None = None) -> Any:
     Raises:
         FlexispeechError: no ``task.json``, or ``split`` does not exist (lists those that do).
     """
-    import datasets
-
     task_dir = Path(task_dir)
     read_text_task_info(task_dir)
-    dataset_dict = datasets.load_from_disk(str(task_dir / DATASET_DIR))
+    dataset_dict = load_dataset_dict(task_dir)
     if split is None:
         return dataset_dict
     if split not in dataset_dict:
@@ -122,7 +126,8 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
     """Add (or replace) ``columns`` in ``split`` of a text task, e.g. cached signals.
 
     Each list has one value per row of the split, in row order. As for corpora, the
-    dataset is rewritten beside the old one and swapped in, then ``task.json`` refreshed.
+    dataset is rewritten beside the old one and swapped in, one atomic step; ``task.json``
+    is not rewritten (its ``columns`` are those the task was written with).
 
     Raises:
         FlexispeechError: not a text task, unknown split, a column of the wrong length, or
@@ -131,7 +136,6 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
     import datasets
 
     task_dir = Path(task_dir)
-    info = read_text_task_info(task_dir)
     dataset_dict = load_text_task(task_dir)
     if split not in dataset_dict:
         raise FlexispeechError(f"{task_dir}: no split {split!r}; available: {', '.join(dataset_dict)}")
@@ -145,6 +149,4 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
             ds = ds.remove_columns(name)
         ds = ds.add_column(name, list(values))
     new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
-    _save_dataset_dict(new, task_dir)
-    info["columns"] = list(dict.fromkeys([*info.get("columns", []), *columns]))
-    _atomic_write_text(task_dir / MARKER, json.dumps(info, indent=2) + "\n")
+    save_dataset_dict(new, task_dir)

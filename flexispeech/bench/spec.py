@@ -1,0 +1,28 @@
+"""What one ``flexispeech bench`` run measures: the model shape, the batch and the timing.
+
+Its own module because both the variants (``variants``) and the timed steps (``steps``)
+read it, and the variants call the steps.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from flexispeech.models.whisper import FULL_POSITIONS
+
+
+@dataclass
+class BenchSpec:
+    """One benchmark run: a Whisper shape of ``variants.SHAPES``, the batch, where and how
+    it is timed (``warmup`` untimed steps, then the median of ``reps``)."""
+
+    shape: str = "tiny"
+    batch: int = 8
+    audio_ctx: int = FULL_POSITIONS  # encoder positions (1500 = 30 s)
+    label_len: int = 64
+    device: str = "cpu"
+    dtype: str = "bfloat16"
+    warmup: int = 2
+    reps: int = 5
+    seed: int = 0
+    profile: str | None = None  # a file to write a torch.profiler table of the Flexi step to
