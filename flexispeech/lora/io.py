@@ -25,8 +25,9 @@ from torch import nn
 from flexispeech import __version__
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.inject import attach_router, check_ranks, flexi_layers, get_state, inject
-from flexispeech.lora.router import router_from_dict
+from flexispeech.lora.inject import attach_router, flexi_layers, inject
+from flexispeech.lora.ranks import check_ranks, get_state
+from flexispeech.lora.router import Router
 
 CONFIG_NAME = "adapter_config.json"
 WEIGHTS_NAME = "adapter_model.safetensors"
@@ -135,7 +136,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                 dst.copy_(src)
     router_path = directory / ROUTER_NAME
     if router_path.is_file():
-        attach_router(model, router_from_dict(json.loads(router_path.read_text())))
+        attach_router(model, Router.from_dict(json.loads(router_path.read_text())))
     return model
 
 

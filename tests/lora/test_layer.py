@@ -146,11 +146,11 @@ def test_rank_slot_keeps_ranks_per_thread_not_on_the_class() -> None:
     not); the slot must hold ``ranks`` in each thread's own dict."""
     import threading
 
-    from flexispeech.lora.layer import RankSlot
+    from flexispeech.lora.ranks import RankSlot
 
-    assert "ranks" not in vars(RankSlot)
+    assert "ranks" not in vars(RankSlot) and "plan_cache" not in vars(RankSlot)
     slot = RankSlot()
-    assert vars(slot) == {"ranks": None}
+    assert vars(slot) == {"ranks": None, "plan_cache": None}
     slot.ranks = torch.tensor([1])
     seen: list = []
     thread = threading.Thread(target=lambda: seen.append(slot.ranks))

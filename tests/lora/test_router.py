@@ -8,7 +8,7 @@ import torch
 from flexispeech import FixedRouter, LearnedRouter, RandomRouter, ThresholdRouter
 from flexispeech.errors import ConfigError
 from flexispeech.lora import rank_labels, router_from_dict
-from flexispeech.lora.router import mean_rank_proportions
+from flexispeech.lora.calibration import mean_rank_proportions
 
 
 def test_fixed_router() -> None:
