@@ -15,8 +15,15 @@ from torch import nn
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import COMPUTE_PATHS, FlexiLoraConfig
 from flexispeech.lora.layer import FlexiLoraLinear
-from flexispeech.lora.ranks import STATE_ATTR, FlexiState, RankSlot, check_ranks, get_state, state_owner
-from flexispeech.lora.ranks import use_ranks  # noqa: F401  (re-exported: callers import it from here)
+from flexispeech.lora.ranks import (
+    STATE_ATTR,
+    FlexiState,
+    RankSlot,
+    check_ranks,
+    get_state,
+    state_owner,
+    use_ranks,  # noqa: F401  (re-exported: callers import it from here)
+)
 from flexispeech.lora.router import Router
 
 

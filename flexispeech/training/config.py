@@ -51,11 +51,9 @@ class DataConfig:
     ``solution`` (the worked solution; math: steps ending in ``#### N``)."""
 
 
-def _lora_default(name: str) -> Any:
-    """``FlexiLoraConfig``'s default for field ``name``: the run schema takes the library's
-    defaults, so a run and ``flexispeech.inject`` agree on what an unset field means."""
-    spec = FlexiLoraConfig.__dataclass_fields__[name]
-    return spec.default_factory() if spec.default is dataclasses.MISSING else spec.default  # type: ignore[misc]
+# The library's adapter defaults: the run schema takes these, never its own, so a run and
+# ``flexispeech.inject`` agree on what an unset field means.
+_LORA_DEFAULTS = FlexiLoraConfig()
 
 
 @dataclass
@@ -68,23 +66,23 @@ class AdapterConfig:
     could not extend), and ``metadata`` (facts saved with the adapter) is not here.
     """
 
-    ranks: list[int] = field(default_factory=lambda: list(_lora_default("ranks")))
+    ranks: list[int] = field(default_factory=lambda: list(_LORA_DEFAULTS.ranks))
     """Allowed ranks; static LoRA uses one rank, e.g. [8]."""
-    alpha: float = _lora_default("alpha")
-    scaling: str = _lora_default("scaling")
+    alpha: float = _LORA_DEFAULTS.alpha
+    scaling: str = _LORA_DEFAULTS.scaling
     """standard (alpha/r), rslora (alpha/sqrt(r)) or nested (alpha/r_max at every rank:
     lower ranks are exact truncations of the top one)."""
-    rank_scales: dict[int, float] | None = _lora_default("rank_scales")
+    rank_scales: dict[int, float] | None = _LORA_DEFAULTS.rank_scales
     target_modules: list[str] | None = None
     """Module-name suffixes to adapt; None = the family's defaults."""
-    dropout: float = _lora_default("dropout")
-    init: str = _lora_default("init")
-    compute_path: str = _lora_default("compute_path")
+    dropout: float = _LORA_DEFAULTS.dropout
+    init: str = _LORA_DEFAULTS.init
+    compute_path: str = _LORA_DEFAULTS.compute_path
 
     def __post_init__(self) -> None:
         # Checked when the config is loaded (a typo in scaling fails before any model loads).
         try:
-            self.to_lora(target_modules=self.target_modules or _lora_default("target_modules"))
+            self.to_lora(target_modules=self.target_modules or _LORA_DEFAULTS.target_modules)
         except ConfigError as err:
             raise ConfigError(f"adapter.{err}") from None
 
