@@ -124,7 +124,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
     """Time every variant; returns rows ``{kind, variant, seconds, ratio}``."""
     from flexispeech.lora import use_ranks
     from flexispeech.lora.plans import rank_sort_order
-    from flexispeech.lora.layer import merge_for_inference, unmerge
+    from flexispeech.lora.inject import merge_for_inference, unmerge
 
     model = build_whisper(spec)
     model.train()
@@ -246,7 +246,7 @@ def static_rows(spec: BenchSpec, model: nn.Module, batch: dict[str, torch.Tensor
     patterns by copying them into the captured ranks tensor (the copy is timed too).
     """
     from flexispeech.lora import adapter_parameters, use_ranks
-    from flexispeech.lora.kernels import set_static_path
+    from flexispeech.lora.inject import set_static_path
 
     static_ranks = ranks.to(spec.device).clone()
     patterns = {"mixed": ranks.to(spec.device), "all r=64": torch.full_like(static_ranks, 64),

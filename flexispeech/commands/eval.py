@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
     default_out = Path(args.adapter).parent / f"eval_{args.split}" if args.adapter else Path("exp/base") / f"eval_{args.split}"
     if isinstance(split, TextTaskSplit):
         result = summarize_text(records, split.metric, decode_s, model if args.adapter else None, name, split.task_name)
-        result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": getattr(router, "describe", lambda: None)()}
+        result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": router.describe() if router is not None else None}
         out = write_results(result, args.out or default_out)
         o = result["overall"]
         score = f"accuracy {pct(o['accuracy'])}%" if split.metric == "accuracy" else f"EM {pct(o['em'])}%  F1 {pct(o['f1'])}%"
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     model_dir = pretrained_path(source)
     result = summarize(records, english_normalizer(model_dir if isinstance(model_dir, Path) else None), decode_s, model if args.adapter else None, name)
-    result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": getattr(router, "describe", lambda: None)()}
+    result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": router.describe() if router is not None else None}
     out = write_results(result, args.out or default_out)
     o = result["overall"]
     skipped = f", {result['n_skipped']} skipped (undecodable audio)" if result["n_skipped"] else ""

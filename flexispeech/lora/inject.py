@@ -1,61 +1,35 @@
-"""Put Flexi-LoRA layers into any torch model, take them out, merge them, and set ranks.
+"""Put Flexi-LoRA layers into any torch model, take them out, merge them, set their paths.
 
 The functional API follows minLoRA: ``inject`` replaces the matching ``nn.Linear``
 modules in place, ``remove`` puts the originals back, ``merge`` folds one rank into the
-base weights. Per-example ranks are given with the ``use_ranks`` context manager.
+base weights. Per-example ranks are given with ``use_ranks`` (``flexispeech.lora.ranks``).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
 from flexispeech.errors import ConfigError, FlexispeechError
-from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.layer import FlexiLoraLinear, RankSlot
-
-STATE_ATTR = "_flexispeech"
-
-
-class RankError(FlexispeechError, ValueError):
-    """Ranks that the injected adapter cannot serve (not in the configured set, bad shape)."""
-
-
-@dataclass
-class FlexiState:
-    """What ``inject`` records on the model (outside its modules and state_dict)."""
-
-    config: FlexiLoraConfig
-    slot: RankSlot
-    requires_grad: dict[str, bool] = field(default_factory=dict)
-    router: Any = None
-
-
-def get_state(model: nn.Module) -> FlexiState:
-    """The Flexi-LoRA state of ``model`` (also through wrappers such as DDP)."""
-    for module in model.modules():
-        state = module.__dict__.get(STATE_ATTR)
-        if state is not None:
-            return state
-    raise FlexispeechError("model has no Flexi-LoRA adapter: call flexispeech.inject(model, config) first")
-
-
-def _owner(model: nn.Module) -> nn.Module:
-    """The module that ``inject`` was called on (layer names are relative to it)."""
-    for module in model.modules():
-        if STATE_ATTR in module.__dict__:
-            return module
-    raise FlexispeechError("model has no Flexi-LoRA adapter: call flexispeech.inject(model, config) first")
+from flexispeech.lora.config import COMPUTE_PATHS, FlexiLoraConfig
+from flexispeech.lora.layer import FlexiLoraLinear
+from flexispeech.lora.ranks import (
+    STATE_ATTR,
+    FlexiState,
+    RankSlot,
+    check_ranks,
+    get_state,
+    state_owner,
+    use_ranks,  # noqa: F401  (re-exported: callers import it from here)
+)
+from flexispeech.lora.router import Router
 
 
 def flexi_layers(model: nn.Module) -> list[tuple[str, FlexiLoraLinear]]:
     """``(name, layer)`` for every Flexi-LoRA layer, names relative to the injected model."""
-    return [(name, m) for name, m in _owner(model).named_modules() if isinstance(m, FlexiLoraLinear)]
+    return [(name, m) for name, m in state_owner(model).named_modules() if isinstance(m, FlexiLoraLinear)]
 
 
 def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
@@ -64,7 +38,7 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
-def inject(model: nn.Module, config: FlexiLoraConfig, router: Any = None) -> nn.Module:
+def inject(model: nn.Module, config: FlexiLoraConfig, router: Router | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` that ``config.target_modules`` matches by a
     ``FlexiLoraLinear`` (in place) and freeze all base parameters.
 
@@ -103,7 +77,7 @@ def _restore(model: nn.Module, state: FlexiState) -> None:
 def remove(model: nn.Module) -> nn.Module:
     """Take the adapters out, putting the original ``nn.Linear`` modules back untouched
     (the base weights were never modified, so the model is the base bit for bit)."""
-    owner = _owner(model)
+    owner = state_owner(model)
     state = owner.__dict__[STATE_ATTR]
     for name, layer in flexi_layers(owner):
         _set_submodule(owner, name, layer.base_layer)
@@ -117,7 +91,7 @@ def merge(model: nn.Module, rank: int) -> nn.Module:
     Afterwards every adapted layer is a plain ``nn.Linear`` whose output equals the
     unmerged layer's at ``rank`` (up to rounding). Returns ``model``.
     """
-    owner = _owner(model)
+    owner = state_owner(model)
     state = owner.__dict__[STATE_ATTR]
     check_ranks(state.config, [rank])
     for name, layer in flexi_layers(owner):
@@ -128,52 +102,6 @@ def merge(model: nn.Module, rank: int) -> nn.Module:
         _set_submodule(owner, name, base)
     _restore(owner, state)
     return model
-
-
-def check_ranks(config: FlexiLoraConfig, ranks: Sequence[int]) -> None:
-    """Raise ``RankError`` naming any rank that is not in ``config.ranks``."""
-    bad = sorted({int(r) for r in ranks} - set(config.ranks))
-    if bad:
-        raise RankError(f"rank(s) {bad} not in the configured ranks {list(config.ranks)}")
-
-
-def as_rank_tensor(ranks: int | Sequence[int] | torch.Tensor) -> torch.Tensor:
-    """Ranks as a 1-D int64 tensor ([1] for a single int, which applies to every row)."""
-    if isinstance(ranks, int):
-        return torch.tensor([ranks], dtype=torch.long)
-    tensor = torch.as_tensor(ranks)
-    if tensor.dim() != 1 or tensor.numel() == 0:
-        raise RankError(f"ranks must be an int or a non-empty 1-D sequence, got shape {tuple(tensor.shape)}")
-    if tensor.is_floating_point() or tensor.is_complex() or tensor.dtype == torch.bool:
-        raise RankError(f"ranks must be integers, got dtype {tensor.dtype}")
-    return tensor.long()
-
-
-@contextmanager
-def use_ranks(model: nn.Module, ranks: int | Sequence[int] | torch.Tensor) -> Iterator[torch.Tensor]:
-    """Run the forward passes inside the block with per-example ranks.
-
-    Args:
-        model: an injected model (or a wrapper around one, e.g. DDP).
-        ranks: one rank per example, [batch] (or one int for all). A layer that sees
-            ``k * batch`` rows (beam search, ``num_return_sequences``) repeats each rank
-            ``k`` times, matching ``repeat_interleave`` expansion.
-
-    Yields the validated ranks tensor (on the adapter's device). Only this model, in this
-    thread, sees the ranks; the previous ranks come back when the block ends (nesting works).
-    """
-    state = get_state(model)
-    tensor = as_rank_tensor(ranks)
-    check_ranks(state.config, tensor.tolist())
-    layers = flexi_layers(model)
-    device = layers[0][1].lora_A.device if layers else tensor.device
-    tensor = tensor.to(device)
-    previous = state.slot.ranks
-    state.slot.ranks = tensor
-    try:
-        yield tensor
-    finally:
-        state.slot.ranks = previous
 
 
 def set_default_rank(model: nn.Module, rank: int) -> None:
@@ -187,20 +115,45 @@ def set_default_rank(model: nn.Module, rank: int) -> None:
 def set_compute_path(model: nn.Module, path: str) -> None:
     """Choose how mixed-rank batches are computed (one of ``COMPUTE_PATHS``; see
     ``flexispeech.lora.kernels``)."""
-    from flexispeech.lora.config import COMPUTE_PATHS
-
     if path not in COMPUTE_PATHS:
         raise ConfigError(f"compute path must be one of {list(COMPUTE_PATHS)}, got {path!r}")
     for _, layer in flexi_layers(model):
         layer.compute_path = path
 
 
-def attach_router(model: nn.Module, router: Any) -> None:
+def set_static_path(model: nn.Module, enabled: bool = True) -> None:
+    """Put every Flexi-LoRA layer of ``model`` on the graph-safe ``static`` path (or back
+    to ``auto`` with ``enabled=False``).
+
+    Use it to capture a training or inference step with ``torch.cuda.CUDAGraph``: enter
+    ``use_ranks(model, ranks)`` with a device tensor *before* the capture (it validates
+    the ranks with one host sync) and ``ranks.copy_(new)`` before each replay (new ranks
+    must come from the configured set; the graph does not check them). The merged fast
+    path is not taken on this path (choosing it needs the ranks on the host).
+    """
+    set_compute_path(model, "static" if enabled else "auto")
+
+
+def merge_for_inference(model: nn.Module, rank: int) -> None:
+    """``merge_for_inference(rank)`` on every Flexi-LoRA layer of ``model``: batches all at
+    ``rank`` then cost what the base model costs; the adapters stay intact."""
+    check_ranks(get_state(model).config, [rank])
+    for _, layer in flexi_layers(model):
+        layer.merge_for_inference(rank)
+
+
+def unmerge(model: nn.Module) -> None:
+    """Undo ``merge_for_inference`` on every Flexi-LoRA layer of ``model``."""
+    for _, layer in flexi_layers(model):
+        layer.unmerge()
+
+
+def attach_router(model: nn.Module, router: Router | None) -> None:
     """Attach ``router`` to the model: it is saved with the adapter and used by ``route``."""
     get_state(model).router = router
 
 
-def get_router(model: nn.Module) -> Any:
+def get_router(model: nn.Module) -> Router | None:
     """The attached router, or ``None``."""
     return get_state(model).router
 

@@ -24,8 +24,9 @@ from torch import nn
 from flexispeech.atomic import existing_dir, replace_dir, write_file, write_text
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.inject import attach_router, check_ranks, flexi_layers, get_state, inject
-from flexispeech.lora.router import router_from_dict
+from flexispeech.lora.inject import attach_router, flexi_layers, inject
+from flexispeech.lora.ranks import check_ranks, get_state
+from flexispeech.lora.router import Router
 from flexispeech.version import __version__
 
 CONFIG_NAME = "adapter_config.json"
@@ -129,7 +130,7 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                 dst.copy_(src)
     router_path = directory / ROUTER_NAME
     if router_path.is_file():
-        attach_router(model, router_from_dict(json.loads(router_path.read_text())))
+        attach_router(model, Router.from_dict(json.loads(router_path.read_text())))
     return model
 
 

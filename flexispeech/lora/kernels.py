@@ -22,9 +22,9 @@ accumulates ``grad_x`` the same way: one memory pass fewer each way. The groupin
 batch (``RankPlan``) is computed once per forward pass with a single host sync and shared
 by every layer of the model through its ``RankSlot``.
 
-Graph-safe path (``static``, set by ``set_static_path``): no ``RankPlan``, no host sync,
-no data-dependent shape, so a whole training step can be captured in a CUDA graph and
-replayed for any rank pattern (copy the new ranks into the captured ranks tensor first).
+Graph-safe path (``static``, set by ``flexispeech.lora.set_static_path``): no ``RankPlan``,
+no host sync, no data-dependent shape, so a whole training step can be captured in a CUDA
+graph and replayed for any rank pattern (copy the new ranks into the captured ranks tensor first).
 It runs the Triton kernels at top = r_max where they are usable (each kernel still stops
 at the top rank of its own block of rows, read from device memory) and the torch masked
 path at r_max elsewhere (CPU, fp32, no Triton).
@@ -215,18 +215,3 @@ def static_linear(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor, B: to
     mask = rank_mask(expand_ranks(ranks, x.shape[0]), scale_table, r_max, x.dtype)
     return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, [(0, x.shape[0], r_max, None)])
 
-
-def set_static_path(model: torch.nn.Module, enabled: bool = True) -> None:
-    """Put every Flexi-LoRA layer of ``model`` on the graph-safe ``static`` path (or back
-    to ``auto`` with ``enabled=False``).
-
-    Use it to capture a training or inference step with ``torch.cuda.CUDAGraph``: enter
-    ``use_ranks(model, ranks)`` with a device tensor *before* the capture (it validates
-    the ranks with one host sync) and ``ranks.copy_(new)`` before each replay (new ranks
-    must come from the configured set; the graph does not check them). The merged fast
-    path is not taken on this path (choosing it needs the ranks on the host).
-    """
-    from flexispeech.lora.inject import flexi_layers
-
-    for _, layer in flexi_layers(model):
-        layer.compute_path = "static" if enabled else "auto"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import threading
 
 import torch
 from torch import nn
@@ -11,33 +10,8 @@ from torch import nn
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.deltas import lora_delta, masked_delta
 from flexispeech.lora.kernels import fused_supported, lora_linear, static_linear
-from flexispeech.lora.plans import expand_ranks, plan_for
-
-
-class RankSlot(threading.local):
-    """Where ``use_ranks`` puts the per-example ranks for the layers of ONE model.
-
-    Every adapted layer of a model shares one slot, and each model has its own, so a
-    second model in the process never sees these ranks. It is thread-local, so another
-    thread running the same model does not either. ``torch.compile`` traces an attribute
-    read of a ``threading.local`` (a ContextVar would graph-break), guarding on it.
-    """
-
-    ranks: torch.Tensor | None
-
-    def __init__(self) -> None:
-        # An instance attribute, set per thread (threading.local runs __init__ in every
-        # thread that touches the slot), not a class-level default: torch 2.11's dynamo
-        # resolves a class default as a constant and then fails to guard the tensor that
-        # use_ranks puts in the thread's dict ("Unexpected type <class 'torch.Tensor'>").
-        self.ranks = None
-
-    def __deepcopy__(self, memo: dict) -> RankSlot:
-        # A copied model starts with no ranks set (and threading.local cannot be copied).
-        return RankSlot()
-
-    def __reduce__(self) -> tuple:
-        return (RankSlot, ())
+from flexispeech.lora.plans import expand_ranks
+from flexispeech.lora.ranks import RankSlot
 
 
 class FlexiLoraLinear(nn.Module):
@@ -148,11 +122,11 @@ class FlexiLoraLinear(nn.Module):
                 h = h.to(A.dtype)
             delta = masked_delta(h, A, B, expand_ranks(ranks, x.shape[0]), self.scale_table)
             return result + delta.to(result.dtype)
-        # One grouping of the batch per forward pass, shared by all layers (see plan_for).
+        # One grouping of the batch per forward pass, shared by all layers (see RankSlot.plan).
         plan = None
         if slot_ranks is not None:
             self.row_ranks(x.shape[0])  # validates the batch size against the ranks
-            plan = plan_for(self.rank_slot, slot_ranks, x.shape[0])
+            plan = self.rank_slot.plan(x.shape[0])
         merged = self._merged
         if merged is not None and (plan.distinct == [merged[0]] if plan is not None else self.default_rank == merged[0]):
             return nn.functional.linear(x, merged[1], self.base_layer.bias)  # whole batch at the merged rank
@@ -202,20 +176,3 @@ class FlexiLoraLinear(nn.Module):
     def extra_repr(self) -> str:
         return f"ranks={list(self.config.ranks)}, scaling={self.config.scaling}, alpha={self.config.alpha}"
 
-
-def merge_for_inference(model: nn.Module, rank: int) -> None:
-    """``merge_for_inference(rank)`` on every Flexi-LoRA layer of ``model``: batches all at
-    ``rank`` then cost what the base model costs; the adapters stay intact."""
-    from flexispeech.lora.inject import check_ranks, flexi_layers, get_state
-
-    check_ranks(get_state(model).config, [rank])
-    for _, layer in flexi_layers(model):
-        layer.merge_for_inference(rank)
-
-
-def unmerge(model: nn.Module) -> None:
-    """Undo ``merge_for_inference`` on every Flexi-LoRA layer of ``model``."""
-    from flexispeech.lora.inject import flexi_layers
-
-    for _, layer in flexi_layers(model):
-        layer.unmerge()

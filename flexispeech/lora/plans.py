@@ -2,7 +2,7 @@
 
 A batch has per-row ranks ``ranks`` [N] (int64, on the input's device). The plan groups
 them once per forward pass (one host sync, ``make_plan``) and every adapted layer of the
-model shares it through its ``RankSlot`` (``plan_for``): the runs of equal-rank rows, the
+model shares it through its ``RankSlot`` (``RankSlot.plan`` in ``ranks``): the runs of equal-rank rows, the
 span of rows with rank > 0, the scaled rank mask. Sorting a batch by rank first
 (``rank_sort_order``) makes one run per rank, so the segmented paths use views.
 
@@ -137,24 +137,6 @@ def make_plan(ranks: torch.Tensor) -> RankPlan:
     active = [i for i, r in enumerate(ranks_list) if r > 0]
     span = (active[0], active[-1] + 1) if active else (0, 0)
     return RankPlan(ranks, ranks_list, sorted(set(ranks_list)), runs, span)
-
-
-def plan_for(slot: Any, ranks: torch.Tensor, n_rows: int) -> RankPlan:
-    """The plan of the ranks in ``slot`` expanded to ``n_rows`` rows, cached on the slot.
-
-    All layers of a model share the slot, so the grouping (and its host sync) is done once
-    per forward pass, not once per layer. The cache is keyed by the ranks tensor itself
-    (kept alive, so its id cannot be reused) and its version counter (in-place edits).
-    """
-    key = (ranks, ranks._version)
-    cache = getattr(slot, "plan_cache", None)
-    if cache is None or cache[0][0] is not ranks or cache[0][1] != key[1]:
-        cache = (key, {})
-        slot.plan_cache = cache
-    plans = cache[1]
-    if n_rows not in plans:
-        plans[n_rows] = make_plan(expand_ranks(ranks, n_rows))
-    return plans[n_rows]
 
 
 def expand_ranks(ranks: torch.Tensor, n_rows: int) -> torch.Tensor:

@@ -5,18 +5,24 @@ Signals are a mapping ``name -> tensor [batch]`` of floats (e.g. ``duration``,
 ``ranks``. The same router object is used in training and at inference, so an example is
 trained at the rank it will be served at. No transformers import here on purpose: routers
 are cheap and must load anywhere.
+
+Every router is a ``Router``: it declares its ``ranks`` and the ``signal_names`` it reads,
+and round-trips through ``to_dict`` / ``Router.from_dict`` (the form saved as an
+adapter's ``router.json``).
 """
 
 from __future__ import annotations
 
 import math
+from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
 
 from flexispeech.errors import ConfigError
+from flexispeech.lora.calibration import thresholds_for
 
 Signals = Mapping[str, torch.Tensor]
 
@@ -39,68 +45,6 @@ def feature_matrix(signals: Signals, features: Sequence[str]) -> torch.Tensor:
     return torch.stack([torch.as_tensor(signals[f], dtype=torch.float32).reshape(-1) for f in features], dim=1)
 
 
-def mean_rank_proportions(ranks: Sequence[int], target_mean_rank: float) -> list[float]:
-    """Shares of examples per rank whose mean rank is ``target_mean_rank``.
-
-    The shares are ``p_i ∝ exp(-λ r_i / r_max)`` with λ found by bisection: one smooth
-    family that goes from "all at the top rank" to "all at the lowest", so any target in
-    [min(ranks), max(ranks)] is reachable and neighbouring targets give neighbouring shares.
-    """
-    lo_r, hi_r = min(ranks), max(ranks)
-    if not lo_r <= target_mean_rank <= hi_r:
-        raise ConfigError(f"target mean rank {target_mean_rank} is outside [{lo_r}, {hi_r}]")
-    r = torch.tensor(ranks, dtype=torch.float64) / hi_r
-
-    def shares(lam: float) -> torch.Tensor:
-        return torch.softmax(-lam * r, dim=0)
-
-    lo, hi = -200.0, 200.0  # mean rank decreases as λ grows
-    for _ in range(200):
-        mid = (lo + hi) / 2
-        if float((shares(mid) * r).sum()) * hi_r > target_mean_rank:
-            lo = mid
-        else:
-            hi = mid
-    return shares((lo + hi) / 2).tolist()
-
-
-def quantile_thresholds(scores: torch.Tensor, cumulative: Sequence[float]) -> list[float]:
-    """Score thresholds at the given cumulative shares (len(ranks) - 1 of them)."""
-    scores = scores[torch.isfinite(scores)].double()
-    if scores.numel() == 0:
-        raise ConfigError("cannot calibrate on an empty (or all-NaN) set of scores")
-    q = torch.tensor([min(max(c, 0.0), 1.0) for c in cumulative], dtype=torch.float64)
-    return torch.quantile(scores, q).tolist()
-
-
-def rank_labels(
-    difficulty: torch.Tensor,
-    ranks: Sequence[int],
-    target_mean_rank: float | None = None,
-    quantiles: Sequence[float] | None = None,
-) -> torch.Tensor:
-    """Turn a per-example difficulty [N] (e.g. the base model's WER) into rank labels [N]:
-    harder examples get higher ranks, in shares set by a target mean rank or quantiles."""
-    thresholds = _thresholds_for(difficulty, ranks, target_mean_rank, quantiles)
-    idx = torch.bucketize(difficulty.double(), torch.tensor(thresholds, dtype=torch.float64), right=True)
-    return torch.tensor(ranks, dtype=torch.long)[idx.clamp(max=len(ranks) - 1)]
-
-
-def _thresholds_for(
-    scores: torch.Tensor, ranks: Sequence[int], target_mean_rank: float | None, quantiles: Sequence[float] | None
-) -> list[float]:
-    if (target_mean_rank is None) == (quantiles is None):
-        raise ConfigError("calibrate with exactly one of target_mean_rank or quantiles")
-    if quantiles is not None:
-        if len(quantiles) != len(ranks) - 1:
-            raise ConfigError(f"need {len(ranks) - 1} quantiles for {len(ranks)} ranks, got {len(quantiles)}")
-        cumulative = list(quantiles)
-    else:
-        shares = mean_rank_proportions(ranks, float(target_mean_rank))
-        cumulative = [sum(shares[: i + 1]) for i in range(len(ranks) - 1)]
-    return quantile_thresholds(scores, cumulative)
-
-
 def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
     ranks = tuple(int(r) for r in ranks)
     if not ranks or list(ranks) != sorted(set(ranks)) or ranks[0] < 0:
@@ -108,7 +52,75 @@ def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
     return ranks
 
 
-class FixedRouter:
+class Router(ABC):
+    """What every router has: ``ranks`` it routes to, the ``signal_names`` it reads, a call
+    ``signals -> ranks [batch]``, and a dict form (``to_dict`` / ``Router.from_dict``).
+
+    A subclass sets ``kind`` (the ``"type"`` of its dict form, which registers it) and
+    keeps its constructor's arguments as the other keys of ``to_dict``.
+    """
+
+    kind: ClassVar[str]
+    ranks: tuple[int, ...]
+    """The ranks this router returns, sorted ascending."""
+    _kinds: ClassVar[dict[str, type[Router]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        kind = cls.__dict__.get("kind")
+        if kind is not None:
+            Router._kinds[kind] = cls
+
+    @property
+    @abstractmethod
+    def signal_names(self) -> tuple[str, ...]:
+        """The signals this router reads (empty: it routes without looking at the input)."""
+
+    @abstractmethod
+    def __call__(self, signals: Signals) -> torch.Tensor:
+        """Ranks [batch] int64 (values from ``ranks``) for signals ``name -> [batch]``."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """One line for logs and reports, e.g. ``FixedRouter(rank=8)``."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-serialisable form: ``{"type": kind, ...}``; ``Router.from_dict`` inverts it."""
+
+    def neutral_value(self, name: str) -> float:
+        """The value of signal ``name`` that tells this router nothing about an example (the
+        mean it standardises that signal by, so its z-score is 0; 0.0 without one): what
+        to give for a signal that is not computed, e.g. the proxy in streaming."""
+        return 0.0
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Router:
+        """Rebuild a router from its ``to_dict()`` form (an adapter's ``router.json``)."""
+        fields = dict(data)
+        kind = fields.pop("type", None)
+        router_cls = Router._kinds.get(kind)  # type: ignore[arg-type]
+        if router_cls is None:
+            raise ConfigError(f"unknown router type {kind!r}; expected one of {sorted(Router._kinds)}")
+        if not issubclass(router_cls, cls):
+            raise ConfigError(f"a {kind!r} router is not a {cls.__name__}")
+        try:
+            return router_cls._from_fields(fields)
+        except TypeError as err:  # an unknown or missing key
+            raise ConfigError(f"{kind} router: {err}") from None
+
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> Router:
+        """The router of a ``to_dict`` form without its ``type`` (constructor keywords)."""
+        return cls(**fields)
+
+
+def router_from_dict(data: Mapping[str, Any]) -> Router:
+    """Rebuild a router from its ``to_dict()`` form (``Router.from_dict``)."""
+    return Router.from_dict(data)
+
+
+class FixedRouter(Router):
     """Every example at one rank: static LoRA."""
 
     kind = "fixed"
@@ -116,6 +128,10 @@ class FixedRouter:
     def __init__(self, rank: int) -> None:
         self.rank = int(rank)
         self.ranks = (self.rank,)
+
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return ()
 
     def __call__(self, signals: Signals) -> torch.Tensor:
         return torch.full((batch_size(signals),), self.rank, dtype=torch.long)
@@ -127,7 +143,7 @@ class FixedRouter:
         return {"type": self.kind, "rank": self.rank}
 
 
-class RandomRouter:
+class RandomRouter(Router):
     """Ranks sampled independently per example (nested/DyLoRA-style training).
 
     ``probs`` (default uniform) weights the ranks; ``seed`` makes the draws repeatable.
@@ -144,6 +160,10 @@ class RandomRouter:
         self.seed = int(seed)
         self.generator = torch.Generator().manual_seed(self.seed)
 
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return ()
+
     def __call__(self, signals: Signals) -> torch.Tensor:
         idx = torch.multinomial(torch.tensor(self.probs), batch_size(signals), replacement=True, generator=self.generator)
         return torch.tensor(self.ranks, dtype=torch.long)[idx]
@@ -155,7 +175,7 @@ class RandomRouter:
         return {"type": self.kind, "ranks": list(self.ranks), "probs": self.probs, "seed": self.seed}
 
 
-class ThresholdRouter:
+class ThresholdRouter(Router):
     """A scalar complexity score, cut by thresholds into ranks.
 
     ``score = Σ_k weights[k] · (signal_k − mean_k) / std_k`` (higher = harder; give SNR a
@@ -184,6 +204,13 @@ class ThresholdRouter:
             raise ConfigError(f"need {len(self.ranks) - 1} ascending thresholds, got {list(thresholds)}")
         self.thresholds = [float(t) for t in thresholds]
 
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return tuple(self.weights)
+
+    def neutral_value(self, name: str) -> float:
+        return self.means.get(name, 0.0)
+
     def score(self, signals: Signals) -> torch.Tensor:
         """The complexity score, [batch] float64."""
         names = list(self.weights)
@@ -209,7 +236,7 @@ class ThresholdRouter:
             self.means[k] = float(col.mean()) if col.numel() else 0.0
             std = float(col.std()) if col.numel() > 1 else 1.0
             self.stds[k] = std if std > 1e-12 else 1.0
-        self.thresholds = _thresholds_for(self.score(signals), self.ranks, target_mean_rank, quantiles)
+        self.thresholds = thresholds_for(self.score(signals), self.ranks, target_mean_rank, quantiles)
         return self
 
     def describe(self) -> str:
@@ -227,7 +254,7 @@ class ThresholdRouter:
         }
 
 
-class LearnedRouter(nn.Module):
+class LearnedRouter(nn.Module, Router):
     """A small MLP over standardised signal features, trained with cross-entropy on
     difficulty labels (ranks), then frozen: the argmax class is the rank.
 
@@ -247,6 +274,13 @@ class LearnedRouter(nn.Module):
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("std", torch.ones(n_in))
         self.net = nn.Sequential(nn.Linear(n_in, self.hidden), nn.GELU(), nn.Linear(self.hidden, len(self.ranks)))
+
+    @property
+    def signal_names(self) -> tuple[str, ...]:
+        return tuple(self.features)
+
+    def neutral_value(self, name: str) -> float:
+        return float(self.mean[self.features.index(name)]) if name in self.features else 0.0
 
     def logits(self, signals: Signals) -> torch.Tensor:
         """[batch, len(ranks)] logits."""
@@ -319,25 +353,13 @@ class LearnedRouter(nn.Module):
         state = {k: v.tolist() for k, v in self.state_dict().items()}
         return {"type": self.kind, "ranks": list(self.ranks), "features": self.features, "hidden": self.hidden, "state": state}
 
-
-Router = FixedRouter | RandomRouter | ThresholdRouter | LearnedRouter
-
-
-def router_from_dict(data: Mapping[str, Any]) -> Router:
-    """Rebuild a router from its ``to_dict()`` form."""
-    data = dict(data)
-    kind = data.pop("type", None)
-    if kind == "fixed":
-        return FixedRouter(**data)
-    if kind == "random":
-        return RandomRouter(**data)
-    if kind == "threshold":
-        return ThresholdRouter(**data)
-    if kind == "learned":
-        state = data.pop("state")
-        router = LearnedRouter(**data)
+    @classmethod
+    def _from_fields(cls, fields: dict[str, Any]) -> LearnedRouter:
+        fields = dict(fields)
+        state = fields.pop("state")
+        router = cls(**fields)
         router.load_state_dict({k: torch.tensor(v) for k, v in state.items()})
         router.eval()
-        router.requires_grad_(False)
+        router.requires_grad_(False)  # a saved router is a fitted, frozen one
         return router
-    raise ConfigError(f"unknown router type {kind!r}; expected fixed, random, threshold or learned")
+

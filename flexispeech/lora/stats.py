@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flexispeech.lora.inject import check_ranks, flexi_layers, get_state
+from flexispeech.lora.inject import flexi_layers
+from flexispeech.lora.ranks import check_ranks, get_state
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ once on the unexpanded batch. Short-form Whisper generation (audio within the en
 window) is one plain ``generate`` call on the whole batch. Long-form generation is not:
 it drops finished utterances from the batch between 30-s windows, so the rows no longer
 line up with the ranks. Utterances longer than the window are therefore decoded one at a
-time, each under its own rank (``ranks_of_rows``), with transformers' sequential long-form
-decoding (timestamps, window by window).
+time, each under its own rank (``use_ranks(model, rows=[row])``), with transformers'
+sequential long-form decoding (timestamps, window by window).
 
 ``audio_ctx`` (as in whisper.cpp): the encoder can run on a window shorter than 30 s,
 e.g. 500 positions = 10 s. Self-attention cost grows with the square of the window, so
@@ -27,7 +27,8 @@ from torch import nn
 
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
-from flexispeech.models.common import from_pretrained, ranks_of_rows, resolve_source
+from flexispeech.lora.ranks import use_ranks
+from flexispeech.models.common import from_pretrained, resolve_source
 from flexispeech.models.example import Example
 
 DEFAULT_SOURCE = "whisper-tiny.en"
@@ -212,7 +213,7 @@ class WhisperFamily:
                 sub = features[short_rows, :, :window]
                 if sub.shape[-1] < window:  # a window trimmed by the caller: pad with log-mel silence
                     sub = nn.functional.pad(sub, (0, window - sub.shape[-1]), value=float(sub.min()))
-                with ranks_of_rows(model, short_rows):
+                with use_ranks(model, rows=short_rows):
                     # One decoding call: without it transformers re-runs rows whose output holds a
                     # timestamp token on the rest of the window, with a smaller batch.
                     seqs = model.generate(sub, return_timestamps=False, force_unique_generate_call=True, **kwargs)
@@ -220,7 +221,7 @@ class WhisperFamily:
                     out[row] = seq.cpu()
             for row in long_rows:
                 clip = features[row : row + 1, :, : int(num_frames[row])]
-                with ranks_of_rows(model, [row]):
+                with use_ranks(model, rows=[row]):
                     seq = model.generate(clip, return_timestamps=True, condition_on_prev_tokens=False, **kwargs)
                 out[row] = (seq["sequences"] if isinstance(seq, dict) else seq)[0].cpu()
         return [t for t in out if t is not None]

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from flexispeech.models.common import adapter_off
+from flexispeech.lora.ranks import adapter_off
 
 PROXY_KEYS = ("proxy", "proxy_entropy")
 

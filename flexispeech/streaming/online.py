@@ -15,8 +15,8 @@ the cost of an update stays bounded; committed text that left the buffer is carr
 Ranks: every update routes its own rank from the signals of the current buffer (duration,
 snr_db, speech_activity), so a noisy stretch of the stream gets more adapter capacity than
 a clean one. The perplexity proxy costs a second decoding pass per update and is not
-computed here: a router that reads it gets its own mean for it (a neutral z-score of 0)
-when it has one (``ThresholdRouter``), else 0.
+computed here: a router that reads it gets its ``neutral_value`` for it (the mean it
+standardises the signal by, a z-score of 0).
 
 Encoder window (``audio_ctx="auto"``): the encoder runs on the buffer length rounded up to
 ``CTX_STEP_S`` (10 s = 500 positions) instead of 30 s, about 3x less encoder work for
@@ -37,6 +37,7 @@ import torch
 from flexispeech.streaming.agreement import HypothesisBuffer, Word, words_text
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
+from flexispeech.signals.proxy import PROXY_KEYS
 from flexispeech.streaming.transcriber import Transcriber
 
 SECONDS_PER_TIMESTAMP = 0.02  # Whisper's timestamp tokens step by one encoder position (20 ms)
@@ -44,7 +45,6 @@ CTX_STEP_S = 10.0  # "auto" encoder window: buffer length rounded up to 10 s (50
 FULL_WINDOW_S = 30.0
 TOKENS_PER_S = 8  # cap on generated tokens per buffer second (speech is ~4/s with timestamps):
 TOKENS_BASE = 10  # stops the repetition loops a short window sometimes falls into
-PROXY_KEYS = ("proxy", "proxy_entropy")
 
 
 @dataclass(frozen=True)
@@ -162,17 +162,9 @@ class OnlineTranscriber:
         from flexispeech.signals.audio import audio_signals
 
         signals = audio_signals(audio, SAMPLE_RATE)
-        t = self.t
-        if t.rank is not None:
-            return t.rank, signals
-        if t.router is not None:
-            inputs = {k: torch.tensor([v], dtype=torch.float32) for k, v in signals.items()}
-            for key in t.needed_signals() & set(PROXY_KEYS):  # see the module docstring
-                inputs[key] = torch.tensor([float(getattr(t.router, "means", {}).get(key, 0.0))])
-            return int(t.router(inputs)[0]), signals
-        if t.has_adapter:
-            return t.model_default_rank(), signals
-        return None, signals
+        inputs = {k: torch.tensor([v], dtype=torch.float32) for k, v in signals.items()}
+        ranks = self.t.ranks_for(inputs, neutral=PROXY_KEYS)  # no proxy here: see the module docstring
+        return (None if ranks is None else int(ranks[0])), signals
 
     def window_positions(self, buffer_s: float) -> int:
         """Encoder positions for a buffer of ``buffer_s`` seconds (see ``audio_ctx``)."""

@@ -7,7 +7,7 @@ evaluation code reuse: arrays or files in, one ``Transcription`` per utterance o
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +17,8 @@ import torch
 
 from flexispeech.audio import SAMPLE_RATE, audio_duration, check_samples, iter_audio_blocks, load_audio
 from flexispeech.errors import AudioError, ConfigError, FlexispeechError
+from flexispeech.lora.ranks import get_state, use_ranks
+from flexispeech.lora.router import batch_size
 from flexispeech.models.family import Example, check_device, get_family
 
 # model_type values of CTC encoders that the wav2vec2 family handles
@@ -118,10 +120,27 @@ class Transcriber:
 
     def needed_signals(self) -> set[str]:
         """Signal names the router reads (empty without a router)."""
-        router = self.router
-        if router is None:
-            return set()
-        return set(getattr(router, "features", None) or getattr(router, "weights", None) or ())
+        return set(self.router.signal_names) if self.router is not None else set()
+
+    def ranks_for(self, signals: Mapping[str, torch.Tensor], neutral: Collection[str] = ()) -> torch.Tensor | None:
+        """The rank of every utterance of a batch, [batch] int64, from its signals
+        ``name -> [batch]``: the fixed ``rank`` if one was given, else the router's, else
+        the adapter's default rank (r_max); None without an adapter (the base model).
+
+        ``neutral``: signals that were not computed (e.g. the proxy in streaming); those of
+        them that the router reads get its ``neutral_value`` instead of a missing-signal error.
+        """
+        n = batch_size(signals)
+        if self.rank is not None:
+            return torch.full((n,), self.rank, dtype=torch.long)
+        if self.router is not None:
+            filled = dict(signals)
+            for name in set(neutral) & set(self.router.signal_names) - set(signals):
+                filled[name] = torch.full((n,), self.router.neutral_value(name), dtype=torch.float32)
+            return self.router(filled)
+        if self.has_adapter:
+            return torch.full((n,), get_state(self.model).config.r_max, dtype=torch.long)
+        return None
 
     def signals(self, audios: Sequence[np.ndarray], batch: dict[str, torch.Tensor]) -> dict[str, list[float]]:
         """Audio signals (duration, snr_db, speech_activity) of every clip, plus the proxy
@@ -149,19 +168,10 @@ class Transcriber:
         return results
 
     def _batch(self, audios: list[np.ndarray], ids: list[str]) -> list[Transcription]:
-        from flexispeech.lora import use_ranks
-
         examples = [Example(id=i, text="", audio=a) for i, a in zip(ids, audios)]
         batch = self.family.collate(self.processor, examples, train=False)
         signals = self.signals(audios, batch)
-        ranks: torch.Tensor | None = None
-        if self.rank is not None:
-            ranks = torch.full((len(audios),), self.rank, dtype=torch.long)
-        elif self.router is not None:
-            ranks = self.router({k: torch.tensor(v, dtype=torch.float32) for k, v in signals.items()})
-        elif self.has_adapter:
-            default = self.model_default_rank()
-            ranks = torch.full((len(audios),), default, dtype=torch.long)
+        ranks = self.ranks_for({k: torch.tensor(v, dtype=torch.float32) for k, v in signals.items()})
         kwargs: dict[str, Any] = {"num_beams": self.num_beams}
         if self.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.max_new_tokens
@@ -180,12 +190,6 @@ class Transcriber:
             )
             for n, (i, t, a) in enumerate(zip(ids, texts, audios))
         ]
-
-    def model_default_rank(self) -> int:
-        """The rank used when neither a rank nor a router is given: the adapter's r_max."""
-        from flexispeech.lora.inject import get_state
-
-        return get_state(self.model).config.r_max
 
     def transcribe_long(self, path: str | Path) -> Transcription:
         """Transcribe a file longer than ``long_block_s`` block by block.

@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from flexispeech.errors import ConfigError
+from flexispeech.lora.config import FlexiLoraConfig
 
 
 @dataclass
@@ -50,19 +51,48 @@ class DataConfig:
     ``solution`` (the worked solution; math: steps ending in ``#### N``)."""
 
 
+# The library's adapter defaults: the run schema takes these, never its own, so a run and
+# ``flexispeech.inject`` agree on what an unset field means.
+_LORA_DEFAULTS = FlexiLoraConfig()
+
+
 @dataclass
 class AdapterConfig:
-    ranks: list[int] = field(default_factory=lambda: [0, 2, 4, 8, 16])
+    """The run's adapter: the fields of ``FlexiLoraConfig`` (which documents each) with its
+    defaults, in YAML types (lists for tuples); ``to_lora`` makes the FlexiLoraConfig.
+
+    Two differences, both filled in by the run: ``target_modules`` is a list of names
+    (None: the model family's default targets; no regex, which the encoder-prefix cache
+    could not extend), and ``metadata`` (facts saved with the adapter) is not here.
+    """
+
+    ranks: list[int] = field(default_factory=lambda: list(_LORA_DEFAULTS.ranks))
     """Allowed ranks; static LoRA uses one rank, e.g. [8]."""
-    alpha: float = 32.0
-    scaling: str = "standard"
+    alpha: float = _LORA_DEFAULTS.alpha
+    scaling: str = _LORA_DEFAULTS.scaling
     """standard (alpha/r), rslora (alpha/sqrt(r)) or nested (alpha/r_max at every rank:
     lower ranks are exact truncations of the top one)."""
-    rank_scales: dict[int, float] | None = None
+    rank_scales: dict[int, float] | None = _LORA_DEFAULTS.rank_scales
     target_modules: list[str] | None = None
     """Module-name suffixes to adapt; None = the family's defaults."""
-    dropout: float = 0.05
-    compute_path: str = "auto"
+    dropout: float = _LORA_DEFAULTS.dropout
+    init: str = _LORA_DEFAULTS.init
+    compute_path: str = _LORA_DEFAULTS.compute_path
+
+    def __post_init__(self) -> None:
+        # Checked when the config is loaded (a typo in scaling fails before any model loads).
+        try:
+            self.to_lora(target_modules=self.target_modules or _LORA_DEFAULTS.target_modules)
+        except ConfigError as err:
+            raise ConfigError(f"adapter.{err}") from None
+
+    def to_lora(self, **fields: Any) -> FlexiLoraConfig:
+        """The ``FlexiLoraConfig`` of these fields, ``fields`` (e.g. the resolved
+        ``target_modules`` and the ``metadata``) replacing or adding to them."""
+        data = {**dataclasses.asdict(self), **fields}
+        if data["target_modules"] is None:
+            raise ConfigError("adapter.target_modules: resolve the family's default targets before to_lora")
+        return FlexiLoraConfig.from_dict(data)
 
 
 @dataclass

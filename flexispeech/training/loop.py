@@ -70,14 +70,8 @@ def adapter_config(cfg: RunConfig, family: Any) -> FlexiLoraConfig:
     targets: tuple[str, ...] | str = tuple(a.target_modules or family.default_targets)
     if cfg.model.cache_encoder_layers:
         targets = frozen_prefix_pattern(targets, cfg.model.cache_encoder_layers)
-    return FlexiLoraConfig(
-        ranks=tuple(a.ranks),
-        alpha=a.alpha,
-        scaling=a.scaling,
-        rank_scales=a.rank_scales,
+    return a.to_lora(
         target_modules=targets,
-        dropout=a.dropout,
-        compute_path=a.compute_path,
         metadata={
             "base_model": cfg.model.source,
             "family": cfg.model.family,

@@ -13,7 +13,8 @@ import torch
 
 from flexispeech.training.config import RoutingConfig
 from flexispeech.errors import ConfigError
-from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, Router, ThresholdRouter, rank_labels
+from flexispeech.lora.calibration import rank_labels
+from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, Router, ThresholdRouter
 
 MODES = ("fixed", "random", "threshold", "learned", "inconsistent")
 

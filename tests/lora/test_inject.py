@@ -10,9 +10,10 @@ import torch
 from torch import nn
 
 from conftest import TinyNet, randomize_adapters
-from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, merge, remove, use_ranks
+import flexispeech
+from flexispeech import FlexiLoraConfig, FlexiLoraLinear, ThresholdRouter, attach_router, inject, merge, remove, use_ranks
 from flexispeech.errors import ConfigError, FlexispeechError
-from flexispeech.lora import RankError, adapter_parameters, set_default_rank
+from flexispeech.lora import RankError, adapter_parameters, flexi_layers, set_compute_path, set_default_rank
 
 
 def test_inject_targets_and_freezes(tiny: TinyNet) -> None:
@@ -163,3 +164,27 @@ def test_torch_compile_full_graph(tiny: TinyNet) -> None:
         with use_ranks(tiny, ranks):
             expected = tiny(x)
             torch.testing.assert_close(compiled(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_route_uses_the_attached_router(tiny: TinyNet) -> None:
+    signals = {"snr_db": torch.tensor([30.0, 5.0, 15.0])}
+    with pytest.raises(FlexispeechError, match="no router attached"):
+        flexispeech.route(tiny, signals)
+    attach_router(tiny, ThresholdRouter((1, 2, 4), weights={"snr_db": -1.0}, thresholds=(-20.0, -10.0)))
+    assert flexispeech.route(tiny, signals).tolist() == [1, 4, 2]
+    attach_router(tiny, ThresholdRouter((1, 4), weights={"snr_db": 1.0}, thresholds=(10.0,)))  # replaced
+    assert flexispeech.route(tiny, signals).tolist() == [4, 1, 4]
+
+
+@pytest.mark.parametrize("path", ["masked", "grouped", "segmented", "triton", "static"])
+def test_set_compute_path_switches_every_layer_and_keeps_the_outputs(tiny: TinyNet, path: str) -> None:
+    x = torch.randn(4, 3, 6)
+    ranks = [4, 0, 2, 1]
+    with use_ranks(tiny, ranks):
+        expected = tiny(x)
+    set_compute_path(tiny, path)
+    assert [layer.compute_path for _, layer in flexi_layers(tiny)] == [path, path]
+    with use_ranks(tiny, ranks):
+        torch.testing.assert_close(tiny(x), expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="compute path must be one of"):
+        set_compute_path(tiny, "fastest")

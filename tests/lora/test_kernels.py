@@ -13,8 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
 from flexispeech.lora.deltas import masked_delta
 from flexispeech.lora.kernels import lora_linear
-from flexispeech.lora.inject import flexi_layers
-from flexispeech.lora.layer import merge_for_inference, unmerge
+from flexispeech.lora.inject import flexi_layers, merge_for_inference, set_static_path, unmerge
 
 RANKS = (0, 4, 8, 16)
 # "triton" falls back to the masked path where the Triton kernels cannot run (CPU).
@@ -363,8 +362,8 @@ def test_static_path_with_dropout_takes_the_plain_ops_and_stays_close() -> None:
 def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forward and backward of an injected model on the static path never read a tensor
     back to the host nor build a RankPlan (what a CUDA graph capture would fail on)."""
-    from flexispeech.lora import deltas, layer as layer_mod, plans
-    from flexispeech.lora.kernels import set_static_path
+    from flexispeech.lora import deltas, plans
+    from flexispeech.lora.ranks import RankSlot
 
     torch.manual_seed(0)
     model = inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2")))
@@ -382,7 +381,7 @@ def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None
             monkeypatch.setattr(torch.Tensor, name, forbidden)
         monkeypatch.setattr(plans, "make_plan", forbidden)
         monkeypatch.setattr(deltas, "make_plan", forbidden)
-        monkeypatch.setattr(layer_mod, "plan_for", forbidden)
+        monkeypatch.setattr(RankSlot, "plan", forbidden)
         out = model(x)
         out.pow(2).sum().backward()
         monkeypatch.undo()
@@ -399,7 +398,6 @@ def test_cuda_static_path_has_no_sync_and_replays_in_a_graph(dtype: torch.dtype)
     """bf16: the Triton kernels; fp32: the torch masked path. Forward + backward + AdamW
     captured once, replayed for two rank patterns, equal to eager steps."""
     from flexispeech.lora import adapter_parameters
-    from flexispeech.lora.kernels import set_static_path
 
     torch.manual_seed(0)
     model = inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2"))).cuda().to(dtype)

@@ -126,6 +126,20 @@ def test_fresh_layer_is_the_base_and_shapes() -> None:
     assert torch.equal(layer(x), layer.base_layer(x))  # B starts at zero
 
 
+def test_gaussian_init_draws_a_with_std_one_over_r_max() -> None:
+    torch.manual_seed(0)
+    base = nn.Linear(4096, 10)
+    gaussian = FlexiLoraLinear(base, FlexiLoraConfig(ranks=(0, 2, 4), init="gaussian"))
+    kaiming = FlexiLoraLinear(base, FlexiLoraConfig(ranks=(0, 2, 4)))
+    A = gaussian.lora_A.detach()
+    assert A.std().item() == pytest.approx(1 / 4, rel=0.05) and abs(A.mean().item()) < 0.01
+    # kaiming-uniform (PEFT's) is bounded by 1/sqrt(in_features) = 1/64: a different draw
+    assert kaiming.lora_A.abs().max().item() <= 1 / 64 and A.abs().max().item() > 0.5
+    assert torch.equal(gaussian.lora_B, torch.zeros(10, 4))
+    x = torch.randn(3, 4096)
+    assert torch.equal(gaussian(x), base(x))  # B at zero: it starts as the base layer
+
+
 def test_bf16_layer_keeps_dtype() -> None:
     layer = make_layer().to(torch.bfloat16)
     x = torch.randn(2, 3, 12, dtype=torch.bfloat16)
@@ -146,11 +160,11 @@ def test_rank_slot_keeps_ranks_per_thread_not_on_the_class() -> None:
     not); the slot must hold ``ranks`` in each thread's own dict."""
     import threading
 
-    from flexispeech.lora.layer import RankSlot
+    from flexispeech.lora.ranks import RankSlot
 
-    assert "ranks" not in vars(RankSlot)
+    assert "ranks" not in vars(RankSlot) and "plan_cache" not in vars(RankSlot)
     slot = RankSlot()
-    assert vars(slot) == {"ranks": None}
+    assert vars(slot) == {"ranks": None, "plan_cache": None}
     slot.ranks = torch.tensor([1])
     seen: list = []
     thread = threading.Thread(target=lambda: seen.append(slot.ranks))

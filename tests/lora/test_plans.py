@@ -6,19 +6,22 @@ import torch
 from torch import nn
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear
-from flexispeech.lora.plans import MAX_SEGMENTS, MIN_SEGMENTED_TOKENS, make_plan, plan_for, rank_sort_order
+from flexispeech.lora.plans import MAX_SEGMENTS, MIN_SEGMENTED_TOKENS, make_plan, rank_sort_order
 
 
 def test_plan_is_computed_once_per_ranks_tensor() -> None:
     layer = FlexiLoraLinear(nn.Linear(24, 20), FlexiLoraConfig(ranks=(0, 4, 8, 16), alpha=8.0))
-    ranks = torch.tensor([4, 0, 8])
-    first = plan_for(layer.rank_slot, ranks, 3)
-    assert plan_for(layer.rank_slot, ranks, 3) is first  # shared by every layer of a pass
+    slot = layer.rank_slot
+    slot.ranks = ranks = torch.tensor([4, 0, 8])
+    first = slot.plan(3)
+    assert slot.plan(3) is first  # shared by every layer of a pass
     assert first.runs == [(0, 1, 4), (1, 2, 0), (2, 3, 8)] and first.span == (0, 3) and first.top == 8
-    expanded = plan_for(layer.rank_slot, ranks, 6)  # beam search: each rank repeated
+    expanded = slot.plan(6)  # beam search: each rank repeated
     assert expanded.ranks_list == [4, 4, 0, 0, 8, 8]
     ranks[1] = 16  # an in-place edit is a new batch
-    assert plan_for(layer.rank_slot, ranks, 3).ranks_list == [4, 16, 8]
+    assert slot.plan(3).ranks_list == [4, 16, 8]
+    slot.ranks = torch.tensor([4, 0, 8])  # equal values, another tensor: another batch
+    assert slot.plan(3) is not first and slot.plan(3).ranks_list == [4, 0, 8]
 
 
 def test_rank_sort_order_makes_one_run_per_rank() -> None:

@@ -7,7 +7,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from flexispeech.lora.router import ThresholdRouter, rank_labels
+from flexispeech.lora.calibration import rank_labels
+from flexispeech.lora.router import ThresholdRouter
 
 PROPERTY = settings(max_examples=50, deadline=None)
 rank_sets = st.lists(st.integers(0, 32), min_size=2, max_size=5, unique=True).map(sorted)

@@ -102,6 +102,40 @@ def test_each_update_routes_its_rank_from_the_buffer_snr(assets_dir: Path, tmp_p
     assert all(r == (2 if u.signals["snr_db"] >= 20.0 else 8) for r, u in zip(ranks, updates))
 
 
+def test_ranks_for_is_fixed_rank_then_router_then_default(random_transcriber, assets_dir: Path, tmp_path: Path) -> None:
+    """The one routing chain that offline transcription and streaming share."""
+    from flexispeech import FlexiLoraConfig, ThresholdRouter, attach_router, inject, save_adapter
+    from flexispeech.errors import ConfigError
+    from flexispeech.models.whisper import FAMILY
+
+    model, processor = FAMILY.load("random:tiny")
+    model.save_pretrained(tmp_path / "model")
+    processor.save_pretrained(tmp_path / "model")
+    inject(model, FlexiLoraConfig(ranks=(2, 4, 8), target_modules=FAMILY.default_targets))
+    save_adapter(model, tmp_path / "plain")  # no router
+    # score = -z(snr_db) - z(proxy); the proxy's mean is 5, so a neutral proxy adds nothing
+    router = ThresholdRouter((2, 4, 8), weights={"snr_db": -1.0, "proxy": -1.0}, thresholds=(-1.0, 1.0),
+                             means={"snr_db": 20.0, "proxy": 5.0}, stds={"snr_db": 10.0, "proxy": 1.0})
+    attach_router(model, router)
+    save_adapter(model, tmp_path / "routed")
+    snr = {"snr_db": torch.tensor([40.0, 20.0, 0.0])}  # z = 2, 0, -2
+    routed = Transcriber(str(tmp_path / "model"), adapter=tmp_path / "routed")
+    assert routed.needed_signals() == {"snr_db", "proxy"}
+    assert routed.ranks_for(snr, neutral=("proxy", "proxy_entropy")).tolist() == [2, 4, 8]
+    full = {**snr, "proxy": torch.tensor([9.0, 9.0, 9.0])}  # a computed proxy wins over the neutral one
+    assert routed.ranks_for(full, neutral=("proxy",)).tolist() == [2, 2, 2] == router(full).tolist()
+    with pytest.raises(ConfigError, match=r"needs signals \['proxy'\]"):
+        routed.ranks_for(snr)  # not declared neutral: a missing signal is an error
+    fixed = Transcriber(str(tmp_path / "model"), adapter=tmp_path / "routed", rank=4)
+    assert fixed.ranks_for(full).tolist() == [4, 4, 4]
+    plain = Transcriber(str(tmp_path / "model"), adapter=tmp_path / "plain")
+    assert plain.router is None and plain.ranks_for(snr).tolist() == [8, 8, 8]  # r_max
+    assert random_transcriber.ranks_for(snr) is None  # no adapter: the base model
+    # streaming computes no proxy: the router's neutral value stands in (a 0 would give rank 8)
+    rank, signals = OnlineTranscriber(routed).route(load_audio(assets_dir / "fox.wav"))
+    assert "proxy" not in signals and signals["snr_db"] > 30.0 and rank == 2
+
+
 @pytest.mark.slow
 def test_streaming_ends_with_the_offline_words(assets_dir: Path, transcripts: dict[str, str]) -> None:
     from flexispeech.evaluation.metrics import error_counts

@@ -58,3 +58,33 @@ def test_extends_merges_over_the_parent(tmp_path) -> None:
     (tmp_path / "loop.yaml").write_text("extends: loop.yaml\n")
     with pytest.raises(ConfigError, match="loops back"):
         load_config(tmp_path / "loop.yaml")
+
+
+def test_adapter_section_is_flexi_lora_config_with_its_defaults() -> None:
+    """One adapter schema: the run's section has FlexiLoraConfig's fields (but metadata,
+    which the run fills in) and its defaults, and becomes one through ``to_lora``."""
+    import dataclasses
+
+    from flexispeech.lora.config import FlexiLoraConfig
+    from flexispeech.training.config import AdapterConfig
+
+    lora_fields = [f.name for f in dataclasses.fields(FlexiLoraConfig) if f.name != "metadata"]
+    assert [f.name for f in dataclasses.fields(AdapterConfig)] == lora_fields
+    adapter = load_config(None).adapter
+    built = adapter.to_lora(target_modules=("fc1",), metadata={"run": "r"})
+    assert built == FlexiLoraConfig(target_modules=("fc1",), metadata={"run": "r"})  # every default the library's
+    cfg = load_config(None, ["adapter.init=gaussian", "adapter.ranks=[4, 8]", "adapter.alpha=8",
+                             "adapter.rank_scales={4: 2.5}", "adapter.target_modules=[q_proj]"])
+    lora = cfg.adapter.to_lora(target_modules=tuple(cfg.adapter.target_modules))
+    assert (lora.init, lora.ranks, lora.alpha, lora.scale(4), lora.target_modules) == ("gaussian", (4, 8), 8.0, 2.5, ("q_proj",))
+
+
+def test_adapter_values_are_checked_when_the_config_loads(tmp_path) -> None:
+    with pytest.raises(ConfigError, match=r"run.yaml: adapter.scaling: expected 'standard', 'rslora' or 'nested'"):
+        load_config(write(tmp_path, "adapter:\n  scaling: nestd\n"))
+    with pytest.raises(ConfigError, match=r"adapter.init: expected 'kaiming' or 'gaussian'"):
+        load_config(None, ["adapter.init=xavier"])
+    with pytest.raises(ConfigError, match=r"adapter.ranks: must be sorted"):
+        load_config(None, ["adapter.ranks=[8, 4]"])
+    with pytest.raises(ConfigError, match=r"unknown key 'adapter.lora_alpha'"):
+        load_config(None, ["adapter.lora_alpha=8"])
