@@ -221,10 +221,12 @@ def speed_perturb(
     backend: str = "auto",
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Row ``i`` sped up by ``factors[choice[i]]`` (choice [batch] long; a factor of 1.0 is a
-    row left bit-exact). Returns audio [batch, T'] and lengths [batch], where T' is the
-    widest any factor could make the batch (a static width: no host sync)."""
+    row left bit-exact; an index past the list is a row left alone). Returns audio
+    [batch, T'] and lengths [batch], where T' is the widest any factor (or none) could
+    make the batch: a static width, so no host sync."""
     rates = [speed_rates(f, sample_rate) for f in factors]
-    width = max(-(-audio.shape[1] * new // orig) for orig, new in rates)
+    # rows left at 1.0 keep their length, so the width never shrinks below the input's
+    width = max(audio.shape[1], *(-(-audio.shape[1] * new // orig) for orig, new in rates))
     out = torch.nn.functional.pad(audio, (0, width - audio.shape[1]))
     out_lengths = lengths
     for k, (orig, new) in enumerate(rates):

@@ -24,6 +24,7 @@ from flexispeech.data.augment_spectrogram import spec_augment_masks, time_warp
 from flexispeech.data.augment_waveform import (
     _torchaudio_functional,
     add_noise_at_snr,
+    babble,
     fftconvolve,
     resample,
     reverberate,
@@ -139,16 +140,29 @@ def test_speed_of_a_padded_row_equals_the_row_alone(batch) -> None:
     torch.testing.assert_close(out[2, : alone.shape[1]], alone[0], rtol=0, atol=1e-6)
 
 
-def test_unchosen_rows_are_left_bit_exact(batch) -> None:
+@pytest.mark.parametrize("op", ["noise_prob", "reverb_prob", "speed_prob"])
+def test_each_op_hits_its_share_of_rows_and_leaves_the_others_bit_exact(batch, op) -> None:
     audio, lengths = batch
-    cfg = AugmentConfig(noise_prob=0.5, reverb_prob=0.5, speed_prob=0.5, backend="torch")
-    seen = set()
-    for step in range(8):
+    cfg = AugmentConfig(**{op: 0.5}, speed_factors=[1.1], backend="torch")
+    hits = 0
+    for step in range(20):
         out, out_lengths = augment_waveforms(audio, lengths, cfg, step_generator(0, step))
         for i, n in enumerate(lengths.tolist()):
             untouched = int(out_lengths[i]) == n and torch.equal(out[i, :n], audio[i, :n])
-            seen.add(untouched)
-    assert seen == {True, False}
+            hits += not untouched
+    assert 15 <= hits <= 45, hits  # of 60 rows at p = 0.5 (a binomial's 4-sigma range)
+
+
+def test_babble_mixes_other_utterances_of_the_batch() -> None:
+    audio = torch.tensor([[1.0] * 6, [10.0] * 4 + [0.0] * 2, [100.0] * 5 + [0.0]])
+    lengths = torch.tensor([6, 4, 5])
+    for seed in range(5):
+        one = babble(audio, lengths, 1, torch.Generator().manual_seed(seed))
+        for i, own in enumerate((1.0, 10.0, 100.0)):
+            assert set(one[i].tolist()) <= {1.0, 10.0, 100.0} - {own}  # one other talker, looped
+        two = babble(audio, lengths, 2, torch.Generator().manual_seed(seed))
+        sums = {a + b for a in (1.0, 10.0, 100.0) for b in (1.0, 10.0, 100.0)}
+        assert set(two.flatten().tolist()) <= sums
 
 
 def test_reverb_keeps_length_and_level_and_changes_the_sound(batch) -> None:
