@@ -262,13 +262,30 @@ def synthetic_rirs(
     return tail
 
 
+@functools.lru_cache(maxsize=64)
+def fft_size(n: int) -> int:
+    """The smallest 2^a 3^b 5^c >= n: FFTs of sizes with large prime factors are slow, and the
+    next power of two can be almost twice n (10 s + a 0.8 s RIR: 172,800 instead of 262,144)."""
+    best, p2 = 1 << max(n - 1, 0).bit_length(), 1
+    while p2 < best:
+        p3 = p2
+        while p3 < best:
+            p5 = p3
+            while p5 < n:
+                p5 *= 5
+            best = min(best, p5)
+            p3 *= 3
+        p2 *= 2
+    return best
+
+
 def fftconvolve(x: torch.Tensor, y: torch.Tensor, backend: str = "auto") -> torch.Tensor:
     """Full linear convolution of rows: x [batch, N], y [batch, K] -> [batch, N + K - 1]."""
     taf = torchaudio_ops(backend)
     if taf is not None:
         return taf.fftconvolve(x, y)
     n = x.shape[-1] + y.shape[-1] - 1
-    n_fft = 1 << (n - 1).bit_length()  # a power of two: FFT sizes with large prime factors are slow
+    n_fft = fft_size(n)
     spectrum = torch.fft.rfft(x, n=n_fft) * torch.fft.rfft(y, n=n_fft)
     return torch.fft.irfft(spectrum, n=n_fft)[..., :n]
 

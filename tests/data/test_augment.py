@@ -25,6 +25,7 @@ from flexispeech.data.augment_waveform import (
     _torchaudio_functional,
     add_noise_at_snr,
     babble,
+    fft_size,
     fftconvolve,
     resample,
     reverberate,
@@ -184,6 +185,26 @@ def test_reverb_with_an_impulse_is_the_identity_whatever_its_delay(batch) -> Non
     out = reverberate(audio, lengths, rirs, "torch")
     polarity = torch.tensor([[1.0], [1.0], [-1.0]])  # an inverted impulse inverts the wave
     torch.testing.assert_close(out, audio * polarity, rtol=1e-5, atol=1e-6)
+
+
+def test_fftconvolve_is_the_full_linear_convolution() -> None:
+    x, y = torch.randn(2, 1000, dtype=torch.float64), torch.randn(2, 77, dtype=torch.float64)
+    out = fftconvolve(x, y, "torch")
+    for i in range(2):
+        torch.testing.assert_close(out[i], torch.from_numpy(np.convolve(x[i].numpy(), y[i].numpy())))
+
+
+def test_fft_size_is_the_next_5_smooth_number() -> None:
+    def smooth(m: int) -> bool:
+        for p in (2, 3, 5):
+            while m % p == 0:
+                m //= p
+        return m == 1
+
+    for n in [*range(1, 400), 160_000 + 12_800 - 1, 262_145]:
+        size = fft_size(n)
+        assert size >= n and smooth(size) and not any(smooth(m) for m in range(n, size)), n
+    assert fft_size(172_799) == 172_800
 
 
 def test_synthetic_rirs_decay_60_db_in_rt60() -> None:
