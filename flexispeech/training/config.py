@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from flexispeech.data.augment import AugmentConfig
 from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
 
@@ -155,6 +156,7 @@ class RunConfig:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
 class _StrictLoader(yaml.SafeLoader):
