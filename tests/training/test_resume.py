@@ -4,6 +4,7 @@ uninterrupted run, bit for bit."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,15 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-import json
-
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train_eval import corpus  # noqa: F401  (module-scoped fixture: a tiny corpus)
 
 from flexispeech.training.checkpoint import STATE_NAME, find_checkpoint
-
-from test_train_eval import corpus  # noqa: F401  (module-scoped fixture: a tiny corpus)
 
 
 def train_cmd(corpus_dir: Path, out: Path, mode: str) -> list[str]:

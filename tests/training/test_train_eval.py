@@ -12,10 +12,10 @@ import torch
 from safetensors.torch import load_file
 
 from flexispeech.cli import main
-from flexispeech.training.config import load_config
 from flexispeech.data.corpus import write_corpus
 from flexispeech.lora.inject import adapter_parameters
 from flexispeech.lora.io import load_adapter, read_adapter_config
+from flexispeech.training.config import load_config
 from flexispeech.training.loop import Trainer, train
 
 WORDS = "the quick brown fox jumps over the lazy dog please call stella".split()
