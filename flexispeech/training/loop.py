@@ -135,6 +135,7 @@ class Trainer:
         self.scheduler = _scheduler(cfg, self.optimizer)
         self.state, self.resumed_from = self._restore(model)
         self.router_state: Any = None  # of the last micro-batch trained on (random routers)
+        self.start_step = self.state.step
         self.steps_run = 0  # optimizer steps taken by this process (a resumed run skips the earlier ones)
         self.counts: Counter = Counter({int(k): v for k, v in self.state.rank_counts.items()})
         self.losses: list[float] = []
@@ -278,7 +279,7 @@ class Trainer:
                 "train_active_params_mean": params.active_mean,
                 "train_router": self.train_router.describe(),
                 "inference_router": self.infer_router.describe(),
-                "resumed": None if self.resumed_from is None else {"from": str(self.resumed_from), "step": state.step - self.steps_run},
+                "resumed": None if self.resumed_from is None else {"from": str(self.resumed_from), "step": self.start_step},
                 "steps_run": self.steps_run,
             }
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")

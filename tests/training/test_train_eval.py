@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from flexispeech.cli import main
 from flexispeech.data.corpus import write_corpus
+from flexispeech.errors import ConfigError
 from flexispeech.lora.inject import adapter_parameters
 from flexispeech.lora.io import load_adapter, read_adapter_config
 from flexispeech.training.config import load_config
@@ -133,6 +134,12 @@ def test_bad_config_key_is_one_line(corpus, tmp_path, capsys) -> None:
     assert main(["train", "--config", str(conf)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown key 'train.max_step'" in err and "bad.yaml" in err
+
+
+def test_negative_num_workers_is_a_config_error(corpus, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="train.num_workers"):
+        train(config(corpus, tmp_path / "w", "fixed", **{"train.num_workers": -1}), progress=False)
+    assert not (tmp_path / "w").exists()  # refused before anything was loaded or written
 
 
 def test_cached_encoder_training(corpus, tmp_path) -> None:
