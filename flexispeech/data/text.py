@@ -1,11 +1,12 @@
-"""Text tasks (math word problems, short-answer QA) as splits with ``CorpusSplit``'s interface.
+"""Text tasks (math word problems, short-answer QA) as splits of the shared ``Split`` base.
 
 Training and evaluation take a split from :func:`open_split`, which reads the directory's
 marker: ``corpus.json`` -> :class:`~flexispeech.data.speech.CorpusSplit` (speech),
-``task.json`` -> :class:`TextTaskSplit`. Both give ``rows``, ``durations`` (the lengths the
-batch sampler buckets by), ``signals(i)``, ``all_signals()``, ``column(name)``,
-``record(i)`` and ``Example`` items, so the training loop, the routers and the decoder
-loop are the same code for speech and text.
+``task.json`` -> :class:`TextTaskSplit`. Both are :class:`~flexispeech.data.split.Split`s:
+``rows``, ``durations`` (the lengths the batch sampler buckets by), ``signals(i)``,
+``signals_of(indices)``, ``all_signals()``, ``column(name)``, ``record(i)`` and ``Example``
+items, so the training loop, the routers and the decoder loop are the same code for
+speech and text.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import Dataset
-
-from flexispeech.data.speech import CorpusSplit, row_signals, rows_column, sample_rows, signal_columns, stacked_signals
-from flexispeech.errors import ConfigError, FlexispeechError
+from flexispeech.data.speech import CorpusSplit
+from flexispeech.data.split import Split, sample_rows
+from flexispeech.errors import ConfigError
 from flexispeech.models.family import Example
 
 TARGETS = ("answer", "solution")
@@ -31,7 +30,7 @@ def task_metric(name: str, columns: list[str]) -> str:
     return TASK_METRICS.get(name, "f1" if "answers" in columns else "accuracy")
 
 
-class TextTaskSplit(Dataset):
+class TextTaskSplit(Split):
     """One split of a text task as ``Example(id, text=<target>, prompt=<prompt>, signals)``.
 
     Args:
@@ -56,37 +55,18 @@ class TextTaskSplit(Dataset):
 
         if target not in TARGETS:
             raise ConfigError(f"data.target: expected one of {list(TARGETS)}, got {target!r}")
-        self.corpus_dir = Path(task_dir)
-        self.task_name = str(read_text_task_info(self.corpus_dir).get("name", ""))
-        ds = load_text_task(self.corpus_dir, split)
-        self.signal_names = signal_columns(ds.column_names)
+        task_dir = Path(task_dir)
+        self.task_name = str(read_text_task_info(task_dir).get("name", ""))
+        ds = load_text_task(task_dir, split)
         self.metric = task_metric(self.task_name, ds.column_names)
         self.target = target
-        rows = sample_rows(ds.to_list(), max_examples, seed)
-        if not rows:
-            raise FlexispeechError(f"{self.corpus_dir}: split {split!r} has no rows")
-        self.rows = rows
-
-    def __len__(self) -> int:
-        return len(self.rows)
+        super().__init__(task_dir, sample_rows(ds.to_list(), max_examples, seed), ds.column_names, f"split {split!r} has no rows")
 
     @property
     def durations(self) -> list[float]:
         """Prompt lengths in words: what the length-bucketing sampler sorts by (the
         speech splits' seconds play the same part)."""
         return [float(len(str(r["prompt"]).split())) for r in self.rows]
-
-    def signals(self, index: int) -> dict[str, float]:
-        """The cached signals of row ``index``."""
-        return row_signals(self.rows[index], self.signal_names)
-
-    def all_signals(self) -> dict[str, torch.Tensor]:
-        """Every row's cached signals, name -> [len(self)] float32 (for router calibration)."""
-        return stacked_signals(self.rows, self.signal_names)
-
-    def column(self, name: str) -> list[Any]:
-        """A column of the kept rows (raises naming the column if the task lacks it)."""
-        return rows_column(self.rows, name, self.corpus_dir)
 
     def target_text(self, index: int) -> str:
         """The text row ``index`` is trained to produce (see ``target``)."""

@@ -7,6 +7,7 @@ seen/unseen voice) and written as results.json, results.md and PNG plots.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -18,19 +19,19 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from flexispeech.data.speech import CorpusSplit, make_collate
+from flexispeech.data.split import Split
 from flexispeech.errors import AudioError, FlexispeechError
-from flexispeech.lora.inject import get_state, use_ranks
-from flexispeech.lora.plans import rank_sort_order
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, snr_bucket
 from flexispeech.evaluation.metrics import error_counts, utterance_wer
-from flexispeech.data.text import TextTaskSplit
+from flexispeech.lora.inject import get_state, use_ranks
+from flexispeech.models.example import Example
+from flexispeech.training.batch import prepare_batch
 
 def decode_split(
     model: torch.nn.Module,
     family: Any,
     processor: Any,
-    split: CorpusSplit | TextTaskSplit,
+    split: Split,
     router: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None,
     batch_size: int = 16,
     num_beams: int = 1,
@@ -45,7 +46,10 @@ def decode_split(
     the generated tokens (None: the family's default).
     """
     device = next(model.parameters()).device
-    collate = make_collate(family, processor, train=False)
+
+    def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
+        return family.collate(processor, examples, train=False)
+
     # Batches of similar duration (text: prompt length): less padding, similar decoding lengths.
     lengths = split.durations
     order = sorted(range(len(split)), key=lambda i: lengths[i])
@@ -63,25 +67,17 @@ def decode_split(
                 records[i] = {**split.record(i), "hyp": "", "rank": None, "error": str(err)}
         if not idx:
             continue
-        batch = collate(examples)
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch["inputs"].items()}
-        ranks = router(batch["signals"]) if router is not None else None
-        if ranks is not None:
-            # Rows of equal rank side by side: the CPU's segmented path then runs one
-            # truncated matmul per rank instead of one per row (rows decode independently).
-            by_rank = rank_sort_order(ranks)
-            inputs = {k: v[by_rank] if isinstance(v, torch.Tensor) and v.shape[:1] == ranks.shape else v for k, v in inputs.items()}
-            ranks, idx = ranks[by_rank], [idx[j] for j in by_rank.tolist()]
+        # Rows decode independently: the batch step puts them in rank order for speed only.
+        batch = prepare_batch(examples, router, collate, rows=idx)
+        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
+        ranks_ctx = use_ranks(model, batch.ranks) if batch.ranks is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
-        with torch.no_grad():
-            if ranks is None:
-                texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
-            else:
-                with use_ranks(model, ranks):
-                    texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
+        with torch.no_grad(), ranks_ctx:
+            texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
         decode_s += time.perf_counter() - t0
-        for j, (i, text) in enumerate(zip(idx, texts)):
-            records[i] = {**split.record(i), "hyp": text, "rank": None if ranks is None else int(ranks[j])}
+        ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
+        for i, text, rank in zip(batch.rows, texts, ranks):
+            records[i] = {**split.record(i), "hyp": text, "rank": rank}
     return records, decode_s
 
 

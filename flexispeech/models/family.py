@@ -3,12 +3,17 @@
 Per-example ranks are not an argument here: callers wrap ``loss``/``generate`` in
 ``flexispeech.use_ranks(model, ranks)``, and the adapted layers read them. This keeps one
 adaptive-layer code path for every family.
+
+Training reaches a family through :func:`train_inputs`: the rows of a split become model
+inputs and a loss by ``collate`` + ``loss``, unless the family has a cheaper way of its own
+(Whisper's cached encoder prefix, ``flexispeech.models.whisper_prefix``).
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import torch
@@ -19,7 +24,12 @@ from flexispeech.models.example import Example  # in a module of its own: the fa
 
 
 class ModelFamily(Protocol):
-    """The interface of ``flexispeech.models.<family>.FAMILY``."""
+    """The interface of ``flexispeech.models.<family>.FAMILY``.
+
+    A family may also offer ``cached_train_inputs(model, processor, split, n_layers, key,
+    progress) -> TrainInputs``, a cheaper training path that :func:`train_inputs` takes
+    when ``model.cache_encoder_layers`` is set (Whisper).
+    """
 
     name: str
     default_targets: tuple[str, ...]
@@ -48,6 +58,63 @@ class ModelFamily(Protocol):
         """Decoded text per example; call inside ``use_ranks`` (ranks follow beams).
         ``max_new_tokens`` caps the new tokens (per window for Whisper; None: the family's default)."""
         ...
+
+
+class TrainInputs(Protocol):
+    """How training turns rows of a split into model inputs and a loss.
+
+    ``collate`` runs in DataLoader workers (no model there); ``loss`` in the training
+    process, inside ``use_ranks``.
+    """
+
+    def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        """Model inputs of split rows ``rows``, in that order (first dim = len(rows))."""
+        ...
+
+    def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Mean training loss of the batch (scalar)."""
+        ...
+
+
+@dataclass
+class CollatedInputs:
+    """Every family's way: ``family.collate`` of the rows' Examples, then ``family.loss``.
+
+    ``split`` is a :class:`flexispeech.data.split.Split` (its items are Examples).
+    """
+
+    family: ModelFamily
+    processor: Any
+    split: Any
+
+    def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        return self.family.collate(self.processor, [self.split[i] for i in rows], train=True)
+
+    def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.family.loss(model, inputs)
+
+
+def train_inputs(
+    family: ModelFamily,
+    model: nn.Module,
+    processor: Any,
+    split: Any,
+    cache_encoder_layers: int = 0,
+    cache_key: str = "",
+    progress: bool = False,
+) -> TrainInputs:
+    """The training inputs of ``split`` for ``family``.
+
+    With ``cache_encoder_layers`` (``model.cache_encoder_layers``) the family's
+    ``cached_train_inputs`` computes the frozen bottom of the encoder once per row (keyed by
+    ``cache_key``); only a family that has that method accepts it (Whisper).
+    """
+    if not cache_encoder_layers:
+        return CollatedInputs(family, processor, split)
+    cached = getattr(family, "cached_train_inputs", None)
+    if cached is None:
+        raise ConfigError(f"model.cache_encoder_layers: Whisper only, not the {family.name} family")
+    return cached(model, processor, split, cache_encoder_layers, cache_key, progress)
 
 
 FAMILIES = {

@@ -159,6 +159,18 @@ class WhisperFamily:
             out[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         return out
 
+    def cached_train_inputs(
+        self, model: nn.Module, processor: Any, split: Any, n_layers: int, key: str = "", progress: bool = False
+    ) -> Any:
+        """Training inputs that start from encoder layer ``n_layers``: the frozen layers'
+        output of every row of ``split`` is computed once (``whisper_prefix``)."""
+        from functools import partial
+
+        from flexispeech.models.whisper_prefix import PrefixInputs, build_prefix_cache
+
+        cache = build_prefix_cache(model, processor, split, n_layers, progress, key)
+        return PrefixInputs(cache, partial(self.labels, processor), [str(r["text"]) for r in split.rows], n_layers)
+
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token-level cross entropy (mean over label tokens that are not -100)."""
         param = next(model.parameters())  # not model.dtype: a DDP wrapper has no .dtype

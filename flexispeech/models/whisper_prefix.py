@@ -7,15 +7,22 @@ Backpropagation already stops at the first adapted layer; this also removes the 
 layers' forward pass, the larger part of a CPU step when ``k`` covers the whole encoder.
 
 At inference nothing changes: the full encoder runs and gives the same hidden states.
+Training reaches this module through ``WhisperFamily.cached_train_inputs`` (see
+``flexispeech.models.family.train_inputs``): :func:`build_prefix_cache` once, then
+:class:`PrefixInputs` per batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from flexispeech.atomic import write_file
 from flexispeech.errors import ConfigError
 
 
@@ -76,3 +83,57 @@ def loss_from_prefix(model: nn.Module, prefix: torch.Tensor, labels: torch.Tenso
     device = next(model.parameters()).device
     encoded = encode_suffix(model, prefix.to(device, dtype=model.dtype), n_layers)
     return model(encoder_outputs=BaseModelOutput(last_hidden_state=encoded), labels=labels.to(device)).loss
+
+
+def build_prefix_cache(
+    model: nn.Module,
+    processor: Any,
+    split: Any,
+    n_layers: int,
+    progress: bool = False,
+    key: str = "",
+    batch_size: int = 16,
+) -> list[torch.Tensor]:
+    """Encoder-prefix states [positions, d_model] of every row of ``split`` (a speech
+    :class:`~flexispeech.data.split.Split`), computed once.
+
+    They are also stored under ``<corpus>/cache/encoder/`` (safetensors, named by a hash
+    of ``key``, the layer count and the row ids), so the other runs of a recipe on the
+    same corpus and model load them instead of recomputing.
+    """
+    from safetensors.torch import load_file, save_file
+    from tqdm.auto import tqdm
+
+    from flexispeech.models.whisper import FAMILY
+
+    digest = hashlib.sha1(f"{key}|{n_layers}|{[r['id'] for r in split.rows]}".encode()).hexdigest()[:16]
+    path = split.corpus_dir / "cache" / "encoder" / f"{digest}.safetensors"
+    if path.is_file():
+        return list(load_file(str(path))["prefix"])
+    cache: list[torch.Tensor] = []
+    for start in tqdm(range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress):
+        examples = [split[i] for i in range(start, min(start + batch_size, len(split)))]
+        inputs = FAMILY.collate(processor, examples, train=False)
+        cache += list(encode_prefix(model, inputs["input_features"], n_layers).cpu())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prefix = {"prefix": torch.stack(cache).contiguous()}
+    write_file(path, lambda tmp: save_file(prefix, str(tmp)))  # a killed run never leaves a truncated cache
+    return cache
+
+
+@dataclass
+class PrefixInputs:
+    """Training inputs from the cached prefix: ``{"prefix": [B, positions, d_model],
+    "labels": [B, L]}`` of split rows (no audio is decoded), and ``loss_from_prefix``."""
+
+    cache: list[torch.Tensor]
+    labels: Callable[[Sequence[str]], torch.Tensor]
+    """Token ids [B, L] of texts (the family's ``labels`` with its processor)."""
+    texts: list[str]
+    n_layers: int
+
+    def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        return {"prefix": torch.stack([self.cache[i] for i in rows]), "labels": self.labels([self.texts[i] for i in rows])}
+
+    def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return loss_from_prefix(model, inputs["prefix"], inputs["labels"], self.n_layers)

@@ -133,6 +133,9 @@ class TrainConfig:
     save_every: int = 50
     bucket_by_length: bool = True
     num_workers: int = 0
+    """DataLoader worker processes that collate batches (decode audio, extract features);
+    0 collates in the training process. Rows and ranks are planned in the training
+    process, so any number gives the same run, bit for bit."""
 
 
 @dataclass

@@ -5,7 +5,9 @@ under ``accelerate launch`` / ``torchrun`` (DDP). Each optimizer step consumes o
 batch of ``batch_size * world_size * grad_accum`` examples in an order fixed by the seed,
 so a multi-process run sees the same examples per step as a single-process run with the
 same global batch. Ranks come from the run's router on each batch's signals, exactly as
-at inference.
+at inference, through the batch step of ``flexispeech.training.batch`` (rows are planned
+and routed here, collated by ``train.num_workers`` DataLoader workers). Family-specific
+training inputs (Whisper's cached encoder prefix) come from ``models.family.train_inputs``.
 """
 
 from __future__ import annotations
@@ -19,25 +21,25 @@ from typing import Any
 
 import torch
 import yaml
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from flexispeech.atomic import write_file
-from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
-from flexispeech.training.config import RunConfig, to_dict
-from flexispeech.data.speech import CorpusSplit, LengthBucketSampler, make_collate
+from flexispeech.data.speech import LengthBucketSampler
+from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import save_adapter
-from flexispeech.lora.plans import rank_sort_order
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
-from flexispeech.models.family import get_family
+from flexispeech.models.family import TrainInputs, get_family, train_inputs
 from flexispeech.models.family import load_model as load_family_model
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
-from flexispeech.models.whisper_prefix import encode_prefix, frozen_prefix_pattern, loss_from_prefix
+from flexispeech.models.whisper_prefix import frozen_prefix_pattern
+from flexispeech.training.batch import Batch, BatchPlan, train_loader
+from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
+from flexispeech.training.config import RunConfig, to_dict
 from flexispeech.training.routing import build_routers
-from flexispeech.data.text import open_split
 
 
 def _hist(counts: Counter | dict[int, int]) -> str:
@@ -82,184 +84,207 @@ def adapter_config(cfg: RunConfig, family: Any) -> FlexiLoraConfig:
     )
 
 
+
+class Trainer:
+    """One training run in three parts: ``setup`` (model, data, routers, optimizer, resume),
+    ``_loss_step`` (the loss of one routed micro-batch) and ``train`` (the loop, checkpoints,
+    the final adapter). :func:`train` runs them; a test keeps the object to inspect ``model``.
+
+    With ``resume`` the run continues from ``<output_dir>/checkpoint`` (a killed run ends
+    with the same adapter as an uninterrupted one) and says so: a line on stdout and
+    ``resumed`` / ``steps_run`` in ``train_summary.json``.
+    """
+
+    def __init__(self, cfg: RunConfig, resume: bool = False, progress: bool = True) -> None:
+        self.cfg, self.resume, self.progress = cfg, resume, progress
+        self.out = Path(cfg.output_dir)
+
+    def setup(self) -> None:
+        """Load, inject, build routers and optimizer, restore a checkpoint, write config.yaml."""
+        from accelerate import Accelerator, DistributedDataParallelKwargs
+        from accelerate.utils import set_seed
+
+        cfg = self.cfg
+        if cfg.train.num_workers < 0:
+            raise ConfigError(f"train.num_workers: expected 0 or more worker processes, got {cfg.train.num_workers}")
+        # Rows at rank 0 leave adapter parameters unused in some steps: DDP must allow that.
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.train.mixed_precision,
+            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
+        )
+        set_seed(cfg.seed)
+        self.family, model, self.processor = load_model(cfg, self.accelerator.device)
+        self.split = open_split(cfg.data.corpus, cfg.data.train_split, self._max_duration(), cfg.data.max_train_examples,
+                                cfg.seed, cfg.data.target)
+        uses_learned = cfg.routing.mode == "learned" or (cfg.routing.mode == "inconsistent" and cfg.routing.inference_router == "learned")
+        difficulty = self.split.column(cfg.routing.difficulty) if uses_learned else None
+        self.train_router, self.infer_router = build_routers(
+            cfg.routing, tuple(cfg.adapter.ranks), self.split.all_signals(), difficulty, cfg.seed
+        )
+        inject(model, adapter_config(cfg, self.family))
+        attach_router(model, self.infer_router)
+        model.train()
+        self.optimizer = torch.optim.AdamW(adapter_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.scheduler = _scheduler(cfg, self.optimizer)
+        self.state, self.resumed_from = self._restore(model)
+        self.router_state: Any = None  # of the last micro-batch trained on (random routers)
+        self.start_step = self.state.step
+        self.steps_run = 0  # optimizer steps taken by this process (a resumed run skips the earlier ones)
+        self.counts: Counter = Counter({int(k): v for k, v in self.state.rank_counts.items()})
+        self.losses: list[float] = []
+        self.inputs = self._train_inputs(model)
+        self.model = self.accelerator.prepare_model(model)
+        if self.accelerator.is_main_process:
+            self._start_logs()
+
+    def _max_duration(self) -> float | None:
+        """``data.max_duration``, capped by a shortened Whisper window (longer clips would be cut)."""
+        max_duration = self.cfg.data.max_duration
+        if self.cfg.model.family == "whisper" and self.cfg.model.audio_ctx:
+            window = self.cfg.model.audio_ctx / POSITIONS_PER_SECOND
+            max_duration = window if max_duration is None else min(max_duration, window)
+        return max_duration
+
+    def _restore(self, model: torch.nn.Module) -> tuple[TrainerState, Path | None]:
+        """The trainer state to start from, and the checkpoint it came from (None: a fresh start)."""
+        ckpt = find_checkpoint(self.out) if self.resume else None
+        if ckpt is None:
+            return TrainerState(), None
+        state, router_state = load_checkpoint(ckpt, model, self.optimizer, self.scheduler)
+        if isinstance(self.train_router, RandomRouter) and router_state is not None:
+            self.train_router.generator.set_state(router_state)
+        return state, ckpt
+
+    def _train_inputs(self, model: torch.nn.Module) -> TrainInputs:
+        cfg = self.cfg
+        if cfg.model.cache_encoder_layers and self.accelerator.num_processes > 1:
+            raise ConfigError("model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)")
+        key = f"{cfg.model.source}|{cfg.model.audio_ctx}|{cfg.data.train_split}"
+        return train_inputs(self.family, model, self.processor, self.split, cfg.model.cache_encoder_layers, key, self.progress)
+
+    def _start_logs(self) -> None:
+        """config.yaml; train_log.jsonl cut back to the checkpoint's step (or emptied)."""
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        log_path = self.out / "train_log.jsonl"
+        kept = []
+        if self.resumed_from is not None and log_path.exists():
+            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= self.state.step]
+        log_path.write_text("".join(ln + "\n" for ln in kept))
+        print(f"[{cfg.name}] train router: {self.train_router.describe()}; inference router: {self.infer_router.describe()}")
+        if self.resumed_from is not None:
+            print(f"[{cfg.name}] resumed from {self.resumed_from} at step {self.state.step}")
+        elif self.resume:
+            print(f"[{cfg.name}] no checkpoint in {self.out}: starting at step 0")
+
+    def _loader(self) -> DataLoader:
+        """This process's micro-batches from where the trainer state stands, collated ahead."""
+        cfg, world = self.cfg, self.accelerator.num_processes
+        sampler = LengthBucketSampler(self.split.durations, cfg.train.batch_size * world, seed=cfg.seed,
+                                      bucket_by_length=cfg.train.bucket_by_length)
+        plan = BatchPlan(self.split, sampler, self.train_router, cfg.train.batch_size, self.accelerator.process_index,
+                         start=(self.state.epoch, self.state.batch_in_epoch))
+        return train_loader(plan, self.inputs, cfg.train.num_workers)
+
+    def _loss_step(self, batch: Batch[int]) -> torch.Tensor:
+        """Mean loss of one collated micro-batch; call inside ``use_ranks(model, batch.ranks)``."""
+        return self.inputs.loss(self.model, _to_device(batch.inputs, self.accelerator.device))
+
+    def train(self) -> Path:
+        """Run to ``train.max_steps``; returns the directory of the final adapter."""
+        cfg, state, accelerator = self.cfg, self.state, self.accelerator
+        bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc=cfg.name,
+                   disable=not (self.progress and accelerator.is_main_process))
+        accum = cfg.train.grad_accum
+        micro = 0
+        t_start = time.perf_counter() - state.train_time_s
+        # Each global batch is this process's share of ``batch_size * world_size`` rows; an
+        # optimizer step consumes ``grad_accum`` of them.
+        for planned in self._loader() if state.step < cfg.train.max_steps else ():
+            batch = planned.batch
+            state.epoch, state.batch_in_epoch = planned.epoch, planned.index + 1
+            self.router_state = planned.router_state
+            self.counts.update(batch.ranks.tolist())
+            micro += 1
+            sync = micro % accum == 0
+            ctx = accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
+            with ctx, use_ranks(self.model, batch.ranks):
+                loss = self._loss_step(batch) / accum
+                accelerator.backward(loss)
+            self.losses.append(float(loss.detach()) * accum)
+            state.examples_seen += planned.n_global
+            if not sync:
+                continue
+            if cfg.train.max_grad_norm:
+                accelerator.clip_grad_norm_(adapter_parameters(self.model), cfg.train.max_grad_norm)
+            self.optimizer.step()
+            self.scheduler.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            state.step += 1
+            self.steps_run += 1
+            bar.update(1)
+            mean_loss = sum(self.losses) / len(self.losses)
+            bar.set_postfix_str(f"loss {mean_loss:.3f} | {_hist(self.counts)}")
+            if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+                self._log(mean_loss, time.perf_counter() - t_start)
+            if state.step % cfg.train.save_every == 0 and state.step < cfg.train.max_steps:
+                self._save_checkpoint(time.perf_counter() - t_start)
+            if state.step >= cfg.train.max_steps:
+                break
+        bar.close()
+        return self._finish(time.perf_counter() - t_start)
+
+    def _log(self, mean_loss: float, elapsed_s: float) -> None:
+        """One line of train_log.jsonl: the mean loss since the last line, lr, rank counts."""
+        state = self.state
+        if self.accelerator.is_main_process:
+            entry = {"step": state.step, "loss": round(mean_loss, 5), "lr": self.scheduler.get_last_lr()[0], "epoch": state.epoch,
+                     "ranks": {str(k): v for k, v in sorted(self.counts.items())}, "elapsed_s": round(elapsed_s, 2)}
+            with (self.out / "train_log.jsonl").open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+        self.losses.clear()
+
+    def _save_checkpoint(self, elapsed_s: float) -> None:
+        self.state.train_time_s = elapsed_s
+        self.state.rank_counts = dict(self.counts)
+        self.accelerator.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            save_checkpoint(self.out, self.model, self.state, self.optimizer, self.scheduler, self.router_state)
+
+    def _finish(self, train_time: float) -> Path:
+        """The final adapter and train_summary.json."""
+        state, accelerator = self.state, self.accelerator
+        accelerator.wait_for_everyone()
+        adapter_dir = self.out / "adapter"
+        if accelerator.is_main_process:
+            save_adapter(self.model, adapter_dir)
+            params = count_parameters(self.model, dict(self.counts))
+            summary = {
+                "name": self.cfg.name,
+                "steps": state.step,
+                "examples_seen": state.examples_seen,
+                "train_time_s": round(train_time, 2),
+                "examples_per_s": round(state.examples_seen / max(train_time, 1e-9), 3),
+                "processes": accelerator.num_processes,
+                "train_rank_histogram": {str(k): v for k, v in sorted(self.counts.items())},
+                "adapter_params_total": params.total,
+                "train_active_params_mean": params.active_mean,
+                "train_router": self.train_router.describe(),
+                "inference_router": self.infer_router.describe(),
+                "resumed": None if self.resumed_from is None else {"from": str(self.resumed_from), "step": self.start_step},
+                "steps_run": self.steps_run,
+            }
+            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+        return adapter_dir
+
+
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
     """Train the run described by ``cfg``; returns the directory of the final adapter.
 
     With ``resume`` the run continues from ``<output_dir>/checkpoint`` (a killed run ends
     with the same adapter as an uninterrupted one).
     """
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-    from accelerate.utils import set_seed
-
-    out = Path(cfg.output_dir)
-    # Rows at rank 0 leave adapter parameters unused in some steps: DDP must allow that.
-    accelerator = Accelerator(
-        mixed_precision=cfg.train.mixed_precision,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)],
-    )
-    set_seed(cfg.seed)
-    family, model, processor = load_model(cfg, accelerator.device)
-
-    max_duration = cfg.data.max_duration
-    if cfg.model.family == "whisper" and cfg.model.audio_ctx:
-        window = cfg.model.audio_ctx / POSITIONS_PER_SECOND
-        max_duration = window if max_duration is None else min(max_duration, window)
-    split = open_split(cfg.data.corpus, cfg.data.train_split, max_duration, cfg.data.max_train_examples, cfg.seed, cfg.data.target)
-    signals = split.all_signals()
-    uses_learned = cfg.routing.mode == "learned" or (cfg.routing.mode == "inconsistent" and cfg.routing.inference_router == "learned")
-    difficulty = split.column(cfg.routing.difficulty) if uses_learned else None
-    train_router, infer_router = build_routers(cfg.routing, tuple(cfg.adapter.ranks), signals, difficulty, cfg.seed)
-
-    inject(model, adapter_config(cfg, family))
-    attach_router(model, infer_router)
-    model.train()
-    optimizer = torch.optim.AdamW(adapter_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    scheduler = _scheduler(cfg, optimizer)
-
-    world, rank = accelerator.num_processes, accelerator.process_index
-    local_bs = cfg.train.batch_size
-    sampler = LengthBucketSampler(split.durations, local_bs * world, seed=cfg.seed, bucket_by_length=cfg.train.bucket_by_length)
-    collate = make_collate(family, processor, train=True)
-
-    state = TrainerState()
-    ckpt = find_checkpoint(out) if resume else None
-    if ckpt is not None:
-        state, router_state = load_checkpoint(ckpt, model, optimizer, scheduler)
-        if isinstance(train_router, RandomRouter) and router_state is not None:
-            train_router.generator.set_state(router_state)
-    prefix_cache = None
-    if cfg.model.cache_encoder_layers:
-        if cfg.model.family != "whisper" or world > 1:
-            raise ConfigError("model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)")
-        key = f"{cfg.model.source}|{cfg.model.audio_ctx}|{cfg.data.train_split}"
-        prefix_cache = build_prefix_cache(model, family, processor, split, cfg.model.cache_encoder_layers, progress, key)
-    model = accelerator.prepare_model(model)
-
-    if accelerator.is_main_process:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        log_path = out / "train_log.jsonl"
-        kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= state.step] if (ckpt and log_path.exists()) else []
-        log_path.write_text("".join(ln + "\n" for ln in kept))
-        print(f"[{cfg.name}] train router: {train_router.describe()}; inference router: {infer_router.describe()}")
-    bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc=cfg.name, disable=not (progress and accelerator.is_main_process))
-    counts: Counter = Counter({int(k): v for k, v in state.rank_counts.items()})
-    losses: list[float] = []
-    accum = cfg.train.grad_accum
-    micro = 0
-    t_start = time.perf_counter() - state.train_time_s
-
-    while state.step < cfg.train.max_steps:
-        batches = sampler.batches(state.epoch)
-        while state.batch_in_epoch < len(batches) and state.step < cfg.train.max_steps:
-            global_idx = batches[state.batch_in_epoch]
-            local_idx = global_idx[rank * local_bs : (rank + 1) * local_bs]
-            state.batch_in_epoch += 1
-            if not local_idx:
-                continue
-            signals = {k: torch.tensor([split.signals(i)[k] for i in local_idx]) for k in split.signal_names}
-            ranks = train_router(signals)
-            # Rows of equal rank side by side (a token-mean loss does not depend on row
-            # order): the CPU's segmented path then runs one truncated matmul per rank.
-            by_rank = rank_sort_order(ranks)
-            local_idx, ranks = [local_idx[j] for j in by_rank.tolist()], ranks[by_rank]
-            counts.update(ranks.tolist())
-            micro += 1
-            sync = micro % accum == 0
-            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
-            with ctx, use_ranks(model, ranks):
-                if prefix_cache is None:
-                    inputs = collate([split[i] for i in local_idx])["inputs"]
-                    loss = family.loss(model, _to_device(inputs, accelerator.device)) / accum
-                else:
-                    labels = family.labels(processor, [split.rows[i]["text"] for i in local_idx])
-                    prefix = torch.stack([prefix_cache[i] for i in local_idx])
-                    loss = loss_from_prefix(model, prefix, labels, cfg.model.cache_encoder_layers) / accum
-                accelerator.backward(loss)
-            losses.append(float(loss.detach()) * accum)
-            state.examples_seen += len(global_idx)
-            if not sync:
-                continue
-            if cfg.train.max_grad_norm:
-                accelerator.clip_grad_norm_(adapter_parameters(model), cfg.train.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            state.step += 1
-            bar.update(1)
-            mean_loss = sum(losses) / len(losses)
-            bar.set_postfix_str(f"loss {mean_loss:.3f} | {_hist(counts)}")
-            if accelerator.is_main_process and (state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps):
-                entry = {"step": state.step, "loss": round(mean_loss, 5), "lr": scheduler.get_last_lr()[0], "epoch": state.epoch,
-                         "ranks": {str(k): v for k, v in sorted(counts.items())}, "elapsed_s": round(time.perf_counter() - t_start, 2)}
-                with (out / "train_log.jsonl").open("a") as f:
-                    f.write(json.dumps(entry) + "\n")
-                losses.clear()
-            if state.step % cfg.train.save_every == 0 and state.step < cfg.train.max_steps:
-                state.train_time_s = time.perf_counter() - t_start
-                state.rank_counts = dict(counts)
-                accelerator.wait_for_everyone()
-                if accelerator.is_main_process:
-                    router_state = train_router.generator.get_state() if isinstance(train_router, RandomRouter) else None
-                    save_checkpoint(out, model, state, optimizer, scheduler, router_state)
-        if state.batch_in_epoch >= len(batches):
-            state.epoch += 1
-            state.batch_in_epoch = 0
-    bar.close()
-
-    train_time = time.perf_counter() - t_start
-    accelerator.wait_for_everyone()
-    adapter_dir = out / "adapter"
-    if accelerator.is_main_process:
-        save_adapter(model, adapter_dir)
-        params = count_parameters(model, dict(counts))
-        summary = {
-            "name": cfg.name,
-            "steps": state.step,
-            "examples_seen": state.examples_seen,
-            "train_time_s": round(train_time, 2),
-            "examples_per_s": round(state.examples_seen / max(train_time, 1e-9), 3),
-            "processes": world,
-            "train_rank_histogram": {str(k): v for k, v in sorted(counts.items())},
-            "adapter_params_total": params.total,
-            "train_active_params_mean": params.active_mean,
-            "train_router": train_router.describe(),
-            "inference_router": infer_router.describe(),
-        }
-        (out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    return adapter_dir
-
-
-def build_prefix_cache(
-    model: torch.nn.Module,
-    family: Any,
-    processor: Any,
-    split: CorpusSplit,
-    n_layers: int,
-    progress: bool,
-    key: str = "",
-    batch_size: int = 16,
-) -> list[torch.Tensor]:
-    """Encoder-prefix states [positions, d_model] of every training row, computed once.
-
-    They are also stored under ``<corpus>/cache/encoder/`` (safetensors, named by a hash
-    of ``key``, the layer count and the row ids), so the other runs of a recipe on the
-    same corpus and model load them instead of recomputing.
-    """
-    import hashlib
-
-    from safetensors.torch import load_file, save_file
-
-    digest = hashlib.sha1(f"{key}|{n_layers}|{[r['id'] for r in split.rows]}".encode()).hexdigest()[:16]
-    path = split.corpus_dir / "cache" / "encoder" / f"{digest}.safetensors"
-    if path.is_file():
-        return list(load_file(str(path))["prefix"])
-    collate = make_collate(family, processor, train=False)
-    cache: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress):
-        inputs = collate([split[i] for i in range(start, min(start + batch_size, len(split)))])["inputs"]
-        cache += list(encode_prefix(model, inputs["input_features"], n_layers).cpu())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    prefix = {"prefix": torch.stack(cache).contiguous()}
-    write_file(path, lambda tmp: save_file(prefix, str(tmp)))  # a killed run never leaves a truncated cache
-    return cache
+    trainer = Trainer(cfg, resume, progress)
+    trainer.setup()
+    return trainer.train()

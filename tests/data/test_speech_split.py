@@ -28,6 +28,7 @@ def test_corpus_split_examples_and_signals(tmp_path) -> None:
     assert ex.signals == {"snr_db": 2.0, "duration": 0.30000000000000004}
     sig = split.all_signals()
     assert sig["snr_db"].tolist() == [0.0, 1.0, 2.0, 3.0]
+    assert split.signals_of([3, 0])["snr_db"].tolist() == [3.0, 0.0]  # a batch's signals, without decoding audio
     assert signals_tensor([split[0], split[3]])["snr_db"].tolist() == [0.0, 3.0]
     sub = CorpusSplit(tmp_path / "c", "train", max_examples=3, seed=1)
     assert len(sub) == 3 and [r["id"] for r in sub.rows] == sorted(r["id"] for r in sub.rows)

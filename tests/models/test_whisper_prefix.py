@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from flexispeech import FlexiLoraConfig, inject, use_ranks
+from flexispeech.errors import ConfigError
 from flexispeech.models.family import Example, get_family, load_model
 from flexispeech.models.random_init import randomize_adapters
 from flexispeech.models.whisper_prefix import encode_prefix, frozen_prefix_pattern, loss_from_prefix
@@ -45,3 +46,35 @@ def test_cached_prefix_loss_equals_full_loss(n_frozen: int) -> None:
     for name, p in model.named_parameters():
         if p.requires_grad:
             torch.testing.assert_close(p.grad, grads[name], rtol=1e-4, atol=1e-6)
+
+
+def test_family_training_inputs_from_the_cached_prefix_give_the_full_loss(tmp_path) -> None:
+    import soundfile as sf
+
+    from flexispeech.data.corpus import write_corpus
+    from flexispeech.data.speech import CorpusSplit
+    from flexispeech.models.family import CollatedInputs, train_inputs
+    from flexispeech.models.whisper_prefix import PrefixInputs
+
+    rng = np.random.default_rng(1)
+    (tmp_path / "audio").mkdir()
+    rows = []
+    for i in range(3):
+        sf.write(tmp_path / "audio" / f"u{i}.wav", rng.normal(0, 0.1, 8000 + 2000 * i).astype(np.float32), 16000)
+        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": ["the fox", "a quick brown dog", "call stella"][i],
+                     "duration": 0.5 + 0.125 * i, "speaker": "s", "split": "train"})
+    split = CorpusSplit(write_corpus(rows, tmp_path, name="p"), "train")
+    family = get_family("whisper")
+    model, processor = load_model(family, "random:tiny", audio_ctx=50)
+    inject(model, FlexiLoraConfig(ranks=(0, 4, 8), target_modules=frozen_prefix_pattern(family.default_targets, 2)))
+    randomize_adapters(model)
+    full, cached = train_inputs(family, model, processor, split), train_inputs(family, model, processor, split, 2, "key")
+    assert isinstance(full, CollatedInputs) and isinstance(cached, PrefixInputs)
+    assert list((tmp_path / "cache" / "encoder").glob("*.safetensors"))  # computed once, kept for the next run
+    rows_in_order, ranks = [2, 0, 1], torch.tensor([8, 4, 0])
+    with use_ranks(model, ranks), torch.no_grad():
+        expected = full.loss(model, full.collate(rows_in_order))
+        got = cached.loss(model, cached.collate(rows_in_order))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-6)
+    with pytest.raises(ConfigError, match="Whisper only"):
+        train_inputs(get_family("wav2vec2"), model, processor, split, 2)

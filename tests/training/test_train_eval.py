@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from safetensors.torch import load_file
 
 from flexispeech.cli import main
-from flexispeech.training.config import load_config
 from flexispeech.data.corpus import write_corpus
+from flexispeech.errors import ConfigError
+from flexispeech.lora.inject import adapter_parameters
 from flexispeech.lora.io import load_adapter, read_adapter_config
-from flexispeech.training.loop import train
+from flexispeech.training.config import load_config
+from flexispeech.training.loop import Trainer, train
 
 WORDS = "the quick brown fox jumps over the lazy dog please call stella".split()
 
@@ -70,15 +74,41 @@ def test_every_routing_mode_trains_and_saves(corpus, tmp_path, mode: str) -> Non
 def test_training_changes_only_the_adapter_and_is_deterministic(corpus, tmp_path) -> None:
     from flexispeech.models.family import get_family
 
-    a = train(config(corpus, tmp_path / "a", "threshold"), progress=False)
-    b = train(config(corpus, tmp_path / "b", "threshold"), progress=False)
-    from safetensors.torch import load_file
+    trainer = Trainer(config(corpus, tmp_path / "a", "threshold"), progress=False)
+    trainer.setup()
+    model = trainer.model
+    adapter_ids = {id(p) for p in adapter_parameters(model)}
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    a = trainer.train()
+    after = dict(model.named_parameters())
+    frozen = [name for name, p in after.items() if id(p) not in adapter_ids]
+    trained = [name for name, p in after.items() if id(p) in adapter_ids]
+    assert len(frozen) > len(trained) > 0
+    assert [n for n in frozen if not torch.equal(after[n], before[n])] == []  # the base model is untouched, bit for bit
+    assert [n for n in trained if torch.equal(after[n], before[n])] == []  # every lora_A and lora_B moved
 
+    # Same seed, same adapter, also with batches collated by two DataLoader workers.
+    b = train(config(corpus, tmp_path / "b", "threshold", **{"train.num_workers": 2}), progress=False)
     wa, wb = load_file(str(a / "adapter_model.safetensors")), load_file(str(b / "adapter_model.safetensors"))
-    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)  # same seed, same adapter
-    assert any(torch.count_nonzero(v) for k, v in wa.items() if k.endswith("lora_B"))  # B moved off zero
-    model, _ = get_family("whisper").load("random:tiny")
-    load_adapter(model, a)  # loads into a fresh base
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+    fresh, _ = get_family("whisper").load("random:tiny")
+    load_adapter(fresh, a)  # loads into a fresh base
+
+
+def test_resume_with_loader_workers_continues_the_random_draws(corpus, tmp_path) -> None:
+    """The loader routes batches ahead of the step that trains on them; a checkpoint must
+    still hold the random router's state after the last batch trained on."""
+    steps = {"train.max_steps": 4, "train.save_every": 2}
+    straight = train(config(corpus, tmp_path / "straight", "random", **steps), progress=False)
+    out = tmp_path / "workers"
+    cfg = config(corpus, out, "random", **steps, **{"train.num_workers": 2})
+    shutil.rmtree(train(cfg, progress=False))  # leaves the checkpoint of step 2 behind
+    resumed = train(cfg, resume=True, progress=False)
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["resumed"] == {"from": str(out / "checkpoint"), "step": 2} and summary["steps_run"] == 2
+    wa = load_file(str(straight / "adapter_model.safetensors"))
+    wb = load_file(str(resumed / "adapter_model.safetensors"))
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
 
 
 def test_eval_and_compare_commands(corpus, tmp_path, capsys) -> None:
@@ -106,6 +136,12 @@ def test_bad_config_key_is_one_line(corpus, tmp_path, capsys) -> None:
     assert err.count("\n") == 0 and "unknown key 'train.max_step'" in err and "bad.yaml" in err
 
 
+def test_negative_num_workers_is_a_config_error(corpus, tmp_path) -> None:
+    with pytest.raises(ConfigError, match="train.num_workers"):
+        train(config(corpus, tmp_path / "w", "fixed", **{"train.num_workers": -1}), progress=False)
+    assert not (tmp_path / "w").exists()  # refused before anything was loaded or written
+
+
 def test_cached_encoder_training(corpus, tmp_path) -> None:
     cfg = config(corpus, tmp_path / "cached", "threshold", **{"model.cache_encoder_layers": 2})
     adapter = train(cfg, progress=False)
@@ -113,7 +149,5 @@ def test_cached_encoder_training(corpus, tmp_path) -> None:
     assert isinstance(targets, str) and "encoder" in targets  # the frozen-prefix pattern
     log = [json.loads(line) for line in (tmp_path / "cached" / "train_log.jsonl").read_text().splitlines()]
     assert len(log) == 3 and all(np.isfinite(e["loss"]) for e in log)
-    from safetensors.torch import load_file
-
     names = load_file(str(adapter / "adapter_model.safetensors")).keys()
     assert names and not any(".encoder." in n for n in names)  # all encoder layers cached: decoder only
