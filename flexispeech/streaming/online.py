@@ -32,12 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
 
-from flexispeech.streaming.agreement import HypothesisBuffer, Word, words_text
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
-from flexispeech.signals.proxy import PROXY_KEYS
+from flexispeech.streaming.agreement import HypothesisBuffer, Word, words_text
 from flexispeech.streaming.transcriber import Transcriber
 
 SECONDS_PER_TIMESTAMP = 0.02  # Whisper's timestamp tokens step by one encoder position (20 ms)
@@ -56,6 +54,16 @@ class StreamOptions:
     max_buffer_s: float = 16.0  # buffer longer than this: cut anyway (commits without agreement)
     prompt_chars: int = 200  # committed text before the buffer given as the decoder prompt
     audio_ctx: str | int = "auto"  # "auto", or encoder positions (1500 = the full 30 s)
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One stream's share of a batched decoding (``OnlineTranscriber.request``)."""
+
+    audio: np.ndarray  # [T] the buffer, 16 kHz
+    positions: int  # encoder window for it (streams decode in groups of one window)
+    prompt: list[int]  # <|startofprev|> + committed text before the buffer; [] for none
+    max_new_tokens: int  # token cap for this buffer length
 
 
 @dataclass
@@ -124,47 +132,66 @@ class OnlineTranscriber:
 
     def process_iter(self) -> Update:
         """Decode the buffer, commit what two consecutive hypotheses agree on, trim."""
-        started = time.perf_counter()
-        buffer_s = self.audio.size / SAMPLE_RATE
-        if buffer_s < self.options.min_buffer_s:
-            return Update([], self.hyp.tentative, None, audio_s=self._audio_s(), buffer_start_s=self.buffer_start,
-                          buffer_s=buffer_s)
-        start = self.buffer_start
-        rank, signals = self.route(self.audio)
-        words, segment_ends = self.transcribe_buffer(self.audio, rank)
-        self.hyp.insert(words)
-        committed = self.hyp.flush()
-        committed += self._trim(segment_ends)
-        return Update(committed, self.hyp.tentative, rank, signals, self._audio_s(), start, buffer_s,
-                      time.perf_counter() - started)
+        from flexispeech.streaming.updates import decode_updates
+
+        return decode_updates(self.t, [self])[0]
 
     def finish(self) -> Update:
         """End of stream: decode what is left once more and commit all of it."""
-        started = time.perf_counter()
+        from flexispeech.streaming.updates import decode_updates
+
+        return decode_updates(self.t, [self], final=[True])[0]
+
+    # -- one update in three steps: what to decode, (batched decoding), what it means ---------
+
+    def wants_decoding(self, final: bool) -> bool:
+        """Whether this update decodes the buffer: a final one if there is audio at all, any
+        other once the buffer holds ``min_buffer_s``."""
+        if final:
+            return self.audio.size > 0
+        return self.audio.size / SAMPLE_RATE >= self.options.min_buffer_s
+
+    def request(self) -> DecodeRequest:
+        """What the batched decoding needs of this stream's buffer."""
+        from flexispeech.streaming.decode import prompt_tokens
+
         buffer_s = self.audio.size / SAMPLE_RATE
-        rank, signals = None, {}
-        if self.audio.size > 0:
-            rank, signals = self.route(self.audio)
-            words, _ = self.transcribe_buffer(self.audio, rank)
+        return DecodeRequest(
+            audio=self.audio,
+            positions=self.window_positions(buffer_s),
+            prompt=prompt_tokens(self.t.processor.tokenizer, self.prompt()),
+            max_new_tokens=int(TOKENS_BASE + TOKENS_PER_S * buffer_s),
+        )
+
+    def apply(self, tokens: list[int] | None, rank: int | None, signals: dict[str, float], final: bool,
+              compute_s: float) -> Update:
+        """Take the decoded ``tokens`` of the buffer (None: nothing was decoded) and return
+        this update: agreement, then a trim (or, when ``final``, commit everything)."""
+        start, buffer_s = self.buffer_start, self.audio.size / SAMPLE_RATE
+        if tokens is not None:
+            words, segment_ends = self.parse(tokens, buffer_s)
             self.hyp.insert(words)
-        start = self.buffer_start
-        committed = self.hyp.force()
-        self.buffer_start += buffer_s
-        self.audio = self.audio[:0]
-        self.hyp.forget_until(self.buffer_start)
-        return Update(committed, [], rank, signals, self._audio_s(), start, buffer_s,
-                      time.perf_counter() - started, final=True)
+        if final:
+            committed = self.hyp.force()
+            self.buffer_start += buffer_s
+            self.audio = self.audio[:0]
+            self.hyp.forget_until(self.buffer_start)
+            return Update(committed, [], rank, signals, self._audio_s(), start, buffer_s, compute_s, final=True)
+        if tokens is None:
+            return Update([], self.hyp.tentative, None, audio_s=self._audio_s(), buffer_start_s=start, buffer_s=buffer_s)
+        committed = self.hyp.flush()
+        committed += self._trim(segment_ends)
+        return Update(committed, self.hyp.tentative, rank, signals, self._audio_s(), start, buffer_s, compute_s)
 
     # -- decoding ------------------------------------------------------------------------
 
     def route(self, audio: np.ndarray) -> tuple[int | None, dict[str, float]]:
         """Rank for a buffer [T] (None without an adapter) and the signals it was routed on."""
-        from flexispeech.signals.audio import audio_signals
+        from flexispeech.streaming.updates import route_buffers
 
-        signals = audio_signals(audio, SAMPLE_RATE)
-        inputs = {k: torch.tensor([v], dtype=torch.float32) for k, v in signals.items()}
-        ranks = self.t.ranks_for(inputs, neutral=PROXY_KEYS)  # no proxy here: see the module docstring
-        return (None if ranks is None else int(ranks[0])), signals
+        batch = route_buffers(self.t, [audio])
+        signals = {k: float(v[0]) for k, v in batch.signals.items()}
+        return (None if batch.ranks is None else int(batch.ranks[0])), signals
 
     def window_positions(self, buffer_s: float) -> int:
         """Encoder positions for a buffer of ``buffer_s`` seconds (see ``audio_ctx``)."""
@@ -172,39 +199,6 @@ class OnlineTranscriber:
             return int(self.options.audio_ctx)
         seconds = min(FULL_WINDOW_S, CTX_STEP_S * max(1, math.ceil(buffer_s / CTX_STEP_S)))
         return int(round(seconds / SECONDS_PER_TIMESTAMP))
-
-    def transcribe_buffer(self, audio: np.ndarray, rank: int | None) -> tuple[list[Word], list[tuple[int, float]]]:
-        """Greedy transcript of ``audio`` [T] with segment timestamps, prompted with the
-        committed text before the buffer.
-
-        Returns the words (absolute times: interpolated by length within each segment) and
-        the segment ends as (number of words up to and including the segment, end time).
-        """
-        from flexispeech.lora import use_ranks
-        from flexispeech.models.whisper import encoder_positions, set_audio_ctx
-
-        model, processor = self.t.model, self.t.processor
-        buffer_s = audio.size / SAMPLE_RATE
-        positions = self.window_positions(buffer_s)
-        if positions != encoder_positions(model):
-            set_audio_ctx(model, positions, processor)
-        features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
-        device = next(model.parameters()).device
-        kwargs: dict[str, Any] = {
-            "return_timestamps": True,
-            "max_new_tokens": int(TOKENS_BASE + TOKENS_PER_S * buffer_s),
-        }
-        prompt = self.prompt()
-        if prompt:
-            kwargs["prompt_ids"] = processor.tokenizer.get_prompt_ids(prompt, return_tensors="pt").to(device)
-        with torch.no_grad():
-            if rank is None:
-                out = model.generate(features.to(device, dtype=model.dtype), **kwargs)
-            else:
-                with use_ranks(model, torch.tensor([rank])):
-                    out = model.generate(features.to(device, dtype=model.dtype), **kwargs)
-        seq = (out["sequences"] if isinstance(out, dict) else out)[0].tolist()
-        return self.parse(seq, buffer_s)
 
     def parse(self, ids: list[int], buffer_s: float) -> tuple[list[Word], list[tuple[int, float]]]:
         """Words and segment ends of a generated sequence (see ``transcribe_buffer``)."""
