@@ -1,4 +1,7 @@
-"""``flexispeech stream FILE``: transcribe audio as a stream, printing text as it is committed."""
+"""``flexispeech stream FILE...``: transcribe audio as a stream, printing text as it is committed.
+
+Several files play one after another, or with ``--concurrent`` all at once through the
+multi-stream scheduler (the server's batching, without a browser)."""
 
 from __future__ import annotations
 
@@ -14,10 +17,14 @@ HELP = "stream a file (or the microphone) through Whisper, printing committed te
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("audio", nargs="?", metavar="FILE", help="audio file (anything soundfile reads)")
+    parser.add_argument("audio", nargs="*", metavar="FILE", help="audio files (anything soundfile reads)")
     parser.add_argument("--mic", action="store_true", help="stream the default microphone (needs the 'mic' extra)")
     parser.add_argument("--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per update (default 1.0)")
     parser.add_argument("--realtime", action="store_true", help="feed the file at its own pace, as if live")
+    parser.add_argument(
+        "--concurrent", action="store_true",
+        help="stream all FILEs at once, their updates decoded together in batches (lines start with the file)",
+    )
     parser.add_argument("--model", default=DEFAULT_SOURCE, help=f"Whisper model name or directory (default {DEFAULT_SOURCE})")
     parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter; its router picks each update's rank")
     parser.add_argument("--rank", type=int, help="serve every update at this adapter rank instead of routing")
@@ -90,6 +97,30 @@ def microphone_updates(online: Any, chunk_s: float) -> Iterator[Any]:
     yield online.finish()
 
 
+def stream_concurrently(online: Any, paths: list[str], chunk_s: float, realtime: bool, emit: Any) -> None:
+    """Stream every file of ``paths`` at once through one ``Scheduler``; ``emit(path,
+    stream, update)`` is called for every update (from the files' threads, one at a time)."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flexispeech.audio import iter_audio_blocks
+    from flexispeech.streaming.online import OnlineTranscriber, stream_file_chunks
+    from flexispeech.streaming.scheduler import Scheduler
+
+    lock = threading.Lock()
+
+    def one(path: str) -> None:
+        stream = OnlineTranscriber(online.t, online.options)
+        blocks = iter_audio_blocks(path, block_s=max(30.0, chunk_s))
+        for update in stream_file_chunks(stream, blocks, chunk_s, realtime=realtime, scheduler=scheduler):
+            with lock:
+                emit(path, stream, update)
+
+    with Scheduler(online.t, max_batch=max(1, len(paths))) as scheduler, ThreadPoolExecutor(len(paths)) as pool:
+        for done in [pool.submit(one, p) for p in paths]:
+            done.result()
+
+
 def format_update(update: Any) -> str | None:
     """A line for the newly committed words: ``[start-end] (rank) words``; None if none."""
     if not update.committed:
@@ -104,25 +135,37 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.errors import ConfigError
     from flexispeech.streaming.online import stream_file_chunks
 
-    if (args.audio is None) == (not args.mic):
-        raise ConfigError("give an audio FILE or --mic (not both)")
+    if bool(args.audio) == args.mic:
+        raise ConfigError("give audio FILEs or --mic (not both)")
     if args.chunk <= 0:
         raise ConfigError(f"--chunk must be > 0 seconds, got {args.chunk}")
     if args.rank is not None and args.adapter is None:
         raise ConfigError("--rank needs an adapter (--adapter DIR)")
+    if args.concurrent and args.mic:
+        raise ConfigError("--concurrent streams FILEs, not the microphone")
     audio_ctx_option(args.audio_ctx)  # a bad value fails before the model loads
-    if not args.mic:
-        audio_duration(args.audio)  # a missing or undecodable file fails before the model loads
+    for path in args.audio:
+        audio_duration(path)  # a missing or undecodable file fails before the model loads
     online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)
-    # The file is read block by block (an hour-long recording is never held whole).
-    updates = microphone_updates(online, args.chunk) if args.mic else stream_file_chunks(
-        online, iter_audio_blocks(args.audio, block_s=max(30.0, args.chunk)), args.chunk, realtime=args.realtime
-    )
-    for update in updates:
+    several = len(args.audio) > 1
+
+    def emit(path: str | None, stream: Any, update: Any) -> None:
         if args.json:
-            print(json.dumps(update.to_dict(online.committed_text)), flush=True)
-        else:
-            line = format_update(update)
-            if line:
-                print(line, flush=True)
+            event = update.to_dict(stream.committed_text)
+            print(json.dumps({"stream": path, **event} if several else event), flush=True)
+        elif line := format_update(update):
+            print(f"{path}: {line}" if several else line, flush=True)
+
+    if args.mic:
+        for update in microphone_updates(online, args.chunk):
+            emit(None, online, update)
+    elif args.concurrent:
+        stream_concurrently(online, args.audio, args.chunk, args.realtime, emit)
+    else:
+        for path in args.audio:
+            online.reset()
+            # The file is read block by block (an hour-long recording is never held whole).
+            blocks = iter_audio_blocks(path, block_s=max(30.0, args.chunk))
+            for update in stream_file_chunks(online, blocks, args.chunk, realtime=args.realtime):
+                emit(path, online, update)
     return 0

@@ -29,7 +29,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -37,6 +37,9 @@ from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 from flexispeech.streaming.agreement import HypothesisBuffer, Word, words_text
 from flexispeech.streaming.transcriber import Transcriber
+
+if TYPE_CHECKING:
+    from flexispeech.streaming.scheduler import Scheduler
 
 SECONDS_PER_TIMESTAMP = 0.02  # Whisper's timestamp tokens step by one encoder position (20 ms)
 CTX_STEP_S = 10.0  # "auto" encoder window: buffer length rounded up to 10 s (500 positions)
@@ -318,6 +321,7 @@ def stream_file_chunks(
     samples: np.ndarray | Iterable[np.ndarray],
     chunk_s: float,
     realtime: bool = False,
+    scheduler: Scheduler | None = None,
 ) -> Iterator[Update]:
     """Feed ``samples`` [T] (or an iterator of blocks, e.g. ``audio.iter_audio_blocks``)
     to ``online`` in chunks of ``chunk_s`` seconds; one ``Update`` per chunk, then the
@@ -325,7 +329,11 @@ def stream_file_chunks(
 
     ``realtime``: audio arrives at its own pace (a chunk is available only once its last
     sample would have been recorded); when decoding falls behind, all audio that has
-    arrived meanwhile goes in at once, as from a live source.
+    arrived meanwhile goes in at once, as from a live source. The pacing waits here, in the
+    caller, never in the decoding.
+
+    ``scheduler``: decode through a shared ``Scheduler`` (batched with other streams)
+    instead of on this thread.
     """
     if chunk_s <= 0:
         raise ConfigError(f"--chunk must be > 0 seconds, got {chunk_s}")
@@ -344,5 +352,5 @@ def stream_file_chunks(
         online.insert_audio_chunk(piece)
         fed += piece.size
         if not feed.done:
-            yield online.process_iter()
-    yield online.finish()
+            yield online.process_iter() if scheduler is None else scheduler.submit(online).result()
+    yield online.finish() if scheduler is None else scheduler.submit(online, final=True).result()

@@ -1,0 +1,134 @@
+"""The multi-stream scheduler: the pending updates of all streams, decoded as one batch.
+
+Streams (one ``OnlineTranscriber`` each) ``submit`` an update when they have a chunk of new
+audio; one worker thread owns the model and decodes whatever is queued as one batch
+(``flexispeech.streaming.updates.decode_updates``: one encoder pass per window size and
+one batched greedy decoding, every stream at its own routed rank). While a batch decodes,
+the next updates queue up, so under load the batch grows instead of the queue: N streams
+cost about one batched decoding per chunk instead of N decodings in a row.
+
+Nothing else touches the model, and the worker never waits for audio: pacing, network I/O
+and audio decoding happen in the callers. A stream must not be changed (audio inserted)
+while its update is queued or decoding; callers hold new audio back until the future of
+the update is done.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+from flexispeech.errors import FlexispeechError
+from flexispeech.streaming.online import OnlineTranscriber
+from flexispeech.streaming.transcriber import Transcriber
+from flexispeech.streaming.updates import decode_updates
+
+GATHER_S = 0.01  # after a wake-up, wait this long for the streams of the last batch to resubmit
+
+
+@dataclass
+class _Job:
+    stream: OnlineTranscriber
+    final: bool
+    future: Future
+
+
+class Scheduler:
+    """Batches the updates of many streams on one model (see the module docstring).
+
+    Args:
+        transcriber: the loaded Whisper ``Transcriber`` all streams share.
+        max_batch: at most this many updates per batch (the rest wait for the next).
+        gather_s: how long a wake-up waits for the streams of the previous batch.
+
+    Use as a context manager, or call ``close`` to stop the worker.
+    """
+
+    def __init__(self, transcriber: Transcriber, max_batch: int = 64, gather_s: float = GATHER_S) -> None:
+        if max_batch < 1:
+            raise FlexispeechError(f"max_batch must be >= 1, got {max_batch}")
+        self.transcriber, self.max_batch, self.gather_s = transcriber, max_batch, gather_s
+        self._queue: list[_Job] = []
+        self._cond = threading.Condition()
+        self._closed = False
+        self._last_size = 1
+        self.batches = 0  # batches decoded so far
+        self.rows = 0  # updates decoded so far (rows / batches = mean batch size)
+        self._worker = threading.Thread(target=self._run, name="flexispeech-scheduler", daemon=True)
+        self._worker.start()
+
+    def __enter__(self) -> Scheduler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def submit(self, stream: OnlineTranscriber, final: bool = False) -> Future:
+        """Queue one update of ``stream`` (``final``: its last, as ``finish``); the future's
+        result is the ``Update``, or the error that decoding this stream raised."""
+        future: Future = Future()
+        with self._cond:
+            if self._closed:
+                raise FlexispeechError("the scheduler is closed")
+            if any(job.stream is stream for job in self._queue):
+                raise FlexispeechError("a stream may have one update queued at a time")
+            self._queue.append(_Job(stream, final, future))
+            self._cond.notify()
+        return future
+
+    def close(self) -> None:
+        """Finish the queued updates, then stop the worker."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        self._worker.join()
+
+    def _take(self) -> list[_Job] | None:
+        """The next batch (None once closed and drained)."""
+        with self._cond:
+            while not self._queue and not self._closed:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            # Streams that were just served resubmit within microseconds when they have
+            # audio queued (files, a client that fell behind): wait a moment for them, so a
+            # batch does not leave with only the fastest of them.
+            deadline = time.monotonic() + self.gather_s
+            while len(self._queue) < min(self._last_size, self.max_batch) and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            jobs, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
+            self._last_size = len(jobs)
+            return jobs
+
+    def _run(self) -> None:
+        while (jobs := self._take()) is not None:
+            jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
+            if not jobs:
+                continue
+            try:
+                updates = decode_updates(self.transcriber, [j.stream for j in jobs], [j.final for j in jobs])
+            except Exception:  # noqa: BLE001 - find the stream at fault: the others must not share its error
+                self._one_by_one(jobs)
+            else:
+                for job, update in zip(jobs, updates):
+                    job.future.set_result(update)
+            self.batches += 1
+            self.rows += len(jobs)
+
+    def _one_by_one(self, jobs: list[_Job]) -> None:
+        for job in jobs:
+            try:
+                job.future.set_result(decode_updates(self.transcriber, [job.stream], [job.final])[0])
+            except Exception as err:  # noqa: BLE001 - handed to the stream's caller
+                job.future.set_exception(err)
+
+    @property
+    def mean_batch(self) -> float:
+        """Mean number of updates per batch so far (0 before the first)."""
+        return self.rows / self.batches if self.batches else 0.0
+
