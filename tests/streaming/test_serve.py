@@ -1,5 +1,6 @@
-"""The web app in-process (aiohttp's test client): page, websocket protocol, file streaming
-and a microphone-style stream on a tiny random Whisper."""
+"""The web app on a local test server with the package's client: the page, protocol v1,
+file and microphone streams, several streams batched together, on a tiny random Whisper.
+(Bad input and limits: test_serve_isolation.py.)"""
 
 from __future__ import annotations
 
@@ -9,109 +10,110 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 pytest.importorskip("aiohttp")
-from aiohttp.test_utils import TestClient, TestServer  # noqa: E402
+from aiohttp.test_utils import TestServer  # noqa: E402
 
 from flexispeech.audio import SAMPLE_RATE, load_audio  # noqa: E402
-from flexispeech.streaming.server.app import create_app, level_db  # noqa: E402
-from flexispeech.streaming.online import StreamOptions  # noqa: E402
+from flexispeech.streaming.client import stream_file, stream_samples  # noqa: E402
+from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, stream_file_chunks  # noqa: E402
+from flexispeech.streaming.server.app import STATE_KEY, create_app  # noqa: E402
+from flexispeech.streaming.server.protocol import Limits  # noqa: E402
+from flexispeech.streaming.server.session import level_db  # noqa: E402
 from flexispeech.streaming.transcriber import Transcriber  # noqa: E402
+
+OPTIONS = StreamOptions(audio_ctx=250)
 
 
 @pytest.fixture(scope="module")
-def app():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    transcriber = Transcriber("random:tiny")
-    # an aiohttp app belongs to one event loop: a fresh one per session, one shared model
-    yield lambda: create_app(transcriber, StreamOptions(audio_ctx=250))
-    torch.set_num_threads(n)
+def transcriber() -> Transcriber:
+    return Transcriber("random:tiny")
 
 
-def session(app, steps):
-    """Run ``steps(client)`` against a new app (from the factory ``app``) on a local test server."""
+def served(transcriber: Transcriber, steps, limits: Limits | None = None):
+    """Run ``await steps(url, app)`` against a fresh app on a local test server."""
 
     async def main():
-        async with TestClient(TestServer(app())) as client:
-            return await steps(client)
+        app = create_app(transcriber, OPTIONS, limits)
+        async with TestServer(app) as server:
+            return await steps(str(server.make_url("/ws")), app)
 
     return asyncio.run(main())
 
 
-async def events(ws) -> list[dict]:
-    out = []
-    async for msg in ws:
-        out.append(json.loads(msg.data))
-        if out[-1].get("final") or out[-1]["type"] == "error":
-            break
-    return out
+def test_the_page_has_the_controls_the_stream_needs(transcriber) -> None:
+    async def steps(url, app):
+        import aiohttp
 
+        async with aiohttp.ClientSession() as http, http.get(url.replace("/ws", "/")) as resp:
+            return resp.status, await resp.text()
 
-def test_the_page_has_the_controls_the_stream_needs(app) -> None:
-    async def steps(client):
-        resp = await client.get("/")
-        return resp.status, await resp.text()
-
-    status, html = session(app, steps)
+    status, html = served(transcriber, steps)
     assert status == 200
-    for element in ('id="file"', 'id="start-file"', 'id="start-mic"', 'id="committed"', 'id="tentative"', 'id="rank"', 'id="level"'):
+    for element in ('id="file"', 'id="start-file"', 'id="start-mic"', 'id="committed"', 'id="tentative"', 'id="rank"',
+                    'id="level"', "version: 1"):
         assert element in html
 
 
-def test_an_uploaded_file_is_streamed_chunk_by_chunk(app, assets_dir: Path) -> None:
+def test_an_uploaded_file_is_streamed_chunk_by_chunk(transcriber, assets_dir: Path) -> None:
     data = (assets_dir / "fox_48k_stereo.flac").read_bytes()  # decoded and resampled server-side
-
-    async def steps(client):
-        ws = await client.ws_connect("/ws")
-        await ws.send_str(json.dumps({"type": "file", "chunk": 1.0, "realtime": False}))
-        await ws.send_bytes(data)
-        return await events(ws)
-
-    got = session(app, steps)
+    got = served(transcriber, lambda url, app: stream_file(url, data, chunk_s=1.0))
     duration = load_audio(assets_dir / "fox_48k_stereo.flac").size / SAMPLE_RATE
-    assert [e["type"] for e in got] == ["update"] * len(got)
-    assert len(got) == int(np.ceil(duration))
-    assert [e["final"] for e in got] == [False] * (len(got) - 1) + [True]
-    assert got[-1]["audio_s"] == pytest.approx(duration, abs=1e-3)
-    assert all(e["rank"] is None for e in got)
-    assert all(-100.0 <= e["level_db"] <= 0.0 for e in got) and max(e["level_db"] for e in got) > -40.0
-    committed = " ".join(w["text"] for e in got for w in e["committed"])
-    assert committed == got[-1]["committed_text"]
+    assert got.events[0] == {"type": "started", "version": 1, "source": "file", "chunk": 1.0}
+    updates = got.events[1:]
+    assert [e["type"] for e in updates] == ["update"] * len(updates)
+    assert len(updates) == int(np.ceil(duration))
+    assert [e["final"] for e in updates] == [False] * (len(updates) - 1) + [True]
+    assert updates[-1]["audio_s"] == pytest.approx(duration, abs=1e-3)
+    assert all(e["rank"] is None for e in updates)
+    assert all(-100.0 <= e["level_db"] <= 0.0 for e in updates) and max(e["level_db"] for e in updates) > -40.0
+    committed = " ".join(w["text"] for e in updates for w in e["committed"])
+    assert committed == got.text
 
 
-def test_microphone_samples_stream_until_stop(app, assets_dir: Path) -> None:
+def test_microphone_samples_stream_until_stop(transcriber, assets_dir: Path) -> None:
     audio = load_audio(assets_dir / "stella.wav")
-    blocks = [audio[i : i + 4096] for i in range(0, audio.size, 4096)]  # as the page's ScriptProcessor sends
-
-    async def steps(client):
-        ws = await client.ws_connect("/ws")
-        await ws.send_str(json.dumps({"type": "mic", "chunk": 1.0}))
-        for block in blocks:
-            await ws.send_bytes(block.astype("<f4").tobytes())
-        await ws.send_str(json.dumps({"type": "stop"}))
-        return await events(ws)
-
-    got = session(app, steps)
-    assert len(got) == int(audio.size // SAMPLE_RATE) + 1  # one per full second, then the final one
-    assert got[-1]["final"] and got[-1]["audio_s"] == pytest.approx(audio.size / SAMPLE_RATE, abs=1e-3)
+    got = served(transcriber, lambda url, app: stream_samples(url, audio, chunk_s=1.0, realtime=False))
+    updates = [e for e in got.events if e["type"] == "update"]
+    assert got.error is None and updates[-1]["final"]
+    assert updates[-1]["audio_s"] == pytest.approx(audio.size / SAMPLE_RATE, abs=1e-3)
+    # every update but the final one decoded at least one chunk of audio more than the last
+    seen = [e["audio_s"] for e in updates]
+    assert all(b - a >= 1.0 - 1e-6 for a, b in zip(seen[:-2], seen[1:-1]))
 
 
-def test_bad_requests_get_an_error_event(app) -> None:
-    async def steps(client):
-        ws = await client.ws_connect("/ws")
-        await ws.send_str(json.dumps({"type": "file", "chunk": 1.0}))
-        await ws.send_bytes(b"this is not audio")
-        first = await events(ws)
-        ws = await client.ws_connect("/ws")
-        await ws.send_str(json.dumps({"type": "video"}))
-        return first + await events(ws)
+def test_concurrent_streams_are_decoded_in_batches_with_their_own_results(transcriber, assets_dir: Path) -> None:
+    names = ("fox.wav", "stella.wav", "meeting.wav", "fox_48k_stereo.flac")
+    alone = {}
+    for name in names:  # each stream on its own, through the single-stream path
+        online = OnlineTranscriber(transcriber, OPTIONS)
+        list(stream_file_chunks(online, load_audio(assets_dir / name), 0.5))
+        alone[name] = online.committed_text
 
-    got = session(app, steps)
-    assert [e["type"] for e in got] == ["error", "error"]
-    assert "uploaded file" in got[0]["message"] or "decode" in got[0]["message"]
-    assert "'video'" in got[1]["message"]
+    async def steps(url, app):
+        results = await asyncio.gather(
+            *[stream_file(url, (assets_dir / n).read_bytes(), chunk_s=0.5) for n in names]
+        )
+        return results, app[STATE_KEY].scheduler
+
+    results, scheduler = served(transcriber, steps)
+    assert {n: r.text for n, r in zip(names, results)} == alone
+    assert scheduler.mean_batch > 1.5  # four streams shared their batches
+    assert scheduler.rows == sum(len(r.events) - 1 for r in results)
+
+
+def test_the_command_streams_files_concurrently(assets_dir: Path, capsys) -> None:
+    from flexispeech.cli import main
+
+    paths = [str(assets_dir / n) for n in ("fox.wav", "stella.wav")]
+    assert main(["stream", *paths, "--concurrent", "--model", "random:tiny", "--json", "--audio-ctx", "250"]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    for path in paths:
+        mine = [e for e in events if e["stream"] == path]
+        duration = load_audio(path).size / SAMPLE_RATE
+        assert len(mine) == int(np.ceil(duration)) and mine[-1]["final"]
+        assert mine[-1]["audio_s"] == pytest.approx(duration, abs=1e-3)
+    assert main(["stream", paths[0], "--mic"]) == 2
 
 
 def test_level_db() -> None:

@@ -1,68 +1,76 @@
 """A small local web app for live streaming transcription (aiohttp + one websocket).
 
-``GET /`` serves the page (``static/index.html``); ``GET /ws`` is the websocket a page (or
-any client) streams through. Protocol, one session per connection:
+``GET /`` serves the page (``static/index.html``); ``GET /ws`` is the websocket that a
+page, ``flexispeech.streaming.client`` or any client streams through, one stream per
+connection (protocol version 1: ``server/protocol.py``, docs/streaming.md).
 
-* client -> server, text ``{"type": "file", "chunk": 1.0, "realtime": true}`` then one
-  binary message with the bytes of an audio file (any format soundfile reads): the server
-  decodes it and streams it as ``flexispeech stream FILE`` would;
-* client -> server, text ``{"type": "mic", "chunk": 1.0}`` then binary messages of 16 kHz
-  mono float32 little-endian samples, and text ``{"type": "stop"}`` at the end;
-* server -> client: one JSON event per update (``Update.to_dict`` plus ``type: "update"``
-  and ``level_db``, the level of the newest audio), ``{"type": "error", "message"}`` on
-  bad input.
-
-The model is shared by all connections; decoding runs in a worker thread under a lock, so
-the event loop keeps serving while one update decodes.
+All connections share one model through one ``Scheduler``: the pending updates of every
+open stream are decoded together as one batch, each stream at its own routed rank, so a
+second listener costs a row in a batch instead of a turn in a queue. Sessions never hold
+the model while they wait (for the network, a client, or real-time pacing).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import tempfile
-import threading
+import contextlib
+import itertools
+import logging
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-import numpy as np
-from aiohttp import WSMsgType, web
+from aiohttp import web
 
-from flexispeech.audio import SAMPLE_RATE, check_samples, load_audio
-from flexispeech.errors import FlexispeechError
-from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, Update, stream_file_chunks
+from flexispeech.streaming.online import StreamOptions
+from flexispeech.streaming.scheduler import Scheduler
+from flexispeech.streaming.server.protocol import Limits, StreamError
+from flexispeech.streaming.server.session import ClientGone, Session
 from flexispeech.streaming.transcriber import Transcriber
 
 STATIC = Path(__file__).parent / "static"
-LEVEL_WINDOW_S = 0.1  # the level meter shows the power of the newest 100 ms
-MAX_UPLOAD_BYTES = 64 * 1024 * 1024
-TRANSCRIBER_KEY = web.AppKey("transcriber", Transcriber)
-OPTIONS_KEY = web.AppKey("options", StreamOptions)
-LOCK_KEY = web.AppKey("lock", threading.Lock)
+log = logging.getLogger("flexispeech.serve")
 
 
-def level_db(samples: np.ndarray) -> float:
-    """RMS level (dBFS) of the last ``LEVEL_WINDOW_S`` of ``samples`` [T]; -100 when silent."""
-    tail = np.asarray(samples[-int(LEVEL_WINDOW_S * SAMPLE_RATE) :], dtype=np.float64)
-    power = float(np.mean(tail**2)) if tail.size else 0.0
-    return max(-100.0, 10.0 * np.log10(power + 1e-10))
+@dataclass
+class ServerState:
+    """What the connections of one app share."""
+
+    transcriber: Transcriber
+    options: StreamOptions
+    limits: Limits
+    scheduler: Scheduler
+    pacer: ThreadPoolExecutor  # one thread per open file stream: its real-time pacing waits there
+    active: set[int] = field(default_factory=set)  # ids of the open streams
+    ids: itertools.count = field(default_factory=itertools.count)
 
 
-def event(online: OnlineTranscriber, update: Update, level: float) -> str:
-    """The JSON text of one update event."""
-    return json.dumps({"type": "update", "level_db": round(level, 1), **update.to_dict(online.committed_text)})
+STATE_KEY = web.AppKey("state", ServerState)
 
 
-def create_app(transcriber: Transcriber, options: StreamOptions | None = None) -> web.Application:
-    """The web app around a loaded Whisper ``Transcriber``."""
-    app = web.Application(client_max_size=MAX_UPLOAD_BYTES)
-    app[TRANSCRIBER_KEY] = transcriber
-    app[OPTIONS_KEY] = options or StreamOptions()
-    app[LOCK_KEY] = threading.Lock()
+def create_app(transcriber: Transcriber, options: StreamOptions | None = None, limits: Limits | None = None,
+               max_batch: int | None = None) -> web.Application:
+    """The web app around a loaded Whisper ``Transcriber``; ``max_batch``: most updates
+    per batch (default: ``limits.max_streams``, every open stream)."""
+    limits = limits or Limits()
+    app = web.Application()
+    app[STATE_KEY] = ServerState(
+        transcriber, options or StreamOptions(), limits,
+        Scheduler(transcriber, max_batch=max_batch or limits.max_streams),
+        ThreadPoolExecutor(limits.max_streams, thread_name_prefix="flexispeech-pacer"),
+    )
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
     app.router.add_static("/static", STATIC)
+    app.on_cleanup.append(_shutdown)
     return app
+
+
+async def _shutdown(app: web.Application) -> None:
+    state = app[STATE_KEY]
+    state.scheduler.close()
+    state.pacer.shutdown(wait=False, cancel_futures=True)
 
 
 async def index(request: web.Request) -> web.FileResponse:
@@ -70,82 +78,46 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
-    ws = web.WebSocketResponse(max_msg_size=MAX_UPLOAD_BYTES)
+    state = request.app[STATE_KEY]
+    limits = state.limits
+    # The largest message aiohttp takes; a bigger one closes the connection with 1009.
+    ws = web.WebSocketResponse(max_msg_size=limits.max_upload_bytes, writer_limit=limits.send_buffer_bytes)
     await ws.prepare(request)
-    app = request.app
-    online = OnlineTranscriber(app[TRANSCRIBER_KEY], app[OPTIONS_KEY])
-    session = _Session(ws, online, app[LOCK_KEY])
-    try:
-        await session.serve()
-    except FlexispeechError as err:
-        await ws.send_json({"type": "error", "message": str(err)})
-    finally:
+    # Bound what a client that stops reading pins here: the kernel's send buffer too.
+    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.send_buffer_bytes)
+    if len(state.active) >= limits.max_streams:
+        with contextlib.suppress(Exception):
+            await ws.send_json(StreamError("busy", f"the server is serving its limit of {limits.max_streams} streams; "
+                                                   "try again later").event())
         await ws.close()
+        return ws
+    sid = next(state.ids)
+    state.active.add(sid)
+    session = Session(ws, state.transcriber, state.options, state.scheduler, limits, state.pacer)
+    try:
+        await session.run()
+    except StreamError as err:
+        with contextlib.suppress(ClientGone):
+            await session.send(err.event())
+    except ClientGone:
+        pass
+    except Exception:  # noqa: BLE001 - a bug seen by one stream must not end the server
+        log.exception("stream %d failed", sid)
+        with contextlib.suppress(ClientGone):
+            await session.send(StreamError("internal", "internal error while transcribing this stream").event())
+    finally:
+        state.active.discard(sid)
+        try:  # a client that stopped reading takes no close frame either: drop the connection
+            await asyncio.wait_for(ws.close(), limits.send_timeout_s)
+        except Exception:  # noqa: BLE001
+            if request.transport is not None:
+                request.transport.abort()
     return ws
 
 
-class _Session:
-    """One websocket connection: a file upload or a microphone stream."""
-
-    def __init__(self, ws: web.WebSocketResponse, online: OnlineTranscriber, lock: threading.Lock) -> None:
-        self.ws, self.online, self.lock = ws, online, lock
-
-    async def call(self, fn: Any, *args: Any) -> Any:
-        """Run blocking model work in a thread, one decoding at a time across sessions."""
-
-        def locked() -> Any:
-            with self.lock:
-                return fn(*args)
-
-        return await asyncio.get_running_loop().run_in_executor(None, locked)
-
-    async def serve(self) -> None:
-        async for msg in self.ws:
-            if msg.type != WSMsgType.TEXT:
-                raise FlexispeechError("expected a JSON message saying 'file' or 'mic' first")
-            request = json.loads(msg.data)
-            chunk = float(request.get("chunk", 1.0))
-            if not 0.1 <= chunk <= 10.0:
-                raise FlexispeechError(f"chunk must be in [0.1, 10] seconds, got {chunk}")
-            if request.get("type") == "file":
-                await self.file(chunk, bool(request.get("realtime", True)))
-            elif request.get("type") == "mic":
-                await self.mic(chunk)
-            else:
-                raise FlexispeechError(f"unknown request type {request.get('type')!r}: expected 'file' or 'mic'")
-            return
-
-    async def file(self, chunk: float, realtime: bool) -> None:
-        msg = await self.ws.receive()
-        if msg.type != WSMsgType.BINARY:
-            raise FlexispeechError("expected the audio file's bytes as one binary message")
-        with tempfile.NamedTemporaryFile(suffix=".audio") as tmp:
-            tmp.write(msg.data)
-            tmp.flush()
-            samples = check_samples(await asyncio.to_thread(load_audio, tmp.name), "uploaded file")
-        updates = stream_file_chunks(self.online, samples, chunk, realtime=realtime)
-        done = object()
-        while (update := await self.call(next, updates, done)) is not done:
-            seen = int(round(update.audio_s * SAMPLE_RATE))
-            await self.ws.send_str(event(self.online, update, level_db(samples[:seen])))
-
-    async def mic(self, chunk: float) -> None:
-        pending = 0
-        async for msg in self.ws:
-            if msg.type == WSMsgType.BINARY:
-                samples = np.frombuffer(msg.data, dtype="<f4").astype(np.float32)
-                self.online.insert_audio_chunk(samples)
-                pending += samples.size
-                if pending >= chunk * SAMPLE_RATE:
-                    pending = 0
-                    update = await self.call(self.online.process_iter)
-                    await self.ws.send_str(event(self.online, update, level_db(self.online.audio)))
-            elif msg.type == WSMsgType.TEXT and json.loads(msg.data).get("type") == "stop":
-                break
-        update = await self.call(self.online.finish)
-        await self.ws.send_str(event(self.online, update, -100.0))
-
-
-def serve(transcriber: Transcriber, host: str = "127.0.0.1", port: int = 8000, options: StreamOptions | None = None) -> None:
+def serve(transcriber: Transcriber, host: str = "127.0.0.1", port: int = 8000, options: StreamOptions | None = None,
+          limits: Limits | None = None) -> None:
     """Run the app until interrupted."""
-    web.run_app(create_app(transcriber, options), host=host, port=port, print=None)
+    web.run_app(create_app(transcriber, options, limits), host=host, port=port, print=None)
