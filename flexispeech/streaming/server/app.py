@@ -83,10 +83,13 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     # The largest message aiohttp takes; a bigger one closes the connection with 1009.
     ws = web.WebSocketResponse(max_msg_size=limits.max_upload_bytes, writer_limit=limits.send_buffer_bytes)
     await ws.prepare(request)
-    # Bound what a client that stops reading pins here: the kernel's send buffer too.
-    sock = request.transport.get_extra_info("socket") if request.transport is not None else None
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.send_buffer_bytes)
+    # Bound what a client that stops reading pins here: aiohttp's, the event loop's and the
+    # kernel's send buffers; past them a send waits, and send_timeout_s ends the stream.
+    if request.transport is not None:
+        request.transport.set_write_buffer_limits(high=limits.send_buffer_bytes)
+        sock = request.transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.send_buffer_bytes)
     if len(state.active) >= limits.max_streams:
         with contextlib.suppress(Exception):
             await ws.send_json(StreamError("busy", f"the server is serving its limit of {limits.max_streams} streams; "
