@@ -62,6 +62,7 @@ def create_app(transcriber: Transcriber, options: StreamOptions | None = None, l
     )
     app.router.add_get("/", index)
     app.router.add_get("/ws", websocket)
+    app.router.add_get("/stats", stats)
     app.router.add_static("/static", STATIC)
     app.on_cleanup.append(_shutdown)
     return app
@@ -75,6 +76,14 @@ async def _shutdown(app: web.Application) -> None:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(STATIC / "index.html")
+
+
+async def stats(request: web.Request) -> web.Response:
+    """``{"active", "batches", "rows"}``: open streams, batches decoded, updates decoded
+    (rows / batches is the mean batch size)."""
+    state = request.app[STATE_KEY]
+    return web.json_response({"active": len(state.active), "batches": state.scheduler.batches,
+                              "rows": state.scheduler.rows})
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:

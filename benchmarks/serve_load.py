@@ -1,0 +1,204 @@
+"""Load test of ``flexispeech serve``: N clients stream a recording in real time at once.
+
+    python benchmarks/serve_load.py --clients 1 2 4 8                      # starts a server
+    python benchmarks/serve_load.py --clients 1 8 32 64 --device cuda \\
+        --random-shape base --processor DIR                                   # random weights, base shape
+    python benchmarks/serve_load.py --url ws://127.0.0.1:8000/ws --clients 4  # a running server
+
+Each client is ``flexispeech.streaming.client.stream_samples``: the recording (the speech
+fixtures of tests/assets joined with 0.5 s of silence, ``--repeat`` times) goes out in
+256-ms blocks at its own pace, as a microphone would send it; client ``i`` of N starts
+``i / N`` of a chunk after the first, as listeners do not start in step. Per N it prints:
+
+* lag: for every update, the seconds between the moment its audio was all sent (its
+  ``audio_s`` on the client's clock) and the moment the update arrived: how far behind
+  real time the transcript runs; p50 and p90 over all updates of all clients;
+* first word: seconds from the first speech sample (first 10 ms above -40 dBFS) to the
+  first update that shows a word (tentative or committed);
+* WER of each stream's committed text against the reference (Whisper's normalizer), as
+  min/max over the clients (n/a with ``--random-shape``: random weights say nothing);
+* the mean rank served (``base`` without an adapter) and the server's mean batch size.
+
+Only loopback addresses; every round is bounded by ``--timeout``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+ASSETS = Path(__file__).resolve().parents[1] / "tests" / "assets"
+FILES = ("fox.wav", "stella.wav", "meeting.wav")
+GAP_S = 0.5
+
+
+def recording(repeat: int) -> tuple[np.ndarray, str]:
+    """The joined fixtures [T] (``repeat`` times) and their reference text."""
+    from flexispeech.audio import SAMPLE_RATE, load_audio
+
+    refs = dict(line.split("\t", 1) for line in (ASSETS / "transcripts.txt").read_text().splitlines() if line.strip())
+    gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
+    parts = [x for name in FILES * repeat for x in (load_audio(ASSETS / name), gap)][:-1]
+    return np.concatenate(parts), " ".join(refs[name] for name in FILES * repeat)
+
+
+def speech_onset(samples: np.ndarray) -> float:
+    """Seconds to the first 10-ms frame above -40 dBFS."""
+    frames = samples[: samples.size // 160 * 160].reshape(-1, 160)
+    loud = np.flatnonzero(10 * np.log10(np.mean(frames.astype(np.float64) ** 2, axis=1) + 1e-12) > -40.0)
+    return float(loud[0]) * 0.01 if loud.size else 0.0
+
+
+def random_model(shape: str, processor_dir: str, out: Path) -> str:
+    """A random-initialised Whisper of ``shape`` (``flexispeech.bench.variants.SHAPES``) with
+    the processor and generation config of ``processor_dir``, saved to ``out``."""
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
+
+    from flexispeech.bench.variants import SHAPES
+
+    processor = WhisperProcessor.from_pretrained(processor_dir)
+    torch.manual_seed(0)
+    config = WhisperConfig.from_pretrained(processor_dir)
+    for key, value in SHAPES[shape].items():
+        setattr(config, key, value)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig.from_pretrained(processor_dir)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    return str(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(args: argparse.Namespace, model: str, max_streams: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "flexispeech", "serve", "--port", str(port), "--model", model, "--device", args.device,
+           "--max-streams", str(max_streams), "--audio-ctx", args.audio_ctx]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return proc, f"ws://127.0.0.1:{port}/ws"
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                sys.exit(f"serve_load: the server did not start: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.5)
+
+
+def stats(url: str) -> dict:
+    with urllib.request.urlopen(url.replace("ws://", "http://").replace("/ws", "/stats"), timeout=10) as resp:
+        return json.loads(resp.read())
+
+
+async def one_round(url: str, n: int, samples: np.ndarray, chunk_s: float, timeout_s: float) -> list:
+    from flexispeech.streaming.client import stream_samples
+
+    async def client(i: int):
+        await asyncio.sleep(i / n * chunk_s)
+        return await stream_samples(url, samples, chunk_s=chunk_s)
+
+    return await asyncio.wait_for(asyncio.gather(*[client(i) for i in range(n)]), timeout_s)
+
+
+def summarise(n: int, results: list, reference: str, onset: float, score: bool, batch: float) -> dict:
+    from flexispeech.evaluation.metrics import error_counts
+
+    lags, first, wers, ranks = [], [], [], []
+    for r in results:
+        if r.error is not None:
+            raise SystemExit(f"serve_load: a stream ended with an error: {r.error}")
+        updates = [(e, t) for e, t in zip(r.events, r.arrived_s) if e["type"] == "update"]
+        lags += [t - e["audio_s"] for e, t in updates]
+        shown = [t for e, t in updates if e["committed_text"] or e["tentative"]]
+        first.append((shown[0] if shown else float("nan")) - onset)
+        ranks += [e["rank"] for e, _ in updates if e["rank"] is not None]
+        if score:
+            wers.append(100 * error_counts([reference], [r.text])["wer"])
+    return {"clients": n, "updates": len(lags), "lag_p50_s": float(np.percentile(lags, 50)),
+            "lag_p90_s": float(np.percentile(lags, 90)), "first_word_s": float(np.mean(first)),
+            "wer_min": min(wers) if wers else None, "wer_max": max(wers) if wers else None,
+            "mean_rank": float(np.mean(ranks)) if ranks else None, "mean_batch": batch}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="N per round")
+    parser.add_argument("--url", help="a running server's websocket (ws://127.0.0.1:PORT/ws); default: start one")
+    parser.add_argument("--model", default="whisper-tiny.en")
+    parser.add_argument("--random-shape", choices=["tiny", "base", "small"],
+                        help="serve random weights of this Whisper shape (speed only; WER n/a); needs --processor")
+    parser.add_argument("--processor", metavar="DIR", help="a Whisper model directory for the tokenizer and configs")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--audio-ctx", default="auto")
+    parser.add_argument("--chunk", type=float, default=1.0, help="seconds of audio per update (default 1)")
+    parser.add_argument("--repeat", type=int, default=2, help="the recording is the fixtures this many times")
+    parser.add_argument("--timeout", type=float, default=300.0, help="seconds a round may take at most")
+    parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    args = parser.parse_args()
+    if args.random_shape and not args.processor:
+        parser.error("--random-shape needs --processor DIR")
+    if any(n < 1 or n > 256 for n in args.clients):
+        parser.error("--clients: each N must be in [1, 256]")
+
+    samples, reference = recording(args.repeat)
+    onset = speech_onset(samples)
+    proc = None
+    with tempfile.TemporaryDirectory() as tmp:
+        model = random_model(args.random_shape, args.processor, Path(tmp)) if args.random_shape else args.model
+        url = args.url
+        if url is None:
+            proc, url = start_server(args, model, max(args.clients))
+        try:
+            asyncio.run(one_round(url, 1, samples[: 16000 * 2], args.chunk, args.timeout))  # warm-up
+            rows = []
+            for n in args.clients:
+                before = stats(url)
+                results = asyncio.run(one_round(url, n, samples, args.chunk, args.timeout))
+                after = stats(url)
+                batches = after["batches"] - before["batches"]
+                batch = (after["rows"] - before["rows"]) / batches if batches else 0.0
+                rows.append(summarise(n, results, reference, onset, not args.random_shape, batch))
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        finally:
+            if proc is not None:
+                proc.terminate()
+                proc.wait(timeout=30)
+    audio_s = samples.size / 16000
+    print(f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, model "
+          f"{('random ' + args.random_shape) if args.random_shape else args.model} on {args.device}\n")
+    print("| clients | updates | lag p50 (s) | lag p90 (s) | first word (s) | WER per stream (%) | mean rank | mean batch |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        wer = "n/a" if r["wer_min"] is None else (
+            f"{r['wer_min']:.1f}" if r["wer_min"] == r["wer_max"] else f"{r['wer_min']:.1f}–{r['wer_max']:.1f}")
+        rank = "base" if r["mean_rank"] is None else f"{r['mean_rank']:.1f}"
+        print(f"| {r['clients']} | {r['updates']} | {r['lag_p50_s']:.2f} | {r['lag_p90_s']:.2f} | {r['first_word_s']:.2f} "
+              f"| {wer} | {rank} | {r['mean_batch']:.1f} |")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
