@@ -13,11 +13,18 @@ the same ``begin_index`` for every row because the prefixes are aligned at their
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
 import torch
 from torch import nn
+from transformers import WhisperForConditionalGeneration
+
+# transformers renamed forward's ``past_key_values`` to ``cache`` (5.2x; the old name warns
+# until 5.40): pass the name this version declares.
+_CACHE_KWARG = "cache" if "cache" in inspect.signature(WhisperForConditionalGeneration.forward).parameters else (
+    "past_key_values")
 
 
 def init_tokens(model: nn.Module) -> list[int]:
@@ -119,7 +126,7 @@ def greedy_decode(
                 decoder_input_ids=step_ids,
                 decoder_attention_mask=mask,
                 decoder_position_ids=step_pos,
-                cache=cache,
+                **{_CACHE_KWARG: cache},
                 use_cache=True,
             )
             cache = out.past_key_values
