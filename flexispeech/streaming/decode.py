@@ -7,8 +7,9 @@ text that left its own buffer. This loop left-pads the rows' prefixes
 (``<|startofprev|> prompt <|startoftranscript|> ...``) to one length, masks the padding
 out of self-attention and gives every row its own positions (row ``i`` starts at 0 after
 its padding), so each row decodes as it would alone. The logits go through the processors
-that ``generate`` uses for timestamped short-form decoding (``_logits_processors``), with
-the same ``begin_index`` for every row because the prefixes are aligned at their end.
+that ``generate`` uses for timestamped short-form decoding (``_suppressors``, with the same
+``begin_index`` for every row because the prefixes are aligned at their end, and
+``TimestampRules``, the timestamp processor's rules for all rows at once).
 """
 
 from __future__ import annotations
@@ -44,14 +45,12 @@ def prompt_tokens(tokenizer: Any, prompt: str) -> list[int]:
     return [int(i) for i in tokenizer.get_prompt_ids(prompt, return_tensors="np").tolist()]
 
 
-def _logits_processors(model: nn.Module, begin_index: int, device: torch.device) -> list[Any]:
-    """What ``WhisperGenerationMixin._retrieve_logit_processors`` builds for greedy decoding
-    with timestamps, in its order: suppression at the first step, suppressed tokens, then
-    the timestamp rules (pairs, monotonic times, timestamps when they are likelier)."""
+def _suppressors(model: nn.Module, begin_index: int, device: torch.device) -> list[Any]:
+    """The token suppression that ``WhisperGenerationMixin._retrieve_logit_processors``
+    puts before the timestamp rules, in its order (both are vectorised over rows)."""
     from transformers.generation.logits_process import (
         SuppressTokensAtBeginLogitsProcessor,
         SuppressTokensLogitsProcessor,
-        WhisperTimeStampLogitsProcessor,
     )
 
     gc = model.generation_config
@@ -60,8 +59,62 @@ def _logits_processors(model: nn.Module, begin_index: int, device: torch.device)
         procs.append(SuppressTokensAtBeginLogitsProcessor(gc.begin_suppress_tokens, begin_index=begin_index, device=device))
     if gc.suppress_tokens is not None:
         procs.append(SuppressTokensLogitsProcessor(gc.suppress_tokens, device=device))
-    procs.append(WhisperTimeStampLogitsProcessor(gc, begin_index=begin_index))
     return procs
+
+
+class TimestampRules:
+    """transformers' ``WhisperTimeStampLogitsProcessor`` for a whole batch at once.
+
+    The same rules (timestamps in pairs, times that never go back, the first token a
+    timestamp no later than ``max_initial_timestamp_index``, a timestamp when all of them
+    together are likelier than any text token), with each row's state kept on the host
+    from the tokens it generated: the processor reads every row's sequence back from the
+    device and masks row by row, which on a GPU costs a launch (or a sync, in older
+    versions) per row and step, i.e. time that grows with the number of streams.
+    """
+
+    def __init__(self, model: nn.Module, vocab: int, device: torch.device) -> None:
+        gc = model.generation_config
+        self.no_timestamps = int(gc.no_timestamps_token_id)
+        self.begin = self.no_timestamps + 1  # the first timestamp token, <|0.00|>
+        self.eos = int(gc.eos_token_id)
+        self.max_initial = getattr(gc, "max_initial_timestamp_index", None)
+        self.detect_from_logprob = getattr(gc, "_detect_timestamp_from_logprob", True)
+        self.vocab_ids = torch.arange(vocab, device=device)  # [V]
+
+    def __call__(self, scores: torch.Tensor, generated: Sequence[Sequence[int]]) -> torch.Tensor:
+        """``scores`` [B, V] of the next token after each row's ``generated`` tokens."""
+        scores = scores.clone()
+        scores[:, self.no_timestamps] = -float("inf")
+        no_stamps, no_text, floor = [], [], []  # per row: forbid timestamps / text; lowest timestamp allowed
+        for seq in generated:
+            last = len(seq) >= 1 and seq[-1] >= self.begin
+            penultimate = len(seq) < 2 or seq[-2] >= self.begin
+            no_stamps.append(last and penultimate)
+            no_text.append(last and not penultimate)
+            latest = next((t for t in reversed(seq) if t >= self.begin), None)
+            if latest is None:  # no timestamp is forbidden until one is sampled
+                floor.append(self.begin)
+            else:  # times never go back; a pair's second half may repeat its first, else no <|0.00|> twice
+                floor.append(latest if last and not penultimate else latest + 1)
+        device = scores.device
+        ids = self.vocab_ids[None, :]
+        no_stamps_t = torch.tensor(no_stamps, device=device)[:, None]
+        no_text_t = torch.tensor(no_text, device=device)[:, None]
+        floor_t = torch.tensor(floor, device=device)[:, None]
+        is_stamp = ids >= self.begin
+        mask = (no_stamps_t & is_stamp) | (no_text_t & (ids < self.eos)) | (is_stamp & (ids < floor_t))
+        scores.masked_fill_(mask, -float("inf"))
+        if all(len(seq) == 0 for seq in generated):  # the first token: a timestamp, and an early one
+            scores[:, : self.begin] = -float("inf")
+            if self.max_initial is not None:
+                scores[:, self.begin + self.max_initial + 1 :] = -float("inf")
+        if self.detect_from_logprob:
+            logprobs = torch.nn.functional.log_softmax(scores.float(), dim=-1)
+            stamp_logprob = logprobs[:, self.begin :].logsumexp(dim=-1)
+            text_logprob = logprobs[:, : self.begin].max(dim=-1).values
+            scores[:, : self.begin].masked_fill_((stamp_logprob > text_logprob)[:, None], -float("inf"))
+        return scores
 
 
 def complete_segments(tokens: Sequence[int], timestamp_begin: int, eos: int) -> list[int]:
@@ -112,7 +165,8 @@ def greedy_decode(
     # The decoder's positions end at max_target_positions: the longest prefix bounds every cap.
     room = int(model.config.max_target_positions) - int(positions[:, -1].max()) - 1
     caps = torch.tensor([max(0, min(int(n), room)) for n in max_new_tokens], device=device)
-    procs = _logits_processors(model, width, device)
+    procs = _suppressors(model, width, device)
+    rules = TimestampRules(model, int(model.config.vocab_size), device)
     cache = None
     step_ids, step_pos = ids, positions
     sequences = ids
@@ -133,6 +187,7 @@ def greedy_decode(
             scores = out.logits[:, -1, :].float()
             for proc in procs:
                 scores = proc(sequences, scores)
+            scores = rules(scores, generated)
             token = scores.argmax(-1)
             token = torch.where(done, torch.full_like(token, eos), token)
             for row, t in enumerate(token.tolist()):
