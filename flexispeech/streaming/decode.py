@@ -130,11 +130,36 @@ def complete_segments(tokens: Sequence[int], timestamp_begin: int, eos: int) -> 
     return seq[: pairs[-1] + 1] if pairs else seq
 
 
+LOOP_MAX_N = 48  # the longest repeated n-gram looked for (a sentence or two of tokens)
+LONG_N = 8  # n-grams at least this long are a loop when they come twice in a row; shorter ones, three times
+
+
+def loop_start(tokens: Sequence[int], timestamp_begin: int) -> int | None:
+    """Where to cut ``tokens`` if their text (timestamps left aside) ends with a loop: an
+    n-gram (n <= ``LOOP_MAX_N``) repeated back to back, three times if shorter than
+    ``LONG_N``, twice if longer (a short one may repeat in real speech: "no, no, no").
+    Returns the index just after the loop's first copy (one copy stays), None for no loop."""
+    text = [i for i, t in enumerate(tokens) if t < timestamp_begin]
+    values = [tokens[i] for i in text]
+    last = len(values) - 1
+    for n in range(1, min(LOOP_MAX_N, len(values) // 2) + 1):
+        if values[last] != values[last - n]:  # cheap filter: the loop's last token repeats n back
+            continue
+        copies = 3 if n < LONG_N else 2
+        if len(values) < copies * n:
+            continue
+        tail = values[-n:]
+        if all(values[len(values) - (k + 1) * n : len(values) - k * n] == tail for k in range(1, copies)):
+            return text[len(values) - (copies - 1) * n]
+    return None
+
+
 def greedy_decode(
     model: nn.Module,
     features: torch.Tensor,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: Sequence[int],
+    stop_loops: bool = False,
 ) -> list[list[int]]:
     """Greedy tokens of every row with timestamps, token for token what ``generate`` returns
     for the row alone (``complete_segments``).
@@ -145,6 +170,9 @@ def greedy_decode(
         features: log-mel features [B, n_mels, 2 * encoder positions].
         prompts: per row, ``prompt_tokens`` (may be empty).
         max_new_tokens: per row, the most tokens to generate.
+        stop_loops: end a row that repeats itself (``loop_start``) and drop the repeats.
+            A batch decodes until its longest row ends, so one stream stuck in a loop
+            would hold every stream of its batch to its token cap.
 
     Returns B lists of generated token ids (the prefix not included).
     """
@@ -165,6 +193,7 @@ def greedy_decode(
     # The decoder's positions end at max_target_positions: the longest prefix bounds every cap.
     room = int(model.config.max_target_positions) - int(positions[:, -1].max()) - 1
     caps = torch.tensor([max(0, min(int(n), room)) for n in max_new_tokens], device=device)
+    timestamp_begin = int(model.generation_config.no_timestamps_token_id) + 1
     procs = _suppressors(model, width, device)
     rules = TimestampRules(model, int(model.config.vocab_size), device)
     cache = None
@@ -190,14 +219,20 @@ def greedy_decode(
             scores = rules(scores, generated)
             token = scores.argmax(-1)
             token = torch.where(done, torch.full_like(token, eos), token)
+            looped = []
             for row, t in enumerate(token.tolist()):
                 if not done[row]:
                     generated[row].append(t)
+                    cut = loop_start(generated[row], timestamp_begin) if stop_loops else None
+                    if cut is not None:
+                        del generated[row][cut:]
+                        looped.append(row)
             done = done | (token == eos) | (step + 1 >= caps)
+            if looped:
+                done[looped] = True
             if bool(done.all()):
                 break
             sequences = torch.cat([sequences, token[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
             step_ids, step_pos = token[:, None], step_pos[:, -1:] + 1
-    timestamp_begin = int(model.generation_config.no_timestamps_token_id) + 1
     return [complete_segments(g, timestamp_begin, eos) for g in generated]

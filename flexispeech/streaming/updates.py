@@ -80,10 +80,10 @@ def decode_updates(
             prompts = [requests[i].prompt for i in members]
             caps = [requests[i].max_new_tokens for i in members]
             if batch.ranks is None:
-                out = greedy_decode(model, features, prompts, caps)
+                out = greedy_decode(model, features, prompts, caps, stop_loops=True)
             else:
                 with use_ranks(model, batch.ranks), use_ranks(model, rows=group):
-                    out = greedy_decode(model, features, prompts, caps)
+                    out = greedy_decode(model, features, prompts, caps, stop_loops=True)
             tokens.update(zip(members, out))
     compute_s = time.perf_counter() - started
     return [

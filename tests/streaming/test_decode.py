@@ -1,0 +1,75 @@
+"""Batched greedy decoding: every row, with its own prompt, token cap and rank, gets token
+for token what transformers' ``generate`` gives it alone (tiny random Whisper)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from flexispeech.audio import SAMPLE_RATE, load_audio
+from flexispeech.lora import use_ranks
+from flexispeech.models.whisper import FAMILY, set_audio_ctx
+from flexispeech.streaming.decode import complete_segments, greedy_decode, prompt_tokens
+
+PROMPTS = ["", "the quick brown fox jumps over the lazy dog", "please"]
+CAPS = [40, 12, 30]
+
+
+@pytest.fixture(scope="module")
+def model_and_inputs(assets_dir: Path):
+    model, processor = FAMILY.load("random:tiny")
+    set_audio_ctx(model, 250, processor)
+    audio = [load_audio(assets_dir / n) for n in ("fox.wav", "stella.wav", "meeting.wav")]
+    features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    return model, processor, features
+
+
+def alone(model, processor, features, row: int) -> list[int]:
+    kwargs = {"return_timestamps": True, "max_new_tokens": CAPS[row]}
+    if PROMPTS[row]:
+        kwargs["prompt_ids"] = processor.tokenizer.get_prompt_ids(PROMPTS[row], return_tensors="pt")
+    out = model.generate(features[row : row + 1], **kwargs)
+    return (out["sequences"] if isinstance(out, dict) else out)[0].tolist()
+
+
+def test_rows_with_their_own_prompts_decode_as_they_would_alone(model_and_inputs) -> None:
+    model, processor, features = model_and_inputs
+    prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+    assert prompts[0] == [] and len({len(p) for p in prompts}) == 3  # three prefix lengths: padding at work
+    got = greedy_decode(model, features, prompts, CAPS)
+    expected = [alone(model, processor, features, row) for row in range(3)]
+    assert got == expected
+    assert any(t >= model.generation_config.no_timestamps_token_id + 1 for t in got[0])  # timestamps were decoded
+
+
+def test_rows_decode_at_their_own_ranks(model_and_inputs) -> None:
+    from flexispeech import FlexiLoraConfig, inject
+    from flexispeech.lora import remove
+    from flexispeech.models.random_init import randomize_adapters
+
+    model, processor, features = model_and_inputs
+    inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))  # a row per rank, one repeated
+    randomize_adapters(model, b_scale=1.0)
+    try:
+        ranks = torch.tensor([8, 2, 8])
+        prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+        with use_ranks(model, ranks):
+            got = greedy_decode(model, features, prompts, CAPS)
+        expected = []
+        for row, rank in enumerate(ranks.tolist()):
+            with use_ranks(model, torch.tensor([rank])):
+                expected.append(alone(model, processor, features, row))
+        assert got == expected
+        with use_ranks(model, torch.tensor([2, 2, 2])):
+            assert greedy_decode(model, features, prompts, CAPS)[0] != got[0]  # the rank changed row 0's tokens
+    finally:
+        remove(model)
+
+
+def test_complete_segments_keeps_what_generate_keeps() -> None:
+    begin, eos = 100, 1
+    assert complete_segments([5, 6, eos], begin, eos) == [5, 6]  # no timestamps: whole, without eos
+    assert complete_segments([100, 5, 120, 120, 7, 8], begin, eos) == [100, 5, 120, 120]  # cut after the last pair
+    assert complete_segments([100, 5, 120, 120, 7, 130], begin, eos) == [100, 5, 120, 120, 7, 130]  # single ending
