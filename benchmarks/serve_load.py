@@ -46,7 +46,9 @@ def recording(repeat: int) -> tuple[np.ndarray, str]:
     """The joined fixtures [T] (``repeat`` times) and their reference text."""
     from flexispeech.audio import SAMPLE_RATE, load_audio
 
-    refs = dict(line.split("\t", 1) for line in (ASSETS / "transcripts.txt").read_text().splitlines() if line.strip())
+    refs = dict(
+        line.split("\t", 1) for line in (ASSETS / "transcripts.txt").read_text().splitlines() if line.strip()
+    )
     gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
     parts = [x for name in FILES * repeat for x in (load_audio(ASSETS / name), gap)][:-1]
     return np.concatenate(parts), " ".join(refs[name] for name in FILES * repeat)
@@ -92,8 +94,22 @@ def free_port() -> int:
 
 def start_server(args: argparse.Namespace, model: str, max_streams: int) -> tuple[subprocess.Popen, str]:
     port = free_port()
-    cmd = [sys.executable, "-m", "flexispeech", "serve", "--port", str(port), "--model", model, "--device", args.device,
-           "--max-streams", str(max_streams), "--audio-ctx", args.audio_ctx]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flexispeech",
+        "serve",
+        "--port",
+        str(port),
+        "--model",
+        model,
+        "--device",
+        args.device,
+        "--max-streams",
+        str(max_streams),
+        "--audio-ctx",
+        args.audio_ctx,
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 300
     while True:
@@ -136,24 +152,41 @@ def summarise(n: int, results: list, reference: str, onset: float, score: bool, 
         ranks += [e["rank"] for e, _ in updates if e["rank"] is not None]
         if score:
             wers.append(100 * error_counts([reference], [r.text])["wer"])
-    return {"clients": n, "updates": len(lags), "lag_p50_s": float(np.percentile(lags, 50)),
-            "lag_p90_s": float(np.percentile(lags, 90)), "first_word_s": float(np.mean(first)),
-            "wer_min": min(wers) if wers else None, "wer_max": max(wers) if wers else None,
-            "mean_rank": float(np.mean(ranks)) if ranks else None, "mean_batch": batch}
+    return {
+        "clients": n,
+        "updates": len(lags),
+        "lag_p50_s": float(np.percentile(lags, 50)),
+        "lag_p90_s": float(np.percentile(lags, 90)),
+        "first_word_s": float(np.mean(first)),
+        "wer_min": min(wers) if wers else None,
+        "wer_max": max(wers) if wers else None,
+        "mean_rank": float(np.mean(ranks)) if ranks else None,
+        "mean_batch": batch,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 2, 4, 8], help="N per round")
-    parser.add_argument("--url", help="a running server's websocket (ws://127.0.0.1:PORT/ws); default: start one")
+    parser.add_argument(
+        "--url", help="a running server's websocket (ws://127.0.0.1:PORT/ws); default: start one"
+    )
     parser.add_argument("--model", default="whisper-tiny.en")
-    parser.add_argument("--random-shape", choices=["tiny", "base", "small"],
-                        help="serve random weights of this Whisper shape (speed only; WER n/a); needs --processor")
-    parser.add_argument("--processor", metavar="DIR", help="a Whisper model directory for the tokenizer and configs")
+    parser.add_argument(
+        "--random-shape",
+        choices=["tiny", "base", "small"],
+        help="serve random weights of this Whisper shape (speed only; WER n/a); needs --processor",
+    )
+    parser.add_argument(
+        "--processor", metavar="DIR", help="a Whisper model directory for the tokenizer and configs"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--audio-ctx", default="auto")
-    parser.add_argument("--samples", metavar="NPY",
-                        help="the recording as a 16 kHz float32 .npy instead (for a machine without soundfile; no WER)")
+    parser.add_argument(
+        "--samples",
+        metavar="NPY",
+        help="the recording as a 16 kHz float32 .npy instead (for a machine without soundfile; no WER)",
+    )
     parser.add_argument("--chunk", type=float, default=1.0, help="seconds of audio per update (default 1)")
     parser.add_argument("--repeat", type=int, default=2, help="the recording is the fixtures this many times")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a round may take at most")
@@ -171,7 +204,9 @@ def main() -> None:
     onset = speech_onset(samples)
     proc = None
     with tempfile.TemporaryDirectory() as tmp:
-        model = random_model(args.random_shape, args.processor, Path(tmp)) if args.random_shape else args.model
+        model = (
+            random_model(args.random_shape, args.processor, Path(tmp)) if args.random_shape else args.model
+        )
         url = args.url
         if url is None:
             proc, url = start_server(args, model, max(args.clients))
@@ -184,23 +219,38 @@ def main() -> None:
                 after = stats(url)
                 batches = after["batches"] - before["batches"]
                 batch = (after["rows"] - before["rows"]) / batches if batches else 0.0
-                rows.append(summarise(n, results, reference, onset, bool(reference) and not args.random_shape, batch))
+                rows.append(
+                    summarise(n, results, reference, onset, bool(reference) and not args.random_shape, batch)
+                )
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         finally:
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
     audio_s = samples.size / 16000
-    print(f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, model "
-          f"{('random ' + args.random_shape) if args.random_shape else args.model} on {args.device}\n")
-    print("| clients | updates | lag p50 (s) | lag p90 (s) | first word (s) | WER per stream (%) | mean rank | mean batch |")
+    print(
+        f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, model "
+        f"{('random ' + args.random_shape) if args.random_shape else args.model} on {args.device}\n"
+    )
+    print(
+        "| clients | updates | lag p50 (s) | lag p90 (s) | first word (s) | WER per stream (%) | mean rank | mean batch |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        wer = "n/a" if r["wer_min"] is None else (
-            f"{r['wer_min']:.1f}" if r["wer_min"] == r["wer_max"] else f"{r['wer_min']:.1f}–{r['wer_max']:.1f}")
+        wer = (
+            "n/a"
+            if r["wer_min"] is None
+            else (
+                f"{r['wer_min']:.1f}"
+                if r["wer_min"] == r["wer_max"]
+                else f"{r['wer_min']:.1f}–{r['wer_max']:.1f}"
+            )
+        )
         rank = "base" if r["mean_rank"] is None else f"{r['mean_rank']:.1f}"
-        print(f"| {r['clients']} | {r['updates']} | {r['lag_p50_s']:.2f} | {r['lag_p90_s']:.2f} | {r['first_word_s']:.2f} "
-              f"| {wer} | {rank} | {r['mean_batch']:.1f} |")
+        print(
+            f"| {r['clients']} | {r['updates']} | {r['lag_p50_s']:.2f} | {r['lag_p90_s']:.2f} | {r['first_word_s']:.2f} "
+            f"| {wer} | {rank} | {r['mean_batch']:.1f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

@@ -18,18 +18,29 @@ HELP = "stream a file (or the microphone) through Whisper, printing committed te
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("audio", nargs="*", metavar="FILE", help="audio files (anything soundfile reads)")
-    parser.add_argument("--mic", action="store_true", help="stream the default microphone (needs the 'mic' extra)")
-    parser.add_argument("--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per update (default 1.0)")
+    parser.add_argument(
+        "--mic", action="store_true", help="stream the default microphone (needs the 'mic' extra)"
+    )
+    parser.add_argument(
+        "--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per update (default 1.0)"
+    )
     parser.add_argument("--realtime", action="store_true", help="feed the file at its own pace, as if live")
     parser.add_argument(
-        "--concurrent", action="store_true",
+        "--concurrent",
+        action="store_true",
         help="stream all FILEs at once, their updates decoded together in batches (lines start with the file)",
     )
-    parser.add_argument("--model", default=DEFAULT_SOURCE, help=f"Whisper model name or directory (default {DEFAULT_SOURCE})")
-    parser.add_argument("--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter; its router picks each update's rank")
+    parser.add_argument(
+        "--model", default=DEFAULT_SOURCE, help=f"Whisper model name or directory (default {DEFAULT_SOURCE})"
+    )
+    parser.add_argument(
+        "--adapter", metavar="DIR", help="a saved Flexi-LoRA adapter; its router picks each update's rank"
+    )
     parser.add_argument("--rank", type=int, help="serve every update at this adapter rank instead of routing")
     parser.add_argument(
-        "--audio-ctx", default="auto", metavar="N",
+        "--audio-ctx",
+        default="auto",
+        metavar="N",
         help="encoder window in 20-ms positions, or 'auto': the buffer rounded up to 10 s (default)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
@@ -51,7 +62,9 @@ def audio_ctx_option(value: str) -> str | int:
     return n
 
 
-def load_online(model: str, adapter: str | None, rank: int | None, audio_ctx: str, device: str = "cpu") -> Any:
+def load_online(
+    model: str, adapter: str | None, rank: int | None, audio_ctx: str, device: str = "cpu"
+) -> Any:
     """An ``OnlineTranscriber`` for the command line and the web server."""
     from transformers.utils import logging as hf_logging
 
@@ -75,10 +88,15 @@ def microphone_updates(online: Any, chunk_s: float) -> Iterator[Any]:
     try:
         import sounddevice
     except (ImportError, OSError) as err:  # OSError: the package is there, PortAudio is not
-        raise FlexispeechError(f"--mic needs sounddevice and PortAudio (pip install 'flexispeech[mic]'): {err}") from None
+        raise FlexispeechError(
+            f"--mic needs sounddevice and PortAudio (pip install 'flexispeech[mic]'): {err}"
+        ) from None
     blocks: queue.Queue = queue.Queue()
     stream = sounddevice.InputStream(
-        samplerate=SAMPLE_RATE, channels=1, dtype="float32", callback=lambda data, *_: blocks.put(data[:, 0].copy())
+        samplerate=SAMPLE_RATE,
+        channels=1,
+        dtype="float32",
+        callback=lambda data, *_: blocks.put(data[:, 0].copy()),
     )
     with stream:
         print("listening; Ctrl-C to stop", file=sys.stderr, flush=True)
@@ -116,7 +134,10 @@ def stream_concurrently(online: Any, paths: list[str], chunk_s: float, realtime:
             with lock:
                 emit(path, stream, update)
 
-    with Scheduler(online.t, max_batch=max(1, len(paths))) as scheduler, ThreadPoolExecutor(len(paths)) as pool:
+    with (
+        Scheduler(online.t, max_batch=max(1, len(paths))) as scheduler,
+        ThreadPoolExecutor(len(paths)) as pool,
+    ):
         for done in [pool.submit(one, p) for p in paths]:
             done.result()
 

@@ -44,8 +44,16 @@ class StreamResult:
 
 def start_message(source: str, chunk_s: float = 1.0, realtime: bool = True, **extra: Any) -> str:
     """The opening message of a stream."""
-    return json.dumps({"type": "start", "version": VERSION, "source": source, "chunk": chunk_s, "realtime": realtime,
-                       **extra})
+    return json.dumps(
+        {
+            "type": "start",
+            "version": VERSION,
+            "source": source,
+            "chunk": chunk_s,
+            "realtime": realtime,
+            **extra,
+        }
+    )
 
 
 async def _collect(ws: Any, result: StreamResult, t0: float) -> None:

@@ -24,8 +24,11 @@ from transformers import WhisperForConditionalGeneration
 
 # transformers renamed forward's ``past_key_values`` to ``cache`` (5.2x; the old name warns
 # until 5.40): pass the name this version declares.
-_CACHE_KWARG = "cache" if "cache" in inspect.signature(WhisperForConditionalGeneration.forward).parameters else (
-    "past_key_values")
+_CACHE_KWARG = (
+    "cache"
+    if "cache" in inspect.signature(WhisperForConditionalGeneration.forward).parameters
+    else ("past_key_values")
+)
 
 
 def init_tokens(model: nn.Module) -> list[int]:
@@ -56,7 +59,11 @@ def _suppressors(model: nn.Module, begin_index: int, device: torch.device) -> li
     gc = model.generation_config
     procs: list[Any] = []
     if gc.begin_suppress_tokens is not None:
-        procs.append(SuppressTokensAtBeginLogitsProcessor(gc.begin_suppress_tokens, begin_index=begin_index, device=device))
+        procs.append(
+            SuppressTokensAtBeginLogitsProcessor(
+                gc.begin_suppress_tokens, begin_index=begin_index, device=device
+            )
+        )
     if gc.suppress_tokens is not None:
         procs.append(SuppressTokensLogitsProcessor(gc.suppress_tokens, device=device))
     return procs

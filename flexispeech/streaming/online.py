@@ -88,7 +88,9 @@ class Update:
         return {
             "audio_s": round(self.audio_s, 3),
             "rank": self.rank,
-            "committed": [{"start": round(w.start, 2), "end": round(w.end, 2), "text": w.text} for w in self.committed],
+            "committed": [
+                {"start": round(w.start, 2), "end": round(w.end, 2), "text": w.text} for w in self.committed
+            ],
             "committed_text": committed_text,
             "tentative": words_text(self.tentative),
             "buffer": [round(self.buffer_start_s, 2), round(self.buffer_start_s + self.buffer_s, 2)],
@@ -109,7 +111,9 @@ class OnlineTranscriber:
         self.t = transcriber
         self.options = options or StreamOptions()
         if not (isinstance(self.options.audio_ctx, int) or self.options.audio_ctx == "auto"):
-            raise ConfigError(f"audio_ctx must be 'auto' or a number of positions, got {self.options.audio_ctx!r}")
+            raise ConfigError(
+                f"audio_ctx must be 'auto' or a number of positions, got {self.options.audio_ctx!r}"
+            )
         tok = transcriber.processor.tokenizer
         self.timestamp_begin = int(transcriber.model.generation_config.no_timestamps_token_id) + 1
         self.special_ids = set(tok.all_special_ids)
@@ -166,8 +170,14 @@ class OnlineTranscriber:
             max_new_tokens=int(TOKENS_BASE + TOKENS_PER_S * buffer_s),
         )
 
-    def apply(self, tokens: list[int] | None, rank: int | None, signals: dict[str, float], final: bool,
-              compute_s: float) -> Update:
+    def apply(
+        self,
+        tokens: list[int] | None,
+        rank: int | None,
+        signals: dict[str, float],
+        final: bool,
+        compute_s: float,
+    ) -> Update:
         """Take the decoded ``tokens`` of the buffer (None: nothing was decoded) and return
         this update: agreement, then a trim (or, when ``final``, commit everything)."""
         start, buffer_s = self.buffer_start, self.audio.size / SAMPLE_RATE
@@ -179,12 +189,18 @@ class OnlineTranscriber:
             self.buffer_start += buffer_s
             self.audio = self.audio[:0]
             self.hyp.forget_until(self.buffer_start)
-            return Update(committed, [], rank, signals, self._audio_s(), start, buffer_s, compute_s, final=True)
+            return Update(
+                committed, [], rank, signals, self._audio_s(), start, buffer_s, compute_s, final=True
+            )
         if tokens is None:
-            return Update([], self.hyp.tentative, None, audio_s=self._audio_s(), buffer_start_s=start, buffer_s=buffer_s)
+            return Update(
+                [], self.hyp.tentative, None, audio_s=self._audio_s(), buffer_start_s=start, buffer_s=buffer_s
+            )
         committed = self.hyp.flush()
         committed += self._trim(segment_ends)
-        return Update(committed, self.hyp.tentative, rank, signals, self._audio_s(), start, buffer_s, compute_s)
+        return Update(
+            committed, self.hyp.tentative, rank, signals, self._audio_s(), start, buffer_s, compute_s
+        )
 
     # -- decoding ------------------------------------------------------------------------
 
@@ -217,7 +233,11 @@ class OnlineTranscriber:
             if i is not None and i < self.timestamp_begin and i not in self.special_ids:
                 text_ids.append(i)
                 continue
-            stamp = buffer_s if i is None or i < self.timestamp_begin else (i - self.timestamp_begin) * SECONDS_PER_TIMESTAMP
+            stamp = (
+                buffer_s
+                if i is None or i < self.timestamp_begin
+                else (i - self.timestamp_begin) * SECONDS_PER_TIMESTAMP
+            )
             if text_ids:
                 end = min(max(stamp, seg_start), buffer_s)
                 words += self._spread(tok.decode(text_ids, skip_special_tokens=True).split(), seg_start, end)

@@ -131,4 +131,3 @@ class Scheduler:
     def mean_batch(self) -> float:
         """Mean number of updates per batch so far (0 before the first)."""
         return self.rows / self.batches if self.batches else 0.0
-

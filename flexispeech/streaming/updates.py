@@ -76,7 +76,9 @@ def decode_updates(
             if window != encoder_positions(model):
                 set_audio_ctx(model, window, processor)
             audio = [requests[i].audio for i in members]
-            features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+            features = processor.feature_extractor(
+                audio, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+            ).input_features
             prompts = [requests[i].prompt for i in members]
             caps = [requests[i].max_new_tokens for i in members]
             if batch.ranks is None:

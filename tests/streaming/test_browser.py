@@ -1,5 +1,5 @@
-"""End to end in headless Chromium: ``flexispeech serve`` with the real tiny.en, the page
-uploads a speech fixture and the committed words appear.
+"""End to end in headless Chromium: ``flexispeech serve`` with the real tiny.en; two tabs
+upload a speech fixture each at the same time and each shows its own committed words.
 
 Needs Debian's ``chromium`` and ``chromium-driver`` and PyPI ``selenium`` (the script
 ``tests/streaming/install_browser.sh`` installs them); skipped cleanly without them.
@@ -23,7 +23,9 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 pytestmark = [
     pytest.mark.slow,  # the real model, decoding every second of audio: ~1 min on 2 cores
-    pytest.mark.skipif(not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromedriver (install_browser.sh)"),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER), reason="needs chromium and chromedriver (install_browser.sh)"
+    ),
 ]
 WAIT_S = 300
 
@@ -40,7 +42,10 @@ def server():
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flexispeech", "serve", "--port", str(port)],
-        env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     deadline = time.monotonic() + 120
     while True:
@@ -74,18 +79,32 @@ def words(text: str) -> list[str]:
     return re.sub(r"[^a-z ]", "", text.lower()).split()
 
 
-def test_uploaded_speech_appears_as_committed_text(server, browser, assets_dir: Path, transcripts) -> None:
+def test_two_tabs_stream_at_once_with_their_own_transcripts(
+    server, browser, assets_dir: Path, transcripts
+) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    browser.get(server)
-    browser.find_element(By.ID, "file").send_keys(str(assets_dir / "fox.wav"))
-    browser.find_element(By.ID, "realtime").click()  # off: stream as fast as decoding goes
-    browser.find_element(By.ID, "start-file").click()
+    from flexispeech.audio import SAMPLE_RATE, load_audio
+
+    files = ("fox.wav", "stella.wav")
+    tabs = []
+    for name in files:
+        if tabs:
+            browser.switch_to.new_window("tab")
+        browser.get(server)
+        browser.find_element(By.ID, "file").send_keys(str(assets_dir / name))
+        tabs.append(browser.current_window_handle)
+    for tab in tabs:  # start both before either ends: real time, so the two streams overlap
+        browser.switch_to.window(tab)
+        browser.find_element(By.ID, "start-file").click()
     status = lambda d: d.find_element(By.ID, "status").text  # noqa: E731
-    WebDriverWait(browser, WAIT_S).until(lambda d: status(d) in ("done", "error"))
-    committed = browser.find_element(By.ID, "committed").text
-    assert status(browser) == "done", browser.find_element(By.ID, "tentative").text
-    assert words(committed) == words(transcripts["fox.wav"])
-    assert browser.find_element(By.ID, "rank").text == "base"
-    assert float(browser.find_element(By.ID, "audio-s").text) == pytest.approx(3.0, abs=0.5)
+    for tab, name in zip(tabs, files):
+        browser.switch_to.window(tab)
+        WebDriverWait(browser, WAIT_S).until(lambda d: status(d) in ("done", "error"))
+        committed = browser.find_element(By.ID, "committed").text
+        assert status(browser) == "done", browser.find_element(By.ID, "tentative").text
+        assert words(committed) == words(transcripts[name]), name
+        assert browser.find_element(By.ID, "rank").text == "base"
+        duration = load_audio(assets_dir / name).size / SAMPLE_RATE
+        assert float(browser.find_element(By.ID, "audio-s").text) == pytest.approx(duration, abs=0.1)

@@ -22,7 +22,9 @@ def model_and_inputs(assets_dir: Path):
     model, processor = FAMILY.load("random:tiny")
     set_audio_ctx(model, 250, processor)
     audio = [load_audio(assets_dir / n) for n in ("fox.wav", "stella.wav", "meeting.wav")]
-    features = processor.feature_extractor(audio, sampling_rate=SAMPLE_RATE, return_tensors="pt").input_features
+    features = processor.feature_extractor(
+        audio, sampling_rate=SAMPLE_RATE, return_tensors="pt"
+    ).input_features
     return model, processor, features
 
 
@@ -41,7 +43,9 @@ def test_rows_with_their_own_prompts_decode_as_they_would_alone(model_and_inputs
     got = greedy_decode(model, features, prompts, CAPS)
     expected = [alone(model, processor, features, row) for row in range(3)]
     assert got == expected
-    assert any(t >= model.generation_config.no_timestamps_token_id + 1 for t in got[0])  # timestamps were decoded
+    assert any(
+        t >= model.generation_config.no_timestamps_token_id + 1 for t in got[0]
+    )  # timestamps were decoded
 
 
 def test_rows_decode_at_their_own_ranks(model_and_inputs) -> None:
@@ -50,7 +54,9 @@ def test_rows_decode_at_their_own_ranks(model_and_inputs) -> None:
     from flexispeech.models.random_init import randomize_adapters
 
     model, processor, features = model_and_inputs
-    inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))  # a row per rank, one repeated
+    inject(
+        model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets)
+    )  # a row per rank, one repeated
     randomize_adapters(model, b_scale=1.0)
     try:
         ranks = torch.tensor([8, 2, 8])
@@ -63,7 +69,9 @@ def test_rows_decode_at_their_own_ranks(model_and_inputs) -> None:
                 expected.append(alone(model, processor, features, row))
         assert got == expected
         with use_ranks(model, torch.tensor([2, 2, 2])):
-            assert greedy_decode(model, features, prompts, CAPS)[0] != got[0]  # the rank changed row 0's tokens
+            assert (
+                greedy_decode(model, features, prompts, CAPS)[0] != got[0]
+            )  # the rank changed row 0's tokens
     finally:
         remove(model)
 
@@ -71,5 +79,17 @@ def test_rows_decode_at_their_own_ranks(model_and_inputs) -> None:
 def test_complete_segments_keeps_what_generate_keeps() -> None:
     begin, eos = 100, 1
     assert complete_segments([5, 6, eos], begin, eos) == [5, 6]  # no timestamps: whole, without eos
-    assert complete_segments([100, 5, 120, 120, 7, 8], begin, eos) == [100, 5, 120, 120]  # cut after the last pair
-    assert complete_segments([100, 5, 120, 120, 7, 130], begin, eos) == [100, 5, 120, 120, 7, 130]  # single ending
+    assert complete_segments([100, 5, 120, 120, 7, 8], begin, eos) == [
+        100,
+        5,
+        120,
+        120,
+    ]  # cut after the last pair
+    assert complete_segments([100, 5, 120, 120, 7, 130], begin, eos) == [
+        100,
+        5,
+        120,
+        120,
+        7,
+        130,
+    ]  # single ending

@@ -27,7 +27,9 @@ def joined(assets_dir: Path, noise_db: float | None = None, seed: int = 0) -> np
         clip = load_audio(assets_dir / name)
         if noise_db is not None and i > 0:
             power = float(np.mean(clip**2))
-            clip = clip + rng.normal(0.0, np.sqrt(power / 10 ** (noise_db / 10)), clip.size).astype(np.float32)
+            clip = clip + rng.normal(0.0, np.sqrt(power / 10 ** (noise_db / 10)), clip.size).astype(
+                np.float32
+            )
         gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
         if noise_db is not None and i > 0:
             gap = gap + rng.normal(0.0, np.sqrt(power / 10 ** (noise_db / 10)), gap.size).astype(np.float32)
@@ -63,7 +65,9 @@ def test_events_cover_the_stream_and_the_buffer_stays_bounded(random_transcriber
     assert all(a.start <= b.start + 1e-6 for a, b in zip(words, words[1:]))
     assert online.audio.size == 0 and online.hyp.tentative == []
     event = json.loads(json.dumps(updates[-1].to_dict(online.committed_text)))
-    assert event["final"] is True and event["rank"] is None and event["committed_text"] == online.committed_text
+    assert (
+        event["final"] is True and event["rank"] is None and event["committed_text"] == online.committed_text
+    )
 
 
 def test_a_short_buffer_waits_for_more_audio(random_transcriber) -> None:
@@ -102,7 +106,9 @@ def test_each_update_routes_its_rank_from_the_buffer_snr(assets_dir: Path, tmp_p
     assert all(r == (2 if u.signals["snr_db"] >= 20.0 else 8) for r, u in zip(ranks, updates))
 
 
-def test_ranks_for_is_fixed_rank_then_router_then_default(random_transcriber, assets_dir: Path, tmp_path: Path) -> None:
+def test_ranks_for_is_fixed_rank_then_router_then_default(
+    random_transcriber, assets_dir: Path, tmp_path: Path
+) -> None:
     """The one routing chain that offline transcription and streaming share."""
     from flexispeech import FlexiLoraConfig, ThresholdRouter, attach_router, inject, save_adapter
     from flexispeech.errors import ConfigError
@@ -114,8 +120,13 @@ def test_ranks_for_is_fixed_rank_then_router_then_default(random_transcriber, as
     inject(model, FlexiLoraConfig(ranks=(2, 4, 8), target_modules=FAMILY.default_targets))
     save_adapter(model, tmp_path / "plain")  # no router
     # score = -z(snr_db) - z(proxy); the proxy's mean is 5, so a neutral proxy adds nothing
-    router = ThresholdRouter((2, 4, 8), weights={"snr_db": -1.0, "proxy": -1.0}, thresholds=(-1.0, 1.0),
-                             means={"snr_db": 20.0, "proxy": 5.0}, stds={"snr_db": 10.0, "proxy": 1.0})
+    router = ThresholdRouter(
+        (2, 4, 8),
+        weights={"snr_db": -1.0, "proxy": -1.0},
+        thresholds=(-1.0, 1.0),
+        means={"snr_db": 20.0, "proxy": 5.0},
+        stds={"snr_db": 10.0, "proxy": 1.0},
+    )
     attach_router(model, router)
     save_adapter(model, tmp_path / "routed")
     snr = {"snr_db": torch.tensor([40.0, 20.0, 0.0])}  # z = 2, 0, -2
@@ -143,7 +154,9 @@ def test_streaming_ends_with_the_offline_words(assets_dir: Path, transcripts: di
 
     audio = joined(assets_dir)
     reference = " ".join(transcripts[name] for name in FILES)
-    transcriber = Transcriber("whisper-tiny.en", max_new_tokens=int(TOKENS_BASE + TOKENS_PER_S * audio.size / SAMPLE_RATE))
+    transcriber = Transcriber(
+        "whisper-tiny.en", max_new_tokens=int(TOKENS_BASE + TOKENS_PER_S * audio.size / SAMPLE_RATE)
+    )
     offline = transcriber.transcribe([audio])[0].text
     online = OnlineTranscriber(transcriber)
     updates = list(stream_file_chunks(online, audio, chunk_s=1.0))
@@ -159,7 +172,12 @@ def test_stream_command_prints_one_json_event_per_update(assets_dir: Path, capsy
     from flexispeech.cli import main
 
     path = assets_dir / "stella.wav"
-    assert main(["stream", str(path), "--model", "random:tiny", "--json", "--chunk", "1.5", "--audio-ctx", "250"]) == 0
+    assert (
+        main(
+            ["stream", str(path), "--model", "random:tiny", "--json", "--chunk", "1.5", "--audio-ctx", "250"]
+        )
+        == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     duration = load_audio(path).size / SAMPLE_RATE
     assert len(events) == int(np.ceil(duration / 1.5))

@@ -50,8 +50,16 @@ def test_the_page_has_the_controls_the_stream_needs(transcriber) -> None:
 
     status, html = served(transcriber, steps)
     assert status == 200
-    for element in ('id="file"', 'id="start-file"', 'id="start-mic"', 'id="committed"', 'id="tentative"', 'id="rank"',
-                    'id="level"', "version: 1"):
+    for element in (
+        'id="file"',
+        'id="start-file"',
+        'id="start-mic"',
+        'id="committed"',
+        'id="tentative"',
+        'id="rank"',
+        'id="level"',
+        "version: 1",
+    ):
         assert element in html
 
 
@@ -66,7 +74,9 @@ def test_an_uploaded_file_is_streamed_chunk_by_chunk(transcriber, assets_dir: Pa
     assert [e["final"] for e in updates] == [False] * (len(updates) - 1) + [True]
     assert updates[-1]["audio_s"] == pytest.approx(duration, abs=1e-3)
     assert all(e["rank"] is None for e in updates)
-    assert all(-100.0 <= e["level_db"] <= 0.0 for e in updates) and max(e["level_db"] for e in updates) > -40.0
+    assert (
+        all(-100.0 <= e["level_db"] <= 0.0 for e in updates) and max(e["level_db"] for e in updates) > -40.0
+    )
     committed = " ".join(w["text"] for e in updates for w in e["committed"])
     assert committed == got.text
 
@@ -82,7 +92,9 @@ def test_microphone_samples_stream_until_stop(transcriber, assets_dir: Path) -> 
     assert all(b - a >= 1.0 - 1e-6 for a, b in zip(seen[:-2], seen[1:-1]))
 
 
-def test_concurrent_streams_are_decoded_in_batches_with_their_own_results(transcriber, assets_dir: Path) -> None:
+def test_concurrent_streams_are_decoded_in_batches_with_their_own_results(
+    transcriber, assets_dir: Path
+) -> None:
     names = ("fox.wav", "stella.wav", "meeting.wav", "fox_48k_stereo.flac")
     alone = {}
     for name in names:  # each stream on its own, through the single-stream path
@@ -106,7 +118,10 @@ def test_the_command_streams_files_concurrently(assets_dir: Path, capsys) -> Non
     from flexispeech.cli import main
 
     paths = [str(assets_dir / n) for n in ("fox.wav", "stella.wav")]
-    assert main(["stream", *paths, "--concurrent", "--model", "random:tiny", "--json", "--audio-ctx", "250"]) == 0
+    assert (
+        main(["stream", *paths, "--concurrent", "--model", "random:tiny", "--json", "--audio-ctx", "250"])
+        == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     for path in paths:
         mine = [e for e in events if e["stream"] == path]

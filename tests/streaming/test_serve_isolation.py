@@ -29,8 +29,15 @@ from flexispeech.streaming.server.protocol import Limits  # noqa: E402
 from flexispeech.streaming.transcriber import Transcriber  # noqa: E402
 
 OPTIONS = StreamOptions(audio_ctx=250)
-LIMITS = Limits(max_streams=4, idle_timeout_s=1.0, max_upload_bytes=200_000, max_mic_message_bytes=64_000,
-                max_pending_s=2.0, send_timeout_s=1.0, send_buffer_bytes=4096)
+LIMITS = Limits(
+    max_streams=4,
+    idle_timeout_s=1.0,
+    max_upload_bytes=200_000,
+    max_mic_message_bytes=64_000,
+    max_pending_s=2.0,
+    send_timeout_s=1.0,
+    send_buffer_bytes=4096,
+)
 GOOD = "fox.wav"
 
 
@@ -77,7 +84,9 @@ async def binary_first(http, url, assets):
 
 
 async def other_version(http, url, assets):
-    return await events_of(await opened(http, url, json.dumps({"type": "start", "version": 2, "source": "mic"})))
+    return await events_of(
+        await opened(http, url, json.dumps({"type": "start", "version": 2, "source": "mic"}))
+    )
 
 
 async def undecodable_upload(http, url, assets):
@@ -93,7 +102,9 @@ async def empty_upload(http, url, assets):
 
 
 async def declared_too_large(http, url, assets):
-    return await events_of(await opened(http, url, start_message("file", 1.0, size=LIMITS.max_upload_bytes + 1)))
+    return await events_of(
+        await opened(http, url, start_message("file", 1.0, size=LIMITS.max_upload_bytes + 1))
+    )
 
 
 async def mic_odd_bytes(http, url, assets):
@@ -181,7 +192,9 @@ def test_bad_input_ends_only_its_own_stream(bad, transcriber, assets_dir, good_a
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
 
 
-def test_an_undeclared_oversized_message_closes_with_1009(transcriber, assets_dir, good_alone, caplog) -> None:
+def test_an_undeclared_oversized_message_closes_with_1009(
+    transcriber, assets_dir, good_alone, caplog
+) -> None:
     async def oversized(http, url, assets):
         ws = await opened(http, url, start_message("file", 1.0))
         await ws.send_bytes(b"\x00" * (LIMITS.max_upload_bytes + 1))
@@ -209,7 +222,9 @@ def test_a_stream_beyond_max_streams_is_told_the_server_is_busy(transcriber, ass
     assert good.text == good_alone
 
 
-def test_a_client_that_disconnects_mid_update_leaves_the_others_alone(transcriber, assets_dir, good_alone) -> None:
+def test_a_client_that_disconnects_mid_update_leaves_the_others_alone(
+    transcriber, assets_dir, good_alone
+) -> None:
     audio = load_audio(assets_dir / "stella.wav")
 
     async def leaves(http, url, assets):
@@ -229,8 +244,10 @@ def _raw_websocket(port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1024)  # before connect: a small window
     sock.connect(("127.0.0.1", port))
     key = base64.b64encode(os.urandom(16)).decode()
-    sock.sendall(f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                 f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode())
+    sock.sendall(
+        f"GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
     reply = b""
     while b"\r\n\r\n" not in reply:
         reply += sock.recv(1024)
@@ -242,13 +259,22 @@ def _frame(opcode: int, payload: bytes) -> bytes:
     """A masked client frame (RFC 6455: clients mask; a zero mask leaves the bytes as they are)."""
     n = len(payload)
     head = bytes([0x80 | opcode])
-    head += bytes([0x80 | n]) if n < 126 else bytes([0x80 | 126]) + struct.pack(">H", n) if n < 65536 else (
-        bytes([0x80 | 127]) + struct.pack(">Q", n))
+    head += (
+        bytes([0x80 | n])
+        if n < 126
+        else bytes([0x80 | 126]) + struct.pack(">H", n)
+        if n < 65536
+        else (bytes([0x80 | 127]) + struct.pack(">Q", n))
+    )
     return head + b"\x00\x00\x00\x00" + payload
 
 
-def test_a_client_that_stops_reading_is_dropped_and_the_others_keep_going(transcriber, assets_dir, good_alone) -> None:
-    joined = np.concatenate([load_audio(assets_dir / n) for n in ("fox.wav", "stella.wav", "meeting.wav")] * 2)
+def test_a_client_that_stops_reading_is_dropped_and_the_others_keep_going(
+    transcriber, assets_dir, good_alone
+) -> None:
+    joined = np.concatenate(
+        [load_audio(assets_dir / n) for n in ("fox.wav", "stella.wav", "meeting.wav")] * 2
+    )
 
     async def never_reads(http, url, assets):
         import io

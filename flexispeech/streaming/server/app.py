@@ -49,14 +49,20 @@ class ServerState:
 STATE_KEY = web.AppKey("state", ServerState)
 
 
-def create_app(transcriber: Transcriber, options: StreamOptions | None = None, limits: Limits | None = None,
-               max_batch: int | None = None) -> web.Application:
+def create_app(
+    transcriber: Transcriber,
+    options: StreamOptions | None = None,
+    limits: Limits | None = None,
+    max_batch: int | None = None,
+) -> web.Application:
     """The web app around a loaded Whisper ``Transcriber``; ``max_batch``: most updates
     per batch (default: ``limits.max_streams``, every open stream)."""
     limits = limits or Limits()
     app = web.Application()
     app[STATE_KEY] = ServerState(
-        transcriber, options or StreamOptions(), limits,
+        transcriber,
+        options or StreamOptions(),
+        limits,
         Scheduler(transcriber, max_batch=max_batch or limits.max_streams),
         ThreadPoolExecutor(limits.max_streams, thread_name_prefix="flexispeech-pacer"),
     )
@@ -82,8 +88,9 @@ async def stats(request: web.Request) -> web.Response:
     """``{"active", "batches", "rows"}``: open streams, batches decoded, updates decoded
     (rows / batches is the mean batch size)."""
     state = request.app[STATE_KEY]
-    return web.json_response({"active": len(state.active), "batches": state.scheduler.batches,
-                              "rows": state.scheduler.rows})
+    return web.json_response(
+        {"active": len(state.active), "batches": state.scheduler.batches, "rows": state.scheduler.rows}
+    )
 
 
 async def websocket(request: web.Request) -> web.WebSocketResponse:
@@ -101,8 +108,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.send_buffer_bytes)
     if len(state.active) >= limits.max_streams:
         with contextlib.suppress(Exception):
-            await ws.send_json(StreamError("busy", f"the server is serving its limit of {limits.max_streams} streams; "
-                                                   "try again later").event())
+            await ws.send_json(
+                StreamError(
+                    "busy",
+                    f"the server is serving its limit of {limits.max_streams} streams; try again later",
+                ).event()
+            )
         await ws.close()
         return ws
     sid = next(state.ids)
@@ -118,7 +129,9 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     except Exception:  # noqa: BLE001 - a bug seen by one stream must not end the server
         log.exception("stream %d failed", sid)
         with contextlib.suppress(ClientGone):
-            await session.send(StreamError("internal", "internal error while transcribing this stream").event())
+            await session.send(
+                StreamError("internal", "internal error while transcribing this stream").event()
+            )
     finally:
         state.active.discard(sid)
         try:  # a client that stopped reading takes no close frame either: drop the connection
@@ -129,7 +142,12 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
     return ws
 
 
-def serve(transcriber: Transcriber, host: str = "127.0.0.1", port: int = 8000, options: StreamOptions | None = None,
-          limits: Limits | None = None) -> None:
+def serve(
+    transcriber: Transcriber,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    options: StreamOptions | None = None,
+    limits: Limits | None = None,
+) -> None:
     """Run the app until interrupted."""
     web.run_app(create_app(transcriber, options, limits), host=host, port=port, print=None)

@@ -48,8 +48,15 @@ class Limits:
     send_buffer_bytes: int = 256 * 1024  # events a client has not taken yet, held by the server at most
 
     def __post_init__(self) -> None:
-        for name in ("max_streams", "idle_timeout_s", "max_upload_bytes", "max_mic_message_bytes", "max_pending_s",
-                     "send_timeout_s", "send_buffer_bytes"):
+        for name in (
+            "max_streams",
+            "idle_timeout_s",
+            "max_upload_bytes",
+            "max_mic_message_bytes",
+            "max_pending_s",
+            "send_timeout_s",
+            "send_buffer_bytes",
+        ):
             if not getattr(self, name) > 0:
                 raise FlexispeechError(f"serve limits: {name} must be > 0, got {getattr(self, name)}")
 
@@ -74,13 +81,22 @@ def parse_start(text: str, limits: Limits) -> Start:
         raise StreamError("bad_request", 'the opening message must be a JSON object with "type": "start"')
     version = request.get("version")
     if version != VERSION:
-        raise StreamError("version", f"protocol version {version!r} is not supported: this server speaks {VERSION}")
+        raise StreamError(
+            "version", f"protocol version {version!r} is not supported: this server speaks {VERSION}"
+        )
     source = request.get("source")
     if source not in SOURCES:
         raise StreamError("bad_request", f"unknown source {source!r}: expected 'file' or 'mic'")
     chunk = request.get("chunk", 1.0)
-    if isinstance(chunk, bool) or not isinstance(chunk, (int, float)) or not MIN_CHUNK_S <= chunk <= MAX_CHUNK_S:
-        raise StreamError("bad_request", f"chunk must be a number of seconds in [{MIN_CHUNK_S}, {MAX_CHUNK_S}], got {chunk!r}")
+    if (
+        isinstance(chunk, bool)
+        or not isinstance(chunk, (int, float))
+        or not MIN_CHUNK_S <= chunk <= MAX_CHUNK_S
+    ):
+        raise StreamError(
+            "bad_request",
+            f"chunk must be a number of seconds in [{MIN_CHUNK_S}, {MAX_CHUNK_S}], got {chunk!r}",
+        )
     realtime = request.get("realtime", True)
     if not isinstance(realtime, bool):
         raise StreamError("bad_request", f"realtime must be true or false, got {realtime!r}")
@@ -88,7 +104,9 @@ def parse_start(text: str, limits: Limits) -> Start:
     if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
         raise StreamError("bad_request", f"size must be the file's length in bytes, got {size!r}")
     if size is not None and size > limits.max_upload_bytes:
-        raise StreamError("too_large", f"the file is {size} bytes; this server takes at most {limits.max_upload_bytes}")
+        raise StreamError(
+            "too_large", f"the file is {size} bytes; this server takes at most {limits.max_upload_bytes}"
+        )
     return Start(source, float(chunk), realtime)
 
 
@@ -98,9 +116,14 @@ def mic_samples(data: bytes, limits: Limits) -> Any:
     import numpy as np
 
     if len(data) > limits.max_mic_message_bytes:
-        raise StreamError("too_large", f"a microphone message of {len(data)} bytes; at most {limits.max_mic_message_bytes}")
+        raise StreamError(
+            "too_large", f"a microphone message of {len(data)} bytes; at most {limits.max_mic_message_bytes}"
+        )
     if len(data) % 4:
-        raise StreamError("bad_audio", f"a microphone message of {len(data)} bytes is not whole float32 samples (4 bytes each)")
+        raise StreamError(
+            "bad_audio",
+            f"a microphone message of {len(data)} bytes is not whole float32 samples (4 bytes each)",
+        )
     samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
     if samples.size and not math.isfinite(float(np.abs(samples).max())):
         raise StreamError("bad_audio", "a microphone message holds NaN or infinite samples")

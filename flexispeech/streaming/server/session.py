@@ -66,8 +66,15 @@ def decode_upload(data: bytes) -> np.ndarray:
 class Session:
     """One connection; ``run`` serves it to the end (see the module docstring)."""
 
-    def __init__(self, ws: web.WebSocketResponse, transcriber: Transcriber, options: StreamOptions,
-                 scheduler: Scheduler, limits: Limits, pacer: Executor) -> None:
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        transcriber: Transcriber,
+        options: StreamOptions,
+        scheduler: Scheduler,
+        limits: Limits,
+        pacer: Executor,
+    ) -> None:
         self.ws, self.scheduler, self.limits, self.pacer = ws, scheduler, limits, pacer
         self.online = OnlineTranscriber(transcriber, options)
 
@@ -79,14 +86,18 @@ class Session:
             raise ClientGone(type(err).__name__) from None
 
     async def send_update(self, update: Update, level: float) -> None:
-        await self.send({"type": "update", "level_db": round(level, 1), **update.to_dict(self.online.committed_text)})
+        await self.send(
+            {"type": "update", "level_db": round(level, 1), **update.to_dict(self.online.committed_text)}
+        )
 
     async def receive(self) -> Any:
         """The next message, within the idle timeout; ``ClientGone`` when the client closed."""
         try:
             msg = await asyncio.wait_for(self.ws.receive(), self.limits.idle_timeout_s)
         except asyncio.TimeoutError:
-            raise StreamError("idle", f"no message for {self.limits.idle_timeout_s:g} s: stream closed") from None
+            raise StreamError(
+                "idle", f"no message for {self.limits.idle_timeout_s:g} s: stream closed"
+            ) from None
         if msg.type in _CLOSED:
             raise ClientGone("closed")
         if msg.type == WSMsgType.ERROR:
@@ -102,9 +113,13 @@ class Session:
     async def run(self) -> None:
         msg = await self.receive()
         if msg.type != WSMsgType.TEXT:
-            raise StreamError("bad_request", 'expected the opening JSON message ({"type": "start", ...}) before any audio')
+            raise StreamError(
+                "bad_request", 'expected the opening JSON message ({"type": "start", ...}) before any audio'
+            )
         start = parse_start(msg.data, self.limits)
-        await self.send({"type": "started", "version": VERSION, "source": start.source, "chunk": start.chunk_s})
+        await self.send(
+            {"type": "started", "version": VERSION, "source": start.source, "chunk": start.chunk_s}
+        )
         if start.source == "file":
             await self.file(start)
         else:
@@ -117,8 +132,9 @@ class Session:
         samples = await asyncio.to_thread(decode_upload, msg.data)
         # The file's chunks come from stream_file_chunks, run on a pacing thread (its
         # real-time waits happen there) with its decoding sent to the shared scheduler.
-        updates = stream_file_chunks(self.online, samples, start.chunk_s, realtime=start.realtime,
-                                     scheduler=self.scheduler)
+        updates = stream_file_chunks(
+            self.online, samples, start.chunk_s, realtime=start.realtime, scheduler=self.scheduler
+        )
         loop, done = asyncio.get_running_loop(), object()
         try:
             while (update := await loop.run_in_executor(self.pacer, next, updates, done)) is not done:
@@ -146,15 +162,20 @@ class Session:
                 if msg.type == WSMsgType.BINARY:
                     pending.append(mic_samples(msg.data, self.limits))
                     if sum(p.size for p in pending) > max_pending:
-                        raise StreamError("overflow", f"more than {self.limits.max_pending_s:g} s of audio waiting to "
-                                                      "be decoded: send audio in real time")
+                        raise StreamError(
+                            "overflow",
+                            f"more than {self.limits.max_pending_s:g} s of audio waiting to "
+                            "be decoded: send audio in real time",
+                        )
                 elif msg.type == WSMsgType.TEXT:
                     try:
                         kind = json.loads(msg.data).get("type")
                     except (ValueError, AttributeError):
                         raise StreamError("bad_request", "a text message that is not a JSON object") from None
                     if kind != "stop":
-                        raise StreamError("bad_request", f"unexpected message type {kind!r} during a microphone stream")
+                        raise StreamError(
+                            "bad_request", f"unexpected message type {kind!r} during a microphone stream"
+                        )
                     stopped = True
                     arrived.set()
                     return
