@@ -70,18 +70,17 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(
             f"flexispeech serve needs aiohttp (pip install 'flexispeech[serve]'): {err}"
         ) from None
-    from flexispeech.errors import FlexispeechError
     from flexispeech.streaming.server.protocol import MB, Limits
 
-    try:
-        limits = Limits(
-            max_streams=args.max_streams,
-            idle_timeout_s=args.idle_timeout,
-            max_pending_s=args.max_pending,
-            max_upload_bytes=int(args.max_upload_mb * MB),
-        )
-    except FlexispeechError as err:
-        raise ConfigError(str(err).replace("serve limits: ", "")) from None
+    for option in ("max_streams", "idle_timeout", "max_pending", "max_upload_mb"):
+        if not getattr(args, option) > 0:
+            raise ConfigError(f"--{option.replace('_', '-')} must be > 0, got {getattr(args, option)}")
+    limits = Limits(
+        max_streams=args.max_streams,
+        idle_timeout_s=args.idle_timeout,
+        max_pending_s=args.max_pending,
+        max_upload_bytes=int(args.max_upload_mb * MB),
+    )
     online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)
     print(
         f"flexispeech serve: open http://{args.host}:{args.port}/ (Ctrl-C to stop)",

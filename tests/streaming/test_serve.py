@@ -134,3 +134,14 @@ def test_the_command_streams_files_concurrently(assets_dir: Path, capsys) -> Non
 def test_level_db() -> None:
     assert level_db(np.zeros(1600, dtype=np.float32)) == -100.0
     assert level_db(np.full(1600, 0.1, dtype=np.float32)) == pytest.approx(-20.0, abs=0.01)
+
+
+def test_serve_rejects_bad_limits_before_loading_a_model(capsys) -> None:
+    from flexispeech.cli import main
+
+    assert main(["serve", "--max-streams", "0"]) == 2
+    assert main(["serve", "--idle-timeout", "-1"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        "--max-streams must be > 0" in err and "--idle-timeout must be > 0" in err and "Traceback" not in err
+    )
