@@ -130,7 +130,7 @@ def stream_concurrently(online: Any, paths: list[str], chunk_s: float, realtime:
     def one(path: str) -> None:
         stream = OnlineTranscriber(online.t, online.options)
         blocks = iter_audio_blocks(path, block_s=max(30.0, chunk_s))
-        for update in stream_file_chunks(stream, blocks, chunk_s, realtime=realtime, scheduler=scheduler):
+        for update in stream_file_chunks(stream, blocks, chunk_s, realtime=realtime, decode=scheduler.decode):
             with lock:
                 emit(path, stream, update)
 

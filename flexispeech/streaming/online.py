@@ -27,9 +27,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -37,9 +37,7 @@ from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 from flexispeech.streaming.agreement import HypothesisBuffer, Word, words_text
 from flexispeech.streaming.transcriber import Transcriber
-
-if TYPE_CHECKING:
-    from flexispeech.streaming.scheduler import Scheduler
+from flexispeech.streaming.updates import DecodeRequest, decode_updates, route_buffers
 
 SECONDS_PER_TIMESTAMP = 0.02  # Whisper's timestamp tokens step by one encoder position (20 ms)
 CTX_STEP_S = 10.0  # "auto" encoder window: buffer length rounded up to 10 s (500 positions)
@@ -57,16 +55,6 @@ class StreamOptions:
     max_buffer_s: float = 16.0  # buffer longer than this: cut anyway (commits without agreement)
     prompt_chars: int = 200  # committed text before the buffer given as the decoder prompt
     audio_ctx: str | int = "auto"  # "auto", or encoder positions (1500 = the full 30 s)
-
-
-@dataclass(frozen=True)
-class DecodeRequest:
-    """One stream's share of a batched decoding (``OnlineTranscriber.request``)."""
-
-    audio: np.ndarray  # [T] the buffer, 16 kHz
-    positions: int  # encoder window for it (streams decode in groups of one window)
-    prompt: list[int]  # <|startofprev|> + committed text before the buffer; [] for none
-    max_new_tokens: int  # token cap for this buffer length
 
 
 @dataclass
@@ -139,14 +127,10 @@ class OnlineTranscriber:
 
     def process_iter(self) -> Update:
         """Decode the buffer, commit what two consecutive hypotheses agree on, trim."""
-        from flexispeech.streaming.updates import decode_updates
-
         return decode_updates(self.t, [self])[0]
 
     def finish(self) -> Update:
         """End of stream: decode what is left once more and commit all of it."""
-        from flexispeech.streaming.updates import decode_updates
-
         return decode_updates(self.t, [self], final=[True])[0]
 
     # -- one update in three steps: what to decode, (batched decoding), what it means ---------
@@ -206,8 +190,6 @@ class OnlineTranscriber:
 
     def route(self, audio: np.ndarray) -> tuple[int | None, dict[str, float]]:
         """Rank for a buffer [T] (None without an adapter) and the signals it was routed on."""
-        from flexispeech.streaming.updates import route_buffers
-
         batch = route_buffers(self.t, [audio])
         signals = {k: float(v[0]) for k, v in batch.signals.items()}
         return (None if batch.ranks is None else int(batch.ranks[0])), signals
@@ -341,7 +323,7 @@ def stream_file_chunks(
     samples: np.ndarray | Iterable[np.ndarray],
     chunk_s: float,
     realtime: bool = False,
-    scheduler: Scheduler | None = None,
+    decode: Callable[[OnlineTranscriber, bool], Update] | None = None,
 ) -> Iterator[Update]:
     """Feed ``samples`` [T] (or an iterator of blocks, e.g. ``audio.iter_audio_blocks``)
     to ``online`` in chunks of ``chunk_s`` seconds; one ``Update`` per chunk, then the
@@ -352,8 +334,8 @@ def stream_file_chunks(
     arrived meanwhile goes in at once, as from a live source. The pacing waits here, in the
     caller, never in the decoding.
 
-    ``scheduler``: decode through a shared ``Scheduler`` (batched with other streams)
-    instead of on this thread.
+    ``decode(online, final)``: how an update is decoded, e.g. ``Scheduler.decode`` (batched
+    with other streams); default: on this thread (``process_iter`` / ``finish``).
     """
     if chunk_s <= 0:
         raise ConfigError(f"--chunk must be > 0 seconds, got {chunk_s}")
@@ -372,5 +354,5 @@ def stream_file_chunks(
         online.insert_audio_chunk(piece)
         fed += piece.size
         if not feed.done:
-            yield online.process_iter() if scheduler is None else scheduler.submit(online).result()
-    yield online.finish() if scheduler is None else scheduler.submit(online, final=True).result()
+            yield online.process_iter() if decode is None else decode(online, False)
+    yield online.finish() if decode is None else decode(online, True)

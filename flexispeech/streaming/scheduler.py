@@ -21,7 +21,7 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 
 from flexispeech.errors import FlexispeechError
-from flexispeech.streaming.online import OnlineTranscriber
+from flexispeech.streaming.online import OnlineTranscriber, Update
 from flexispeech.streaming.transcriber import Transcriber
 from flexispeech.streaming.updates import decode_updates
 
@@ -77,6 +77,10 @@ class Scheduler:
             self._queue.append(_Job(stream, final, future))
             self._cond.notify()
         return future
+
+    def decode(self, stream: OnlineTranscriber, final: bool = False) -> Update:
+        """``submit`` and wait for the update (for ``stream_file_chunks``'s ``decode``)."""
+        return self.submit(stream, final).result()
 
     def close(self) -> None:
         """Finish the queued updates, then stop the worker."""

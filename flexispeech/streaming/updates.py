@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -26,9 +28,35 @@ import torch
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.lora import use_ranks
 from flexispeech.signals.proxy import PROXY_KEYS
-from flexispeech.streaming.online import OnlineTranscriber, Update
 from flexispeech.streaming.transcriber import Transcriber
 from flexispeech.training.batch import Batch, route_rows
+
+
+@dataclass(frozen=True)
+class DecodeRequest:
+    """One stream's share of a batched decoding (``OnlineTranscriber.request``)."""
+
+    audio: np.ndarray  # [T] the buffer, 16 kHz
+    positions: int  # encoder window for it (streams decode in groups of one window)
+    prompt: list[int]  # <|startofprev|> + committed text before the buffer; [] for none
+    max_new_tokens: int  # token cap for this buffer length
+
+
+class Stream(Protocol):
+    """What a batch needs of a stream (``OnlineTranscriber`` is one)."""
+
+    def wants_decoding(self, final: bool) -> bool: ...
+
+    def request(self) -> DecodeRequest: ...
+
+    def apply(
+        self,
+        tokens: list[int] | None,
+        rank: int | None,
+        signals: dict[str, float],
+        final: bool,
+        compute_s: float,
+    ) -> Any: ...
 
 
 def route_buffers(transcriber: Transcriber, buffers: Sequence[np.ndarray]) -> Batch[int]:
@@ -45,10 +73,11 @@ def route_buffers(transcriber: Transcriber, buffers: Sequence[np.ndarray]) -> Ba
 
 
 def decode_updates(
-    transcriber: Transcriber, streams: Sequence[OnlineTranscriber], final: Sequence[bool] | None = None
-) -> list[Update]:
+    transcriber: Transcriber, streams: Sequence[Stream], final: Sequence[bool] | None = None
+) -> list[Any]:
     """One update of every stream (``final[i]``: its last one, as ``finish``), decoded as one
-    batch; returns the updates in the order of ``streams``.
+    batch; returns what each stream's ``apply`` returns (an ``Update``), in the order of
+    ``streams``.
 
     A stream may appear once per call. Every update of the batch reports the batch's wall
     time as its ``compute_s``.

@@ -133,7 +133,7 @@ class Session:
         # The file's chunks come from stream_file_chunks, run on a pacing thread (its
         # real-time waits happen there) with its decoding sent to the shared scheduler.
         updates = stream_file_chunks(
-            self.online, samples, start.chunk_s, realtime=start.realtime, scheduler=self.scheduler
+            self.online, samples, start.chunk_s, realtime=start.realtime, decode=self.scheduler.decode
         )
         loop, done = asyncio.get_running_loop(), object()
         try:
