@@ -168,7 +168,10 @@ class WhisperFamily:
 
         from flexispeech.models.whisper_prefix import PrefixInputs, build_prefix_cache
 
-        cache = build_prefix_cache(model, processor, split, n_layers, progress, key)
+        def features(examples: list[Example]) -> torch.Tensor:
+            return self.collate(processor, examples, train=False)["input_features"]
+
+        cache = build_prefix_cache(model, features, split, n_layers, progress, key)
         return PrefixInputs(cache, partial(self.labels, processor), [str(r["text"]) for r in split.rows], n_layers)
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -87,7 +87,7 @@ def loss_from_prefix(model: nn.Module, prefix: torch.Tensor, labels: torch.Tenso
 
 def build_prefix_cache(
     model: nn.Module,
-    processor: Any,
+    features: Callable[[list[Any]], torch.Tensor],
     split: Any,
     n_layers: int,
     progress: bool = False,
@@ -95,7 +95,9 @@ def build_prefix_cache(
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
     """Encoder-prefix states [positions, d_model] of every row of ``split`` (a speech
-    :class:`~flexispeech.data.split.Split`), computed once.
+    :class:`~flexispeech.data.split.Split`), computed once. ``features`` turns a list of
+    Examples into log-mel input features [batch, n_mels, frames] (the family's collate,
+    passed in so that this module does not import the family that imports it).
 
     They are also stored under ``<corpus>/cache/encoder/`` (safetensors, named by a hash
     of ``key``, the layer count and the row ids), so the other runs of a recipe on the
@@ -104,8 +106,6 @@ def build_prefix_cache(
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
-    from flexispeech.models.whisper import FAMILY
-
     digest = hashlib.sha1(f"{key}|{n_layers}|{[r['id'] for r in split.rows]}".encode()).hexdigest()[:16]
     path = split.corpus_dir / "cache" / "encoder" / f"{digest}.safetensors"
     if path.is_file():
@@ -113,8 +113,7 @@ def build_prefix_cache(
     cache: list[torch.Tensor] = []
     for start in tqdm(range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress):
         examples = [split[i] for i in range(start, min(start + batch_size, len(split)))]
-        inputs = FAMILY.collate(processor, examples, train=False)
-        cache += list(encode_prefix(model, inputs["input_features"], n_layers).cpu())
+        cache += list(encode_prefix(model, features(examples), n_layers).cpu())
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = {"prefix": torch.stack(cache).contiguous()}
     write_file(path, lambda tmp: save_file(prefix, str(tmp)))  # a killed run never leaves a truncated cache
