@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,20 +34,6 @@ def ok(proc: subprocess.CompletedProcess) -> str:
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Traceback" not in proc.stderr
     return proc.stdout
-
-
-BAR = re.compile(r"^[\w ]+: +\d+%\|")  # a tqdm progress line, left on stderr by an importer's loop
-
-
-def one_error_line(capsys: pytest.CaptureFixture, *needles: str) -> str:
-    """The single error line on stderr (progress bars aside); asserts it names every needle."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = [line for line in err.splitlines() if line.strip() and not BAR.match(line)]
-    assert len(lines) == 1 and lines[0].startswith("flexispeech prepare: error: "), err
-    for needle in needles:
-        assert needle in lines[0], (needle, lines[0])
-    return lines[0]
 
 
 def tone(seconds: float, freq: float = 440.0) -> np.ndarray:
@@ -191,39 +176,39 @@ def test_prepare_commonvoice(tmp_path: Path) -> None:
 # -- bad input: one line naming the file, no traceback ------------------------------------
 
 
-def test_bad_gsm8k_record_names_file_and_line(tmp_path: Path, capsys) -> None:
+def test_bad_gsm8k_record_names_file_and_line(tmp_path: Path, error_line) -> None:
     src = gsm8k_dir(tmp_path / "src")
     with (src / "test.jsonl").open("a") as f:
         f.write('{"question": "no answer key"}\n')
     assert main(["prepare", "gsm8k", "--src", str(src), "--out", str(tmp_path / "o")]) == 2
-    one_error_line(capsys, "test.jsonl:2", "'answer'")
+    error_line("prepare", "test.jsonl:2", "'answer'")
 
 
-def test_bad_squad_layout_names_the_file(tmp_path: Path, capsys) -> None:
+def test_bad_squad_layout_names_the_file(tmp_path: Path, error_line) -> None:
     src = squad_dir(tmp_path / "src")
     (src / "dev-v1.1.json").write_text(json.dumps({"data": [{"paragraphs": [{"qas": [{"id": "x", "question": "q"}]}]}]}))
     assert main(["prepare", "squad", "--src", str(src), "--out", str(tmp_path / "o")]) == 2
-    one_error_line(capsys, "dev-v1.1.json", "KeyError 'context'")
+    error_line("prepare", "dev-v1.1.json", "KeyError 'context'")
 
 
-def test_bad_librispeech_transcript_line_names_file_and_line(tmp_path: Path, capsys) -> None:
+def test_bad_librispeech_transcript_line_names_file_and_line(tmp_path: Path, error_line) -> None:
     src = librispeech_dir(tmp_path / "src")
     trans = src / "LibriSpeech/dev-clean/84/121/84-121.trans.txt"
     trans.write_text(trans.read_text() + "84-121 TEXT WITHOUT AN UTTERANCE NUMBER\n")
     assert main(["prepare", "librispeech", "--src", str(src), "--out", str(tmp_path / "o")]) == 2
-    one_error_line(capsys, "84-121.trans.txt:2", "<speaker>-<chapter>-<utt>")
+    error_line("prepare", "84-121.trans.txt:2", "<speaker>-<chapter>-<utt>")
 
 
-def test_bad_commonvoice_tsv_names_the_file(tmp_path: Path, capsys) -> None:
+def test_bad_commonvoice_tsv_names_the_file(tmp_path: Path, error_line) -> None:
     src = commonvoice_dir(tmp_path / "en")
     (src / "dev.tsv").write_text("path\tsentence\ncv_2.mp3\thi\n")
     assert main(["prepare", "commonvoice", "--src", str(src), "--out", str(tmp_path / "o")]) == 2
-    one_error_line(capsys, "dev.tsv", "client_id")
+    error_line("prepare", "dev.tsv", "client_id")
 
 
-def test_bad_generator_option_is_one_line(tmp_path: Path, capsys) -> None:
+def test_bad_generator_option_is_one_line(tmp_path: Path, error_line) -> None:
     assert main(["prepare", "math", "--out", str(tmp_path / "o"), "--max-steps", "0"]) == 2
-    one_error_line(capsys, "max_steps", "0")
+    error_line("prepare", "max_steps", "0")
 
 
 def folder_dir(root: Path) -> Path:
@@ -242,19 +227,19 @@ def folder_dir(root: Path) -> Path:
     ("librispeech", librispeech_dir, "LibriSpeech/train-clean-100/19/198/19-198.trans.txt"),
     ("commonvoice", commonvoice_dir, "train.tsv"),
 ])
-def test_a_text_file_that_is_not_utf8_names_the_file(tmp_path: Path, capsys, name, make, text_file) -> None:
+def test_a_text_file_that_is_not_utf8_names_the_file(tmp_path: Path, error_line, name, make, text_file) -> None:
     src = make(tmp_path / "src")
     (src / text_file).write_bytes(b"\xff\xfe" + (src / text_file).read_bytes())  # a UTF-16 byte-order mark
     assert main(["prepare", name, "--src", str(src), "--out", str(tmp_path / "o")]) == 2
-    one_error_line(capsys, Path(text_file).name, "UTF-8")
+    error_line("prepare", Path(text_file).name, "UTF-8")
 
 
 @pytest.mark.parametrize("name", ["math", "qa", "gsm8k", "squad", "librispeech", "commonvoice"])
-def test_out_that_is_a_file_is_one_line(tmp_path: Path, capsys, name: str) -> None:
+def test_out_that_is_a_file_is_one_line(tmp_path: Path, error_line, name: str) -> None:
     out = tmp_path / "taken"
     out.write_text("a file, not a directory")
     make = {"gsm8k": gsm8k_dir, "squad": squad_dir, "librispeech": librispeech_dir, "commonvoice": commonvoice_dir}
     src = ["--src", str(make[name](tmp_path / "src"))] if name in make else ["--n-train", "1", "--n-test", "1"]
     assert main(["prepare", name, *src, "--out", str(out)]) == 2
-    one_error_line(capsys, str(out), "not a directory")
+    error_line("prepare", str(out), "not a directory")
     assert out.read_text() == "a file, not a directory"
