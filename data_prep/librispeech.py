@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.folder import audio_duration, is_complete, link_or_copy, report_skipped
+from data_prep.folder import audio_duration, is_complete, link_or_copy, read_text, report_skipped
 from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import FlexispeechError
 
@@ -130,7 +130,7 @@ def prepare_librispeech(
     rows, skipped = [], {"missing": [], "unreadable": []}
     for trans in tqdm(transcripts, desc="librispeech chapters", unit="chapter"):
         subset = trans.relative_to(root).parts[0]
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text(trans).splitlines(), 1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")

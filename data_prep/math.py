@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.folder import read_text
 from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
 from flexispeech.errors import FlexispeechError
 from flexispeech.evaluation.text_metrics import extract_final_number
@@ -241,7 +242,7 @@ _GSM8K_SPLITS = {"train": "train", "test": "test", "dev": "validation", "val": "
 
 def _gsm8k_rows(path: Path, split: str) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:

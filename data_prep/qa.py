@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.folder import read_text
 from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
 from flexispeech.errors import FlexispeechError
 
@@ -200,10 +201,15 @@ def _squad_split(path: Path) -> str:
 
 def _squad_rows(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise FlexispeechError(f"{path}: not a SQuAD json file (needs data/paragraphs/qas): {err}") from None
-    split, rows = _squad_split(path), []
+        return _squad_records(json.loads(read_text(path))["data"], _squad_split(path))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        # a missing key anywhere in data/paragraphs/qas is the file's fault, not a bug
+        raise FlexispeechError(f"{path}: not a SQuAD json file (needs data/paragraphs/context/qas): "
+                               f"{type(err).__name__} {err}") from None
+
+
+def _squad_records(data: list[dict], split: str) -> list[dict]:
+    rows = []
     for article in data:
         for paragraph in article.get("paragraphs", []):
             context = paragraph["context"]

@@ -93,6 +93,9 @@ def corpus_parser(name: str, func) -> argparse.ArgumentParser:
 def run(args: argparse.Namespace) -> int:
     func = _resolve(args.corpus)
     options = vars(corpus_parser(args.corpus, func).parse_args(args.options))
+    if options.get("out") is not None and Path(options["out"]).exists() and not Path(options["out"]).is_dir():
+        # checked here once for every corpus: each importer would fail deep in mkdir instead
+        raise FlexispeechError(f"{options['out']}: exists and is not a directory (--out is the directory to write)")
     out = func(**options)
     from flexispeech.data.corpus import read_corpus_info
 

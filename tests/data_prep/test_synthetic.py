@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from data_prep import synthetic
 from data_prep.sentences import split_of
 from data_prep.synthetic import prepare_synthetic
 from flexispeech.cli import main
@@ -68,7 +69,12 @@ def test_tiny_corpus_content(tiny: Path) -> None:
     assert unseen.isdisjoint({r["speaker"] for r in rows if r["split"] != "test"})
 
 
-def test_same_seed_same_corpus_and_resume(tiny: Path, tmp_path: Path) -> None:
+def _stats(paths: list[Path]) -> dict[str, tuple[int, int]]:
+    """path -> (inode, mtime in ns): unchanged only if the file was never rewritten."""
+    return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
+
+
+def test_same_seed_same_corpus_and_resume(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # two workers this time: the audio must not depend on how the work was spread
     again = prepare_synthetic(tmp_path / "b", "tiny", seed=3, workers=2, engines=["espeak"])
     assert _digest(again) == _digest(tiny)
@@ -80,7 +86,15 @@ def test_same_seed_same_corpus_and_resume(tiny: Path, tmp_path: Path) -> None:
         wav.with_suffix(".json").unlink()
     shutil.rmtree(again / "dataset")
     (again / "corpus.json").unlink()
+    kept = [p for wav in wavs[1::5] + wavs[2::5] + wavs[3::5] + wavs[4::5] for p in (wav, wav.with_suffix(".json"))]
+    before = _stats(kept)
+    spoken: list[str] = []  # ids the resumed build synthesises (workers=1: rendered in this process)
+    speak = synthetic._speak
+    monkeypatch.setattr(synthetic, "_speak", lambda synth, plan, limit: spoken.append(plan.id) or speak(synth, plan, limit))
     prepare_synthetic(again, "tiny", seed=3, workers=1, engines=["espeak"])
+    # it resumed: only the missing utterances were synthesised, the others' files untouched
+    assert sorted(spoken) == sorted(wav.stem for wav in wavs[::5])
+    assert _stats(kept) == before
     assert _digest(again) == _digest(tiny)
     assert _same_rows(_rows(again), _rows(tiny))
 
