@@ -17,6 +17,7 @@ from flexispeech.lora.inject import (
 )
 from flexispeech.lora.io import export_peft, load_adapter, save_adapter
 from flexispeech.lora.layer import FlexiLoraLinear, merge_for_inference, unmerge
+from flexispeech.lora.peft_import import from_peft
 from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, ThresholdRouter, rank_labels, router_from_dict
 from flexispeech.lora.stats import AdapterParameters, count_parameters
 
@@ -34,6 +35,7 @@ __all__ = [
     "count_parameters",
     "export_peft",
     "flexi_layers",
+    "from_peft",
     "get_router",
     "inject",
     "load_adapter",
