@@ -213,3 +213,59 @@ def test_bad_input_is_one_line(tiny, foreign_adapter, tmp_path, monkeypatch, cap
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     else:
         assert not out.exists()
+
+
+REAL_FILES = ("fox.wav", "stella.wav", "meeting.wav", "fox_48k_stereo.flac")
+
+
+@pytest.mark.slow
+def test_real_tiny_en_ct2_transcribes_like_flexispeech(tmp_path: Path, assets_dir: Path, transcripts, capsys) -> None:
+    """Whisper tiny.en with an adapter, exported to CTranslate2 at rank 8: ctranslate2 and
+    faster-whisper transcribe the recordings with flexispeech's words at that rank; the
+    int8 export's WER is within 1 point of flexispeech's."""
+    from flexispeech.evaluation.metrics import english_normalizer, error_counts
+
+    model, _ = FAMILY.load("whisper-tiny.en")
+    inject(model, FlexiLoraConfig(ranks=(0, 4, 8), target_modules=FAMILY.default_targets,
+                                  metadata={"base_model": "whisper-tiny.en"}))
+    randomize_adapters(model, seed=3, b_scale=0.002)  # small enough to keep the words, large enough to move tokens
+    adapter = save_adapter(model, tmp_path / "adapter")
+    paths = [str(assets_dir / n) for n in REAL_FILES]
+
+    def transcribe(*args: str) -> list[str]:
+        assert main(["transcribe", *paths, "--json", *args]) == 0
+        return [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+
+    ours = transcribe("--adapter", str(adapter), "--rank", "8")
+    assert ours != transcribe(), "the adapter should change some decoded token at rank 8"
+    for quantization in ("float32", "int8"):
+        assert main(["export", str(adapter), str(tmp_path / quantization), "--to", "ct2", "--quantization", quantization]) == 0
+    capsys.readouterr()
+
+    tr = Transcriber(adapter=adapter, rank=8)
+    gen = tr.model.generation_config
+    prompt = [gen.decoder_start_token_id, gen.no_timestamps_token_id]
+    examples = [Example(n, "", load_audio(p)) for n, p in zip(REAL_FILES, paths)]
+    batch = FAMILY.collate(tr.processor, examples, train=False)
+    with use_ranks(tr.model, 8):
+        want = [[t for t in seq.tolist()[2:] if t != gen.eos_token_id] for seq in FAMILY.generate_ids(tr.model, batch)]
+    storage = ctranslate2.StorageView.from_array(batch["input_features"].numpy())
+    texts = {}
+    for quantization in ("float32", "int8"):
+        whisper = ctranslate2.models.Whisper(str(tmp_path / quantization), device="cpu", compute_type=quantization)
+        got = [r.sequences_ids[0] for r in whisper.generate(storage, [prompt] * len(paths), beam_size=1)]
+        if quantization == "float32":
+            assert got == want  # token for token
+        texts[quantization] = [tr.processor.tokenizer.decode(ids, skip_special_tokens=True).strip() for ids in got]
+    assert texts["float32"] == ours
+
+    refs = [transcripts[n] for n in REAL_FILES]
+    normalize = english_normalizer()
+    wer = {q: error_counts(refs, t, normalize)["wer"] for q, t in [("flexispeech", ours), ("int8", texts["int8"])]}
+    assert abs(wer["int8"] - wer["flexispeech"]) <= 0.01, wer
+
+    faster_whisper = pytest.importorskip("faster_whisper")
+    fw = faster_whisper.WhisperModel(str(tmp_path / "float32"), device="cpu", compute_type="float32")
+    segments, _ = fw.transcribe(paths[0], beam_size=1, temperature=0, without_timestamps=True, condition_on_previous_text=False)
+    words = " ".join(s.text.strip() for s in segments)
+    assert normalize(words) == normalize(ours[0]), (words, ours[0])
