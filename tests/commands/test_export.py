@@ -228,7 +228,7 @@ def test_real_tiny_en_ct2_transcribes_like_flexispeech(tmp_path: Path, assets_di
     model, _ = FAMILY.load("whisper-tiny.en")
     inject(model, FlexiLoraConfig(ranks=(0, 4, 8), target_modules=FAMILY.default_targets,
                                   metadata={"base_model": "whisper-tiny.en"}))
-    randomize_adapters(model, seed=3, b_scale=0.002)  # small enough to keep the words, large enough to move tokens
+    randomize_adapters(model, seed=3, b_scale=0.001)  # keeps the words; meeting.wav becomes "doctor Smith ... 930"
     adapter = save_adapter(model, tmp_path / "adapter")
     paths = [str(assets_dir / n) for n in REAL_FILES]
 
