@@ -43,7 +43,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
     ranks = tuple(args.ranks)
     router = ThresholdRouter(ranks, weights={"snr_db": -1.0})  # lower SNR = harder = higher rank
     router.calibrate(split.all_signals(), target_mean_rank=ranks[-1] / 2)
-    inject(model, FlexiLoraConfig(ranks=ranks, target_modules=family.default_targets, metadata={"base_model": args.model, "family": "whisper"}))
+    meta = {"base_model": args.model, "family": "whisper"}  # what `flexispeech export` reads back
+    inject(model, FlexiLoraConfig(ranks=ranks, target_modules=family.default_targets, metadata=meta))
     attach_router(model, router)
 
     training_args = Seq2SeqTrainingArguments(

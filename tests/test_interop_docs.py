@@ -49,7 +49,8 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.generation_config.max_length = 448
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
-    inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets, metadata={"base_model": str(root / "model")}))
+    config = FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets, metadata={"base_model": str(root / "model")})
+    inject(model, config)
     randomize_adapters(model, b_scale=0.5)
     attach_router(model, ThresholdRouter(ranks=(2, 8), weights={"duration": 1.0}, thresholds=[2.75]))
     return save_adapter(model, root / "adapter")
@@ -94,7 +95,8 @@ def test_trainer_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
                      "speaker": "v0", "split": "train", "snr_db": snr, "signal_snr_db": snr})
     corpus = write_corpus(rows, tmp_path / "corpus", name="doc")
     monkeypatch.chdir(tmp_path)
-    block = with_first_line(blocks("python")[0], f'MODEL, CORPUS, OUT, STEPS, AUDIO_CTX = "random:tiny", "{corpus}", "exp/hf", 2, 50')
+    first = f'MODEL, CORPUS, OUT, STEPS, AUDIO_CTX = "random:tiny", "{corpus}", "exp/hf", 2, 50'
+    block = with_first_line(blocks("python")[0], first)
     exec(compile(block, "interop.md", "exec"), {"__name__": "__main__"})
     assert (tmp_path / "exp" / "hf" / "adapter" / "router.json").is_file()
     assert (tmp_path / "exp" / "hf" / "checkpoint-2" / "adapter_model.safetensors").is_file()

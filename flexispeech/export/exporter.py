@@ -54,7 +54,9 @@ def export_adapter(
     if quantization not in QUANTIZATIONS:
         raise ConfigError(f"--quantization: expected one of {list(QUANTIZATIONS)}, got {quantization!r}")
     if per_rank and (rank is not None or to == "peft"):
-        raise ConfigError("--per-rank exports every rank as a merged or ct2 model: give it without --rank, and not with --to peft")
+        raise ConfigError(
+            "--per-rank exports every rank as a merged or ct2 model: give it without --rank, and not with --to peft"
+        )
     out_dir = Path(out_dir)
     check_out_dir(out_dir)
     if to == "ct2":

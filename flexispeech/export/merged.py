@@ -41,7 +41,9 @@ def base_source(adapter_dir: str | Path, model: str | None = None) -> str:
     return model or meta.get("base_model") or DEFAULT_MODEL
 
 
-def load_adapted(adapter_dir: str | Path, model: str | None = None, family: str | None = None, device: str = "cpu") -> AdaptedModel:
+def load_adapted(
+    adapter_dir: str | Path, model: str | None = None, family: str | None = None, device: str = "cpu"
+) -> AdaptedModel:
     """Load the base model (see ``base_source``) with its full encoder window and the adapter.
 
     An adapter saved for another base model raises a ``FlexispeechError`` naming the first
@@ -57,7 +59,9 @@ def load_adapted(adapter_dir: str | Path, model: str | None = None, family: str 
     try:
         load_adapter(base, adapter_dir)
     except ConfigError as err:  # no layer of the model matches the adapter's targets
-        raise FlexispeechError(f"{adapter_dir}: saved for another base model? It does not fit {source!r}: {err}") from None
+        raise FlexispeechError(
+            f"{adapter_dir}: saved for another base model? It does not fit {source!r}: {err}"
+        ) from None
     return AdaptedModel(fam, base, processor, source)
 
 

@@ -69,7 +69,10 @@ class FlexiSpeechCollator:
 
 def take_rows(inputs: Mapping[str, Any], order: torch.Tensor, batch: int) -> dict[str, Any]:
     """``inputs`` with the rows of every [batch, ...] tensor in ``order``."""
-    return {k: v[order.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == batch else v for k, v in inputs.items()}
+    def rows(v: Any) -> bool:
+        return isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch
+
+    return {k: v[order.to(v.device)] if rows(v) else v for k, v in inputs.items()}
 
 
 class FlexiSeq2SeqTrainer(Seq2SeqTrainer):

@@ -72,9 +72,10 @@ def read_peft_adapter(peft_dir: str | Path) -> tuple[dict[str, Any], dict[str, t
             raise ConfigError(f"{peft_dir}: tensor {key!r} is not a LoRA A/B weight of a linear layer (bias or embedding?)")
     layers = {}
     for name, pair in sorted(pairs.items()):
-        if set(pair) != {"lora_A", "lora_B"} or pair["lora_A"].dim() != 2 or pair["lora_A"].shape[0] != pair["lora_B"].shape[1]:
+        A, B = pair.get("lora_A"), pair.get("lora_B")
+        if A is None or B is None or A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
             raise ConfigError(f"{peft_dir}: layer {name} has no matching lora_A [r, in] / lora_B [out, r] pair")
-        layers[name] = (pair["lora_A"], pair["lora_B"])
+        layers[name] = (A, B)
     if not layers:
         raise ConfigError(f"{peft_dir}: the adapter holds no LoRA weights")
     return config, layers
@@ -166,7 +167,9 @@ def from_peft(model: nn.Module, peft_dir: str | Path, ranks: Sequence[int] | Non
     present = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     missing = sorted(set(layers) - present)
     if missing:
-        raise FlexispeechError(f"{peft_dir}: PEFT layers not linear layers of this model: {missing[:5]} (another base model?)")
+        raise FlexispeechError(
+            f"{peft_dir}: PEFT layers not linear layers of this model: {missing[:5]} (another base model?)"
+        )
     inject(model, flexi, router=router)
     with torch.no_grad():
         for name, layer in flexi_layers(model):

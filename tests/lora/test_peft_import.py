@@ -63,7 +63,9 @@ def test_lower_ranks_are_the_best_truncations(tmp_path) -> None:
     error is the norm of the dropped singular values (Eckart-Young)."""
     base, peft_model = trained_peft(tmp_path, r=4, lora_alpha=8)
     model = from_peft(base, tmp_path / "peft", ranks=(0, 1, 2, 3, 4))
-    peft_layers = {n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules() if hasattr(m, "get_delta_weight")}
+    peft_layers = {
+        n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules() if hasattr(m, "get_delta_weight")
+    }
     for name, layer in flexi_layers(model):
         delta = peft_layers[name].get_delta_weight("default").detach().double()
         s = torch.linalg.svdvals(delta)
