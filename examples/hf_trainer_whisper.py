@@ -18,7 +18,7 @@ from pathlib import Path
 
 from transformers import Seq2SeqTrainingArguments
 
-from flexispeech import FlexiLoraConfig, ThresholdRouter, attach_router, inject, save_adapter
+from flexispeech import FlexiLoraConfig, ThresholdRouter, attach_router, inject
 from flexispeech.data.speech import CorpusSplit
 from flexispeech.integrations.hf import FlexiSeq2SeqTrainer, FlexiSpeechCollator
 from flexispeech.models.family import get_family, load_model
@@ -62,7 +62,8 @@ def main(argv: Sequence[str] | None = None) -> Path:
         model=model, args=training_args, train_dataset=split, data_collator=FlexiSpeechCollator(processor)
     )
     trainer.train()
-    return save_adapter(model, args.out / "adapter")
+    trainer.save_model(str(args.out / "adapter"))  # the adapter (save_adapter), from the main process only
+    return args.out / "adapter"
 
 
 if __name__ == "__main__":
