@@ -26,6 +26,7 @@ COMMANDS: dict[str, str] = {
     "stream": "flexispeech.commands.stream",
     "serve": "flexispeech.commands.serve",
     "bench": "flexispeech.commands.bench",
+    "export": "flexispeech.commands.export",
     "convert-ct2": "flexispeech.commands.convert_ct2",
     "info": "flexispeech.commands.info",
 }

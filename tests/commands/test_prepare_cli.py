@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep.text_tasks import TEXT_TASK_COLUMNS, load_text_task
+from flexispeech.data.text_format import TEXT_TASK_COLUMNS, load_text_task
 from flexispeech.cli import main
 from flexispeech.data.corpus import load_corpus, load_row_audio, read_corpus_info
 
