@@ -70,7 +70,7 @@ class Source:
 
     name: str  # the corpus's ``source`` column and the audio folder
     packages: tuple[str, ...]  # Debian packages that must be installed (audio first)
-    required: tuple[Path, ...]  # files or folders (relative to the prefix) those packages install
+    required: tuple[Path, ...]  # per package, in the same order: a path (under the prefix) it installs
     licence: str
     speaker: Callable[[Entry], str]  # speaker id of an entry
     gender: Callable[[Entry], str]
@@ -180,6 +180,7 @@ def missing_packages(source: Source, prefix: Path) -> list[str]:
 
 
 def install_hint(packages: Sequence[str]) -> str:
+    """How to install ``packages``, for messages."""
     return (f"install with `apt-get install {' '.join(packages)}` (Debian/Ubuntu, as root) or "
             "`sh data_prep/install_system_deps.sh`")
 
@@ -254,7 +255,7 @@ def prepare_realspeech(
         entries, skipped = source.read(prefix)
         skipped = {**skipped, "unreadable": []}
         for entry in entries:
-            rel = Path("audio") / source.name / Path(entry.key).with_suffix(".wav")
+            rel = Path("audio") / source.name / f"{entry.key}.wav"  # keys may hold dots: no with_suffix
             _place_audio(entry, out / rel)
             duration = audio_duration(out / rel)
             if duration is None:
