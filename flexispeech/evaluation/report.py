@@ -51,7 +51,10 @@ def load_run(path: str | Path) -> dict[str, Any]:
     file = path / "results.json" if path.is_dir() else path
     if not file.is_file():
         raise FlexispeechError(f"{path}: no results.json (run `flexispeech eval` first)")
-    result = json.loads(file.read_text())
+    try:
+        result = json.loads(file.read_text())
+    except json.JSONDecodeError as err:  # an evaluation killed while writing, or a hand edit
+        raise FlexispeechError(f"{file}: not valid JSON ({err})") from None
     for parent in (file.parent, file.parent.parent):
         summary = parent / "train_summary.json"
         if summary.is_file():

@@ -52,6 +52,9 @@ class FlexiLoraLinear(nn.Module):
         self.register_buffer("scale_table", torch.tensor(self.scales, dtype=torch.float32, device=weight.device), persistent=False)
         self._merged: tuple[int, torch.Tensor] | None = None  # see merge_for_inference
         self.reset_parameters()
+        # Wrapping keeps the layer's mode: an adapter loaded into an eval-mode model must not
+        # bring its dropout in training mode (random, batch-dependent transcripts).
+        self.train(base_layer.training)
 
     @property
     def in_features(self) -> int:

@@ -35,7 +35,31 @@ def test_unknown_shape_is_a_config_error() -> None:
         run_bench(BenchSpec(shape="huge"), log=lambda _: None)
 
 
-def test_time_fn_is_the_median_after_warmup() -> None:
-    calls: list[int] = []
-    seconds = time_fn(lambda: calls.append(1), BenchSpec(warmup=2, reps=3))
-    assert len(calls) == 5 and seconds >= 0
+class FakeClock:
+    """A ``time.perf_counter`` stand-in: each call of the timed function advances it by the
+    next of ``durations``, so the timer's result is known exactly."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.now = 1000.0
+        self.durations = list(durations)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += self.durations.pop(0)
+
+
+@pytest.mark.parametrize(("warmup", "durations", "median"), [
+    (2, [100.0, 90.0, 0.3, 0.1, 5.0], 0.3),  # odd reps: the middle one, not the mean (1.8) nor a warm-up
+    (1, [100.0, 0.4, 0.1, 9.0, 0.2], 0.3),  # even reps: the mean of the middle two
+])
+def test_time_fn_is_the_median_after_warmup(monkeypatch: pytest.MonkeyPatch, warmup: int, durations: list[float],
+                                            median: float) -> None:
+    import flexispeech.bench.steps as steps
+
+    clock = FakeClock(durations)
+    monkeypatch.setattr(steps.time, "perf_counter", clock.perf_counter)
+    seconds = time_fn(clock.step, BenchSpec(device="cpu", warmup=warmup, reps=len(durations) - warmup))
+    assert clock.durations == []  # every warm-up and timed call ran, no more
+    assert seconds == pytest.approx(median, abs=1e-9)

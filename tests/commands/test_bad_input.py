@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from flexispeech.cli import main
 from flexispeech.data.corpus import load_corpus, write_corpus
@@ -91,9 +92,9 @@ def test_signals_skips_and_counts_a_corrupt_file(corpus: Path, capsys) -> None:
     out, err = capsys.readouterr()
     assert "Traceback" not in err
     assert "1 utterance(s) skipped" in out
-    assert [line for line in err.splitlines() if line.startswith("skipped:")] == [
-        line for line in err.splitlines() if "u3.wav" in line
-    ]
+    skipped = [line for line in err.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 1 and "u3.wav" in skipped[0], err  # reported once, naming the file
+    assert not any("u3.wav" in line for line in err.splitlines() if not line.startswith("skipped:")), err
     snr = load_corpus(corpus, "test")["signal_snr_db"]
     assert math.isnan(snr[3]) and all(np.isfinite(snr[i]) for i in (0, 1, 2, 4))
 
@@ -152,6 +153,13 @@ def test_compare_and_convert_on_wrong_directories(tmp_path: Path, capsys) -> Non
     assert main(["convert-ct2", str(tmp_path), str(tmp_path / "out")]) == 2
     one_error_line(capsys, "model.bin")
     assert not (tmp_path / "out").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["compare", str(run)]) == 2  # a directory without an evaluation in it
+    one_error_line(capsys, str(run), "no results.json")
+    (run / "results.json").write_text('{"name": "cut off')  # an evaluation written half-way
+    assert main(["compare", str(run)]) == 2
+    one_error_line(capsys, str(run / "results.json"), "not valid JSON")
 
 
 # -- models and devices -----------------------------------------------------------------
@@ -163,14 +171,24 @@ def test_hub_id_offline_is_one_line(assets_dir: Path, capsys, monkeypatch) -> No
     one_error_line(capsys, "someone/no-such-model")
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:7", "not-a-device"])
-def test_unavailable_device_is_one_line(assets_dir: Path, capsys, device: str) -> None:
-    import torch
+def _beyond_the_last_gpu() -> str:
+    """A CUDA index this machine does not have, whatever its GPU count (cuda:0 on a CPU machine)."""
+    return f"cuda:{torch.cuda.device_count()}"
 
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
-        pytest.skip("this machine has the device")
+
+@pytest.mark.parametrize("device", [_beyond_the_last_gpu(), "not-a-device"])
+def test_unavailable_device_is_one_line(assets_dir: Path, capsys, device: str) -> None:
     assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--device", device]) == 2
-    one_error_line(capsys, "--device", device)
+    line = one_error_line(capsys, "--device", device)
+    if device.startswith("cuda"):  # no CUDA at all, or an index past the last GPU
+        assert ("no cuda device" in line) if not torch.cuda.is_available() else (
+            f"only {torch.cuda.device_count()} cuda device(s)" in line), line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid")
+def test_cuda_on_a_machine_without_cuda_is_one_line(assets_dir: Path, capsys) -> None:
+    assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--device", "cuda"]) == 2
+    one_error_line(capsys, "--device", "'cuda'", "no cuda device is available")
 
 
 # -- audio files: transcribe and stream ---------------------------------------------------
@@ -268,8 +286,6 @@ def test_adapter_for_another_base_model_names_the_shape(adapter_dir: Path, asset
 
 
 def torch_cat_columns(a):
-    import torch
-
     return torch.cat([a, a[:, :3]], dim=1).contiguous()
 
 
