@@ -12,15 +12,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
 from flexispeech.lora.deltas import masked_delta
-from flexispeech.lora.kernels import lora_linear
 from flexispeech.lora.inject import flexi_layers, merge_for_inference, set_static_path, unmerge
+from flexispeech.lora.kernels import lora_linear
+from flexispeech.lora.plans import Route
 
 RANKS = (0, 4, 8, 16)
 # "triton" falls back to the masked path where the Triton kernels cannot run (CPU).
 PATHS = ["auto", "masked", "grouped", "segmented", "triton"]
 
 
-def make_layer(d_in: int = 24, d_out: int = 20, seed: int = 0, dtype: torch.dtype = torch.float32) -> FlexiLoraLinear:
+def make_layer(
+    d_in: int = 24, d_out: int = 20, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> FlexiLoraLinear:
     torch.manual_seed(seed)
     layer = FlexiLoraLinear(nn.Linear(d_in, d_out), FlexiLoraConfig(ranks=RANKS, alpha=8.0))
     with torch.no_grad():
@@ -107,17 +110,24 @@ def test_gradients_equal_the_reference(path: str, batch: str) -> None:
     assert torch.count_nonzero(got[3][top:]) == 0 and torch.count_nonzero(got[4][:, top:]) == 0
 
 
-
 @pytest.mark.parametrize("path", ["unfused:auto", "unfused:masked", "unfused:grouped", "unfused:segmented"])
 @pytest.mark.parametrize("batch", ["mixed", "sorted", "same", "one_active", "all_zero"])
 def test_plain_op_paths_match_the_reference(path: str, batch: str) -> None:
     """The delta-only paths, which training with adapter dropout takes: values and gradients."""
     layer = make_layer()
     x = torch.randn(6, 5, 24)
-    torch.testing.assert_close(run(layer, x, BATCHES[batch], path).double(), reference(layer, x, BATCHES[batch]),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        run(layer, x, BATCHES[batch], path).double(),
+        reference(layer, x, BATCHES[batch]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     if batch != "all_zero":
-        for name, g, e in zip(["x", "W", "b", "A", "B"], grads(layer, x, BATCHES[batch], path), grads(layer, x, BATCHES[batch], None)):
+        for name, g, e in zip(
+            ["x", "W", "b", "A", "B"],
+            grads(layer, x, BATCHES[batch], path),
+            grads(layer, x, BATCHES[batch], None),
+        ):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
 
 
@@ -127,7 +137,9 @@ def test_dropout_in_eval_mode_takes_the_fused_path(monkeypatch: pytest.MonkeyPat
     torch.manual_seed(0)
     layer = FlexiLoraLinear(nn.Linear(24, 20), FlexiLoraConfig(ranks=RANKS, alpha=8.0, dropout=0.1))
     calls: list[str] = []
-    monkeypatch.setattr(layer_module, "lora_linear", lambda *a, **k: calls.append("fused") or lora_linear(*a, **k))
+    monkeypatch.setattr(
+        layer_module, "lora_linear", lambda *a, **k: calls.append("fused") or lora_linear(*a, **k)
+    )
     x = torch.randn(6, 5, 24)
     layer.train()
     run(layer, x, BATCHES["sorted"], "auto")
@@ -136,6 +148,7 @@ def test_dropout_in_eval_mode_takes_the_fused_path(monkeypatch: pytest.MonkeyPat
     out = run(layer, x, BATCHES["sorted"], "auto")
     assert calls == ["fused"]
     torch.testing.assert_close(out.double(), reference(layer, x, BATCHES["sorted"]), rtol=1e-5, atol=1e-5)
+
 
 def test_frozen_base_gets_no_gradient_and_adapter_does() -> None:
     layer = make_layer()
@@ -180,7 +193,9 @@ def test_lower_ranks_cost_fewer_flops_and_rank_zero_costs_nothing() -> None:
 def test_lora_linear_without_plan_uses_the_default_rank() -> None:
     layer = make_layer()
     x = torch.randn(3, 24)
-    out = lora_linear(x, layer.base_layer, layer.lora_A, layer.lora_B, None, layer.scales, "auto", 8)
+    out = lora_linear(
+        x, layer.base_layer, layer.lora_A, layer.lora_B, None, layer.scales, Route("fused", "uniform"), 8
+    )
     torch.testing.assert_close(out.double(), reference(layer, x, [8, 8, 8]), rtol=1e-5, atol=1e-5)
 
 
@@ -281,8 +296,8 @@ def test_triton_kernels_match_float64_reference(case: int) -> None:
     def rnd(*shape, s=1.0):
         return (torch.randn(*shape, generator=gen) * s).to(device, dtype)
 
-    x, W, b = rnd(n, t, d_in), rnd(d_out, d_in, s=d_in ** -0.5), rnd(d_out)
-    A, B = rnd(r_max, d_in, s=d_in ** -0.5), rnd(d_out, r_max, s=0.5)
+    x, W, b = rnd(n, t, d_in), rnd(d_out, d_in, s=d_in**-0.5), rnd(d_out)
+    A, B = rnd(r_max, d_in, s=d_in**-0.5), rnd(d_out, r_max, s=0.5)
     table = torch.tensor([0.0] + [8.0 / r for r in range(1, r_max + 1)], device=device)
     rk = torch.tensor(ranks, device=device)
     weights = rnd(n, t, d_out)
@@ -292,7 +307,9 @@ def test_triton_kernels_match_float64_reference(case: int) -> None:
     xg, Ag, Bg = (v.clone().requires_grad_(True) for v in (x, A, B))
     out = FlexiLinearTriton.apply(xg, W, b, Ag, Bg, rk, table, top)
     (out * weights).sum().backward()
-    ref, gx, gA, gB = reference_grads(x.cpu(), W.cpu(), b.cpu(), A.cpu(), B.cpu(), rk.cpu(), table.cpu(), weights.cpu())
+    ref, gx, gA, gB = reference_grads(
+        x.cpu(), W.cpu(), b.cpu(), A.cpu(), B.cpu(), rk.cpu(), table.cpu(), weights.cpu()
+    )
     for name, got, exp in [("out", out, ref), ("x", xg.grad, gx), ("A", Ag.grad, gA), ("B", Bg.grad, gB)]:
         rel = (got.detach().double().cpu() - exp).norm() / exp.norm()
         assert rel < 1e-2, f"{name}: relative error {rel:.2e}"
@@ -362,7 +379,7 @@ def test_static_path_with_dropout_takes_the_plain_ops_and_stays_close() -> None:
 def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forward and backward of an injected model on the static path never read a tensor
     back to the host nor build a RankPlan (what a CUDA graph capture would fail on)."""
-    from flexispeech.lora import deltas, plans
+    from flexispeech.lora import plans
     from flexispeech.lora.ranks import RankSlot
 
     torch.manual_seed(0)
@@ -374,13 +391,13 @@ def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None
     x = torch.randn(4, 3, 24)
     ranks = torch.tensor([8, 0, 16, 4])
     with use_ranks(model, ranks):  # validates the ranks (one host read) before the region
+
         def forbidden(*args, **kwargs):
             raise AssertionError("host sync on the static path")
 
         for name in ("tolist", "item", "__bool__", "__int__", "nonzero"):
             monkeypatch.setattr(torch.Tensor, name, forbidden)
         monkeypatch.setattr(plans, "make_plan", forbidden)
-        monkeypatch.setattr(deltas, "make_plan", forbidden)
         monkeypatch.setattr(RankSlot, "plan", forbidden)
         out = model(x)
         out.pow(2).sum().backward()
@@ -400,7 +417,11 @@ def test_cuda_static_path_has_no_sync_and_replays_in_a_graph(dtype: torch.dtype)
     from flexispeech.lora import adapter_parameters
 
     torch.manual_seed(0)
-    model = inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2"))).cuda().to(dtype)
+    model = (
+        inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2")))
+        .cuda()
+        .to(dtype)
+    )
     for _, lyr in flexi_layers(model):
         with torch.no_grad():
             lyr.lora_B.normal_()
