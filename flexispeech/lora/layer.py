@@ -44,7 +44,7 @@ class FlexiLoraLinear(nn.Module):
         self.default_rank = config.r_max
         self.compute_path = config.compute_path
         # Off: the plain-op paths only (autograd through separate ops), as a baseline to
-        # measure the fused node against; ``kernels.set_fused`` sets it on a whole model.
+        # measure the fused node against, and for checking the fused paths against.
         self.fused = True
         r_max = config.r_max
         weight = base_layer.weight

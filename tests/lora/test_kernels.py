@@ -43,6 +43,9 @@ def reference(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int]) -> torc
 
 
 def run(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int], path: str) -> torch.Tensor:
+    """``path``: a compute path, or ``plain:<path>`` for that path with ``fused`` off."""
+    plain, _, path = path.rpartition(":")
+    layer.fused = not plain
     layer.compute_path = path
     layer.rank_slot.ranks = torch.tensor(ranks, device=layer.lora_A.device)
     try:
@@ -110,7 +113,7 @@ def test_gradients_equal_the_reference(path: str, batch: str) -> None:
     assert torch.count_nonzero(got[3][top:]) == 0 and torch.count_nonzero(got[4][:, top:]) == 0
 
 
-@pytest.mark.parametrize("path", ["unfused:auto", "unfused:masked", "unfused:grouped", "unfused:segmented"])
+@pytest.mark.parametrize("path", ["plain:auto", "plain:masked", "plain:grouped", "plain:segmented"])
 @pytest.mark.parametrize("batch", ["mixed", "sorted", "same", "one_active", "all_zero"])
 def test_plain_op_paths_match_the_reference(path: str, batch: str) -> None:
     """The delta-only paths, which training with adapter dropout takes: values and gradients."""
@@ -246,7 +249,7 @@ def test_cuda_paths_match_reference_in_bf16(path: str) -> None:
     assert ((out.double() - ref).norm() / ref.norm()) < 1e-2
 
 
-@pytest.mark.parametrize("path", ["auto", "unfused:masked"])
+@pytest.mark.parametrize("path", ["auto", "plain:masked"])
 def test_all_rank_zero_batch_keeps_the_adapter_in_the_graph(path: str) -> None:
     """A DDP process whose rows are all at rank 0 must still produce (zero) adapter
     gradients, or the all-reduce of the other processes waits forever."""
@@ -470,3 +473,24 @@ def test_cuda_static_path_has_no_sync_and_replays_in_a_graph(dtype: torch.dtype)
         moved = [not torch.equal(b, p) for b, p in zip(before, params)]
         assert any(moved)  # AdamW ran inside the graph
     assert not all(torch.equal(s, p) for s, p in zip(start, params))
+
+
+@pytest.mark.parametrize("path", ["auto", "masked", "grouped", "segmented", "static"])
+def test_fused_option_picks_the_node_or_the_plain_ops(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """``fused`` off runs the plain-op delta, on runs one fused node; both equal the reference."""
+    import flexispeech.lora.layer as layer_module
+
+    calls: list[str] = []
+    for name in ("lora_linear", "static_linear", "lora_delta"):
+        real = getattr(layer_module, name)
+        monkeypatch.setattr(
+            layer_module, name, lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k)
+        )
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    for plain in (False, True):
+        calls.clear()
+        out = run(layer, x, BATCHES["sorted"], f"plain:{path}" if plain else path)
+        torch.testing.assert_close(out.double(), reference(layer, x, BATCHES["sorted"]), rtol=1e-5, atol=1e-5)
+        fused_name = "static_linear" if path == "static" else "lora_linear"
+        assert calls == (["lora_delta"] if plain else [fused_name])
