@@ -329,7 +329,6 @@ def train_loop_rows(
     features, labels, ranks from the batch step) copied in, forward + backward (CUDA
     graphs where the trainer takes them, ``training.graphs``), gradient clipping, AdamW,
     the scheduler's zero_grad and the loss read back for the log."""
-    from flexispeech.lora import adapter_parameters, use_ranks
     from flexispeech.lora.inject import set_static_path
     from flexispeech.lora.plans import rank_sort_order
     from flexispeech.models.whisper import WhisperFamily
@@ -343,43 +342,53 @@ def train_loop_rows(
     host_ranks = ranks[order].cpu()
     loss_fn = WhisperFamily().loss
     cuda = spec.device.startswith("cuda")
+    patterns = {
+        "mixed sorted": host_ranks,
+        "all r=64": torch.full_like(host_ranks, 64),
+        "all r=4": torch.full_like(host_ranks, 4),
+    }
     for graphed in (False, True) if cuda else (False,):
         with flexi_adapters(model, "auto") as fm:
-            params = adapter_parameters(fm)
-            opt = torch.optim.AdamW(params, lr=1e-4)
-            runner = GraphedSteps(fm, loss_fn, log=lambda _: None) if graphed else None
-            patterns = {
-                "mixed sorted": host_ranks,
-                "all r=64": torch.full_like(host_ranks, 64),
-                "all r=4": torch.full_like(host_ranks, 4),
-            }
+            step = loop_step(fm, host, GraphedSteps(fm, loss_fn, log=lambda _: None) if graphed else None)
+            label = "graphed" if graphed else "eager"
 
-            def step(pattern: torch.Tensor) -> None:
-                loss = runner.run(host, pattern) if runner is not None else None
-                if loss is None:
-                    with use_ranks(fm, pattern):
-                        loss = loss_fn(fm, host)
-                        loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-                float(loss.detach())
-
-            def timed() -> None:
+            def timed(
+                step: Callable[[torch.Tensor], None] = step, label: str = label, graphed: bool = graphed
+            ) -> None:
                 for name, pattern in patterns.items():
-                    label = "graphed" if graphed else "eager"
-                    record(
-                        "train",
-                        f"flexispeech train step ({label}), {name}",
-                        time_fn(lambda p=pattern: step(p), spec),
-                        graphed=graphed,
-                    )
+                    seconds = time_fn(lambda p=pattern: step(p), spec)
+                    record("train", f"flexispeech train step ({label}), {name}", seconds, graphed=graphed)
 
             if graphed:
                 attempt("train step graphed", timed)
             else:
                 timed()
             set_static_path(fm, False)
+
+
+def loop_step(model: nn.Module, host: dict[str, torch.Tensor], runner: Any) -> Callable[[torch.Tensor], None]:
+    """One step of ``Trainer.train`` at the given host-side ranks [B]: the graph runner's
+    replay where it takes the batch, else the eager forward + backward under ``use_ranks``;
+    then clipping, the trainer's AdamW, zero_grad and the loss read back."""
+    from flexispeech.lora import adapter_parameters, use_ranks
+    from flexispeech.models.whisper import WhisperFamily
+
+    params = adapter_parameters(model)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    loss_fn = WhisperFamily().loss
+
+    def step(ranks: torch.Tensor) -> None:
+        loss = runner.run(host, ranks) if runner is not None else None
+        if loss is None:
+            with use_ranks(model, ranks):
+                loss = loss_fn(model, host)
+                loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss.detach())
+
+    return step
 
 
 def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) -> list[dict[str, Any]]:
