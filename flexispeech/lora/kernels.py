@@ -14,7 +14,8 @@ The paths:
 - ``triton`` (CUDA, bf16/fp16, Triton installed): the masked path as two Triton kernels
   (``triton_kernels``): a shrink with the rank mask and scale in its epilogue and an
   in-place expand that loops only up to each block's top rank; blocks of rank-0 rows are
-  skipped (they read nothing). ``auto`` takes it on CUDA for mixed-rank batches.
+  skipped (they read nothing). Taken when asked for (``triton``) and on the ``static``
+  path; eager ``auto`` measured faster with the torch node (``plans.choose_route``).
 
 Both accumulate the update into the base output inside the matmul (``addmm_``, i.e. the
 GEMM epilogue reads C) instead of materialising a delta and adding it, and the backward

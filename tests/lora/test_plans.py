@@ -58,7 +58,12 @@ def test_auto_route_follows_device_tokens_and_runs() -> None:
     assert route(sorted_plan) == Route("fused", "segmented")  # CPU, FLOP-bound
     assert route(sorted_plan, tokens=many - 1) == Route("fused", "masked")  # a decoding step
     assert route(sorted_plan, device="cuda") == Route("fused", "masked")  # GPU: one block
-    assert route(sorted_plan, device="cuda", triton_ok=True) == Route("triton", "masked")
+    assert route(sorted_plan, device="cuda", triton_ok=True) == Route(
+        "fused", "masked"
+    )  # measured faster eager
+    assert route(sorted_plan, "triton", device="cuda", triton_ok=True) == Route(
+        "triton", "masked"
+    )  # asked for
     assert route(sorted_plan, "masked", device="cuda", triton_ok=True) == Route(
         "fused", "masked"
     )  # asked for torch
@@ -82,7 +87,8 @@ def test_route_of_plain_ops_merged_static_and_compile() -> None:
     assert route(make_plan(torch.tensor([16, 8, 0])), "grouped") == Route("fused", "segmented")
     assert route(sparse, "grouped") == Route("plain", "grouped")
     # no context: every row at the default rank, one block
-    assert route(None, default_rank=8, triton_ok=True, device="cuda") == Route("triton", "uniform")
+    assert route(None, "triton", default_rank=8, triton_ok=True, device="cuda") == Route("triton", "uniform")
+    assert route(None, default_rank=8, triton_ok=True, device="cuda") == Route("fused", "uniform")
     assert route(None, default_rank=8, merged_rank=8) == Route("merged", "uniform")
     assert route(make_plan(torch.tensor([8, 4])), merged_rank=8) == Route("fused", "segmented")
     assert route(None, "static", triton_ok=True) == Route("triton", "static")
