@@ -221,10 +221,12 @@ def choose_route(
         return Route("plain", grouping)
     if grouping == "grouped":
         return Route("plain", grouping)
-    # Eager ``auto`` keeps the torch node on GPUs too: side by side on an H200 (Whisper
-    # small, batch 32) it trained a mixed sorted batch at 1.30x the floor against 1.39x
-    # for the Triton node, and all r=4 at 1.42x against 1.83x (benchmarks/RESULTS.md);
-    # the Triton kernels serve the ``static`` path, where no plan gives the top rank.
+    # Eager ``auto`` keeps the torch node on GPUs too. Two side-by-side H200 runs (Whisper
+    # small, batch 32; benchmarks/NOTES.md, round 4) did not separate the eager nodes
+    # (mixed sorted: torch 1.30x / 1.64x the floor, Triton 1.39x / 1.40x: host-bound
+    # noise), and the torch node truncates a uniform batch to its rank (Triton's all r=4
+    # was 1.83x against torch's 1.42x in the first run). The Triton kernels serve the
+    # ``static`` path (CUDA graphs), where the GPU, not the host, sets the time.
     if triton_ok and requested == "triton" and grouping in ("masked", "uniform") and max(distinct) > 0:
         return Route("triton", grouping)
     return Route("fused", grouping)
