@@ -136,6 +136,10 @@ class TrainConfig:
     """DataLoader worker processes that collate batches (decode audio, extract features);
     0 collates in the training process. Rows and ranks are planned in the training
     process, so any number gives the same run, bit for bit."""
+    cuda_graphs: bool = True
+    """On a GPU, replay each training step's forward + backward from a CUDA graph (one per
+    batch shape; ``flexispeech.training.graphs``); false: eager steps. Taken only where it
+    is safe (one process, no grad_accum, no mixed precision); otherwise the log says why."""
 
 
 @dataclass

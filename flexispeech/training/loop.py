@@ -39,6 +39,7 @@ from flexispeech.models.whisper_prefix import frozen_prefix_pattern
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from flexispeech.training.config import RunConfig, to_dict
+from flexispeech.training.graphs import graphed_steps
 from flexispeech.training.routing import build_routers
 
 
@@ -201,6 +202,7 @@ class Trainer:
         t_start = time.perf_counter() - state.train_time_s
         # Each global batch is this process's share of ``batch_size * world_size`` rows; an
         # optimizer step consumes ``grad_accum`` of them.
+        graphs = graphed_steps(self.model, self.inputs.loss, accelerator, cfg.train, lambda m: print(f"[{cfg.name}] {m}"))
         for planned in self._loader() if state.step < cfg.train.max_steps else ():
             batch = planned.batch
             state.epoch, state.batch_in_epoch = planned.epoch, planned.index + 1
@@ -209,9 +211,12 @@ class Trainer:
             micro += 1
             sync = micro % accum == 0
             ctx = accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
-            with ctx, use_ranks(self.model, batch.ranks):
-                loss = self._loss_step(batch) / accum
-                accelerator.backward(loss)
+            # The same forward + backward replayed from a CUDA graph where that is possible.
+            loss = graphs.run(batch.inputs, batch.ranks) if graphs is not None else None
+            if loss is None:
+                with ctx, use_ranks(self.model, batch.ranks):
+                    loss = self._loss_step(batch) / accum
+                    accelerator.backward(loss)
             self.losses.append(float(loss.detach()) * accum)
             state.examples_seen += planned.n_global
             if not sync:

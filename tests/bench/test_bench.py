@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from flexispeech.bench.variants import BenchSpec, format_table, run_bench
 from flexispeech.bench.steps import time_fn
+from flexispeech.bench.variants import BenchSpec, format_table, run_bench
 from flexispeech.errors import ConfigError
 
 
 def test_every_variant_runs_and_ratios_are_to_the_base() -> None:
-    spec = BenchSpec(shape="tiny", batch=2, audio_ctx=4, label_len=3, device="cpu", dtype="float32", warmup=0, reps=1)
+    spec = BenchSpec(
+        shape="tiny", batch=2, audio_ctx=4, label_len=3, device="cpu", dtype="float32", warmup=0, reps=1
+    )
     lines: list[str] = []
     rows = run_bench(spec, log=lines.append)
     by = {(r["kind"], r["variant"]): r for r in rows}
@@ -22,8 +24,16 @@ def test_every_variant_runs_and_ratios_are_to_the_base() -> None:
                 assert r["seconds"] > 0 and r["ratio"] == pytest.approx(r["seconds"] / base)
     # the CPU-only paths and the graph-safe path are timed; CUDA graphs are not on a CPU
     names = {v for _, v in by}
-    assert {"Flexi segmented, mixed sorted", "Flexi grouped (gather), mixed", "Flexi static (eager), mixed",
-            "Flexi merged fast path, all r=16", "PEFT r=64 (same dtype)"} <= names
+    assert {
+        "Flexi segmented, mixed sorted",
+        "Flexi grouped (gather), mixed",
+        "Flexi plain ops masked, mixed sorted",
+        "Flexi auto, all r=4",
+        "Flexi auto, all r=64",
+        "flexispeech train step (eager), mixed sorted",
+        "Flexi merged fast path, all r=16",
+        "PEFT r=64 (same dtype)",
+    } <= names
     assert not any("graphed" in v for v in names)
     table = format_table(rows, spec)
     assert table.count("\n| train |") + table.count("\n| infer |") == len(rows)
