@@ -42,10 +42,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from flexispeech.errors import AudioError, ConfigError
     from flexispeech.streaming.transcriber import Transcriber
-
-    from transformers.utils import logging as hf_logging
 
     # Our output is the transcripts: keep transformers' load bars and advice off stderr.
     hf_logging.set_verbosity_error()
