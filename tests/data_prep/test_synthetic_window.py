@@ -10,7 +10,9 @@ from data_prep.sentences import n_words
 from data_prep.synthetic import SIZES, make_plan, render
 from data_prep.tts import Voice
 
-VOICES = {"espeak": [Voice("espeak", "en-us"), Voice("espeak", "en-gb"), Voice("espeak", "en-sc", unseen=True)]}
+VOICES = {
+    "espeak": [Voice("espeak", "en-us"), Voice("espeak", "en-gb"), Voice("espeak", "en-sc", unseen=True)]
+}
 
 
 def test_small_plans_sentences_a_10_s_window_can_hold() -> None:
