@@ -10,8 +10,10 @@ from typing import Any
 
 from flexispeech.errors import FlexispeechError
 from flexispeech.evaluation.breakdown import DURATION_ORDER, SNR_ORDER
+from flexispeech.evaluation.speech_paired import group_by_corpus
 from flexispeech.evaluation.tables import markdown_table, pct
 from flexispeech.evaluation.text_report import KIND, markdown_text_summary, text_compare_table
+from flexispeech.models.whisper import POSITIONS_PER_SECOND
 
 
 def markdown_summary(result: dict[str, Any]) -> str:
@@ -19,8 +21,9 @@ def markdown_summary(result: dict[str, Any]) -> str:
     if result.get("kind") == KIND:
         return markdown_text_summary(result)
     o = result["overall"]
+    window = f" ({result['audio_ctx'] / POSITIONS_PER_SECOND:g}-s window)" if result.get("audio_ctx") else ""
     parts = [
-        f"# {result['name']}\n",
+        f"# {result['name']}{window}\n",
         markdown_table(
             ["utterances", "WER %", "CER %", "sub", "del", "ins", "mean rank", "active adapter params", "RTF"],
             [[result["n"], pct(o["wer"]), pct(o["cer"]), o["sub"], o["del"], o["ins"], f"{result['mean_rank']:.2f}",
@@ -36,12 +39,24 @@ def markdown_summary(result: dict[str, Any]) -> str:
     if result["rank_histogram"]:
         rows = [[r, n] for r, n in result["rank_histogram"].items()]
         parts.append("\n## Ranks used\n\n" + markdown_table(["rank", "utterances"], rows))
+        by_snr = result.get("ranks_by_snr", {})
+        if by_snr:
+            ranks = list(result["rank_histogram"])
+            rows = [[b, *[by_snr[b].get(r, 0) for r in ranks], f"{_mean_rank(by_snr[b]):.2f}"]
+                    for b in SNR_ORDER if b in by_snr]
+            parts.append("\n## Ranks by SNR (utterances)\n\n"
+                         + markdown_table(["SNR", *[f"r{r}" for r in ranks], "mean rank"], rows))
     if o.get("n_empty_refs"):
         parts.append(f"\n{o['n_empty_refs']} utterance(s) with an empty normalised reference are not scored.\n")
     if result.get("skipped"):
         parts.append(f"\n## Skipped ({len(result['skipped'])}: audio could not be decoded)\n\n"
                      + "".join(f"- {s['id']}: {s['error']}\n" for s in result["skipped"]))
     return "".join(parts)
+
+
+def _mean_rank(histogram: dict[str, int]) -> float:
+    total = sum(histogram.values())
+    return sum(int(r) * n for r, n in histogram.items()) / total if total else 0.0
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -70,6 +85,14 @@ def compare_table(results: Sequence[dict[str, Any]]) -> str:
         raise FlexispeechError("compare: cannot put speech and text-task results in one table")
     if kinds == {KIND}:
         return text_compare_table(results)
+    groups = group_by_corpus(results)
+    if len(groups) > 1:  # runs of several corpora or windows: one table each
+        return "".join(f"\n### {key}\n\n" + _speech_table(group) for key, group in groups.items()).lstrip("\n")
+    return _speech_table(results)
+
+
+def _speech_table(results: Sequence[dict[str, Any]]) -> str:
+    """Speech runs of one corpus, split and window side by side."""
     snr_cols = [n for n in SNR_ORDER if any(n in r["by_snr"] for r in results)]
     header = ["method", "WER %"] + [f"WER {n}" for n in snr_cols] + ["WER unseen voices", "ins", "mean rank", "active params", "train time s"]
     rows = []

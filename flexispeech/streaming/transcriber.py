@@ -72,7 +72,8 @@ class Transcriber:
             the adapter has one and no ``rank`` is given); None otherwise.
         num_beams: 1 = greedy.
         family: ``whisper`` / ``wav2vec2``; None detects it from the model directory.
-        audio_ctx: Whisper encoder window in positions (20 ms each; None = 30 s).
+        audio_ctx: Whisper encoder window in positions (20 ms each); None: the window the
+            adapter was trained with, 30 s without one (a warning when they differ).
         batch_size: utterances decoded together.
     """
 
@@ -100,6 +101,10 @@ class Transcriber:
         check_device(device)
         self.family = get_family(family or detect_family(model))
         self.model, self.processor = self.family.load(model, device=device)
+        if self.family.name == "whisper" and adapter is not None:
+            from flexispeech.lora.io import serving_window
+
+            audio_ctx = serving_window(audio_ctx, adapter, "transcribe")  # default: the adapter's window
         if audio_ctx is not None:
             if self.family.name != "whisper":
                 raise ConfigError("audio_ctx applies to Whisper models only")
@@ -144,19 +149,11 @@ class Transcriber:
 
     def signals(self, audios: Sequence[np.ndarray], batch: dict[str, torch.Tensor]) -> dict[str, list[float]]:
         """Audio signals (duration, snr_db, speech_activity) of every clip, plus the proxy
-        signals when the router needs them (Whisper only)."""
-        from flexispeech.signals.audio import audio_signals
+        signals when the router needs them (Whisper only): ``signals.live``."""
+        from flexispeech.signals.live import live_signals
 
-        rows = [audio_signals(a, SAMPLE_RATE) for a in audios]
-        out = {k: [r[k] for r in rows] for k in rows[0]}
-        if self.needed_signals() & {"proxy", "proxy_entropy"}:
-            if self.family.name != "whisper":
-                raise ConfigError("the router needs the proxy signal, which only Whisper models compute")
-            from flexispeech.signals.proxy import first_pass_confidence
-
-            proxy = first_pass_confidence(self.model, self.processor, batch, max_new_tokens=self.max_new_tokens)
-            out.update({k: v.tolist() for k, v in proxy.items()})
-        return out
+        return live_signals(audios, batch, self.needed_signals(), self.family.name, self.model, self.processor,
+                            self.max_new_tokens)
 
     def transcribe(self, audios: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> list[Transcription]:
         """Transcribe 16 kHz mono float32 clips [T] (one batch per ``batch_size`` clips)."""

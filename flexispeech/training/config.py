@@ -20,6 +20,7 @@ import yaml
 from flexispeech.data.augment import AugmentConfig
 from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
+from flexispeech.training.early_stopping import EarlyStoppingConfig
 
 
 @dataclass
@@ -132,6 +133,13 @@ class TrainConfig:
     log_every: int = 5
     save_every: int = 50
     bucket_by_length: bool = True
+    eval_every: int = 0
+    """Validation loss every this many optimizer steps on ``data.eval_split`` (0: never),
+    overall and per rank, in train_log.jsonl (``training.early_stopping``)."""
+    eval_examples: int = 256
+    """Validation rows (a seeded sample of the split, the same at every validation)."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """Keep the best adapter by validation loss and stop when it stops improving."""
     num_workers: int = 0
     """DataLoader worker processes that collate batches (decode audio, extract features);
     0 collates in the training process. Rows and ranks are planned in the training

@@ -116,5 +116,5 @@ def test_small_build_all_engines(tmp_path: Path) -> None:
     assert sum(info["splits"].values()) == 600
     assert info["hours"] > 0.5
     rows = _rows(out)
-    assert max(r["duration"] for r in rows) <= 29.5
+    assert max(r["duration"] for r in rows) <= 9.5  # the CPU profile's 10-s window hears every clip
     assert len({r["speaker"] for r in rows}) > 30
