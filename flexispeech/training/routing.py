@@ -11,10 +11,10 @@ from collections.abc import Sequence
 
 import torch
 
-from flexispeech.training.config import RoutingConfig
 from flexispeech.errors import ConfigError
 from flexispeech.lora.calibration import rank_labels
 from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, Router, ThresholdRouter
+from flexispeech.training.config import RoutingConfig
 
 MODES = ("fixed", "random", "threshold", "learned", "inconsistent")
 
