@@ -108,7 +108,8 @@ class RoutingConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"proxy": 1.0, "snr_db": -0.5})
     """threshold: signal weights of the complexity score (higher = harder)."""
     features: list[str] = field(default_factory=lambda: ["snr_db", "proxy", "duration", "speech_activity"])
-    """learned: the signals the MLP reads."""
+    """learned: the signals the MLP reads; ``embedding`` (the pooled base-encoder output,
+    ``flexispeech signals --embedding``) is a vector signal of d_model columns."""
     difficulty: str = "base_wer"
     """learned: the per-example column used as difficulty label (harder = higher rank)."""
     label_noise: float = 0.0
