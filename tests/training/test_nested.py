@@ -137,3 +137,56 @@ def test_bad_nested_settings_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="two positive ranks"):
         check_nested(NestedConfig(prob=1.0), [0, 16])
     check_nested(NestedConfig(prob=0.0), [16])  # off: any ranks
+
+
+def test_the_trainer_trains_the_sampled_ranks(tmp_path) -> None:
+    """Routed at rank 2 only, a run trains components 2..7 only through nesting (mode random).
+    (B starts at zero, so its columns are what the first steps move.)"""
+    import soundfile as sf
+    from safetensors.torch import load_file
+
+    from flexispeech.data.corpus import write_corpus
+    from flexispeech.training.loop import train
+
+    (tmp_path / "c" / "audio").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8):
+        sf.write(tmp_path / "c" / "audio" / f"u{i}.wav", rng.normal(0, 0.05, 8000).astype(np.float32), 16000)
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": "the quick fox",
+                "duration": 0.5,
+                "speaker": "v",
+                "split": "train",
+                "signal_duration": 0.5,
+            }
+        )
+    corpus = write_corpus(rows, tmp_path / "c", name="mini")
+
+    def run(name: str, *extra: str) -> dict[str, torch.Tensor]:
+        cfg = load_config(
+            None,
+            [
+                f"output_dir={tmp_path / name}",
+                "model.source=random:tiny",
+                f"data.corpus={corpus}",
+                "model.audio_ctx=50",
+                "train.batch_size=4",
+                "train.max_steps=2",
+                "train.warmup_steps=1",
+                "adapter.ranks=[0, 2, 4, 8]",
+                "routing.mode=fixed",
+                "routing.rank=2",
+                *extra,
+            ],
+        )
+        return load_file(str(train(cfg, progress=False) / "adapter_model.safetensors"))
+
+    plain, nested = run("plain"), run("nested", "train.nested={prob: 1.0, mode: random}")
+    b = [k for k in plain if k.endswith("lora_B")]
+    assert all(torch.all(plain[k][:, 2:] == 0) for k in b)  # without nesting: never trained
+    assert all(torch.any(plain[k][:, :2] != 0) for k in b)
+    assert all(torch.any(nested[k][:, 2:4] != 0) for k in b)  # with it: trained at sampled ranks 4 and 8
