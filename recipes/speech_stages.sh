@@ -65,8 +65,8 @@ case "$profile" in
   # on-the-fly augmentation (off in the *_noaug ablation), early stopping on validation.
   gpu) audio_ctx=1500; overrides=(model.audio_ctx=null model.cache_encoder_layers=0 data.max_duration=null
                                   train.mixed_precision=bf16 train.batch_size=32 train.num_workers=8
-                                  train.max_steps=3000 train.warmup_steps=100 train.lr=5.0e-4
-                                  train.log_every=50 train.save_every=500)
+                                  train.max_steps=500 train.warmup_steps=50 train.lr=1.0e-3
+                                  train.log_every=25 train.save_every=250)
        aug_overrides=(augment.spec_augment=true augment.noise_prob=0.5 augment.speed_prob=0.3
                       augment.reverb_prob=0.2)
        signal_splits=train,validation,test
