@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "signals": "flexispeech.commands.signals",
     "train": "flexispeech.commands.train",
     "eval": "flexispeech.commands.eval",
+    "calibrate": "flexispeech.commands.calibrate",
     "compare": "flexispeech.commands.compare",
     "transcribe": "flexispeech.commands.transcribe",
     "stream": "flexispeech.commands.stream",

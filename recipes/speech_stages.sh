@@ -5,8 +5,13 @@
 #
 #   recipes/speech_stages.sh --conf DIR --data DIR --exp DIR [--stage N] [--stop-stage N]
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
-#       [--real DIR]
+#       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_nested"]
 #
+# The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
+# on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
+# at the Flexi mean rank, nested training, the embedding router, routing by benefit
+# calibrated on the validation split, the augmentation ablation); the --decisive runs are
+# repeated for every seed of --seeds.
 # Every model (base and each adapter) is evaluated on the whole test split at the window
 # its adapter was trained with (eval_test) and, when that is shorter, at the full 30 s
 # (eval_test_30s); with --real DIR also on that corpus's test split (eval_real, eval_real_30s:
@@ -31,6 +36,8 @@ FLEXI=${FLEXISPEECH:-flexispeech}
 runs_static="static_r8 static_r16"
 runs_flexi="flexi_threshold flexi_learned"
 runs_ablation="inconsistent"
+seeds=""
+decisive="static_r16 flexi_nested"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,7 +52,9 @@ while [ $# -gt 0 ]; do
     --data) data=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
     --real) real=$2; shift 2 ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    --decisive) decisive=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -53,17 +62,35 @@ if [ -z "$conf" ] || [ -z "$data" ] || [ -z "$exp" ]; then
   echo "speech_stages.sh: --conf, --data and --exp are required" >&2; exit 2
 fi
 
+signal_splits=train,test
+dev_args=()
+aug_overrides=()
 case "$profile" in
   # CPU: 10-s encoder window, encoder frozen and cached, adapters on the decoder.
   cpu) audio_ctx=500; overrides=() ;;
-  # GPU: the full 30-s window, adapters on encoder and decoder, bf16.
-  # Validation loss (overall and per rank) every 50 steps; the best adapter is kept and a
-  # run stops after 4 validations without improvement.
+  # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
+  # on-the-fly augmentation (off in the *_noaug ablation). Validation loss (overall and per
+  # rank) every 50 steps; the best adapter is kept and a run stops after 4 validations
+  # without improvement.
   gpu) audio_ctx=1500; overrides=(model.audio_ctx=null model.cache_encoder_layers=0 data.max_duration=null
-                                  train.mixed_precision=bf16 train.batch_size=32
-                                  train.eval_every=50 "train.early_stopping={patience: 4}") ;;
+                                  train.mixed_precision=bf16 train.batch_size=32 train.num_workers=8
+                                  train.max_steps=500 train.warmup_steps=50 train.lr=1.0e-3
+                                  train.log_every=25 train.save_every=250
+                                  train.eval_every=50 "train.early_stopping={patience: 4}")
+       aug_overrides=(augment.spec_augment=true augment.noise_prob=0.5 augment.speed_prob=0.3
+                      augment.reverb_prob=0.2)
+       signal_splits=train,validation,test  # validation rows are routed too
+       dev_args=(--device cuda --batch-size 64)
+       runs_static="static_r16 static_r6 static_r8"
+       runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
+       runs_ablation="inconsistent flexi_nested_noaug" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
+# The decisive pair again for every other seed of --seeds: runs <name>_seed<N>.
+for s in ${seeds//,/ }; do
+  [ "$s" = "$seed" ] && continue
+  for r in $decisive; do runs_ablation+=" ${r}_seed$s"; done
+done
 overrides+=(data.corpus="$data" seed="$seed" model.source="$model" model.family="$family")
 if [ "$family" != whisper ]; then  # the encoder window and cache are Whisper's
   overrides+=(model.audio_ctx=null model.cache_encoder_layers=0 adapter.target_modules=null)
@@ -71,28 +98,37 @@ fi
 [ -n "$steps" ] && overrides+=(train.max_steps="$steps")
 ctx_args=(--audio-ctx "$audio_ctx")
 [ "$family" = whisper ] || ctx_args=()
-signal_splits=train,test
-[ "$profile" = gpu ] && signal_splits=train,validation,test  # validation rows are routed too
 all_runs="$runs_static $runs_flexi $runs_ablation"
 
 step() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 log() { echo "== stage $1: $2"; }
 
 train_run() {  # train one run unless it already finished; --resume continues a killed one
-  local name=$1
+  local name=$1 config=$1 extra=()
   if [ -f "$exp/$name/train_summary.json" ]; then echo "$name: already trained"; return; fi
-  $FLEXI train --config "$conf/$name.yaml" output_dir="$exp/$name" "${overrides[@]}" --resume
+  if [[ $name =~ ^(.+)_seed([0-9]+)$ ]]; then  # a seed repetition of a run: its config, another seed
+    config=${BASH_REMATCH[1]}; extra=(seed="${BASH_REMATCH[2]}" name="$name")
+  fi
+  [[ $name == *_noaug* ]] || extra+=("${aug_overrides[@]}")
+  $FLEXI train --config "$conf/$config.yaml" output_dir="$exp/$name" "${overrides[@]}" "${extra[@]}" --resume
+  if [[ $config == flexi_benefit ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
+    # Routing by benefit: fit the router on the validation split (replaces the adapter's router).
+    $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation "${dev_args[@]}"
+  fi
 }
 
 if step 1; then
   log 1 "signals and base-model decoding"
   # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted.
-  $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits "$signal_splits"
+  $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits "$signal_splits" "${dev_args[@]}"
+  if [ "$profile" = gpu ]; then  # the embedding router reads the adapted model's own base encoder
+    $FLEXI signals "$data" --model "$model" --audio-ctx "$audio_ctx" --splits "$signal_splits" --embedding "${dev_args[@]}"
+  fi
 fi
 
 evaluate() {  # evaluate DIR_NAME ARGS...: one eval unless its results exist
   local out=$1; shift
-  [ -f "$out/results.json" ] || $FLEXI eval "$@" --out "$out"
+  [ -f "$out/results.json" ] || $FLEXI eval "$@" --out "$out" "${dev_args[@]}"
 }
 
 if step 2; then

@@ -20,6 +20,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="text tasks: cap on the base model's answer tokens (default: 96)")
     parser.add_argument("--label-splits", help="text tasks: the splits that also get the base model's answers and "
                         "difficulty labels (default: every split in --splits; the learned router reads them on train only)")
+    parser.add_argument("--embedding", action="store_true",
+                        help="also cache signal_embedding: the --model encoder's output mean-pooled over each "
+                        "utterance (a vector router feature; use the model the adapters are trained on, where "
+                        "it costs nothing at inference when the encoder is not adapted)")
     parser.add_argument("--force", action="store_true", help="recompute columns that are already cached")
     parser.add_argument("--device", default="cpu", help="torch device for the base model (default: cpu)")
 
@@ -29,12 +33,15 @@ def run(args: argparse.Namespace) -> int:
 
     from flexispeech.data.corpus import read_corpus_info
     from flexispeech.data.text_format import is_text_task
-    from flexispeech.signals.cache import cache_audio_signals, cache_model_signals
+    from flexispeech.errors import ConfigError
+    from flexispeech.signals.cache import cache_audio_signals, cache_embedding, cache_model_signals
 
     if is_text_task(Path(args.corpus)):  # a text task: surface counts, prompt perplexity, base answers
         from flexispeech.signals.text_cache import run_text_signals
 
         return run_text_signals(args)
+    if args.embedding and not args.model:
+        raise ConfigError("--embedding needs --model: the Whisper model whose encoder gives the embedding")
     info = read_corpus_info(Path(args.corpus))
     splits = [s for s in args.splits.split(",") if s in info["splits"]]
     model = processor = None
@@ -54,4 +61,8 @@ def run(args: argparse.Namespace) -> int:
             did = cache_model_signals(args.corpus, split, model, processor, model_dir if isinstance(model_dir, Path) else None,
                                       args.batch_size, window, force=args.force, skipped=skipped)
             print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
+            if args.embedding:
+                did = cache_embedding(args.corpus, split, model, processor, args.batch_size, window,
+                                      force=args.force, skipped=skipped)
+                print(f"{split}: pooled encoder embedding {'computed' if did else 'already cached'}")
     return 0

@@ -197,7 +197,8 @@ class WhisperFamily:
         clips one at a time with long-form decoding (see the module docstring for why).
         """
         tokens = self.generate_ids(model, batch, num_beams=num_beams, max_new_tokens=max_new_tokens)
-        texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        # Lists of ids, not tensors: transformers 5.17's Whisper tokenizer tests a tensor's truth value.
+        texts = processor.tokenizer.batch_decode([t.tolist() for t in tokens], skip_special_tokens=True)
         return [t.strip() for t in texts]
 
     def generate_ids(

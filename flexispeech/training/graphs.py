@@ -41,11 +41,20 @@ LossFn = Callable[[nn.Module, dict[str, torch.Tensor]], torch.Tensor]
 
 
 def why_not_graphed(
-    device: torch.device, processes: int, grad_accum: int, mixed_precision: str, enabled: bool
+    device: torch.device,
+    processes: int,
+    grad_accum: int,
+    mixed_precision: str,
+    enabled: bool,
+    nested_prob: float = 0.0,
 ) -> str | None:
     """Why the training step cannot be captured here, or None when it can."""
     if not enabled:
         return "train.cuda_graphs is off"
+    if nested_prob > 0:
+        # The graph replays the routed ranks' forward + backward only; the nested loss adds
+        # rows at sampled ranks inside the loss step, which a replay would skip.
+        return "train.nested is on (its extra rows are built in the loss step)"
     if device.type != "cuda":
         return f"the device is {device.type}, not cuda"
     if processes > 1:
@@ -170,6 +179,7 @@ def graphed_steps(
         train_cfg.grad_accum,
         train_cfg.mixed_precision,
         getattr(train_cfg, "cuda_graphs", True),
+        getattr(getattr(train_cfg, "nested", None), "prob", 0.0),
     )
     if reason is not None:
         log(f"training step: eager ({reason})")

@@ -44,6 +44,7 @@ from flexispeech.training.config import RunConfig, to_dict
 from flexispeech.training.graphs import graphed_steps
 from flexispeech.training.early_stopping import Validator, improved
 from flexispeech.training.rank_losses import RankLosses, capture_row_losses
+from flexispeech.training.nested import check_nested, nested_generator, nested_loss
 from flexispeech.training.routing import build_routers
 
 BEST_ADAPTER = "best_adapter"  # early stopping: the best adapter so far, beside the checkpoint
@@ -255,8 +256,16 @@ class Trainer:
         return train_loader(plan, self.inputs, cfg.train.num_workers)
 
     def _loss_step(self, batch: Batch[int]) -> torch.Tensor:
-        """Mean loss of one collated micro-batch; call inside ``use_ranks(model, batch.ranks)``."""
-        return self.inputs.loss(self.model, _to_device(batch.inputs, self.accelerator.device))
+        """Mean loss of one collated micro-batch; call inside ``use_ranks(model, batch.ranks)``.
+        With ``train.nested`` the rows also train at sampled ranks (``training.nested``)."""
+        inputs = _to_device(batch.inputs, self.accelerator.device)
+        nested = self.cfg.train.nested
+        if nested.prob > 0:
+            check_nested(nested, self.cfg.adapter.ranks)
+            generator = nested_generator(self.cfg.seed, self.state.epoch, self.state.batch_in_epoch,
+                                         self.accelerator.process_index)
+            return nested_loss(self.inputs, self.model, inputs, batch.ranks, self.cfg.adapter.ranks, nested, generator)
+        return self.inputs.loss(self.model, inputs)
 
     def train(self) -> Path:
         """Run to ``train.max_steps``; returns the directory of the final adapter."""

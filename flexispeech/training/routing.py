@@ -11,10 +11,17 @@ from collections.abc import Sequence
 
 import torch
 
-from flexispeech.training.config import RoutingConfig
 from flexispeech.errors import ConfigError
 from flexispeech.lora.calibration import rank_labels
-from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, Router, ThresholdRouter
+from flexispeech.lora.router import (
+    FixedRouter,
+    LearnedRouter,
+    RandomRouter,
+    Router,
+    ThresholdRouter,
+    feature_widths,
+)
+from flexispeech.training.config import RoutingConfig
 
 MODES = ("fixed", "random", "threshold", "learned", "inconsistent")
 
@@ -73,7 +80,7 @@ def learned_router(
             "the learned router needs more (run `flexispeech signals` with a base model)"
         )
     labels = rank_labels(scores[known], ranks, target_mean_rank=target)
-    router = LearnedRouter(ranks, features=cfg.features)
+    router = LearnedRouter(ranks, features=cfg.features, widths=feature_widths(signals, cfg.features))
     router.fit({k: v[known] for k, v in signals.items()}, labels, label_noise=cfg.label_noise, seed=seed)
     return router
 

@@ -23,6 +23,7 @@ def test_graphs_are_taken_only_where_safe() -> None:
     assert "2 processes" in why_not_graphed(cuda, 2, 1, "no", True)
     assert "grad_accum=4" in why_not_graphed(cuda, 1, 4, "no", True)
     assert "bf16" in why_not_graphed(cuda, 1, 1, "bf16", True)
+    assert "nested" in why_not_graphed(cuda, 1, 1, "no", True, nested_prob=0.5)
 
 
 def test_label_buckets() -> None:
