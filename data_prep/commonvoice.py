@@ -94,11 +94,17 @@ def prepare_commonvoice(src: Path, out: Path, *, force: bool = False) -> Path:
         seen.add(name)
         rel = Path("audio") / "clips" / name
         link_or_copy(clip, out / rel)
-        rows.append({
-            "id": Path(name).stem, "audio": rel.as_posix(), "text": record["sentence"],
-            "duration": duration, "speaker": record["client_id"], "split": split,
-            **{c: record[c] or "" for c in EXTRA_COLUMNS if c in record},
-        })
+        rows.append(
+            {
+                "id": Path(name).stem,
+                "audio": rel.as_posix(),
+                "text": record["sentence"],
+                "duration": duration,
+                "speaker": record["client_id"],
+                "split": split,
+                **{c: record[c] or "" for c in EXTRA_COLUMNS if c in record},
+            }
+        )
     report_skipped(skipped, src)
     if not rows:
         raise FlexispeechError(f"{src}: none of the {len(listed)} listed clips is present and readable")

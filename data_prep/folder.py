@@ -162,8 +162,13 @@ def prepare_folder(
             f"{transcripts}: no transcript file; pass one (metadata.csv with file_name,transcription "
             "or '<file><TAB or |><text>' lines)"
         )
-    info = {"importer": "folder", "source": str(src.resolve()), "transcripts": str(transcripts.resolve()),
-            "validation_fraction": validation_fraction, "test_fraction": test_fraction}
+    info = {
+        "importer": "folder",
+        "source": str(src.resolve()),
+        "transcripts": str(transcripts.resolve()),
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+    }
     if not force and is_complete(out, info):
         return out
 
@@ -195,17 +200,21 @@ def prepare_folder(
         rel = path.relative_to(src)
         utt_id = rel.with_suffix("").as_posix()
         link_or_copy(path, out / "audio" / rel)
-        rows.append({
-            "id": utt_id,
-            "audio": (Path("audio") / rel).as_posix(),
-            "text": entry["text"],
-            "duration": duration,
-            "speaker": entry["speaker"] or (rel.parent.as_posix() if rel.parent != Path(".") else ""),
-            "split": hash_split(utt_id, validation_fraction, test_fraction),
-        })
+        rows.append(
+            {
+                "id": utt_id,
+                "audio": (Path("audio") / rel).as_posix(),
+                "text": entry["text"],
+                "duration": duration,
+                "speaker": entry["speaker"] or (rel.parent.as_posix() if rel.parent != Path(".") else ""),
+                "split": hash_split(utt_id, validation_fraction, test_fraction),
+            }
+        )
     report_skipped(skipped, transcripts)
     if not rows:
-        raise FlexispeechError(f"{transcripts}: none of its {len(entries)} entries has a readable audio file under {src}")
+        raise FlexispeechError(
+            f"{transcripts}: none of its {len(entries)} entries has a readable audio file under {src}"
+        )
     info["skipped"] = {k: len(v) for k, v in skipped.items()}
     return write_corpus(rows, out, name=name or src.name, info=info)
 
@@ -224,5 +233,10 @@ def report_skipped(skipped: dict[str, Sequence[str]], source: Path) -> None:
     """Log how many entries of ``source`` were skipped and why, with a few examples."""
     for reason, keys in skipped.items():
         if keys:
-            log.warning("%s: skipped %d entries with %s audio (e.g. %s)", source, len(keys), reason,
-                        ", ".join(keys[:3]))
+            log.warning(
+                "%s: skipped %d entries with %s audio (e.g. %s)",
+                source,
+                len(keys),
+                reason,
+                ", ".join(keys[:3]),
+            )

@@ -181,8 +181,10 @@ def missing_packages(source: Source, prefix: Path) -> list[str]:
 
 def install_hint(packages: Sequence[str]) -> str:
     """How to install ``packages``, for messages."""
-    return (f"install with `apt-get install {' '.join(packages)}` (Debian/Ubuntu, as root) or "
-            "`sh data_prep/install_system_deps.sh`")
+    return (
+        f"install with `apt-get install {' '.join(packages)}` (Debian/Ubuntu, as root) or "
+        "`sh data_prep/install_system_deps.sh`"
+    )
 
 
 def _place_audio(entry: Entry, dst: Path) -> None:
@@ -192,8 +194,15 @@ def _place_audio(entry: Entry, dst: Path) -> None:
 
         if not dst.is_file():
             dst.parent.mkdir(parents=True, exist_ok=True)
-            audio, _ = sf.read(str(entry.audio), samplerate=RAW_SAMPLE_RATE, channels=1, subtype="PCM_16",
-                               endian="LITTLE", format="RAW", dtype="int16")
+            audio, _ = sf.read(
+                str(entry.audio),
+                samplerate=RAW_SAMPLE_RATE,
+                channels=1,
+                subtype="PCM_16",
+                endian="LITTLE",
+                format="RAW",
+                dtype="int16",
+            )
             tmp = dst.with_name(f".{dst.name}.tmp")
             sf.write(str(tmp), audio, RAW_SAMPLE_RATE, subtype="PCM_16", format="WAV")
             tmp.replace(dst)
@@ -239,12 +248,22 @@ def prepare_realspeech(
     present = [s for s in wanted if not missing[s.name]]
     absent = sorted({p for s in wanted for p in missing[s.name]})
     if not present or (sources and absent):
-        raise FlexispeechError(f"realspeech: packages not installed: {' '.join(absent)}; {install_hint(absent)}")
+        raise FlexispeechError(
+            f"realspeech: packages not installed: {' '.join(absent)}; {install_hint(absent)}"
+        )
     if absent:
-        log.warning("realspeech: skipping sources %s (packages not installed: %s); %s",
-                    ", ".join(n for n, m in missing.items() if m), " ".join(absent), install_hint(absent))
-    info = {"importer": "realspeech", "prefix": str(prefix.resolve()), "sources": [s.name for s in present],
-            "sources_missing": [n for n, m in missing.items() if m]}
+        log.warning(
+            "realspeech: skipping sources %s (packages not installed: %s); %s",
+            ", ".join(n for n, m in missing.items() if m),
+            " ".join(absent),
+            install_hint(absent),
+        )
+    info = {
+        "importer": "realspeech",
+        "prefix": str(prefix.resolve()),
+        "sources": [s.name for s in present],
+        "sources_missing": [n for n, m in missing.items() if m],
+    }
     if not force and is_complete(out, info):
         return out
 
@@ -262,13 +281,22 @@ def prepare_realspeech(
                 skipped["unreadable"].append(entry.key)
                 (out / rel).unlink()
                 continue
-            rows.append({
-                "id": f"{source.name}/{entry.key}", "audio": rel.as_posix(), "text": entry.text,
-                "duration": duration, "speaker": source.speaker(entry), "split": "test",
-                "source": source.name, "licence": source.licence, "package": source.packages[0],
-                "category": entry.category, "gender": source.gender(entry),
-                "sample_rate": sf.info(str(out / rel)).samplerate,
-            })
+            rows.append(
+                {
+                    "id": f"{source.name}/{entry.key}",
+                    "audio": rel.as_posix(),
+                    "text": entry.text,
+                    "duration": duration,
+                    "speaker": source.speaker(entry),
+                    "split": "test",
+                    "source": source.name,
+                    "licence": source.licence,
+                    "package": source.packages[0],
+                    "category": entry.category,
+                    "gender": source.gender(entry),
+                    "sample_rate": sf.info(str(out / rel)).samplerate,
+                }
+            )
         report_skipped(skipped, prefix / source.required[0])
         skipped_counts[source.name] = {k: len(v) for k, v in skipped.items()}
     if not rows:

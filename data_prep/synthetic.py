@@ -118,13 +118,23 @@ def make_plan(size: str, seed: int, voices: dict[str, list[Voice]]) -> list[Plan
             babble = tuple(
                 (_choose_voice(fast, False, rng), compose(pools["train"], BUCKETS[1], rng)) for _ in range(k)
             )
-        plans.append(Plan(
-            id=f"syn-{split}-{i:05d}", split=split, text=text, voice=voice,
-            rate=round(float(rng.uniform(0.85, 1.3)), 3), pitch=round(float(rng.uniform(-1, 1)), 3),
-            reverb_rt60=round(rt60, 3), noise_type=noise, snr_db=snr,
-            channel="telephone" if rng.random() < 0.1 else "wideband",
-            peak=round(float(rng.uniform(0.2, 0.9)), 3), max_clip_s=spec.max_clip_s, babble=babble,
-        ))
+        plans.append(
+            Plan(
+                id=f"syn-{split}-{i:05d}",
+                split=split,
+                text=text,
+                voice=voice,
+                rate=round(float(rng.uniform(0.85, 1.3)), 3),
+                pitch=round(float(rng.uniform(-1, 1)), 3),
+                reverb_rt60=round(rt60, 3),
+                noise_type=noise,
+                snr_db=snr,
+                channel="telephone" if rng.random() < 0.1 else "wideband",
+                peak=round(float(rng.uniform(0.2, 0.9)), 3),
+                max_clip_s=spec.max_clip_s,
+                babble=babble,
+            )
+        )
     return plans
 
 
@@ -167,11 +177,21 @@ def render(plan: Plan, out: Path, seed: int, synth: Synthesizer) -> dict:
     (out / rel).parent.mkdir(parents=True, exist_ok=True)
     write_file(out / rel, lambda tmp: sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
     row = {
-        "id": plan.id, "audio": rel, "text": plan.text, "duration": round(audio.size / SAMPLE_RATE, 4),
-        "speaker": plan.voice.id, "split": plan.split, "voice": plan.voice.name,
-        "engine": plan.voice.engine, "snr_db": plan.snr_db, "noise_type": plan.noise_type,
-        "reverb_rt60": plan.reverb_rt60, "channel": plan.channel, "seen_voice": not plan.voice.unseen,
-        "rate": plan.rate, "pitch": plan.pitch,
+        "id": plan.id,
+        "audio": rel,
+        "text": plan.text,
+        "duration": round(audio.size / SAMPLE_RATE, 4),
+        "speaker": plan.voice.id,
+        "split": plan.split,
+        "voice": plan.voice.name,
+        "engine": plan.voice.engine,
+        "snr_db": plan.snr_db,
+        "noise_type": plan.noise_type,
+        "reverb_rt60": plan.reverb_rt60,
+        "channel": plan.channel,
+        "seen_voice": not plan.voice.unseen,
+        "rate": plan.rate,
+        "pitch": plan.pitch,
     }
     write_text(meta, json.dumps(row))  # after the audio: a row on disk means its audio is complete
     return row
@@ -236,8 +256,9 @@ def prepare_synthetic(
         raise FlexispeechError("no text-to-speech engine found: install espeak-ng (make system-deps)")
     missing = sorted(set(engines or ENGINE_SHARES) - set(voices))
     if missing:
-        warnings.warn(f"TTS engines not installed, skipped: {', '.join(missing)} (see make system-deps)",
-                      stacklevel=2)
+        warnings.warn(
+            f"TTS engines not installed, skipped: {', '.join(missing)} (see make system-deps)", stacklevel=2
+        )
     _check_resume(out, size, seed, sorted(voices))
     plans = make_plan(size, seed, voices)
     start = time.perf_counter()
@@ -260,10 +281,14 @@ def prepare_synthetic(
     rows.sort(key=lambda r: r["id"])
     engines_used = sorted({r["engine"] for r in rows})
     info = {
-        "size": size, "seed": seed, "engines": engines_used, "engines_missing": missing,
+        "size": size,
+        "seed": seed,
+        "engines": engines_used,
+        "engines_missing": missing,
         "voices": sorted({r["speaker"] for r in rows}),
         "unseen_voices": sorted({r["speaker"] for r in rows if not r["seen_voice"]}),
-        "build_seconds": round(time.perf_counter() - start, 1), "workers": workers,
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "workers": workers,
     }
     write_corpus(rows, out, name="synthetic", info=info)
     shutil.rmtree(out / ".work", ignore_errors=True)

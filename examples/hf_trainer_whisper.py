@@ -30,11 +30,15 @@ def main(argv: Sequence[str] | None = None) -> Path:
     parser.add_argument("corpus", type=Path, help="a flexispeech corpus with cached signals")
     parser.add_argument("out", type=Path, help="output directory (checkpoints and OUT/adapter)")
     parser.add_argument("--model", default="whisper-tiny.en", help="base model (default whisper-tiny.en)")
-    parser.add_argument("--ranks", type=int, nargs="+", default=[0, 2, 4, 8], help="allowed ranks (default 0 2 4 8)")
+    parser.add_argument(
+        "--ranks", type=int, nargs="+", default=[0, 2, 4, 8], help="allowed ranks (default 0 2 4 8)"
+    )
     parser.add_argument("--max-steps", type=int, default=200)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--audio-ctx", type=int, help="Whisper encoder window in 20-ms positions (default 30 s)")
+    parser.add_argument(
+        "--audio-ctx", type=int, help="Whisper encoder window in 20-ms positions (default 30 s)"
+    )
     args = parser.parse_args(argv)
 
     family = get_family("whisper")

@@ -15,7 +15,15 @@ import pytest
 import soundfile as sf
 import torch
 
-from flexispeech import FlexiLoraConfig, ThresholdRouter, attach_router, inject, load_adapter, save_adapter, use_ranks
+from flexispeech import (
+    FlexiLoraConfig,
+    ThresholdRouter,
+    attach_router,
+    inject,
+    load_adapter,
+    save_adapter,
+    use_ranks,
+)
 from flexispeech.data.corpus import write_corpus
 from flexispeech.models.random_init import randomize_adapters
 from flexispeech.models.whisper import FAMILY
@@ -49,7 +57,9 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     model.generation_config.max_length = 448
     model.save_pretrained(root / "model")
     processor.save_pretrained(root / "model")
-    config = FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets, metadata={"base_model": str(root / "model")})
+    config = FlexiLoraConfig(
+        ranks=(0, 2, 8), target_modules=FAMILY.default_targets, metadata={"base_model": str(root / "model")}
+    )
     inject(model, config)
     randomize_adapters(model, b_scale=0.5)
     attach_router(model, ThresholdRouter(ranks=(2, 8), weights={"duration": 1.0}, thresholds=[2.75]))
@@ -59,8 +69,14 @@ def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def run_bash(block: str, cwd: Path) -> str:
     # `flexispeech` and `python` as this test's interpreter (a fresh clone has them on PATH after make install).
     prelude = f'flexispeech() {{ "{sys.executable}" -m flexispeech "$@"; }}\npython() {{ "{sys.executable}" "$@"; }}\n'
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(["bash", "-e", "-c", prelude + block], cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.run(
+        ["bash", "-e", "-c", prelude + block], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr
     return proc.stdout
 
@@ -91,8 +107,18 @@ def test_trainer_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for i, snr in enumerate([0.0, 10.0, 20.0, 30.0]):
         audio = (0.1 * np.sin(np.arange(16000) * (0.06 + 0.02 * i))).astype(np.float32)
         sf.write(tmp_path / "corpus" / "audio" / f"u{i}.wav", audio, 16000)
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": "the quick brown fox", "duration": 1.0,
-                     "speaker": "v0", "split": "train", "snr_db": snr, "signal_snr_db": snr})
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": "the quick brown fox",
+                "duration": 1.0,
+                "speaker": "v0",
+                "split": "train",
+                "snr_db": snr,
+                "signal_snr_db": snr,
+            }
+        )
     corpus = write_corpus(rows, tmp_path / "corpus", name="doc")
     monkeypatch.chdir(tmp_path)
     first = f'MODEL, CORPUS, OUT, STEPS, AUDIO_CTX = "random:tiny", "{corpus}", "exp/hf", 2, 50'
@@ -106,7 +132,9 @@ def test_peft_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from peft import LoraConfig, get_peft_model
 
     base, _ = FAMILY.load("random:tiny")
-    peft_model = get_peft_model(copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    peft_model = get_peft_model(
+        copy.deepcopy(base), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"])
+    )
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
             if "lora_B" in name:
@@ -122,5 +150,7 @@ def test_peft_block(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     with torch.no_grad(), use_ranks(model, 8):
         torch.testing.assert_close(
             model(input_features=features, decoder_input_ids=ids).logits,
-            peft_model(input_features=features, decoder_input_ids=ids).logits, rtol=1e-4, atol=1e-4,
+            peft_model(input_features=features, decoder_input_ids=ids).logits,
+            rtol=1e-4,
+            atol=1e-4,
         )

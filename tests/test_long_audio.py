@@ -55,7 +55,9 @@ def test_an_hour_is_decoded_in_blocks_with_bounded_memory(hour_file: Path) -> No
     finally:
         tracemalloc.stop()
     assert total == 3600 * 16_000
-    assert peak < decoded_bytes / 20, f"peak {peak / 1e6:.1f} MB"  # a few 30-s blocks (2 MB each), never the hour
+    assert peak < decoded_bytes / 20, (
+        f"peak {peak / 1e6:.1f} MB"
+    )  # a few 30-s blocks (2 MB each), never the hour
     starts = [c for n, c in enumerate(clicks) if n == 0 or c - clicks[n - 1] > 1000]
     assert len(starts) == 60  # every minute's click lands at its minute: no samples lost or added
     assert starts[1] - starts[0] == 60 * 16_000 and starts[-1] - starts[0] == 59 * 60 * 16_000
@@ -102,12 +104,29 @@ def test_transcribe_and_stream_read_long_files_in_blocks(tmp_path: Path, monkeyp
     monkeypatch.setattr(flexispeech.audio, "load_audio", no_whole_file)
     monkeypatch.setitem(transcriber.LONG_BLOCK_S, "whisper", 2.5)
     monkeypatch.setattr(transcriber, "CUT_SEARCH_S", 1.0)
-    assert main(["transcribe", str(path), "--model", "random:tiny", "--audio-ctx", "150", "--max-new-tokens", "2",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "transcribe",
+                str(path),
+                "--model",
+                "random:tiny",
+                "--audio-ctx",
+                "150",
+                "--max-new-tokens",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out)
     assert row["duration"] == pytest.approx(7.0) and row["signals"]["duration"] == pytest.approx(7.0)
     assert np.isfinite(row["signals"]["snr_db"])
-    assert main(["stream", str(path), "--model", "random:tiny", "--audio-ctx", "150", "--chunk", "2", "--json"]) == 0
+    assert (
+        main(["stream", str(path), "--model", "random:tiny", "--audio-ctx", "150", "--chunk", "2", "--json"])
+        == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[-1]["final"] and events[-1]["audio_s"] == pytest.approx(7.0)
 
@@ -134,12 +153,31 @@ sys.exit(code)
 
 def transcribe_peak_rss(path: Path) -> tuple[dict, int]:
     """``flexispeech transcribe PATH --json`` in a fresh process: (its row, peak RSS bytes)."""
-    env = {**os.environ, "OMP_NUM_THREADS": "1",
-           # glibc otherwise raises its mmap threshold as large arrays are freed and keeps
-           # later ones in the heap, whose high-water mark then stands in for live memory
-           "MALLOC_MMAP_THRESHOLD_": str(128 * 1024)}
-    proc = subprocess.run([sys.executable, "-c", PEAK_RSS_CHILD, "transcribe", str(path), "--model", "random:tiny",
-                           "--max-new-tokens", "2", "--json"], capture_output=True, text=True, env=env, timeout=1800)
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        # glibc otherwise raises its mmap threshold as large arrays are freed and keeps
+        # later ones in the heap, whose high-water mark then stands in for live memory
+        "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEAK_RSS_CHILD,
+            "transcribe",
+            str(path),
+            "--model",
+            "random:tiny",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
     assert proc.returncode == 0, proc.stderr[-2000:]
     peak = proc.stderr.strip().splitlines()[-1]
     assert peak.startswith("peak_rss_kib="), proc.stderr[-2000:]
@@ -158,4 +196,6 @@ def test_transcribe_an_hour_in_bounded_memory(hour_file: Path, tmp_path: Path) -
     assert row["signals"]["duration"] == pytest.approx(3600.0)
     decoded_bytes = 3600 * 16_000 * 4
     growth = peak - short_peak
-    assert growth < decoded_bytes / 4, f"peak {peak / 1e6:.0f} MB for an hour vs {short_peak / 1e6:.0f} MB for 12 min"
+    assert growth < decoded_bytes / 4, (
+        f"peak {peak / 1e6:.0f} MB for an hour vs {short_peak / 1e6:.0f} MB for 12 min"
+    )

@@ -77,7 +77,16 @@ def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
     assert set(evals) == {
         f"{r}/eval_test"
         for r in [
-            "base", "static_r8", "static_r16", "static_r6", "flexi_threshold", "flexi_learned",
-            "flexi_embedding", "flexi_nested", "flexi_benefit", "inconsistent", "flexi_nested_noaug",
+            "base",
+            "static_r8",
+            "static_r16",
+            "static_r6",
+            "flexi_threshold",
+            "flexi_learned",
+            "flexi_embedding",
+            "flexi_nested",
+            "flexi_benefit",
+            "inconsistent",
+            "flexi_nested_noaug",
         ]
     }

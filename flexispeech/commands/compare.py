@@ -9,16 +9,25 @@ HELP = "print evaluation results side by side (WER overall/by SNR/unseen voices,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="results.json files or the directories holding them")
-    parser.add_argument("--out", help="also write compare.md, wer_by_snr.png and ranks.png into this directory")
-    parser.add_argument("--baseline", metavar="NAME", action="append",
-                        help="also compare every run with the run of this name example by example: the gap's "
-                             "95%% bootstrap interval, examples better / worse, a sign test. Speech: per-utterance "
-                             "word errors, overall, per SNR bucket and on seen / unseen voices, separately for each "
-                             "corpus, split and window the runs were evaluated on (pass eval dirs of several "
-                             "corpora, e.g. a real-speech one, in one call). Repeat for several baselines")
-    parser.add_argument("--rescore", action="store_true",
-                        help="text tasks: score each run's stored predictions again with the current answer "
-                             "extraction and rewrite its results.json / results.md (nothing is decoded again)")
+    parser.add_argument(
+        "--out", help="also write compare.md, wer_by_snr.png and ranks.png into this directory"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="NAME",
+        action="append",
+        help="also compare every run with the run of this name example by example: the gap's "
+        "95%% bootstrap interval, examples better / worse, a sign test. Speech: per-utterance "
+        "word errors, overall, per SNR bucket and on seen / unseen voices, separately for each "
+        "corpus, split and window the runs were evaluated on (pass eval dirs of several "
+        "corpora, e.g. a real-speech one, in one call). Repeat for several baselines",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="text tasks: score each run's stored predictions again with the current answer "
+        "extraction and rewrite its results.json / results.md (nothing is decoded again)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

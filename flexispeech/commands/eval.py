@@ -11,25 +11,44 @@ HELP = "evaluate a model or adapter on a corpus split: WER/CER overall and by SN
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="corpus directory (from `flexispeech prepare`)")
-    parser.add_argument("--adapter", help="adapter directory (from `flexispeech train`); omit to evaluate the base model")
-    parser.add_argument("--model", help="base model (default: the one the adapter was trained on, else "
-                        f"{whisper.DEFAULT_SOURCE}; {causal_lm.DEFAULT_SOURCE} on a text task)")
+    parser.add_argument(
+        "--adapter", help="adapter directory (from `flexispeech train`); omit to evaluate the base model"
+    )
+    parser.add_argument(
+        "--model",
+        help="base model (default: the one the adapter was trained on, else "
+        f"{whisper.DEFAULT_SOURCE}; {causal_lm.DEFAULT_SOURCE} on a text task)",
+    )
     parser.add_argument("--family", help="model family (default: from the adapter, else whisper)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--rank", type=int, help="decode every utterance at this rank instead of the adapter's router")
-    parser.add_argument("--audio-ctx", type=int, metavar="N",
-                        help=f"Whisper encoder window in positions of {1000 // whisper.POSITIONS_PER_SECOND} ms "
-                        "(500 = 10 s; default: the window the adapter was trained with, else "
-                        f"{whisper.FULL_POSITIONS} = {whisper.FULL_POSITIONS // whisper.POSITIONS_PER_SECOND} s; "
-                        "a warning when it differs from the adapter's). Every utterance is scored: a clip "
-                        "longer than the window is decoded window by window")
+    parser.add_argument(
+        "--rank", type=int, help="decode every utterance at this rank instead of the adapter's router"
+    )
+    parser.add_argument(
+        "--audio-ctx",
+        type=int,
+        metavar="N",
+        help=f"Whisper encoder window in positions of {1000 // whisper.POSITIONS_PER_SECOND} ms "
+        "(500 = 10 s; default: the window the adapter was trained with, else "
+        f"{whisper.FULL_POSITIONS} = {whisper.FULL_POSITIONS // whisper.POSITIONS_PER_SECOND} s; "
+        "a warning when it differs from the adapter's). Every utterance is scored: a clip "
+        "longer than the window is decoded window by window",
+    )
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
-    parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
-    parser.add_argument("--max-examples", type=int, help="evaluate only the first N utterances (seeded sample)")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)"
+    )
+    parser.add_argument(
+        "--max-examples", type=int, help="evaluate only the first N utterances (seeded sample)"
+    )
     parser.add_argument("--max-duration", type=float, help="skip utterances longer than this many seconds")
-    parser.add_argument("--name", help="the method's name in tables (default: the adapter's run name, or 'base')")
-    parser.add_argument("--out", help="output directory (default: <adapter>/../eval_<split>, or exp/base/eval_<split>)")
+    parser.add_argument(
+        "--name", help="the method's name in tables (default: the adapter's run name, or 'base')"
+    )
+    parser.add_argument(
+        "--out", help="output directory (default: <adapter>/../eval_<split>, or exp/base/eval_<split>)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
@@ -49,7 +68,9 @@ def run(args: argparse.Namespace) -> int:
 
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
-    source = args.model or meta.get("base_model") or (causal_lm.DEFAULT_SOURCE if text else whisper.DEFAULT_SOURCE)
+    source = (
+        args.model or meta.get("base_model") or (causal_lm.DEFAULT_SOURCE if text else whisper.DEFAULT_SOURCE)
+    )
     family = get_family(args.family or meta.get("family") or ("causal_lm" if text else "whisper"))
     audio_ctx = args.audio_ctx
     if family.name == "whisper" and args.adapter:
@@ -66,30 +87,73 @@ def run(args: argparse.Namespace) -> int:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
     live = sorted(set(getattr(router, "signal_names", ())) - set(split.signal_names))
     if live:
-        print(f"note: {args.data} has no cached signals {live} for the router: computing them while decoding "
-              f"(`flexispeech signals {args.data}` caches them)")
-    records, decode_s = decode_split(model, family, processor, split, router, args.batch_size, args.beam,
-                                     max_new_tokens=args.max_new_tokens, live_signals=live)
+        print(
+            f"note: {args.data} has no cached signals {live} for the router: computing them while decoding "
+            f"(`flexispeech signals {args.data}` caches them)"
+        )
+    records, decode_s = decode_split(
+        model,
+        family,
+        processor,
+        split,
+        router,
+        args.batch_size,
+        args.beam,
+        max_new_tokens=args.max_new_tokens,
+        live_signals=live,
+    )
     window = {"audio_ctx": whisper.encoder_positions(model)} if family.name == "whisper" else {}
     corpus = {"data": str(args.data), **window}
     name = args.name or meta.get("run") or "base"
-    default_out = Path(args.adapter).parent / f"eval_{args.split}" if args.adapter else Path("exp/base") / f"eval_{args.split}"
+    default_out = (
+        Path(args.adapter).parent / f"eval_{args.split}"
+        if args.adapter
+        else Path("exp/base") / f"eval_{args.split}"
+    )
     if isinstance(split, TextTaskSplit):
-        result = summarize_text(records, split.metric, decode_s, model if args.adapter else None, name, split.task_name)
-        result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": router.describe() if router is not None else None, **corpus}
+        result = summarize_text(
+            records, split.metric, decode_s, model if args.adapter else None, name, split.task_name
+        )
+        result |= {
+            "model": source,
+            "adapter": args.adapter,
+            "split": args.split,
+            "router": router.describe() if router is not None else None,
+            **corpus,
+        }
         out = write_results(result, args.out or default_out)
         o = result["overall"]
-        score = f"accuracy {pct(o['accuracy'])}%" if split.metric == "accuracy" else f"EM {pct(o['em'])}%  F1 {pct(o['f1'])}%"
-        print(f"{name}: {score}  on {result['n']} questions (mean rank {result['mean_rank']:.2f}, "
-              f"active adapter params {result['active_params_mean']:,.0f}) -> {out}")
+        score = (
+            f"accuracy {pct(o['accuracy'])}%"
+            if split.metric == "accuracy"
+            else f"EM {pct(o['em'])}%  F1 {pct(o['f1'])}%"
+        )
+        print(
+            f"{name}: {score}  on {result['n']} questions (mean rank {result['mean_rank']:.2f}, "
+            f"active adapter params {result['active_params_mean']:,.0f}) -> {out}"
+        )
         return 0
     model_dir = pretrained_path(source)
-    result = summarize(records, english_normalizer(model_dir if isinstance(model_dir, Path) else None), decode_s, model if args.adapter else None, name)
-    result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": router.describe() if router is not None else None, **corpus}
+    result = summarize(
+        records,
+        english_normalizer(model_dir if isinstance(model_dir, Path) else None),
+        decode_s,
+        model if args.adapter else None,
+        name,
+    )
+    result |= {
+        "model": source,
+        "adapter": args.adapter,
+        "split": args.split,
+        "router": router.describe() if router is not None else None,
+        **corpus,
+    }
     out = write_results(result, args.out or default_out)
     o = result["overall"]
     skipped = f", {result['n_skipped']} skipped (undecodable audio)" if result["n_skipped"] else ""
     empty = f", {o['n_empty_refs']} with empty references (not scored)" if o["n_empty_refs"] else ""
-    print(f"{name}: WER {pct(o['wer'])}%  CER {pct(o['cer'])}%  on {result['n']} utterances{skipped}{empty} "
-          f"(mean rank {result['mean_rank']:.2f}, RTF {result['rtf']:.3f}) -> {out}")
+    print(
+        f"{name}: WER {pct(o['wer'])}%  CER {pct(o['cer'])}%  on {result['n']} utterances{skipped}{empty} "
+        f"(mean rank {result['mean_rank']:.2f}, RTF {result['rtf']:.3f}) -> {out}"
+    )
     return 0

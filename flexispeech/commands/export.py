@@ -33,13 +33,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
     parser.add_argument("adapter", type=Path, metavar="ADAPTER", help="a saved Flexi-LoRA adapter directory")
-    parser.add_argument("out", type=Path, metavar="OUT", help="directory to create (must not exist or be empty)")
+    parser.add_argument(
+        "out", type=Path, metavar="OUT", help="directory to create (must not exist or be empty)"
+    )
     parser.add_argument("--to", required=True, choices=TARGETS, help="what to write")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--rank", type=int, help="the rank to export (default: the adapter's largest)")
-    group.add_argument("--per-rank", action="store_true", help="one model per rank plus routing.json (merged, ct2)")
+    group.add_argument(
+        "--per-rank", action="store_true", help="one model per rank plus routing.json (merged, ct2)"
+    )
     parser.add_argument(
-        "--quantization", choices=QUANTIZATIONS, help="CTranslate2 weight type for --to ct2 (default float32: exact)"
+        "--quantization",
+        choices=QUANTIZATIONS,
+        help="CTranslate2 weight type for --to ct2 (default float32: exact)",
     )
     parser.add_argument(
         "--model", help="the base model (default: the one recorded in the adapter, else whisper-tiny.en)"
@@ -53,14 +59,21 @@ def run(args: argparse.Namespace) -> int:
 
     start = time.perf_counter()
     out = export_adapter(
-        args.adapter, args.out, args.to, rank=args.rank, per_rank=args.per_rank,
-        quantization=args.quantization, model=args.model,
+        args.adapter,
+        args.out,
+        args.to,
+        rank=args.rank,
+        per_rank=args.per_rank,
+        quantization=args.quantization,
+        model=args.model,
     )
     what = args.to + (f" ({args.quantization or 'float32'})" if args.to == "ct2" else "")
     if args.per_rank:
         ranks = sorted(read_routing(out).models)
         print(f"{out}: {what} models for ranks {ranks} + routing.json in {time.perf_counter() - start:.1f} s")
     else:
-        rank = args.rank if args.rank is not None else read_adapter_config(args.adapter)["config"]["ranks"][-1]
+        rank = (
+            args.rank if args.rank is not None else read_adapter_config(args.adapter)["config"]["ranks"][-1]
+        )
         print(f"{out}: {what} at rank {rank} in {time.perf_counter() - start:.1f} s")
     return 0

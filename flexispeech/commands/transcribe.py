@@ -29,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (default 1: greedy)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print JSON lines: path, text, rank, duration, signals")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON lines: path, text, rank, duration, signals"
+    )
     parser.add_argument(
         "--audio-ctx",
         type=int,

@@ -33,7 +33,9 @@ def duration_bucket(duration: float) -> str:
     return next(name for low, name in DURATION_BUCKETS if duration >= low)
 
 
-def ranks_by_bucket(records: Sequence[dict[str, Any]], bucket: Callable[[dict[str, Any]], str]) -> dict[str, dict[str, int]]:
+def ranks_by_bucket(
+    records: Sequence[dict[str, Any]], bucket: Callable[[dict[str, Any]], str]
+) -> dict[str, dict[str, int]]:
     """Utterances per rank in each bucket: ``{bucket: {rank: n}}`` (empty for a base model,
     whose records carry no rank), e.g. which ranks the router served at each SNR."""
     out: dict[str, Counter] = {}

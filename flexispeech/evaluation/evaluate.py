@@ -79,7 +79,9 @@ def decode_split(
         ranks_ctx = use_ranks(model, batch.ranks) if batch.ranks is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
         with torch.no_grad(), ranks_ctx:
-            texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
+            texts = family.generate(
+                model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens
+            )
         decode_s += time.perf_counter() - t0
         ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
         signals = {i: ex.signals for i, ex in zip(idx, examples)}
@@ -110,11 +112,16 @@ def _add_live_signals(
         ex.signals = {**ex.signals, **{n: float(values[n][j]) for n in names}}
 
 
-def _bucketed(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any], normalize: Callable[[str], str]) -> dict[str, Any]:
+def _bucketed(
+    records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any], normalize: Callable[[str], str]
+) -> dict[str, Any]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         groups.setdefault(str(key(rec)), []).append(rec)
-    return {name: error_counts([r["ref"] for r in g], [r["hyp"] for r in g], normalize) for name, g in sorted(groups.items())}
+    return {
+        name: error_counts([r["ref"] for r in g], [r["hyp"] for r in g], normalize)
+        for name, g in sorted(groups.items())
+    }
 
 
 def summarize(
@@ -149,7 +156,9 @@ def summarize(
         "by_snr": _bucketed(records, lambda r: snr_bucket(r["snr_db"]), normalize),
         "by_duration": _bucketed(records, lambda r: duration_bucket(r["duration"]), normalize),
         "by_voice": _bucketed(records, lambda r: r["voice"], normalize),
-        "by_seen_voice": _bucketed(records, lambda r: {True: "seen", False: "unseen"}.get(r["seen_voice"], "unknown"), normalize),
+        "by_seen_voice": _bucketed(
+            records, lambda r: {True: "seen", False: "unseen"}.get(r["seen_voice"], "unknown"), normalize
+        ),
         "audio_s": round(audio_s, 2),
         "decode_s": round(decode_s, 2),
         "rtf": decode_s / audio_s if audio_s else math.nan,

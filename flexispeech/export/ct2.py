@@ -14,7 +14,16 @@ from flexispeech.errors import ConfigError, FlexispeechError
 
 # CTranslate2's weight types (ct2-transformers-converter --quantization). float32 keeps
 # greedy decoding token for token equal to the merged transformers model.
-QUANTIZATIONS = ("float32", "float16", "bfloat16", "int16", "int8", "int8_float32", "int8_float16", "int8_bfloat16")
+QUANTIZATIONS = (
+    "float32",
+    "float16",
+    "bfloat16",
+    "int16",
+    "int8",
+    "int8_float32",
+    "int8_float16",
+    "int8_bfloat16",
+)
 # Files faster-whisper reads beside model.bin (it falls back to the hub without them).
 COPIED_FILES = ("tokenizer.json", "preprocessor_config.json")
 
@@ -24,7 +33,9 @@ def require_ctranslate2() -> None:
     try:
         import ctranslate2  # noqa: F401
     except ImportError:
-        raise FlexispeechError("--to ct2 needs CTranslate2, which is not installed: pip install ctranslate2") from None
+        raise FlexispeechError(
+            "--to ct2 needs CTranslate2, which is not installed: pip install ctranslate2"
+        ) from None
 
 
 def write_ct2(merged_dir: str | Path, out_dir: str | Path, quantization: str = "float32") -> Path:

@@ -21,7 +21,9 @@ TARGETS = ("merged", "peft", "ct2")
 def check_out_dir(out_dir: Path) -> None:
     """OUT must not exist, or be an empty directory: an export never overwrites."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FlexispeechError(f"{out_dir}: already exists and is not empty (remove it or choose another OUT)")
+        raise FlexispeechError(
+            f"{out_dir}: already exists and is not empty (remove it or choose another OUT)"
+        )
 
 
 def export_adapter(
@@ -68,7 +70,9 @@ def export_adapter(
         raise ConfigError("--to peft --rank 0: rank 0 is the base model; a PEFT LoRA needs rank >= 1")
     adapted = load_adapted(adapter_dir, model)
     if to == "ct2" and adapted.family.name != "whisper":
-        raise ConfigError(f"--to ct2 exports Whisper models; this adapter is for a {adapted.family.name} model")
+        raise ConfigError(
+            f"--to ct2 exports Whisper models; this adapter is for a {adapted.family.name} model"
+        )
     with atomic_dir(out_dir) as tmp:
         if per_rank:
             for r in config.ranks:

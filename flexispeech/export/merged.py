@@ -15,7 +15,6 @@ from typing import Any
 from torch import nn
 
 from flexispeech.errors import ConfigError, FlexispeechError
-
 from flexispeech.lora.inject import merge
 from flexispeech.lora.io import load_adapter, read_adapter_config
 from flexispeech.models.family import ModelFamily, check_device, get_family

@@ -69,6 +69,7 @@ class FlexiSpeechCollator:
 
 def take_rows(inputs: Mapping[str, Any], order: torch.Tensor, batch: int) -> dict[str, Any]:
     """``inputs`` with the rows of every [batch, ...] tensor in ``order``."""
+
     def rows(v: Any) -> bool:
         return isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] == batch
 
@@ -94,7 +95,9 @@ class FlexiSeq2SeqTrainer(Seq2SeqTrainer):
         """Ranks [batch] of a batch's signals, from ``router`` or the adapter's router."""
         router = self.router if self.router is not None else get_router(self.model)
         if router is None:
-            raise ConfigError("FlexiSeq2SeqTrainer: no router; attach one to the model (attach_router) or pass router=")
+            raise ConfigError(
+                "FlexiSeq2SeqTrainer: no router; attach one to the model (attach_router) or pass router="
+            )
         return torch.as_tensor(router({k: v.detach().cpu() for k, v in signals.items()})).long()
 
     def compute_loss(
@@ -152,7 +155,9 @@ class FlexiSeq2SeqTrainer(Seq2SeqTrainer):
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
-        load_adapter(self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint)
+        load_adapter(
+            self.accelerator.unwrap_model(model if model is not None else self.model), resume_from_checkpoint
+        )
 
     def _load_best_model(self) -> None:
         load_adapter(self.accelerator.unwrap_model(self.model), self.state.best_model_checkpoint)

@@ -50,10 +50,16 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """
     state = get_state(model)
     directory = Path(directory)
-    foreign = sorted(p.name for p in directory.iterdir() if p.name not in ADAPTER_FILES) if directory.is_dir() else []
+    foreign = (
+        sorted(p.name for p in directory.iterdir() if p.name not in ADAPTER_FILES)
+        if directory.is_dir()
+        else []
+    )
     if foreign:
-        raise FlexispeechError(f"{directory}: holds files that are not an adapter's ({', '.join(foreign[:5])}); "
-                               "save the adapter into a directory of its own")
+        raise FlexispeechError(
+            f"{directory}: holds files that are not an adapter's ({', '.join(foreign[:5])}); "
+            "save the adapter into a directory of its own"
+        )
     layers = flexi_layers(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers:
@@ -115,8 +121,11 @@ def serving_window(requested: int | None, adapter: str | Path | None, command: s
     if requested is None or trained is None:
         return trained if requested is None else requested
     if requested != trained:
-        print(f"warning: {command}: --audio-ctx {requested} ({requested / PER_S:g} s) differs from the window the adapter "
-              f"was trained with ({trained} = {trained / PER_S:g} s)", file=sys.stderr)
+        print(
+            f"warning: {command}: --audio-ctx {requested} ({requested / PER_S:g} s) differs from the window the adapter "
+            f"was trained with ({trained} = {trained / PER_S:g} s)",
+            file=sys.stderr,
+        )
     return requested
 
 
@@ -146,7 +155,9 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     layers = dict(flexi_layers(model))
     missing = sorted(set(data["layers"]) - set(layers))
     if missing:
-        raise FlexispeechError(f"{directory}: adapter layers not in this model: {missing[:5]} (saved for another base model?)")
+        raise FlexispeechError(
+            f"{directory}: adapter layers not in this model: {missing[:5]} (saved for another base model?)"
+        )
     with torch.no_grad():
         for name, layer in layers.items():
             if name not in data["layers"]:
@@ -166,7 +177,9 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     return model
 
 
-def export_peft(model: nn.Module, directory: str | Path, rank: int, base_model_name_or_path: str | None = None) -> Path:
+def export_peft(
+    model: nn.Module, directory: str | Path, rank: int, base_model_name_or_path: str | None = None
+) -> Path:
     """Write a standard PEFT LoRA adapter at fixed ``rank``.
 
     ``peft.PeftModel.from_pretrained(base, directory)`` then reproduces this model's

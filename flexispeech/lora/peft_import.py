@@ -41,7 +41,9 @@ UNSUPPORTED = {
 }
 
 
-def read_peft_adapter(peft_dir: str | Path) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+def read_peft_adapter(
+    peft_dir: str | Path,
+) -> tuple[dict[str, Any], dict[str, tuple[torch.Tensor, torch.Tensor]]]:
     """The PEFT config (parsed JSON) and ``layer name -> (A [r, in], B [out, r])`` of a
     saved PEFT LoRA; names are relative to the base model. Unsupported options, trained
     biases and ``modules_to_save`` raise a ``ConfigError`` naming them."""
@@ -54,12 +56,16 @@ def read_peft_adapter(peft_dir: str | Path) -> tuple[dict[str, Any], dict[str, t
     except json.JSONDecodeError as err:
         raise ConfigError(f"{config_path}: invalid JSON ({err})") from None
     if config.get("peft_type") != "LORA":
-        raise ConfigError(f"{config_path}: a {config.get('peft_type')!r} adapter; only PEFT LoRA can be imported")
+        raise ConfigError(
+            f"{config_path}: a {config.get('peft_type')!r} adapter; only PEFT LoRA can be imported"
+        )
     for key, why in UNSUPPORTED.items():
         if config.get(key):
             raise ConfigError(f"{config_path}: {key}=true cannot be imported ({why})")
     if config.get("modules_to_save"):
-        raise ConfigError(f"{config_path}: modules_to_save {config['modules_to_save']} are fully trained modules, not LoRA")
+        raise ConfigError(
+            f"{config_path}: modules_to_save {config['modules_to_save']} are fully trained modules, not LoRA"
+        )
     tensors = _load_weights(peft_dir)
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
@@ -69,12 +75,16 @@ def read_peft_adapter(peft_dir: str | Path) -> tuple[dict[str, Any], dict[str, t
                 pairs.setdefault(name[: -len(f".{part}.weight")], {})[part] = value
                 break
         else:
-            raise ConfigError(f"{peft_dir}: tensor {key!r} is not a LoRA A/B weight of a linear layer (bias or embedding?)")
+            raise ConfigError(
+                f"{peft_dir}: tensor {key!r} is not a LoRA A/B weight of a linear layer (bias or embedding?)"
+            )
     layers = {}
     for name, pair in sorted(pairs.items()):
         A, B = pair.get("lora_A"), pair.get("lora_B")
         if A is None or B is None or A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
-            raise ConfigError(f"{peft_dir}: layer {name} has no matching lora_A [r, in] / lora_B [out, r] pair")
+            raise ConfigError(
+                f"{peft_dir}: layer {name} has no matching lora_A [r, in] / lora_B [out, r] pair"
+            )
         layers[name] = (A, B)
     if not layers:
         raise ConfigError(f"{peft_dir}: the adapter holds no LoRA weights")
@@ -106,7 +116,9 @@ def peft_scale(config: dict[str, Any], layer: str, r: int) -> float:
     return alpha / math.sqrt(r) if config.get("use_rslora") else alpha / r
 
 
-def nested_factors(A: torch.Tensor, B: torch.Tensor, scale: float, target_scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+def nested_factors(
+    A: torch.Tensor, B: torch.Tensor, scale: float, target_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SVD-ordered factors of ``ΔW = scale · B @ A``: ``(A' [r, in], B' [out, r])`` with
     ``target_scale · B'[:, :k] @ A'[:k]`` the best rank-``k`` approximation of ``ΔW`` for
     every ``k``, and ``ΔW`` itself at ``k = r``. Float64 inside; float32 out.
@@ -133,7 +145,9 @@ def default_ranks(r: int) -> tuple[int, ...]:
     return (0, *ranks)
 
 
-def from_peft(model: nn.Module, peft_dir: str | Path, ranks: Sequence[int] | None = None, router: Any = None) -> nn.Module:
+def from_peft(
+    model: nn.Module, peft_dir: str | Path, ranks: Sequence[int] | None = None, router: Any = None
+) -> nn.Module:
     """Inject a Flexi-LoRA adapter into ``model`` made from the PEFT LoRA in ``peft_dir``.
 
     Args:
@@ -162,7 +176,11 @@ def from_peft(model: nn.Module, peft_dir: str | Path, ranks: Sequence[int] | Non
         scaling="nested",
         target_modules=tuple(layers),
         dropout=float(config.get("lora_dropout") or 0.0),
-        metadata={"base_model": config.get("base_model_name_or_path"), "imported_from": "peft", "peft_r": base_r},
+        metadata={
+            "base_model": config.get("base_model_name_or_path"),
+            "imported_from": "peft",
+            "peft_r": base_r,
+        },
     )
     present = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
     missing = sorted(set(layers) - present)
@@ -179,7 +197,9 @@ def from_peft(model: nn.Module, peft_dir: str | Path, ranks: Sequence[int] | Non
                     f"{peft_dir}: {name} is [{B.shape[0]} x {A.shape[1]}] in the adapter but "
                     f"[{layer.out_features} x {layer.in_features}] in the model (another base model?)"
                 )
-            new_a, new_b = nested_factors(A, B, peft_scale(config, name, A.shape[0]), flexi.scale(flexi.r_max))
+            new_a, new_b = nested_factors(
+                A, B, peft_scale(config, name, A.shape[0]), flexi.scale(flexi.r_max)
+            )
             k = new_a.shape[0]
             layer.lora_A[:k].copy_(new_a)
             layer.lora_B[:, :k].copy_(new_b)

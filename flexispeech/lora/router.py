@@ -175,7 +175,9 @@ class RandomRouter(Router):
         return ()
 
     def __call__(self, signals: Signals) -> torch.Tensor:
-        idx = torch.multinomial(torch.tensor(self.probs), batch_size(signals), replacement=True, generator=self.generator)
+        idx = torch.multinomial(
+            torch.tensor(self.probs), batch_size(signals), replacement=True, generator=self.generator
+        )
         return torch.tensor(self.ranks, dtype=torch.long)[idx]
 
     def describe(self) -> str:
@@ -231,11 +233,16 @@ class ThresholdRouter(Router):
         return z @ torch.tensor([self.weights[k] for k in names], dtype=torch.float64)
 
     def __call__(self, signals: Signals) -> torch.Tensor:
-        idx = torch.bucketize(self.score(signals), torch.tensor(self.thresholds, dtype=torch.float64), right=True)
+        idx = torch.bucketize(
+            self.score(signals), torch.tensor(self.thresholds, dtype=torch.float64), right=True
+        )
         return torch.tensor(self.ranks, dtype=torch.long)[idx]
 
     def calibrate(
-        self, signals: Signals, target_mean_rank: float | None = None, quantiles: Sequence[float] | None = None
+        self,
+        signals: Signals,
+        target_mean_rank: float | None = None,
+        quantiles: Sequence[float] | None = None,
     ) -> ThresholdRouter:
         """Fit the standardisation and thresholds on sample ``signals``, either to a
         ``target_mean_rank`` (shares per rank from ``mean_rank_proportions``) or at the
@@ -289,14 +296,18 @@ class LearnedRouter(nn.Module, Router):
         self.hidden = int(hidden)
         self.widths = [1] * len(self.features) if widths is None else [int(w) for w in widths]
         if len(self.widths) != len(self.features) or min(self.widths) < 1:
-            raise ConfigError(f"LearnedRouter widths {self.widths}: one positive width per feature {self.features}")
+            raise ConfigError(
+                f"LearnedRouter widths {self.widths}: one positive width per feature {self.features}"
+            )
         self.rank_penalty = float(rank_penalty)
         """Subtracted from the logits as ``rank_penalty * rank / r_max`` before the argmax: 0
         serves the predicted class; ``calibrate_mean_rank`` sets it for a target mean rank."""
         n_in = sum(self.widths)
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("std", torch.ones(n_in))
-        self.net = nn.Sequential(nn.Linear(n_in, self.hidden), nn.GELU(), nn.Linear(self.hidden, len(self.ranks)))
+        self.net = nn.Sequential(
+            nn.Linear(n_in, self.hidden), nn.GELU(), nn.Linear(self.hidden, len(self.ranks))
+        )
 
     @property
     def signal_names(self) -> tuple[str, ...]:
@@ -312,7 +323,9 @@ class LearnedRouter(nn.Module, Router):
         """[batch, len(ranks)] logits (without the rank penalty)."""
         x = feature_matrix(signals, self.features).to(self.mean.device)
         if x.shape[1] != self.mean.shape[0]:
-            raise ConfigError(f"router features {self.features} give {x.shape[1]} columns, the router reads {self.mean.shape[0]}")
+            raise ConfigError(
+                f"router features {self.features} give {x.shape[1]} columns, the router reads {self.mean.shape[0]}"
+            )
         z = torch.nan_to_num((x - self.mean) / self.std, nan=0.0)
         return self.net(z)
 
@@ -337,7 +350,9 @@ class LearnedRouter(nn.Module, Router):
         only), so the mean rank is monotone in the penalty and bisection finds it.
         """
         if not min(self.ranks) <= target_mean_rank <= max(self.ranks):
-            raise ConfigError(f"target mean rank {target_mean_rank} is outside [{min(self.ranks)}, {max(self.ranks)}]")
+            raise ConfigError(
+                f"target mean rank {target_mean_rank} is outside [{min(self.ranks)}, {max(self.ranks)}]"
+            )
         ranks = torch.tensor(self.ranks, dtype=torch.float64)
         with torch.no_grad():
             logits = self.logits(signals).double()
@@ -384,7 +399,9 @@ class LearnedRouter(nn.Module, Router):
         target = torch.tensor([rank_index[int(v)] for v in labels.tolist()], dtype=torch.long)
         x = feature_matrix(signals, self.features)
         if x.shape[1] != self.mean.shape[0]:
-            raise ConfigError(f"router features {self.features} give {x.shape[1]} columns; widths {self.widths} say {self.mean.shape[0]}")
+            raise ConfigError(
+                f"router features {self.features} give {x.shape[1]} columns; widths {self.widths} say {self.mean.shape[0]}"
+            )
         finite = torch.where(torch.isfinite(x), x, torch.nan)
         self.mean.copy_(torch.nan_to_num(finite.nanmean(dim=0), nan=0.0))
         std = torch.sqrt(torch.nan_to_num(((finite - self.mean) ** 2).nanmean(dim=0), nan=1.0))
@@ -419,8 +436,15 @@ class LearnedRouter(nn.Module, Router):
 
     def to_dict(self) -> dict[str, Any]:
         state = {k: v.tolist() for k, v in self.state_dict().items()}
-        return {"type": self.kind, "ranks": list(self.ranks), "features": self.features, "hidden": self.hidden,
-                "widths": self.widths, "rank_penalty": self.rank_penalty, "state": state}
+        return {
+            "type": self.kind,
+            "ranks": list(self.ranks),
+            "features": self.features,
+            "hidden": self.hidden,
+            "widths": self.widths,
+            "rank_penalty": self.rank_penalty,
+            "state": state,
+        }
 
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> LearnedRouter:
@@ -431,4 +455,3 @@ class LearnedRouter(nn.Module, Router):
         router.eval()
         router.requires_grad_(False)  # a saved router is a fitted, frozen one
         return router
-

@@ -76,7 +76,9 @@ def encode_suffix(model: nn.Module, prefix: torch.Tensor, n_layers: int) -> torc
     return enc.layer_norm(hidden)
 
 
-def loss_from_prefix(model: nn.Module, prefix: torch.Tensor, labels: torch.Tensor, n_layers: int) -> torch.Tensor:
+def loss_from_prefix(
+    model: nn.Module, prefix: torch.Tensor, labels: torch.Tensor, n_layers: int
+) -> torch.Tensor:
     """Whisper's token cross entropy, starting from cached encoder-prefix states."""
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -111,7 +113,9 @@ def build_prefix_cache(
     if path.is_file():
         return list(load_file(str(path))["prefix"])
     cache: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress
+    ):
         examples = [split[i] for i in range(start, min(start + batch_size, len(split)))]
         cache += list(encode_prefix(model, features(examples), n_layers).cpu())
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +136,10 @@ class PrefixInputs:
     n_layers: int
 
     def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        return {"prefix": torch.stack([self.cache[i] for i in rows]), "labels": self.labels([self.texts[i] for i in rows])}
+        return {
+            "prefix": torch.stack([self.cache[i] for i in rows]),
+            "labels": self.labels([self.texts[i] for i in rows]),
+        }
 
     def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_from_prefix(model, inputs["prefix"], inputs["labels"], self.n_layers)

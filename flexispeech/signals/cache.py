@@ -46,7 +46,11 @@ MODEL_COLUMNS = (SIGNAL_PREFIX + "proxy", SIGNAL_PREFIX + "proxy_entropy", "base
 
 
 def cache_audio_signals(
-    corpus_dir: str | Path, split: str, force: bool = False, progress: bool = True, skipped: list[str] | None = None
+    corpus_dir: str | Path,
+    split: str,
+    force: bool = False,
+    progress: bool = True,
+    skipped: list[str] | None = None,
 ) -> bool:
     """Add the audio signal columns to ``split``; returns whether anything was computed.
 
@@ -101,7 +105,9 @@ def cache_model_signals(
     proxy, entropy, hyps, wers = [math.nan] * n, [math.nan] * n, [""] * n, [math.nan] * n
     model.eval()
     # An undecodable row keeps NaN/empty values, like a row over max_duration.
-    for idx, examples in _decode_batches(split_rows, keep, batch_size, f"base decode {split}", progress, skipped):
+    for idx, examples in _decode_batches(
+        split_rows, keep, batch_size, f"base decode {split}", progress, skipped
+    ):
         batch = collate(examples)["inputs"]
         signals, texts = first_pass(model, processor, batch)
         for j, i in enumerate(idx):
@@ -115,7 +121,12 @@ def cache_model_signals(
 
 
 def _decode_batches(
-    split_rows: CorpusSplit, keep: list[int], batch_size: int, desc: str, progress: bool, skipped: list[str] | None
+    split_rows: CorpusSplit,
+    keep: list[int],
+    batch_size: int,
+    desc: str,
+    progress: bool,
+    skipped: list[str] | None,
 ) -> Iterator[tuple[list[int], list[Any]]]:
     """``(row indices, Examples)`` of ``keep`` in batches; undecodable rows are reported and left out."""
     for start in tqdm(range(0, len(keep), batch_size), desc=desc, unit="batch", disable=not progress):
@@ -157,7 +168,9 @@ def cache_embedding(
     collate = make_collate(FAMILY, processor, train=False)
     values: list[list[float] | None] = [None] * len(split_rows)
     model.eval()
-    for idx, examples in _decode_batches(split_rows, keep, batch_size, f"embedding {split}", progress, skipped):
+    for idx, examples in _decode_batches(
+        split_rows, keep, batch_size, f"embedding {split}", progress, skipped
+    ):
         inputs = collate(examples)["inputs"]
         pooled = pooled_embedding(model, inputs["input_features"], inputs["num_frames"])
         for j, i in enumerate(idx):

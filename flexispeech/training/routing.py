@@ -26,7 +26,9 @@ from flexispeech.training.config import RoutingConfig
 MODES = ("fixed", "random", "threshold", "learned", "inconsistent")
 
 
-def difficulty_scores(difficulty: Sequence[float | None], tie_break: Sequence[float] | None = None) -> torch.Tensor:
+def difficulty_scores(
+    difficulty: Sequence[float | None], tie_break: Sequence[float] | None = None
+) -> torch.Tensor:
     """Per-example difficulty as a rank in [0, 1] (NaN where unknown).
 
     Many utterances share a difficulty (a WER of 0 is common), and quantile cuts through a

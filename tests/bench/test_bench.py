@@ -60,12 +60,16 @@ class FakeClock:
         self.now += self.durations.pop(0)
 
 
-@pytest.mark.parametrize(("warmup", "durations", "median"), [
-    (2, [100.0, 90.0, 0.3, 0.1, 5.0], 0.3),  # odd reps: the middle one, not the mean (1.8) nor a warm-up
-    (1, [100.0, 0.4, 0.1, 9.0, 0.2], 0.3),  # even reps: the mean of the middle two
-])
-def test_time_fn_is_the_median_after_warmup(monkeypatch: pytest.MonkeyPatch, warmup: int, durations: list[float],
-                                            median: float) -> None:
+@pytest.mark.parametrize(
+    ("warmup", "durations", "median"),
+    [
+        (2, [100.0, 90.0, 0.3, 0.1, 5.0], 0.3),  # odd reps: the middle one, not the mean (1.8) nor a warm-up
+        (1, [100.0, 0.4, 0.1, 9.0, 0.2], 0.3),  # even reps: the mean of the middle two
+    ],
+)
+def test_time_fn_is_the_median_after_warmup(
+    monkeypatch: pytest.MonkeyPatch, warmup: int, durations: list[float], median: float
+) -> None:
     import flexispeech.bench.steps as steps
 
     clock = FakeClock(durations)

@@ -24,8 +24,18 @@ def sign_p(wins: int, losses: int) -> float:
 
 def text_run(root: Path, name: str, hyps: list[str], golds: list[str], metric: str) -> Path:
     """A text evaluation's results.json / results.md, as ``flexispeech eval`` writes them."""
-    records = [{"id": f"q{i}", "hyp": h, "golds": [g], "ref": g, "difficulty": 1 + i % 2, "rank": None, "signals": {}}
-               for i, (h, g) in enumerate(zip(hyps, golds))]
+    records = [
+        {
+            "id": f"q{i}",
+            "hyp": h,
+            "golds": [g],
+            "ref": g,
+            "difficulty": 1 + i % 2,
+            "rank": None,
+            "signals": {},
+        }
+        for i, (h, g) in enumerate(zip(hyps, golds))
+    ]
     return write_results(summarize_text(records, metric, 1.0, name=name, task="t"), root / name)
 
 
@@ -33,13 +43,18 @@ def paired_rows(out: str) -> dict[str, list[str]]:
     """method -> the cells of its row in the paired table (after its header line)."""
     lines = out.splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("| method vs "))
-    return {cells[0]: cells[1:] for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2:])
-            if cells[0]}
+    return {
+        cells[0]: cells[1:]
+        for cells in ([c.strip() for c in line.strip("|").split("|")] for line in lines[start + 2 :])
+        if cells[0]
+    }
 
 
 def check_row(cells: list[str], delta_points: float, wins: int, losses: int, ties: int) -> None:
     delta, ci, better, worse, same, p = cells
-    assert float(delta) == pytest.approx(delta_points, abs=0.05) and delta.startswith("+" if delta_points >= 0 else "-")
+    assert float(delta) == pytest.approx(delta_points, abs=0.05) and delta.startswith(
+        "+" if delta_points >= 0 else "-"
+    )
     lo, hi = (float(x) for x in ci.strip("[]").split(","))
     assert lo <= float(delta) <= hi
     assert (int(better), int(worse), int(same)) == (wins, losses, ties)
@@ -53,8 +68,10 @@ def test_math_accuracy_against_a_baseline(tmp_path: Path, capsys) -> None:
         "flexi": [1, 1, 1, 1, 1, 1, 0, 1, 1, 0],  # 5 better, 1 worse, 4 same
         "tiny": [0, 0, 0, 0, 0, 0, 0, 0, 1, 0],  # 0 better, 3 worse, 7 same
     }
-    runs = [text_run(tmp_path, name, [f"#### {g if ok else 0}" for ok, g in zip(p, golds)], golds, "accuracy")
-            for name, p in patterns.items()]
+    runs = [
+        text_run(tmp_path, name, [f"#### {g if ok else 0}" for ok, g in zip(p, golds)], golds, "accuracy")
+        for name, p in patterns.items()
+    ]
     assert main(["compare", *map(str, runs), "--baseline", "static", "--out", str(tmp_path / "cmp")]) == 0
     out = capsys.readouterr().out
     assert "| method vs static | Δ correct (points) |" in out
@@ -87,8 +104,24 @@ def test_baseline_end_to_end_from_two_evaluations(tmp_path: Path, capsys) -> Non
     runs = []
     for name in ("first", "second"):
         runs.append(tmp_path / name)
-        assert main(["eval", "--data", str(task), "--model", "random:tiny", "--max-new-tokens", "3",
-                     "--name", name, "--out", str(runs[-1])]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--data",
+                    str(task),
+                    "--model",
+                    "random:tiny",
+                    "--max-new-tokens",
+                    "3",
+                    "--name",
+                    name,
+                    "--out",
+                    str(runs[-1]),
+                ]
+            )
+            == 0
+        )
     capsys.readouterr()
     assert main(["compare", *map(str, runs), "--baseline", "first"]) == 0
     check_row(paired_rows(capsys.readouterr().out)["second"], 0.0, 0, 0, 4)
@@ -97,8 +130,18 @@ def test_baseline_end_to_end_from_two_evaluations(tmp_path: Path, capsys) -> Non
 def test_baseline_errors_are_one_line(tmp_path: Path, capsys, error_line) -> None:
     golds = ["1", "2"]
     a = text_run(tmp_path, "a", ["#### 1", "#### 2"], golds, "accuracy")
-    assert main(["compare", str(a), str(text_run(tmp_path, "b", ["#### 1", "#### 0"], golds, "accuracy")),
-                 "--baseline", "r8"]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                str(a),
+                str(text_run(tmp_path, "b", ["#### 1", "#### 0"], golds, "accuracy")),
+                "--baseline",
+                "r8",
+            ]
+        )
+        == 2
+    )
     error_line("compare", "'r8'", "a, b")
     other = text_run(tmp_path, "other", ["#### 1"], ["1"], "accuracy")
     assert main(["compare", str(a), str(other), "--baseline", "a"]) == 2
@@ -106,8 +149,18 @@ def test_baseline_errors_are_one_line(tmp_path: Path, capsys, error_line) -> Non
     # speech results: --baseline is for text tasks (per-utterance WER has no paired table)
     speech = []
     for name in ("s1", "s2"):
-        records = [{"id": "u0", "ref": "the fox", "hyp": "the box", "duration": 1.0, "snr_db": 10.0, "voice": "v",
-                    "seen_voice": True, "rank": None}]
+        records = [
+            {
+                "id": "u0",
+                "ref": "the fox",
+                "hyp": "the box",
+                "duration": 1.0,
+                "snr_db": 10.0,
+                "voice": "v",
+                "seen_voice": True,
+                "rank": None,
+            }
+        ]
         speech.append(write_results(summarize(records, str.lower, 1.0, name=name), tmp_path / name))
     assert main(["compare", *map(str, speech)]) == 0  # the plain table works
     capsys.readouterr()

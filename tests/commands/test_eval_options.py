@@ -33,8 +33,19 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
         t = np.arange(int(dur * SR)) / SR
         audio = 0.2 * np.sin(2 * np.pi * (180 + 90 * i) * t) + rng.normal(0, 0.01, t.size)
         sf.write(root / "audio" / f"u{i}.wav", audio.astype(np.float32), SR)
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": "call stella", "duration": dur,
-                     "speaker": "s", "split": "test", "voice": "v", "signal_duration": dur, "signal_snr_db": 26.0})
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": "call stella",
+                "duration": dur,
+                "speaker": "s",
+                "split": "test",
+                "voice": "v",
+                "signal_duration": dur,
+                "signal_snr_db": 26.0,
+            }
+        )
     return write_corpus(rows, root, name="mini")
 
 
@@ -64,8 +75,10 @@ def evaluate(corpus: Path, out: Path, *options: str) -> Decoded:
 def greedy(corpus: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Decoded]:
     """Greedy decodings: the base model (no adapter) and the adapter at ranks 2 and 8."""
     out = tmp_path_factory.mktemp("greedy")
-    return {"base": evaluate(corpus, out / "base"),
-            **{r: evaluate(corpus, out / r, "--adapter", str(adapter), "--rank", r) for r in ("2", "8")}}
+    return {
+        "base": evaluate(corpus, out / "base"),
+        **{r: evaluate(corpus, out / r, "--adapter", str(adapter), "--rank", r) for r in ("2", "8")},
+    }
 
 
 def texts(decoded: Decoded) -> dict[str, str]:
@@ -73,7 +86,8 @@ def texts(decoded: Decoded) -> dict[str, str]:
 
 
 def test_rank_zero_is_the_base_model_and_higher_ranks_change_the_output(
-        corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path) -> None:
+    corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path
+) -> None:
     at_0 = evaluate(corpus, tmp_path / "r0", "--adapter", str(adapter), "--rank", "0")
     assert all(rank is None for _, rank in greedy["base"].values())  # no adapter, no ranks
     for rank, decoded in [(0, at_0), (2, greedy["2"]), (8, greedy["8"])]:
@@ -85,8 +99,9 @@ def test_rank_zero_is_the_base_model_and_higher_ranks_change_the_output(
     assert texts(greedy["2"]) != texts(greedy["8"])
 
 
-def test_beam_reaches_generate_and_keeps_the_rank(corpus: Path, adapter: Path, greedy: dict[str, Decoded],
-                                                       tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_beam_reaches_generate_and_keeps_the_rank(
+    corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import WhisperForConditionalGeneration
 
     beams: list[int] = []

@@ -33,8 +33,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "audio").mkdir()
     sf.write(root / "audio" / "tone.wav", tone(0.6), SR)
     sf.write(root / "audio" / "silent.wav", np.zeros(int(0.6 * SR), np.float32), SR)
-    rows = [{"id": n, "audio": f"audio/{n}.wav", "text": "call stella", "duration": 0.6, "speaker": "s", "split": "test"}
-            for n in ("tone", "silent")]
+    rows = [
+        {
+            "id": n,
+            "audio": f"audio/{n}.wav",
+            "text": "call stella",
+            "duration": 0.6,
+            "speaker": "s",
+            "split": "test",
+        }
+        for n in ("tone", "silent")
+    ]
     return write_corpus(rows, root, name="guarantees")
 
 
@@ -71,7 +80,9 @@ def test_signals_on_silent_audio_is_not_an_error(corpus: Path, capsys) -> None:
 @pytest.mark.parametrize("command", ["transcribe", "stream"])
 def test_infinite_samples_are_one_line(tmp_path: Path, error_line, command: str) -> None:
     path = tmp_path / "inf.wav"
-    sf.write(path, np.where(np.arange(SR // 2) == 10, np.inf, tone(0.5)).astype(np.float32), SR, subtype="FLOAT")
+    sf.write(
+        path, np.where(np.arange(SR // 2) == 10, np.inf, tone(0.5)).astype(np.float32), SR, subtype="FLOAT"
+    )
     # transcribe is a batch job: a bad file is reported and counted, and the exit status is 1
     batch = command == "transcribe"
     assert main([command, str(path), *(FAST if batch else TINY)]) == (1 if batch else 2)
@@ -97,16 +108,18 @@ def _wider_adapter(adapter_dir: Path, dst: Path) -> tuple[Path, tuple[int, ...]]
 
 
 @pytest.mark.parametrize("command", ["eval", "stream"])
-def test_adapter_for_another_base_model_names_the_shape(adapter_dir: Path, corpus: Path, assets_dir: Path,
-                                                        tmp_path: Path, error_line, command: str) -> None:
+def test_adapter_for_another_base_model_names_the_shape(
+    adapter_dir: Path, corpus: Path, assets_dir: Path, tmp_path: Path, error_line, command: str
+) -> None:
     other, shape = _wider_adapter(adapter_dir, tmp_path / "other")
     target = ["--data", str(corpus)] if command == "eval" else [str(assets_dir / "fox.wav")]
     assert main([command, *target, *TINY, "--adapter", str(other)]) == 2
     error_line(command, str(other), "shape", str(shape))
 
 
-def test_eval_with_corrupt_or_missing_adapter_weights(adapter_dir: Path, corpus: Path, tmp_path: Path,
-                                                      error_line) -> None:
+def test_eval_with_corrupt_or_missing_adapter_weights(
+    adapter_dir: Path, corpus: Path, tmp_path: Path, error_line
+) -> None:
     import shutil
 
     bad = tmp_path / "bad"
@@ -122,9 +135,17 @@ def test_eval_with_corrupt_or_missing_adapter_weights(adapter_dir: Path, corpus:
 
 
 def test_train_rank_outside_the_adapters_set(corpus: Path, tmp_path: Path, error_line) -> None:
-    overrides = [f"output_dir={tmp_path / 'run'}", "model.source=random:tiny", "model.audio_ctx=100",
-                 f"data.corpus={corpus}", "data.train_split=test", "adapter.ranks=[2, 4]", "routing.mode=fixed",
-                 "routing.rank=3", "train.max_steps=1"]
+    overrides = [
+        f"output_dir={tmp_path / 'run'}",
+        "model.source=random:tiny",
+        "model.audio_ctx=100",
+        f"data.corpus={corpus}",
+        "data.train_split=test",
+        "adapter.ranks=[2, 4]",
+        "routing.mode=fixed",
+        "routing.rank=3",
+        "train.max_steps=1",
+    ]
     assert main(["train", *overrides, "--no-progress"]) == 2
     error_line("train", "routing.rank", "3", "[2, 4]")
     assert not (tmp_path / "run" / "adapter").exists()

@@ -20,8 +20,14 @@ def flexispeech(*argv: str, cwd: Path | None = None) -> subprocess.CompletedProc
     """``python -m flexispeech ARGV`` with one compute thread: tiny models only lose to a
     thread pool's spin-waits on a busy machine (tests/conftest.py says the same in-process)."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "flexispeech", *argv], capture_output=True, text=True,
-                          env=env, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "flexispeech", *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def test_info_prints_the_installed_versions() -> None:
@@ -41,12 +47,29 @@ def test_info_prints_the_installed_versions() -> None:
 def test_bench_prints_and_appends_the_table(tmp_path: Path) -> None:
     out = tmp_path / "bench.md"
     out.write_text("earlier results\n")
-    proc = flexispeech("bench", "--shape", "tiny", "--batch", "2", "--audio-ctx", "4", "--label-len", "3",
-                       "--warmup", "0", "--reps", "1", "--out", str(out))
+    proc = flexispeech(
+        "bench",
+        "--shape",
+        "tiny",
+        "--batch",
+        "2",
+        "--audio-ctx",
+        "4",
+        "--label-len",
+        "3",
+        "--warmup",
+        "0",
+        "--reps",
+        "1",
+        "--out",
+        str(out),
+    )
     assert proc.returncode == 0, proc.stderr
-    table = proc.stdout[proc.stdout.index("### "):].strip()
+    table = proc.stdout[proc.stdout.index("### ") :].strip()
     lines = table.splitlines()
-    assert lines[0] == "### tiny, batch 2, 4 encoder positions, float32 on cpu"  # the options reached the spec
+    assert (
+        lines[0] == "### tiny, batch 2, 4 encoder positions, float32 on cpu"
+    )  # the options reached the spec
     assert lines[2] == "| kind | variant | ms | ratio | vs graphed base |"
     rows = {}
     for line in lines[4:]:  # the last column (vs a CUDA-graphed base) is empty on a CPU

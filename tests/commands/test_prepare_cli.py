@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from flexispeech.data.text_format import TEXT_TASK_COLUMNS, load_text_task
 from flexispeech.cli import main
 from flexispeech.data.corpus import load_corpus, load_row_audio, read_corpus_info
+from flexispeech.data.text_format import TEXT_TASK_COLUMNS, load_text_task
 
 SR = 16_000
 MP3_FRAME = 1152 / SR  # mp3 frame counts carry encoder padding: one frame of slack
@@ -26,8 +26,13 @@ MP3_FRAME = 1152 / SR  # mp3 frame counts carry encoder padding: one frame of sl
 def prepare(*args: str) -> subprocess.CompletedProcess:
     """``python -m flexispeech prepare ARGS`` in a child process (bounded in time)."""
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    return subprocess.run([sys.executable, "-m", "flexispeech", "prepare", *args], env=env,
-                          capture_output=True, text=True, timeout=180)
+    return subprocess.run(
+        [sys.executable, "-m", "flexispeech", "prepare", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
 
 
 def ok(proc: subprocess.CompletedProcess) -> str:
@@ -47,28 +52,74 @@ def tone(seconds: float, freq: float = 440.0) -> np.ndarray:
 def gsm8k_dir(root: Path) -> Path:
     """train.jsonl (2 records, 1 and 3 reasoning lines) and test.jsonl (1 record)."""
     root.mkdir(parents=True)
-    train = [{"question": "Ann has 2 pens and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"},
-             {"question": "A box holds 4 rows of 6. Half are sold.", "answer": "4 * 6 = 24\n24 / 2 = 12\nSo 12.\n#### 12"}]
+    train = [
+        {"question": "Ann has 2 pens and buys 3. How many?", "answer": "2 + 3 = <<2+3=5>>5\n#### 5"},
+        {
+            "question": "A box holds 4 rows of 6. Half are sold.",
+            "answer": "4 * 6 = 24\n24 / 2 = 12\nSo 12.\n#### 12",
+        },
+    ]
     (root / "train.jsonl").write_text("\n".join(json.dumps(r) for r in train) + "\n")
-    (root / "test.jsonl").write_text(json.dumps({"question": "What is 7 - 1?", "answer": "7 - 1 = 6\n#### 6"}) + "\n")
+    (root / "test.jsonl").write_text(
+        json.dumps({"question": "What is 7 - 1?", "answer": "7 - 1 = 6\n#### 6"}) + "\n"
+    )
     return root
 
 
 def squad_dir(root: Path) -> Path:
     """A v2 train file (one answerable, one impossible question) and a v1.1 dev file."""
     root.mkdir(parents=True)
-    train = {"version": "v2.0", "data": [{"title": "T", "paragraphs": [{"context": "Oslo is in Norway.", "qas": [
-        {"id": "a1", "question": "Where is Oslo?", "answers": [{"text": "Norway", "answer_start": 11}]},
-        {"id": "a2", "question": "Where is Rome?", "answers": [], "is_impossible": True}]}]}]}
-    dev = {"data": [{"title": "D", "paragraphs": [{"context": "Ice is cold.", "qas": [
-        {"id": "d1", "question": "What is cold?", "answers": [{"text": "Ice", "answer_start": 0}]}]}]}]}
+    train = {
+        "version": "v2.0",
+        "data": [
+            {
+                "title": "T",
+                "paragraphs": [
+                    {
+                        "context": "Oslo is in Norway.",
+                        "qas": [
+                            {
+                                "id": "a1",
+                                "question": "Where is Oslo?",
+                                "answers": [{"text": "Norway", "answer_start": 11}],
+                            },
+                            {"id": "a2", "question": "Where is Rome?", "answers": [], "is_impossible": True},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    dev = {
+        "data": [
+            {
+                "title": "D",
+                "paragraphs": [
+                    {
+                        "context": "Ice is cold.",
+                        "qas": [
+                            {
+                                "id": "d1",
+                                "question": "What is cold?",
+                                "answers": [{"text": "Ice", "answer_start": 0}],
+                            }
+                        ],
+                    }
+                ],
+            }
+        ]
+    }
     (root / "train-v2.0.json").write_text(json.dumps(train))
     (root / "dev-v1.1.json").write_text(json.dumps(dev))
     return root
 
 
-LIBRI = [("train-clean-100", "19", "198", 0, 0.5), ("train-clean-100", "19", "198", 1, 0.25),
-         ("dev-clean", "84", "121", 0, 0.3), ("test-clean", "61", "70", 0, 0.4)]
+LIBRI = [
+    ("train-clean-100", "19", "198", 0, 0.5),
+    ("train-clean-100", "19", "198", 1, 0.25),
+    ("dev-clean", "84", "121", 0, 0.3),
+    ("test-clean", "61", "70", 0, 0.4),
+]
 
 
 def librispeech_dir(base: Path) -> Path:
@@ -81,8 +132,9 @@ def librispeech_dir(base: Path) -> Path:
         sf.write(d / f"{spk}-{ch}-{i:04d}.flac", tone(seconds, 300 + 100 * i), SR)
         with (d / f"{spk}-{ch}.trans.txt").open("a") as f:
             f.write(f"{spk}-{ch}-{i:04d} SAY NUMBER {i}\n")
-    (root / "SPEAKERS.TXT").write_text("; ID |SEX| SUBSET |MINUTES| NAME\n19 | F | train-clean-100 | 25 | A\n"
-                                       "84 | M | dev-clean | 8 | B\n")
+    (root / "SPEAKERS.TXT").write_text(
+        "; ID |SEX| SUBSET |MINUTES| NAME\n19 | F | train-clean-100 | 25 | A\n84 | M | dev-clean | 8 | B\n"
+    )
     return base
 
 
@@ -94,8 +146,10 @@ def commonvoice_dir(root: Path) -> Path:
     (root / "clips").mkdir(parents=True)
     for name, seconds in [("cv_1.mp3", 1.0), ("cv_2.mp3", 0.5), ("cv_3.mp3", 0.75)]:
         sf.write(root / "clips" / name, tone(seconds), SR)
-    (root / "train.tsv").write_text(f"{CV_HEADER}\nspk1\tcv_1.mp3\tThe first \"clip\".\t2\t0\t\tfemale\t\ten\t\n"
-                                    f"spk2\tcv_404.mp3\tMissing.\t2\t0\t\t\t\ten\t\n")
+    (root / "train.tsv").write_text(
+        f'{CV_HEADER}\nspk1\tcv_1.mp3\tThe first "clip".\t2\t0\t\tfemale\t\ten\t\n'
+        f"spk2\tcv_404.mp3\tMissing.\t2\t0\t\t\t\ten\t\n"
+    )
     (root / "dev.tsv").write_text(f"{CV_HEADER}\nspk2\tcv_2.mp3\tA dev clip.\t2\t0\t\tmale\t\ten\t\n")
     (root / "test.tsv").write_text(f"{CV_HEADER}\nspk3\tcv_3\tNo extension listed.\t2\t0\t\t\t\ten\t\n")
     return root
@@ -107,7 +161,11 @@ def commonvoice_dir(root: Path) -> Path:
 @pytest.mark.parametrize(("task", "extra_column"), [("math", "theme"), ("qa", "kind")])
 def test_prepare_generated_text_task(tmp_path: Path, task: str, extra_column: str) -> None:
     out = tmp_path / task
-    ok(prepare(task, "--out", str(out), "--n-train", "6", "--n-validation", "1", "--n-test", "3", "--seed", "2"))
+    ok(
+        prepare(
+            task, "--out", str(out), "--n-train", "6", "--n-validation", "1", "--n-test", "3", "--seed", "2"
+        )
+    )
     ds = load_text_task(out)
     assert list(ds) == ["train", "validation", "test"] and [len(ds[s]) for s in ds] == [6, 1, 3]
     assert set(TEXT_TASK_COLUMNS) | {extra_column} <= set(ds["train"].column_names)
@@ -186,7 +244,9 @@ def test_bad_gsm8k_record_names_file_and_line(tmp_path: Path, error_line) -> Non
 
 def test_bad_squad_layout_names_the_file(tmp_path: Path, error_line) -> None:
     src = squad_dir(tmp_path / "src")
-    (src / "dev-v1.1.json").write_text(json.dumps({"data": [{"paragraphs": [{"qas": [{"id": "x", "question": "q"}]}]}]}))
+    (src / "dev-v1.1.json").write_text(
+        json.dumps({"data": [{"paragraphs": [{"qas": [{"id": "x", "question": "q"}]}]}]})
+    )
     assert main(["prepare", "squad", "--src", str(src), "--out", str(tmp_path / "o")]) == 2
     error_line("prepare", "dev-v1.1.json", "KeyError 'context'")
 
@@ -220,14 +280,19 @@ def folder_dir(root: Path) -> Path:
     return root
 
 
-@pytest.mark.parametrize(("name", "make", "text_file"), [
-    ("folder", folder_dir, "metadata.csv"),
-    ("gsm8k", gsm8k_dir, "train.jsonl"),
-    ("squad", squad_dir, "train-v2.0.json"),
-    ("librispeech", librispeech_dir, "LibriSpeech/train-clean-100/19/198/19-198.trans.txt"),
-    ("commonvoice", commonvoice_dir, "train.tsv"),
-])
-def test_a_text_file_that_is_not_utf8_names_the_file(tmp_path: Path, error_line, name, make, text_file) -> None:
+@pytest.mark.parametrize(
+    ("name", "make", "text_file"),
+    [
+        ("folder", folder_dir, "metadata.csv"),
+        ("gsm8k", gsm8k_dir, "train.jsonl"),
+        ("squad", squad_dir, "train-v2.0.json"),
+        ("librispeech", librispeech_dir, "LibriSpeech/train-clean-100/19/198/19-198.trans.txt"),
+        ("commonvoice", commonvoice_dir, "train.tsv"),
+    ],
+)
+def test_a_text_file_that_is_not_utf8_names_the_file(
+    tmp_path: Path, error_line, name, make, text_file
+) -> None:
     src = make(tmp_path / "src")
     (src / text_file).write_bytes(b"\xff\xfe" + (src / text_file).read_bytes())  # a UTF-16 byte-order mark
     assert main(["prepare", name, "--src", str(src), "--out", str(tmp_path / "o")]) == 2
@@ -238,8 +303,15 @@ def test_a_text_file_that_is_not_utf8_names_the_file(tmp_path: Path, error_line,
 def test_out_that_is_a_file_is_one_line(tmp_path: Path, error_line, name: str) -> None:
     out = tmp_path / "taken"
     out.write_text("a file, not a directory")
-    make = {"gsm8k": gsm8k_dir, "squad": squad_dir, "librispeech": librispeech_dir, "commonvoice": commonvoice_dir}
-    src = ["--src", str(make[name](tmp_path / "src"))] if name in make else ["--n-train", "1", "--n-test", "1"]
+    make = {
+        "gsm8k": gsm8k_dir,
+        "squad": squad_dir,
+        "librispeech": librispeech_dir,
+        "commonvoice": commonvoice_dir,
+    }
+    src = (
+        ["--src", str(make[name](tmp_path / "src"))] if name in make else ["--n-train", "1", "--n-test", "1"]
+    )
     assert main(["prepare", name, *src, "--out", str(out)]) == 2
     error_line("prepare", str(out), "not a directory")
     assert out.read_text() == "a file, not a directory"

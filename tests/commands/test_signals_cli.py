@@ -19,7 +19,16 @@ from flexispeech.evaluation.metrics import english_normalizer, utterance_wer
 from flexispeech.signals import proxy
 from flexispeech.signals.cache import MODEL_COLUMNS
 
-ARGS = ["--splits", "test", "--model", "random:tiny", "--audio-ctx", "150", "--batch-size", "2"]  # a 3-s window
+ARGS = [
+    "--splits",
+    "test",
+    "--model",
+    "random:tiny",
+    "--audio-ctx",
+    "150",
+    "--batch-size",
+    "2",
+]  # a 3-s window
 
 
 @pytest.fixture
@@ -30,9 +39,16 @@ def corpus(tmp_path: Path, assets_dir: Path, transcripts: dict[str, str]) -> Pat
     rows = []
     for i, name in enumerate(["fox.wav", "stella.wav", "meeting.wav", "fox.wav"]):
         shutil.copy(assets_dir / name, root / "audio" / f"u{i}.wav")
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": transcripts[name],
-                     "duration": sf.info(assets_dir / name).duration,
-                     "speaker": "s", "split": "test"})
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": transcripts[name],
+                "duration": sf.info(assets_dir / name).duration,
+                "speaker": "s",
+                "split": "test",
+            }
+        )
     write_corpus(rows, root, name="fixtures")
     (root / "audio" / "u3.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 4)
     return root
@@ -54,8 +70,11 @@ def first_pass_calls(monkeypatch: pytest.MonkeyPatch) -> list[int]:
 
 def dataset_files(corpus: Path) -> dict[str, tuple[int, int]]:
     """Every file of the stored dataset -> (inode, mtime): unchanged if nothing was rewritten."""
-    return {str(p.relative_to(corpus)): (p.stat().st_ino, p.stat().st_mtime_ns)
-            for p in sorted((corpus / "dataset").rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(corpus)): (p.stat().st_ino, p.stat().st_mtime_ns)
+        for p in sorted((corpus / "dataset").rglob("*"))
+        if p.is_file()
+    }
 
 
 def test_proxy_and_base_wer_are_cached_once(corpus: Path, first_pass_calls: list[int], capsys) -> None:
@@ -93,7 +112,12 @@ def test_proxy_and_base_wer_are_cached_once(corpus: Path, first_pass_calls: list
 def test_rows_longer_than_the_window_get_no_model_signals(corpus: Path, first_pass_calls: list[int]) -> None:
     """--audio-ctx 100 is a 2-s window: every fixture is longer, so nothing is decoded."""
     os.remove(corpus / "audio" / "u3.wav")  # missing now instead of corrupt: still skipped, not fatal
-    assert main(["signals", str(corpus), "--splits", "test", "--model", "random:tiny", "--audio-ctx", "100"]) == 0
+    assert (
+        main(["signals", str(corpus), "--splits", "test", "--model", "random:tiny", "--audio-ctx", "100"])
+        == 0
+    )
     assert first_pass_calls == []
     ds = load_corpus(corpus, "test")
-    assert all(math.isnan(v) for v in ds["signal_proxy"]) and all(math.isfinite(v) for v in ds["signal_duration"][:3])
+    assert all(math.isnan(v) for v in ds["signal_proxy"]) and all(
+        math.isfinite(v) for v in ds["signal_duration"][:3]
+    )

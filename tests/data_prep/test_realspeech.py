@@ -89,12 +89,21 @@ def test_fake_tree_both_sources(tmp_path):
     }
     at = rows["asterisk/letters/at"]
     assert (at["source"], at["speaker"], at["gender"], at["category"], at["package"]) == (
-        "asterisk", "asterisk-allison", "F", "letters", "asterisk-core-sounds-en-wav")
+        "asterisk",
+        "asterisk-allison",
+        "F",
+        "letters",
+        "asterisk-core-sounds-en-wav",
+    )
     assert at["licence"].startswith("CC-BY-SA-3.0")
     assert rows["asterisk/vm-intro"]["category"] == "prompts"
     go = rows["pocketsphinx/goforward"]
     assert (go["speaker"], go["category"], go["package"], go["sample_rate"]) == (
-        "pocketsphinx-goforward", "goforward", "pocketsphinx-testdata", 16_000)
+        "pocketsphinx-goforward",
+        "goforward",
+        "pocketsphinx-testdata",
+        16_000,
+    )
     assert go["licence"].startswith("BSD-2")
     assert {r["split"] for r in rows.values()} == {"test"}
     assert at["duration"] == pytest.approx(sf.info(ASSETS / "stella.wav").duration)
@@ -131,31 +140,48 @@ def test_missing_source_is_skipped_then_picked_up_on_rerun(tmp_path, caplog):
 def test_no_package_installed_says_what_to_install(tmp_path):
     empty = tmp_path / "root"
     empty.mkdir()
-    with pytest.raises(FlexispeechError, match=f"packages not installed: {ALL_PACKAGES}; install with "
-                                               f"`apt-get install {ALL_PACKAGES}`"):
+    with pytest.raises(
+        FlexispeechError,
+        match=f"packages not installed: {ALL_PACKAGES}; install with `apt-get install {ALL_PACKAGES}`",
+    ):
         prepare_realspeech(tmp_path / "corpus", prefix=empty)
     make_pocketsphinx(empty)
-    with pytest.raises(FlexispeechError, match="packages not installed: asterisk-core-sounds-en asterisk-core"):
+    with pytest.raises(
+        FlexispeechError, match="packages not installed: asterisk-core-sounds-en asterisk-core"
+    ):
         prepare_realspeech(tmp_path / "corpus", ["asterisk", "pocketsphinx"], prefix=empty)
     with pytest.raises(FlexispeechError, match="unknown realspeech sources"):
         prepare_realspeech(tmp_path / "corpus", ["timit"], prefix=empty)
     # the command line prints the message as one line, without a traceback
     proc = subprocess.run(
-        [sys.executable, "-m", "flexispeech", "prepare", "realspeech", "--out", str(tmp_path / "c"),
-         "--prefix", str(tmp_path / "nowhere")],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "flexispeech",
+            "prepare",
+            "realspeech",
+            "--out",
+            str(tmp_path / "c"),
+            "--prefix",
+            str(tmp_path / "nowhere"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     errors = [line for line in proc.stderr.splitlines() if "error" in line]
-    assert errors == [f"flexispeech prepare: error: realspeech: packages not installed: {ALL_PACKAGES}; "
-                      f"install with `apt-get install {ALL_PACKAGES}` (Debian/Ubuntu, as root) or "
-                      "`sh data_prep/install_system_deps.sh`"]
+    assert errors == [
+        f"flexispeech prepare: error: realspeech: packages not installed: {ALL_PACKAGES}; "
+        f"install with `apt-get install {ALL_PACKAGES}` (Debian/Ubuntu, as root) or "
+        "`sh data_prep/install_system_deps.sh`"
+    ]
     assert "Traceback" not in proc.stderr
 
 
 def test_transcript_parsing(tmp_path):
     assert clean_prompt_text(" at [@]") == "at"
-    assert clean_prompt_text("IAX (note: does not say \"2\")") == "IAX"
+    assert clean_prompt_text('IAX (note: does not say "2")') == "IAX"
     assert clean_prompt_text("(10 seconds of silence)") is None
     assert clean_prompt_text("<beep ascending>") is None
     assert clean_prompt_text("press # to exit") is None
@@ -168,8 +194,10 @@ def test_transcript_parsing(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif(not (Path("/") / ASTERISK_LIST).is_file() or not (Path("/") / POCKETSPHINX_DATA).is_dir(),
-                    reason="needs the Debian packages: sh data_prep/install_system_deps.sh")
+@pytest.mark.skipif(
+    not (Path("/") / ASTERISK_LIST).is_file() or not (Path("/") / POCKETSPHINX_DATA).is_dir(),
+    reason="needs the Debian packages: sh data_prep/install_system_deps.sh",
+)
 def test_installed_packages(tmp_path):
     out = prepare_realspeech(tmp_path / "corpus")
     rows = list(load_corpus(out, "test"))
@@ -177,7 +205,8 @@ def test_installed_packages(tmp_path):
     assert len(by_source["asterisk"]) >= 500 and len(by_source["pocketsphinx"]) == 11
     librivox = {r["id"]: r["text"] for r in by_source["pocketsphinx"] if r["category"] == "librivox"}
     assert librivox["pocketsphinx/librivox/sense_and_sensibility_01_austen_64kb-0880"] == (
-        "he was not an ill disposed young man")
+        "he was not an ill disposed young man"
+    )
     assert all(r["duration"] > 0.2 and r["text"].strip() for r in rows)
     assert {r["sample_rate"] for r in by_source["asterisk"]} == {8000}
     go = next(r for r in rows if r["id"] == "pocketsphinx/goforward")

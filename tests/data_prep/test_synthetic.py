@@ -22,7 +22,7 @@ pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs
 def _digest(corpus: Path) -> dict[str, str]:
     """audio path -> sha256 of its bytes, for every row of the corpus."""
     out = {}
-    for split, ds in load_corpus(corpus).items():
+    for ds in load_corpus(corpus).values():
         for row in ds:
             out[row["audio"]] = hashlib.sha256((corpus / row["audio"]).read_bytes()).hexdigest()
     return out
@@ -39,8 +39,9 @@ def _same_rows(a: list[dict], b: list[dict]) -> bool:
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> Path:
-    return prepare_synthetic(tmp_path_factory.mktemp("a") / "tiny", "tiny", seed=3, workers=1,
-                             engines=["espeak"])
+    return prepare_synthetic(
+        tmp_path_factory.mktemp("a") / "tiny", "tiny", seed=3, workers=1, engines=["espeak"]
+    )
 
 
 def test_tiny_corpus_content(tiny: Path) -> None:
@@ -74,7 +75,9 @@ def _stats(paths: list[Path]) -> dict[str, tuple[int, int]]:
     return {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in paths}
 
 
-def test_same_seed_same_corpus_and_resume(tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_same_seed_same_corpus_and_resume(
+    tiny: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # two workers this time: the audio must not depend on how the work was spread
     again = prepare_synthetic(tmp_path / "b", "tiny", seed=3, workers=2, engines=["espeak"])
     assert _digest(again) == _digest(tiny)
@@ -86,11 +89,17 @@ def test_same_seed_same_corpus_and_resume(tiny: Path, tmp_path: Path, monkeypatc
         wav.with_suffix(".json").unlink()
     shutil.rmtree(again / "dataset")
     (again / "corpus.json").unlink()
-    kept = [p for wav in wavs[1::5] + wavs[2::5] + wavs[3::5] + wavs[4::5] for p in (wav, wav.with_suffix(".json"))]
+    kept = [
+        p
+        for wav in wavs[1::5] + wavs[2::5] + wavs[3::5] + wavs[4::5]
+        for p in (wav, wav.with_suffix(".json"))
+    ]
     before = _stats(kept)
     spoken: list[str] = []  # ids the resumed build synthesises (workers=1: rendered in this process)
     speak = synthetic._speak
-    monkeypatch.setattr(synthetic, "_speak", lambda synth, plan, limit: spoken.append(plan.id) or speak(synth, plan, limit))
+    monkeypatch.setattr(
+        synthetic, "_speak", lambda synth, plan, limit: spoken.append(plan.id) or speak(synth, plan, limit)
+    )
     prepare_synthetic(again, "tiny", seed=3, workers=1, engines=["espeak"])
     # it resumed: only the missing utterances were synthesised, the others' files untouched
     assert sorted(spoken) == sorted(wav.stem for wav in wavs[::5])
@@ -101,12 +110,44 @@ def test_same_seed_same_corpus_and_resume(tiny: Path, tmp_path: Path, monkeypatc
 
 def test_other_seed_differs_and_cli(tiny: Path, tmp_path: Path) -> None:
     out = tmp_path / "c"
-    assert main(["prepare", "synthetic", "--out", str(out), "--size", "tiny", "--seed", "4",
-                 "--workers", "1", "--engines", "espeak"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--out",
+                str(out),
+                "--size",
+                "tiny",
+                "--seed",
+                "4",
+                "--workers",
+                "1",
+                "--engines",
+                "espeak",
+            ]
+        )
+        == 0
+    )
     assert _digest(out) != _digest(tiny)
     # a finished corpus with other settings is not silently reused
-    assert main(["prepare", "synthetic", "--out", str(out), "--size", "tiny", "--seed", "5",
-                 "--engines", "espeak"]) == 2
+    assert (
+        main(
+            [
+                "prepare",
+                "synthetic",
+                "--out",
+                str(out),
+                "--size",
+                "tiny",
+                "--seed",
+                "5",
+                "--engines",
+                "espeak",
+            ]
+        )
+        == 2
+    )
 
 
 @pytest.mark.slow

@@ -35,9 +35,24 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = []
     for i, (snr, text) in enumerate(zip(SNRS, TEXTS)):
         t = np.arange(16000) / 16000
-        sf.write(root / "audio" / f"u{i}.wav", (0.1 * np.sin(2 * np.pi * (150 + 60 * i) * t)).astype(np.float32), 16000)
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": text, "duration": 1.0, "speaker": "v0",
-                     "split": "train", "snr_db": snr, "signal_snr_db": snr, "signal_duration": 1.0})
+        sf.write(
+            root / "audio" / f"u{i}.wav",
+            (0.1 * np.sin(2 * np.pi * (150 + 60 * i) * t)).astype(np.float32),
+            16000,
+        )
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": text,
+                "duration": 1.0,
+                "speaker": "v0",
+                "split": "train",
+                "snr_db": snr,
+                "signal_snr_db": snr,
+                "signal_duration": 1.0,
+            }
+        )
     return write_corpus(rows, root, name="hf")
 
 
@@ -64,12 +79,25 @@ def tiny_model():
 
 def trainer_for(model, processor, corpus: Path, out: Path, router, **args) -> FlexiSeq2SeqTrainer:
     training_args = Seq2SeqTrainingArguments(
-        output_dir=str(out), per_device_train_batch_size=2, per_device_eval_batch_size=2, max_steps=2,
-        learning_rate=1e-2, max_grad_norm=0.0,  # no clipping: the gradients are compared as computed
-        report_to=[], remove_unused_columns=False, use_cpu=True, seed=0, **args,
+        output_dir=str(out),
+        per_device_train_batch_size=2,
+        per_device_eval_batch_size=2,
+        max_steps=2,
+        learning_rate=1e-2,
+        max_grad_norm=0.0,  # no clipping: the gradients are compared as computed
+        report_to=[],
+        remove_unused_columns=False,
+        use_cpu=True,
+        seed=0,
+        **args,
     )
-    return FlexiSeq2SeqTrainer(model=model, args=training_args, train_dataset=CorpusSplit(corpus, "train"),
-                               data_collator=FlexiSpeechCollator(processor), router=router)
+    return FlexiSeq2SeqTrainer(
+        model=model,
+        args=training_args,
+        train_dataset=CorpusSplit(corpus, "train"),
+        data_collator=FlexiSpeechCollator(processor),
+        router=router,
+    )
 
 
 class GradientCheck(TrainerCallback):
@@ -82,13 +110,13 @@ class GradientCheck(TrainerCallback):
 
     def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
         snrs, ranks = self.router.calls[-1]
-        got = {n: (l.lora_A.grad.clone(), l.lora_B.grad.clone()) for n, l in flexi_layers(model)}
+        got = {n: (layer.lora_A.grad.clone(), layer.lora_B.grad.clone()) for n, layer in flexi_layers(model)}
         ref_model = copy.deepcopy(model)
         ref_model.zero_grad()
         rows = [self.split[SNRS.index(s)] for s in snrs]
         with use_ranks(ref_model, ranks):
             FAMILY.loss(ref_model, FAMILY.collate(self.processor, rows)).backward()
-        want = {n: (l.lora_A.grad, l.lora_B.grad) for n, l in flexi_layers(ref_model)}
+        want = {n: (layer.lora_A.grad, layer.lora_B.grad) for n, layer in flexi_layers(ref_model)}
         self.steps.append((ranks, got, want))
 
 
@@ -131,8 +159,9 @@ def test_predict_with_generate_decodes_at_routed_ranks(corpus: Path, tmp_path: P
     model, processor = tiny_model()
     router = RecordingRouter()
     attach_router(model, router.router)
-    trainer = trainer_for(model, processor, corpus, tmp_path / "run", None, predict_with_generate=True,
-                          generation_max_length=8)
+    trainer = trainer_for(
+        model, processor, corpus, tmp_path / "run", None, predict_with_generate=True, generation_max_length=8
+    )
     split = trainer.train_dataset
     out = trainer.predict(split)
     batch = FAMILY.collate(processor, [split[i] for i in range(len(split))], train=False)
@@ -146,9 +175,23 @@ def test_predict_with_generate_decodes_at_routed_ranks(corpus: Path, tmp_path: P
 
 
 def test_example_script_trains_and_saves_an_adapter(corpus: Path, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("hf_trainer_whisper", ROOT / "examples" / "hf_trainer_whisper.py")
+    spec = importlib.util.spec_from_file_location(
+        "hf_trainer_whisper", ROOT / "examples" / "hf_trainer_whisper.py"
+    )
     example = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(example)
-    adapter = example.main([str(corpus), str(tmp_path / "out"), "--model", "random:tiny", "--max-steps", "2",
-                            "--batch-size", "2", "--audio-ctx", "50"])
+    adapter = example.main(
+        [
+            str(corpus),
+            str(tmp_path / "out"),
+            "--model",
+            "random:tiny",
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "2",
+            "--audio-ctx",
+            "50",
+        ]
+    )
     assert (adapter / "adapter_model.safetensors").is_file() and (adapter / "router.json").is_file()

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import TinyNet
 
 from flexispeech import use_ranks
 from flexispeech.lora import adapter_parameters
-
-from conftest import TinyNet
 
 
 @pytest.fixture(scope="module")
@@ -24,7 +23,9 @@ def inductor():
     with torch._inductor.config.patch(compile_threads=1):
         torch._dynamo.reset()
         try:
-            torch.testing.assert_close(torch.compile(lambda t: t * 2 + 1)(torch.ones(3)), torch.full((3,), 3.0))
+            torch.testing.assert_close(
+                torch.compile(lambda t: t * 2 + 1)(torch.ones(3)), torch.full((3,), 3.0)
+            )
         except Exception as err:  # noqa: BLE001 - whatever stops inductor here is the reason to skip
             pytest.skip(f"inductor cannot compile on this machine: {type(err).__name__}: {str(err)[:200]}")
         torch._dynamo.reset()
@@ -64,7 +65,7 @@ def test_inductor_full_graph_equals_eager_in_values_and_gradients(inductor: None
             if r == 0:  # rank 0 is the base model
                 torch.testing.assert_close(got[row], base[row], rtol=1e-5, atol=1e-6)
         for layer in (tiny.q_proj, tiny.fc2):  # nothing above the batch's top rank learns
-            assert layer.lora_A.grad is None or torch.count_nonzero(layer.lora_A.grad[max(ranks):]) == 0
+            assert layer.lora_A.grad is None or torch.count_nonzero(layer.lora_A.grad[max(ranks) :]) == 0
         outputs.append(got)
     # The ranks are read at run time: one graph serves every pattern, each with its own output.
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])

@@ -291,8 +291,10 @@ def triton_kernels():
     import flexispeech.lora.triton_kernels as module
 
     if triton_device() == "cpu" and not isinstance(module._shrink_kernel, InterpretedFunction):
-        pytest.skip("Triton was imported before TRITON_INTERPRET=1 was set (or it is set to 0): "
-                    "its kernels cannot run on CPU tensors in this process")
+        pytest.skip(
+            "Triton was imported before TRITON_INTERPRET=1 was set (or it is set to 0): "
+            "its kernels cannot run on CPU tensors in this process"
+        )
     return module
 
 

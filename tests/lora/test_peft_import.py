@@ -8,14 +8,13 @@ import json
 
 import pytest
 import torch
+from conftest import TinyNet, randomize_adapters
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from flexispeech import FlexiLoraConfig, export_peft, inject, use_ranks
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora import flexi_layers, from_peft
 from flexispeech.lora.peft_import import default_ranks
-
-from conftest import TinyNet, randomize_adapters
 
 
 def trained_peft(tmp_path, **lora) -> tuple[TinyNet, PeftModel]:
@@ -64,7 +63,9 @@ def test_lower_ranks_are_the_best_truncations(tmp_path) -> None:
     base, peft_model = trained_peft(tmp_path, r=4, lora_alpha=8)
     model = from_peft(base, tmp_path / "peft", ranks=(0, 1, 2, 3, 4))
     peft_layers = {
-        n.removeprefix("base_model.model."): m for n, m in peft_model.named_modules() if hasattr(m, "get_delta_weight")
+        n.removeprefix("base_model.model."): m
+        for n, m in peft_model.named_modules()
+        if hasattr(m, "get_delta_weight")
     }
     for name, layer in flexi_layers(model):
         delta = peft_layers[name].get_delta_weight("default").detach().double()
@@ -93,7 +94,9 @@ def test_round_trip_through_export_peft(tmp_path) -> None:
     randomize_adapters(net)
     export_peft(net, tmp_path / "peft", 4)
     base = TinyNet()
-    base.load_state_dict({k.replace(".base_layer", ""): v for k, v in net.state_dict().items() if "lora_" not in k})
+    base.load_state_dict(
+        {k.replace(".base_layer", ""): v for k, v in net.state_dict().items() if "lora_" not in k}
+    )
     model = from_peft(base, tmp_path / "peft")
     x = torch.randn(2, 3, 6)
     with torch.no_grad(), use_ranks(model, 4), use_ranks(net, 4):

@@ -27,7 +27,9 @@ def _reference(tiny_hf_dir: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("quantization", ["float32", "float16", "int8"])
-def test_weights_match_the_exported_model(quantization: str, tiny_ct2_dir, tiny_hf_dir: Path, tmp_path: Path) -> None:
+def test_weights_match_the_exported_model(
+    quantization: str, tiny_ct2_dir, tiny_hf_dir: Path, tmp_path: Path
+) -> None:
     from safetensors.numpy import load_file
 
     out = convert_ct2_whisper(tiny_ct2_dir(quantization), tmp_path / "hf")
@@ -40,7 +42,9 @@ def test_weights_match_the_exported_model(quantization: str, tiny_ct2_dir, tiny_
         if quantization == "float32":
             np.testing.assert_array_equal(got[name], value, err_msg=name)
         elif quantization == "float16":
-            np.testing.assert_array_equal(got[name], value.astype(np.float16).astype(np.float32), err_msg=name)
+            np.testing.assert_array_equal(
+                got[name], value.astype(np.float16).astype(np.float32), err_msg=name
+            )
         elif value.ndim < 2:  # int8 exports keep biases and norms in float32
             np.testing.assert_array_equal(got[name], value, err_msg=name)
         else:  # int8 per output row: the error is at most half a quantization step of that row
@@ -69,7 +73,13 @@ def test_config_and_generation_config_are_read_off_the_model(tiny_ct2_dir, tmp_p
     assert "<|startoftranscript|>" in tok.all_special_tokens
     assert tok.decode([50257, 50362, 15496, 995, 50256], skip_special_tokens=True) == "Hello world"
     fe = processor.feature_extractor
-    assert (fe.feature_size, fe.sampling_rate, fe.hop_length, fe.n_fft, fe.chunk_length) == (80, 16000, 160, 400, 30)
+    assert (fe.feature_size, fe.sampling_rate, fe.hop_length, fe.n_fft, fe.chunk_length) == (
+        80,
+        16000,
+        160,
+        400,
+        30,
+    )
     assert (out / COMPLETE_MARKER).is_file()
 
 
@@ -108,11 +118,16 @@ def set_bias_element(model_bin: Path, name: str, index: int, value: float) -> No
     model_bin.write_bytes(bytes(data))
 
 
-@pytest.mark.parametrize(("variable", "part", "n_parts"), [
-    ("encoder/layer_1/self_attention/linear_0", 1, 3),  # fused q, k, v: k in the middle
-    ("decoder/layer_0/attention/linear_1", 0, 2),  # cross-attention's fused k, v: k first
-])
-def test_refuses_nonzero_key_bias(tiny_ct2_dir, tmp_path: Path, variable: str, part: int, n_parts: int) -> None:
+@pytest.mark.parametrize(
+    ("variable", "part", "n_parts"),
+    [
+        ("encoder/layer_1/self_attention/linear_0", 1, 3),  # fused q, k, v: k in the middle
+        ("decoder/layer_0/attention/linear_1", 0, 2),  # cross-attention's fused k, v: k first
+    ],
+)
+def test_refuses_nonzero_key_bias(
+    tiny_ct2_dir, tmp_path: Path, variable: str, part: int, n_parts: int
+) -> None:
     import shutil
 
     from flexispeech.models.ct2_reader import read_ct2_model
@@ -125,7 +140,9 @@ def test_refuses_nonzero_key_bias(tiny_ct2_dir, tmp_path: Path, variable: str, p
     set_bias_element(src / "model.bin", f"{variable}/bias", part * width + width // 2, 0.25)
     patched = read_ct2_model(src).get(f"{variable}/bias")
     assert np.count_nonzero(patched != bias) == 1 and patched[part * width + width // 2] == np.float32(0.25)
-    with pytest.raises(FlexispeechError, match=f"^model.bin: {variable} has a nonzero key bias; not a Whisper model$"):
+    with pytest.raises(
+        FlexispeechError, match=f"^model.bin: {variable} has a nonzero key bias; not a Whisper model$"
+    ):
         convert_ct2_whisper(src, tmp_path / "out")
     assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out*")) == []
 

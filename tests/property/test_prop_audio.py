@@ -28,7 +28,9 @@ PROPERTY = settings(max_examples=20, deadline=None)
 )
 @example(sr=SAMPLE_RATE, channels=1, seconds=0.2, fmt="wav", seed=1)  # the identity branch, every run
 @example(sr=SAMPLE_RATE, channels=1, seconds=0.2, fmt="flac", seed=2)
-def test_any_rate_and_channel_count_loads_as_16k_mono(sr: int, channels: int, seconds: float, fmt: str, seed: int) -> None:
+def test_any_rate_and_channel_count_loads_as_16k_mono(
+    sr: int, channels: int, seconds: float, fmt: str, seed: int
+) -> None:
     n = max(1, int(seconds * sr))
     x = (np.random.default_rng(seed).uniform(-0.9, 0.9, (n, channels))).astype(np.float32)
     with tempfile.TemporaryDirectory() as d:

@@ -19,7 +19,9 @@ finite = st.floats(-1.0, 1.0, allow_nan=False, width=32)
 @given(
     x=st.one_of(
         arrays(np.float32, st.integers(1, 4000), elements=finite),
-        st.builds(lambda n, c: np.full(n, c, dtype=np.float32), st.integers(1, 4000), finite),  # silence/constant
+        st.builds(
+            lambda n, c: np.full(n, c, dtype=np.float32), st.integers(1, 4000), finite
+        ),  # silence/constant
         arrays(np.float32, st.integers(1, 40), elements=finite),  # shorter than one frame
     ),
     sr=st.sampled_from([8_000, 16_000, 44_100]),
@@ -63,7 +65,9 @@ def test_more_noise_never_raises_the_estimate(seed: int) -> None:
     clean = speech_like(seed)
     noise = np.random.default_rng(seed + 1).standard_normal(clean.size)
     power = np.mean(clean[np.abs(clean) > 0] ** 2)
-    estimates = [snr_db((clean + noise * np.sqrt(power / 10 ** (snr / 10))).astype(np.float32), SR)
-                 for snr in TRUE_SNRS]
+    estimates = [
+        snr_db((clean + noise * np.sqrt(power / 10 ** (snr / 10))).astype(np.float32), SR)
+        for snr in TRUE_SNRS
+    ]
     assert all(b < a for a, b in zip(estimates, estimates[1:])), estimates
     assert estimates[0] - estimates[-1] > 35.0, estimates
