@@ -34,11 +34,22 @@ def time_setting(source: str, audio_ctx: int, cached: int, batch: int, repeats: 
     """Median step seconds and the one-off seconds per utterance to build the cache."""
     family = get_family("whisper")
     model, processor = load_model(family, source, "cpu", audio_ctx)
-    inject(model, FlexiLoraConfig(ranks=(0, 4, 8, 16), target_modules=frozen_prefix_pattern(family.default_targets, cached)))
+    inject(
+        model,
+        FlexiLoraConfig(
+            ranks=(0, 4, 8, 16), target_modules=frozen_prefix_pattern(family.default_targets, cached)
+        ),
+    )
     model.train()
     rng = np.random.default_rng(0)
-    examples = [Example(str(i), "the quick brown fox jumps over the lazy dog near the river bank",
-                        audio=rng.normal(0, 0.05, 16000 * 5).astype(np.float32)) for i in range(batch)]
+    examples = [
+        Example(
+            str(i),
+            "the quick brown fox jumps over the lazy dog near the river bank",
+            audio=rng.normal(0, 0.05, 16000 * 5).astype(np.float32),
+        )
+        for i in range(batch)
+    ]
     inputs = family.collate(processor, examples)
     ranks = torch.tensor([0, 4, 8, 16] * (batch // 4 + 1))[:batch]
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
@@ -49,7 +60,11 @@ def time_setting(source: str, audio_ctx: int, cached: int, batch: int, repeats: 
     for _ in range(repeats + 1):  # the first step warms up and is dropped
         t0 = time.perf_counter()
         with use_ranks(model, ranks):
-            loss = family.loss(model, inputs) if prefix is None else loss_from_prefix(model, prefix, inputs["labels"], cached)
+            loss = (
+                family.loss(model, inputs)
+                if prefix is None
+                else loss_from_prefix(model, prefix, inputs["labels"], cached)
+            )
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()
@@ -58,7 +73,9 @@ def time_setting(source: str, audio_ctx: int, cached: int, batch: int, repeats: 
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", default="whisper-tiny.en")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=3)
@@ -69,7 +86,9 @@ def main() -> None:
         rows.append((label, step, cache))
         print(f"{label}: {step:.2f} s/step", flush=True)
     base = rows[0][1]
-    print(f"\n| setting (batch {args.batch}, {torch.get_num_threads()} threads) | step s | × first | cache s/utt (once) |")
+    print(
+        f"\n| setting (batch {args.batch}, {torch.get_num_threads()} threads) | step s | × first | cache s/utt (once) |"
+    )
     print("| --- | --- | --- | --- |")
     for label, step, cache in rows:
         print(f"| {label} | {step:.2f} | {step / base:.2f} | {cache:.3f} |")

@@ -29,8 +29,16 @@ from flexispeech.lora.plans import rank_sort_order
 
 TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 # SmolLM2-135M (HuggingFaceTB/SmolLM2-135M-Instruct config.json)
-SHAPE = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
-             num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=2048, tie_word_embeddings=True)
+SHAPE = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    max_position_embeddings=2048,
+    tie_word_embeddings=True,
+)
 SHARES = {2: 0.44, 4: 0.33, 8: 0.23}  # the math recipe's threshold router on its test split: mean rank ~4
 
 
@@ -57,15 +65,28 @@ def build(ranks: tuple[int, ...] | None, dropout: float = 0.05) -> torch.nn.Modu
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, default=8, help="training rows (default: 8, the math recipe's CPU batch)")
-    parser.add_argument("--seq", type=int, default=170, help="tokens per row (default: 170, a math prompt + solution)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--batch", type=int, default=8, help="training rows (default: 8, the math recipe's CPU batch)"
+    )
+    parser.add_argument(
+        "--seq", type=int, default=170, help="tokens per row (default: 170, a math prompt + solution)"
+    )
     parser.add_argument("--decode-batch", type=int, default=32, help="rows per decoding step (default: 32)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default: 5; one warm-up round first)")
-    parser.add_argument("--dropout", type=float, default=0.05, help="adapter dropout (default: 0.05, the text recipes')")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu); fp32 either way, as the recipes train")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="timed rounds (default: 5; one warm-up round first)"
+    )
+    parser.add_argument(
+        "--dropout", type=float, default=0.05, help="adapter dropout (default: 0.05, the text recipes')"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda (default: cpu); fp32 either way, as the recipes train"
+    )
     args = parser.parse_args()
     device = torch.device(args.device)
+
     # CUDA kernels run asynchronously: a step's time is only known once the device is idle.
     def sync() -> None:
         device_sync(args.device)
@@ -77,19 +98,38 @@ def main() -> None:
     mixed_decode = mixed_ranks(args.decode_batch).to(device)
     variants = {  # name -> (model, training ranks, decoding ranks); None = no use_ranks block
         "base model (no adapter)": (base, None, None),
-        "static LoRA r=4": (static[4], torch.full((args.batch,), 4, device=device), torch.full((args.decode_batch,), 4, device=device)),
-        "static LoRA r=8": (static[8], torch.full((args.batch,), 8, device=device), torch.full((args.decode_batch,), 8, device=device)),
-        "Flexi {2,4,8}, mean 4, grouped by rank": (flexi, mixed[rank_sort_order(mixed)], mixed_decode[rank_sort_order(mixed_decode)]),
+        "static LoRA r=4": (
+            static[4],
+            torch.full((args.batch,), 4, device=device),
+            torch.full((args.decode_batch,), 4, device=device),
+        ),
+        "static LoRA r=8": (
+            static[8],
+            torch.full((args.batch,), 8, device=device),
+            torch.full((args.decode_batch,), 8, device=device),
+        ),
+        "Flexi {2,4,8}, mean 4, grouped by rank": (
+            flexi,
+            mixed[rank_sort_order(mixed)],
+            mixed_decode[rank_sort_order(mixed_decode)],
+        ),
         "Flexi {2,4,8}, mean 4, arrival order": (flexi, mixed, mixed_decode),
     }
-    ids = torch.randint(0, SHAPE["vocab_size"], (args.batch, args.seq), generator=torch.Generator().manual_seed(1)).to(device)
+    ids = torch.randint(
+        0, SHAPE["vocab_size"], (args.batch, args.seq), generator=torch.Generator().manual_seed(1)
+    ).to(device)
     labels = ids.clone()
     labels[:, : args.seq // 2] = -100  # the prompt half carries no loss
-    opts = {name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
-            for name, (m, r, _) in variants.items() if r is not None}
+    opts = {
+        name: torch.optim.AdamW([p for p in m.parameters() if p.requires_grad], lr=1e-4)
+        for name, (m, r, _) in variants.items()
+        if r is not None
+    }
 
     # One decoding step: the next token of every row after a prefilled cache of --seq positions.
-    dec_ids = torch.randint(0, SHAPE["vocab_size"], (args.decode_batch, args.seq), generator=torch.Generator().manual_seed(2)).to(device)
+    dec_ids = torch.randint(
+        0, SHAPE["vocab_size"], (args.decode_batch, args.seq), generator=torch.Generator().manual_seed(2)
+    ).to(device)
     caches = {}
     for name, (m, _, dranks) in variants.items():
         with torch.no_grad(), use_ranks(m, dranks) if dranks is not None else contextlib.nullcontext():
@@ -133,9 +173,15 @@ def main() -> None:
                     train_t[name].append(t)
         print(f"round {round_} done", flush=True)
     ref_t, ref_d = statistics.median(train_t["static LoRA r=4"]), statistics.median(dec_t["static LoRA r=4"])
-    where = f"{torch.cuda.get_device_name(device)}" if device.type == "cuda" else f"cpu, {torch.get_num_threads()} threads"
-    print(f"\n| variant ({where}; train batch {args.batch} × {args.seq} tokens; "
-          f"decode batch {args.decode_batch}) | train step s | × static r=4 | decode step ms | × static r=4 |")
+    where = (
+        f"{torch.cuda.get_device_name(device)}"
+        if device.type == "cuda"
+        else f"cpu, {torch.get_num_threads()} threads"
+    )
+    print(
+        f"\n| variant ({where}; train batch {args.batch} × {args.seq} tokens; "
+        f"decode batch {args.decode_batch}) | train step s | × static r=4 | decode step ms | × static r=4 |"
+    )
     print("| --- | ---: | ---: | ---: | ---: |")
     for name in variants:
         d = statistics.median(dec_t[name])

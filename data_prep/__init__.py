@@ -8,6 +8,7 @@ CORPORA: dict[str, str] = {
     "librispeech": "data_prep.librispeech:prepare_librispeech",
     "commonvoice": "data_prep.commonvoice:prepare_commonvoice",
     "folder": "data_prep.folder:prepare_folder",
+    "realspeech": "data_prep.realspeech:prepare_realspeech",
     "math": "data_prep.math:prepare_math",
     "gsm8k": "data_prep.math:prepare_gsm8k",
     "qa": "data_prep.qa:prepare_qa",

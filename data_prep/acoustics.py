@@ -90,8 +90,9 @@ def telephone(samples: np.ndarray, sample_rate: int) -> np.ndarray:
     return signal.sosfilt(sos, samples).astype(np.float32)
 
 
-def pad_silence(samples: np.ndarray, sample_rate: int, rng: np.random.Generator,
-                max_s: float = 0.5) -> np.ndarray:
+def pad_silence(
+    samples: np.ndarray, sample_rate: int, rng: np.random.Generator, max_s: float = 0.5
+) -> np.ndarray:
     """``samples`` [T] with 0.05..``max_s`` s of silence before and after."""
     before, after = (int(rng.uniform(0.05, max_s) * sample_rate) for _ in range(2))
     return np.concatenate([np.zeros(before, np.float32), samples, np.zeros(after, np.float32)])

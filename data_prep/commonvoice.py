@@ -18,11 +18,12 @@ clips. Extra columns kept when present: ``accent``/``accents``, ``gender``, ``ag
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.folder import audio_duration, is_complete, link_or_copy, report_skipped
+from data_prep.folder import audio_duration, is_complete, link_or_copy, read_text, report_skipped
 from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import FlexispeechError
 
@@ -34,7 +35,7 @@ EXTRA_COLUMNS = ("accent", "accents", "gender", "age", "locale")
 def read_tsv(path: Path) -> list[dict[str, str]]:
     """Rows of a Common Voice tsv. Quoting is off: sentences contain bare quote characters."""
     csv.field_size_limit(1 << 24)
-    with path.open(newline="", encoding="utf-8") as f:
+    with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = [c for c in REQUIRED_TSV_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
@@ -93,11 +94,17 @@ def prepare_commonvoice(src: Path, out: Path, *, force: bool = False) -> Path:
         seen.add(name)
         rel = Path("audio") / "clips" / name
         link_or_copy(clip, out / rel)
-        rows.append({
-            "id": Path(name).stem, "audio": rel.as_posix(), "text": record["sentence"],
-            "duration": duration, "speaker": record["client_id"], "split": split,
-            **{c: record[c] or "" for c in EXTRA_COLUMNS if c in record},
-        })
+        rows.append(
+            {
+                "id": Path(name).stem,
+                "audio": rel.as_posix(),
+                "text": record["sentence"],
+                "duration": duration,
+                "speaker": record["client_id"],
+                "split": split,
+                **{c: record[c] or "" for c in EXTRA_COLUMNS if c in record},
+            }
+        )
     report_skipped(skipped, src)
     if not rows:
         raise FlexispeechError(f"{src}: none of the {len(listed)} listed clips is present and readable")

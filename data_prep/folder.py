@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 import os
 import shutil
@@ -57,6 +58,15 @@ def audio_duration(path: Path) -> float | None:
     return info.duration if info.frames > 0 and info.samplerate > 0 else None
 
 
+def read_text(path: Path) -> str:
+    """The UTF-8 text of a transcript, metadata or task file; a ``FlexispeechError`` naming it
+    when it is not UTF-8 (a file saved as UTF-16 or Latin-1 is the input's fault, not a bug)."""
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise FlexispeechError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
+
+
 def hash_split(utt_id: str, validation_fraction: float, test_fraction: float) -> str:
     """'train', 'validation' or 'test' from a stable hash of ``utt_id`` (sha1, not ``hash()``,
     which is salted per process)."""
@@ -68,8 +78,8 @@ def hash_split(utt_id: str, validation_fraction: float, test_fraction: float) ->
     return "train"
 
 
-def _read_metadata_csv(path: Path) -> list[dict[str, str]]:
-    with path.open(newline="", encoding="utf-8") as f:
+def _read_metadata_csv(path: Path, text: str) -> list[dict[str, str]]:
+    with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
         fields = reader.fieldnames or []
         text_col = next((c for c in _TEXT_COLUMNS if c in fields), None)
@@ -81,9 +91,9 @@ def _read_metadata_csv(path: Path) -> list[dict[str, str]]:
         return [{"key": r["file_name"], "text": r[text_col], "speaker": r.get("speaker")} for r in reader]
 
 
-def _read_lines(path: Path) -> list[dict[str, str]]:
+def _read_lines(path: Path, text: str) -> list[dict[str, str]]:
     entries = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(text.splitlines(), 1):
         if not line.strip():
             continue
         sep = "\t" if "\t" in line else "|"
@@ -100,10 +110,10 @@ def read_transcripts(path: Path) -> list[dict[str, str]]:
     """Entries ``{key, text, speaker}`` from a metadata.csv (with header) or a key/text file."""
     if not path.is_file():
         raise FlexispeechError(f"{path}: transcript file not found")
-    first = path.open(encoding="utf-8").readline()
-    if path.suffix == ".csv" and "file_name" in first:
-        return _read_metadata_csv(path)
-    return _read_lines(path)
+    text = read_text(path)
+    if path.suffix == ".csv" and "file_name" in text.split("\n", 1)[0]:
+        return _read_metadata_csv(path, text)
+    return _read_lines(path, text)
 
 
 def prepare_folder(
@@ -152,8 +162,13 @@ def prepare_folder(
             f"{transcripts}: no transcript file; pass one (metadata.csv with file_name,transcription "
             "or '<file><TAB or |><text>' lines)"
         )
-    info = {"importer": "folder", "source": str(src.resolve()), "transcripts": str(transcripts.resolve()),
-            "validation_fraction": validation_fraction, "test_fraction": test_fraction}
+    info = {
+        "importer": "folder",
+        "source": str(src.resolve()),
+        "transcripts": str(transcripts.resolve()),
+        "validation_fraction": validation_fraction,
+        "test_fraction": test_fraction,
+    }
     if not force and is_complete(out, info):
         return out
 
@@ -185,17 +200,21 @@ def prepare_folder(
         rel = path.relative_to(src)
         utt_id = rel.with_suffix("").as_posix()
         link_or_copy(path, out / "audio" / rel)
-        rows.append({
-            "id": utt_id,
-            "audio": (Path("audio") / rel).as_posix(),
-            "text": entry["text"],
-            "duration": duration,
-            "speaker": entry["speaker"] or (rel.parent.as_posix() if rel.parent != Path(".") else ""),
-            "split": hash_split(utt_id, validation_fraction, test_fraction),
-        })
+        rows.append(
+            {
+                "id": utt_id,
+                "audio": (Path("audio") / rel).as_posix(),
+                "text": entry["text"],
+                "duration": duration,
+                "speaker": entry["speaker"] or (rel.parent.as_posix() if rel.parent != Path(".") else ""),
+                "split": hash_split(utt_id, validation_fraction, test_fraction),
+            }
+        )
     report_skipped(skipped, transcripts)
     if not rows:
-        raise FlexispeechError(f"{transcripts}: none of its {len(entries)} entries has a readable audio file under {src}")
+        raise FlexispeechError(
+            f"{transcripts}: none of its {len(entries)} entries has a readable audio file under {src}"
+        )
     info["skipped"] = {k: len(v) for k, v in skipped.items()}
     return write_corpus(rows, out, name=name or src.name, info=info)
 
@@ -214,5 +233,10 @@ def report_skipped(skipped: dict[str, Sequence[str]], source: Path) -> None:
     """Log how many entries of ``source`` were skipped and why, with a few examples."""
     for reason, keys in skipped.items():
         if keys:
-            log.warning("%s: skipped %d entries with %s audio (e.g. %s)", source, len(keys), reason,
-                        ", ".join(keys[:3]))
+            log.warning(
+                "%s: skipped %d entries with %s audio (e.g. %s)",
+                source,
+                len(keys),
+                reason,
+                ", ".join(keys[:3]),
+            )

@@ -1,5 +1,6 @@
 #!/bin/sh
-# Install the offline text-to-speech engines and text sources the synthetic corpus uses.
+# Install the offline text-to-speech engines and text sources the synthetic corpus uses,
+# and the packages of real recordings that `flexispeech prepare realspeech` imports.
 #   sh data_prep/install_system_deps.sh      (as root, on Debian/Ubuntu with apt)
 # Idempotent: packages already installed are skipped. Not root, or no apt: prints what to
 # install and exits 0 (the corpus builder skips missing engines with a warning).
@@ -9,6 +10,8 @@
 set -u
 
 MAIN_PKGS="espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts fortunes fortunes-min wamerican"
+# Real English speech with transcripts (data_prep/realspeech.py): Asterisk prompts, PocketSphinx test data
+MAIN_PKGS="$MAIN_PKGS asterisk-core-sounds-en-wav asterisk-core-sounds-en pocketsphinx-testdata"
 NONFREE_PKGS="mbrola mbrola-us1 mbrola-us2 mbrola-us3 mbrola-en1 mbrola-de2 mbrola-de4 mbrola-de5 libttspico-utils"
 
 missing() {

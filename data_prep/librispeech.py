@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.folder import audio_duration, is_complete, link_or_copy, report_skipped
+from data_prep.folder import audio_duration, is_complete, link_or_copy, read_text, report_skipped
 from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import FlexispeechError
 
@@ -130,7 +130,7 @@ def prepare_librispeech(
     rows, skipped = [], {"missing": [], "unreadable": []}
     for trans in tqdm(transcripts, desc="librispeech chapters", unit="chapter"):
         subset = trans.relative_to(root).parts[0]
-        for lineno, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), 1):
+        for lineno, line in enumerate(read_text(trans).splitlines(), 1):
             if not line.strip():
                 continue
             utt_id, _, text = line.strip().partition(" ")
@@ -147,11 +147,19 @@ def prepare_librispeech(
             rel = flac.relative_to(root)
             link_or_copy(flac, out / "audio" / rel)
             speaker, chapter, _ = utt_id.split("-")
-            rows.append({
-                "id": utt_id, "audio": (Path("audio") / rel).as_posix(), "text": text,
-                "duration": duration, "speaker": speaker, "split": SUBSETS[subset],
-                "subset": subset, "chapter": chapter, "gender": genders.get(speaker, ""),
-            })
+            rows.append(
+                {
+                    "id": utt_id,
+                    "audio": (Path("audio") / rel).as_posix(),
+                    "text": text,
+                    "duration": duration,
+                    "speaker": speaker,
+                    "split": SUBSETS[subset],
+                    "subset": subset,
+                    "chapter": chapter,
+                    "gender": genders.get(speaker, ""),
+                }
+            )
     report_skipped(skipped, root)
     if not rows:
         raise FlexispeechError(f"{root}: no utterances with readable audio in {', '.join(subsets)}")
@@ -191,9 +199,17 @@ def _prepare_from_hub(hub_id: str, out: Path, subsets: list[str], *, force: bool
             duration = audio_duration(out / rel)
             if duration is None:
                 raise FlexispeechError(f"{hub_id} {subset} {utt_id}: audio cannot be decoded by soundfile")
-            rows.append({
-                "id": utt_id, "audio": rel.as_posix(), "text": ex["text"], "duration": duration,
-                "speaker": speaker, "split": SUBSETS[subset], "subset": subset, "chapter": chapter,
-                "gender": "",
-            })
+            rows.append(
+                {
+                    "id": utt_id,
+                    "audio": rel.as_posix(),
+                    "text": ex["text"],
+                    "duration": duration,
+                    "speaker": speaker,
+                    "split": SUBSETS[subset],
+                    "subset": subset,
+                    "chapter": chapter,
+                    "gender": "",
+                }
+            )
     return write_corpus(rows, out, name="librispeech", info=info)

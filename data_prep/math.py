@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.folder import read_text
 from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
 from flexispeech.errors import FlexispeechError
 from flexispeech.evaluation.text_metrics import extract_final_number
@@ -27,9 +28,21 @@ MAX_VALUE = 10_000  # keeps numbers in the range a small LM has seen spelled out
 PERCENTS = (10, 20, 25, 50, 75)
 
 NAMES = (
-    ("Mira", "she"), ("Tobin", "he"), ("Lena", "she"), ("Oskar", "he"), ("Priya", "she"),
-    ("Dario", "he"), ("Yuki", "she"), ("Felix", "he"), ("Amara", "she"), ("Jonas", "he"),
-    ("Noor", "she"), ("Emeka", "he"), ("Ines", "she"), ("Ravi", "he"), ("Sofia", "she"),
+    ("Mira", "she"),
+    ("Tobin", "he"),
+    ("Lena", "she"),
+    ("Oskar", "he"),
+    ("Priya", "she"),
+    ("Dario", "he"),
+    ("Yuki", "she"),
+    ("Felix", "he"),
+    ("Amara", "she"),
+    ("Jonas", "he"),
+    ("Noor", "she"),
+    ("Emeka", "he"),
+    ("Ines", "she"),
+    ("Ravi", "he"),
+    ("Sofia", "she"),
     ("Mateo", "he"),
 )
 ITEMS = ("a scarf", "a book", "some fruit", "a lamp", "a board game", "a pair of gloves", "paint")
@@ -44,7 +57,10 @@ THEMES: dict[str, dict] = {
             "add": ("{P} earns ${x} more by helping at a stall.", "earns {x}"),
             "sub": ("{P} buys {item} for ${x}.", "spends {x}"),
             "mul": ("Selling old games online makes {pos} money {x} times as much.", "{x} times as much"),
-            "div": ("{P} splits {pos} money equally into {x} envelopes and keeps only one.", "one of {x} equal parts"),
+            "div": (
+                "{P} splits {pos} money equally into {x} envelopes and keeps only one.",
+                "one of {x} equal parts",
+            ),
             "pct_down": ("{P} spends {p}% of {pos} money on {item}.", "spends {p}%"),
             "pct_up": ("{P} gets a bonus equal to {p}% of the money {pro} has.", "bonus of {p}%"),
         },
@@ -55,8 +71,14 @@ THEMES: dict[str, dict] = {
         "ops": {
             "add": ("A closed road adds {x} km to the remaining distance.", "detour adds {x}"),
             "sub": ("{P} drives {x} km before lunch.", "drives {x}"),
-            "mul": ("{P} misread the map: the real remaining distance is {x} times as long.", "{x} times as long"),
-            "div": ("{P} shares the remaining driving equally with {k} friends; count only {pos} share.", "one of {x} equal shares"),
+            "mul": (
+                "{P} misread the map: the real remaining distance is {x} times as long.",
+                "{x} times as long",
+            ),
+            "div": (
+                "{P} shares the remaining driving equally with {k} friends; count only {pos} share.",
+                "one of {x} equal shares",
+            ),
             "pct_down": ("{P} covers {p}% of the remaining distance before dinner.", "covers {p}%"),
             "pct_up": ("Roadworks make the remaining distance {p}% longer.", "{p}% longer"),
         },
@@ -68,7 +90,10 @@ THEMES: dict[str, dict] = {
             "add": ("A neighbour brings {x} more cookies.", "gets {x} more"),
             "sub": ("{P} gives {x} cookies to a friend.", "gives away {x}"),
             "mul": ("{P} bakes more batches until there are {x} times as many cookies.", "{x} times as many"),
-            "div": ("{P} shares the cookies equally among {x} plates and keeps one plate.", "one of {x} equal plates"),
+            "div": (
+                "{P} shares the cookies equally among {x} plates and keeps one plate.",
+                "one of {x} equal plates",
+            ),
             "pct_down": ("{p}% of the cookies are eaten at a party.", "{p}% eaten"),
             "pct_up": ("{P} bakes {p}% more cookies than {pro} has.", "{p}% more"),
         },
@@ -92,7 +117,10 @@ THEMES: dict[str, dict] = {
             "add": ("A delivery fee of ${x} is added.", "fee of {x}"),
             "sub": ("A coupon takes ${x} off.", "coupon of {x}"),
             "mul": ("{P} decides to buy {x} of them, paying for all at this price.", "{x} jackets"),
-            "div": ("{P} and {k} friends split the cost equally; count only {pos} share.", "one of {x} shares"),
+            "div": (
+                "{P} and {k} friends split the cost equally; count only {pos} share.",
+                "one of {x} shares",
+            ),
             "pct_down": ("The price is cut by {p}% in a sale.", "{p}% off"),
             "pct_up": ("Then the price rises by {p}%.", "{p}% more"),
         },
@@ -215,8 +243,12 @@ def prepare_math(
     """
     if max_steps < 1:
         raise FlexispeechError(f"max_steps must be >= 1, got {max_steps}")
-    info = {"generator": "math", "seed": seed, "max_steps": max_steps,
-            "n": {"train": n_train, "validation": n_validation, "test": n_test}}
+    info = {
+        "generator": "math",
+        "seed": seed,
+        "max_steps": max_steps,
+        "n": {"train": n_train, "validation": n_validation, "test": n_test},
+    }
     out = Path(out)
     if not force and is_text_task(out) and read_text_task_info(out).get("info") == info:
         return out
@@ -235,13 +267,19 @@ def prepare_math(
     return write_text_task(rows, out, name="math", info=info)
 
 
-_GSM8K_SPLITS = {"train": "train", "test": "test", "dev": "validation", "val": "validation",
-                 "valid": "validation", "validation": "validation"}
+_GSM8K_SPLITS = {
+    "train": "train",
+    "test": "test",
+    "dev": "validation",
+    "val": "validation",
+    "valid": "validation",
+    "validation": "validation",
+}
 
 
 def _gsm8k_rows(path: Path, split: str) -> list[dict]:
     rows = []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         if not line.strip():
             continue
         try:
@@ -257,15 +295,17 @@ def _gsm8k_rows(path: Path, split: str) -> list[dict]:
         if final is None:
             raise FlexispeechError(f"{path}:{lineno}: no number after '####' in the answer")
         steps = [ln for ln in answer_text.split("####")[0].splitlines() if ln.strip()]
-        rows.append({
-            "id": f"gsm8k-{path.stem}-{len(rows):06d}",  # by file: two files may share a split
-            "prompt": question.strip(),
-            "answer": final,
-            "solution": answer_text.strip(),
-            "difficulty": max(1, len(steps)),  # GSM8K puts one reasoning step per line
-            "source": "gsm8k",
-            "split": split,
-        })
+        rows.append(
+            {
+                "id": f"gsm8k-{path.stem}-{len(rows):06d}",  # by file: two files may share a split
+                "prompt": question.strip(),
+                "answer": final,
+                "solution": answer_text.strip(),
+                "difficulty": max(1, len(steps)),  # GSM8K puts one reasoning step per line
+                "source": "gsm8k",
+                "split": split,
+            }
+        )
     return rows
 
 

@@ -23,6 +23,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+from data_prep.folder import read_text
 from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
 from flexispeech.errors import FlexispeechError
 
@@ -57,12 +58,18 @@ def make_world(rng: random.Random) -> World:
     n_towns, n_companies, n_people = rng.randint(2, 4), rng.randint(2, 3), rng.randint(3, 6)
     n_towns = max(n_towns, n_companies)  # one headquarters per town keeps "the company in T" unique
     taken: set[str] = set()
-    town_names = [_unique(rng, lambda: (_word(rng, 1) + rng.choice(_TOWN_SUFFIX)).capitalize(), taken)
-                  for _ in range(n_towns)]
-    company_names = [_unique(rng, lambda: f"{_word(rng, 2).capitalize()} {rng.choice(_COMPANY_SUFFIX)}", taken)
-                     for _ in range(n_companies)]
-    people_names = [_unique(rng, lambda: f"{_word(rng, 2).capitalize()} {_word(rng, 2).capitalize()}", taken)
-                    for _ in range(n_people)]
+    town_names = [
+        _unique(rng, lambda: (_word(rng, 1) + rng.choice(_TOWN_SUFFIX)).capitalize(), taken)
+        for _ in range(n_towns)
+    ]
+    company_names = [
+        _unique(rng, lambda: f"{_word(rng, 2).capitalize()} {rng.choice(_COMPANY_SUFFIX)}", taken)
+        for _ in range(n_companies)
+    ]
+    people_names = [
+        _unique(rng, lambda: f"{_word(rng, 2).capitalize()} {_word(rng, 2).capitalize()}", taken)
+        for _ in range(n_people)
+    ]
     pops = rng.sample(range(800, 95_000, 100), n_towns)
     towns = {t: {"population": p, "founded": rng.randint(1150, 1950)} for t, p in zip(town_names, pops)}
     hqs = rng.sample(town_names, n_companies)
@@ -70,8 +77,10 @@ def make_world(rng: random.Random) -> World:
     # every company gets at least one employee (its chief executive), then the rest at random
     employers = company_names + [rng.choice(company_names) for _ in range(n_people - n_companies)]
     rng.shuffle(employers)
-    people = {p: {"age": a, "born": rng.choice(town_names), "employer": e}
-              for p, a, e in zip(people_names, ages, employers)}
+    people = {
+        p: {"age": a, "born": rng.choice(town_names), "employer": e}
+        for p, a, e in zip(people_names, ages, employers)
+    }
     companies = {}
     for c, town in zip(company_names, hqs):
         staff = [p for p in people_names if people[p]["employer"] == c]
@@ -83,12 +92,19 @@ def passage(world: World, rng: random.Random) -> str:
     """The world's facts as sentences, in random order (so a hop is not just the next line)."""
     facts = []
     for p, d in world.people.items():
-        facts += [f"{p} is {d['age']} years old.", f"{p} was born in {d['born']}.", f"{p} works for {d['employer']}."]
+        facts += [
+            f"{p} is {d['age']} years old.",
+            f"{p} was born in {d['born']}.",
+            f"{p} works for {d['employer']}.",
+        ]
     for t, d in world.towns.items():
         facts += [f"{t} has a population of {d['population']}.", f"{t} was founded in {d['founded']}."]
     for c, d in world.companies.items():
-        facts += [f"{c} is headquartered in {d['town']}.", f"{c} was founded in {d['founded']}.",
-                  f"The chief executive of {c} is {d['ceo']}."]
+        facts += [
+            f"{c} is headquartered in {d['town']}.",
+            f"{c} was founded in {d['founded']}.",
+            f"The chief executive of {c} is {d['ceo']}.",
+        ]
     rng.shuffle(facts)
     return " ".join(facts)
 
@@ -112,32 +128,58 @@ def _question(world: World, rng: random.Random, difficulty: int) -> tuple[str, s
         t2 = rng.choice(sorted(set(T) - {t}))
         employer = P[p]["employer"]
         options = [
-            ("employer_hq", f"In which town is the company that {p} works for headquartered?", C[employer]["town"]),
+            (
+                "employer_hq",
+                f"In which town is the company that {p} works for headquartered?",
+                C[employer]["town"],
+            ),
             ("ceo_age", f"How old is the chief executive of {c}?", str(P[C[c]["ceo"]]["age"])),
-            ("birthplace_population", f"What is the population of the town where {p} was born?",
-             str(T[P[p]["born"]]["population"])),
-            ("employer_founded", f"In which year was the company that {p} works for founded?", str(C[employer]["founded"])),
+            (
+                "birthplace_population",
+                f"What is the population of the town where {p} was born?",
+                str(T[P[p]["born"]]["population"]),
+            ),
+            (
+                "employer_founded",
+                f"In which year was the company that {p} works for founded?",
+                str(C[employer]["founded"]),
+            ),
             ("compare_age", f"Who is older, {p} or {p2}?", p if P[p]["age"] > P[p2]["age"] else p2),
-            ("compare_population", f"Which town has the larger population, {t} or {t2}?",
-             t if T[t]["population"] > T[t2]["population"] else t2),
-            ("count_employees", f"How many of the people in the passage work for {c}?",
-             str(sum(d["employer"] == c for d in P.values()))),
+            (
+                "compare_population",
+                f"Which town has the larger population, {t} or {t2}?",
+                t if T[t]["population"] > T[t2]["population"] else t2,
+            ),
+            (
+                "count_employees",
+                f"How many of the people in the passage work for {c}?",
+                str(sum(d["employer"] == c for d in P.values())),
+            ),
         ]
     elif difficulty == 3:
         employer = P[p]["employer"]
         hq_company = next((k for k, d in C.items() if d["town"] == t), c)
         options = [
-            ("employer_hq_population",
-             f"What is the population of the town where the company that {p} works for is headquartered?",
-             str(T[C[employer]["town"]]["population"])),
-            ("employer_ceo_age", f"How old is the chief executive of the company that {p} works for?",
-             str(P[C[employer]["ceo"]]["age"])),
-            ("employer_ceo_birthplace",
-             f"In which town was the chief executive of the company that {p} works for born?",
-             P[C[employer]["ceo"]]["born"]),
-            ("count_born_in_hq",
-             f"How many of the people in the passage were born in the town where {hq_company} is headquartered?",
-             str(sum(d["born"] == C[hq_company]["town"] for d in P.values()))),
+            (
+                "employer_hq_population",
+                f"What is the population of the town where the company that {p} works for is headquartered?",
+                str(T[C[employer]["town"]]["population"]),
+            ),
+            (
+                "employer_ceo_age",
+                f"How old is the chief executive of the company that {p} works for?",
+                str(P[C[employer]["ceo"]]["age"]),
+            ),
+            (
+                "employer_ceo_birthplace",
+                f"In which town was the chief executive of the company that {p} works for born?",
+                P[C[employer]["ceo"]]["born"],
+            ),
+            (
+                "count_born_in_hq",
+                f"How many of the people in the passage were born in the town where {hq_company} is headquartered?",
+                str(sum(d["born"] == C[hq_company]["town"] for d in P.values())),
+            ),
         ]
     else:
         raise ValueError(f"difficulty must be 1, 2 or 3, got {difficulty}")
@@ -171,7 +213,11 @@ def prepare_qa(
 
     Safe to re-run: a complete task built with the same options is kept unless ``force``.
     """
-    info = {"generator": "qa", "seed": seed, "n": {"train": n_train, "validation": n_validation, "test": n_test}}
+    info = {
+        "generator": "qa",
+        "seed": seed,
+        "n": {"train": n_train, "validation": n_validation, "test": n_test},
+    }
     out = Path(out)
     if not force and is_text_task(out) and read_text_task_info(out).get("info") == info:
         return out
@@ -200,26 +246,34 @@ def _squad_split(path: Path) -> str:
 
 def _squad_rows(path: Path) -> list[dict]:
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))["data"]
-    except (json.JSONDecodeError, KeyError, TypeError) as err:
-        raise FlexispeechError(f"{path}: not a SQuAD json file (needs data/paragraphs/qas): {err}") from None
-    split, rows = _squad_split(path), []
+        return _squad_records(json.loads(read_text(path))["data"], _squad_split(path))
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        # a missing key anywhere in data/paragraphs/qas is the file's fault, not a bug
+        raise FlexispeechError(
+            f"{path}: not a SQuAD json file (needs data/paragraphs/context/qas): {type(err).__name__} {err}"
+        ) from None
+
+
+def _squad_records(data: list[dict], split: str) -> list[dict]:
+    rows = []
     for article in data:
         for paragraph in article.get("paragraphs", []):
             context = paragraph["context"]
             for qa in paragraph.get("qas", []):
                 # v2 marks unanswerable questions; their gold answer is the empty string
                 answers = [] if qa.get("is_impossible") else [a["text"] for a in qa.get("answers", [])]
-                rows.append({
-                    "id": f"squad-{qa['id']}",
-                    "prompt": f"Passage: {context}\nQuestion: {qa['question'].strip()}",
-                    "answer": answers[0] if answers else "",
-                    "answers": answers,
-                    "solution": "",
-                    "difficulty": 0,  # SQuAD has no difficulty label; 0 = unlabelled
-                    "source": "squad",
-                    "split": split,
-                })
+                rows.append(
+                    {
+                        "id": f"squad-{qa['id']}",
+                        "prompt": f"Passage: {context}\nQuestion: {qa['question'].strip()}",
+                        "answer": answers[0] if answers else "",
+                        "answers": answers,
+                        "solution": "",
+                        "difficulty": 0,  # SQuAD has no difficulty label; 0 = unlabelled
+                        "source": "squad",
+                        "split": split,
+                    }
+                )
     return rows
 
 

@@ -43,22 +43,36 @@ def _mae(rows: list[dict], key: str) -> str:
 
 def snr_table(rows: list[dict]) -> list[str]:
     """Markdown: MAE (dB) per estimator, by noise family and mixing SNR."""
-    lines = ["| noise | SNR (dB) | n | " + " | ".join(f"MAE {n}" for n in ESTIMATORS) + " |",
-             "| --- | --- | --- | " + " | ".join("---" for _ in ESTIMATORS) + " |"]
+    lines = [
+        "| noise | SNR (dB) | n | " + " | ".join(f"MAE {n}" for n in ESTIMATORS) + " |",
+        "| --- | --- | --- | " + " | ".join("---" for _ in ESTIMATORS) + " |",
+    ]
     families = {"stationary (white/pink/brown)": ("white", "pink", "brown"), "babble": ("babble",)}
     for name, kinds in families.items():
         noisy = [r for r in rows if r["noise_type"] in kinds]
         for snr in sorted({r["snr_db"] for r in noisy}):
             at = [r for r in noisy if r["snr_db"] == snr]
-            lines.append(f"| {name} | {snr:g} | {len(at)} | " + " | ".join(_mae(at, f"snr_{n}") for n in ESTIMATORS) + " |")
-        lines.append(f"| {name} | all | {len(noisy)} | " + " | ".join(f"**{_mae(noisy, f'snr_{n}')}**" for n in ESTIMATORS) + " |")
+            lines.append(
+                f"| {name} | {snr:g} | {len(at)} | "
+                + " | ".join(_mae(at, f"snr_{n}") for n in ESTIMATORS)
+                + " |"
+            )
+        lines.append(
+            f"| {name} | all | {len(noisy)} | "
+            + " | ".join(f"**{_mae(noisy, f'snr_{n}')}**" for n in ESTIMATORS)
+            + " |"
+        )
     for kind in ("white", "pink", "brown"):
         at = [r for r in rows if r["noise_type"] == kind]
-        lines.append(f"| {kind} | all | {len(at)} | " + " | ".join(_mae(at, f"snr_{n}") for n in ESTIMATORS) + " |")
+        lines.append(
+            f"| {kind} | all | {len(at)} | " + " | ".join(_mae(at, f"snr_{n}") for n in ESTIMATORS) + " |"
+        )
     clean = [r for r in rows if r["noise_type"] == "none"]
     if clean:
         at_max = np.mean([r["snr_percentile"] >= SNR_MAX_DB - 10 for r in clean])
-        lines.append(f"\nClean clips: {len(clean)}; percentile estimate >= {SNR_MAX_DB - 10:g} dB on {at_max:.0%}.")
+        lines.append(
+            f"\nClean clips: {len(clean)}; percentile estimate >= {SNR_MAX_DB - 10:g} dB on {at_max:.0%}."
+        )
     return lines
 
 
@@ -77,12 +91,19 @@ def wer_table(corpus: Path, split: str, rows: list[dict], column: str) -> list[s
         return [f"(no {column!r} column in {split}: run `flexispeech signals --model ...` first)"]
     wer = np.array([np.nan if w is None else w for w in ds[column]], dtype=float)
     ok = np.isfinite(wer)
-    signals = {key: np.array([r[key] for r in rows], dtype=float) for key in ("duration", "snr_percentile", "snr_wada", "speech_activity")}
+    signals = {
+        key: np.array([r[key] for r in rows], dtype=float)
+        for key in ("duration", "snr_percentile", "snr_wada", "speech_activity")
+    }
     for name in ds.column_names:
         if name.startswith("signal_") and name[7:] not in ("duration", "snr_db", "speech_activity"):
             signals[name[7:]] = np.array([np.nan if v is None else v for v in ds[name]], dtype=float)
-    lines = [f"Spearman correlation with {column} over {int(ok.sum())} utterances of {split!r}:", "",
-             f"| signal | Spearman rho with {column} |", "| --- | --- |"]
+    lines = [
+        f"Spearman correlation with {column} over {int(ok.sum())} utterances of {split!r}:",
+        "",
+        f"| signal | Spearman rho with {column} |",
+        "| --- | --- |",
+    ]
     for key, values in signals.items():
         both = ok & np.isfinite(values)
         lines.append(f"| {key} | {_spearman(list(values[both]), list(wer[both])):+.3f} |")
@@ -100,13 +121,21 @@ def base_wer_tables(corpus: Path, split: str, hyp_column: str = "base_hyp") -> l
         return [f"(no {hyp_column!r} column in {split}: run `flexispeech signals --model ...` first)"]
     rows = [r for r in ds if r.get("base_wer") is not None and np.isfinite(r["base_wer"])]
     lines = []
-    for title, key, order in (("SNR", lambda r: snr_bucket(r["snr_db"]), SNR_ORDER), ("engine", lambda r: r["engine"], None)):
+    for title, key, order in (
+        ("SNR", lambda r: snr_bucket(r["snr_db"]), SNR_ORDER),
+        ("engine", lambda r: r["engine"], None),
+    ):
         groups: dict[str, list[dict]] = {}
         for r in rows:
             groups.setdefault(key(r), []).append(r)
         names = [n for n in order if n in groups] if order else sorted(groups)
-        lines += ["", f"Base model WER by {title} ({split!r}, {len(rows)} utterances):", "",
-                  f"| {title} | utterances | WER % | insertions |", "| --- | --- | --- | --- |"]
+        lines += [
+            "",
+            f"Base model WER by {title} ({split!r}, {len(rows)} utterances):",
+            "",
+            f"| {title} | utterances | WER % | insertions |",
+            "| --- | --- | --- | --- |",
+        ]
         for n in names:
             c = error_counts([r["text"] for r in groups[n]], [r[hyp_column] for r in groups[n]])
             lines.append(f"| {n} | {len(groups[n])} | {100 * c['wer']:.1f} | {c['ins']} |")
@@ -117,14 +146,20 @@ def report(corpus: Path, split: str, wer_column: str) -> str:
     info = read_corpus_info(corpus)
     dataset = load_corpus(corpus)
     meta = info.get("info", {})
-    lines = [f"Corpus {corpus.name}: {sum(info['splits'].values())} utterances, {info['hours']:.2f} h, "
-             f"splits {info['splits']}, built in {meta.get('build_seconds', '?')} s with "
-             f"{meta.get('workers', '?')} workers; engines missing: {meta.get('engines_missing') or 'none'}.",
-             "", "| engine | " + " | ".join(dataset) + " | voices |", "| --- |" + " --- |" * (len(dataset) + 1)]
+    lines = [
+        f"Corpus {corpus.name}: {sum(info['splits'].values())} utterances, {info['hours']:.2f} h, "
+        f"splits {info['splits']}, built in {meta.get('build_seconds', '?')} s with "
+        f"{meta.get('workers', '?')} workers; engines missing: {meta.get('engines_missing') or 'none'}.",
+        "",
+        "| engine | " + " | ".join(dataset) + " | voices |",
+        "| --- |" + " --- |" * (len(dataset) + 1),
+    ]
     counts = {s: Counter(ds["engine"]) for s, ds in dataset.items()}
     for engine in sorted(set().union(*counts.values())):
         voices = {sp for ds in dataset.values() for sp, e in zip(ds["speaker"], ds["engine"]) if e == engine}
-        lines.append(f"| {engine} | " + " | ".join(str(counts[s][engine]) for s in dataset) + f" | {len(voices)} |")
+        lines.append(
+            f"| {engine} | " + " | ".join(str(counts[s][engine]) for s in dataset) + f" | {len(voices)} |"
+        )
     rows = measure(corpus, split)
     unseen = sum(1 for r in rows if not r["seen_voice"])
     lines += ["", f"SNR estimators on split {split!r} ({len(rows)} clips, {unseen} by unseen voices):", ""]
@@ -138,8 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("corpus", type=Path)
     parser.add_argument("--split", default="test")
-    parser.add_argument("--wer-column", default="base_wer", help="per-utterance WER column (default: base_wer, "
-                        "cached by `flexispeech signals --model ...`)")
+    parser.add_argument(
+        "--wer-column",
+        default="base_wer",
+        help="per-utterance WER column (default: base_wer, cached by `flexispeech signals --model ...`)",
+    )
     args = parser.parse_args(argv)
     print(report(args.corpus, args.split, args.wer_column))
     return 0

@@ -26,12 +26,54 @@ BUCKETS = ((1, 4), (5, 12), (13, 25), (26, 45), (46, 70))
 _ALLOWED = re.compile(r"^[A-Za-z][A-Za-z ,.;:!?'-]*$")
 _WORD = re.compile(r"[A-Za-z]+(?:'[A-Za-z]+)?")
 
-FIRST_NAMES = ["Alice", "Ben", "Carlos", "Diana", "Emma", "Farid", "Grace", "Hiro", "Ines",
-               "James", "Kate", "Liam", "Maria", "Noah", "Olivia", "Priya", "Sam", "Yuki"]
-LAST_NAMES = ["Smith", "Garcia", "Chen", "Okafor", "Miller", "Novak", "Patel", "Johnson",
-              "Brown", "Kim", "Lopez", "Walker"]
-MONTHS = ["January", "February", "March", "April", "May", "June", "July", "August",
-          "September", "October", "November", "December"]
+FIRST_NAMES = [
+    "Alice",
+    "Ben",
+    "Carlos",
+    "Diana",
+    "Emma",
+    "Farid",
+    "Grace",
+    "Hiro",
+    "Ines",
+    "James",
+    "Kate",
+    "Liam",
+    "Maria",
+    "Noah",
+    "Olivia",
+    "Priya",
+    "Sam",
+    "Yuki",
+]
+LAST_NAMES = [
+    "Smith",
+    "Garcia",
+    "Chen",
+    "Okafor",
+    "Miller",
+    "Novak",
+    "Patel",
+    "Johnson",
+    "Brown",
+    "Kim",
+    "Lopez",
+    "Walker",
+]
+MONTHS = [
+    "January",
+    "February",
+    "March",
+    "April",
+    "May",
+    "June",
+    "July",
+    "August",
+    "September",
+    "October",
+    "November",
+    "December",
+]
 DAYS = ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"]
 CITIES = ["Boston", "Denver", "London", "Paris", "Tokyo", "Berlin", "Chicago", "Dublin"]
 ITEMS = ["apples", "tickets", "boxes", "chairs", "books", "bottles", "cables", "lamps"]
@@ -91,7 +133,8 @@ def fortune_sentences(fortune_dir: Path = FORTUNE_DIR, dictionary: Path = DICTIO
     if not dictionary.is_file() or not fortune_dir.is_dir():
         warnings.warn(
             f"{fortune_dir} or {dictionary} missing (Debian packages fortunes, wamerican): "
-            "using generated sentences only", stacklevel=2,
+            "using generated sentences only",
+            stacklevel=2,
         )
         return []
     words = {w.strip().lower() for w in dictionary.read_text(errors="ignore").splitlines()}

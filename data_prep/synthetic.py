@@ -43,12 +43,20 @@ class Size:
     utterances: int
     bucket_weights: tuple[float, ...]  # over sentences.BUCKETS
     babble_talkers: tuple[int, int]
+    max_clip_s: float = MAX_CLIP_S  # longest clip; longer ones are re-synthesised faster
+    test_share: float = 0.1  # half of the test split is spoken by unseen voices
 
 
+# "small" is the CPU profile's corpus, heard through a 10-s encoder window: its sentences
+# stop at 25 words and its clips at 9.5 s, so every test utterance is heard whole and the
+# evaluation needs no filtering by length (26-70 word sentences cannot be spoken in 10 s).
 SIZES = {
     "tiny": Size(24, (0.5, 0.5, 0, 0, 0), (2, 3)),  # short clips, builds in seconds (tests)
-    "small": Size(600, (0.15, 0.35, 0.3, 0.15, 0.05), (6, 12)),
+    "small": Size(600, (0.2, 0.45, 0.35, 0, 0), (6, 12), max_clip_s=9.5),
     "default": Size(3000, (0.15, 0.35, 0.3, 0.15, 0.05), (6, 12)),
+    # The GPU study: 20,720 train (~7.6 s each: ~44 h), 2,800 validation, 4,480 test of
+    # which 2,240 by voices never heard in training.
+    "gpu": Size(28000, (0.15, 0.35, 0.3, 0.15, 0.05), (6, 12), test_share=0.16),
 }
 
 
@@ -67,6 +75,7 @@ class Plan:
     snr_db: float  # NaN: clean
     channel: str  # wideband | telephone
     peak: float
+    max_clip_s: float  # the size's longest clip
     babble: tuple[tuple[Voice, str], ...]  # other talkers (voice, text)
 
 
@@ -84,7 +93,7 @@ def make_plan(size: str, seed: int, voices: dict[str, list[Voice]]) -> list[Plan
     spec = SIZES[size]
     pools = sentence_pools(seed)
     n = spec.utterances
-    n_test, n_val = max(4, round(0.1 * n)), max(2, round(0.1 * n))
+    n_test, n_val = max(4, round(spec.test_share * n)), max(2, round(0.1 * n))
     splits = ["train"] * (n - n_test - n_val) + ["validation"] * n_val + ["test"] * n_test
     has_unseen = any(v.unseen for vs in voices.values() for v in vs)
     fast = {e: vs for e, vs in voices.items() if e in FAST_ENGINES} or voices
@@ -109,13 +118,23 @@ def make_plan(size: str, seed: int, voices: dict[str, list[Voice]]) -> list[Plan
             babble = tuple(
                 (_choose_voice(fast, False, rng), compose(pools["train"], BUCKETS[1], rng)) for _ in range(k)
             )
-        plans.append(Plan(
-            id=f"syn-{split}-{i:05d}", split=split, text=text, voice=voice,
-            rate=round(float(rng.uniform(0.85, 1.3)), 3), pitch=round(float(rng.uniform(-1, 1)), 3),
-            reverb_rt60=round(rt60, 3), noise_type=noise, snr_db=snr,
-            channel="telephone" if rng.random() < 0.1 else "wideband",
-            peak=round(float(rng.uniform(0.2, 0.9)), 3), babble=babble,
-        ))
+        plans.append(
+            Plan(
+                id=f"syn-{split}-{i:05d}",
+                split=split,
+                text=text,
+                voice=voice,
+                rate=round(float(rng.uniform(0.85, 1.3)), 3),
+                pitch=round(float(rng.uniform(-1, 1)), 3),
+                reverb_rt60=round(rt60, 3),
+                noise_type=noise,
+                snr_db=snr,
+                channel="telephone" if rng.random() < 0.1 else "wideband",
+                peak=round(float(rng.uniform(0.2, 0.9)), 3),
+                max_clip_s=spec.max_clip_s,
+                babble=babble,
+            )
+        )
     return plans
 
 
@@ -140,7 +159,7 @@ def render(plan: Plan, out: Path, seed: int, synth: Synthesizer) -> dict:
     if meta.is_file() and (out / rel).is_file():
         return json.loads(meta.read_text())
     rng = np.random.default_rng([seed, int(plan.id.rsplit("-", 1)[1]), 1])
-    clean = _speak(synth, plan, MAX_CLIP_S - 1.0)  # room for the silence padding
+    clean = _speak(synth, plan, plan.max_clip_s - 1.0)  # room for the silence padding
     if not math.isnan(plan.reverb_rt60):
         clean = acoustics.reverberate(clean, plan.reverb_rt60, SAMPLE_RATE, rng)
     clean = acoustics.pad_silence(acoustics.set_peak(clean, 0.5), SAMPLE_RATE, rng)
@@ -158,11 +177,21 @@ def render(plan: Plan, out: Path, seed: int, synth: Synthesizer) -> dict:
     (out / rel).parent.mkdir(parents=True, exist_ok=True)
     write_file(out / rel, lambda tmp: sf.write(tmp, audio, SAMPLE_RATE, subtype="PCM_16", format="WAV"))
     row = {
-        "id": plan.id, "audio": rel, "text": plan.text, "duration": round(audio.size / SAMPLE_RATE, 4),
-        "speaker": plan.voice.id, "split": plan.split, "voice": plan.voice.name,
-        "engine": plan.voice.engine, "snr_db": plan.snr_db, "noise_type": plan.noise_type,
-        "reverb_rt60": plan.reverb_rt60, "channel": plan.channel, "seen_voice": not plan.voice.unseen,
-        "rate": plan.rate, "pitch": plan.pitch,
+        "id": plan.id,
+        "audio": rel,
+        "text": plan.text,
+        "duration": round(audio.size / SAMPLE_RATE, 4),
+        "speaker": plan.voice.id,
+        "split": plan.split,
+        "voice": plan.voice.name,
+        "engine": plan.voice.engine,
+        "snr_db": plan.snr_db,
+        "noise_type": plan.noise_type,
+        "reverb_rt60": plan.reverb_rt60,
+        "channel": plan.channel,
+        "seen_voice": not plan.voice.unseen,
+        "rate": plan.rate,
+        "pitch": plan.pitch,
     }
     write_text(meta, json.dumps(row))  # after the audio: a row on disk means its audio is complete
     return row
@@ -200,7 +229,7 @@ def prepare_synthetic(
 
     Args:
         out: the corpus directory (created; a partial build there is resumed)
-        size: tiny (24 utterances, seconds), small (600), default (3000)
+        size: tiny (24 utterances, seconds), small (600), default (3000), gpu (28,000)
         seed: the same seed gives the same corpus, bit for bit
         workers: processes rendering utterances in parallel
         engines: restrict to these TTS engines (espeak, mbrola, mbrola_accented, flite,
@@ -227,8 +256,9 @@ def prepare_synthetic(
         raise FlexispeechError("no text-to-speech engine found: install espeak-ng (make system-deps)")
     missing = sorted(set(engines or ENGINE_SHARES) - set(voices))
     if missing:
-        warnings.warn(f"TTS engines not installed, skipped: {', '.join(missing)} (see make system-deps)",
-                      stacklevel=2)
+        warnings.warn(
+            f"TTS engines not installed, skipped: {', '.join(missing)} (see make system-deps)", stacklevel=2
+        )
     _check_resume(out, size, seed, sorted(voices))
     plans = make_plan(size, seed, voices)
     start = time.perf_counter()
@@ -251,10 +281,14 @@ def prepare_synthetic(
     rows.sort(key=lambda r: r["id"])
     engines_used = sorted({r["engine"] for r in rows})
     info = {
-        "size": size, "seed": seed, "engines": engines_used, "engines_missing": missing,
+        "size": size,
+        "seed": seed,
+        "engines": engines_used,
+        "engines_missing": missing,
         "voices": sorted({r["speaker"] for r in rows}),
         "unseen_voices": sorted({r["speaker"] for r in rows if not r["seen_voice"]}),
-        "build_seconds": round(time.perf_counter() - start, 1), "workers": workers,
+        "build_seconds": round(time.perf_counter() - start, 1),
+        "workers": workers,
     }
     write_corpus(rows, out, name="synthetic", info=info)
     shutil.rmtree(out / ".work", ignore_errors=True)

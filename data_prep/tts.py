@@ -44,17 +44,54 @@ class Voice:
 
 # Share of utterances per engine (renormalised over the engines installed); voices whose
 # name is in UNSEEN are held out for the test split.
-ENGINE_SHARES = {"espeak": 22, "flite": 21, "mbrola": 17, "hibari": 10, "pico": 9,
-                 "festival": 9, "mbrola_accented": 6}
-ESPEAK_ACCENTS = ["en-us", "en-gb", "en-gb-x-rp", "en-gb-x-gbclan", "en-gb-x-gbcwmd",
-                  "en-us-nyc", "en-gb-scotland", "en-029"]
-ESPEAK_VARIANTS = ["m1", "m2", "m3", "m4", "m5", "m7", "f1", "f2", "f3", "f4", "f5",
-                   "klatt", "klatt2", "klatt3"]
-UNSEEN = {"espeak": {"en-gb-scotland", "en-029"}, "mbrola": {"mb-us3"},
-          "mbrola_accented": {"mb-de5-en"}, "flite": {"rms"}, "festival": {"ked_diphone"},
-          "pico": {"en-GB"}, "hibari": set()}
-MBROLA_VOICES = {"mbrola": ["mb-us1", "mb-us2", "mb-us3", "mb-en1"],
-                 "mbrola_accented": ["mb-de2-en", "mb-de4-en", "mb-de5-en"]}
+ENGINE_SHARES = {
+    "espeak": 22,
+    "flite": 21,
+    "mbrola": 17,
+    "hibari": 10,
+    "pico": 9,
+    "festival": 9,
+    "mbrola_accented": 6,
+}
+ESPEAK_ACCENTS = [
+    "en-us",
+    "en-gb",
+    "en-gb-x-rp",
+    "en-gb-x-gbclan",
+    "en-gb-x-gbcwmd",
+    "en-us-nyc",
+    "en-gb-scotland",
+    "en-029",
+]
+ESPEAK_VARIANTS = [
+    "m1",
+    "m2",
+    "m3",
+    "m4",
+    "m5",
+    "m7",
+    "f1",
+    "f2",
+    "f3",
+    "f4",
+    "f5",
+    "klatt",
+    "klatt2",
+    "klatt3",
+]
+UNSEEN = {
+    "espeak": {"en-gb-scotland", "en-029"},
+    "mbrola": {"mb-us3"},
+    "mbrola_accented": {"mb-de5-en"},
+    "flite": {"rms"},
+    "festival": {"ked_diphone"},
+    "pico": {"en-GB"},
+    "hibari": set(),
+}
+MBROLA_VOICES = {
+    "mbrola": ["mb-us1", "mb-us2", "mb-us3", "mb-en1"],
+    "mbrola_accented": ["mb-de2-en", "mb-de4-en", "mb-de5-en"],
+}
 FLITE_VOICES = ["kal", "kal16", "awb", "slt", "rms"]
 FESTIVAL_VOICES = ["kal_diphone", "ked_diphone", "cmu_us_slt_arctic_hts"]
 PICO_VOICES = ["en-US", "en-GB"]
@@ -127,13 +164,33 @@ class Synthesizer:
         wav = self._tmp / "say.wav"
         wav.unlink(missing_ok=True)
         if voice.engine in ("espeak", "mbrola", "mbrola_accented"):
-            cmd = ["espeak-ng", "-v", voice.name, "-s", str(int(round(170 * rate))),
-                   "-p", str(int(round(50 + 20 * pitch))), "-w", str(wav), text]
+            cmd = [
+                "espeak-ng",
+                "-v",
+                voice.name,
+                "-s",
+                str(int(round(170 * rate))),
+                "-p",
+                str(int(round(50 + 20 * pitch))),
+                "-w",
+                str(wav),
+                text,
+            ]
             self._run(cmd, voice)
         elif voice.engine == "flite":
-            cmd = ["flite", "-voice", voice.name, "--setf", f"duration_stretch={1 / rate:.3f}",
-                   "--setf", f"int_f0_target_mean={110 * 2 ** (pitch / 3) if voice.name != 'slt' else 170 * 2 ** (pitch / 3):.1f}",
-                   "-t", text, "-o", str(wav)]
+            cmd = [
+                "flite",
+                "-voice",
+                voice.name,
+                "--setf",
+                f"duration_stretch={1 / rate:.3f}",
+                "--setf",
+                f"int_f0_target_mean={110 * 2 ** (pitch / 3) if voice.name != 'slt' else 170 * 2 ** (pitch / 3):.1f}",
+                "-t",
+                text,
+                "-o",
+                str(wav),
+            ]
             self._run(cmd, voice)
         elif voice.engine == "pico":
             self._run(["pico2wave", "-l", voice.name, "-w", str(wav), text], voice)
@@ -157,14 +214,20 @@ class Synthesizer:
     def _festival_say(self, name: str, text: str, rate: float, wav: Path) -> None:
         if self._festival is None:
             self._festival = subprocess.Popen(
-                ["festival", "--pipe"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                stderr=subprocess.DEVNULL, text=True, bufsize=1,
+                ["festival", "--pipe"],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.DEVNULL,
+                text=True,
+                bufsize=1,
             )
         quoted = text.replace("\\", " ").replace('"', '\\"')
         # festival buffers its own stdout, so completion is signalled by a shell echo.
-        cmd = (f"(voice_{name})(Parameter.set 'Duration_Stretch {1 / rate:.3f})"
-               f'(utt.save.wave (utt.synth (Utterance Text "{quoted}")) "{wav}" \'riff)'
-               '(system "echo FLEXISPEECH_DONE")\n')
+        cmd = (
+            f"(voice_{name})(Parameter.set 'Duration_Stretch {1 / rate:.3f})"
+            f'(utt.save.wave (utt.synth (Utterance Text "{quoted}")) "{wav}" \'riff)'
+            '(system "echo FLEXISPEECH_DONE")\n'
+        )
         assert self._festival.stdin and self._festival.stdout
         self._festival.stdin.write(cmd)
         self._festival.stdin.flush()

@@ -68,7 +68,9 @@ def _open(path: Path):  # -> soundfile.SoundFile
         raise AudioError(path, f"cannot decode audio ({err})") from None
     if not MIN_RATE <= f.samplerate <= MAX_RATE or f.channels < 1:
         f.close()
-        raise AudioError(path, f"unsupported sample rate {f.samplerate} Hz or {f.channels} channels (corrupt header?)")
+        raise AudioError(
+            path, f"unsupported sample rate {f.samplerate} Hz or {f.channels} channels (corrupt header?)"
+        )
     return f
 
 
@@ -112,7 +114,11 @@ def iter_audio_blocks(
         raise ValueError(f"block_s must be > 0, got {block_s}")
     with _open(path) as f:
         sr = f.samplerate
-        stream = None if sr == sample_rate else soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ")
+        stream = (
+            None
+            if sr == sample_rate
+            else soxr.ResampleStream(sr, sample_rate, 1, dtype="float32", quality="HQ")
+        )
         frames = max(1, int(round(block_s * sr)))
         total = 0
         while True:

@@ -21,11 +21,13 @@ COMMANDS: dict[str, str] = {
     "signals": "flexispeech.commands.signals",
     "train": "flexispeech.commands.train",
     "eval": "flexispeech.commands.eval",
+    "calibrate": "flexispeech.commands.calibrate",
     "compare": "flexispeech.commands.compare",
     "transcribe": "flexispeech.commands.transcribe",
     "stream": "flexispeech.commands.stream",
     "serve": "flexispeech.commands.serve",
     "bench": "flexispeech.commands.bench",
+    "export": "flexispeech.commands.export",
     "convert-ct2": "flexispeech.commands.convert_ct2",
     "info": "flexispeech.commands.info",
 }

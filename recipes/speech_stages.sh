@@ -5,7 +5,18 @@
 #
 #   recipes/speech_stages.sh --conf DIR --data DIR --exp DIR [--stage N] [--stop-stage N]
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
+#       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_nested"]
 #
+# The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
+# on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
+# at the Flexi mean rank, nested training, the embedding router, routing by benefit
+# calibrated on the validation split, the augmentation ablation); the --decisive runs are
+# repeated for every seed of --seeds.
+# Every model (base and each adapter) is evaluated on the whole test split at the window
+# its adapter was trained with (eval_test) and, when that is shorter, at the full 30 s
+# (eval_test_30s); with --real DIR also on that corpus's test split (eval_real, eval_real_30s:
+# real human speech, its signals computed while decoding when not cached). Stage 7 prints the runs side
+# by side and paired, utterance by utterance, against the base and each static run.
 # Every stage only calls the flexispeech command line; finished outputs are skipped, so a
 # re-run continues where it stopped (`train --resume` picks up a killed run).
 set -euo pipefail
@@ -20,10 +31,13 @@ seed=0
 conf=""
 data=""
 exp=""
+real=""
 FLEXI=${FLEXISPEECH:-flexispeech}
 runs_static="static_r8 static_r16"
 runs_flexi="flexi_threshold flexi_learned"
 runs_ablation="inconsistent"
+seeds=""
+decisive="static_r16 flexi_nested"
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -37,7 +51,10 @@ while [ $# -gt 0 ]; do
     --conf) conf=$2; shift 2 ;;
     --data) data=$2; shift 2 ;;
     --exp) exp=$2; shift 2 ;;
-    -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
+    --real) real=$2; shift 2 ;;
+    --seeds) seeds=$2; shift 2 ;;
+    --decisive) decisive=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -45,14 +62,35 @@ if [ -z "$conf" ] || [ -z "$data" ] || [ -z "$exp" ]; then
   echo "speech_stages.sh: --conf, --data and --exp are required" >&2; exit 2
 fi
 
+signal_splits=train,test
+dev_args=()
+aug_overrides=()
 case "$profile" in
   # CPU: 10-s encoder window, encoder frozen and cached, adapters on the decoder.
   cpu) audio_ctx=500; overrides=() ;;
-  # GPU: the full 30-s window, adapters on encoder and decoder, bf16.
+  # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
+  # on-the-fly augmentation (off in the *_noaug ablation). Validation loss (overall and per
+  # rank) every 50 steps; the best adapter is kept and a run stops after 4 validations
+  # without improvement.
   gpu) audio_ctx=1500; overrides=(model.audio_ctx=null model.cache_encoder_layers=0 data.max_duration=null
-                                  train.mixed_precision=bf16 train.batch_size=32) ;;
+                                  train.mixed_precision=bf16 train.batch_size=32 train.num_workers=8
+                                  train.max_steps=500 train.warmup_steps=50 train.lr=1.0e-3
+                                  train.log_every=25 train.save_every=250
+                                  train.eval_every=50 "train.early_stopping={patience: 4}")
+       aug_overrides=(augment.spec_augment=true augment.noise_prob=0.5 augment.speed_prob=0.3
+                      augment.reverb_prob=0.2)
+       signal_splits=train,validation,test  # validation rows are routed too
+       dev_args=(--device cuda --batch-size 64)
+       runs_static="static_r16 static_r6 static_r8"
+       runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
+       runs_ablation="inconsistent flexi_nested_noaug" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
+# The decisive pair again for every other seed of --seeds: runs <name>_seed<N>.
+for s in ${seeds//,/ }; do
+  [ "$s" = "$seed" ] && continue
+  for r in $decisive; do runs_ablation+=" ${r}_seed$s"; done
+done
 overrides+=(data.corpus="$data" seed="$seed" model.source="$model" model.family="$family")
 if [ "$family" != whisper ]; then  # the encoder window and cache are Whisper's
   overrides+=(model.audio_ctx=null model.cache_encoder_layers=0 adapter.target_modules=null)
@@ -60,26 +98,51 @@ fi
 [ -n "$steps" ] && overrides+=(train.max_steps="$steps")
 ctx_args=(--audio-ctx "$audio_ctx")
 [ "$family" = whisper ] || ctx_args=()
+all_runs="$runs_static $runs_flexi $runs_ablation"
 
 step() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 log() { echo "== stage $1: $2"; }
 
 train_run() {  # train one run unless it already finished; --resume continues a killed one
-  local name=$1
+  local name=$1 config=$1 extra=()
   if [ -f "$exp/$name/train_summary.json" ]; then echo "$name: already trained"; return; fi
-  $FLEXI train --config "$conf/$name.yaml" output_dir="$exp/$name" "${overrides[@]}" --resume
+  if [[ $name =~ ^(.+)_seed([0-9]+)$ ]]; then  # a seed repetition of a run: its config, another seed
+    config=${BASH_REMATCH[1]}; extra=(seed="${BASH_REMATCH[2]}" name="$name")
+  fi
+  [[ $name == *_noaug* ]] || extra+=("${aug_overrides[@]}")
+  $FLEXI train --config "$conf/$config.yaml" output_dir="$exp/$name" "${overrides[@]}" "${extra[@]}" --resume
+  if [[ $config == flexi_benefit ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
+    # Routing by benefit: fit the router on the validation split (replaces the adapter's router).
+    $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation "${dev_args[@]}"
+  fi
 }
 
 if step 1; then
   log 1 "signals and base-model decoding"
   # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted.
-  $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits train,test
+  $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits "$signal_splits" "${dev_args[@]}"
+  if [ "$profile" = gpu ]; then  # the embedding router reads the adapted model's own base encoder
+    $FLEXI signals "$data" --model "$model" --audio-ctx "$audio_ctx" --splits "$signal_splits" --embedding "${dev_args[@]}"
+  fi
 fi
 
+evaluate() {  # evaluate DIR_NAME ARGS...: one eval unless its results exist
+  local out=$1; shift
+  [ -f "$out/results.json" ] || $FLEXI eval "$@" --out "$out" "${dev_args[@]}"
+}
+
 if step 2; then
-  log 2 "base model on the test split"
-  [ -f "$exp/base/eval_test/results.json" ] || \
-    $FLEXI eval --data "$data" --model "$model" --family "$family" "${ctx_args[@]}" --name base --out "$exp/base/eval_test"
+  log 2 "base model on the whole test split, at the adapters' window and at 30 s"
+  base=(--model "$model" --family "$family" --name base)
+  evaluate "$exp/base/eval_test" --data "$data" "${base[@]}" "${ctx_args[@]}"
+  if [ "$family" = whisper ] && [ "$audio_ctx" != 1500 ]; then
+    evaluate "$exp/base/eval_test_30s" --data "$data" "${base[@]}" --audio-ctx 1500
+  fi
+  if [ -n "$real" ]; then
+    evaluate "$exp/base/eval_real" --data "$real" "${base[@]}" "${ctx_args[@]}"
+    [ "$family" != whisper ] || [ "$audio_ctx" = 1500 ] || \
+      evaluate "$exp/base/eval_real_30s" --data "$real" "${base[@]}" --audio-ctx 1500
+  fi
 fi
 
 if step 3; then log 3 "static LoRA"; for r in $runs_static; do train_run "$r"; done; fi
@@ -87,16 +150,31 @@ if step 4; then log 4 "Flexi-LoRA"; for r in $runs_flexi; do train_run "$r"; don
 if step 5; then log 5 "ablation"; for r in $runs_ablation; do train_run "$r"; done; fi
 
 if step 6; then
-  log 6 "evaluate adapters"
-  for r in $runs_static $runs_flexi $runs_ablation; do
-    [ -f "$exp/$r/eval_test/results.json" ] || $FLEXI eval --data "$data" --adapter "$exp/$r/adapter" --split test
+  log 6 "evaluate adapters on the whole test split, at their window and at 30 s"
+  for r in $all_runs; do
+    adapter=(--adapter "$exp/$r/adapter" --split test)  # the window: the adapter's own
+    evaluate "$exp/$r/eval_test" --data "$data" "${adapter[@]}"
+    if [ "$family" = whisper ] && [ "$audio_ctx" != 1500 ]; then
+      evaluate "$exp/$r/eval_test_30s" --data "$data" "${adapter[@]}" --audio-ctx 1500
+    fi
+    if [ -n "$real" ]; then
+      evaluate "$exp/$r/eval_real" --data "$real" "${adapter[@]}"
+      [ "$family" != whisper ] || [ "$audio_ctx" = 1500 ] || \
+        evaluate "$exp/$r/eval_real_30s" --data "$real" "${adapter[@]}" --audio-ctx 1500
+    fi
   done
 fi
 
 if step 7; then
-  log 7 "compare"
-  results=("$exp/base/eval_test")
-  for r in $runs_static $runs_flexi $runs_ablation; do results+=("$exp/$r/eval_test"); done
-  $FLEXI compare "${results[@]}" --out "$exp"
-  echo "table: $exp/compare.md; plots: $exp/wer_by_snr.png, $exp/ranks.png"
+  log 7 "compare: side by side, and paired against the base and each static run"
+  results=()
+  for r in base $all_runs; do
+    for e in eval_test eval_test_30s eval_real eval_real_30s; do
+      if [ -f "$exp/$r/$e/results.json" ]; then results+=("$exp/$r/$e"); fi
+    done
+  done
+  baselines=(--baseline base)
+  for r in $runs_static; do baselines+=(--baseline "$r"); done
+  $FLEXI compare "${results[@]}" --out "$exp" "${baselines[@]}"
+  echo "tables: $exp/compare.md; plots: $exp/wer_by_snr.png, $exp/ranks.png"
 fi

@@ -10,6 +10,25 @@ import pytest
 # No test may reach a model hub: fail fast instead of waiting on the network.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+
+def _interpret_triton_without_cuda() -> None:
+    """Without CUDA, run Triton kernels in Triton's interpreter (numpy on CPU tensors), so
+    that tests/lora/test_kernels.py checks them on every run, not only on a GPU machine.
+    ``triton.jit`` reads the variable when it decorates a function (Triton's own ``tl``
+    library too), so it is set here, before anything (torch's flop counter does) imports
+    Triton."""
+    import importlib.util
+
+    if importlib.util.find_spec("triton") is None:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+
+
+_interpret_triton_without_cuda()
+
 ASSETS = Path(__file__).parent / "assets"
 
 

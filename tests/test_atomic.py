@@ -58,7 +58,10 @@ def test_write_file_is_old_or_new_and_cleans_up_on_error(tmp_path: Path) -> None
         return (d / "f.json").read_text()
 
     old, new, kills = views_at_every_kill(
-        tmp_path / "kills", lambda d: (d / "f.json").write_text("old"), lambda d: write_text(d / "f.json", "new"), read
+        tmp_path / "kills",
+        lambda d: (d / "f.json").write_text("old"),
+        lambda d: write_text(d / "f.json", "new"),
+        read,
     )
     assert (old, new) == ("old", "new")
     assert_old_or_new(old, new, kills)
@@ -78,19 +81,27 @@ def test_write_file_is_old_or_new_and_cleans_up_on_error(tmp_path: Path) -> None
 def test_replace_dir_is_old_or_new_and_readers_fall_back_to_old(tmp_path: Path) -> None:
     old_files, new_files = {"a.txt": "old", "b.txt": "old"}, {"a.txt": "new", "c.txt": "new"}
     old, new, kills = views_at_every_kill(
-        tmp_path, lambda d: write_dir(d / "t", old_files), lambda d: write_dir(d / "t", new_files),
+        tmp_path,
+        lambda d: write_dir(d / "t", old_files),
+        lambda d: write_dir(d / "t", new_files),
         lambda d: dir_view(d / "t"),
     )
     assert (old, new) == (old_files, new_files)
     assert_old_or_new(old, new, kills, between=BETWEEN_THE_RENAMES.format(name="t"))
     # Between the renames the target itself is gone: only the fallback finds the old copy.
-    between = next(i for i, (steps, _) in enumerate(kills) if steps[-1:] == [BETWEEN_THE_RENAMES.format(name="t")])
+    between = next(
+        i for i, (steps, _) in enumerate(kills) if steps[-1:] == [BETWEEN_THE_RENAMES.format(name="t")]
+    )
     assert not (tmp_path / f"k{between}" / "t").exists() and (tmp_path / f"k{between}" / "t.old").is_dir()
 
 
 def test_replace_dir_first_write_and_the_write_after_a_kill(tmp_path: Path) -> None:
-    _, new, kills = views_at_every_kill(tmp_path / "first", lambda d: None, lambda d: write_dir(d / "t", {"a": "1"}),
-                                        lambda d: dir_view(d / "t"))
+    _, new, kills = views_at_every_kill(
+        tmp_path / "first",
+        lambda d: None,
+        lambda d: write_dir(d / "t", {"a": "1"}),
+        lambda d: dir_view(d / "t"),
+    )
     assert new == {"a": "1"} and kills and all(view is None for _, view in kills)
 
     target = tmp_path / "t"
@@ -123,7 +134,9 @@ def test_create_dir_keeps_the_result_of_a_writer_that_finished_first(tmp_path: P
         with create_dir(d / "t") as tmp:
             (tmp / "a").write_text("x")
 
-    _, new, kills = views_at_every_kill(tmp_path / "kills", lambda d: None, create, lambda d: dir_view(d / "t"))
+    _, new, kills = views_at_every_kill(
+        tmp_path / "kills", lambda d: None, create, lambda d: dir_view(d / "t")
+    )
     assert new == {"a": "x"} and [view for _, view in kills] == [None]
 
 
@@ -150,7 +163,9 @@ def adapted(seed: int) -> nn.Module:
 
 
 def weights(model: nn.Module) -> tuple[bytes, ...]:
-    return tuple(t.detach().numpy().tobytes() for _, layer in flexi_layers(model) for t in (layer.lora_A, layer.lora_B))
+    return tuple(
+        t.detach().numpy().tobytes() for _, layer in flexi_layers(model) for t in (layer.lora_A, layer.lora_B)
+    )
 
 
 def training_state(model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
@@ -161,7 +176,9 @@ def training_state(model: nn.Module) -> tuple[torch.optim.Optimizer, torch.optim
 def save_at_step(out: Path, step: int) -> None:
     model = adapted(seed=step)
     optimizer, scheduler = training_state(model)
-    save_checkpoint(out, model, TrainerState(step=step), optimizer, scheduler, router_state=f"router at {step}")
+    save_checkpoint(
+        out, model, TrainerState(step=step), optimizer, scheduler, router_state=f"router at {step}"
+    )
 
 
 def read_checkpoint(out: Path) -> tuple | None:
@@ -176,8 +193,9 @@ def read_checkpoint(out: Path) -> tuple | None:
 
 
 def test_checkpoint_save_killed_at_every_step_resumes_from_old_or_new(tmp_path: Path) -> None:
-    old, new, kills = views_at_every_kill(tmp_path, lambda d: save_at_step(d, 1), lambda d: save_at_step(d, 2),
-                                          read_checkpoint)
+    old, new, kills = views_at_every_kill(
+        tmp_path, lambda d: save_at_step(d, 1), lambda d: save_at_step(d, 2), read_checkpoint
+    )
     assert old[0] == 1 and new[0] == 2 and old[2] == "router at 1" and new[2] == "router at 2"
     assert_old_or_new(old, new, kills, between=BETWEEN_THE_RENAMES.format(name="checkpoint"))
 
@@ -203,7 +221,9 @@ def read_adapter(directory: Path) -> tuple:
 def test_adapter_save_killed_at_every_step_loads_old_or_new(tmp_path: Path) -> None:
     # The old adapter has a router, the new one none: a mix would pair new weights with the old router.
     old, new, kills = views_at_every_kill(
-        tmp_path, lambda d: save_with_router(d / "adapter", 1, True), lambda d: save_with_router(d / "adapter", 2, False),
+        tmp_path,
+        lambda d: save_with_router(d / "adapter", 1, True),
+        lambda d: save_with_router(d / "adapter", 2, False),
         lambda d: read_adapter(d / "adapter"),
     )
     assert old[1] is not None and new[1] is None

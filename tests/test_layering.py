@@ -116,11 +116,14 @@ def test_graph_sees_every_kind_of_import() -> None:
 def test_only_the_prepare_command_imports_data_prep() -> None:
     modules = module_files()
     offenders = sorted(
-        name for name, path in modules.items()
+        name
+        for name, path in modules.items()
         if name not in DATA_PREP_IMPORTERS
         and any(n == "data_prep" or n.startswith("data_prep.") for n in imported_names(name, path))
     )
-    assert offenders == [], f"library modules importing data_prep (move what they need into flexispeech/): {offenders}"
+    assert offenders == [], (
+        f"library modules importing data_prep (move what they need into flexispeech/): {offenders}"
+    )
     assert all(name in modules for name in DATA_PREP_IMPORTERS)
 
 
@@ -130,7 +133,9 @@ def test_data_prep_imports_no_private_name_of_the_library() -> None:
     for path in sorted((ROOT / "data_prep").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
             if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("flexispeech"):
-                private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")]
+                private += [
+                    f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name.startswith("_")
+                ]
     assert private == []
 
 

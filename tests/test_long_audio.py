@@ -5,6 +5,9 @@ block size block by block."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import tracemalloc
 from pathlib import Path
 
@@ -20,18 +23,22 @@ from flexispeech.streaming.online import _BlockFeed
 HOUR_SR = 8_000  # the lowest rate the toolkit promises; resampled 2x on reading
 
 
-@pytest.fixture(scope="module")
-def hour_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One hour of a quiet tone with a click every minute, 8 kHz 16-bit mono (58 MB),
-    written a minute at a time."""
-    path = tmp_path_factory.mktemp("long") / "hour.wav"
+def write_minutes(path: Path, minutes: int) -> Path:
+    """``minutes`` of a quiet tone with a click at the start of every minute, 8 kHz 16-bit
+    mono (58 MB an hour), written a minute at a time."""
     t = np.arange(60 * HOUR_SR) / HOUR_SR
     minute = (0.05 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
     minute[:80] = 0.9  # a click marks the start of every minute
     with sf.SoundFile(path, "w", HOUR_SR, 1, subtype="PCM_16") as f:
-        for _ in range(60):
+        for _ in range(minutes):
             f.write(minute)
     return path
+
+
+@pytest.fixture(scope="module")
+def hour_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One hour of :func:`write_minutes`."""
+    return write_minutes(tmp_path_factory.mktemp("long") / "hour.wav", 60)
 
 
 def test_an_hour_is_decoded_in_blocks_with_bounded_memory(hour_file: Path) -> None:
@@ -48,7 +55,9 @@ def test_an_hour_is_decoded_in_blocks_with_bounded_memory(hour_file: Path) -> No
     finally:
         tracemalloc.stop()
     assert total == 3600 * 16_000
-    assert peak < decoded_bytes / 20, f"peak {peak / 1e6:.1f} MB"  # a few 30-s blocks (2 MB each), never the hour
+    assert peak < decoded_bytes / 20, (
+        f"peak {peak / 1e6:.1f} MB"
+    )  # a few 30-s blocks (2 MB each), never the hour
     starts = [c for n, c in enumerate(clicks) if n == 0 or c - clicks[n - 1] > 1000]
     assert len(starts) == 60  # every minute's click lands at its minute: no samples lost or added
     assert starts[1] - starts[0] == 60 * 16_000 and starts[-1] - starts[0] == 59 * 60 * 16_000
@@ -95,12 +104,29 @@ def test_transcribe_and_stream_read_long_files_in_blocks(tmp_path: Path, monkeyp
     monkeypatch.setattr(flexispeech.audio, "load_audio", no_whole_file)
     monkeypatch.setitem(transcriber.LONG_BLOCK_S, "whisper", 2.5)
     monkeypatch.setattr(transcriber, "CUT_SEARCH_S", 1.0)
-    assert main(["transcribe", str(path), "--model", "random:tiny", "--audio-ctx", "150", "--max-new-tokens", "2",
-                 "--json"]) == 0
+    assert (
+        main(
+            [
+                "transcribe",
+                str(path),
+                "--model",
+                "random:tiny",
+                "--audio-ctx",
+                "150",
+                "--max-new-tokens",
+                "2",
+                "--json",
+            ]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out)
     assert row["duration"] == pytest.approx(7.0) and row["signals"]["duration"] == pytest.approx(7.0)
     assert np.isfinite(row["signals"]["snr_db"])
-    assert main(["stream", str(path), "--model", "random:tiny", "--audio-ctx", "150", "--chunk", "2", "--json"]) == 0
+    assert (
+        main(["stream", str(path), "--model", "random:tiny", "--audio-ctx", "150", "--chunk", "2", "--json"])
+        == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[-1]["final"] and events[-1]["audio_s"] == pytest.approx(7.0)
 
@@ -114,8 +140,62 @@ def test_quiet_cut_falls_in_a_pause() -> None:
     assert 7.2 * 16_000 <= cut <= 7.5 * 16_000
 
 
+# Runs a command and reports its peak resident memory (Linux: KiB) on the last stderr line.
+PEAK_RSS_CHILD = """import resource, sys
+from flexispeech.cli import main
+try:
+    code = main(sys.argv[1:])
+finally:
+    print(f"peak_rss_kib={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def transcribe_peak_rss(path: Path) -> tuple[dict, int]:
+    """``flexispeech transcribe PATH --json`` in a fresh process: (its row, peak RSS bytes)."""
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        # glibc otherwise raises its mmap threshold as large arrays are freed and keeps
+        # later ones in the heap, whose high-water mark then stands in for live memory
+        "MALLOC_MMAP_THRESHOLD_": str(128 * 1024),
+    }
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            PEAK_RSS_CHILD,
+            "transcribe",
+            str(path),
+            "--model",
+            "random:tiny",
+            "--max-new-tokens",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    peak = proc.stderr.strip().splitlines()[-1]
+    assert peak.startswith("peak_rss_kib="), proc.stderr[-2000:]
+    return json.loads(proc.stdout), int(peak.split("=")[1]) * 1024
+
+
 @pytest.mark.slow
-def test_transcribe_an_hour(hour_file: Path, capsys) -> None:
-    assert main(["transcribe", str(hour_file), "--model", "random:tiny", "--max-new-tokens", "2", "--json"]) == 0
-    row = json.loads(capsys.readouterr().out)
-    assert row["duration"] == pytest.approx(3600.0)
+@pytest.mark.skipif(sys.platform != "linux", reason="reads ru_maxrss in KiB, its unit on Linux")
+def test_transcribe_an_hour_in_bounded_memory(hour_file: Path, tmp_path: Path) -> None:
+    """An hour costs no more memory than 12 minutes: ``transcribe`` holds a few 5-minute
+    blocks, never the hour (230 MB decoded at 16 kHz float32). The 12-minute run already
+    has every fixed cost (libraries, model, a full carry-over between blocks)."""
+    short_row, short_peak = transcribe_peak_rss(write_minutes(tmp_path / "twelve.wav", 12))
+    row, peak = transcribe_peak_rss(hour_file)
+    assert short_row["duration"] == pytest.approx(720.0) and row["duration"] == pytest.approx(3600.0)
+    assert row["signals"]["duration"] == pytest.approx(3600.0)
+    decoded_bytes = 3600 * 16_000 * 4
+    growth = peak - short_peak
+    assert growth < decoded_bytes / 4, (
+        f"peak {peak / 1e6:.0f} MB for an hour vs {short_peak / 1e6:.0f} MB for 12 min"
+    )

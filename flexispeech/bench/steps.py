@@ -44,7 +44,9 @@ def time_fn(fn: Callable[[], Any], spec: BenchSpec) -> float:
     return statistics.median(times)
 
 
-def train_step_fn(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter], ctx: Callable[[], Any]) -> Callable[[], None]:
+def train_step_fn(
+    model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter], ctx: Callable[[], Any]
+) -> Callable[[], None]:
     # fused=True on CUDA (one kernel for all tensors): the foreach version cost ~8 ms per
     # step at 384 adapter tensors (benchmarks/NOTES.md). Every variant gets the same.
     opt = torch.optim.AdamW(params, lr=1e-4, fused=bool(params) and params[0].is_cuda)
@@ -88,8 +90,9 @@ def capture_graph(fn: Callable[[], Any], warmup: int = 3) -> tuple[Callable[[], 
     return graph.replay, graph
 
 
-def graphed_train_step(model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter],
-                       ctx: Callable[[], Any]) -> tuple[Callable[[], None], Callable[[], float]]:
+def graphed_train_step(
+    model: nn.Module, batch: dict[str, torch.Tensor], params: list[nn.Parameter], ctx: Callable[[], Any]
+) -> tuple[Callable[[], None], Callable[[], float]]:
     """A whole training step (forward, backward, fused AdamW) as one CUDA graph.
 
     Returns ``(replay, last_loss)``. ``ctx`` (e.g. ``use_ranks`` with a device tensor) is
@@ -124,7 +127,9 @@ def graphed_train_step(model: nn.Module, batch: dict[str, torch.Tensor], params:
     return graph.replay, lambda: float(holder["loss"])
 
 
-def graphed_infer(model: nn.Module, batch: dict[str, torch.Tensor], ctx: Callable[[], Any]) -> Callable[[], None]:
+def graphed_infer(
+    model: nn.Module, batch: dict[str, torch.Tensor], ctx: Callable[[], Any]
+) -> Callable[[], None]:
     """One no-grad forward pass as a CUDA graph (see ``capture_graph``)."""
     with ctx():
         replay, graph = capture_graph(infer_fn(model, batch, nullcontext))

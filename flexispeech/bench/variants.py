@@ -19,19 +19,58 @@ import torch
 from torch import nn
 
 from flexispeech.bench.spec import BenchSpec
-from flexispeech.bench.steps import graphed_infer, graphed_train_step, infer_fn, profile_step, time_fn, train_step_fn
+from flexispeech.bench.steps import (
+    graphed_infer,
+    graphed_train_step,
+    infer_fn,
+    profile_step,
+    time_fn,
+    train_step_fn,
+)
 from flexispeech.errors import ConfigError
 
 # WhisperConfig values of the released checkpoints (d_model, layers, heads, ffn, mel bins).
 SHAPES: dict[str, dict[str, int]] = {
-    "tiny": dict(d_model=384, encoder_layers=4, decoder_layers=4, encoder_attention_heads=6, decoder_attention_heads=6,
-                 encoder_ffn_dim=1536, decoder_ffn_dim=1536, num_mel_bins=80),
-    "base": dict(d_model=512, encoder_layers=6, decoder_layers=6, encoder_attention_heads=8, decoder_attention_heads=8,
-                 encoder_ffn_dim=2048, decoder_ffn_dim=2048, num_mel_bins=80),
-    "small": dict(d_model=768, encoder_layers=12, decoder_layers=12, encoder_attention_heads=12, decoder_attention_heads=12,
-                  encoder_ffn_dim=3072, decoder_ffn_dim=3072, num_mel_bins=80),
-    "large-v3": dict(d_model=1280, encoder_layers=32, decoder_layers=32, encoder_attention_heads=20, decoder_attention_heads=20,
-                     encoder_ffn_dim=5120, decoder_ffn_dim=5120, num_mel_bins=128),
+    "tiny": dict(
+        d_model=384,
+        encoder_layers=4,
+        decoder_layers=4,
+        encoder_attention_heads=6,
+        decoder_attention_heads=6,
+        encoder_ffn_dim=1536,
+        decoder_ffn_dim=1536,
+        num_mel_bins=80,
+    ),
+    "base": dict(
+        d_model=512,
+        encoder_layers=6,
+        decoder_layers=6,
+        encoder_attention_heads=8,
+        decoder_attention_heads=8,
+        encoder_ffn_dim=2048,
+        decoder_ffn_dim=2048,
+        num_mel_bins=80,
+    ),
+    "small": dict(
+        d_model=768,
+        encoder_layers=12,
+        decoder_layers=12,
+        encoder_attention_heads=12,
+        decoder_attention_heads=12,
+        encoder_ffn_dim=3072,
+        decoder_ffn_dim=3072,
+        num_mel_bins=80,
+    ),
+    "large-v3": dict(
+        d_model=1280,
+        encoder_layers=32,
+        decoder_layers=32,
+        encoder_attention_heads=20,
+        decoder_attention_heads=20,
+        encoder_ffn_dim=5120,
+        decoder_ffn_dim=5120,
+        num_mel_bins=128,
+    ),
 }
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 RANKS = (0, 4, 8, 16, 32, 64)
@@ -45,8 +84,13 @@ def build_whisper(spec: BenchSpec) -> nn.Module:
     if spec.shape not in SHAPES:
         raise ConfigError(f"bench shape: expected one of {sorted(SHAPES)}, got {spec.shape!r}")
     torch.manual_seed(spec.seed)
-    cfg = WhisperConfig(vocab_size=51866, max_source_positions=spec.audio_ctx, max_target_positions=448,
-                        attn_implementation="sdpa", **SHAPES[spec.shape])
+    cfg = WhisperConfig(
+        vocab_size=51866,
+        max_source_positions=spec.audio_ctx,
+        max_target_positions=448,
+        attn_implementation="sdpa",
+        **SHAPES[spec.shape],
+    )
     with torch.device(spec.device):
         model = WhisperForConditionalGeneration(cfg)
     return model.to(dtype=getattr(torch, spec.dtype)).requires_grad_(False)
@@ -88,7 +132,9 @@ def peft_adapters(model: nn.Module, rank: int, same_dtype: bool) -> Iterator[nn.
 
 
 @contextmanager
-def flexi_adapters(model: nn.Module, path: str) -> Iterator[nn.Module]:
+def flexi_adapters(model: nn.Module, path: str, fused: bool = True) -> Iterator[nn.Module]:
+    """Flexi-LoRA on the targets at ``RANKS``, every layer on ``path`` with the ``fused``
+    option as given (off: the plain-op paths, a baseline)."""
     from flexispeech.lora import FlexiLoraConfig, inject, remove
 
     inject(model, FlexiLoraConfig(ranks=RANKS, alpha=16.0, target_modules=TARGETS))
@@ -97,6 +143,7 @@ def flexi_adapters(model: nn.Module, path: str) -> Iterator[nn.Module]:
     for _, layer in flexi_layers(model):
         nn.init.normal_(layer.lora_B, std=0.01)  # non-zero B: a trained adapter's cost
         layer.compute_path = path
+        layer.fused = fused
     try:
         yield model
     finally:
@@ -108,7 +155,10 @@ def make_batch(spec: BenchSpec, model: nn.Module, gen: torch.Generator) -> dict[
     cfg = model.config
     feats = torch.randn(spec.batch, cfg.num_mel_bins, 2 * spec.audio_ctx, generator=gen)
     labels = torch.randint(0, cfg.vocab_size, (spec.batch, spec.label_len), generator=gen)
-    return {"input_features": feats.to(spec.device, getattr(torch, spec.dtype)), "labels": labels.to(spec.device)}
+    return {
+        "input_features": feats.to(spec.device, getattr(torch, spec.dtype)),
+        "labels": labels.to(spec.device),
+    }
 
 
 def mixed_ranks(batch: int, gen: torch.Generator) -> torch.Tensor:
@@ -123,8 +173,8 @@ def permute(batch: dict[str, torch.Tensor], order: torch.Tensor) -> dict[str, to
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
     """Time every variant; returns rows ``{kind, variant, seconds, ratio}``."""
     from flexispeech.lora import use_ranks
-    from flexispeech.lora.plans import rank_sort_order
     from flexispeech.lora.inject import merge_for_inference, unmerge
+    from flexispeech.lora.plans import rank_sort_order
 
     model = build_whisper(spec)
     model.train()
@@ -133,8 +183,10 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
     ranks = mixed_ranks(spec.batch, gen)
     order = rank_sort_order(ranks)
     sorted_batch, sorted_ranks = permute(batch, order), ranks[order]
-    log(f"shape={spec.shape} batch={spec.batch} audio_ctx={spec.audio_ctx} labels={spec.label_len} "
-        f"device={spec.device} dtype={spec.dtype} ranks={sorted_ranks.tolist()}")
+    log(
+        f"shape={spec.shape} batch={spec.batch} audio_ctx={spec.audio_ctx} labels={spec.label_len} "
+        f"device={spec.device} dtype={spec.dtype} ranks={sorted_ranks.tolist()}"
+    )
     rows: list[dict[str, Any]] = []
 
     graph_refs: dict[str, float] = {}
@@ -169,9 +221,11 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
         profile_step(floor_step, spec, "base (floor)")
     cuda = spec.device.startswith("cuda")
     if cuda:
+
         def floor_graphed() -> None:
             replay, _ = graphed_train_step(model, batch, embeds, nullcontext)
             record("train", "base (floor) graphed", time_fn(replay, spec), graphed=True)
+
         attempt("floor graphed", floor_graphed)
     for p in embeds:
         p.requires_grad_(False)
@@ -179,8 +233,12 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
     model.eval()
     record("infer", "base", time_fn(infer_fn(model, batch, nullcontext), spec))
     if cuda:
-        attempt("base graphed", lambda: record("infer", "base graphed", time_fn(graphed_infer(model, batch, nullcontext), spec),
-                                               graphed=True))
+        attempt(
+            "base graphed",
+            lambda: record(
+                "infer", "base graphed", time_fn(graphed_infer(model, batch, nullcontext), spec), graphed=True
+            ),
+        )
     model.train()
 
     for same in (False, True):
@@ -199,90 +257,138 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
     from flexispeech.lora import adapter_parameters
 
     # (grouped-with-gather and segmented were 5.9-7.0x and 2.2-2.9x on GPUs in earlier
-    # runs and are left out of the GPU table; they stay the CPU paths.)
+    # runs and are left out of the GPU table; they stay the CPU paths.) Every row is the
+    # public API: inject, then each step under use_ranks (path, fused option, batch, ranks).
     variants = [
-        ("unfused:masked", "naive masked, mixed", batch, ranks),
-        ("masked", "masked fused (torch), mixed", batch, ranks),
-        ("masked", "masked fused (torch), mixed sorted", sorted_batch, sorted_ranks),
-        ("triton", "triton, mixed", batch, ranks),
-        ("auto", "auto, mixed sorted", sorted_batch, sorted_ranks),
-        ("auto", "auto, all r=64", batch, 64),
-        ("auto", "auto, all r=16", batch, 16),
-        ("auto", "auto, all r=4", batch, 4),
-        ("auto", "auto, all r=0", batch, 0),
+        ("masked", False, "plain ops masked, mixed sorted", sorted_batch, sorted_ranks),
+        ("masked", True, "torch fused masked, mixed sorted", sorted_batch, sorted_ranks),
+        ("masked", True, "torch fused, all r=64", batch, 64),
+        ("masked", True, "torch fused, all r=4", batch, 4),
+        ("triton", True, "triton, mixed sorted", sorted_batch, sorted_ranks),
+        ("auto", True, "auto, mixed (arrival order)", batch, ranks),
+        ("auto", True, "auto, mixed sorted", sorted_batch, sorted_ranks),
+        ("auto", True, "auto, all r=64", batch, 64),
+        ("auto", True, "auto, all r=16", batch, 16),
+        ("auto", True, "auto, all r=4", batch, 4),
+        ("auto", True, "auto, all r=0", batch, 0),
     ]
     if not spec.device.startswith("cuda"):
-        variants += [("grouped", "grouped (gather), mixed", batch, ranks),
-                     ("segmented", "segmented, mixed sorted", sorted_batch, sorted_ranks)]
-    for path, name, b, r in variants:
-        with flexi_adapters(model, path) as fm:
+        variants += [
+            ("grouped", False, "grouped (gather), mixed", batch, ranks),
+            ("segmented", True, "segmented, mixed sorted", sorted_batch, sorted_ranks),
+        ]
+    for path, fused, name, b, r in variants:
+        with flexi_adapters(model, path, fused) as fm:
             step = train_step_fn(fm, b, adapter_parameters(fm), ranks_ctx(fm, r))
             record("train", f"Flexi {name}", time_fn(step, spec))
             if spec.profile and name == "auto, mixed sorted":
                 profile_step(step, spec, f"Flexi {name}")
     with flexi_adapters(model, "masked") as fm:
         fm.eval()
-        record("infer", "Flexi unmerged masked (torch), mixed", time_fn(infer_fn(fm, batch, ranks_ctx(fm, ranks)), spec))
+        record(
+            "infer",
+            "Flexi unmerged torch fused masked, mixed sorted",
+            time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec),
+        )
     with flexi_adapters(model, "auto") as fm:
         fm.eval()
-        record("infer", "Flexi unmerged auto, mixed sorted", time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec))
-        record("infer", "Flexi unmerged auto, mixed", time_fn(infer_fn(fm, batch, ranks_ctx(fm, ranks)), spec))
-        record("infer", "Flexi unmerged, all r=16", time_fn(infer_fn(fm, batch, ranks_ctx(fm, 16)), spec))
+        record(
+            "infer",
+            "Flexi unmerged auto, mixed sorted",
+            time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec),
+        )
+        record(
+            "infer", "Flexi unmerged auto, mixed", time_fn(infer_fn(fm, batch, ranks_ctx(fm, ranks)), spec)
+        )
+        for r in (64, 16, 4):
+            record(
+                "infer",
+                f"Flexi unmerged auto, all r={r}",
+                time_fn(infer_fn(fm, batch, ranks_ctx(fm, r)), spec),
+            )
         merge_for_inference(fm, 16)
-        record("infer", "Flexi merged fast path, all r=16", time_fn(infer_fn(fm, batch, ranks_ctx(fm, 16)), spec))
+        record(
+            "infer", "Flexi merged fast path, all r=16", time_fn(infer_fn(fm, batch, ranks_ctx(fm, 16)), spec)
+        )
         unmerge(fm)
-    static_rows(spec, model, batch, ranks, record, attempt, log)
+    train_loop_rows(spec, model, batch, ranks, record, attempt)
     if cuda:
         rows.extend(throughput(spec, model, log))
     return rows
 
 
-def static_rows(spec: BenchSpec, model: nn.Module, batch: dict[str, torch.Tensor], ranks: torch.Tensor,
-                record: Callable[..., None], attempt: Callable[[str, Callable[[], None]], None],
-                log: Callable[[str], None]) -> None:
-    """The graph-safe ``static`` path, eager and (on CUDA) as whole-step CUDA graphs.
-
-    One graph per kind is captured with the mixed ranks and replayed for other rank
-    patterns by copying them into the captured ranks tensor (the copy is timed too).
-    """
-    from flexispeech.lora import adapter_parameters, use_ranks
+def train_loop_rows(
+    spec: BenchSpec,
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    ranks: torch.Tensor,
+    record: Callable[..., None],
+    attempt: Callable[[str, Callable[[], None]], None],
+) -> None:
+    """The step of ``flexispeech train`` as its loop runs it: host-side inputs (float32
+    features, labels, ranks from the batch step) copied in, forward + backward (CUDA
+    graphs where the trainer takes them, ``training.graphs``), gradient clipping, AdamW,
+    the scheduler's zero_grad and the loss read back for the log."""
     from flexispeech.lora.inject import set_static_path
+    from flexispeech.lora.plans import rank_sort_order
+    from flexispeech.models.whisper import WhisperFamily
+    from flexispeech.training.graphs import GraphedSteps
 
-    static_ranks = ranks.to(spec.device).clone()
-    patterns = {"mixed": ranks.to(spec.device), "all r=64": torch.full_like(static_ranks, 64),
-                "all r=0": torch.zeros_like(static_ranks)}
-    with flexi_adapters(model, "auto") as fm:
-        set_static_path(fm)
-        params = adapter_parameters(fm)
-        step = train_step_fn(fm, batch, params, lambda: use_ranks(fm, static_ranks))
-        record("train", "Flexi static (eager), mixed", time_fn(step, spec))
-        if spec.device.startswith("cuda"):
-            def train_graphed() -> None:
-                replay, last_loss = graphed_train_step(fm, batch, params, lambda: use_ranks(fm, static_ranks))
+    order = rank_sort_order(ranks)
+    host = {
+        "input_features": batch["input_features"].float().cpu()[order.cpu()],
+        "labels": batch["labels"].cpu()[order.cpu()],
+    }
+    host_ranks = ranks[order].cpu()
+    loss_fn = WhisperFamily().loss
+    cuda = spec.device.startswith("cuda")
+    patterns = {
+        "mixed sorted": host_ranks,
+        "all r=64": torch.full_like(host_ranks, 64),
+        "all r=4": torch.full_like(host_ranks, 4),
+    }
+    for graphed in (False, True) if cuda else (False,):
+        with flexi_adapters(model, "auto") as fm:
+            step = loop_step(fm, host, GraphedSteps(fm, loss_fn, log=lambda _: None) if graphed else None)
+            label = "graphed" if graphed else "eager"
+
+            def timed(
+                step: Callable[[torch.Tensor], None] = step, label: str = label, graphed: bool = graphed
+            ) -> None:
                 for name, pattern in patterns.items():
-                    def run() -> None:
-                        static_ranks.copy_(pattern, non_blocking=True)
-                        replay()
-                    record("train", f"Flexi static graphed, {name}", time_fn(run, spec), graphed=True)
-                # Check: the graph's loss (before its AdamW update) equals the eager `auto`
-                # path's loss at the same parameters and ranks.
-                static_ranks.copy_(patterns["mixed"])
-                set_static_path(fm, False)
-                with torch.no_grad(), use_ranks(fm, static_ranks):
-                    eager = float(fm(**batch).loss)
-                set_static_path(fm)
-                replay()
-                log(f"  check: graphed static loss {last_loss():.5f} vs eager auto loss {eager:.5f} (same params, mixed ranks)")
-            attempt("Flexi static graphed", train_graphed)
-        fm.eval()
-        static_ranks.copy_(patterns["mixed"])
-        record("infer", "Flexi unmerged static (eager), mixed", time_fn(infer_fn(fm, batch, lambda: use_ranks(fm, static_ranks)), spec))
-        if spec.device.startswith("cuda"):
-            def infer_graphed() -> None:
-                replay = graphed_infer(fm, batch, lambda: use_ranks(fm, static_ranks))
-                record("infer", "Flexi unmerged static graphed, mixed", time_fn(replay, spec), graphed=True)
-            attempt("Flexi unmerged static graphed", infer_graphed)
-        fm.train()
+                    seconds = time_fn(lambda p=pattern: step(p), spec)
+                    record("train", f"flexispeech train step ({label}), {name}", seconds, graphed=graphed)
+
+            if graphed:
+                attempt("train step graphed", timed)
+            else:
+                timed()
+            set_static_path(fm, False)
+
+
+def loop_step(model: nn.Module, host: dict[str, torch.Tensor], runner: Any) -> Callable[[torch.Tensor], None]:
+    """One step of ``Trainer.train`` at the given host-side ranks [B]: the graph runner's
+    replay where it takes the batch, else the eager forward + backward under ``use_ranks``;
+    then clipping, the trainer's AdamW, zero_grad and the loss read back."""
+    from flexispeech.lora import adapter_parameters, use_ranks
+    from flexispeech.models.whisper import WhisperFamily
+
+    params = adapter_parameters(model)
+    opt = torch.optim.AdamW(params, lr=1e-4)
+    loss_fn = WhisperFamily().loss
+
+    def step(ranks: torch.Tensor) -> None:
+        loss = runner.run(host, ranks) if runner is not None else None
+        if loss is None:
+            with use_ranks(model, ranks):
+                loss = loss_fn(model, host)
+                loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        float(loss.detach())
+
+    return step
 
 
 def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) -> list[dict[str, Any]]:
@@ -294,7 +400,9 @@ def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) ->
     n_samples = 2 * spec.audio_ctx * HOP
     audio = (0.1 * torch.randn(spec.batch, n_samples, generator=gen)).to(spec.device)
     filters = mel_filters(model.config.num_mel_bins, spec.device)
-    labels = torch.randint(0, model.config.vocab_size, (spec.batch, spec.label_len), generator=gen).to(spec.device)
+    labels = torch.randint(0, model.config.vocab_size, (spec.batch, spec.label_len), generator=gen).to(
+        spec.device
+    )
     ranks = mixed_ranks(spec.batch, gen).to(spec.device)
     dtype = getattr(torch, spec.dtype)
     with flexi_adapters(model, "auto") as fm:
@@ -312,19 +420,34 @@ def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) ->
 
         seconds = time_fn(step, spec)
     mel_s = time_fn(lambda: log_mel(audio, filters), spec)
-    log(f"  train throughput (log-mel on device, Flexi auto, mixed): {spec.batch / seconds:.1f} utt/s; "
-        f"log-mel alone {mel_s * 1000:.2f} ms per batch")
-    return [{"kind": "throughput", "variant": "Flexi auto incl. log-mel", "seconds": seconds, "ratio": spec.batch / seconds}]
+    log(
+        f"  train throughput (log-mel on device, Flexi auto, mixed): {spec.batch / seconds:.1f} utt/s; "
+        f"log-mel alone {mel_s * 1000:.2f} ms per batch"
+    )
+    return [
+        {
+            "kind": "throughput",
+            "variant": "Flexi auto incl. log-mel",
+            "seconds": seconds,
+            "ratio": spec.batch / seconds,
+        }
+    ]
 
 
 def format_table(rows: list[dict[str, Any]], spec: BenchSpec) -> str:
     """A markdown table of the rows."""
-    lines = [f"### {spec.shape}, batch {spec.batch}, {spec.audio_ctx} encoder positions, {spec.dtype} on {spec.device}", "",
-             "| kind | variant | ms | ratio | vs graphed base |", "| --- | --- | ---: | ---: | ---: |"]
+    lines = [
+        f"### {spec.shape}, batch {spec.batch}, {spec.audio_ctx} encoder positions, {spec.dtype} on {spec.device}",
+        "",
+        "| kind | variant | ms | ratio | vs graphed base |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
     for r in rows:
         graphed = f"{r['ratio_graphed']:.2f}x" if "ratio_graphed" in r else ""
         if r["kind"] == "throughput":
             lines.append(f"| train | {r['variant']} | {r['seconds'] * 1000:.1f} | {r['ratio']:.1f} utt/s | |")
         else:
-            lines.append(f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x | {graphed} |")
+            lines.append(
+                f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x | {graphed} |"
+            )
     return "\n".join(lines)

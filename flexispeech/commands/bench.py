@@ -13,13 +13,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Shape, batch, input length, device and repetitions."""
     parser.add_argument("--shape", default="tiny", help="tiny, base, small or large-v3 (default tiny)")
     parser.add_argument("--batch", type=int, default=8, help="utterances per batch (default 8)")
-    parser.add_argument("--audio-ctx", type=int, default=100, help=f"encoder positions, {FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s (default 100)")
+    parser.add_argument(
+        "--audio-ctx",
+        type=int,
+        default=100,
+        help=f"encoder positions, {FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s (default 100)",
+    )
     parser.add_argument("--label-len", type=int, default=32, help="decoder tokens per utterance (default 32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)")
+    parser.add_argument(
+        "--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)"
+    )
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
     parser.add_argument("--reps", type=int, default=5, help="timed steps; the median is reported (default 5)")
-    parser.add_argument("--profile", default=None, help="write a torch.profiler table of one Flexi step to this file")
+    parser.add_argument(
+        "--profile", default=None, help="write a torch.profiler table of one Flexi step to this file"
+    )
     parser.add_argument("--out", default=None, help="append the markdown table to this file")
 
 
@@ -29,8 +38,17 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.bench.variants import format_table, run_bench
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
-    spec = BenchSpec(shape=args.shape, batch=args.batch, audio_ctx=args.audio_ctx, label_len=args.label_len,
-                     device=args.device, dtype=dtype, warmup=args.warmup, reps=args.reps, profile=args.profile)
+    spec = BenchSpec(
+        shape=args.shape,
+        batch=args.batch,
+        audio_ctx=args.audio_ctx,
+        label_len=args.label_len,
+        device=args.device,
+        dtype=dtype,
+        warmup=args.warmup,
+        reps=args.reps,
+        profile=args.profile,
+    )
     table = format_table(run_bench(spec), spec)
     print(table)
     if args.out:

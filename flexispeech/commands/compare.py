@@ -9,13 +9,25 @@ HELP = "print evaluation results side by side (WER overall/by SNR/unseen voices,
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("runs", nargs="+", help="results.json files or the directories holding them")
-    parser.add_argument("--out", help="also write compare.md, wer_by_snr.png and ranks.png into this directory")
-    parser.add_argument("--baseline", metavar="NAME",
-                        help="text tasks: also compare every run with the run of this name question by question "
-                             "(questions better / worse, the gap's 95%% bootstrap interval, a sign test)")
-    parser.add_argument("--rescore", action="store_true",
-                        help="text tasks: score each run's stored predictions again with the current answer "
-                             "extraction and rewrite its results.json / results.md (nothing is decoded again)")
+    parser.add_argument(
+        "--out", help="also write compare.md, wer_by_snr.png and ranks.png into this directory"
+    )
+    parser.add_argument(
+        "--baseline",
+        metavar="NAME",
+        action="append",
+        help="also compare every run with the run of this name example by example: the gap's "
+        "95%% bootstrap interval, examples better / worse, a sign test. Speech: per-utterance "
+        "word errors, overall, per SNR bucket and on seen / unseen voices, separately for each "
+        "corpus, split and window the runs were evaluated on (pass eval dirs of several "
+        "corpora, e.g. a real-speech one, in one call). Repeat for several baselines",
+    )
+    parser.add_argument(
+        "--rescore",
+        action="store_true",
+        help="text tasks: score each run's stored predictions again with the current answer "
+        "extraction and rewrite its results.json / results.md (nothing is decoded again)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -28,13 +40,15 @@ def run(args: argparse.Namespace) -> int:
     if args.rescore:
         results = [_rescored(r, path) for r, path in zip(results, args.runs)]
     table = compare_table(results)
-    if args.baseline:
+    for baseline in args.baseline or ():
         from flexispeech.evaluation.paired import paired_table
+        from flexispeech.evaluation.speech_paired import speech_paired_table
         from flexispeech.evaluation.text_report import KIND
 
-        if any(r.get("kind") != KIND for r in results):
-            raise FlexispeechError("--baseline: paired comparisons are for text-task results")
-        table += "\n" + paired_table(results, args.baseline)
+        if len({r.get("kind") == KIND for r in results}) > 1:
+            raise FlexispeechError("--baseline: cannot pair speech and text-task results")
+        text = results[0].get("kind") == KIND
+        table += "\n" + (paired_table(results, baseline) if text else speech_paired_table(results, baseline))
     print(table, end="")
     if args.out:
         out = Path(args.out)

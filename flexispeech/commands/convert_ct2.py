@@ -24,8 +24,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """SRC, OUT and --overwrite."""
     parser.description = DESCRIPTION
     parser.formatter_class = argparse.RawDescriptionHelpFormatter
-    parser.add_argument("src", type=Path, metavar="SRC", help="CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json)")
-    parser.add_argument("out", type=Path, metavar="OUT", help="transformers directory to create (must not exist or be empty)")
+    parser.add_argument(
+        "src",
+        type=Path,
+        metavar="SRC",
+        help="CTranslate2 Whisper directory (model.bin, config.json, tokenizer.json)",
+    )
+    parser.add_argument(
+        "out", type=Path, metavar="OUT", help="transformers directory to create (must not exist or be empty)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace OUT if it already exists")
 
 

@@ -11,48 +11,73 @@ HELP = "evaluate a model or adapter on a corpus split: WER/CER overall and by SN
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="corpus directory (from `flexispeech prepare`)")
-    parser.add_argument("--adapter", help="adapter directory (from `flexispeech train`); omit to evaluate the base model")
-    parser.add_argument("--model", help="base model (default: the one the adapter was trained on, else "
-                        f"{whisper.DEFAULT_SOURCE}; {causal_lm.DEFAULT_SOURCE} on a text task)")
+    parser.add_argument(
+        "--adapter", help="adapter directory (from `flexispeech train`); omit to evaluate the base model"
+    )
+    parser.add_argument(
+        "--model",
+        help="base model (default: the one the adapter was trained on, else "
+        f"{whisper.DEFAULT_SOURCE}; {causal_lm.DEFAULT_SOURCE} on a text task)",
+    )
     parser.add_argument("--family", help="model family (default: from the adapter, else whisper)")
     parser.add_argument("--split", default="test", help="split to evaluate (default: test)")
-    parser.add_argument("--rank", type=int, help="decode every utterance at this rank instead of the adapter's router")
-    parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's, "
-                        f"else {whisper.FULL_POSITIONS} = {whisper.FULL_POSITIONS // whisper.POSITIONS_PER_SECOND} s)")
+    parser.add_argument(
+        "--rank", type=int, help="decode every utterance at this rank instead of the adapter's router"
+    )
+    parser.add_argument(
+        "--audio-ctx",
+        type=int,
+        metavar="N",
+        help=f"Whisper encoder window in positions of {1000 // whisper.POSITIONS_PER_SECOND} ms "
+        "(500 = 10 s; default: the window the adapter was trained with, else "
+        f"{whisper.FULL_POSITIONS} = {whisper.FULL_POSITIONS // whisper.POSITIONS_PER_SECOND} s; "
+        "a warning when it differs from the adapter's). Every utterance is scored: a clip "
+        "longer than the window is decoded window by window",
+    )
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
-    parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
-    parser.add_argument("--max-examples", type=int, help="evaluate only the first N utterances (seeded sample)")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)"
+    )
+    parser.add_argument(
+        "--max-examples", type=int, help="evaluate only the first N utterances (seeded sample)"
+    )
     parser.add_argument("--max-duration", type=float, help="skip utterances longer than this many seconds")
-    parser.add_argument("--name", help="the method's name in tables (default: the adapter's run name, or 'base')")
-    parser.add_argument("--out", help="output directory (default: <adapter>/../eval_<split>, or exp/base/eval_<split>)")
+    parser.add_argument(
+        "--name", help="the method's name in tables (default: the adapter's run name, or 'base')"
+    )
+    parser.add_argument(
+        "--out", help="output directory (default: <adapter>/../eval_<split>, or exp/base/eval_<split>)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
+    from flexispeech.data.text import TextTaskSplit, open_split
+    from flexispeech.data.text_format import is_text_task
     from flexispeech.evaluation.evaluate import adapter_router, decode_split, summarize, write_results
-    from flexispeech.lora.io import load_adapter, read_adapter_config
-    from flexispeech.lora.router import FixedRouter
     from flexispeech.evaluation.metrics import english_normalizer
+    from flexispeech.evaluation.tables import pct
+    from flexispeech.evaluation.text_report import summarize_text
+    from flexispeech.lora.io import load_adapter, read_adapter_config, serving_window
+    from flexispeech.lora.router import FixedRouter
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
-    from flexispeech.evaluation.tables import pct
-    from flexispeech.data.text import TextTaskSplit, open_split
-    from flexispeech.evaluation.text_report import summarize_text
-    from flexispeech.data.text_format import is_text_task
 
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
-    source = args.model or meta.get("base_model") or (causal_lm.DEFAULT_SOURCE if text else whisper.DEFAULT_SOURCE)
+    source = (
+        args.model or meta.get("base_model") or (causal_lm.DEFAULT_SOURCE if text else whisper.DEFAULT_SOURCE)
+    )
     family = get_family(args.family or meta.get("family") or ("causal_lm" if text else "whisper"))
-    audio_ctx = args.audio_ctx or meta.get("audio_ctx")
-    max_duration = args.max_duration
-    if audio_ctx and family.name == "whisper":
-        max_duration = min(max_duration or 1e9, audio_ctx / whisper.POSITIONS_PER_SECOND)
-    # The data first: a wrong --data fails in a moment, not after the model has loaded.
-    split = open_split(args.data, args.split, max_duration=max_duration, max_examples=args.max_examples)
+    audio_ctx = args.audio_ctx
+    if family.name == "whisper" and args.adapter:
+        audio_ctx = serving_window(args.audio_ctx, args.adapter, "eval")  # default: the adapter's window
+    # The data first: a wrong --data fails in a moment, not after the model has loaded. No
+    # utterance is dropped for the window: one it cannot hear whole is scored as decoded.
+    split = open_split(args.data, args.split, max_duration=args.max_duration, max_examples=args.max_examples)
     model, processor = load_model(family, source, args.device, audio_ctx)
     router = None
     if args.adapter:
@@ -60,26 +85,75 @@ def run(args: argparse.Namespace) -> int:
         router = FixedRouter(args.rank) if args.rank is not None else adapter_router(model)
     elif args.rank is not None:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
-    records, decode_s = decode_split(model, family, processor, split, router, args.batch_size, args.beam,
-                                     max_new_tokens=args.max_new_tokens)
+    live = sorted(set(getattr(router, "signal_names", ())) - set(split.signal_names))
+    if live:
+        print(
+            f"note: {args.data} has no cached signals {live} for the router: computing them while decoding "
+            f"(`flexispeech signals {args.data}` caches them)"
+        )
+    records, decode_s = decode_split(
+        model,
+        family,
+        processor,
+        split,
+        router,
+        args.batch_size,
+        args.beam,
+        max_new_tokens=args.max_new_tokens,
+        live_signals=live,
+    )
+    window = {"audio_ctx": whisper.encoder_positions(model)} if family.name == "whisper" else {}
+    corpus = {"data": str(args.data), **window}
     name = args.name or meta.get("run") or "base"
-    default_out = Path(args.adapter).parent / f"eval_{args.split}" if args.adapter else Path("exp/base") / f"eval_{args.split}"
+    default_out = (
+        Path(args.adapter).parent / f"eval_{args.split}"
+        if args.adapter
+        else Path("exp/base") / f"eval_{args.split}"
+    )
     if isinstance(split, TextTaskSplit):
-        result = summarize_text(records, split.metric, decode_s, model if args.adapter else None, name, split.task_name)
-        result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": router.describe() if router is not None else None}
+        result = summarize_text(
+            records, split.metric, decode_s, model if args.adapter else None, name, split.task_name
+        )
+        result |= {
+            "model": source,
+            "adapter": args.adapter,
+            "split": args.split,
+            "router": router.describe() if router is not None else None,
+            **corpus,
+        }
         out = write_results(result, args.out or default_out)
         o = result["overall"]
-        score = f"accuracy {pct(o['accuracy'])}%" if split.metric == "accuracy" else f"EM {pct(o['em'])}%  F1 {pct(o['f1'])}%"
-        print(f"{name}: {score}  on {result['n']} questions (mean rank {result['mean_rank']:.2f}, "
-              f"active adapter params {result['active_params_mean']:,.0f}) -> {out}")
+        score = (
+            f"accuracy {pct(o['accuracy'])}%"
+            if split.metric == "accuracy"
+            else f"EM {pct(o['em'])}%  F1 {pct(o['f1'])}%"
+        )
+        print(
+            f"{name}: {score}  on {result['n']} questions (mean rank {result['mean_rank']:.2f}, "
+            f"active adapter params {result['active_params_mean']:,.0f}) -> {out}"
+        )
         return 0
     model_dir = pretrained_path(source)
-    result = summarize(records, english_normalizer(model_dir if isinstance(model_dir, Path) else None), decode_s, model if args.adapter else None, name)
-    result |= {"model": source, "adapter": args.adapter, "split": args.split, "router": router.describe() if router is not None else None}
+    result = summarize(
+        records,
+        english_normalizer(model_dir if isinstance(model_dir, Path) else None),
+        decode_s,
+        model if args.adapter else None,
+        name,
+    )
+    result |= {
+        "model": source,
+        "adapter": args.adapter,
+        "split": args.split,
+        "router": router.describe() if router is not None else None,
+        **corpus,
+    }
     out = write_results(result, args.out or default_out)
     o = result["overall"]
     skipped = f", {result['n_skipped']} skipped (undecodable audio)" if result["n_skipped"] else ""
     empty = f", {o['n_empty_refs']} with empty references (not scored)" if o["n_empty_refs"] else ""
-    print(f"{name}: WER {pct(o['wer'])}%  CER {pct(o['cer'])}%  on {result['n']} utterances{skipped}{empty} "
-          f"(mean rank {result['mean_rank']:.2f}, RTF {result['rtf']:.3f}) -> {out}")
+    print(
+        f"{name}: WER {pct(o['wer'])}%  CER {pct(o['cer'])}%  on {result['n']} utterances{skipped}{empty} "
+        f"(mean rank {result['mean_rank']:.2f}, RTF {result['rtf']:.3f}) -> {out}"
+    )
     return 0

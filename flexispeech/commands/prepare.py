@@ -78,21 +78,43 @@ def corpus_parser(name: str, func) -> argparse.ArgumentParser:
         required = default is inspect.Parameter.empty
         shown = helps.get(param.name, param.name) + ("" if required else f" (default: {default})")
         if conv is bool:
-            parser.add_argument(flag, dest=param.name, action=argparse.BooleanOptionalAction,
-                                default=default if not required else False, help=shown)
+            parser.add_argument(
+                flag,
+                dest=param.name,
+                action=argparse.BooleanOptionalAction,
+                default=default if not required else False,
+                help=shown,
+            )
         elif conv == "list":
-            parser.add_argument(flag, dest=param.name, nargs="+", required=required,
-                                default=None if required else default, help=shown)
+            parser.add_argument(
+                flag,
+                dest=param.name,
+                nargs="+",
+                required=required,
+                default=None if required else default,
+                help=shown,
+            )
         else:
-            parser.add_argument(flag, dest=param.name, type=conv, required=required,
-                                default=None if required else default,
-                                metavar=param.name.upper(), help=shown)
+            parser.add_argument(
+                flag,
+                dest=param.name,
+                type=conv,
+                required=required,
+                default=None if required else default,
+                metavar=param.name.upper(),
+                help=shown,
+            )
     return parser
 
 
 def run(args: argparse.Namespace) -> int:
     func = _resolve(args.corpus)
     options = vars(corpus_parser(args.corpus, func).parse_args(args.options))
+    if options.get("out") is not None and Path(options["out"]).exists() and not Path(options["out"]).is_dir():
+        # checked here once for every corpus: each importer would fail deep in mkdir instead
+        raise FlexispeechError(
+            f"{options['out']}: exists and is not a directory (--out is the directory to write)"
+        )
     out = func(**options)
     from flexispeech.data.corpus import read_corpus_info
 

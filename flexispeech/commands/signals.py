@@ -6,20 +6,49 @@ import argparse
 
 from flexispeech.models.whisper import DEFAULT_SOURCE, POSITIONS_PER_SECOND
 
-HELP = "cache per-utterance complexity signals (duration, SNR, speech activity, decoder confidence) and base WER"
+HELP = (
+    "cache per-utterance complexity signals (duration, SNR, speech activity, decoder confidence) and base WER"
+)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("corpus", help="corpus directory (from `flexispeech prepare`)")
-    parser.add_argument("--splits", default="train,validation,test", help="comma-separated splits (default: all three; missing ones are skipped)")
-    parser.add_argument("--model", help="base Whisper model for the decoder-confidence proxy and base WER "
-                        f"(e.g. {DEFAULT_SOURCE}); without it only the audio signals are computed")
-    parser.add_argument("--audio-ctx", type=int, help="Whisper encoder positions (500 = 10 s); longer utterances get no model signals")
-    parser.add_argument("--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)")
-    parser.add_argument("--max-new-tokens", type=int, default=96,
-                        help="text tasks: cap on the base model's answer tokens (default: 96)")
-    parser.add_argument("--label-splits", help="text tasks: the splits that also get the base model's answers and "
-                        "difficulty labels (default: every split in --splits; the learned router reads them on train only)")
+    parser.add_argument(
+        "--splits",
+        default="train,validation,test",
+        help="comma-separated splits (default: all three; missing ones are skipped)",
+    )
+    parser.add_argument(
+        "--model",
+        help="base Whisper model for the decoder-confidence proxy and base WER "
+        f"(e.g. {DEFAULT_SOURCE}); without it only the audio signals are computed",
+    )
+    parser.add_argument(
+        "--audio-ctx",
+        type=int,
+        help="Whisper encoder positions (500 = 10 s); longer utterances get no model signals",
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)"
+    )
+    parser.add_argument(
+        "--max-new-tokens",
+        type=int,
+        default=96,
+        help="text tasks: cap on the base model's answer tokens (default: 96)",
+    )
+    parser.add_argument(
+        "--label-splits",
+        help="text tasks: the splits that also get the base model's answers and "
+        "difficulty labels (default: every split in --splits; the learned router reads them on train only)",
+    )
+    parser.add_argument(
+        "--embedding",
+        action="store_true",
+        help="also cache signal_embedding: the --model encoder's output mean-pooled over each "
+        "utterance (a vector router feature; use the model the adapters are trained on, where "
+        "it costs nothing at inference when the encoder is not adapted)",
+    )
     parser.add_argument("--force", action="store_true", help="recompute columns that are already cached")
     parser.add_argument("--device", default="cpu", help="torch device for the base model (default: cpu)")
 
@@ -29,20 +58,25 @@ def run(args: argparse.Namespace) -> int:
 
     from flexispeech.data.corpus import read_corpus_info
     from flexispeech.data.text_format import is_text_task
-    from flexispeech.signals.cache import cache_audio_signals, cache_model_signals
+    from flexispeech.errors import ConfigError
+    from flexispeech.signals.cache import cache_audio_signals, cache_embedding, cache_model_signals
 
     if is_text_task(Path(args.corpus)):  # a text task: surface counts, prompt perplexity, base answers
         from flexispeech.signals.text_cache import run_text_signals
 
         return run_text_signals(args)
+    if args.embedding and not args.model:
+        raise ConfigError("--embedding needs --model: the Whisper model whose encoder gives the embedding")
     info = read_corpus_info(Path(args.corpus))
     splits = [s for s in args.splits.split(",") if s in info["splits"]]
     model = processor = None
     for split in splits:
         skipped: list[str] = []  # rows whose audio cannot be decoded: reported, given NaN signals
         did = cache_audio_signals(args.corpus, split, force=args.force, skipped=skipped)
-        print(f"{split}: audio signals {'computed' if did else 'already cached'}"
-              + (f", {len(skipped)} utterance(s) skipped (undecodable audio)" if skipped else ""))
+        print(
+            f"{split}: audio signals {'computed' if did else 'already cached'}"
+            + (f", {len(skipped)} utterance(s) skipped (undecodable audio)" if skipped else "")
+        )
         if args.model:
             if model is None:
                 from flexispeech.models.family import get_family, load_model
@@ -51,7 +85,28 @@ def run(args: argparse.Namespace) -> int:
                 model, processor = load_model(get_family("whisper"), args.model, args.device, args.audio_ctx)
                 model_dir = pretrained_path(args.model)
             window = args.audio_ctx / POSITIONS_PER_SECOND if args.audio_ctx else None
-            did = cache_model_signals(args.corpus, split, model, processor, model_dir if isinstance(model_dir, Path) else None,
-                                      args.batch_size, window, force=args.force, skipped=skipped)
+            did = cache_model_signals(
+                args.corpus,
+                split,
+                model,
+                processor,
+                model_dir if isinstance(model_dir, Path) else None,
+                args.batch_size,
+                window,
+                force=args.force,
+                skipped=skipped,
+            )
             print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
+            if args.embedding:
+                did = cache_embedding(
+                    args.corpus,
+                    split,
+                    model,
+                    processor,
+                    args.batch_size,
+                    window,
+                    force=args.force,
+                    skipped=skipped,
+                )
+                print(f"{split}: pooled encoder embedding {'computed' if did else 'already cached'}")
     return 0

@@ -39,9 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rank", type=int, help="serve every update at this adapter rank instead of routing")
     parser.add_argument(
         "--audio-ctx",
-        default="auto",
         metavar="N",
-        help="encoder window in 20-ms positions, or 'auto': the buffer rounded up to 10 s (default)",
+        help="encoder window in 20-ms positions (500 = 10 s), or 'auto': the buffer rounded up to 10 s "
+        "(default: the window the adapter was trained with; 1500 = 30 s without an adapter)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--json", action="store_true", help="print one JSON event per update")
@@ -60,6 +60,28 @@ def audio_ctx_option(value: str) -> str | int:
     if n < 1:
         raise ConfigError(f"--audio-ctx must be 'auto' or a number of positions >= 1, got {value!r}")
     return n
+
+
+def stream_window(value: str | None, adapter: str | None) -> str:
+    """``--audio-ctx`` resolved: the adapter's training window (30 s without one) when not
+    given; a warning line when a given window differs from the adapter's (see
+    ``lora.io.serving_window``; 'auto' varies with the buffer, so it always differs)."""
+    from flexispeech.lora.io import adapter_audio_ctx, serving_window
+    from flexispeech.models.whisper import FULL_POSITIONS
+
+    if value is None:
+        return str(adapter_audio_ctx(adapter) or FULL_POSITIONS) if adapter else str(FULL_POSITIONS)
+    option = audio_ctx_option(value)
+    if adapter is None:
+        return value
+    if option == "auto":
+        print(
+            f"warning: stream: --audio-ctx auto serves windows of 10 s steps; the adapter was trained with "
+            f"{adapter_audio_ctx(adapter)} positions",
+            file=sys.stderr,
+        )
+        return value
+    return str(serving_window(int(option), adapter, "stream"))
 
 
 def load_online(
@@ -164,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--rank needs an adapter (--adapter DIR)")
     if args.concurrent and args.mic:
         raise ConfigError("--concurrent streams FILEs, not the microphone")
-    audio_ctx_option(args.audio_ctx)  # a bad value fails before the model loads
+    args.audio_ctx = stream_window(args.audio_ctx, args.adapter)  # a bad value fails before the model loads
     for path in args.audio:
         audio_duration(path)  # a missing or undecodable file fails before the model loads
     online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)

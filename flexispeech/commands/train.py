@@ -8,14 +8,28 @@ HELP = "train an adapter from a YAML config (static LoRA or Flexi-LoRA, any fami
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="a recipe config, e.g. recipes/synthetic/conf/flexi_threshold.yaml (default: built-in defaults + overrides)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                        help="config overrides with dotted keys, e.g. train.lr=3e-4 train.max_steps=200")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue from <output_dir>/checkpoint if there is one (a killed run ends as if never stopped)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to train_log.jsonl)")
-    parser.epilog = ("Runs on several GPUs unchanged under `accelerate launch -m flexispeech train ...` or torchrun. "
-                     "Writes <output_dir>/adapter, train_log.jsonl, train_summary.json and config.yaml.")
+    parser.add_argument(
+        "--config",
+        help="a recipe config, e.g. recipes/synthetic/conf/flexi_threshold.yaml (default: built-in defaults + overrides)",
+    )
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="config overrides with dotted keys, e.g. train.lr=3e-4 train.max_steps=200",
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from <output_dir>/checkpoint if there is one (a killed run ends as if never stopped)",
+    )
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (logs still go to train_log.jsonl)"
+    )
+    parser.epilog = (
+        "Runs on several GPUs unchanged under `accelerate launch -m flexispeech train ...` or torchrun. "
+        "Writes <output_dir>/adapter, train_log.jsonl, train_summary.json and config.yaml."
+    )
 
 
 def run(args: argparse.Namespace) -> int:

@@ -29,23 +29,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (default 1: greedy)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--json", action="store_true", help="print JSON lines: path, text, rank, duration, signals")
+    parser.add_argument(
+        "--json", action="store_true", help="print JSON lines: path, text, rank, duration, signals"
+    )
     parser.add_argument(
         "--audio-ctx",
         type=int,
         metavar="N",
         help=f"Whisper encoder window in positions of {1000 // POSITIONS_PER_SECOND} ms (e.g. 500 = 10 s; "
-        f"default {FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s)",
+        "default: the window the adapter was trained with, a warning when it differs; "
+        f"{FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s without an adapter)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="files decoded together (default 8)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on tokens per window (default: the model's)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from transformers.utils import logging as hf_logging
+
     from flexispeech.errors import AudioError, ConfigError
     from flexispeech.streaming.transcriber import Transcriber
-
-    from transformers.utils import logging as hf_logging
 
     # Our output is the transcripts: keep transformers' load bars and advice off stderr.
     hf_logging.set_verbosity_error()

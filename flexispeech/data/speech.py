@@ -71,7 +71,9 @@ class CorpusSplit(Split):
             "snr_db": row.get("snr_db"),
             "voice": row.get("voice", row.get("speaker")),
             "seen_voice": row.get("seen_voice"),
-            "signals": self.signals(index),
+            # Scalar signals only: a vector signal (the pooled encoder embedding) would
+            # bloat every results.json by hundreds of numbers per utterance.
+            "signals": {k: v for k, v in self.signals(index).items() if not isinstance(v, list)},
         }
 
     def __getitem__(self, index: int) -> Example:

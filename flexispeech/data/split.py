@@ -10,6 +10,7 @@ keeps about a row (``record``): :class:`~flexispeech.data.speech.CorpusSplit` an
 
 from __future__ import annotations
 
+import math
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -34,6 +35,23 @@ def _as_float(value: Any) -> float:
     return float("nan") if value is None else float(value)
 
 
+def _as_signal(value: Any) -> float | list[float]:
+    """A cached signal value: a float (NaN when missing), or a list of floats for a vector
+    signal (``signal_embedding``)."""
+    if isinstance(value, (list, tuple)):
+        return [_as_float(v) for v in value]
+    return _as_float(value)
+
+
+def _stack(values: list[Any]) -> torch.Tensor:
+    """One signal of many rows: [N] float32, or [N, d] for a vector signal (missing rows NaN)."""
+    width = next((len(v) for v in values if isinstance(v, (list, tuple))), None)
+    if width is None:
+        return torch.tensor([_as_float(v) for v in values], dtype=torch.float32)
+    rows = [_as_signal(v) if isinstance(v, (list, tuple)) else [math.nan] * width for v in values]
+    return torch.tensor(rows, dtype=torch.float32)
+
+
 def sample_rows(rows: list[dict[str, Any]], max_examples: int | None, seed: int) -> list[dict[str, Any]]:
     """At most ``max_examples`` of ``rows``, drawn by a seeded shuffle, in their order."""
     if max_examples is None or max_examples >= len(rows):
@@ -43,14 +61,15 @@ def sample_rows(rows: list[dict[str, Any]], max_examples: int | None, seed: int)
     return [rows[i] for i in sorted(order[:max_examples])]
 
 
-def row_signals(row: dict[str, Any], names: Sequence[str]) -> dict[str, float]:
-    """The cached signals ``names`` of one row (NaN where a value is missing)."""
-    return {name: _as_float(row[SIGNAL_PREFIX + name]) for name in names}
+def row_signals(row: dict[str, Any], names: Sequence[str]) -> dict[str, Any]:
+    """The cached signals ``names`` of one row (NaN where a value is missing; a list of
+    floats for a vector signal)."""
+    return {name: _as_signal(row[SIGNAL_PREFIX + name]) for name in names}
 
 
 def stacked_signals(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, torch.Tensor]:
-    """The cached signals of ``rows``, name -> [len(rows)] float32."""
-    return {n: torch.tensor([_as_float(r[SIGNAL_PREFIX + n]) for r in rows], dtype=torch.float32) for n in names}
+    """The cached signals of ``rows``, name -> [len(rows)] float32 ([len(rows), d] for a vector signal)."""
+    return {n: _stack([r[SIGNAL_PREFIX + n] for r in rows]) for n in names}
 
 
 def rows_column(rows: Sequence[dict[str, Any]], name: str, source: Path) -> list[Any]:
@@ -65,7 +84,7 @@ def signals_tensor(examples: Sequence[Example]) -> dict[str, torch.Tensor]:
     names = set(examples[0].signals)
     for ex in examples[1:]:
         names &= set(ex.signals)
-    return {n: torch.tensor([ex.signals[n] for ex in examples], dtype=torch.float32) for n in sorted(names)}
+    return {n: _stack([ex.signals[n] for ex in examples]) for n in sorted(names)}
 
 
 class Split(Dataset, ABC):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -31,6 +31,18 @@ def snr_bucket(snr: float | None) -> str:
 def duration_bucket(duration: float) -> str:
     """The duration bucket of an utterance of ``duration`` seconds."""
     return next(name for low, name in DURATION_BUCKETS if duration >= low)
+
+
+def ranks_by_bucket(
+    records: Sequence[dict[str, Any]], bucket: Callable[[dict[str, Any]], str]
+) -> dict[str, dict[str, int]]:
+    """Utterances per rank in each bucket: ``{bucket: {rank: n}}`` (empty for a base model,
+    whose records carry no rank), e.g. which ranks the router served at each SNR."""
+    out: dict[str, Counter] = {}
+    for rec in records:
+        if rec.get("rank") is not None:
+            out.setdefault(bucket(rec), Counter())[rec["rank"]] += 1
+    return {name: {str(r): n for r, n in sorted(c.items())} for name, c in sorted(out.items())}
 
 
 def rank_summary(model: torch.nn.Module | None, ranks: Sequence[int]) -> dict[str, Any]:

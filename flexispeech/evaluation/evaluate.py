@@ -21,11 +21,12 @@ from tqdm.auto import tqdm
 
 from flexispeech.data.split import Split
 from flexispeech.errors import AudioError, FlexispeechError
-from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, snr_bucket
-from flexispeech.evaluation.metrics import error_counts, utterance_wer
+from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
+from flexispeech.evaluation.metrics import error_counts
 from flexispeech.lora.inject import get_state, use_ranks
 from flexispeech.models.example import Example
 from flexispeech.training.batch import prepare_batch
+
 
 def decode_split(
     model: torch.nn.Module,
@@ -37,13 +38,16 @@ def decode_split(
     num_beams: int = 1,
     progress: bool = True,
     max_new_tokens: int | None = None,
+    live_signals: Sequence[str] = (),
 ) -> tuple[list[dict[str, Any]], float]:
     """Decode every row of ``split``; returns per-utterance records and decode seconds.
 
     ``router`` maps a batch's signals to ranks; None decodes the model as it is (a base
     model, or an adapter outside any ``use_ranks`` block). ``split`` is a ``CorpusSplit`` or a
     ``TextTaskSplit`` (its ``record(i)`` says what a record keeps); ``max_new_tokens`` caps
-    the generated tokens (None: the family's default).
+    the generated tokens (None: the family's default). ``live_signals``: signals the router
+    reads that the split has not cached; they are computed from each batch's audio as
+    ``flexispeech transcribe`` computes them (``signals.live``), not counted as decoding time.
     """
     device = next(model.parameters()).device
 
@@ -67,25 +71,57 @@ def decode_split(
                 records[i] = {**split.record(i), "hyp": "", "rank": None, "error": str(err)}
         if not idx:
             continue
+        if live_signals:
+            _add_live_signals(examples, live_signals, model, family, processor, collate, max_new_tokens)
         # Rows decode independently: the batch step puts them in rank order for speed only.
         batch = prepare_batch(examples, router, collate, rows=idx)
         inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
         ranks_ctx = use_ranks(model, batch.ranks) if batch.ranks is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
         with torch.no_grad(), ranks_ctx:
-            texts = family.generate(model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens)
+            texts = family.generate(
+                model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens
+            )
         decode_s += time.perf_counter() - t0
         ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
+        signals = {i: ex.signals for i, ex in zip(idx, examples)}
         for i, text, rank in zip(batch.rows, texts, ranks):
-            records[i] = {**split.record(i), "hyp": text, "rank": rank}
+            record = split.record(i)
+            if live_signals:
+                record["signals"] = dict(signals[i])
+            records[i] = {**record, "hyp": text, "rank": rank}
     return records, decode_s
 
 
-def _bucketed(records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any], normalize: Callable[[str], str]) -> dict[str, Any]:
+def _add_live_signals(
+    examples: list[Example],
+    names: Sequence[str],
+    model: torch.nn.Module,
+    family: Any,
+    processor: Any,
+    collate: Callable[[list[Example]], dict[str, torch.Tensor]],
+    max_new_tokens: int | None,
+) -> None:
+    """Fill the signals ``names`` of ``examples`` in place from their audio (``signals.live``)."""
+    from flexispeech.signals.live import live_signals
+
+    audios = [ex.audio for ex in examples]
+    with torch.no_grad():
+        values = live_signals(audios, collate(examples), names, family.name, model, processor, max_new_tokens)
+    for j, ex in enumerate(examples):
+        ex.signals = {**ex.signals, **{n: float(values[n][j]) for n in names}}
+
+
+def _bucketed(
+    records: Sequence[dict[str, Any]], key: Callable[[dict[str, Any]], Any], normalize: Callable[[str], str]
+) -> dict[str, Any]:
     groups: dict[str, list[dict[str, Any]]] = {}
     for rec in records:
         groups.setdefault(str(key(rec)), []).append(rec)
-    return {name: error_counts([r["ref"] for r in g], [r["hyp"] for r in g], normalize) for name, g in sorted(groups.items())}
+    return {
+        name: error_counts([r["ref"] for r in g], [r["hyp"] for r in g], normalize)
+        for name, g in sorted(groups.items())
+    }
 
 
 def summarize(
@@ -102,7 +138,13 @@ def summarize(
     skipped = [{"id": r["id"], "error": r["error"]} for r in records if "error" in r]
     records = [r for r in records if "error" not in r]
     for rec in records:
-        rec["wer"] = utterance_wer(rec["ref"], rec["hyp"], normalize)
+        counts = error_counts([rec["ref"]], [rec["hyp"]], normalize)
+        # errors and reference words per utterance: what paired comparisons add up
+        # (``flexispeech compare --baseline``); None where the reference normalises to nothing
+        scored = not counts["n_empty_refs"]
+        rec["wer"] = counts["wer"] if scored else None
+        rec["errors"] = counts["sub"] + counts["del"] + counts["ins"] if scored else None
+        rec["ref_words"] = counts["ref_words"] if scored else None
     audio_s = sum(r["duration"] for r in records)
     ranks = [r["rank"] for r in records if r["rank"] is not None]
     result: dict[str, Any] = {
@@ -114,11 +156,14 @@ def summarize(
         "by_snr": _bucketed(records, lambda r: snr_bucket(r["snr_db"]), normalize),
         "by_duration": _bucketed(records, lambda r: duration_bucket(r["duration"]), normalize),
         "by_voice": _bucketed(records, lambda r: r["voice"], normalize),
-        "by_seen_voice": _bucketed(records, lambda r: {True: "seen", False: "unseen"}.get(r["seen_voice"], "unknown"), normalize),
+        "by_seen_voice": _bucketed(
+            records, lambda r: {True: "seen", False: "unseen"}.get(r["seen_voice"], "unknown"), normalize
+        ),
         "audio_s": round(audio_s, 2),
         "decode_s": round(decode_s, 2),
         "rtf": decode_s / audio_s if audio_s else math.nan,
         **rank_summary(model, ranks),
+        "ranks_by_snr": ranks_by_bucket(records, lambda r: snr_bucket(r["snr_db"])),
     }
     result["utterances"] = list(records)
     return result

@@ -30,7 +30,9 @@ def english_normalizer(model_dir: str | Path | None = None) -> Callable[[str], s
     return _normalizer(str(spelling) if spelling and spelling.is_file() else None)
 
 
-def error_counts(refs: Sequence[str], hyps: Sequence[str], normalize: Callable[[str], str] | None = None) -> dict[str, Any]:
+def error_counts(
+    refs: Sequence[str], hyps: Sequence[str], normalize: Callable[[str], str] | None = None
+) -> dict[str, Any]:
     """Corpus-level word and character error rates of ``hyps`` against ``refs``.
 
     Pairs whose normalised reference is empty cannot be scored by WER; they are counted

@@ -63,21 +63,39 @@ def _mean_difference(a: np.ndarray, b: np.ndarray, axis: int = -1) -> np.ndarray
     return np.mean(b - a, axis=axis)
 
 
-def paired_difference(a: Sequence[float], b: Sequence[float], seed: int = 0, n_boot: int = N_BOOTSTRAP) -> PairedDifference:
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], seed: int = 0, n_boot: int = N_BOOTSTRAP
+) -> PairedDifference:
     """Compare per-example scores ``a`` and ``b`` (same examples, same order); the interval
     is a 95% paired percentile bootstrap of ``n_boot`` resamples, seeded by ``seed``."""
     from scipy.stats import bootstrap
 
     if len(a) != len(b) or not a:
-        raise FlexispeechError(f"paired comparison needs two equal, non-empty score lists (got {len(a)} and {len(b)})")
+        raise FlexispeechError(
+            f"paired comparison needs two equal, non-empty score lists (got {len(a)} and {len(b)})"
+        )
     a_arr, b_arr = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
     diff = b_arr - a_arr
-    ci = bootstrap((a_arr, b_arr), _mean_difference, paired=True, vectorized=True, n_resamples=n_boot,
-                   confidence_level=0.95, method="percentile", rng=np.random.default_rng(seed)).confidence_interval
+    ci = bootstrap(
+        (a_arr, b_arr),
+        _mean_difference,
+        paired=True,
+        vectorized=True,
+        n_resamples=n_boot,
+        confidence_level=0.95,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
     wins, losses = int((diff > 0).sum()), int((diff < 0).sum())
     return PairedDifference(
-        n=len(diff), delta=float(diff.mean()), ci_low=float(ci.low), ci_high=float(ci.high), wins=wins, losses=losses,
-        ties=len(diff) - wins - losses, p_sign=sign_test(wins, losses),
+        n=len(diff),
+        delta=float(diff.mean()),
+        ci_low=float(ci.low),
+        ci_high=float(ci.high),
+        wins=wins,
+        losses=losses,
+        ties=len(diff) - wins - losses,
+        p_sign=sign_test(wins, losses),
     )
 
 
@@ -109,6 +127,8 @@ def paired_table(results: Sequence[dict[str, Any]], baseline: str) -> str:
             raise FlexispeechError(f"{r['name']} and {baseline} were not scored on the same questions")
         ids = sorted(base)
         d = paired_difference([base[i] for i in ids], [ours[i] for i in ids])
-        lines.append(f"| {r['name']} | {100 * d.delta:+.1f} | [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}] | "
-                     f"{d.wins} | {d.losses} | {d.ties} | {d.p_sign:.3f} |")
+        lines.append(
+            f"| {r['name']} | {100 * d.delta:+.1f} | [{100 * d.ci_low:+.1f}, {100 * d.ci_high:+.1f}] | "
+            f"{d.wins} | {d.losses} | {d.ties} | {d.p_sign:.3f} |"
+        )
     return "\n".join(lines) + "\n"

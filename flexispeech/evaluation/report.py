@@ -10,8 +10,10 @@ from typing import Any
 
 from flexispeech.errors import FlexispeechError
 from flexispeech.evaluation.breakdown import DURATION_ORDER, SNR_ORDER
+from flexispeech.evaluation.speech_paired import group_by_corpus
 from flexispeech.evaluation.tables import markdown_table, pct
 from flexispeech.evaluation.text_report import KIND, markdown_text_summary, text_compare_table
+from flexispeech.models.whisper import POSITIONS_PER_SECOND
 
 
 def markdown_summary(result: dict[str, Any]) -> str:
@@ -19,29 +21,78 @@ def markdown_summary(result: dict[str, Any]) -> str:
     if result.get("kind") == KIND:
         return markdown_text_summary(result)
     o = result["overall"]
+    window = f" ({result['audio_ctx'] / POSITIONS_PER_SECOND:g}-s window)" if result.get("audio_ctx") else ""
     parts = [
-        f"# {result['name']}\n",
+        f"# {result['name']}{window}\n",
         markdown_table(
-            ["utterances", "WER %", "CER %", "sub", "del", "ins", "mean rank", "active adapter params", "RTF"],
-            [[result["n"], pct(o["wer"]), pct(o["cer"]), o["sub"], o["del"], o["ins"], f"{result['mean_rank']:.2f}",
-              f"{result['active_params_mean']:,.0f}", f"{result['rtf']:.3f}"]],
+            [
+                "utterances",
+                "WER %",
+                "CER %",
+                "sub",
+                "del",
+                "ins",
+                "mean rank",
+                "active adapter params",
+                "RTF",
+            ],
+            [
+                [
+                    result["n"],
+                    pct(o["wer"]),
+                    pct(o["cer"]),
+                    o["sub"],
+                    o["del"],
+                    o["ins"],
+                    f"{result['mean_rank']:.2f}",
+                    f"{result['active_params_mean']:,.0f}",
+                    f"{result['rtf']:.3f}",
+                ]
+            ],
         ),
     ]
-    for title, key, order in (("SNR", "by_snr", SNR_ORDER), ("duration", "by_duration", DURATION_ORDER),
-                              ("voice", "by_seen_voice", None), ("speaker", "by_voice", None)):
+    for title, key, order in (
+        ("SNR", "by_snr", SNR_ORDER),
+        ("duration", "by_duration", DURATION_ORDER),
+        ("voice", "by_seen_voice", None),
+        ("speaker", "by_voice", None),
+    ):
         table = result[key]
         names = [n for n in order if n in table] if order else sorted(table)
         rows = [[n, table[n]["n"], pct(table[n]["wer"]), table[n]["ins"]] for n in names]
-        parts.append(f"\n## WER by {title}\n\n" + markdown_table([title, "utterances", "WER %", "insertions"], rows))
+        parts.append(
+            f"\n## WER by {title}\n\n" + markdown_table([title, "utterances", "WER %", "insertions"], rows)
+        )
     if result["rank_histogram"]:
         rows = [[r, n] for r, n in result["rank_histogram"].items()]
         parts.append("\n## Ranks used\n\n" + markdown_table(["rank", "utterances"], rows))
+        by_snr = result.get("ranks_by_snr", {})
+        if by_snr:
+            ranks = list(result["rank_histogram"])
+            rows = [
+                [b, *[by_snr[b].get(r, 0) for r in ranks], f"{_mean_rank(by_snr[b]):.2f}"]
+                for b in SNR_ORDER
+                if b in by_snr
+            ]
+            parts.append(
+                "\n## Ranks by SNR (utterances)\n\n"
+                + markdown_table(["SNR", *[f"r{r}" for r in ranks], "mean rank"], rows)
+            )
     if o.get("n_empty_refs"):
-        parts.append(f"\n{o['n_empty_refs']} utterance(s) with an empty normalised reference are not scored.\n")
+        parts.append(
+            f"\n{o['n_empty_refs']} utterance(s) with an empty normalised reference are not scored.\n"
+        )
     if result.get("skipped"):
-        parts.append(f"\n## Skipped ({len(result['skipped'])}: audio could not be decoded)\n\n"
-                     + "".join(f"- {s['id']}: {s['error']}\n" for s in result["skipped"]))
+        parts.append(
+            f"\n## Skipped ({len(result['skipped'])}: audio could not be decoded)\n\n"
+            + "".join(f"- {s['id']}: {s['error']}\n" for s in result["skipped"])
+        )
     return "".join(parts)
+
+
+def _mean_rank(histogram: dict[str, int]) -> float:
+    total = sum(histogram.values())
+    return sum(int(r) * n for r, n in histogram.items()) / total if total else 0.0
 
 
 def load_run(path: str | Path) -> dict[str, Any]:
@@ -51,7 +102,10 @@ def load_run(path: str | Path) -> dict[str, Any]:
     file = path / "results.json" if path.is_dir() else path
     if not file.is_file():
         raise FlexispeechError(f"{path}: no results.json (run `flexispeech eval` first)")
-    result = json.loads(file.read_text())
+    try:
+        result = json.loads(file.read_text())
+    except json.JSONDecodeError as err:  # an evaluation killed while writing, or a hand edit
+        raise FlexispeechError(f"{file}: not valid JSON ({err})") from None
     for parent in (file.parent, file.parent.parent):
         summary = parent / "train_summary.json"
         if summary.is_file():
@@ -67,8 +121,22 @@ def compare_table(results: Sequence[dict[str, Any]]) -> str:
         raise FlexispeechError("compare: cannot put speech and text-task results in one table")
     if kinds == {KIND}:
         return text_compare_table(results)
+    groups = group_by_corpus(results)
+    if len(groups) > 1:  # runs of several corpora or windows: one table each
+        return "".join(f"\n### {key}\n\n" + _speech_table(group) for key, group in groups.items()).lstrip(
+            "\n"
+        )
+    return _speech_table(results)
+
+
+def _speech_table(results: Sequence[dict[str, Any]]) -> str:
+    """Speech runs of one corpus, split and window side by side."""
     snr_cols = [n for n in SNR_ORDER if any(n in r["by_snr"] for r in results)]
-    header = ["method", "WER %"] + [f"WER {n}" for n in snr_cols] + ["WER unseen voices", "ins", "mean rank", "active params", "train time s"]
+    header = (
+        ["method", "WER %"]
+        + [f"WER {n}" for n in snr_cols]
+        + ["WER unseen voices", "ins", "mean rank", "active params", "train time s"]
+    )
     rows = []
     for r in results:
         unseen = r["by_seen_voice"].get("unseen", {}).get("wer")
@@ -76,8 +144,13 @@ def compare_table(results: Sequence[dict[str, Any]]) -> str:
         rows.append(
             [r["name"], pct(r["overall"]["wer"])]
             + [pct(r["by_snr"].get(n, {}).get("wer")) for n in snr_cols]
-            + [pct(unseen), r["overall"]["ins"], f"{r['mean_rank']:.2f}", f"{r['active_params_mean']:,.0f}",
-               "–" if train_s is None else f"{train_s:.0f}"]
+            + [
+                pct(unseen),
+                r["overall"]["ins"],
+                f"{r['mean_rank']:.2f}",
+                f"{r['active_params_mean']:,.0f}",
+                "–" if train_s is None else f"{train_s:.0f}",
+            ]
         )
     return markdown_table(header, rows)
 

@@ -88,13 +88,17 @@ def rescore_text(result: dict[str, Any]) -> dict[str, Any]:
     """``result`` (a text evaluation's results.json) scored again from its stored
     predictions with the current scoring code; nothing is decoded again. For a change in
     answer extraction: the ranks, parameter counts and every other key are kept."""
-    fresh = summarize_text(result["examples"], result["metric"], result["decode_s"], None, result["name"], result["task"])
+    fresh = summarize_text(
+        result["examples"], result["metric"], result["decode_s"], None, result["name"], result["task"]
+    )
     return {**result, **{k: v for k, v in fresh.items() if k not in RANK_KEYS}}
 
 
 def _headline(result: dict[str, Any]) -> list[tuple[str, str]]:
     """(column title, score key) of the task's metrics: accuracy, or EM and F1."""
-    return [("accuracy %", "accuracy")] if result["metric"] == "accuracy" else [("EM %", "em"), ("F1 %", "f1")]
+    return (
+        [("accuracy %", "accuracy")] if result["metric"] == "accuracy" else [("EM %", "em"), ("F1 %", "f1")]
+    )
 
 
 def markdown_text_summary(result: dict[str, Any]) -> str:
@@ -103,16 +107,37 @@ def markdown_text_summary(result: dict[str, Any]) -> str:
     o = result["overall"]
     parts = [
         f"# {result['name']} ({result['task']})\n\n",
-        markdown_table(["questions", *[c for c, _ in cols], "mean rank", "active adapter params", "decode s"],
-                       [[o["n"], *[pct(o[k]) for _, k in cols], f"{result['mean_rank']:.2f}",
-                         f"{result['active_params_mean']:,.0f}", f"{result['decode_s']:.1f}"]]),
+        markdown_table(
+            ["questions", *[c for c, _ in cols], "mean rank", "active adapter params", "decode s"],
+            [
+                [
+                    o["n"],
+                    *[pct(o[k]) for _, k in cols],
+                    f"{result['mean_rank']:.2f}",
+                    f"{result['active_params_mean']:,.0f}",
+                    f"{result['decode_s']:.1f}",
+                ]
+            ],
+        ),
         "\n## By difficulty level\n\n",
-        markdown_table(["level", "questions", *[c for c, _ in cols], "mean rank"],
-                       [[lvl, s["n"], *[pct(s[k]) for _, k in cols], "–" if s["mean_rank"] is None else f"{s['mean_rank']:.2f}"]
-                        for lvl, s in result["by_difficulty"].items()]),
+        markdown_table(
+            ["level", "questions", *[c for c, _ in cols], "mean rank"],
+            [
+                [
+                    lvl,
+                    s["n"],
+                    *[pct(s[k]) for _, k in cols],
+                    "–" if s["mean_rank"] is None else f"{s['mean_rank']:.2f}",
+                ]
+                for lvl, s in result["by_difficulty"].items()
+            ],
+        ),
     ]
     if result["rank_histogram"]:
-        parts.append("\n## Ranks used\n\n" + markdown_table(["rank", "questions"], list(result["rank_histogram"].items())))
+        parts.append(
+            "\n## Ranks used\n\n"
+            + markdown_table(["rank", "questions"], list(result["rank_histogram"].items()))
+        )
     return "".join(parts)
 
 
@@ -123,13 +148,25 @@ def text_compare_table(results: Sequence[dict[str, Any]]) -> str:
     levels = sorted({lvl for r in results for lvl in r["by_difficulty"]}, key=int)
     key = cols[-1][1]  # per-level columns show the last headline metric (accuracy or F1)
     short = cols[-1][0].split()[0]
-    header = ["method", *[c for c, _ in cols], *[f"{short} L{lvl}" for lvl in levels],
-              "mean rank", "active params", "train time s"]
+    header = [
+        "method",
+        *[c for c, _ in cols],
+        *[f"{short} L{lvl}" for lvl in levels],
+        "mean rank",
+        "active params",
+        "train time s",
+    ]
     rows = []
     for r in results:
         train_s = r.get("train", {}).get("train_time_s")
-        rows.append([r["name"], *[pct(r["overall"][k]) for _, k in cols],
-                     *[pct(r["by_difficulty"].get(lvl, {}).get(key)) for lvl in levels],
-                     f"{r['mean_rank']:.2f}", f"{r['active_params_mean']:,.0f}",
-                     "–" if train_s is None else f"{train_s:.0f}"])
+        rows.append(
+            [
+                r["name"],
+                *[pct(r["overall"][k]) for _, k in cols],
+                *[pct(r["by_difficulty"].get(lvl, {}).get(key)) for lvl in levels],
+                f"{r['mean_rank']:.2f}",
+                f"{r['active_params_mean']:,.0f}",
+                "–" if train_s is None else f"{train_s:.0f}",
+            ]
+        )
     return markdown_table(header, rows)

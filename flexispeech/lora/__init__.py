@@ -19,8 +19,16 @@ from flexispeech.lora.inject import (
 )
 from flexispeech.lora.io import export_peft, load_adapter, save_adapter
 from flexispeech.lora.layer import FlexiLoraLinear
+from flexispeech.lora.peft_import import from_peft
 from flexispeech.lora.ranks import RankError, adapter_off, current_ranks, use_ranks
-from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, Router, ThresholdRouter, router_from_dict
+from flexispeech.lora.router import (
+    FixedRouter,
+    LearnedRouter,
+    RandomRouter,
+    Router,
+    ThresholdRouter,
+    router_from_dict,
+)
 from flexispeech.lora.stats import AdapterParameters, count_parameters
 
 __all__ = [
@@ -40,6 +48,7 @@ __all__ = [
     "current_ranks",
     "export_peft",
     "flexi_layers",
+    "from_peft",
     "get_router",
     "inject",
     "load_adapter",

@@ -63,7 +63,10 @@ def rank_labels(
 
 
 def thresholds_for(
-    scores: torch.Tensor, ranks: Sequence[int], target_mean_rank: float | None, quantiles: Sequence[float] | None
+    scores: torch.Tensor,
+    ranks: Sequence[int],
+    target_mean_rank: float | None,
+    quantiles: Sequence[float] | None,
 ) -> list[float]:
     """The ``len(ranks) - 1`` thresholds on ``scores`` [N] that cut them into the shares of
     ``target_mean_rank`` or at the cumulative ``quantiles`` (exactly one of the two)."""

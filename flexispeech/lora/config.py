@@ -75,7 +75,9 @@ class FlexiLoraConfig:
         if self.init not in ("kaiming", "gaussian"):
             raise ConfigError(f"init: expected 'kaiming' or 'gaussian', got {self.init!r}")
         if self.compute_path not in COMPUTE_PATHS:
-            raise ConfigError(f"compute_path: expected one of {list(COMPUTE_PATHS)}, got {self.compute_path!r}")
+            raise ConfigError(
+                f"compute_path: expected one of {list(COMPUTE_PATHS)}, got {self.compute_path!r}"
+            )
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"dropout: must be in [0, 1), got {self.dropout}")
         if self.rank_scales is not None:

@@ -9,7 +9,9 @@ model). Shapes: ``x`` [N, *, in], ``A`` [r_max, in], ``B`` [out, r_max], ``ranks
 (int64, same device as ``x``), ``scale_table`` [r_max + 1] with ``scale_table[r] =
 scale(r)``; deltas are [N, *, out]. They are plain tensor ops, so autograd, autocast and
 ``torch.compile`` see through them; the layer uses them where the fused paths
-(``kernels``) do not apply (dropout in training, autocast, mixed dtypes, compile).
+(``kernels``) do not apply (dropout in training, autocast, mixed dtypes, compile, or a
+layer whose ``fused`` option is off). Which grouping a call takes is decided in one
+place, ``plans.choose_route``.
 
 - ``masked``: one pair of matmuls at the batch's top rank with the components above each
   row's rank zeroed (by a mask that also carries the per-row scale). Cost ∝ N · top.
@@ -24,20 +26,14 @@ scale(r)``; deltas are [N, *, out]. They are plain tensor ops, so autograd, auto
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
 
-from flexispeech.lora.plans import RankPlan, auto_takes_masked, make_plan, rank_mask, token_positions
-
-Path = Literal["auto", "masked", "grouped", "segmented", "triton"]
-
-# The grouped path pays a gather and a scatter of its rows; it wins when the masked path
-# would waste more than this fraction of its FLOPs on components above the rows' ranks.
-GROUPED_MIN_SAVING = 0.35
+from flexispeech.lora.plans import Grouping, RankPlan, rank_mask
 
 
-def uniform_delta(x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rank: int, scale: float) -> torch.Tensor | None:
+def uniform_delta(
+    x: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rank: int, scale: float
+) -> torch.Tensor | None:
     """Every row at ``rank``: ``scale * (x @ A[:rank].T) @ B[:, :rank].T`` ([N, *, out])."""
     if rank == 0:
         return None
@@ -51,13 +47,16 @@ def masked_delta(
     ranks: torch.Tensor,
     scale_table: torch.Tensor,
     top: int | None = None,
+    mask: torch.Tensor | None = None,
 ) -> torch.Tensor | None:
-    """Masked path at rank ``top`` (default: A's full r_max), as described above."""
+    """Masked path at rank ``top`` (default: A's full r_max), as described above;
+    ``mask`` [N, top] is the batch's ``rank_mask`` when the caller has it cached."""
     top = A.shape[0] if top is None else top
     if top == 0:
         return None
     h = x @ A[:top].T  # [N, *, top]
-    mask = rank_mask(ranks, scale_table.to(x.device), top, h.dtype)
+    if mask is None:
+        mask = rank_mask(ranks, scale_table.to(x.device), top, h.dtype)
     mask = mask.view(mask.shape[0], *([1] * (x.dim() - 2)), top)
     return (h * mask) @ B[:, :top].T
 
@@ -98,23 +97,11 @@ def segmented_delta(
     if not parts:
         return None
     like = next(iter(parts.values()))
-    pieces = [parts[i] if i in parts else like.new_zeros((end - start, *like.shape[1:])) for i, (start, end, _) in enumerate(runs)]
+    pieces = [
+        parts[i] if i in parts else like.new_zeros((end - start, *like.shape[1:]))
+        for i, (start, end, _) in enumerate(runs)
+    ]
     return pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-
-
-def choose_path(ranks_list: list[int]) -> tuple[str, list[int]]:
-    """Pick ``uniform``, ``masked`` or ``grouped`` for one call from its per-row ranks
-    (the delta-only paths, for rows in any order). Returns the path and the sorted
-    distinct ranks."""
-    distinct = sorted(set(ranks_list))
-    if len(distinct) == 1:
-        return "uniform", distinct
-    top = distinct[-1]
-    masked_cost = top * len(ranks_list)
-    grouped_cost = sum(ranks_list)
-    if grouped_cost <= (1.0 - GROUPED_MIN_SAVING) * masked_cost:
-        return "grouped", distinct
-    return "masked", distinct
 
 
 def lora_delta(
@@ -124,29 +111,27 @@ def lora_delta(
     ranks: torch.Tensor,
     scale_table: torch.Tensor,
     scales: list[float],
-    path: Path = "auto",
+    grouping: Grouping,
     plan: RankPlan | None = None,
+    rank: int | None = None,
 ) -> torch.Tensor | None:
-    """The adapter update of a mixed-rank batch by the requested delta-only path.
-
-    Under ``torch.compile`` the masked path at the full r_max is always used: it has no
-    data-dependent shapes, so it compiles without graph breaks.
-    """
-    if torch.compiler.is_compiling():
+    """The adapter update of a mixed-rank batch grouped as ``grouping`` (the layer's
+    ``plans.choose_route`` decided it). ``static`` is the masked path at the full r_max
+    (no plan, no host sync, shape-static: CUDA graphs and ``torch.compile``); the others
+    read ``plan``; ``uniform`` without a plan runs every row at ``rank``."""
+    if grouping == "static":
         return masked_delta(x, A, B, ranks, scale_table)
-    plan = plan if plan is not None else make_plan(ranks)
-    chosen, distinct = choose_path(plan.ranks_list)
-    if chosen != "uniform":
-        if path == "masked" or (path == "auto" and auto_takes_masked(x.device.type, token_positions(x))):
-            chosen = "masked"
-        elif path == "segmented" or (path == "auto" and plan.few_runs()):
-            chosen = "segmented"  # CPUs, rows grouped by rank: views, no gather or scatter
-        elif path == "grouped":
-            chosen = "grouped"
-    if chosen == "uniform":
-        return uniform_delta(x, A, B, distinct[0], scales[distinct[0]])
-    if chosen == "segmented":
+    if grouping == "uniform":
+        r = plan.top if plan is not None else rank
+        return uniform_delta(x, A, B, r, scales[r])
+    if plan is None:
+        raise ValueError(f"the {grouping} path needs the batch's RankPlan")
+    if grouping == "segmented":
         return segmented_delta(x, A, B, plan.runs, scales)
-    if chosen == "grouped":
-        return grouped_delta(x, A, B, ranks, scales, distinct)
-    return masked_delta(x, A, B, ranks, scale_table, top=distinct[-1])
+    if grouping == "grouped":
+        return grouped_delta(x, A, B, ranks, scales, plan.distinct)
+    if plan.top == 0:
+        return None
+    # The mask of the batch is built once and shared by every layer (RankPlan.mask).
+    mask = plan.mask(scales, x.dtype if x.dtype == A.dtype else torch.result_type(x, A), x.device)
+    return masked_delta(x, A, B, ranks, scale_table, top=plan.top, mask=mask)

@@ -14,6 +14,7 @@ adapter or the new one, never weights of one save beside the config of another.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,16 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """
     state = get_state(model)
     directory = Path(directory)
-    foreign = sorted(p.name for p in directory.iterdir() if p.name not in ADAPTER_FILES) if directory.is_dir() else []
+    foreign = (
+        sorted(p.name for p in directory.iterdir() if p.name not in ADAPTER_FILES)
+        if directory.is_dir()
+        else []
+    )
     if foreign:
-        raise FlexispeechError(f"{directory}: holds files that are not an adapter's ({', '.join(foreign[:5])}); "
-                               "save the adapter into a directory of its own")
+        raise FlexispeechError(
+            f"{directory}: holds files that are not an adapter's ({', '.join(foreign[:5])}); "
+            "save the adapter into a directory of its own"
+        )
     layers = flexi_layers(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers:
@@ -88,6 +95,40 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     return data
 
 
+def adapter_audio_ctx(directory: str | Path) -> int | None:
+    """The Whisper encoder window (positions of 20 ms) a saved adapter was trained with: its
+    ``audio_ctx`` metadata, the full 1500 (30 s) when the run kept the whole window, None
+    for an adapter of another family (no window)."""
+    from flexispeech.models.whisper import FULL_POSITIONS
+
+    metadata = read_adapter_config(directory)["config"].get("metadata", {})
+    if metadata.get("family", "whisper") != "whisper":
+        return None
+    return int(metadata.get("audio_ctx") or FULL_POSITIONS)
+
+
+def serving_window(requested: int | None, adapter: str | Path | None, command: str) -> int | None:
+    """The encoder window (positions) a command serves with: ``requested`` (its
+    ``--audio-ctx``) when given, else the adapter's training window, else None (the model's
+    own window: 30 s for a base model).
+
+    One line goes to stderr when ``requested`` differs from the adapter's window: the
+    adapter was trained on what a window of that length hears, and is served on another.
+    """
+    from flexispeech.models.whisper import POSITIONS_PER_SECOND as PER_S
+
+    trained = adapter_audio_ctx(adapter) if adapter is not None else None
+    if requested is None or trained is None:
+        return trained if requested is None else requested
+    if requested != trained:
+        print(
+            f"warning: {command}: --audio-ctx {requested} ({requested / PER_S:g} s) differs from the window the adapter "
+            f"was trained with ({trained} = {trained / PER_S:g} s)",
+            file=sys.stderr,
+        )
+    return requested
+
+
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load a saved adapter into ``model``: injects it with the saved config when the model
     has no adapter yet, and checks every layer name and shape (a mismatch names the layer
@@ -114,7 +155,9 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     layers = dict(flexi_layers(model))
     missing = sorted(set(data["layers"]) - set(layers))
     if missing:
-        raise FlexispeechError(f"{directory}: adapter layers not in this model: {missing[:5]} (saved for another base model?)")
+        raise FlexispeechError(
+            f"{directory}: adapter layers not in this model: {missing[:5]} (saved for another base model?)"
+        )
     with torch.no_grad():
         for name, layer in layers.items():
             if name not in data["layers"]:
@@ -134,7 +177,9 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     return model
 
 
-def export_peft(model: nn.Module, directory: str | Path, rank: int, base_model_name_or_path: str | None = None) -> Path:
+def export_peft(
+    model: nn.Module, directory: str | Path, rank: int, base_model_name_or_path: str | None = None
+) -> Path:
     """Write a standard PEFT LoRA adapter at fixed ``rank``.
 
     ``peft.PeftModel.from_pretrained(base, directory)`` then reproduces this model's

@@ -14,13 +14,15 @@ The paths:
 - ``triton`` (CUDA, bf16/fp16, Triton installed): the masked path as two Triton kernels
   (``triton_kernels``): a shrink with the rank mask and scale in its epilogue and an
   in-place expand that loops only up to each block's top rank; blocks of rank-0 rows are
-  skipped (they read nothing). ``auto`` takes it on CUDA for mixed-rank batches.
+  skipped (they read nothing). Taken when asked for (``triton``) and on the ``static``
+  path; eager ``auto`` measured faster with the torch node (``plans.choose_route``).
 
 Both accumulate the update into the base output inside the matmul (``addmm_``, i.e. the
 GEMM epilogue reads C) instead of materialising a delta and adding it, and the backward
 accumulates ``grad_x`` the same way: one memory pass fewer each way. The grouping of a
-batch (``RankPlan``) is computed once per forward pass with a single host sync and shared
-by every layer of the model through its ``RankSlot``.
+batch (``RankPlan``) is computed once per batch from the ranks ``use_ranks`` saw on the
+host (no device-to-host copy) and shared by every layer of the model through its
+``RankSlot``. Which path a call takes is decided by ``plans.choose_route`` alone.
 
 Graph-safe path (``static``, set by ``flexispeech.lora.set_static_path``): no ``RankPlan``,
 no host sync, no data-dependent shape, so a whole training step can be captured in a CUDA
@@ -38,7 +40,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from flexispeech.lora.plans import RankPlan, expand_ranks, rank_mask, token_positions
+from flexispeech.lora.plans import RankPlan, Route, expand_ranks, rank_mask
 
 
 class _FlexiLinear(torch.autograd.Function):
@@ -85,7 +87,11 @@ class _FlexiLinear(torch.autograd.Function):
         # one matmul each (zero-padded to r_max, adapter-sized); several blocks accumulate.
         single = len(ctx.blocks) == 1
         grad_a = torch.zeros_like(A) if need_a and not single else None
-        grad_bt = torch.zeros(B.shape[1], B.shape[0], dtype=B.dtype, device=B.device) if need_bb and not single else None
+        grad_bt = (
+            torch.zeros(B.shape[1], B.shape[0], dtype=B.dtype, device=B.device)
+            if need_bb and not single
+            else None
+        )
         for (start, end, r, scale), h in zip(ctx.blocks, hs):
             gs = g3[start:end].reshape(-1, d_out)
             if need_bb:
@@ -123,29 +129,42 @@ _TRITON_STATE: dict[str, bool] = {}  # "broken": a launch failed once; use the t
 def triton_usable(x: torch.Tensor) -> bool:
     """Whether the Triton kernels can serve ``x``: a CUDA tensor in bf16/fp16 with Triton
     installed (it is optional and never imported on CPU-only machines)."""
-    if x.device.type != "cuda" or x.dtype not in (torch.bfloat16, torch.float16) or _TRITON_STATE.get("broken"):
+    if (
+        x.device.type != "cuda"
+        or x.dtype not in (torch.bfloat16, torch.float16)
+        or _TRITON_STATE.get("broken")
+    ):
         return False
     if "found" not in _TRITON_STATE:
         _TRITON_STATE["found"] = importlib.util.find_spec("triton") is not None
     return _TRITON_STATE["found"]
 
 
-def _triton_linear(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor, B: torch.Tensor,
-                   plan: RankPlan, scales: list[float]) -> torch.Tensor | None:
-    """The ``triton`` fused path, or ``None`` (with a warning, once) if it fails to run."""
+def _triton_linear(
+    x: torch.Tensor,
+    base: torch.nn.Linear,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    ranks: torch.Tensor,
+    scale_table: torch.Tensor,
+    top: int,
+) -> torch.Tensor | None:
+    """The Triton node at rank ``top``, or ``None`` (with a warning, once) if it fails to run."""
     try:
         from flexispeech.lora.triton_kernels import FlexiLinearTriton
 
-        table = plan.scale_tensor(scales, x.device)
-        return FlexiLinearTriton.apply(x.contiguous(), base.weight, base.bias, A, B, plan.ranks, table, plan.top)
+        return FlexiLinearTriton.apply(x.contiguous(), base.weight, base.bias, A, B, ranks, scale_table, top)
     except Exception as err:  # a Triton/driver mismatch must not stop training: fall back
         _TRITON_STATE["broken"] = True
-        warnings.warn(f"Flexi-LoRA Triton kernels failed ({type(err).__name__}: {err}); using the torch path", stacklevel=3)
+        warnings.warn(
+            f"Flexi-LoRA Triton kernels failed ({type(err).__name__}: {err}); using the torch path",
+            stacklevel=3,
+        )
         return None
 
 
 def fused_supported(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor) -> bool:
-    """Whether ``lora_linear`` applies: eager mode, no autocast, one dtype throughout."""
+    """Whether the fused node applies: eager mode, no autocast, one dtype throughout."""
     if torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
         return False
     return x.dtype == base.weight.dtype == A.dtype and (base.bias is None or base.bias.dtype == x.dtype)
@@ -158,33 +177,35 @@ def lora_linear(
     B: torch.Tensor,
     plan: RankPlan | None,
     scales: list[float],
-    path: str = "auto",
+    route: Route,
     default_rank: int | None = None,
 ) -> torch.Tensor:
-    """``base(x)`` plus the adapter update, fused (see the module docstring).
+    """``base(x)`` plus the adapter update in one autograd node (see the module docstring),
+    computed as ``route`` says (``plans.choose_route`` decides; ``route.kernel`` is
+    ``fused`` or ``triton``, ``route.grouping`` ``uniform``, ``masked`` or ``segmented``).
 
     ``plan`` is the batch's ``RankPlan``; ``None`` means every row at ``default_rank``
-    (no ``use_ranks`` context: no host sync at all). ``path``: ``auto``, ``segmented``,
-    ``masked`` or ``triton``; ``grouped`` is served by ``segmented``, which needs no
-    gathers. ``triton`` (and ``auto`` where ``masked`` would be chosen) runs the Triton
-    kernels when ``triton_usable``; elsewhere it is the ``masked`` path.
+    (no ``use_ranks`` context: no host sync at all). The Triton kernels run at the batch's
+    top rank, read on the host from the plan (no sync), so a low-rank batch launches a
+    narrower shrink and a shorter expand.
     """
-    mask = None
-    chosen = None if plan is None else plan.fused_path(path, x.device.type, token_positions(x))
-    # Uniform batches too: on the H200 the torch uniform pair (1.80x at r=64) was slower
-    # than the Triton kernels on a mixed batch (1.49x), and they serve any rank pattern.
-    if chosen in ("masked", "triton", "uniform") and path in ("auto", "triton") and plan.top > 0 and triton_usable(x):
-        out = _triton_linear(x, base, A, B, plan, scales)
+    top = default_rank if plan is None else plan.top
+    if route.kernel == "triton":
+        ranks = plan.ranks if plan is not None else torch.full((1,), top, dtype=torch.long, device=x.device)
+        table = (
+            plan.scale_tensor(scales, x.device) if plan is not None else torch.tensor(scales, device=x.device)
+        )
+        out = _triton_linear(x, base, A, B, ranks, table, top)
         if out is not None:
             return out
-    if plan is None or plan.uniform:
-        r = default_rank if plan is None else plan.top
-        blocks = [(0, x.shape[0], r, scales[r])] if r else []
-    elif chosen == "segmented":
+    mask = None
+    if route.grouping == "uniform":
+        blocks = [(0, x.shape[0], top, scales[top])] if top else []
+    elif route.grouping == "segmented":
         blocks = [(s, e, r, scales[r]) for s, e, r in plan.nonzero_runs()]
     else:
         mask = plan.mask(scales, x.dtype, x.device)
-        blocks = [(plan.span[0], plan.span[1], plan.top, None)]
+        blocks = [(plan.span[0], plan.span[1], plan.top, None)] if plan.top else []
     if not blocks and not (torch.is_grad_enabled() and (A.requires_grad or B.requires_grad)):
         return base(x)
     # With no blocks but gradients on, the node still runs (base only) and hands A and B
@@ -194,8 +215,14 @@ def lora_linear(
     return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, blocks)
 
 
-def static_linear(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor, B: torch.Tensor,
-                  ranks: torch.Tensor, scale_table: torch.Tensor) -> torch.Tensor:
+def static_linear(
+    x: torch.Tensor,
+    base: torch.nn.Linear,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    ranks: torch.Tensor,
+    scale_table: torch.Tensor,
+) -> torch.Tensor:
     """``base(x)`` plus the adapter update at every row's rank, with no host sync.
 
     ``x`` [N, *, in]; ``ranks`` [N'] on ``x``'s device with N = k·N'; ``scale_table``
@@ -204,14 +231,9 @@ def static_linear(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor, B: to
     the ranks. Requires ``fused_supported(x, base, A)``.
     """
     if triton_usable(x):
-        try:
-            from flexispeech.lora.triton_kernels import FlexiLinearTriton
-
-            return FlexiLinearTriton.apply(x.contiguous(), base.weight, base.bias, A, B, ranks, scale_table, A.shape[0])
-        except Exception as err:  # same fallback as _triton_linear
-            _TRITON_STATE["broken"] = True
-            warnings.warn(f"Flexi-LoRA Triton kernels failed ({type(err).__name__}: {err}); using the torch path", stacklevel=2)
+        out = _triton_linear(x, base, A, B, ranks, scale_table, A.shape[0])
+        if out is not None:
+            return out
     r_max = A.shape[0]
     mask = rank_mask(expand_ranks(ranks, x.shape[0]), scale_table, r_max, x.dtype)
     return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, [(0, x.shape[0], r_max, None)])
-

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.deltas import lora_delta, masked_delta
-from flexispeech.lora.kernels import fused_supported, lora_linear, static_linear
-from flexispeech.lora.plans import expand_ranks
+from flexispeech.lora.deltas import lora_delta
+from flexispeech.lora.kernels import fused_supported, lora_linear, static_linear, triton_usable
+from flexispeech.lora.plans import RankPlan, Route, choose_route, expand_ranks
 from flexispeech.lora.ranks import RankSlot
 
 
@@ -32,7 +32,9 @@ class FlexiLoraLinear(nn.Module):
     uses ``default_rank`` (``r_max`` unless set).
     """
 
-    def __init__(self, base_layer: nn.Linear, config: FlexiLoraConfig, rank_slot: RankSlot | None = None) -> None:
+    def __init__(
+        self, base_layer: nn.Linear, config: FlexiLoraConfig, rank_slot: RankSlot | None = None
+    ) -> None:
         super().__init__()
         if not isinstance(base_layer, nn.Linear):
             raise TypeError(f"FlexiLoraLinear wraps nn.Linear, got {type(base_layer).__name__}")
@@ -41,17 +43,31 @@ class FlexiLoraLinear(nn.Module):
         self.rank_slot = rank_slot if rank_slot is not None else RankSlot()
         self.default_rank = config.r_max
         self.compute_path = config.compute_path
+        # Off: the plain-op paths only (autograd through separate ops), as a baseline to
+        # measure the fused node against, and for checking the fused paths against.
+        self.fused = True
         r_max = config.r_max
         weight = base_layer.weight
-        self.lora_A = nn.Parameter(torch.empty(r_max, base_layer.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base_layer.out_features, r_max, dtype=weight.dtype, device=weight.device))
+        self.lora_A = nn.Parameter(
+            torch.empty(r_max, base_layer.in_features, dtype=weight.dtype, device=weight.device)
+        )
+        self.lora_B = nn.Parameter(
+            torch.zeros(base_layer.out_features, r_max, dtype=weight.dtype, device=weight.device)
+        )
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.scales = config.scale_table()  # Python floats for the grouped/uniform paths
         # The same table as a tensor for the masked path (indexed by rank on the device);
         # not persistent: it is derived from the config, which is saved instead.
-        self.register_buffer("scale_table", torch.tensor(self.scales, dtype=torch.float32, device=weight.device), persistent=False)
+        self.register_buffer(
+            "scale_table",
+            torch.tensor(self.scales, dtype=torch.float32, device=weight.device),
+            persistent=False,
+        )
         self._merged: tuple[int, torch.Tensor] | None = None  # see merge_for_inference
         self.reset_parameters()
+        # Wrapping keeps the layer's mode: an adapter loaded into an eval-mode model must not
+        # bring its dropout in training mode (random, batch-dependent transcripts).
+        self.train(base_layer.training)
 
     @property
     def in_features(self) -> int:
@@ -98,50 +114,56 @@ class FlexiLoraLinear(nn.Module):
         base and adapter share one input and the fused paths apply."""
         return isinstance(self.dropout, nn.Identity) or not self.dropout.training or self.dropout.p == 0
 
+    def _route(self, x: torch.Tensor, plan: RankPlan | None) -> Route:
+        """How this call is computed: ``plans.choose_route`` on this layer's options."""
+        merged = self._merged
+        return choose_route(
+            self.compute_path,
+            plan,
+            device_type=x.device.type,
+            tokens=x.numel() // x.shape[-1],
+            fusable=self.fused and self._no_dropout() and fused_supported(x, self.base_layer, self.lora_A),
+            triton_ok=triton_usable(x),
+            merged_rank=None if merged is None else merged[0],
+            default_rank=self.default_rank,
+            compiling=torch.compiler.is_compiling(),
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.dim() < 2:
-            raise ValueError(f"FlexiLoraLinear expects [batch, ..., {self.in_features}] inputs, got shape {tuple(x.shape)}")
+            raise ValueError(
+                f"FlexiLoraLinear expects [batch, ..., {self.in_features}] inputs, got shape {tuple(x.shape)}"
+            )
         A, B = self.lora_A, self.lora_B
         slot_ranks = self.rank_slot.ranks
-        if torch.compiler.is_compiling():
-            # Shape-static masked path: no host syncs, no graph breaks.
-            ranks = self.row_ranks(x.shape[0])
-            delta = lora_delta(self.dropout(x), A, B, ranks, self.scale_table, self.scales, "masked")
-            result = self.base_layer(x)
-            return result + delta.to(result.dtype)
-        if self.compute_path == "static":
-            # Graph-safe: no plan, no host sync (kernels.static_linear, set_static_path).
-            ranks = slot_ranks if slot_ranks is not None else self.row_ranks(x.shape[0])
-            if x.shape[0] % ranks.shape[0] != 0:
-                self.row_ranks(x.shape[0])  # raises the batch-size error
-            if self._no_dropout() and fused_supported(x, self.base_layer, A):
-                return static_linear(x, self.base_layer, A, B, ranks, self.scale_table)
-            result = self.base_layer(x)  # dropout, autocast or mixed dtypes: plain ops at r_max
-            h = self.dropout(x)
-            if h.dtype != A.dtype and not torch.is_autocast_enabled(h.device.type):
-                h = h.to(A.dtype)
-            delta = masked_delta(h, A, B, expand_ranks(ranks, x.shape[0]), self.scale_table)
-            return result + delta.to(result.dtype)
-        # One grouping of the batch per forward pass, shared by all layers (see RankSlot.plan).
+        static = self.compute_path == "static" or torch.compiler.is_compiling()
         plan = None
         if slot_ranks is not None:
             self.row_ranks(x.shape[0])  # validates the batch size against the ranks
-            plan = self.rank_slot.plan(x.shape[0])
-        merged = self._merged
-        if merged is not None and (plan.distinct == [merged[0]] if plan is not None else self.default_rank == merged[0]):
-            return nn.functional.linear(x, merged[1], self.base_layer.bias)  # whole batch at the merged rank
-        # "unfused:<path>" forces the plain-op paths (a benchmark baseline).
-        unfused, _, path = self.compute_path.rpartition(":")
-        if not unfused and self._no_dropout() and fused_supported(x, self.base_layer, A):
-            if not (path == "grouped" and plan is not None and not plan.few_runs()):
-                return lora_linear(x, self.base_layer, A, B, plan, self.scales, path, self.default_rank)
-        # Unfused (dropout, autocast or mixed dtypes; grouped on an unsorted batch).
+            if not static:  # one grouping per batch, shared by all layers (RankSlot.plan)
+                plan = self.rank_slot.plan(x.shape[0])
+        route = self._route(x, plan)
+        if route.kernel == "merged":
+            return nn.functional.linear(
+                x, self._merged[1], self.base_layer.bias
+            )  # whole batch at the merged rank
+        if route.grouping == "static":
+            # No plan, no host sync: CUDA graphs (set_static_path) and torch.compile.
+            ranks = slot_ranks if slot_ranks is not None else self.row_ranks(x.shape[0])
+            if route.kernel != "plain" and route.kernel != "compiled":
+                return static_linear(x, self.base_layer, A, B, ranks, self.scale_table)
+            ranks = expand_ranks(ranks, x.shape[0])
+        elif route.kernel != "plain":
+            return lora_linear(x, self.base_layer, A, B, plan, self.scales, route, self.default_rank)
+        else:
+            ranks = plan.ranks if plan is not None else self.row_ranks(x.shape[0])
         result = self.base_layer(x)
-        ranks = plan.ranks if plan is not None else self.row_ranks(x.shape[0])
         h = self.dropout(x)
         if h.dtype != A.dtype and not torch.is_autocast_enabled(h.device.type):
             h = h.to(A.dtype)  # only when they differ: no needless casts
-        delta = lora_delta(h, A, B, ranks, self.scale_table, self.scales, path, plan)
+        delta = lora_delta(
+            h, A, B, ranks, self.scale_table, self.scales, route.grouping, plan, self.default_rank
+        )
         if delta is None:
             if torch.is_grad_enabled() and A.requires_grad:
                 # Keep A and B in the graph (zero gradients) for DDP; adds exactly zero.
@@ -175,4 +197,3 @@ class FlexiLoraLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"ranks={list(self.config.ranks)}, scaling={self.config.scaling}, alpha={self.config.alpha}"
-

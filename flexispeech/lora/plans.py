@@ -6,15 +6,15 @@ model shares it through its ``RankSlot`` (``RankSlot.plan`` in ``ranks``): the r
 span of rows with rank > 0, the scaled rank mask. Sorting a batch by rank first
 (``rank_sort_order``) makes one run per rank, so the segmented paths use views.
 
-This module also holds the rule by which ``auto`` picks between one masked block and one
-block per run (``auto_takes_masked``, ``RankPlan.few_runs``): the delta-only paths
-(``deltas``) and the fused paths (``kernels``) apply the same rule.
+``choose_route`` is the one function that decides how a layer computes a call: which
+kernel (``Route.kernel``) and how it groups the rows (``Route.grouping``); the layer only
+dispatches, ``kernels`` and ``deltas`` only compute what they are told.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -47,6 +47,12 @@ def auto_takes_masked(device_type: str, tokens: int | None) -> bool:
     on GPUs, and on CPUs for calls under ``MIN_SEGMENTED_TOKENS`` token positions
     (decoding steps), where launches and memory, not FLOPs, bound these matmuls."""
     return device_type != "cpu" or (tokens is not None and tokens < MIN_SEGMENTED_TOKENS)
+
+
+# The plain grouped path pays a gather and a scatter of its rows; ``auto`` takes it (CPU,
+# rows not grouped by rank) when the masked block would waste more than this fraction of
+# its FLOPs on components above the rows' ranks.
+GROUPED_MIN_SAVING = 0.35
 
 
 def rank_sort_order(ranks: torch.Tensor) -> torch.Tensor:
@@ -105,29 +111,11 @@ class RankPlan:
             self.masks[key] = torch.tensor(scales, dtype=torch.float32, device=device)
         return self.masks[key]
 
-    def fused_path(self, requested: str, device_type: str = "cpu", tokens: int | None = None) -> str:
-        """The fused path for this batch: ``uniform``, ``segmented`` or ``masked``.
 
-        ``auto`` takes ``masked`` on GPUs: at ranks <= 64 the adapter matmuls are bound by
-        memory and launches, not FLOPs, and one masked block over the rank > 0 span beat
-        the per-run launches of ``segmented`` (benchmarks/NOTES.md). On CPUs, where FLOPs
-        dominate, ``segmented`` (cost ∝ Σ r) is taken when the runs are few and the call
-        has at least ``MIN_SEGMENTED_TOKENS`` token positions (``tokens``).
-        """
-        if self.uniform:
-            return "uniform"
-        if requested == "triton":
-            return "triton"
-        if requested == "masked" or (requested == "auto" and auto_takes_masked(device_type, tokens)):
-            return "masked"
-        if requested == "segmented" or self.few_runs():
-            return "segmented"
-        return "masked"
-
-
-def make_plan(ranks: torch.Tensor) -> RankPlan:
-    """Group ``ranks`` [N] (one host sync)."""
-    ranks_list = ranks.tolist()
+def make_plan(ranks: torch.Tensor, values: list[int] | None = None) -> RankPlan:
+    """Group ``ranks`` [N]; ``values`` are the same ranks on the host when the caller knows
+    them (``use_ranks`` does), else they are read back (one host sync)."""
+    ranks_list = ranks.tolist() if values is None else values
     runs: list[tuple[int, int, int]] = []
     for i, r in enumerate(ranks_list):
         if runs and runs[-1][2] == r:
@@ -143,3 +131,102 @@ def expand_ranks(ranks: torch.Tensor, n_rows: int) -> torch.Tensor:
     """``ranks`` [N'] repeated to [n_rows] (each rank ``n_rows // N'`` times; no host sync:
     an integer repeat count is an expand + reshape)."""
     return ranks if ranks.shape[0] == n_rows else ranks.repeat_interleave(n_rows // ranks.shape[0])
+
+
+Kernel = Literal["merged", "fused", "triton", "plain", "compiled"]
+Grouping = Literal["uniform", "masked", "segmented", "grouped", "static"]
+
+
+@dataclass(frozen=True)
+class Route:
+    """How one call of a layer is computed (``choose_route``).
+
+    ``kernel``: ``merged`` (one linear with the merged weight), ``fused`` (base + adapter
+    in one torch autograd node, ``kernels._FlexiLinear``), ``triton`` (the same node with
+    the Triton shrink/expand), ``plain`` (base, then the delta by plain tensor ops:
+    dropout, autocast, mixed dtypes, or ``fused=False``), ``compiled`` (plain ops at
+    r_max, shape-static: under ``torch.compile``). ``grouping``: ``uniform`` (one rank),
+    ``masked`` (one block at the batch's top rank), ``segmented`` (one block per run of
+    equal-rank rows), ``grouped`` (gather per rank, plain only) or ``static`` (r_max with
+    the ranks read on the device: no plan, no host sync, CUDA-graph safe).
+    """
+
+    kernel: Kernel
+    grouping: Grouping
+
+
+def choose_route(
+    requested: str,
+    plan: RankPlan | None,
+    *,
+    device_type: str,
+    tokens: int,
+    fusable: bool,
+    triton_ok: bool,
+    merged_rank: int | None = None,
+    default_rank: int | None = None,
+    compiling: bool = False,
+) -> Route:
+    """The one decision of how a layer computes a call.
+
+    Args:
+        requested: the layer's ``compute_path`` (``auto``, ``masked``, ``grouped``,
+            ``segmented``, ``triton`` or ``static``).
+        plan: the batch's ``RankPlan``; None: every row at ``default_rank``.
+        device_type, tokens: where the call runs and its token positions (rows x positions).
+        fusable: the fused node applies (no active dropout, one dtype, no autocast, and the
+            layer's ``fused`` option on).
+        triton_ok: the Triton kernels can serve the input (CUDA, bf16/fp16, installed).
+        merged_rank: the rank of a ``merge_for_inference`` copy, if any.
+        compiling: inside ``torch.compile`` (shape-static plain ops only).
+
+    Rules: under compile, plain ops at r_max; ``static``: r_max with device-side ranks;
+    a batch all at the merged rank takes the merged weight; a uniform batch one block at
+    its rank; otherwise ``auto`` takes one masked block on GPUs (the adapter's matmuls are
+    bound by memory there, not FLOPs) and, on CPUs, one block per run of a rank-sorted
+    batch (cost follows Σ r) except in decoding steps (``MIN_SEGMENTED_TOKENS``).
+    Grouping by gather (``grouped``) is only a plain path; the fused node serves a
+    grouped request on a sorted batch by its runs. The Triton kernels serve ``masked``
+    and ``uniform`` blocks of ``triton`` requests, and the ``static`` path.
+    """
+    if compiling:
+        return Route("compiled", "static")
+    if requested == "static":
+        return Route(("triton" if triton_ok else "fused") if fusable else "plain", "static")
+    distinct = [default_rank] if plan is None else plan.distinct
+    if merged_rank is not None and distinct == [merged_rank]:
+        return Route("merged", "uniform")
+    grouping: Grouping
+    if len(distinct) == 1:
+        grouping = "uniform"
+    elif requested in ("masked", "triton"):
+        grouping = "masked"
+    elif requested == "segmented":
+        grouping = "segmented"
+    elif requested == "grouped":
+        grouping = "segmented" if fusable and plan is not None and plan.few_runs() else "grouped"
+    elif auto_takes_masked(device_type, tokens):
+        grouping = "masked"
+    elif plan is not None and plan.few_runs():
+        grouping = "segmented"  # CPUs, rows grouped by rank: views, no gather or scatter
+    elif (
+        not fusable
+        and plan is not None
+        and sum(plan.ranks_list) <= (1.0 - GROUPED_MIN_SAVING) * plan.top * len(plan.ranks_list)
+    ):
+        grouping = "grouped"
+    else:
+        grouping = "masked"
+    if not fusable:
+        return Route("plain", grouping)
+    if grouping == "grouped":
+        return Route("plain", grouping)
+    # Eager ``auto`` keeps the torch node on GPUs too. Two side-by-side H200 runs (Whisper
+    # small, batch 32; benchmarks/NOTES.md, round 4) did not separate the eager nodes
+    # (mixed sorted: torch 1.30x / 1.64x the floor, Triton 1.39x / 1.40x: host-bound
+    # noise), and the torch node truncates a uniform batch to its rank (Triton's all r=4
+    # was 1.83x against torch's 1.42x in the first run). The Triton kernels serve the
+    # ``static`` path (CUDA graphs), where the GPU, not the host, sets the time.
+    if triton_ok and requested == "triton" and grouping in ("masked", "uniform") and max(distinct) > 0:
+        return Route("triton", grouping)
+    return Route("fused", grouping)

@@ -40,10 +40,14 @@ class RankSlot(threading.local):
 
     Attributes (per thread):
         ranks: [batch] or [1] int64 on the adapter's device, or None (the default rank).
+        host: ``(ranks, version, values)``: the same ranks as Python ints, known on the host
+            when ``use_ranks`` entered its block (before they moved to the device), so a
+            plan needs no device-to-host copy; stale once ``ranks`` is edited in place.
         plan_cache: ``((ranks, version), {n_rows: RankPlan})`` for the ranks in force.
     """
 
     ranks: torch.Tensor | None
+    host: tuple[torch.Tensor, int, list[int]] | None
     plan_cache: tuple[tuple[torch.Tensor, int], dict[int, RankPlan]] | None
 
     def __init__(self) -> None:
@@ -52,6 +56,7 @@ class RankSlot(threading.local):
         # resolves a class default as a constant and then fails to guard the tensor that
         # use_ranks puts in the thread's dict ("Unexpected type <class 'torch.Tensor'>").
         self.ranks = None
+        self.host = None
         self.plan_cache = None
 
     def plan(self, n_rows: int) -> RankPlan:
@@ -70,7 +75,11 @@ class RankSlot(threading.local):
             self.plan_cache = cache
         plans = cache[1]
         if n_rows not in plans:
-            plans[n_rows] = make_plan(expand_ranks(ranks, n_rows))
+            host = self.host
+            values = host[2] if host is not None and host[0] is ranks and host[1] == ranks._version else None
+            if values is not None:  # no device-to-host copy: the ranks as use_ranks saw them
+                values = [r for r in values for _ in range(n_rows // len(values))]
+            plans[n_rows] = make_plan(expand_ranks(ranks, n_rows), values)
         return plans[n_rows]
 
     def __deepcopy__(self, memo: dict) -> RankSlot:
@@ -184,7 +193,7 @@ def use_ranks(
     if ranks is None:
         if rows is None:
             raise RankError("use_ranks needs ranks, or rows= to narrow the ranks in force to a sub-batch")
-        tensor = current_ranks(model)  # validated when its block was entered
+        tensor, values = current_ranks(model), None  # validated when its block was entered
         if tensor is None:
             yield None
             return
@@ -192,13 +201,18 @@ def use_ranks(
     else:
         state = get_state(model)
         tensor = as_rank_tensor(ranks)
-        check_ranks(state.config, tensor.tolist())
+        values = tensor.tolist()  # the one host read of a batch's ranks (none for CPU tensors)
+        check_ranks(state.config, values)
         device = _adapter_device(model, state.slot)
-        if device is not None:
+        if device is not None and device.type == "cuda" and tensor.device.type == "cpu":
+            # Pinned, so the copy is queued without waiting for the GPU to drain its queue.
+            tensor = tensor.pin_memory().to(device, non_blocking=True)
+        elif device is not None:
             tensor = tensor.to(device)
     if rows is not None:
         tensor = _select_rows(tensor, rows)
-    with _ranks_in_force(state.slot, tensor):
+        values = None
+    with _ranks_in_force(state.slot, tensor, values):
         yield tensor
 
 
@@ -217,18 +231,18 @@ def adapter_off(model: nn.Module) -> Iterator[None]:
         yield
         return
     device = _adapter_device(model, state.slot)
-    with _ranks_in_force(state.slot, torch.zeros(1, dtype=torch.long, device=device)):
+    with _ranks_in_force(state.slot, torch.zeros(1, dtype=torch.long, device=device), [0]):
         yield
 
 
 @contextmanager
-def _ranks_in_force(slot: RankSlot, ranks: torch.Tensor) -> Iterator[None]:
-    """``ranks`` in ``slot`` for the block, the previous ones restored after it (the only
-    writer of ``RankSlot.ranks``)."""
-    previous = slot.ranks
+def _ranks_in_force(slot: RankSlot, ranks: torch.Tensor, values: list[int] | None = None) -> Iterator[None]:
+    """``ranks`` in ``slot`` for the block (``values``: the same ranks on the host, if
+    known), the previous ones restored after it (the only writer of ``RankSlot.ranks``)."""
+    previous = slot.ranks, slot.host
     slot.ranks = ranks
+    slot.host = (ranks, ranks._version, values) if values is not None else None
     try:
         yield
     finally:
-        slot.ranks = previous
-
+        slot.ranks, slot.host = previous

@@ -38,11 +38,21 @@ def batch_size(signals: Signals) -> int:
 
 
 def feature_matrix(signals: Signals, features: Sequence[str]) -> torch.Tensor:
-    """Stack the named signals into [batch, len(features)] float32; names the missing ones."""
+    """Stack the named signals into [batch, n_columns] float32; names the missing ones.
+
+    A scalar signal ([batch]) is one column, a vector signal ([batch, d], e.g. the pooled
+    encoder ``embedding``) is ``d`` columns, in the order of ``features``."""
     missing = [f for f in features if f not in signals]
     if missing:
         raise ConfigError(f"router needs signals {missing}; the batch has {sorted(signals)}")
-    return torch.stack([torch.as_tensor(signals[f], dtype=torch.float32).reshape(-1) for f in features], dim=1)
+    columns = [torch.as_tensor(signals[f], dtype=torch.float32) for f in features]
+    return torch.cat([c.reshape(c.shape[0], -1) for c in columns], dim=1)
+
+
+def feature_widths(signals: Signals, features: Sequence[str]) -> list[int]:
+    """Columns per feature in ``feature_matrix`` (1 for a scalar signal, d for [batch, d])."""
+    feature_matrix(signals, features)  # names any missing signal
+    return [int(torch.as_tensor(signals[f])[0].numel()) for f in features]
 
 
 def _check_ranks(ranks: Sequence[int]) -> tuple[int, ...]:
@@ -165,7 +175,9 @@ class RandomRouter(Router):
         return ()
 
     def __call__(self, signals: Signals) -> torch.Tensor:
-        idx = torch.multinomial(torch.tensor(self.probs), batch_size(signals), replacement=True, generator=self.generator)
+        idx = torch.multinomial(
+            torch.tensor(self.probs), batch_size(signals), replacement=True, generator=self.generator
+        )
         return torch.tensor(self.ranks, dtype=torch.long)[idx]
 
     def describe(self) -> str:
@@ -221,11 +233,16 @@ class ThresholdRouter(Router):
         return z @ torch.tensor([self.weights[k] for k in names], dtype=torch.float64)
 
     def __call__(self, signals: Signals) -> torch.Tensor:
-        idx = torch.bucketize(self.score(signals), torch.tensor(self.thresholds, dtype=torch.float64), right=True)
+        idx = torch.bucketize(
+            self.score(signals), torch.tensor(self.thresholds, dtype=torch.float64), right=True
+        )
         return torch.tensor(self.ranks, dtype=torch.long)[idx]
 
     def calibrate(
-        self, signals: Signals, target_mean_rank: float | None = None, quantiles: Sequence[float] | None = None
+        self,
+        signals: Signals,
+        target_mean_rank: float | None = None,
+        quantiles: Sequence[float] | None = None,
     ) -> ThresholdRouter:
         """Fit the standardisation and thresholds on sample ``signals``, either to a
         ``target_mean_rank`` (shares per rank from ``mean_rank_proportions``) or at the
@@ -263,38 +280,101 @@ class LearnedRouter(nn.Module, Router):
 
     kind = "learned"
 
-    def __init__(self, ranks: Sequence[int], features: Sequence[str], hidden: int = 32) -> None:
+    def __init__(
+        self,
+        ranks: Sequence[int],
+        features: Sequence[str],
+        hidden: int = 32,
+        widths: Sequence[int] | None = None,
+        rank_penalty: float = 0.0,
+    ) -> None:
         super().__init__()
         self.ranks = _check_ranks(ranks)
         self.features = list(features)
         if not self.features:
             raise ConfigError("LearnedRouter needs at least one feature name")
         self.hidden = int(hidden)
-        n_in = len(self.features)
+        self.widths = [1] * len(self.features) if widths is None else [int(w) for w in widths]
+        if len(self.widths) != len(self.features) or min(self.widths) < 1:
+            raise ConfigError(
+                f"LearnedRouter widths {self.widths}: one positive width per feature {self.features}"
+            )
+        self.rank_penalty = float(rank_penalty)
+        """Subtracted from the logits as ``rank_penalty * rank / r_max`` before the argmax: 0
+        serves the predicted class; ``calibrate_mean_rank`` sets it for a target mean rank."""
+        n_in = sum(self.widths)
         self.register_buffer("mean", torch.zeros(n_in))
         self.register_buffer("std", torch.ones(n_in))
-        self.net = nn.Sequential(nn.Linear(n_in, self.hidden), nn.GELU(), nn.Linear(self.hidden, len(self.ranks)))
+        self.net = nn.Sequential(
+            nn.Linear(n_in, self.hidden), nn.GELU(), nn.Linear(self.hidden, len(self.ranks))
+        )
 
     @property
     def signal_names(self) -> tuple[str, ...]:
         return tuple(self.features)
 
     def neutral_value(self, name: str) -> float:
-        return float(self.mean[self.features.index(name)]) if name in self.features else 0.0
+        if name not in self.features:
+            return 0.0
+        start = sum(self.widths[: self.features.index(name)])  # a vector signal: its first column's mean
+        return float(self.mean[start])
 
     def logits(self, signals: Signals) -> torch.Tensor:
-        """[batch, len(ranks)] logits."""
+        """[batch, len(ranks)] logits (without the rank penalty)."""
         x = feature_matrix(signals, self.features).to(self.mean.device)
+        if x.shape[1] != self.mean.shape[0]:
+            raise ConfigError(
+                f"router features {self.features} give {x.shape[1]} columns, the router reads {self.mean.shape[0]}"
+            )
         z = torch.nan_to_num((x - self.mean) / self.std, nan=0.0)
         return self.net(z)
 
     def forward(self, signals: Signals) -> torch.Tensor:
         return self.logits(signals)
 
+    def _pick(self, logits: torch.Tensor, penalty: float) -> torch.Tensor:
+        """Rank indices [batch] of the argmax of ``logits - penalty * rank / r_max``."""
+        r = torch.tensor(self.ranks, dtype=logits.dtype, device=logits.device) / max(max(self.ranks), 1)
+        return (logits - penalty * r).argmax(dim=-1).cpu()
+
     def __call__(self, signals: Signals) -> torch.Tensor:  # type: ignore[override]
         with torch.no_grad():
-            idx = self.logits(signals).argmax(dim=-1).cpu()
+            idx = self._pick(self.logits(signals), self.rank_penalty)
         return torch.tensor(self.ranks, dtype=torch.long)[idx]
+
+    def calibrate_mean_rank(self, signals: Signals, target_mean_rank: float) -> float:
+        """Set ``rank_penalty`` so that the mean rank on ``signals`` comes as close to
+        ``target_mean_rank`` as the argmax allows without exceeding it; returns that mean.
+
+        Each example's rank falls as the penalty grows (its argmax moves to lower ranks
+        only), so the mean rank is monotone in the penalty and bisection finds it.
+        """
+        if not min(self.ranks) <= target_mean_rank <= max(self.ranks):
+            raise ConfigError(
+                f"target mean rank {target_mean_rank} is outside [{min(self.ranks)}, {max(self.ranks)}]"
+            )
+        ranks = torch.tensor(self.ranks, dtype=torch.float64)
+        with torch.no_grad():
+            logits = self.logits(signals).double()
+        # Past this penalty the rank term alone decides every argmax: it separates two ranks
+        # by at least bound * (smallest rank gap) / r_max, more than any two logits differ.
+        gap = min((b - a for a, b in zip(self.ranks, self.ranks[1:])), default=1) / max(max(self.ranks), 1)
+        bound = (2.0 * float(logits.abs().max()) + 1.0) / gap
+
+        def mean_rank(penalty: float) -> float:
+            return float(ranks[self._pick(logits, penalty)].mean())
+
+        lo, hi = -bound, bound  # mean_rank(lo) is the largest reachable, mean_rank(hi) the smallest
+        if mean_rank(lo) <= target_mean_rank:
+            hi = lo
+        for _ in range(100):
+            mid = (lo + hi) / 2
+            if mean_rank(mid) > target_mean_rank:
+                lo = mid
+            else:
+                hi = mid
+        self.rank_penalty = hi
+        return mean_rank(hi)
 
     def fit(
         self,
@@ -318,6 +398,10 @@ class LearnedRouter(nn.Module, Router):
             raise ConfigError(f"labels {unknown} are not router ranks {list(self.ranks)}")
         target = torch.tensor([rank_index[int(v)] for v in labels.tolist()], dtype=torch.long)
         x = feature_matrix(signals, self.features)
+        if x.shape[1] != self.mean.shape[0]:
+            raise ConfigError(
+                f"router features {self.features} give {x.shape[1]} columns; widths {self.widths} say {self.mean.shape[0]}"
+            )
         finite = torch.where(torch.isfinite(x), x, torch.nan)
         self.mean.copy_(torch.nan_to_num(finite.nanmean(dim=0), nan=0.0))
         std = torch.sqrt(torch.nan_to_num(((finite - self.mean) ** 2).nanmean(dim=0), nan=1.0))
@@ -347,11 +431,20 @@ class LearnedRouter(nn.Module, Router):
         return losses
 
     def describe(self) -> str:
-        return f"LearnedRouter(ranks={list(self.ranks)}, features={self.features}, hidden={self.hidden})"
+        penalty = f", rank_penalty={self.rank_penalty:.3g}" if self.rank_penalty else ""
+        return f"LearnedRouter(ranks={list(self.ranks)}, features={self.features}, hidden={self.hidden}{penalty})"
 
     def to_dict(self) -> dict[str, Any]:
         state = {k: v.tolist() for k, v in self.state_dict().items()}
-        return {"type": self.kind, "ranks": list(self.ranks), "features": self.features, "hidden": self.hidden, "state": state}
+        return {
+            "type": self.kind,
+            "ranks": list(self.ranks),
+            "features": self.features,
+            "hidden": self.hidden,
+            "widths": self.widths,
+            "rank_penalty": self.rank_penalty,
+            "state": state,
+        }
 
     @classmethod
     def _from_fields(cls, fields: dict[str, Any]) -> LearnedRouter:
@@ -362,4 +455,3 @@ class LearnedRouter(nn.Module, Router):
         router.eval()
         router.requires_grad_(False)  # a saved router is a fitted, frozen one
         return router
-

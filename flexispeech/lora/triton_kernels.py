@@ -31,9 +31,25 @@ EXPAND_BLOCK_M, EXPAND_BLOCK_N, EXPAND_BLOCK_R = 64, 128, 16
 
 
 @triton.jit
-def _shrink_kernel(x_ptr, a_ptr, h_ptr, rank_ptr, scale_ptr, M, K, n_r, rows_per_rank,
-                   stride_xm, stride_xk, stride_ar, stride_ak, stride_hm,
-                   R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_K: tl.constexpr):
+def _shrink_kernel(
+    x_ptr,
+    a_ptr,
+    h_ptr,
+    rank_ptr,
+    scale_ptr,
+    M,
+    K,
+    n_r,
+    rows_per_rank,
+    stride_xm,
+    stride_xk,
+    stride_ar,
+    stride_ak,
+    stride_hm,
+    R: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+):
     pid = tl.program_id(0)
     offs_m = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     m_ok = offs_m < M
@@ -45,10 +61,16 @@ def _shrink_kernel(x_ptr, a_ptr, h_ptr, rank_ptr, scale_ptr, M, K, n_r, rows_per
         offs_k = tl.arange(0, BLOCK_K)
         for k0 in range(0, K, BLOCK_K):
             k = k0 + offs_k
-            xt = tl.load(x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk,
-                         mask=m_ok[:, None] & (k[None, :] < K), other=0.0)
-            at = tl.load(a_ptr + offs_r[None, :] * stride_ar + k[:, None] * stride_ak,
-                         mask=(k[:, None] < K) & (offs_r[None, :] < n_r), other=0.0)
+            xt = tl.load(
+                x_ptr + offs_m[:, None] * stride_xm + k[None, :] * stride_xk,
+                mask=m_ok[:, None] & (k[None, :] < K),
+                other=0.0,
+            )
+            at = tl.load(
+                a_ptr + offs_r[None, :] * stride_ar + k[:, None] * stride_ak,
+                mask=(k[:, None] < K) & (offs_r[None, :] < n_r),
+                other=0.0,
+            )
             acc = tl.dot(xt, at, acc)
         scale = tl.load(scale_ptr + rank, mask=m_ok, other=0.0)
         acc = tl.where(offs_r[None, :] < rank[:, None], acc * scale[:, None], 0.0)
@@ -58,9 +80,24 @@ def _shrink_kernel(x_ptr, a_ptr, h_ptr, rank_ptr, scale_ptr, M, K, n_r, rows_per
 
 
 @triton.jit
-def _expand_kernel(h_ptr, b_ptr, y_ptr, rank_ptr, M, N, n_r, rows_per_rank,
-                   stride_hm, stride_bn, stride_br, stride_ym, stride_yn,
-                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_R: tl.constexpr):
+def _expand_kernel(
+    h_ptr,
+    b_ptr,
+    y_ptr,
+    rank_ptr,
+    M,
+    N,
+    n_r,
+    rows_per_rank,
+    stride_hm,
+    stride_bn,
+    stride_br,
+    stride_ym,
+    stride_yn,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+):
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -75,10 +112,16 @@ def _expand_kernel(h_ptr, b_ptr, y_ptr, rank_ptr, M, N, n_r, rows_per_rank,
         # h is zero above each row's rank, so stopping at the block's top rank is exact.
         for r0 in range(0, top, BLOCK_R):
             r = r0 + offs_r
-            ht = tl.load(h_ptr + offs_m[:, None] * stride_hm + r[None, :],
-                         mask=m_ok[:, None] & (r[None, :] < n_r), other=0.0)
-            bt = tl.load(b_ptr + offs_n[None, :] * stride_bn + r[:, None] * stride_br,
-                         mask=n_ok[None, :] & (r[:, None] < n_r), other=0.0)
+            ht = tl.load(
+                h_ptr + offs_m[:, None] * stride_hm + r[None, :],
+                mask=m_ok[:, None] & (r[None, :] < n_r),
+                other=0.0,
+            )
+            bt = tl.load(
+                b_ptr + offs_n[None, :] * stride_bn + r[:, None] * stride_br,
+                mask=n_ok[None, :] & (r[:, None] < n_r),
+                other=0.0,
+            )
             acc = tl.dot(ht, bt, acc)
         y_ptrs = y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :] * stride_yn
         ok = m_ok[:, None] & n_ok[None, :]
@@ -91,8 +134,13 @@ def padded_rank(top: int) -> int:
     return max(16, triton.next_power_of_2(top))
 
 
-def shrink(x2: torch.Tensor, a_rows: torch.Tensor, ranks: torch.Tensor, scale_table: torch.Tensor,
-           out: torch.Tensor | None = None) -> torch.Tensor:
+def shrink(
+    x2: torch.Tensor,
+    a_rows: torch.Tensor,
+    ranks: torch.Tensor,
+    scale_table: torch.Tensor,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """``h`` [M, R] (R = ``padded_rank``): the masked, scaled ``x2 @ a_rows.T``.
 
     ``x2`` [M, K]; ``a_rows`` [n_r, K] (any strides: ``A[:top]`` or ``B[:, :top].T``);
@@ -104,9 +152,25 @@ def shrink(x2: torch.Tensor, a_rows: torch.Tensor, ranks: torch.Tensor, scale_ta
     R = padded_rank(n_r)
     h = torch.empty(M, R, dtype=x2.dtype, device=x2.device) if out is None else out
     grid = (triton.cdiv(M, SHRINK_BLOCK_M),)
-    _shrink_kernel[grid](x2, a_rows, h, ranks, scale_table, M, K, n_r, M // ranks.shape[0],
-                         x2.stride(0), x2.stride(1), a_rows.stride(0), a_rows.stride(1), h.stride(0),
-                         R=R, BLOCK_M=SHRINK_BLOCK_M, BLOCK_K=SHRINK_BLOCK_K)
+    _shrink_kernel[grid](
+        x2,
+        a_rows,
+        h,
+        ranks,
+        scale_table,
+        M,
+        K,
+        n_r,
+        M // ranks.shape[0],
+        x2.stride(0),
+        x2.stride(1),
+        a_rows.stride(0),
+        a_rows.stride(1),
+        h.stride(0),
+        R=R,
+        BLOCK_M=SHRINK_BLOCK_M,
+        BLOCK_K=SHRINK_BLOCK_K,
+    )
     return h
 
 
@@ -117,9 +181,24 @@ def expand_(y2: torch.Tensor, h: torch.Tensor, b_cols: torch.Tensor, ranks: torc
     M, N = y2.shape
     n_r = b_cols.shape[1]
     grid = (triton.cdiv(M, EXPAND_BLOCK_M), triton.cdiv(N, EXPAND_BLOCK_N))
-    _expand_kernel[grid](h, b_cols, y2, ranks, M, N, n_r, M // ranks.shape[0],
-                         h.stride(0), b_cols.stride(0), b_cols.stride(1), y2.stride(0), y2.stride(1),
-                         BLOCK_M=EXPAND_BLOCK_M, BLOCK_N=EXPAND_BLOCK_N, BLOCK_R=EXPAND_BLOCK_R)
+    _expand_kernel[grid](
+        h,
+        b_cols,
+        y2,
+        ranks,
+        M,
+        N,
+        n_r,
+        M // ranks.shape[0],
+        h.stride(0),
+        b_cols.stride(0),
+        b_cols.stride(1),
+        y2.stride(0),
+        y2.stride(1),
+        BLOCK_M=EXPAND_BLOCK_M,
+        BLOCK_N=EXPAND_BLOCK_N,
+        BLOCK_R=EXPAND_BLOCK_R,
+    )
 
 
 def _pad_rows(t: torch.Tensor, rows: int) -> torch.Tensor:

@@ -133,7 +133,9 @@ class CausalLmFamily:
             rows.append(tokenizer(render_prompt(tokenizer, ex.prompt), add_special_tokens=False).input_ids)
         return rows
 
-    def collate(self, processor: Any, examples: Sequence[Example], train: bool = True) -> dict[str, torch.Tensor]:
+    def collate(
+        self, processor: Any, examples: Sequence[Example], train: bool = True
+    ) -> dict[str, torch.Tensor]:
         """``train``: ``input_ids``/``attention_mask``/``labels`` [B, L], right padded, labels
         -100 on the prompt and padding. Otherwise: left-padded prompts ``input_ids`` and
         ``attention_mask`` [B, L] for ``generate``."""
@@ -164,7 +166,9 @@ class CausalLmFamily:
             labels[i, k : len(s)] = torch.tensor(s[k:], dtype=torch.long)
         return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
-    def answer_nll(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    def answer_nll(
+        self, model: nn.Module, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed negative log-likelihood (nats) of each row's labelled tokens, and their count.
 
         The output head runs only from the first position that predicts a labelled token:
@@ -189,7 +193,10 @@ class CausalLmFamily:
             logits = model(input_ids=ids, attention_mask=mask).logits[:, first - 1 :]
         targets = labels[:, first:]  # [B, L - first]
         nll = nn.functional.cross_entropy(
-            logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+            logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+            targets.reshape(-1),
+            ignore_index=-100,
+            reduction="none",
         ).view(targets.shape)
         return nll.sum(dim=1), (targets != -100).sum(dim=1)
 
@@ -214,7 +221,9 @@ class CausalLmFamily:
         device = next(model.parameters()).device
         ids = batch["input_ids"].to(device)
         own = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-        stops = sorted({end_token_id(processor), *([] if own is None else [own] if isinstance(own, int) else own)})
+        stops = sorted(
+            {end_token_id(processor), *([] if own is None else [own] if isinstance(own, int) else own)}
+        )
         with torch.no_grad():
             out = model.generate(
                 input_ids=ids,

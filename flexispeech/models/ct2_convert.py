@@ -119,17 +119,23 @@ def build_tokenizer(tokenizer_json: Path, vocab_size: int) -> WhisperTokenizer:
     """The Whisper tokenizer: control tokens special, plus the 1,501 timestamp tokens.
 
     Raises:
-        FlexispeechError: after adding timestamps, the size differs from ``vocab_size``.
+        FlexispeechError: the file is missing or malformed, or after adding timestamps the
+            size differs from ``vocab_size``.
     """
     from transformers import AddedToken, WhisperTokenizer
 
     if not tokenizer_json.is_file():
         raise FlexispeechError(f"{tokenizer_json}: missing (the converter needs tokenizer.json)")
-    tok = WhisperTokenizer(tokenizer_file=str(tokenizer_json))
+    try:
+        tok = WhisperTokenizer(tokenizer_file=str(tokenizer_json))
+    except Exception as err:  # the tokenizers library raises a bare Exception on a malformed file
+        raise FlexispeechError(f"{tokenizer_json}: not a tokenizer file ({err})") from None
     control = [t.content for _, t in sorted(tok.added_tokens_decoder.items()) if t.content.startswith("<|")]
     tok.add_special_tokens({"additional_special_tokens": control})
     stamps = [f"<|{i * 0.02:.2f}|>" for i in range(NUM_TIMESTAMPS)]
-    tok.add_tokens([AddedToken(s, lstrip=False, rstrip=False, normalized=False, special=False) for s in stamps])
+    tok.add_tokens(
+        [AddedToken(s, lstrip=False, rstrip=False, normalized=False, special=False) for s in stamps]
+    )
     if len(tok) != vocab_size:
         raise FlexispeechError(
             f"{tokenizer_json}: {len(tok)} tokens with timestamps, but model.bin has {vocab_size} embeddings"
@@ -175,7 +181,9 @@ def whisper_config(model: Ct2Model, tok: WhisperTokenizer, ct2_config: dict[str,
     )
 
 
-def generation_config(config: WhisperConfig, tok: WhisperTokenizer, ct2_config: dict[str, Any]) -> GenerationConfig:
+def generation_config(
+    config: WhisperConfig, tok: WhisperTokenizer, ct2_config: dict[str, Any]
+) -> GenerationConfig:
     """What ``WhisperForConditionalGeneration.generate`` reads: prompt and suppress ids.
 
     Multilingual models get ``lang_to_id``/``task_to_id`` and ``task="transcribe"``:

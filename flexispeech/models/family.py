@@ -20,7 +20,9 @@ import torch
 from torch import nn
 
 from flexispeech.errors import ConfigError
-from flexispeech.models.example import Example  # in a module of its own: the families need it, and get_family loads them
+from flexispeech.models.example import (
+    Example,  # in a module of its own: the families need it, and get_family loads them
+)
 
 
 class ModelFamily(Protocol):
@@ -35,11 +37,15 @@ class ModelFamily(Protocol):
     default_targets: tuple[str, ...]
     """Module-name suffixes that get Flexi-LoRA layers by default."""
 
-    def load(self, source: str, device: str = "cpu", dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    def load(
+        self, source: str, device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> tuple[nn.Module, Any]:
         """Model and processor/tokenizer from a name that ``pretrained_path`` resolves."""
         ...
 
-    def collate(self, processor: Any, examples: Sequence[Example], train: bool = True) -> dict[str, torch.Tensor]:
+    def collate(
+        self, processor: Any, examples: Sequence[Example], train: bool = True
+    ) -> dict[str, torch.Tensor]:
         """A batch of model inputs (and ``labels`` when ``train``), first dim = len(examples)."""
         ...
 
@@ -144,7 +150,9 @@ def check_device(device: str | torch.device) -> torch.device:
     backend = getattr(torch, dev.type, None)
     available = backend is not None and hasattr(backend, "is_available") and backend.is_available()
     if not available:
-        raise ConfigError(f"--device {device!r}: no {dev.type} device is available on this machine (use --device cpu)")
+        raise ConfigError(
+            f"--device {device!r}: no {dev.type} device is available on this machine (use --device cpu)"
+        )
     count = backend.device_count() if hasattr(backend, "device_count") else 1
     if dev.index is not None and dev.index >= count:
         raise ConfigError(f"--device {device!r}: only {count} {dev.type} device(s) here")

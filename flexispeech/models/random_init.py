@@ -73,9 +73,7 @@ def train_bpe(directory: Path, special_tokens: list[str], vocab_size: int = 300)
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
-    )
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     tok.train_from_iterator(CORPUS + [s.capitalize() + "." for s in CORPUS], trainer=trainer)
     tok.add_special_tokens(special_tokens)
     path = directory / "tokenizer.json"
@@ -96,7 +94,12 @@ def random_whisper(size: str = "tiny") -> tuple[Any, Any]:
     The encoder keeps Whisper's 1500 positions (30 s of 10-ms frames, downsampled by 2),
     so the audio front end and ``set_audio_ctx`` behave as with the real models.
     """
-    from transformers import WhisperConfig, WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
+    from transformers import (
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+    )
 
     from flexispeech.models.ct2_convert import build_tokenizer, generation_config
 
@@ -156,7 +159,11 @@ def build_processor(vocab: dict[str, int]) -> Any:
             do_lower_case=False,
         )
     features = Wav2Vec2FeatureExtractor(
-        feature_size=1, sampling_rate=SAMPLE_RATE, padding_value=0.0, do_normalize=True, return_attention_mask=True
+        feature_size=1,
+        sampling_rate=SAMPLE_RATE,
+        padding_value=0.0,
+        do_normalize=True,
+        return_attention_mask=True,
     )
     return Wav2Vec2Processor(feature_extractor=features, tokenizer=tokenizer)
 

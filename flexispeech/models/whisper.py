@@ -116,11 +116,15 @@ class WhisperFamily:
         for multilingual models) ``<|notimestamps|>``."""
         multilingual = bool(getattr(model.generation_config, "is_multilingual", False))
         if multilingual:
-            processor.tokenizer.set_prefix_tokens(language=self.language, task="transcribe", predict_timestamps=False)
+            processor.tokenizer.set_prefix_tokens(
+                language=self.language, task="transcribe", predict_timestamps=False
+            )
         else:
             processor.tokenizer.set_prefix_tokens(predict_timestamps=False)
 
-    def collate(self, processor: Any, examples: Sequence[Example], train: bool = True) -> dict[str, torch.Tensor]:
+    def collate(
+        self, processor: Any, examples: Sequence[Example], train: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Batch of ``input_features`` [B, n_mels, frames] float32, ``num_frames`` [B] (true
         length of each clip in mel frames) and, when ``train``, ``labels`` [B, L].
 
@@ -139,7 +143,9 @@ class WhisperFamily:
         if long_form:
             kwargs.update(truncation=False, padding="longest")
         features = fe(audios, **kwargs).input_features
-        num_frames = torch.tensor([min(n // HOP_LENGTH, features.shape[-1]) for n in lengths], dtype=torch.long)
+        num_frames = torch.tensor(
+            [min(n // HOP_LENGTH, features.shape[-1]) for n in lengths], dtype=torch.long
+        )
         batch = {"input_features": features.float(), "num_frames": num_frames}
         if train:
             batch["labels"] = self.labels(processor, [ex.text for ex in examples])
@@ -160,7 +166,13 @@ class WhisperFamily:
         return out
 
     def cached_train_inputs(
-        self, model: nn.Module, processor: Any, split: Any, n_layers: int, key: str = "", progress: bool = False
+        self,
+        model: nn.Module,
+        processor: Any,
+        split: Any,
+        n_layers: int,
+        key: str = "",
+        progress: bool = False,
     ) -> Any:
         """Training inputs that start from encoder layer ``n_layers``: the frozen layers'
         output of every row of ``split`` is computed once (``whisper_prefix``)."""
@@ -168,8 +180,13 @@ class WhisperFamily:
 
         from flexispeech.models.whisper_prefix import PrefixInputs, build_prefix_cache
 
-        cache = build_prefix_cache(model, processor, split, n_layers, progress, key)
-        return PrefixInputs(cache, partial(self.labels, processor), [str(r["text"]) for r in split.rows], n_layers)
+        def features(examples: list[Example]) -> torch.Tensor:
+            return self.collate(processor, examples, train=False)["input_features"]
+
+        cache = build_prefix_cache(model, features, split, n_layers, progress, key)
+        return PrefixInputs(
+            cache, partial(self.labels, processor), [str(r["text"]) for r in split.rows], n_layers
+        )
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token-level cross entropy (mean over label tokens that are not -100)."""
@@ -194,7 +211,8 @@ class WhisperFamily:
         clips one at a time with long-form decoding (see the module docstring for why).
         """
         tokens = self.generate_ids(model, batch, num_beams=num_beams, max_new_tokens=max_new_tokens)
-        texts = processor.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+        # Lists of ids, not tensors: transformers 5.17's Whisper tokenizer tests a tensor's truth value.
+        texts = processor.tokenizer.batch_decode([t.tolist() for t in tokens], skip_special_tokens=True)
         return [t.strip() for t in texts]
 
     def generate_ids(
@@ -228,13 +246,17 @@ class WhisperFamily:
                 with use_ranks(model, rows=short_rows):
                     # One decoding call: without it transformers re-runs rows whose output holds a
                     # timestamp token on the rest of the window, with a smaller batch.
-                    seqs = model.generate(sub, return_timestamps=False, force_unique_generate_call=True, **kwargs)
+                    seqs = model.generate(
+                        sub, return_timestamps=False, force_unique_generate_call=True, **kwargs
+                    )
                 for row, seq in zip(short_rows, seqs):
                     out[row] = seq.cpu()
             for row in long_rows:
                 clip = features[row : row + 1, :, : int(num_frames[row])]
                 with use_ranks(model, rows=[row]):
-                    seq = model.generate(clip, return_timestamps=True, condition_on_prev_tokens=False, **kwargs)
+                    seq = model.generate(
+                        clip, return_timestamps=True, condition_on_prev_tokens=False, **kwargs
+                    )
                 out[row] = (seq["sequences"] if isinstance(seq, dict) else seq)[0].cpu()
         return [t for t in out if t is not None]
 

@@ -76,7 +76,9 @@ def encode_suffix(model: nn.Module, prefix: torch.Tensor, n_layers: int) -> torc
     return enc.layer_norm(hidden)
 
 
-def loss_from_prefix(model: nn.Module, prefix: torch.Tensor, labels: torch.Tensor, n_layers: int) -> torch.Tensor:
+def loss_from_prefix(
+    model: nn.Module, prefix: torch.Tensor, labels: torch.Tensor, n_layers: int
+) -> torch.Tensor:
     """Whisper's token cross entropy, starting from cached encoder-prefix states."""
     from transformers.modeling_outputs import BaseModelOutput
 
@@ -87,7 +89,7 @@ def loss_from_prefix(model: nn.Module, prefix: torch.Tensor, labels: torch.Tenso
 
 def build_prefix_cache(
     model: nn.Module,
-    processor: Any,
+    features: Callable[[list[Any]], torch.Tensor],
     split: Any,
     n_layers: int,
     progress: bool = False,
@@ -95,7 +97,9 @@ def build_prefix_cache(
     batch_size: int = 16,
 ) -> list[torch.Tensor]:
     """Encoder-prefix states [positions, d_model] of every row of ``split`` (a speech
-    :class:`~flexispeech.data.split.Split`), computed once.
+    :class:`~flexispeech.data.split.Split`), computed once. ``features`` turns a list of
+    Examples into log-mel input features [batch, n_mels, frames] (the family's collate,
+    passed in so that this module does not import the family that imports it).
 
     They are also stored under ``<corpus>/cache/encoder/`` (safetensors, named by a hash
     of ``key``, the layer count and the row ids), so the other runs of a recipe on the
@@ -104,17 +108,16 @@ def build_prefix_cache(
     from safetensors.torch import load_file, save_file
     from tqdm.auto import tqdm
 
-    from flexispeech.models.whisper import FAMILY
-
     digest = hashlib.sha1(f"{key}|{n_layers}|{[r['id'] for r in split.rows]}".encode()).hexdigest()[:16]
     path = split.corpus_dir / "cache" / "encoder" / f"{digest}.safetensors"
     if path.is_file():
         return list(load_file(str(path))["prefix"])
     cache: list[torch.Tensor] = []
-    for start in tqdm(range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress):
+    for start in tqdm(
+        range(0, len(split), batch_size), desc="encoder cache", unit="batch", disable=not progress
+    ):
         examples = [split[i] for i in range(start, min(start + batch_size, len(split)))]
-        inputs = FAMILY.collate(processor, examples, train=False)
-        cache += list(encode_prefix(model, inputs["input_features"], n_layers).cpu())
+        cache += list(encode_prefix(model, features(examples), n_layers).cpu())
     path.parent.mkdir(parents=True, exist_ok=True)
     prefix = {"prefix": torch.stack(cache).contiguous()}
     write_file(path, lambda tmp: save_file(prefix, str(tmp)))  # a killed run never leaves a truncated cache
@@ -133,7 +136,10 @@ class PrefixInputs:
     n_layers: int
 
     def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        return {"prefix": torch.stack([self.cache[i] for i in rows]), "labels": self.labels([self.texts[i] for i in rows])}
+        return {
+            "prefix": torch.stack([self.cache[i] for i in rows]),
+            "labels": self.labels([self.texts[i] for i in rows]),
+        }
 
     def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return loss_from_prefix(model, inputs["prefix"], inputs["labels"], self.n_layers)

@@ -9,6 +9,9 @@ Columns written (``flexispeech.data.speech`` reads ``signal_*`` back as router s
   ``base_wer`` (the base model's per-utterance error: the learned router's difficulty
   label and the data for the signal/WER correlation table).
 
+* on request: ``signal_embedding``, the base encoder's output mean-pooled over the
+  utterance (a vector of d_model floats, ``flexispeech.signals.embedding``).
+
 A column already present is not recomputed unless ``force``: signals are never computed
 twice for the same corpus.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +32,7 @@ from flexispeech.data.speech import SIGNAL_PREFIX, CorpusSplit, make_collate
 from flexispeech.errors import AudioError
 from flexispeech.evaluation.metrics import english_normalizer, utterance_wer
 from flexispeech.signals.audio import audio_signals
+
 
 def _skip(err: AudioError, skipped: list[str] | None) -> None:
     """Report a row whose audio cannot be decoded (one line) and remember it."""
@@ -41,7 +46,11 @@ MODEL_COLUMNS = (SIGNAL_PREFIX + "proxy", SIGNAL_PREFIX + "proxy_entropy", "base
 
 
 def cache_audio_signals(
-    corpus_dir: str | Path, split: str, force: bool = False, progress: bool = True, skipped: list[str] | None = None
+    corpus_dir: str | Path,
+    split: str,
+    force: bool = False,
+    progress: bool = True,
+    skipped: list[str] | None = None,
 ) -> bool:
     """Add the audio signal columns to ``split``; returns whether anything was computed.
 
@@ -95,16 +104,10 @@ def cache_model_signals(
     n = len(split_rows)
     proxy, entropy, hyps, wers = [math.nan] * n, [math.nan] * n, [""] * n, [math.nan] * n
     model.eval()
-    for start in tqdm(range(0, len(keep), batch_size), desc=f"base decode {split}", unit="batch", disable=not progress):
-        idx, examples = [], []
-        for i in keep[start : start + batch_size]:
-            try:
-                examples.append(split_rows[i])
-                idx.append(i)
-            except AudioError as err:  # NaN/empty values for it, like a row over max_duration
-                _skip(err, skipped)
-        if not idx:
-            continue
+    # An undecodable row keeps NaN/empty values, like a row over max_duration.
+    for idx, examples in _decode_batches(
+        split_rows, keep, batch_size, f"base decode {split}", progress, skipped
+    ):
         batch = collate(examples)["inputs"]
         signals, texts = first_pass(model, processor, batch)
         for j, i in enumerate(idx):
@@ -114,4 +117,63 @@ def cache_model_signals(
             wer = utterance_wer(split_rows.rows[i]["text"], texts[j], normalize)
             wers[i] = math.nan if wer is None else wer
     add_columns(corpus_dir, split, dict(zip(MODEL_COLUMNS, (proxy, entropy, hyps, wers))))
+    return True
+
+
+def _decode_batches(
+    split_rows: CorpusSplit,
+    keep: list[int],
+    batch_size: int,
+    desc: str,
+    progress: bool,
+    skipped: list[str] | None,
+) -> Iterator[tuple[list[int], list[Any]]]:
+    """``(row indices, Examples)`` of ``keep`` in batches; undecodable rows are reported and left out."""
+    for start in tqdm(range(0, len(keep), batch_size), desc=desc, unit="batch", disable=not progress):
+        idx, examples = [], []
+        for i in keep[start : start + batch_size]:
+            try:
+                examples.append(split_rows[i])
+                idx.append(i)
+            except AudioError as err:
+                _skip(err, skipped)
+        if idx:
+            yield idx, examples
+
+
+def cache_embedding(
+    corpus_dir: str | Path,
+    split: str,
+    model: torch.nn.Module,
+    processor: Any,
+    batch_size: int = 16,
+    max_duration: float | None = None,
+    force: bool = False,
+    progress: bool = True,
+    skipped: list[str] | None = None,
+) -> bool:
+    """Cache ``signal_embedding``: the base Whisper encoder's output of each row, mean-pooled
+    over its audio (``pooled_embedding``); rows longer than ``max_duration`` or whose audio
+    cannot be decoded get none. Returns whether anything was computed."""
+    from flexispeech.models.whisper import FAMILY
+    from flexispeech.signals.embedding import EMBEDDING, pooled_embedding
+
+    corpus_dir = Path(corpus_dir)
+    column = SIGNAL_PREFIX + EMBEDDING
+    if not force and column in load_corpus(corpus_dir, split).column_names:
+        return False
+    split_rows = CorpusSplit(corpus_dir, split)
+    keep = [i for i, r in enumerate(split_rows.rows) if max_duration is None or r["duration"] <= max_duration]
+    keep.sort(key=lambda i: split_rows.rows[i]["duration"])
+    collate = make_collate(FAMILY, processor, train=False)
+    values: list[list[float] | None] = [None] * len(split_rows)
+    model.eval()
+    for idx, examples in _decode_batches(
+        split_rows, keep, batch_size, f"embedding {split}", progress, skipped
+    ):
+        inputs = collate(examples)["inputs"]
+        pooled = pooled_embedding(model, inputs["input_features"], inputs["num_frames"])
+        for j, i in enumerate(idx):
+            values[i] = pooled[j].tolist()
+    add_columns(corpus_dir, split, {column: values})
     return True

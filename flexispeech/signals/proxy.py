@@ -65,7 +65,10 @@ def first_pass(
     entropy = -(logp.exp() * logp).sum(-1)  # [B, L-1]
     mask = targets_mask[:, 1:].float()
     count = mask.sum(1).clamp(min=1.0)
-    texts = [t.strip() for t in processor.tokenizer.batch_decode(seqs, skip_special_tokens=True)]
+    texts = [
+        t.strip()
+        for t in processor.tokenizer.batch_decode([s.tolist() for s in seqs], skip_special_tokens=True)
+    ]
     signals = {
         "proxy": (-(token_logp * mask).sum(1) / count).float(),
         "proxy_entropy": ((entropy * mask).sum(1) / count).float(),

@@ -28,10 +28,27 @@ from typing import Any
 
 from flexispeech.evaluation.text_metrics import NUMBER_RE
 
-OPERATOR_WORDS = frozenset({
-    "plus", "minus", "times", "divided", "multiplied", "percent", "twice", "double", "triple",
-    "half", "each", "per", "every", "split", "share", "shares", "shared",
-})
+OPERATOR_WORDS = frozenset(
+    {
+        "plus",
+        "minus",
+        "times",
+        "divided",
+        "multiplied",
+        "percent",
+        "twice",
+        "double",
+        "triple",
+        "half",
+        "each",
+        "per",
+        "every",
+        "split",
+        "share",
+        "shares",
+        "shared",
+    }
+)
 _OPERATOR_SYMBOLS = re.compile(r"[+*/×÷%=]|(?:(?<=\s)|^)-(?=\s|\d)")
 _WORD = re.compile(r"[^\W_]+(?:['’][^\W_]+)*")  # letters/digits, with inner apostrophes
 _SENTENCE_END = re.compile(r"[.!?]+(?=\s|$)|\n\s*\n|\n(?=\S)")
@@ -112,7 +129,9 @@ def prompt_perplexity(
     model.eval()
     try:
         with torch.no_grad():
-            for start in tqdm(range(0, len(ids), batch_size), desc="prompt perplexity", unit="batch", disable=not progress):
+            for start in tqdm(
+                range(0, len(ids), batch_size), desc="prompt perplexity", unit="batch", disable=not progress
+            ):
                 batch = ids[start : start + batch_size]
                 length = max(len(x) for x in batch)
                 input_ids = torch.zeros(len(batch), length, dtype=torch.long)

@@ -33,11 +33,19 @@ from tqdm.auto import tqdm
 
 from flexispeech.data.speech import SIGNAL_PREFIX, make_collate
 from flexispeech.data.text_format import add_task_columns, load_text_task, read_text_task_info
+from flexispeech.evaluation.text_metrics import numeric_match, token_f1
 from flexispeech.models.causal_lm import DEFAULT_SOURCE
 from flexispeech.signals.text import prompt_perplexity, text_signals
-from flexispeech.evaluation.text_metrics import numeric_match, token_f1
 
-SURFACE_SIGNALS = ("n_words", "n_chars", "n_digits", "n_numbers", "n_operators", "n_sentences", "n_question_words")
+SURFACE_SIGNALS = (
+    "n_words",
+    "n_chars",
+    "n_digits",
+    "n_numbers",
+    "n_operators",
+    "n_sentences",
+    "n_question_words",
+)
 PPL_COLUMN = SIGNAL_PREFIX + "prompt_ppl"  # a router input: every split needs it
 LABEL_COLUMNS = ("base_gold_nll", "base_answer", "base_correct", "base_difficulty")  # training labels
 TIE_BREAK_SPAN = 0.01  # < the smallest gap between two distinct scores that matters
@@ -53,13 +61,17 @@ def score_answer(metric: str, prediction: str, golds: list[str]) -> float:
 def difficulty_with_tie_break(correct: list[float], tie_break: list[float]) -> list[float]:
     """``1 - correct`` plus the rank of ``tie_break`` (higher = harder; NaN lowest) scaled
     into [0, TIE_BREAK_SPAN)."""
-    order = sorted(range(len(tie_break)), key=lambda i: tie_break[i] if tie_break[i] == tie_break[i] else float("-inf"))
+    order = sorted(
+        range(len(tie_break)), key=lambda i: tie_break[i] if tie_break[i] == tie_break[i] else float("-inf")
+    )
     rank = {i: pos for pos, i in enumerate(order)}
     n = max(len(tie_break), 1)
     return [1.0 - c + TIE_BREAK_SPAN * rank[i] / n for i, c in enumerate(correct)]
 
 
-def gold_answer_nll(model: torch.nn.Module, tokenizer: Any, split: Any, batch_size: int = 8, progress: bool = False) -> list[float]:
+def gold_answer_nll(
+    model: torch.nn.Module, tokenizer: Any, split: Any, batch_size: int = 8, progress: bool = False
+) -> list[float]:
     """Summed NLL (nats) of each row's gold short answer (plus the end token) after its
     chat-formatted prompt, under ``model``: the training loss of that row, unaveraged.
 
@@ -74,8 +86,12 @@ def gold_answer_nll(model: torch.nn.Module, tokenizer: Any, split: Any, batch_si
     out: list[float] = []
     model.eval()
     with torch.no_grad():
-        for start in tqdm(range(0, len(split), batch_size), desc="gold-answer NLL", unit="batch", disable=not progress):
-            batch = FAMILY.collate(tokenizer, [split[i] for i in range(start, min(start + batch_size, len(split)))])
+        for start in tqdm(
+            range(0, len(split), batch_size), desc="gold-answer NLL", unit="batch", disable=not progress
+        ):
+            batch = FAMILY.collate(
+                tokenizer, [split[i] for i in range(start, min(start + batch_size, len(split)))]
+            )
             nll, _ = FAMILY.answer_nll(model, batch)
             out += nll.tolist()
     return out
@@ -88,7 +104,9 @@ def cache_surface_signals(task_dir: str | Path, split: str, force: bool = False)
     if not force and all(c in ds.column_names for c in columns):
         return False
     counts = [text_signals(p) for p in ds["prompt"]]
-    add_task_columns(Path(task_dir), split, {SIGNAL_PREFIX + n: [c[n] for c in counts] for n in SURFACE_SIGNALS})
+    add_task_columns(
+        Path(task_dir), split, {SIGNAL_PREFIX + n: [c[n] for c in counts] for n in SURFACE_SIGNALS}
+    )
     return True
 
 
@@ -113,8 +131,8 @@ def cache_model_signals(
     """Cache ``signal_prompt_ppl`` of ``split`` and, with ``labels``, the columns of
     ``LABEL_COLUMNS`` (gold-answer NLL, one greedy decoding of the base model's answers,
     their score, the difficulty). Returns whether anything was computed."""
-    from flexispeech.models.causal_lm import FAMILY
     from flexispeech.data.text import TextTaskSplit
+    from flexispeech.models.causal_lm import FAMILY
 
     task_dir = Path(task_dir)
     want_ppl, want_labels = missing_model_columns(task_dir, split, labels, force)
@@ -124,13 +142,17 @@ def cache_model_signals(
     columns: dict[str, list] = {}
     if want_ppl:
         prompts = [str(r["prompt"]) for r in rows.rows]
-        columns[PPL_COLUMN] = prompt_perplexity(model, tokenizer, prompts, batch_size=batch_size, progress=progress)
+        columns[PPL_COLUMN] = prompt_perplexity(
+            model, tokenizer, prompts, batch_size=batch_size, progress=progress
+        )
     if want_labels:
         gold_nll = gold_answer_nll(model, tokenizer, rows, batch_size, progress)
         collate = make_collate(FAMILY, tokenizer, train=False)
         answers: list[str] = []
         model.eval()
-        for start in tqdm(range(0, len(rows), batch_size), desc=f"base answers {split}", unit="batch", disable=not progress):
+        for start in tqdm(
+            range(0, len(rows), batch_size), desc=f"base answers {split}", unit="batch", disable=not progress
+        ):
             batch = collate([rows[i] for i in range(start, min(start + batch_size, len(rows)))])["inputs"]
             answers += FAMILY.generate(model, tokenizer, batch, max_new_tokens=max_new_tokens)
         correct = [score_answer(rows.metric, a, rows.golds(i)) for i, a in enumerate(answers)]
@@ -172,10 +194,23 @@ def cache_text_signals(
                 continue
             if model is None:
                 model, tokenizer = FAMILY.load(model_source, device=device)
-            cache_model_signals(task_dir, split, model, tokenizer, batch_size, max_new_tokens,
-                                split in label_splits, force, progress)
+            cache_model_signals(
+                task_dir,
+                split,
+                model,
+                tokenizer,
+                batch_size,
+                max_new_tokens,
+                split in label_splits,
+                force,
+                progress,
+            )
     return {
-        s: [c[len(SIGNAL_PREFIX):] for c in load_text_task(Path(task_dir), s).column_names if c.startswith(SIGNAL_PREFIX)]
+        s: [
+            c[len(SIGNAL_PREFIX) :]
+            for c in load_text_task(Path(task_dir), s).column_names
+            if c.startswith(SIGNAL_PREFIX)
+        ]
         for s in splits
     }
 
@@ -187,8 +222,19 @@ def run_text_signals(args: Any) -> int:
     splits = [s for s in args.splits.split(",") if s in info["splits"]]
     source = None if (args.model or "").lower() == "none" else (args.model or DEFAULT_SOURCE)
     label_splits = splits if args.label_splits is None else [s for s in args.label_splits.split(",") if s]
-    have = cache_text_signals(args.corpus, splits, source, args.batch_size, args.max_new_tokens, args.device, args.force,
-                              label_splits=label_splits)
+    have = cache_text_signals(
+        args.corpus,
+        splits,
+        source,
+        args.batch_size,
+        args.max_new_tokens,
+        args.device,
+        args.force,
+        label_splits=label_splits,
+    )
     for split, names in have.items():
-        print(f"{split}: signals {', '.join(names)}" + ("; base answers and difficulty labels cached" if source and split in label_splits else ""))
+        print(
+            f"{split}: signals {', '.join(names)}"
+            + ("; base answers and difficulty labels cached" if source and split in label_splits else "")
+        )
     return 0

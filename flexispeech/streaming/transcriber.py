@@ -43,13 +43,8 @@ class Transcription:
 
     def to_json(self) -> str:
         return json.dumps(
-            {
-                "path": self.id,
-                "text": self.text,
-                "rank": self.rank,
-                "duration": round(self.duration, 3),
-                "signals": {k: round(v, 4) for k, v in self.signals.items()},
-            }
+            {"path": self.id, "text": self.text, "rank": self.rank, "duration": round(self.duration, 3),
+             "signals": {k: round(v, 4) for k, v in self.signals.items()}}
         )
 
 
@@ -77,7 +72,8 @@ class Transcriber:
             the adapter has one and no ``rank`` is given); None otherwise.
         num_beams: 1 = greedy.
         family: ``whisper`` / ``wav2vec2``; None detects it from the model directory.
-        audio_ctx: Whisper encoder window in positions (20 ms each; None = 30 s).
+        audio_ctx: Whisper encoder window in positions (20 ms each); None: the window the
+            adapter was trained with, 30 s without one (a warning when they differ).
         batch_size: utterances decoded together.
     """
 
@@ -105,6 +101,10 @@ class Transcriber:
         check_device(device)
         self.family = get_family(family or detect_family(model))
         self.model, self.processor = self.family.load(model, device=device)
+        if self.family.name == "whisper" and adapter is not None:
+            from flexispeech.lora.io import serving_window
+
+            audio_ctx = serving_window(audio_ctx, adapter, "transcribe")  # default: the adapter's window
         if audio_ctx is not None:
             if self.family.name != "whisper":
                 raise ConfigError("audio_ctx applies to Whisper models only")
@@ -127,9 +127,7 @@ class Transcriber:
         """Signal names the router reads (empty without a router)."""
         return set(self.router.signal_names) if self.router is not None else set()
 
-    def ranks_for(
-        self, signals: Mapping[str, torch.Tensor], neutral: Collection[str] = ()
-    ) -> torch.Tensor | None:
+    def ranks_for(self, signals: Mapping[str, torch.Tensor], neutral: Collection[str] = ()) -> torch.Tensor | None:
         """The rank of every utterance of a batch, [batch] int64, from its signals
         ``name -> [batch]``: the fixed ``rank`` if one was given, else the router's, else
         the adapter's default rank (r_max); None without an adapter (the base model).
@@ -151,25 +149,13 @@ class Transcriber:
 
     def signals(self, audios: Sequence[np.ndarray], batch: dict[str, torch.Tensor]) -> dict[str, list[float]]:
         """Audio signals (duration, snr_db, speech_activity) of every clip, plus the proxy
-        signals when the router needs them (Whisper only)."""
-        from flexispeech.signals.audio import audio_signals
+        signals when the router needs them (Whisper only): ``signals.live``."""
+        from flexispeech.signals.live import live_signals
 
-        rows = [audio_signals(a, SAMPLE_RATE) for a in audios]
-        out = {k: [r[k] for r in rows] for k in rows[0]}
-        if self.needed_signals() & {"proxy", "proxy_entropy"}:
-            if self.family.name != "whisper":
-                raise ConfigError("the router needs the proxy signal, which only Whisper models compute")
-            from flexispeech.signals.proxy import first_pass_confidence
+        return live_signals(audios, batch, self.needed_signals(), self.family.name, self.model, self.processor,
+                            self.max_new_tokens)
 
-            proxy = first_pass_confidence(
-                self.model, self.processor, batch, max_new_tokens=self.max_new_tokens
-            )
-            out.update({k: v.tolist() for k, v in proxy.items()})
-        return out
-
-    def transcribe(
-        self, audios: Sequence[np.ndarray], ids: Sequence[str] | None = None
-    ) -> list[Transcription]:
+    def transcribe(self, audios: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> list[Transcription]:
         """Transcribe 16 kHz mono float32 clips [T] (one batch per ``batch_size`` clips)."""
         ids = list(ids) if ids is not None else [str(i) for i in range(len(audios))]
         results: list[Transcription] = []

@@ -65,7 +65,9 @@ def route_rows(rows: Sequence[K], signals: dict[str, torch.Tensor], router: Rout
         return Batch(list(rows), dict(signals), None, torch.arange(len(rows)))
     ranks = router(signals)
     order = rank_sort_order(ranks)
-    return Batch([rows[j] for j in order.tolist()], {k: v[order] for k, v in signals.items()}, ranks[order], order)
+    return Batch(
+        [rows[j] for j in order.tolist()], {k: v[order] for k, v in signals.items()}, ranks[order], order
+    )
 
 
 def prepare_batch(
@@ -157,6 +159,10 @@ def train_loader(plan: BatchPlan, inputs: TrainInputs, num_workers: int = 0) -> 
     # dropout draws from and checkpoints save: with or without workers, from scratch or
     # resumed, training then draws the same dropout masks.
     return DataLoader(
-        _Collated(inputs), batch_size=None, sampler=plan, collate_fn=_as_is, num_workers=num_workers,
+        _Collated(inputs),
+        batch_size=None,
+        sampler=plan,
+        collate_fn=_as_is,
+        num_workers=num_workers,
         generator=torch.Generator().manual_seed(0),
     )

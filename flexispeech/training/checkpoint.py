@@ -38,6 +38,11 @@ class TrainerState:
     examples_seen: int = 0
     train_time_s: float = 0.0
     rank_counts: dict[int, int] = field(default_factory=dict)
+    best_metric: float | None = None
+    """Early stopping: the best validation metric so far, its step, and the validations
+    since it (the best adapter itself is ``<output_dir>/best_adapter``)."""
+    best_step: int | None = None
+    bad_evals: int = 0
 
 
 def rng_state() -> dict[str, Any]:

@@ -20,6 +20,7 @@ import yaml
 from flexispeech.data.augment import AugmentConfig
 from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
+from flexispeech.training.early_stopping import EarlyStoppingConfig
 
 
 @dataclass
@@ -108,12 +109,42 @@ class RoutingConfig:
     weights: dict[str, float] = field(default_factory=lambda: {"proxy": 1.0, "snr_db": -0.5})
     """threshold: signal weights of the complexity score (higher = harder)."""
     features: list[str] = field(default_factory=lambda: ["snr_db", "proxy", "duration", "speech_activity"])
-    """learned: the signals the MLP reads."""
+    """learned: the signals the MLP reads; ``embedding`` (the pooled base-encoder output,
+    ``flexispeech signals --embedding``) is a vector signal of d_model columns."""
     difficulty: str = "base_wer"
     """learned: the per-example column used as difficulty label (harder = higher rank)."""
     label_noise: float = 0.0
     inference_router: str = "threshold"
     """inconsistent: the router used at inference (threshold or learned)."""
+
+
+@dataclass
+class NestedConfig:
+    """Nested-rank training (DyLoRA-style): besides its routed rank, each training example
+    also contributes a loss at a second, sampled rank, so every truncation of the adapter
+    is trained, not only the ranks the router happens to pick (``flexispeech.training.nested``)."""
+
+    prob: float = 0.0
+    """Share of a batch's rows that also train at a sampled rank; 0 turns nesting off."""
+    weight: float = 1.0
+    """Weight of the sampled-rank loss: loss = (L_routed + weight * L_sampled) / (1 + weight)."""
+    mode: str = "lower"
+    """lower: a positive rank below the routed one (rows at the lowest positive rank or at 0
+    get none) | random: any positive rank other than the routed one (rows routed to 0 too)."""
+    forward: str = "joint"
+    """joint: the sampled rows ride in the same forward pass as the batch (rows duplicated,
+    re-sorted by rank) | separate: a second forward pass on the sampled rows."""
+
+    def __post_init__(self) -> None:
+        # Checked when the config is loaded: a typo fails before any model loads.
+        if not 0.0 <= self.prob <= 1.0:
+            raise ConfigError(f"train.nested.prob: expected a share in [0, 1], got {self.prob}")
+        if self.weight <= 0:
+            raise ConfigError(f"train.nested.weight: expected a positive weight, got {self.weight}")
+        if self.mode not in ("lower", "random"):
+            raise ConfigError(f"train.nested.mode: expected lower or random, got {self.mode!r}")
+        if self.forward not in ("joint", "separate"):
+            raise ConfigError(f"train.nested.forward: expected joint or separate, got {self.forward!r}")
 
 
 @dataclass
@@ -132,10 +163,23 @@ class TrainConfig:
     log_every: int = 5
     save_every: int = 50
     bucket_by_length: bool = True
+    eval_every: int = 0
+    """Validation loss every this many optimizer steps on ``data.eval_split`` (0: never),
+    overall and per rank, in train_log.jsonl (``training.early_stopping``)."""
+    eval_examples: int = 256
+    """Validation rows (a seeded sample of the split, the same at every validation)."""
+    early_stopping: EarlyStoppingConfig = field(default_factory=EarlyStoppingConfig)
+    """Keep the best adapter by validation loss and stop when it stops improving."""
     num_workers: int = 0
     """DataLoader worker processes that collate batches (decode audio, extract features);
     0 collates in the training process. Rows and ranks are planned in the training
     process, so any number gives the same run, bit for bit."""
+    cuda_graphs: bool = True
+    """On a GPU, replay each training step's forward + backward from a CUDA graph (one per
+    batch shape; ``flexispeech.training.graphs``); false: eager steps. Taken only where it
+    is safe (one process, no grad_accum, no mixed precision); otherwise the log says why."""
+    nested: NestedConfig = field(default_factory=NestedConfig)
+    """Nested-rank training: each example also trains at a sampled rank (off by default)."""
 
 
 @dataclass
@@ -261,7 +305,11 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def _deep_merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in child.items():
-        out[key] = _deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+        out[key] = (
+            _deep_merge(out[key], value)
+            if isinstance(value, dict) and isinstance(out.get(key), dict)
+            else value
+        )
     return out
 
 

@@ -24,22 +24,30 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from flexispeech.data.augment import step_generator
 from flexispeech.data.speech import LengthBucketSampler
 from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
-from flexispeech.lora.io import save_adapter
+from flexispeech.lora.io import load_adapter, save_adapter
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import TrainInputs, get_family, train_inputs
 from flexispeech.models.family import load_model as load_family_model
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
 from flexispeech.models.whisper_prefix import frozen_prefix_pattern
+from flexispeech.training.augmented import AudioInputs, Augmenter, augmenting, check_augment
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from flexispeech.training.config import RunConfig, to_dict
+from flexispeech.training.early_stopping import Validator, improved
+from flexispeech.training.graphs import graphed_steps
+from flexispeech.training.nested import check_nested, nested_generator, nested_loss
+from flexispeech.training.rank_losses import RankLosses, capture_row_losses
 from flexispeech.training.routing import build_routers
+
+BEST_ADAPTER = "best_adapter"  # early stopping: the best adapter so far, beside the checkpoint
 
 
 def _hist(counts: Counter | dict[int, int]) -> str:
@@ -84,7 +92,6 @@ def adapter_config(cfg: RunConfig, family: Any) -> FlexiLoraConfig:
     )
 
 
-
 class Trainer:
     """One training run in three parts: ``setup`` (model, data, routers, optimizer, resume),
     ``_loss_step`` (the loss of one routed micro-batch) and ``train`` (the loop, checkpoints,
@@ -106,7 +113,11 @@ class Trainer:
 
         cfg = self.cfg
         if cfg.train.num_workers < 0:
-            raise ConfigError(f"train.num_workers: expected 0 or more worker processes, got {cfg.train.num_workers}")
+            raise ConfigError(
+                f"train.num_workers: expected 0 or more worker processes, got {cfg.train.num_workers}"
+            )
+        check_augment(cfg.augment, cfg.model.family, cfg.model.cache_encoder_layers)
+        cfg.train.early_stopping.check(cfg.train.eval_every)
         # Rows at rank 0 leave adapter parameters unused in some steps: DDP must allow that.
         self.accelerator = Accelerator(
             mixed_precision=cfg.train.mixed_precision,
@@ -114,9 +125,17 @@ class Trainer:
         )
         set_seed(cfg.seed)
         self.family, model, self.processor = load_model(cfg, self.accelerator.device)
-        self.split = open_split(cfg.data.corpus, cfg.data.train_split, self._max_duration(), cfg.data.max_train_examples,
-                                cfg.seed, cfg.data.target)
-        uses_learned = cfg.routing.mode == "learned" or (cfg.routing.mode == "inconsistent" and cfg.routing.inference_router == "learned")
+        self.split = open_split(
+            cfg.data.corpus,
+            cfg.data.train_split,
+            self._max_duration(),
+            cfg.data.max_train_examples,
+            cfg.seed,
+            cfg.data.target,
+        )
+        uses_learned = cfg.routing.mode == "learned" or (
+            cfg.routing.mode == "inconsistent" and cfg.routing.inference_router == "learned"
+        )
         difficulty = self.split.column(cfg.routing.difficulty) if uses_learned else None
         self.train_router, self.infer_router = build_routers(
             cfg.routing, tuple(cfg.adapter.ranks), self.split.all_signals(), difficulty, cfg.seed
@@ -124,7 +143,9 @@ class Trainer:
         inject(model, adapter_config(cfg, self.family))
         attach_router(model, self.infer_router)
         model.train()
-        self.optimizer = torch.optim.AdamW(adapter_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+        self.optimizer = torch.optim.AdamW(
+            adapter_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
+        )
         self.scheduler = _scheduler(cfg, self.optimizer)
         self.state, self.resumed_from = self._restore(model)
         self.router_state: Any = None  # of the last micro-batch trained on (random routers)
@@ -133,6 +154,10 @@ class Trainer:
         self.counts: Counter = Counter({int(k): v for k, v in self.state.rank_counts.items()})
         self.losses: list[float] = []
         self.inputs = self._train_inputs(model)
+        self.augmenter = self._augmenter()
+        self.validator = self._validator()
+        self.train_rank_losses = RankLosses()
+        self.stopped = "max_steps"
         self.model = self.accelerator.prepare_model(model)
         if self.accelerator.is_main_process:
             self._start_logs()
@@ -157,10 +182,16 @@ class Trainer:
 
     def _train_inputs(self, model: torch.nn.Module) -> TrainInputs:
         cfg = self.cfg
+        if augmenting(cfg.augment):  # the loader decodes audio; the batch is made after augmenting it
+            return AudioInputs(self.family, self.split)
         if cfg.model.cache_encoder_layers and self.accelerator.num_processes > 1:
-            raise ConfigError("model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)")
+            raise ConfigError(
+                "model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)"
+            )
         key = f"{cfg.model.source}|{cfg.model.audio_ctx}|{cfg.data.train_split}"
-        return train_inputs(self.family, model, self.processor, self.split, cfg.model.cache_encoder_layers, key, self.progress)
+        return train_inputs(
+            self.family, model, self.processor, self.split, cfg.model.cache_encoder_layers, key, self.progress
+        )
 
     def _start_logs(self) -> None:
         """config.yaml; train_log.jsonl cut back to the checkpoint's step (or emptied)."""
@@ -170,48 +201,158 @@ class Trainer:
         log_path = self.out / "train_log.jsonl"
         kept = []
         if self.resumed_from is not None and log_path.exists():
-            kept = [ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= self.state.step]
+            kept = [
+                ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= self.state.step
+            ]
         log_path.write_text("".join(ln + "\n" for ln in kept))
-        print(f"[{cfg.name}] train router: {self.train_router.describe()}; inference router: {self.infer_router.describe()}")
+        print(
+            f"[{cfg.name}] train router: {self.train_router.describe()}; inference router: {self.infer_router.describe()}"
+        )
         if self.resumed_from is not None:
             print(f"[{cfg.name}] resumed from {self.resumed_from} at step {self.state.step}")
         elif self.resume:
             print(f"[{cfg.name}] no checkpoint in {self.out}: starting at step 0")
 
+    def _augmenter(self) -> Augmenter | None:
+        """On-the-fly augmentation of training batches (None when ``augment`` is all off)."""
+        if not augmenting(self.cfg.augment):
+            return None
+        return Augmenter(
+            self.cfg.augment,
+            self.family,
+            self.processor,
+            self.split,
+            self.train_router,
+            self.accelerator.device,
+        )
+
+    def _augmented(self, planned: Any, step: int) -> Batch[int]:
+        """The augmented, re-routed batch of ``planned``; the micro-batches of optimizer step
+        ``step`` draw in turn from one generator seeded by (seed, step): a resumed run, which
+        restarts at a step boundary, redraws them exactly. Each process of a multi-process
+        run draws from its own seed."""
+        if step != self._augment_step:
+            seed = self.cfg.seed + 1_000_003 * self.accelerator.process_index
+            self._augment_gen = step_generator(seed, step, self.accelerator.device)
+            self._augment_step = step
+        return self.augmenter(planned, self._augment_gen)
+
+    def _validator(self) -> Validator | None:
+        """The validation loss of the run (None when ``train.eval_every`` is 0)."""
+        cfg = self.cfg
+        if not cfg.train.eval_every:
+            return None
+        split = open_split(
+            cfg.data.corpus,
+            cfg.data.eval_split,
+            self._max_duration(),
+            cfg.train.eval_examples,
+            cfg.seed,
+            cfg.data.target,
+        )
+        return Validator(split, self.family, self.processor, self.infer_router, cfg.eval.batch_size)
+
+    def _validate(self) -> bool:
+        """Validate, log, keep the best adapter; returns whether early stopping says stop.
+
+        Every process validates the same rows, so all of them take the same decision."""
+        cfg, state = self.cfg, self.state
+        result = self.validator(self.accelerator.unwrap_model(self.model))
+        es = cfg.train.early_stopping
+        better = improved(state.best_metric, result.loss, es.min_delta)
+        if better:
+            state.best_metric, state.best_step, state.bad_evals = result.loss, state.step, 0
+        else:
+            state.bad_evals += 1
+        if self.accelerator.is_main_process:
+            if better and es.patience is not None:  # save_adapter writes atomically
+                save_adapter(self.accelerator.unwrap_model(self.model), self.out / BEST_ADAPTER)
+            entry = {
+                "step": state.step,
+                "val_loss": round(result.loss, 5),
+                "val_loss_by_rank": result.by_rank,
+                "val_examples": result.n,
+                "best_step": state.best_step,
+            }
+            with (self.out / "train_log.jsonl").open("a") as f:
+                f.write(json.dumps(entry) + "\n")
+        if es.patience is not None and state.bad_evals >= es.patience:
+            self.stopped = (
+                f"early stopping: validation {es.metric} did not improve for {es.patience} "
+                f"validations after step {state.best_step}"
+            )
+            return True
+        return False
+
     def _loader(self) -> DataLoader:
         """This process's micro-batches from where the trainer state stands, collated ahead."""
         cfg, world = self.cfg, self.accelerator.num_processes
-        sampler = LengthBucketSampler(self.split.durations, cfg.train.batch_size * world, seed=cfg.seed,
-                                      bucket_by_length=cfg.train.bucket_by_length)
-        plan = BatchPlan(self.split, sampler, self.train_router, cfg.train.batch_size, self.accelerator.process_index,
-                         start=(self.state.epoch, self.state.batch_in_epoch))
+        sampler = LengthBucketSampler(
+            self.split.durations,
+            cfg.train.batch_size * world,
+            seed=cfg.seed,
+            bucket_by_length=cfg.train.bucket_by_length,
+        )
+        plan = BatchPlan(
+            self.split,
+            sampler,
+            self.train_router,
+            cfg.train.batch_size,
+            self.accelerator.process_index,
+            start=(self.state.epoch, self.state.batch_in_epoch),
+        )
         return train_loader(plan, self.inputs, cfg.train.num_workers)
 
     def _loss_step(self, batch: Batch[int]) -> torch.Tensor:
-        """Mean loss of one collated micro-batch; call inside ``use_ranks(model, batch.ranks)``."""
-        return self.inputs.loss(self.model, _to_device(batch.inputs, self.accelerator.device))
+        """Mean loss of one collated micro-batch; call inside ``use_ranks(model, batch.ranks)``.
+        With ``train.nested`` the rows also train at sampled ranks (``training.nested``)."""
+        inputs = _to_device(batch.inputs, self.accelerator.device)
+        nested = self.cfg.train.nested
+        if nested.prob > 0:
+            check_nested(nested, self.cfg.adapter.ranks)
+            generator = nested_generator(
+                self.cfg.seed, self.state.epoch, self.state.batch_in_epoch, self.accelerator.process_index
+            )
+            return nested_loss(
+                self.inputs, self.model, inputs, batch.ranks, self.cfg.adapter.ranks, nested, generator
+            )
+        return self.inputs.loss(self.model, inputs)
 
     def train(self) -> Path:
         """Run to ``train.max_steps``; returns the directory of the final adapter."""
         cfg, state, accelerator = self.cfg, self.state, self.accelerator
-        bar = tqdm(total=cfg.train.max_steps, initial=state.step, desc=cfg.name,
-                   disable=not (self.progress and accelerator.is_main_process))
+        bar = tqdm(
+            total=cfg.train.max_steps,
+            initial=state.step,
+            desc=cfg.name,
+            disable=not (self.progress and accelerator.is_main_process),
+        )
         accum = cfg.train.grad_accum
         micro = 0
         t_start = time.perf_counter() - state.train_time_s
         # Each global batch is this process's share of ``batch_size * world_size`` rows; an
         # optimizer step consumes ``grad_accum`` of them.
+        graphs = graphed_steps(
+            self.model, self.inputs.loss, accelerator, cfg.train, lambda m: print(f"[{cfg.name}] {m}")
+        )
+        self._augment_step = -1
+        inner = accelerator.unwrap_model(self.model)
         for planned in self._loader() if state.step < cfg.train.max_steps else ():
-            batch = planned.batch
+            batch = planned.batch if self.augmenter is None else self._augmented(planned, state.step)
             state.epoch, state.batch_in_epoch = planned.epoch, planned.index + 1
             self.router_state = planned.router_state
             self.counts.update(batch.ranks.tolist())
             micro += 1
             sync = micro % accum == 0
             ctx = accelerator.no_sync(self.model) if not sync else contextlib.nullcontext()
-            with ctx, use_ranks(self.model, batch.ranks):
-                loss = self._loss_step(batch) / accum
-                accelerator.backward(loss)
+            # The same forward + backward replayed from a CUDA graph where that is possible
+            # (per-rank training losses are not captured then: a graph replay runs no hooks).
+            loss = graphs.run(batch.inputs, batch.ranks) if graphs is not None else None
+            if loss is None:
+                with ctx, use_ranks(self.model, batch.ranks), capture_row_losses(inner) as captured:
+                    loss = self._loss_step(batch) / accum
+                    accelerator.backward(loss)
+                self.train_rank_losses.add(batch.ranks, captured)
             self.losses.append(float(loss.detach()) * accum)
             state.examples_seen += planned.n_global
             if not sync:
@@ -228,9 +369,10 @@ class Trainer:
             bar.set_postfix_str(f"loss {mean_loss:.3f} | {_hist(self.counts)}")
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
                 self._log(mean_loss, time.perf_counter() - t_start)
-            if state.step % cfg.train.save_every == 0 and state.step < cfg.train.max_steps:
+            stop = self.validator is not None and state.step % cfg.train.eval_every == 0 and self._validate()
+            if state.step % cfg.train.save_every == 0 and state.step < cfg.train.max_steps and not stop:
                 self._save_checkpoint(time.perf_counter() - t_start)
-            if state.step >= cfg.train.max_steps:
+            if stop or state.step >= cfg.train.max_steps:
                 break
         bar.close()
         return self._finish(time.perf_counter() - t_start)
@@ -239,25 +381,40 @@ class Trainer:
         """One line of train_log.jsonl: the mean loss since the last line, lr, rank counts."""
         state = self.state
         if self.accelerator.is_main_process:
-            entry = {"step": state.step, "loss": round(mean_loss, 5), "lr": self.scheduler.get_last_lr()[0], "epoch": state.epoch,
-                     "ranks": {str(k): v for k, v in sorted(self.counts.items())}, "elapsed_s": round(elapsed_s, 2)}
+            entry = {
+                "step": state.step,
+                "loss": round(mean_loss, 5),
+                "lr": self.scheduler.get_last_lr()[0],
+                "epoch": state.epoch,
+                "ranks": {str(k): v for k, v in sorted(self.counts.items())},
+                "elapsed_s": round(elapsed_s, 2),
+            }
+            by_rank = self.train_rank_losses.mean_by_rank()
+            if by_rank:  # token-mean loss of each rank's rows since the last line
+                entry["loss_by_rank"] = by_rank
             with (self.out / "train_log.jsonl").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
         self.losses.clear()
+        self.train_rank_losses.mean_by_rank(reset=True)
 
     def _save_checkpoint(self, elapsed_s: float) -> None:
         self.state.train_time_s = elapsed_s
         self.state.rank_counts = dict(self.counts)
         self.accelerator.wait_for_everyone()
         if self.accelerator.is_main_process:
-            save_checkpoint(self.out, self.model, self.state, self.optimizer, self.scheduler, self.router_state)
+            save_checkpoint(
+                self.out, self.model, self.state, self.optimizer, self.scheduler, self.router_state
+            )
 
     def _finish(self, train_time: float) -> Path:
         """The final adapter and train_summary.json."""
         state, accelerator = self.state, self.accelerator
         accelerator.wait_for_everyone()
         adapter_dir = self.out / "adapter"
+        kept = self._kept()
         if accelerator.is_main_process:
+            if kept["step"] != state.step:  # the best adapter of the run, not the last one
+                load_adapter(accelerator.unwrap_model(self.model), self.out / BEST_ADAPTER)
             save_adapter(self.model, adapter_dir)
             params = count_parameters(self.model, dict(self.counts))
             summary = {
@@ -272,11 +429,27 @@ class Trainer:
                 "train_active_params_mean": params.active_mean,
                 "train_router": self.train_router.describe(),
                 "inference_router": self.infer_router.describe(),
-                "resumed": None if self.resumed_from is None else {"from": str(self.resumed_from), "step": self.start_step},
+                "resumed": None
+                if self.resumed_from is None
+                else {"from": str(self.resumed_from), "step": self.start_step},
                 "steps_run": self.steps_run,
+                "kept": kept,
+                "stopped": self.stopped,
             }
             (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
         return adapter_dir
+
+    def _kept(self) -> dict[str, Any]:
+        """Which step's adapter the run keeps, and why."""
+        state, es = self.state, self.cfg.train.early_stopping
+        if es.patience is None or state.best_step is None:
+            why = "the last step" + ("" if self.validator is None else " (early stopping off)")
+            return {"step": state.step, "why": why}
+        return {
+            "step": state.best_step,
+            "why": f"best validation {es.metric}",
+            f"val_{es.metric}": round(state.best_metric, 5),
+        }
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:

@@ -11,15 +11,24 @@ from collections.abc import Sequence
 
 import torch
 
-from flexispeech.training.config import RoutingConfig
 from flexispeech.errors import ConfigError
 from flexispeech.lora.calibration import rank_labels
-from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, Router, ThresholdRouter
+from flexispeech.lora.router import (
+    FixedRouter,
+    LearnedRouter,
+    RandomRouter,
+    Router,
+    ThresholdRouter,
+    feature_widths,
+)
+from flexispeech.training.config import RoutingConfig
 
 MODES = ("fixed", "random", "threshold", "learned", "inconsistent")
 
 
-def difficulty_scores(difficulty: Sequence[float | None], tie_break: Sequence[float] | None = None) -> torch.Tensor:
+def difficulty_scores(
+    difficulty: Sequence[float | None], tie_break: Sequence[float] | None = None
+) -> torch.Tensor:
     """Per-example difficulty as a rank in [0, 1] (NaN where unknown).
 
     Many utterances share a difficulty (a WER of 0 is common), and quantile cuts through a
@@ -73,7 +82,7 @@ def learned_router(
             "the learned router needs more (run `flexispeech signals` with a base model)"
         )
     labels = rank_labels(scores[known], ranks, target_mean_rank=target)
-    router = LearnedRouter(ranks, features=cfg.features)
+    router = LearnedRouter(ranks, features=cfg.features, widths=feature_widths(signals, cfg.features))
     router.fit({k: v[known] for k, v in signals.items()}, labels, label_noise=cfg.label_noise, seed=seed)
     return router
 

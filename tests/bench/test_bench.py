@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from flexispeech.bench.variants import BenchSpec, format_table, run_bench
 from flexispeech.bench.steps import time_fn
+from flexispeech.bench.variants import BenchSpec, format_table, run_bench
 from flexispeech.errors import ConfigError
 
 
 def test_every_variant_runs_and_ratios_are_to_the_base() -> None:
-    spec = BenchSpec(shape="tiny", batch=2, audio_ctx=4, label_len=3, device="cpu", dtype="float32", warmup=0, reps=1)
+    spec = BenchSpec(
+        shape="tiny", batch=2, audio_ctx=4, label_len=3, device="cpu", dtype="float32", warmup=0, reps=1
+    )
     lines: list[str] = []
     rows = run_bench(spec, log=lines.append)
     by = {(r["kind"], r["variant"]): r for r in rows}
@@ -22,8 +24,16 @@ def test_every_variant_runs_and_ratios_are_to_the_base() -> None:
                 assert r["seconds"] > 0 and r["ratio"] == pytest.approx(r["seconds"] / base)
     # the CPU-only paths and the graph-safe path are timed; CUDA graphs are not on a CPU
     names = {v for _, v in by}
-    assert {"Flexi segmented, mixed sorted", "Flexi grouped (gather), mixed", "Flexi static (eager), mixed",
-            "Flexi merged fast path, all r=16", "PEFT r=64 (same dtype)"} <= names
+    assert {
+        "Flexi segmented, mixed sorted",
+        "Flexi grouped (gather), mixed",
+        "Flexi plain ops masked, mixed sorted",
+        "Flexi auto, all r=4",
+        "Flexi auto, all r=64",
+        "flexispeech train step (eager), mixed sorted",
+        "Flexi merged fast path, all r=16",
+        "PEFT r=64 (same dtype)",
+    } <= names
     assert not any("graphed" in v for v in names)
     table = format_table(rows, spec)
     assert table.count("\n| train |") + table.count("\n| infer |") == len(rows)
@@ -35,7 +45,35 @@ def test_unknown_shape_is_a_config_error() -> None:
         run_bench(BenchSpec(shape="huge"), log=lambda _: None)
 
 
-def test_time_fn_is_the_median_after_warmup() -> None:
-    calls: list[int] = []
-    seconds = time_fn(lambda: calls.append(1), BenchSpec(warmup=2, reps=3))
-    assert len(calls) == 5 and seconds >= 0
+class FakeClock:
+    """A ``time.perf_counter`` stand-in: each call of the timed function advances it by the
+    next of ``durations``, so the timer's result is known exactly."""
+
+    def __init__(self, durations: list[float]) -> None:
+        self.now = 1000.0
+        self.durations = list(durations)
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += self.durations.pop(0)
+
+
+@pytest.mark.parametrize(
+    ("warmup", "durations", "median"),
+    [
+        (2, [100.0, 90.0, 0.3, 0.1, 5.0], 0.3),  # odd reps: the middle one, not the mean (1.8) nor a warm-up
+        (1, [100.0, 0.4, 0.1, 9.0, 0.2], 0.3),  # even reps: the mean of the middle two
+    ],
+)
+def test_time_fn_is_the_median_after_warmup(
+    monkeypatch: pytest.MonkeyPatch, warmup: int, durations: list[float], median: float
+) -> None:
+    import flexispeech.bench.steps as steps
+
+    clock = FakeClock(durations)
+    monkeypatch.setattr(steps.time, "perf_counter", clock.perf_counter)
+    seconds = time_fn(clock.step, BenchSpec(device="cpu", warmup=warmup, reps=len(durations) - warmup))
+    assert clock.durations == []  # every warm-up and timed call ran, no more
+    assert seconds == pytest.approx(median, abs=1e-9)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from flexispeech.cli import main
 from flexispeech.data.corpus import load_corpus, write_corpus
@@ -48,8 +49,17 @@ def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for i, text in enumerate(texts):
         path = root / "audio" / f"u{i}.wav"
         sf.write(path, tone(0.5 + 0.1 * i, freq=200 + 50 * i), SR)
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": text, "duration": 0.5 + 0.1 * i,
-                     "speaker": "s", "split": "test", "voice": "v"})
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": text,
+                "duration": 0.5 + 0.1 * i,
+                "speaker": "s",
+                "split": "test",
+                "voice": "v",
+            }
+        )
     write_corpus(rows, root, name="bad")
     (root / "audio" / "u3.wav").write_bytes(b"RIFF\x00\x00\x00\x00WAVEjunk" * 4)  # corrupted after the build
     return root
@@ -68,7 +78,9 @@ def test_a_directory_that_is_not_a_corpus(tmp_path: Path, capsys, argv: list[str
 
 def test_train_on_a_directory_that_is_not_a_corpus(tmp_path: Path, capsys) -> None:
     conf = tmp_path / "run.yaml"
-    conf.write_text(f"output_dir: {tmp_path / 'out'}\nmodel:\n  source: random:tiny\ndata:\n  corpus: {tmp_path}\n")
+    conf.write_text(
+        f"output_dir: {tmp_path / 'out'}\nmodel:\n  source: random:tiny\ndata:\n  corpus: {tmp_path}\n"
+    )
     assert main(["train", "--config", str(conf)]) == 2
     one_error_line(capsys, str(tmp_path), "not a flexispeech corpus")
 
@@ -91,9 +103,9 @@ def test_signals_skips_and_counts_a_corrupt_file(corpus: Path, capsys) -> None:
     out, err = capsys.readouterr()
     assert "Traceback" not in err
     assert "1 utterance(s) skipped" in out
-    assert [line for line in err.splitlines() if line.startswith("skipped:")] == [
-        line for line in err.splitlines() if "u3.wav" in line
-    ]
+    skipped = [line for line in err.splitlines() if line.startswith("skipped:")]
+    assert len(skipped) == 1 and "u3.wav" in skipped[0], err  # reported once, naming the file
+    assert not any("u3.wav" in line for line in err.splitlines() if not line.startswith("skipped:")), err
     snr = load_corpus(corpus, "test")["signal_snr_db"]
     assert math.isnan(snr[3]) and all(np.isfinite(snr[i]) for i in (0, 1, 2, 4))
 
@@ -118,8 +130,16 @@ def test_eval_with_only_empty_references_does_not_crash(tmp_path: Path, capsys) 
     rows = []
     for i in range(2):
         sf.write(root / "audio" / f"e{i}.wav", tone(0.4), SR)
-        rows.append({"id": f"e{i}", "audio": f"audio/e{i}.wav", "text": " " if i else "", "duration": 0.4,
-                     "speaker": "s", "split": "test"})
+        rows.append(
+            {
+                "id": f"e{i}",
+                "audio": f"audio/e{i}.wav",
+                "text": " " if i else "",
+                "duration": 0.4,
+                "speaker": "s",
+                "split": "test",
+            }
+        )
     write_corpus(rows, root, name="empty")
     assert main(["eval", "--data", str(root), *FAST, "--out", str(tmp_path / "ev")]) == 0
     res = json.loads((tmp_path / "ev" / "results.json").read_text())
@@ -152,6 +172,13 @@ def test_compare_and_convert_on_wrong_directories(tmp_path: Path, capsys) -> Non
     assert main(["convert-ct2", str(tmp_path), str(tmp_path / "out")]) == 2
     one_error_line(capsys, "model.bin")
     assert not (tmp_path / "out").exists()
+    run = tmp_path / "run"
+    run.mkdir()
+    assert main(["compare", str(run)]) == 2  # a directory without an evaluation in it
+    one_error_line(capsys, str(run), "no results.json")
+    (run / "results.json").write_text('{"name": "cut off')  # an evaluation written half-way
+    assert main(["compare", str(run)]) == 2
+    one_error_line(capsys, str(run / "results.json"), "not valid JSON")
 
 
 # -- models and devices -----------------------------------------------------------------
@@ -163,14 +190,27 @@ def test_hub_id_offline_is_one_line(assets_dir: Path, capsys, monkeypatch) -> No
     one_error_line(capsys, "someone/no-such-model")
 
 
-@pytest.mark.parametrize("device", ["cuda", "cuda:7", "not-a-device"])
-def test_unavailable_device_is_one_line(assets_dir: Path, capsys, device: str) -> None:
-    import torch
+def _beyond_the_last_gpu() -> str:
+    """A CUDA index this machine does not have, whatever its GPU count (cuda:0 on a CPU machine)."""
+    return f"cuda:{torch.cuda.device_count()}"
 
-    if device.startswith("cuda") and torch.cuda.is_available() and torch.cuda.device_count() > 7:
-        pytest.skip("this machine has the device")
+
+@pytest.mark.parametrize("device", [_beyond_the_last_gpu(), "not-a-device"])
+def test_unavailable_device_is_one_line(assets_dir: Path, capsys, device: str) -> None:
     assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--device", device]) == 2
-    one_error_line(capsys, "--device", device)
+    line = one_error_line(capsys, "--device", device)
+    if device.startswith("cuda"):  # no CUDA at all, or an index past the last GPU
+        assert (
+            ("no cuda device" in line)
+            if not torch.cuda.is_available()
+            else (f"only {torch.cuda.device_count()} cuda device(s)" in line)
+        ), line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA: --device cuda is valid")
+def test_cuda_on_a_machine_without_cuda_is_one_line(assets_dir: Path, capsys) -> None:
+    assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--device", "cuda"]) == 2
+    one_error_line(capsys, "--device", "'cuda'", "no cuda device is available")
 
 
 # -- audio files: transcribe and stream ---------------------------------------------------
@@ -211,9 +251,13 @@ def test_transcribe_good_odd_and_bad_files(audio_files: dict[str, Path], capsys)
     assert "zero.wav" in errors[1] and "empty" in errors[1]
 
 
-@pytest.mark.parametrize(("name", "problem"), [("missing", "no such file"), ("truncated", "truncated.flac"),
-                                                ("nan", "NaN"), ("zero", "empty")])
-def test_stream_bad_files(audio_files: dict[str, Path], tmp_path: Path, capsys, name: str, problem: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [("missing", "no such file"), ("truncated", "truncated.flac"), ("nan", "NaN"), ("zero", "empty")],
+)
+def test_stream_bad_files(
+    audio_files: dict[str, Path], tmp_path: Path, capsys, name: str, problem: str
+) -> None:
     path = audio_files.get(name, tmp_path / "missing.wav")
     assert main(["stream", str(path), "--model", "random:tiny", "--audio-ctx", "150"]) == 2
     one_error_line(capsys, path.name, problem)
@@ -221,8 +265,22 @@ def test_stream_bad_files(audio_files: dict[str, Path], tmp_path: Path, capsys, 
 
 @pytest.mark.parametrize("name", ["silent", "96k", "6ch"])
 def test_stream_odd_but_valid_files(audio_files: dict[str, Path], capsys, name: str) -> None:
-    assert main(["stream", str(audio_files[name]), "--model", "random:tiny", "--audio-ctx", "150", "--json",
-                 "--chunk", "0.25"]) == 0
+    assert (
+        main(
+            [
+                "stream",
+                str(audio_files[name]),
+                "--model",
+                "random:tiny",
+                "--audio-ctx",
+                "150",
+                "--json",
+                "--chunk",
+                "0.25",
+            ]
+        )
+        == 0
+    )
     events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert events[-1]["final"] and events[-1]["audio_s"] == pytest.approx(0.5, abs=1e-3)
 
@@ -232,12 +290,15 @@ def test_stream_odd_but_valid_files(audio_files: dict[str, Path], capsys, name: 
 
 @pytest.fixture(scope="module")
 def adapter_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A saved adapter (ranks 0, 2, 8) on the random tiny Whisper."""
+    """A saved adapter (ranks 0, 2, 8) on the random tiny Whisper, trained with FAST's window."""
     from flexispeech import FlexiLoraConfig, inject, save_adapter
     from flexispeech.models.whisper import FAMILY
 
     model, _ = FAMILY.load("random:tiny")
-    inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))
+    window = {
+        "audio_ctx": int(FAST[FAST.index("--audio-ctx") + 1])
+    }  # served at its own window: no warning line
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets, metadata=window))
     return save_adapter(model, tmp_path_factory.mktemp("adapter") / "adapter")
 
 
@@ -249,12 +310,16 @@ def _copy_adapter(src: Path, dst: Path) -> Path:
 
 
 def test_rank_outside_the_adapters_set(adapter_dir: Path, assets_dir: Path, capsys) -> None:
-    assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--adapter", str(adapter_dir), "--rank", "3"]) == 2
+    assert (
+        main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--adapter", str(adapter_dir), "--rank", "3"])
+        == 2
+    )
     one_error_line(capsys, "3")
 
 
-def test_adapter_for_another_base_model_names_the_shape(adapter_dir: Path, assets_dir: Path, tmp_path: Path,
-                                                       capsys) -> None:
+def test_adapter_for_another_base_model_names_the_shape(
+    adapter_dir: Path, assets_dir: Path, tmp_path: Path, capsys
+) -> None:
     from safetensors.torch import load_file, save_file
 
     other = _copy_adapter(adapter_dir, tmp_path / "other")
@@ -268,12 +333,12 @@ def test_adapter_for_another_base_model_names_the_shape(adapter_dir: Path, asset
 
 
 def torch_cat_columns(a):
-    import torch
-
     return torch.cat([a, a[:, :3]], dim=1).contiguous()
 
 
-def test_corrupt_adapter_weights_and_config(adapter_dir: Path, assets_dir: Path, tmp_path: Path, capsys) -> None:
+def test_corrupt_adapter_weights_and_config(
+    adapter_dir: Path, assets_dir: Path, tmp_path: Path, capsys
+) -> None:
     bad = _copy_adapter(adapter_dir, tmp_path / "bad")
     (bad / "adapter_model.safetensors").write_bytes(b"\x00garbage")
     assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--adapter", str(bad)]) == 2

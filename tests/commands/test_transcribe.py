@@ -33,7 +33,9 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory):
     randomize_adapters(model)
     from flexispeech.lora import attach_router
 
-    attach_router(model, ThresholdRouter(ranks=(2, 8), weights={"duration": 1.0, "proxy": 0.0}, thresholds=[2.75]))
+    attach_router(
+        model, ThresholdRouter(ranks=(2, 8), weights={"duration": 1.0, "proxy": 0.0}, thresholds=[2.75])
+    )
     save_adapter(model, root / "adapter")
     yield root / "model", root / "adapter"
     torch.set_num_threads(n)
@@ -43,7 +45,12 @@ def tiny_dirs(tmp_path_factory: pytest.TempPathFactory):
 def files(assets_dir: Path, tmp_path: Path) -> list[str]:
     bad = tmp_path / "notaudio.wav"
     bad.write_text("this is not audio")
-    return [str(assets_dir / "fox.wav"), str(bad), str(assets_dir / "meeting.wav"), str(tmp_path / "missing.flac")]
+    return [
+        str(assets_dir / "fox.wav"),
+        str(bad),
+        str(assets_dir / "meeting.wav"),
+        str(tmp_path / "missing.flac"),
+    ]
 
 
 def test_bad_files_are_reported_and_the_rest_transcribed(tiny_dirs, files, capsys) -> None:
@@ -62,8 +69,22 @@ def test_bad_files_are_reported_and_the_rest_transcribed(tiny_dirs, files, capsy
 def test_router_auto_json_lines(tiny_dirs, assets_dir: Path, capsys) -> None:
     model_dir, adapter_dir = tiny_dirs
     paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "fox_48k_stereo.flac")]
-    code = main(["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--router", "auto",
-                 "--json", "--beam", "2", *FAST])
+    code = main(
+        [
+            "transcribe",
+            *paths,
+            "--model",
+            str(model_dir),
+            "--adapter",
+            str(adapter_dir),
+            "--router",
+            "auto",
+            "--json",
+            "--beam",
+            "2",
+            *FAST,
+        ]
+    )
     assert code == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert [r["path"] for r in rows] == paths
@@ -97,9 +118,27 @@ def test_user_errors_are_one_line(tiny_dirs, assets_dir: Path, tmp_path: Path, c
     no_router = tmp_path / "adapter"
     shutil.copytree(adapter_dir, no_router)
     (no_router / "router.json").unlink()
-    assert main(["transcribe", fox, "--model", str(model_dir), "--adapter", str(no_router), "--router", "auto"]) == 2
+    assert (
+        main(["transcribe", fox, "--model", str(model_dir), "--adapter", str(no_router), "--router", "auto"])
+        == 2
+    )
     assert "without a router" in capsys.readouterr().err
-    assert main(["transcribe", fox, "--model", str(model_dir), "--adapter", str(adapter_dir), "--rank", "5", *FAST]) == 2
+    assert (
+        main(
+            [
+                "transcribe",
+                fox,
+                "--model",
+                str(model_dir),
+                "--adapter",
+                str(adapter_dir),
+                "--rank",
+                "5",
+                *FAST,
+            ]
+        )
+        == 2
+    )
     assert "not in the configured ranks" in capsys.readouterr().err
 
 

@@ -23,8 +23,12 @@ def _clip(path: Path, seconds: float) -> None:
 
 def make_language(base: Path) -> Path:
     (base / "clips").mkdir(parents=True)
-    for name, seconds in [("common_voice_en_1.mp3", 1.0), ("common_voice_en_2.mp3", 2.0),
-                          ("common_voice_en_3.mp3", 1.5), ("common_voice_en_9.mp3", 1.0)]:
+    for name, seconds in [
+        ("common_voice_en_1.mp3", 1.0),
+        ("common_voice_en_2.mp3", 2.0),
+        ("common_voice_en_3.mp3", 1.5),
+        ("common_voice_en_9.mp3", 1.0),
+    ]:
         _clip(base / "clips" / name, seconds)
     (base / "train.tsv").write_text(
         f"{HEADER}\n"
@@ -33,7 +37,9 @@ def make_language(base: Path) -> Path:
         "bbb\tcommon_voice_en_404.mp3\tThis clip is missing.\t2\t0\t\t\t\ten\t\n"
     )
     (base / "dev.tsv").write_text(f"{HEADER}\nccc\tcommon_voice_en_3.mp3\tA dev clip.\t2\t0\t\t\t\ten\t\n")
-    (base / "validated.tsv").write_text(f"{HEADER}\nddd\tcommon_voice_en_9.mp3\tNot in a split.\t2\t0\t\t\t\ten\t\n")
+    (base / "validated.tsv").write_text(
+        f"{HEADER}\nddd\tcommon_voice_en_9.mp3\tNot in a split.\t2\t0\t\t\t\ten\t\n"
+    )
     return base
 
 

@@ -45,7 +45,9 @@ def test_pipe_and_tab_transcripts_by_stem(tmp_path):
     for i in range(3):
         _wav(src / "wavs" / f"LJ001-000{i}.wav", 0.25)
     lines = tmp_path / "metadata.txt"
-    lines.write_text("LJ001-0000|Printing 1|Printing one\nLJ001-0001\tsecond line\nwavs/LJ001-0002.wav|third\n")
+    lines.write_text(
+        "LJ001-0000|Printing 1|Printing one\nLJ001-0001\tsecond line\nwavs/LJ001-0002.wav|third\n"
+    )
     out = prepare_folder(src, tmp_path / "corpus", lines, validation_fraction=0.0, test_fraction=0.0)
     rows = sorted(load_corpus(out, "train"), key=lambda r: r["id"])
     assert [r["text"] for r in rows] == ["Printing one", "second line", "third"]
@@ -77,4 +79,6 @@ def test_bad_inputs(tmp_path):
     with pytest.raises(FlexispeechError, match="matches several audio files"):
         prepare_folder(src, tmp_path / "corpus", tmp_path / "t.txt")
     with pytest.raises(FlexispeechError, match="together < 1"):
-        prepare_folder(src, tmp_path / "corpus", tmp_path / "t.txt", validation_fraction=0.5, test_fraction=0.5)
+        prepare_folder(
+            src, tmp_path / "corpus", tmp_path / "t.txt", validation_fraction=0.5, test_fraction=0.5
+        )

@@ -87,7 +87,9 @@ def test_missing_flac_is_counted_and_skipped(tmp_path):
 
 def test_not_a_librispeech_tree(tmp_path):
     (tmp_path / "something").mkdir()
-    with pytest.raises(FlexispeechError, match=r"something: not a LibriSpeech tree.*train-clean-100.*dev-clean"):
+    with pytest.raises(
+        FlexispeechError, match=r"something: not a LibriSpeech tree.*train-clean-100.*dev-clean"
+    ):
         prepare_librispeech(tmp_path / "something", tmp_path / "corpus")
     src = make_tree(tmp_path / "src")
     with pytest.raises(FlexispeechError, match=r"subsets \['test-other'\] not found"):
@@ -106,10 +108,18 @@ def test_hub_path_with_decode_false(tmp_path, monkeypatch):
 
     def fake_load_dataset(hub_id, config, split):
         calls.append((hub_id, config, split))
-        return datasets.Dataset.from_list([{
-            "file": "x.flac", "audio": {"bytes": flac.read_bytes(), "path": "x.flac"},
-            "text": "A TONE", "speaker_id": 7, "chapter_id": 8, "id": "7-8-0000",
-        }]).cast_column("audio", datasets.Audio(decode=False))
+        return datasets.Dataset.from_list(
+            [
+                {
+                    "file": "x.flac",
+                    "audio": {"bytes": flac.read_bytes(), "path": "x.flac"},
+                    "text": "A TONE",
+                    "speaker_id": 7,
+                    "chapter_id": 8,
+                    "id": "7-8-0000",
+                }
+            ]
+        ).cast_column("audio", datasets.Audio(decode=False))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
     out = prepare_librispeech(None, tmp_path / "corpus", ["test-other"], hub_id="openslr/librispeech_asr")

@@ -20,9 +20,12 @@ def _facts(prompt: str) -> dict[str, str]:
     for sentence in text.split(". "):
         sentence = sentence.rstrip(".")
         for pattern, rel in [
-            (r"(.+) is (\d+) years old", "age"), (r"(.+) was born in (.+)", "born"),
-            (r"(.+) works for (.+)", "employer"), (r"(.+) has a population of (\d+)", "population"),
-            (r"(.+) is headquartered in (.+)", "town"), (r"The chief executive of (.+) is (.+)", "ceo"),
+            (r"(.+) is (\d+) years old", "age"),
+            (r"(.+) was born in (.+)", "born"),
+            (r"(.+) works for (.+)", "employer"),
+            (r"(.+) has a population of (\d+)", "population"),
+            (r"(.+) is headquartered in (.+)", "town"),
+            (r"The chief executive of (.+) is (.+)", "ceo"),
         ]:
             m = re.fullmatch(pattern, sentence)
             if m:
@@ -49,7 +52,10 @@ def test_answers_follow_from_the_passage():
         q = generate_question(rng, 3)
         facts = _facts(q["prompt"])
         question = q["prompt"].split("\nQuestion: ")[1]
-        m = re.fullmatch(r"What is the population of the town where the company that (.+) works for is headquartered\?", question)
+        m = re.fullmatch(
+            r"What is the population of the town where the company that (.+) works for is headquartered\?",
+            question,
+        )
         if m:  # replay the three hops through the parsed facts
             employer = facts[(m.group(1), "employer")]
             assert facts[(facts[(employer, "town")], "population")] == q["answer"]
@@ -89,15 +95,43 @@ def test_prepare_qa(tmp_path):
 def test_prepare_squad_v1_and_v2(tmp_path):
     src = tmp_path / "squad"
     src.mkdir()
-    para = {"context": "Denver won Super Bowl 50.", "qas": [
-        {"id": "q1", "question": "Who won? ", "answers": [{"text": "Denver", "answer_start": 0},
-                                                          {"text": "Denver", "answer_start": 0}]},
-        {"id": "q2", "question": "Who lost?", "answers": [], "is_impossible": True},
-    ]}
-    (src / "train-v2.0.json").write_text(json.dumps({"version": "v2.0", "data": [{"title": "SB", "paragraphs": [para]}]}))
-    (src / "dev-v1.1.json").write_text(json.dumps({"data": [{"title": "SB", "paragraphs": [
-        {"context": "Paris is in France.", "qas": [{"id": "d1", "question": "Where is Paris?",
-                                                    "answers": [{"text": "France", "answer_start": 12}]}]}]}]}))
+    para = {
+        "context": "Denver won Super Bowl 50.",
+        "qas": [
+            {
+                "id": "q1",
+                "question": "Who won? ",
+                "answers": [{"text": "Denver", "answer_start": 0}, {"text": "Denver", "answer_start": 0}],
+            },
+            {"id": "q2", "question": "Who lost?", "answers": [], "is_impossible": True},
+        ],
+    }
+    (src / "train-v2.0.json").write_text(
+        json.dumps({"version": "v2.0", "data": [{"title": "SB", "paragraphs": [para]}]})
+    )
+    (src / "dev-v1.1.json").write_text(
+        json.dumps(
+            {
+                "data": [
+                    {
+                        "title": "SB",
+                        "paragraphs": [
+                            {
+                                "context": "Paris is in France.",
+                                "qas": [
+                                    {
+                                        "id": "d1",
+                                        "question": "Where is Paris?",
+                                        "answers": [{"text": "France", "answer_start": 12}],
+                                    }
+                                ],
+                            }
+                        ],
+                    }
+                ]
+            }
+        )
+    )
     ds = load_text_task(prepare_squad(src, tmp_path / "out"))
     train, test = ds["train"], ds["test"]
     assert train["id"] == ["squad-q1", "squad-q2"]

@@ -18,8 +18,10 @@ import pytest
 from data_prep.synthetic import prepare_synthetic
 from flexispeech.data.corpus import load_corpus
 
-pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng"),
-              pytest.mark.slow]  # ~16 s: two tiny builds and a kill
+pytestmark = [
+    pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="needs espeak-ng"),
+    pytest.mark.slow,
+]  # ~16 s: two tiny builds and a kill
 ARGS = ["--size", "tiny", "--seed", "3", "--engines", "espeak"]
 
 
@@ -35,10 +37,22 @@ def digest(corpus: Path) -> tuple[dict[str, str], str]:
 
 def test_sigkill_then_rerun_gives_the_same_corpus(tmp_path: Path) -> None:
     out = tmp_path / "killed"
-    cmd = [sys.executable, "-m", "flexispeech", "prepare", "synthetic", "--out", str(out), *ARGS, "--workers", "1"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "flexispeech",
+        "prepare",
+        "synthetic",
+        "--out",
+        str(out),
+        *ARGS,
+        "--workers",
+        "1",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1")
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and proc.poll() is None:
@@ -53,9 +67,18 @@ def test_sigkill_then_rerun_gives_the_same_corpus(tmp_path: Path) -> None:
             os.killpg(proc.pid, signal.SIGKILL)
     assert proc.returncode == -signal.SIGKILL
     assert not (out / "corpus.json").exists()  # an interrupted build never looks complete
-    done_before = len(list((out / "audio").rglob("*.wav")))
+    # utterances finished before the kill: the wav and its row (written after it) both in place
+    done = [
+        p
+        for wav in sorted((out / "audio").rglob("*.wav"))
+        if wav.with_suffix(".json").is_file()
+        for p in (wav, wav.with_suffix(".json"))
+    ]
+    before = {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in done}
     rerun = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
+    # it resumed: every finished utterance kept its file (same inode, never rewritten)
+    assert {str(p): (p.stat().st_ino, p.stat().st_mtime_ns) for p in done} == before
     reference = prepare_synthetic(tmp_path / "reference", "tiny", seed=3, workers=1, engines=["espeak"])
     assert digest(out) == digest(reference)
-    assert 6 <= done_before < len(digest(out)[0])
+    assert 5 <= len(done) // 2 < len(digest(out)[0])

@@ -52,13 +52,18 @@ def test_bootstrap_interval_matches_a_hand_computed_case() -> None:
 
 def _run(name: str, hyps: list[str]) -> dict:
     golds = ["1", "2", "3", "4"]
-    records = [{"id": f"q{i}", "hyp": h, "golds": [g], "ref": g, "difficulty": 1, "rank": None, "signals": {}}
-               for i, (h, g) in enumerate(zip(hyps, golds))]
+    records = [
+        {"id": f"q{i}", "hyp": h, "golds": [g], "ref": g, "difficulty": 1, "rank": None, "signals": {}}
+        for i, (h, g) in enumerate(zip(hyps, golds))
+    ]
     return summarize_text(records, "accuracy", 1.0, name=name, task="math")
 
 
 def test_paired_table_against_a_baseline() -> None:
-    base, ours = _run("static", ["#### 1", "#### 0", "#### 0", "#### 4"]), _run("flexi", ["#### 1", "#### 2", "#### 3", "#### 0"])
+    base, ours = (
+        _run("static", ["#### 1", "#### 0", "#### 0", "#### 4"]),
+        _run("flexi", ["#### 1", "#### 2", "#### 3", "#### 0"]),
+    )
     lines = paired_table([base, ours], "static").splitlines()
     assert lines[0].startswith("| method vs static | Δ correct (points) |")
     assert lines[2].startswith("| flexi | +25.0 | [") and lines[2].endswith("| 2 | 1 | 1 | 1.000 |")

@@ -31,7 +31,10 @@ from flexispeech.evaluation.text_metrics import (
         ("It is 0.5 of the cake", "0.5"),
         ("no digits here", None),
         ("#### none; but earlier we got 17", "17"),  # marker without a number: fall back
-        ("7 + 1 = 8\n#### 8user\nOne of 2 parts: 8 / 2 = 4\n#### 4", "8"),  # the solution ends at its first ####
+        (
+            "7 + 1 = 8\n#### 8user\nOne of 2 parts: 8 / 2 = 4\n#### 4",
+            "8",
+        ),  # the solution ends at its first ####
         ("The answer is 3. No wait, the answer is 5.", "5"),  # a restated answer: the last counts
     ],
 )

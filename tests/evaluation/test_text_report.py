@@ -9,7 +9,15 @@ from flexispeech.evaluation.text_report import score_record, summarize_text
 
 
 def rec(hyp: str, golds: list[str], difficulty: int, rank: int | None = None) -> dict:
-    return {"id": hyp, "hyp": hyp, "golds": golds, "ref": golds[0], "difficulty": difficulty, "rank": rank, "signals": {}}
+    return {
+        "id": hyp,
+        "hyp": hyp,
+        "golds": golds,
+        "ref": golds[0],
+        "difficulty": difficulty,
+        "rank": rank,
+        "signals": {},
+    }
 
 
 def test_score_record_math_and_qa() -> None:
@@ -24,11 +32,24 @@ def test_score_record_math_and_qa() -> None:
 
 
 def test_summarize_by_difficulty_and_ranks() -> None:
-    records = [rec("#### 5", ["5"], 1, 2), rec("#### 6", ["7"], 1, 2), rec("so 40", ["40"], 3, 8), rec("", ["1"], 3, 8)]
+    records = [
+        rec("#### 5", ["5"], 1, 2),
+        rec("#### 6", ["7"], 1, 2),
+        rec("so 40", ["40"], 3, 8),
+        rec("", ["1"], 3, 8),
+    ]
     result = summarize_text(records, "accuracy", decode_s=1.234, name="flexi", task="math")
     assert result["overall"]["accuracy"] == 0.5 and result["n"] == 4
-    assert result["by_difficulty"]["1"] == {"n": 2, "accuracy": 0.5, "em": 0.5, "f1": 0.5, "mean_rank": 2.0}  # "#### 5" normalises to "5"
-    assert result["by_difficulty"]["3"]["accuracy"] == 0.5 and result["by_difficulty"]["3"]["mean_rank"] == 8.0
+    assert result["by_difficulty"]["1"] == {
+        "n": 2,
+        "accuracy": 0.5,
+        "em": 0.5,
+        "f1": 0.5,
+        "mean_rank": 2.0,
+    }  # "#### 5" normalises to "5"
+    assert (
+        result["by_difficulty"]["3"]["accuracy"] == 0.5 and result["by_difficulty"]["3"]["mean_rank"] == 8.0
+    )
     assert result["rank_histogram"] == {"2": 2, "8": 2} and result["mean_rank"] == 5.0
     assert result["active_params_mean"] == 0.0  # no model given: no adapter to count
     md = markdown_summary(result)
@@ -37,7 +58,9 @@ def test_summarize_by_difficulty_and_ranks() -> None:
 
 def test_compare_table_for_qa() -> None:
     a = summarize_text([rec("Tobin", ["Tobin"], 1), rec("no", ["yes"], 2)], "f1", 1.0, name="base", task="qa")
-    b = summarize_text([rec("Tobin", ["Tobin"], 1, 4), rec("yes", ["yes"], 2, 8)], "f1", 1.0, name="flexi", task="qa")
+    b = summarize_text(
+        [rec("Tobin", ["Tobin"], 1, 4), rec("yes", ["yes"], 2, 8)], "f1", 1.0, name="flexi", task="qa"
+    )
     b["train"] = {"train_time_s": 42.4}
     lines = compare_table([a, b]).splitlines()
     assert lines[0] == "| method | EM % | F1 % | F1 L1 | F1 L2 | mean rank | active params | train time s |"
@@ -51,7 +74,10 @@ def test_compare_rescore_rewrites_text_results_from_their_predictions(tmp_path, 
     from flexispeech.cli import main
     from flexispeech.evaluation.evaluate import write_results
 
-    records = [rec("7 + 1 = 8\n#### 8user\nOne of 2 parts: 8 / 2 = 4\n#### 4", ["8"], 1, 2), rec("#### 3", ["5"], 2, 8)]
+    records = [
+        rec("7 + 1 = 8\n#### 8user\nOne of 2 parts: 8 / 2 = 4\n#### 4", ["8"], 1, 2),
+        rec("#### 3", ["5"], 2, 8),
+    ]
     result = summarize_text(records, "accuracy", 1.0, name="flexi", task="math")
     result |= {"adapter_params_total": 1000, "active_params_mean": 500.0}  # as counted on the model
     result["overall"]["accuracy"] = 0.0  # as an older extraction scored it (the last "####")
@@ -62,5 +88,9 @@ def test_compare_rescore_rewrites_text_results_from_their_predictions(tmp_path, 
     assert "| flexi | 50.0 | 100.0 | 0.0 | 5.00 | 500 | 12 |" in capsys.readouterr().out
     saved = json.loads((run / "results.json").read_text())
     assert saved["overall"]["accuracy"] == 0.5 and saved["examples"][0]["correct"] == 1.0
-    assert saved["active_params_mean"] == 500.0 and saved["rank_histogram"] == {"2": 1, "8": 1} and "train" not in saved
+    assert (
+        saved["active_params_mean"] == 500.0
+        and saved["rank_histogram"] == {"2": 1, "8": 1}
+        and "train" not in saved
+    )
     assert (run / "results.md").read_text().startswith("# flexi (math)")

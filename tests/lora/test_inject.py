@@ -7,11 +7,20 @@ import threading
 
 import pytest
 import torch
+from conftest import TinyNet, randomize_adapters
 from torch import nn
 
-from conftest import TinyNet, randomize_adapters
 import flexispeech
-from flexispeech import FlexiLoraConfig, FlexiLoraLinear, ThresholdRouter, attach_router, inject, merge, remove, use_ranks
+from flexispeech import (
+    FlexiLoraConfig,
+    FlexiLoraLinear,
+    ThresholdRouter,
+    attach_router,
+    inject,
+    merge,
+    remove,
+    use_ranks,
+)
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora import RankError, adapter_parameters, flexi_layers, set_compute_path, set_default_rank
 

@@ -7,9 +7,9 @@ import json
 
 import pytest
 import torch
+from conftest import TinyNet, randomize_adapters
 from torch import nn
 
-from conftest import TinyNet, randomize_adapters
 from flexispeech import (
     FlexiLoraConfig,
     ThresholdRouter,
@@ -55,7 +55,9 @@ def test_load_into_other_base_names_the_shape(tiny: TinyNet, tmp_path) -> None:
             self.q_proj = nn.Linear(6, 9)
             self.fc2 = nn.Linear(9, 5)
 
-    with pytest.raises(FlexispeechError, match=r"q_proj.lora_B has shape \(7, 4\) but the model needs \(9, 4\)"):
+    with pytest.raises(
+        FlexispeechError, match=r"q_proj.lora_B has shape \(7, 4\) but the model needs \(9, 4\)"
+    ):
         load_adapter(Wider(), tmp_path / "a")
     with pytest.raises(FlexispeechError, match="not a flexispeech adapter"):
         load_adapter(TinyNet(), tmp_path)
@@ -110,10 +112,21 @@ def test_export_peft_on_a_transformers_whisper(tmp_path) -> None:
     from transformers import WhisperConfig, WhisperForConditionalGeneration
 
     cfg = WhisperConfig(
-        vocab_size=64, d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2,
-        decoder_attention_heads=2, encoder_ffn_dim=32, decoder_ffn_dim=32, num_mel_bins=8,
-        max_source_positions=10, max_target_positions=12, pad_token_id=0, bos_token_id=1,
-        eos_token_id=2, decoder_start_token_id=1,
+        vocab_size=64,
+        d_model=16,
+        encoder_layers=1,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=32,
+        decoder_ffn_dim=32,
+        num_mel_bins=8,
+        max_source_positions=10,
+        max_target_positions=12,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        decoder_start_token_id=1,
     )
     torch.manual_seed(0)
     base = WhisperForConditionalGeneration(cfg).eval()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import os
 
 import pytest
 import torch
@@ -12,15 +11,18 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
 from flexispeech.lora.deltas import masked_delta
-from flexispeech.lora.kernels import lora_linear
 from flexispeech.lora.inject import flexi_layers, merge_for_inference, set_static_path, unmerge
+from flexispeech.lora.kernels import lora_linear
+from flexispeech.lora.plans import Route
 
 RANKS = (0, 4, 8, 16)
 # "triton" falls back to the masked path where the Triton kernels cannot run (CPU).
 PATHS = ["auto", "masked", "grouped", "segmented", "triton"]
 
 
-def make_layer(d_in: int = 24, d_out: int = 20, seed: int = 0, dtype: torch.dtype = torch.float32) -> FlexiLoraLinear:
+def make_layer(
+    d_in: int = 24, d_out: int = 20, seed: int = 0, dtype: torch.dtype = torch.float32
+) -> FlexiLoraLinear:
     torch.manual_seed(seed)
     layer = FlexiLoraLinear(nn.Linear(d_in, d_out), FlexiLoraConfig(ranks=RANKS, alpha=8.0))
     with torch.no_grad():
@@ -40,6 +42,9 @@ def reference(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int]) -> torc
 
 
 def run(layer: FlexiLoraLinear, x: torch.Tensor, ranks: list[int], path: str) -> torch.Tensor:
+    """``path``: a compute path, or ``plain:<path>`` for that path with ``fused`` off."""
+    plain, _, path = path.rpartition(":")
+    layer.fused = not plain
     layer.compute_path = path
     layer.rank_slot.ranks = torch.tensor(ranks, device=layer.lora_A.device)
     try:
@@ -107,17 +112,24 @@ def test_gradients_equal_the_reference(path: str, batch: str) -> None:
     assert torch.count_nonzero(got[3][top:]) == 0 and torch.count_nonzero(got[4][:, top:]) == 0
 
 
-
-@pytest.mark.parametrize("path", ["unfused:auto", "unfused:masked", "unfused:grouped", "unfused:segmented"])
+@pytest.mark.parametrize("path", ["plain:auto", "plain:masked", "plain:grouped", "plain:segmented"])
 @pytest.mark.parametrize("batch", ["mixed", "sorted", "same", "one_active", "all_zero"])
 def test_plain_op_paths_match_the_reference(path: str, batch: str) -> None:
     """The delta-only paths, which training with adapter dropout takes: values and gradients."""
     layer = make_layer()
     x = torch.randn(6, 5, 24)
-    torch.testing.assert_close(run(layer, x, BATCHES[batch], path).double(), reference(layer, x, BATCHES[batch]),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        run(layer, x, BATCHES[batch], path).double(),
+        reference(layer, x, BATCHES[batch]),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     if batch != "all_zero":
-        for name, g, e in zip(["x", "W", "b", "A", "B"], grads(layer, x, BATCHES[batch], path), grads(layer, x, BATCHES[batch], None)):
+        for name, g, e in zip(
+            ["x", "W", "b", "A", "B"],
+            grads(layer, x, BATCHES[batch], path),
+            grads(layer, x, BATCHES[batch], None),
+        ):
             torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-5, msg=f"grad of {name}")
 
 
@@ -127,7 +139,9 @@ def test_dropout_in_eval_mode_takes_the_fused_path(monkeypatch: pytest.MonkeyPat
     torch.manual_seed(0)
     layer = FlexiLoraLinear(nn.Linear(24, 20), FlexiLoraConfig(ranks=RANKS, alpha=8.0, dropout=0.1))
     calls: list[str] = []
-    monkeypatch.setattr(layer_module, "lora_linear", lambda *a, **k: calls.append("fused") or lora_linear(*a, **k))
+    monkeypatch.setattr(
+        layer_module, "lora_linear", lambda *a, **k: calls.append("fused") or lora_linear(*a, **k)
+    )
     x = torch.randn(6, 5, 24)
     layer.train()
     run(layer, x, BATCHES["sorted"], "auto")
@@ -136,6 +150,7 @@ def test_dropout_in_eval_mode_takes_the_fused_path(monkeypatch: pytest.MonkeyPat
     out = run(layer, x, BATCHES["sorted"], "auto")
     assert calls == ["fused"]
     torch.testing.assert_close(out.double(), reference(layer, x, BATCHES["sorted"]), rtol=1e-5, atol=1e-5)
+
 
 def test_frozen_base_gets_no_gradient_and_adapter_does() -> None:
     layer = make_layer()
@@ -180,7 +195,9 @@ def test_lower_ranks_cost_fewer_flops_and_rank_zero_costs_nothing() -> None:
 def test_lora_linear_without_plan_uses_the_default_rank() -> None:
     layer = make_layer()
     x = torch.randn(3, 24)
-    out = lora_linear(x, layer.base_layer, layer.lora_A, layer.lora_B, None, layer.scales, "auto", 8)
+    out = lora_linear(
+        x, layer.base_layer, layer.lora_A, layer.lora_B, None, layer.scales, Route("fused", "uniform"), 8
+    )
     torch.testing.assert_close(out.double(), reference(layer, x, [8, 8, 8]), rtol=1e-5, atol=1e-5)
 
 
@@ -231,7 +248,7 @@ def test_cuda_paths_match_reference_in_bf16(path: str) -> None:
     assert ((out.double() - ref).norm() / ref.norm()) < 1e-2
 
 
-@pytest.mark.parametrize("path", ["auto", "unfused:masked"])
+@pytest.mark.parametrize("path", ["auto", "plain:masked"])
 def test_all_rank_zero_batch_keeps_the_adapter_in_the_graph(path: str) -> None:
     """A DDP process whose rows are all at rank 0 must still produce (zero) adapter
     gradients, or the all-reduce of the other processes waits forever."""
@@ -245,13 +262,40 @@ def test_all_rank_zero_batch_keeps_the_adapter_in_the_graph(path: str) -> None:
 
 
 def triton_device() -> str | None:
-    """Where the Triton kernels can run here: "cuda", "cpu" under TRITON_INTERPRET=1
-    (float16/32 only: the interpreter has no bfloat16), or None (skip)."""
+    """Where the Triton kernels run here: "cuda", else "cpu" under Triton's interpreter
+    (float16/32 only: the interpreter has no bfloat16); None (skip) without Triton."""
     if importlib.util.find_spec("triton") is None:
         return None
-    if torch.cuda.is_available():
-        return "cuda"
-    return "cpu" if os.environ.get("TRITON_INTERPRET") == "1" else None
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def triton_skip_reason() -> str | None:
+    """Why the Triton kernel tests cannot run here, or None."""
+    if triton_device() is None:
+        return "needs Triton (pip install 'triton>=3.7'; the dev extra has it)"
+    if triton_device() == "cpu":
+        import importlib.metadata
+
+        major, minor = (int(p) for p in importlib.metadata.version("triton").split(".")[:2])
+        if (major, minor) < (3, 7):  # 3.5 and 3.6 fail inside the interpreter on these kernels
+            return f"Triton {major}.{minor}'s interpreter cannot run these kernels on CPU (needs >= 3.7)"
+    return None
+
+
+@pytest.fixture
+def triton_kernels():
+    """``flexispeech.lora.triton_kernels``; without CUDA its kernels must be interpreted
+    (``TRITON_INTERPRET=1``, which tests/conftest.py sets before Triton is imported)."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    import flexispeech.lora.triton_kernels as module
+
+    if triton_device() == "cpu" and not isinstance(module._shrink_kernel, InterpretedFunction):
+        pytest.skip(
+            "Triton was imported before TRITON_INTERPRET=1 was set (or it is set to 0): "
+            "its kernels cannot run on CPU tensors in this process"
+        )
+    return module
 
 
 def reference_grads(x, W, b, A, B, ranks, table, weights):
@@ -265,11 +309,10 @@ def reference_grads(x, W, b, A, B, ranks, table, weights):
     return out.detach(), x.grad, A.grad, B.grad
 
 
-@pytest.mark.skipif(triton_device() is None, reason="needs Triton (CUDA, or TRITON_INTERPRET=1)")
+@pytest.mark.skipif(triton_skip_reason() is not None, reason=str(triton_skip_reason()))
 @pytest.mark.parametrize("case", range(3))
-def test_triton_kernels_match_float64_reference(case: int) -> None:
-    from flexispeech.lora.triton_kernels import FlexiLinearTriton, shrink
-
+def test_triton_kernels_match_float64_reference(case: int, triton_kernels) -> None:
+    FlexiLinearTriton, shrink = triton_kernels.FlexiLinearTriton, triton_kernels.shrink
     device = triton_device()
     dtype = torch.bfloat16 if device == "cuda" else torch.float16
     gen = torch.Generator().manual_seed(1000 + case)
@@ -281,8 +324,8 @@ def test_triton_kernels_match_float64_reference(case: int) -> None:
     def rnd(*shape, s=1.0):
         return (torch.randn(*shape, generator=gen) * s).to(device, dtype)
 
-    x, W, b = rnd(n, t, d_in), rnd(d_out, d_in, s=d_in ** -0.5), rnd(d_out)
-    A, B = rnd(r_max, d_in, s=d_in ** -0.5), rnd(d_out, r_max, s=0.5)
+    x, W, b = rnd(n, t, d_in), rnd(d_out, d_in, s=d_in**-0.5), rnd(d_out)
+    A, B = rnd(r_max, d_in, s=d_in**-0.5), rnd(d_out, r_max, s=0.5)
     table = torch.tensor([0.0] + [8.0 / r for r in range(1, r_max + 1)], device=device)
     rk = torch.tensor(ranks, device=device)
     weights = rnd(n, t, d_out)
@@ -292,7 +335,9 @@ def test_triton_kernels_match_float64_reference(case: int) -> None:
     xg, Ag, Bg = (v.clone().requires_grad_(True) for v in (x, A, B))
     out = FlexiLinearTriton.apply(xg, W, b, Ag, Bg, rk, table, top)
     (out * weights).sum().backward()
-    ref, gx, gA, gB = reference_grads(x.cpu(), W.cpu(), b.cpu(), A.cpu(), B.cpu(), rk.cpu(), table.cpu(), weights.cpu())
+    ref, gx, gA, gB = reference_grads(
+        x.cpu(), W.cpu(), b.cpu(), A.cpu(), B.cpu(), rk.cpu(), table.cpu(), weights.cpu()
+    )
     for name, got, exp in [("out", out, ref), ("x", xg.grad, gx), ("A", Ag.grad, gA), ("B", Bg.grad, gB)]:
         rel = (got.detach().double().cpu() - exp).norm() / exp.norm()
         assert rel < 1e-2, f"{name}: relative error {rel:.2e}"
@@ -362,7 +407,7 @@ def test_static_path_with_dropout_takes_the_plain_ops_and_stays_close() -> None:
 def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None:
     """Forward and backward of an injected model on the static path never read a tensor
     back to the host nor build a RankPlan (what a CUDA graph capture would fail on)."""
-    from flexispeech.lora import deltas, plans
+    from flexispeech.lora import plans
     from flexispeech.lora.ranks import RankSlot
 
     torch.manual_seed(0)
@@ -374,13 +419,13 @@ def test_static_path_takes_no_host_sync(monkeypatch: pytest.MonkeyPatch) -> None
     x = torch.randn(4, 3, 24)
     ranks = torch.tensor([8, 0, 16, 4])
     with use_ranks(model, ranks):  # validates the ranks (one host read) before the region
+
         def forbidden(*args, **kwargs):
             raise AssertionError("host sync on the static path")
 
         for name in ("tolist", "item", "__bool__", "__int__", "nonzero"):
             monkeypatch.setattr(torch.Tensor, name, forbidden)
         monkeypatch.setattr(plans, "make_plan", forbidden)
-        monkeypatch.setattr(deltas, "make_plan", forbidden)
         monkeypatch.setattr(RankSlot, "plan", forbidden)
         out = model(x)
         out.pow(2).sum().backward()
@@ -400,7 +445,11 @@ def test_cuda_static_path_has_no_sync_and_replays_in_a_graph(dtype: torch.dtype)
     from flexispeech.lora import adapter_parameters
 
     torch.manual_seed(0)
-    model = inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2"))).cuda().to(dtype)
+    model = (
+        inject(Two(), FlexiLoraConfig(ranks=RANKS, alpha=8.0, target_modules=("q_proj", "fc2")))
+        .cuda()
+        .to(dtype)
+    )
     for _, lyr in flexi_layers(model):
         with torch.no_grad():
             lyr.lora_B.normal_()
@@ -449,3 +498,24 @@ def test_cuda_static_path_has_no_sync_and_replays_in_a_graph(dtype: torch.dtype)
         moved = [not torch.equal(b, p) for b, p in zip(before, params)]
         assert any(moved)  # AdamW ran inside the graph
     assert not all(torch.equal(s, p) for s, p in zip(start, params))
+
+
+@pytest.mark.parametrize("path", ["auto", "masked", "grouped", "segmented", "static"])
+def test_fused_option_picks_the_node_or_the_plain_ops(monkeypatch: pytest.MonkeyPatch, path: str) -> None:
+    """``fused`` off runs the plain-op delta, on runs one fused node; both equal the reference."""
+    import flexispeech.lora.layer as layer_module
+
+    calls: list[str] = []
+    for name in ("lora_linear", "static_linear", "lora_delta"):
+        real = getattr(layer_module, name)
+        monkeypatch.setattr(
+            layer_module, name, lambda *a, _n=name, _f=real, **k: calls.append(_n) or _f(*a, **k)
+        )
+    layer = make_layer()
+    x = torch.randn(6, 5, 24)
+    for plain in (False, True):
+        calls.clear()
+        out = run(layer, x, BATCHES["sorted"], f"plain:{path}" if plain else path)
+        torch.testing.assert_close(out.double(), reference(layer, x, BATCHES["sorted"]), rtol=1e-5, atol=1e-5)
+        fused_name = "static_linear" if path == "static" else "lora_linear"
+        assert calls == (["lora_delta"] if plain else [fused_name])

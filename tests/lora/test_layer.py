@@ -10,7 +10,7 @@ from torch import nn
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear
 from flexispeech.errors import ConfigError
-from flexispeech.lora.deltas import choose_path, grouped_delta, masked_delta
+from flexispeech.lora.deltas import grouped_delta, masked_delta
 
 
 def make_layer(ranks=(0, 2, 4, 8), scaling="standard", rank_scales=None, seed=0) -> FlexiLoraLinear:
@@ -59,8 +59,20 @@ def test_scales_standard_rslora_and_overrides() -> None:
     assert cfg.scale(16) == pytest.approx(8.0 / math.sqrt(16))
     assert FlexiLoraConfig(ranks=(2, 8), alpha=8.0).scale(2) == 4.0
     nested = FlexiLoraConfig(ranks=(0, 2, 4, 8), alpha=16.0, scaling="nested")
-    assert nested.scale_table() == [0.0, 0.0, 2.0, 0.0, 2.0, 0.0, 0.0, 0.0, 2.0]  # alpha / r_max at every rank
-    assert FlexiLoraConfig(ranks=(8,), alpha=16.0, scaling="nested").scale(8) == FlexiLoraConfig(ranks=(8,), alpha=16.0).scale(8)
+    assert nested.scale_table() == [
+        0.0,
+        0.0,
+        2.0,
+        0.0,
+        2.0,
+        0.0,
+        0.0,
+        0.0,
+        2.0,
+    ]  # alpha / r_max at every rank
+    assert FlexiLoraConfig(ranks=(8,), alpha=16.0, scaling="nested").scale(8) == FlexiLoraConfig(
+        ranks=(8,), alpha=16.0
+    ).scale(8)
     with pytest.raises(ConfigError, match="'standard', 'rslora' or 'nested'"):
         FlexiLoraConfig(scaling="dylora")
     layer = make_layer(ranks=(0, 4, 16), scaling="rslora", rank_scales={4: 3.0})
@@ -78,17 +90,13 @@ def test_masked_equals_grouped_on_random_batches() -> None:
         x = torch.randn(6, 4, 12, generator=gen)
         ranks = torch.tensor([0, 1, 2, 4, 8])[torch.randint(5, (6,), generator=gen)]
         masked = masked_delta(x, layer.lora_A, layer.lora_B, ranks, layer.scale_table)
-        grouped = grouped_delta(x, layer.lora_A, layer.lora_B, ranks, layer.scales, sorted(set(ranks.tolist())))
+        grouped = grouped_delta(
+            x, layer.lora_A, layer.lora_B, ranks, layer.scales, sorted(set(ranks.tolist()))
+        )
         if grouped is None:  # all rows at rank 0
             assert torch.count_nonzero(masked) == 0
         else:
             torch.testing.assert_close(masked, grouped, rtol=1e-5, atol=1e-6)
-
-
-def test_auto_path_choice() -> None:
-    assert choose_path([4, 4, 4]) == ("uniform", [4])
-    assert choose_path([0, 0, 0, 16]) == ("grouped", [0, 16])  # 16 of 64 FLOP units used
-    assert choose_path([8, 16, 16, 16]) == ("masked", [8, 16])  # little to save
 
 
 def test_default_rank_without_context_is_r_max() -> None:
@@ -164,7 +172,7 @@ def test_rank_slot_keeps_ranks_per_thread_not_on_the_class() -> None:
 
     assert "ranks" not in vars(RankSlot) and "plan_cache" not in vars(RankSlot)
     slot = RankSlot()
-    assert vars(slot) == {"ranks": None, "plan_cache": None}
+    assert vars(slot) == {"ranks": None, "host": None, "plan_cache": None}
     slot.ranks = torch.tensor([1])
     seen: list = []
     thread = threading.Thread(target=lambda: seen.append(slot.ranks))

@@ -5,8 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from flexispeech import FlexiLoraConfig, FlexiLoraLinear
-from flexispeech.lora.plans import MAX_SEGMENTS, MIN_SEGMENTED_TOKENS, make_plan, rank_sort_order
+from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
+from flexispeech.lora.plans import (
+    MAX_SEGMENTS,
+    MIN_SEGMENTED_TOKENS,
+    Route,
+    choose_route,
+    make_plan,
+    rank_sort_order,
+)
 
 
 def test_plan_is_computed_once_per_ranks_tensor() -> None:
@@ -37,17 +44,80 @@ def test_span_covers_only_rows_with_a_rank() -> None:
     assert make_plan(torch.tensor([0, 0])).span == (0, 0)
 
 
-def test_auto_fused_path_follows_device_tokens_and_runs() -> None:
+def route(
+    plan, requested="auto", device="cpu", tokens=MIN_SEGMENTED_TOKENS, fusable=True, triton_ok=False, **kw
+):
+    return choose_route(
+        requested, plan, device_type=device, tokens=tokens, fusable=fusable, triton_ok=triton_ok, **kw
+    )
+
+
+def test_auto_route_follows_device_tokens_and_runs() -> None:
     sorted_plan = make_plan(torch.tensor([16, 16, 8, 4, 0, 0]))
     many = MIN_SEGMENTED_TOKENS
-    assert sorted_plan.fused_path("auto", "cpu", many) == "segmented"  # CPU, FLOP-bound
-    assert sorted_plan.fused_path("auto", "cpu", many - 1) == "masked"  # a decoding step
-    assert sorted_plan.fused_path("auto", "cuda", many) == "masked"  # GPU: one block
-    assert sorted_plan.fused_path("segmented", "cuda", 1) == "segmented"  # asked for
+    assert route(sorted_plan) == Route("fused", "segmented")  # CPU, FLOP-bound
+    assert route(sorted_plan, tokens=many - 1) == Route("fused", "masked")  # a decoding step
+    assert route(sorted_plan, device="cuda") == Route("fused", "masked")  # GPU: one block
+    assert route(sorted_plan, device="cuda", triton_ok=True) == Route(
+        "fused", "masked"
+    )  # measured faster eager
+    assert route(sorted_plan, "triton", device="cuda", triton_ok=True) == Route(
+        "triton", "masked"
+    )  # asked for
+    assert route(sorted_plan, "masked", device="cuda", triton_ok=True) == Route(
+        "fused", "masked"
+    )  # asked for torch
+    assert route(sorted_plan, "segmented", device="cuda", tokens=1) == Route(
+        "fused", "segmented"
+    )  # asked for
     # An unsorted batch with more runs than MAX_SEGMENTS: one masked block beats the launches.
     unsorted = make_plan(torch.tensor([4, 8] * (MAX_SEGMENTS // 2 + 1)))
-    assert not unsorted.few_runs() and unsorted.fused_path("auto", "cpu", many) == "masked"
-    assert make_plan(torch.tensor([8, 8])).fused_path("masked") == "uniform"
+    assert not unsorted.few_runs() and route(unsorted) == Route("fused", "masked")
+    assert route(make_plan(torch.tensor([8, 8])), "masked") == Route("fused", "uniform")
+
+
+def test_route_of_plain_ops_merged_static_and_compile() -> None:
+    sparse = make_plan(torch.tensor([16, 0, 0] * (MAX_SEGMENTS + 1)))
+    assert not sparse.few_runs()
+    # Unfused (dropout, autocast, fused=False): grouped when the masked block would waste >35%.
+    assert route(sparse, fusable=False) == Route("plain", "grouped")
+    assert route(make_plan(torch.tensor([8, 16, 16, 16])), fusable=False) == Route("plain", "segmented")
+    assert route(make_plan(torch.tensor([8, 16, 8, 16] * 3)), fusable=False) == Route("plain", "masked")
+    # grouped asked for: the fused node serves it by runs on a sorted batch, plain ops otherwise
+    assert route(make_plan(torch.tensor([16, 8, 0])), "grouped") == Route("fused", "segmented")
+    assert route(sparse, "grouped") == Route("plain", "grouped")
+    # no context: every row at the default rank, one block
+    assert route(None, "triton", default_rank=8, triton_ok=True, device="cuda") == Route("triton", "uniform")
+    assert route(None, default_rank=8, triton_ok=True, device="cuda") == Route("fused", "uniform")
+    assert route(None, default_rank=8, merged_rank=8) == Route("merged", "uniform")
+    assert route(make_plan(torch.tensor([8, 4])), merged_rank=8) == Route("fused", "segmented")
+    assert route(None, "static", triton_ok=True) == Route("triton", "static")
+    assert route(None, "static", fusable=False) == Route("plain", "static")
+    assert route(sorted_plan := make_plan(torch.tensor([4, 0])), compiling=True) == Route(
+        "compiled", "static"
+    )
+    assert route(make_plan(torch.tensor([0, 0])), triton_ok=True, device="cuda") == Route("fused", "uniform")
+    assert sorted_plan.top == 4
+
+
+def test_plan_from_host_values_takes_no_device_read(monkeypatch) -> None:
+    """use_ranks knows the ranks on the host: the plan is made without reading the tensor."""
+    model = inject(
+        nn.Sequential(nn.Linear(24, 20)),
+        FlexiLoraConfig(ranks=(0, 4, 8, 16), alpha=8.0, target_modules=("0",)),
+    )
+    with use_ranks(model, [8, 0, 4]):
+        monkeypatch.setattr(
+            torch.Tensor, "tolist", lambda *a: (_ for _ in ()).throw(AssertionError("host read"))
+        )
+        slot = model[0].rank_slot
+        plan = slot.plan(6)
+        monkeypatch.undo()
+    assert plan.ranks_list == [8, 8, 0, 0, 4, 4] and plan.ranks.tolist() == plan.ranks_list
+    slot.ranks = torch.tensor([8, 0, 4])
+    slot.host = (slot.ranks, slot.ranks._version, [8, 0, 4])
+    slot.ranks[0] = 16  # edited in place after use_ranks saw it: the host copy is stale, read again
+    assert slot.plan(3).ranks_list == [16, 0, 4]
 
 
 def test_mask_carries_the_scale_and_is_cached() -> None:

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import TinyNet, randomize_adapters
+
 from flexispeech import FlexiLoraConfig, inject, remove, use_ranks
 from flexispeech.lora import RankError, adapter_off, current_ranks
 
@@ -143,7 +143,7 @@ def test_lora_modules_import_each_other_without_cycles() -> None:
 
     def visit(module: str, path: tuple[str, ...]) -> None:
         if module in path:
-            raise AssertionError("import cycle: " + " -> ".join((*path[path.index(module):], module)))
+            raise AssertionError("import cycle: " + " -> ".join((*path[path.index(module) :], module)))
         if module not in done:
             for dep in sorted(graph.get(module, ())):
                 visit(dep, (*path, module))

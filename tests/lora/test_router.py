@@ -126,19 +126,32 @@ def test_missing_signal_is_named() -> None:
 ROUTERS = [
     FixedRouter(4),
     RandomRouter((0, 4, 16), probs=(1, 2, 1), seed=7),
-    ThresholdRouter((0, 4, 16), weights={"snr_db": -1.0, "proxy": 2.0}, thresholds=(-1.0, 1.0),
-                    means={"snr_db": 15.0, "proxy": 0.5}, stds={"snr_db": 5.0, "proxy": 0.25}),
+    ThresholdRouter(
+        (0, 4, 16),
+        weights={"snr_db": -1.0, "proxy": 2.0},
+        thresholds=(-1.0, 1.0),
+        means={"snr_db": 15.0, "proxy": 0.5},
+        stds={"snr_db": 5.0, "proxy": 0.25},
+    ),
     LearnedRouter((0, 4, 16), features=("duration", "snr_db"), hidden=4),
 ]
 
 
 @pytest.mark.parametrize("router", ROUTERS, ids=lambda r: r.kind)
 def test_every_router_is_a_router_with_its_ranks_and_signals(router: Router) -> None:
-    expected_signals = {"fixed": (), "random": (), "threshold": ("snr_db", "proxy"), "learned": ("duration", "snr_db")}
+    expected_signals = {
+        "fixed": (),
+        "random": (),
+        "threshold": ("snr_db", "proxy"),
+        "learned": ("duration", "snr_db"),
+    }
     assert isinstance(router, Router)
     assert router.signal_names == expected_signals[router.kind]
-    sig = {"snr_db": torch.tensor([3.0, 12.0, 25.0, 40.0]), "proxy": torch.tensor([0.1, 0.9, 0.5, 0.0]),
-           "duration": torch.tensor([9.0, 4.0, 1.0, 2.0])}
+    sig = {
+        "snr_db": torch.tensor([3.0, 12.0, 25.0, 40.0]),
+        "proxy": torch.tensor([0.1, 0.9, 0.5, 0.0]),
+        "duration": torch.tensor([9.0, 4.0, 1.0, 2.0]),
+    }
     ranks = router(sig)
     assert ranks.dtype == torch.long and ranks.shape == (4,) and set(ranks.tolist()) <= set(router.ranks)
     if router.signal_names:  # a router reads exactly its signal_names: without one, it names it
@@ -148,7 +161,10 @@ def test_every_router_is_a_router_with_its_ranks_and_signals(router: Router) -> 
     data = json.loads(json.dumps(router.to_dict()))  # what router.json holds
     twin = Router.from_dict(data)
     assert type(twin) is type(router) and twin.to_dict() == data and twin.ranks == router.ranks
-    assert twin.signal_names == router.signal_names and type(router).from_dict(data).describe() == router.describe()
+    assert (
+        twin.signal_names == router.signal_names
+        and type(router).from_dict(data).describe() == router.describe()
+    )
     if router.kind != "random":  # a random router's twin starts its own seeded stream
         assert torch.equal(twin(sig), router(sig))
 
@@ -162,12 +178,33 @@ def test_from_dict_on_a_subclass_only_builds_that_kind() -> None:
 
 def test_router_files_saved_before_the_base_class_still_load() -> None:
     """router.json as saved by earlier versions (the to_dict forms have not changed)."""
-    threshold = Router.from_dict({"type": "threshold", "ranks": [0, 8], "weights": {"snr_db": -1.0},
-                                  "thresholds": [-10.0], "means": {"snr_db": 20.0}, "stds": {"snr_db": 2.0}})
+    threshold = Router.from_dict(
+        {
+            "type": "threshold",
+            "ranks": [0, 8],
+            "weights": {"snr_db": -1.0},
+            "thresholds": [-10.0],
+            "means": {"snr_db": 20.0},
+            "stds": {"snr_db": 2.0},
+        }
+    )
     assert threshold({"snr_db": torch.tensor([45.0, 19.0])}).tolist() == [0, 8]  # z = 12.5 and -0.5
-    learned = Router.from_dict({"type": "learned", "ranks": [2, 8], "features": ["snr_db"], "hidden": 1, "state": {
-        "mean": [10.0], "std": [5.0], "net.0.weight": [[1.0]], "net.0.bias": [0.0],
-        "net.2.weight": [[-1.0], [1.0]], "net.2.bias": [0.0, 0.0]}})
+    learned = Router.from_dict(
+        {
+            "type": "learned",
+            "ranks": [2, 8],
+            "features": ["snr_db"],
+            "hidden": 1,
+            "state": {
+                "mean": [10.0],
+                "std": [5.0],
+                "net.0.weight": [[1.0]],
+                "net.0.bias": [0.0],
+                "net.2.weight": [[-1.0], [1.0]],
+                "net.2.bias": [0.0, 0.0],
+            },
+        }
+    )
     assert learned({"snr_db": torch.tensor([0.0, 30.0])}).tolist() == [2, 8]
     assert not any(p.requires_grad for p in learned.parameters())
     assert Router.from_dict({"type": "random", "ranks": [0, 4], "probs": [0.5, 0.5], "seed": 3}).seed == 3
@@ -177,6 +214,12 @@ def test_neutral_value_is_the_standardisation_mean() -> None:
     threshold = ROUTERS[2]
     assert threshold.neutral_value("proxy") == 0.5 and threshold.neutral_value("duration") == 0.0
     learned = LearnedRouter((0, 4), features=("snr_db", "proxy"))
-    learned.fit({"snr_db": torch.tensor([10.0, 30.0]), "proxy": torch.tensor([1.0, 3.0])}, torch.tensor([4, 0]), epochs=2)
-    assert learned.neutral_value("proxy") == pytest.approx(2.0) and learned.neutral_value("snr_db") == pytest.approx(20.0)
+    learned.fit(
+        {"snr_db": torch.tensor([10.0, 30.0]), "proxy": torch.tensor([1.0, 3.0])},
+        torch.tensor([4, 0]),
+        epochs=2,
+    )
+    assert learned.neutral_value("proxy") == pytest.approx(2.0) and learned.neutral_value(
+        "snr_db"
+    ) == pytest.approx(20.0)
     assert FixedRouter(2).neutral_value("proxy") == 0.0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-
 from conftest import TinyNet
+
 from flexispeech import count_parameters
 
 

@@ -11,9 +11,17 @@ import pytest
 # Small enough to convert in about a second; the vocabulary is the real tiny.en one
 # because the converter checks tokenizer and embedding sizes against each other.
 TINY = dict(
-    vocab_size=51864, num_mel_bins=80, d_model=16, encoder_layers=2, decoder_layers=2,
-    encoder_attention_heads=2, decoder_attention_heads=4, encoder_ffn_dim=32,
-    decoder_ffn_dim=24, max_source_positions=1500, max_target_positions=64,
+    vocab_size=51864,
+    num_mel_bins=80,
+    d_model=16,
+    encoder_layers=2,
+    decoder_layers=2,
+    encoder_attention_heads=2,
+    decoder_attention_heads=4,
+    encoder_ffn_dim=32,
+    decoder_ffn_dim=24,
+    max_source_positions=1500,
+    max_target_positions=64,
 )
 
 
@@ -36,15 +44,20 @@ def tiny_hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     tok = build_tokenizer(tokenizer_json(), TINY["vocab_size"])
     model = WhisperForConditionalGeneration(
-        WhisperConfig(**TINY, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256, decoder_start_token_id=50257)
+        WhisperConfig(
+            **TINY, pad_token_id=50256, bos_token_id=50256, eos_token_id=50256, decoder_start_token_id=50257
+        )
     )
     with torch.no_grad():  # nonzero biases and norms, so that a mixed-up mapping shows
         for name, param in model.named_parameters():
             if name.endswith("bias") or "layer_norm" in name:
                 param.normal_(0.0, 0.5)
     model.generation_config = GenerationConfig(
-        decoder_start_token_id=50257, eos_token_id=50256, pad_token_id=50256,
-        suppress_tokens=[1, 2, 50357], begin_suppress_tokens=[220, 50256],
+        decoder_start_token_id=50257,
+        eos_token_id=50256,
+        pad_token_id=50256,
+        suppress_tokens=[1, 2, 50357],
+        begin_suppress_tokens=[220, 50256],
     )
     out = tmp_path_factory.mktemp("tiny_hf")
     model.save_pretrained(out)

@@ -62,7 +62,6 @@ def test_loss_masks_the_prompt_exactly(base) -> None:
         assert FAMILY.loss(model, batch).item() == pytest.approx(expected.item(), rel=1e-5)
 
 
-
 def test_loss_runs_the_output_head_on_answer_positions_only(base) -> None:
     model, tok = copy.deepcopy(base)
     inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))
@@ -84,6 +83,7 @@ def test_loss_runs_the_output_head_on_answer_positions_only(base) -> None:
     for g, p in zip(grads, [p for p in model.parameters() if p.requires_grad]):
         torch.testing.assert_close(g, p.grad, rtol=1e-5, atol=1e-7)
 
+
 def test_generate_left_pads_and_follows_ranks(base) -> None:
     model, tok = copy.deepcopy(base)
     inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))
@@ -103,7 +103,6 @@ def test_generate_left_pads_and_follows_ranks(base) -> None:
         base_text = FAMILY.generate(model, tok, batch, max_new_tokens=6)
     assert base_text != together
     assert not any("<|im_start|>" in t or "user" in t for t in together)  # only the new text
-
 
 
 def test_answers_end_with_the_chat_turn_end_whatever_eos_says(base) -> None:

@@ -27,7 +27,9 @@ def _reference(tiny_hf_dir: Path) -> dict[str, np.ndarray]:
 
 
 @pytest.mark.parametrize("quantization", ["float32", "float16", "int8"])
-def test_weights_match_the_exported_model(quantization: str, tiny_ct2_dir, tiny_hf_dir: Path, tmp_path: Path) -> None:
+def test_weights_match_the_exported_model(
+    quantization: str, tiny_ct2_dir, tiny_hf_dir: Path, tmp_path: Path
+) -> None:
     from safetensors.numpy import load_file
 
     out = convert_ct2_whisper(tiny_ct2_dir(quantization), tmp_path / "hf")
@@ -40,7 +42,9 @@ def test_weights_match_the_exported_model(quantization: str, tiny_ct2_dir, tiny_
         if quantization == "float32":
             np.testing.assert_array_equal(got[name], value, err_msg=name)
         elif quantization == "float16":
-            np.testing.assert_array_equal(got[name], value.astype(np.float16).astype(np.float32), err_msg=name)
+            np.testing.assert_array_equal(
+                got[name], value.astype(np.float16).astype(np.float32), err_msg=name
+            )
         elif value.ndim < 2:  # int8 exports keep biases and norms in float32
             np.testing.assert_array_equal(got[name], value, err_msg=name)
         else:  # int8 per output row: the error is at most half a quantization step of that row
@@ -69,7 +73,13 @@ def test_config_and_generation_config_are_read_off_the_model(tiny_ct2_dir, tmp_p
     assert "<|startoftranscript|>" in tok.all_special_tokens
     assert tok.decode([50257, 50362, 15496, 995, 50256], skip_special_tokens=True) == "Hello world"
     fe = processor.feature_extractor
-    assert (fe.feature_size, fe.sampling_rate, fe.hop_length, fe.n_fft, fe.chunk_length) == (80, 16000, 160, 400, 30)
+    assert (fe.feature_size, fe.sampling_rate, fe.hop_length, fe.n_fft, fe.chunk_length) == (
+        80,
+        16000,
+        160,
+        400,
+        30,
+    )
     assert (out / COMPLETE_MARKER).is_file()
 
 
@@ -88,13 +98,62 @@ def test_logits_match_the_source_model(tiny_ct2_dir, tiny_hf_dir: Path, tmp_path
     torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def test_refuses_nonzero_key_bias_and_bad_tokenizer(tiny_ct2_dir, tmp_path: Path) -> None:
+def set_bias_element(model_bin: Path, name: str, index: int, value: float) -> None:
+    """Overwrite one element of float32 variable ``name`` in a CTranslate2 ``model.bin``,
+    in place, through the file's own layout: after the name, ``u8 rank``, ``rank x u32``
+    dims, ``u8 dtype`` (0 = float32), ``u32 nbytes``, then the raw values."""
+    import struct
+
+    data = bytearray(model_bin.read_bytes())
+    key = name.encode() + b"\0"
+    at = data.find(struct.pack("<H", len(key)) + key)
+    assert at >= 0 and data.find(key, at + 3) < 0, f"{name} not found once in {model_bin}"
+    pos = at + 2 + len(key)
+    rank = data[pos]
+    dims = struct.unpack_from(f"<{rank}I", data, pos + 1)
+    pos += 1 + 4 * rank
+    dtype, nbytes = struct.unpack_from("<BI", data, pos)
+    assert dtype == 0 and nbytes == 4 * int(np.prod(dims)) and 0 <= index < nbytes // 4
+    struct.pack_into("<f", data, pos + 5 + 4 * index, value)
+    model_bin.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize(
+    ("variable", "part", "n_parts"),
+    [
+        ("encoder/layer_1/self_attention/linear_0", 1, 3),  # fused q, k, v: k in the middle
+        ("decoder/layer_0/attention/linear_1", 0, 2),  # cross-attention's fused k, v: k first
+    ],
+)
+def test_refuses_nonzero_key_bias(
+    tiny_ct2_dir, tmp_path: Path, variable: str, part: int, n_parts: int
+) -> None:
+    import shutil
+
+    from flexispeech.models.ct2_reader import read_ct2_model
+
+    src = tmp_path / "src"
+    shutil.copytree(tiny_ct2_dir("float32"), src)
+    bias = read_ct2_model(src).get(f"{variable}/bias")
+    width = bias.shape[0] // n_parts
+    assert not bias[part * width : (part + 1) * width].any()  # CTranslate2 fused a zero block in k's place
+    set_bias_element(src / "model.bin", f"{variable}/bias", part * width + width // 2, 0.25)
+    patched = read_ct2_model(src).get(f"{variable}/bias")
+    assert np.count_nonzero(patched != bias) == 1 and patched[part * width + width // 2] == np.float32(0.25)
+    with pytest.raises(
+        FlexispeechError, match=f"^model.bin: {variable} has a nonzero key bias; not a Whisper model$"
+    ):
+        convert_ct2_whisper(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out*")) == []
+
+
+def test_refuses_a_bad_or_missing_tokenizer(tiny_ct2_dir, tmp_path: Path) -> None:
     import shutil
 
     src = tmp_path / "src"
     shutil.copytree(tiny_ct2_dir("float32"), src)
     (src / "tokenizer.json").write_text(json.dumps({"broken": True}))
-    with pytest.raises(Exception):
+    with pytest.raises(FlexispeechError, match="tokenizer.json: not a tokenizer file"):
         convert_ct2_whisper(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (src / "tokenizer.json").unlink()

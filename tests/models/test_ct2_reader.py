@@ -11,7 +11,13 @@ import pytest
 from flexispeech.errors import FlexispeechError
 from flexispeech.models.ct2_reader import read_ct2_model
 
-CODES = {np.dtype("float32"): 0, np.dtype("int8"): 1, np.dtype("int16"): 2, np.dtype("int32"): 3, np.dtype("float16"): 4}
+CODES = {
+    np.dtype("float32"): 0,
+    np.dtype("int8"): 1,
+    np.dtype("int16"): 2,
+    np.dtype("int32"): 3,
+    np.dtype("float16"): 4,
+}
 
 
 def _str(text: str) -> bytes:
@@ -19,7 +25,9 @@ def _str(text: str) -> bytes:
     return struct.pack("<H", len(raw)) + raw
 
 
-def write_model_bin(path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str], version: int = 6) -> bytes:
+def write_model_bin(
+    path: Path, variables: dict[str, np.ndarray], aliases: dict[str, str], version: int = 6
+) -> bytes:
     """An independent writer of the layout the reader parses; returns the bytes."""
     out = struct.pack("<I", version) + _str("WhisperSpec") + struct.pack("<II", 3, len(variables))
     for name, value in variables.items():
@@ -50,7 +58,9 @@ def variables() -> dict[str, np.ndarray]:
 
 
 def test_reads_f16_int8_scale_and_alias(tmp_path: Path, variables: dict[str, np.ndarray]) -> None:
-    write_model_bin(tmp_path / "model.bin", variables, {"decoder/projection/weight": "decoder/embeddings/weight"})
+    write_model_bin(
+        tmp_path / "model.bin", variables, {"decoder/projection/weight": "decoder/embeddings/weight"}
+    )
     model = read_ct2_model(tmp_path)  # a directory is accepted as well as the file
     assert (model.version, model.spec_name, model.revision) == (6, "WhisperSpec", 3)
     assert set(model.variables) == set(variables)
@@ -75,7 +85,9 @@ def test_reads_version_3_item_widths(tmp_path: Path, variables: dict[str, np.nda
     assert model.get("encoder/ffn/linear_0/weight").dtype == np.int8
 
 
-def test_rejects_truncated_padded_and_misjoined_files(tmp_path: Path, variables: dict[str, np.ndarray]) -> None:
+def test_rejects_truncated_padded_and_misjoined_files(
+    tmp_path: Path, variables: dict[str, np.ndarray]
+) -> None:
     data = write_model_bin(tmp_path / "good.bin", variables, {"a": "decoder/embeddings/weight"})
     (tmp_path / "short.bin").write_bytes(data[:-7])
     with pytest.raises(FlexispeechError, match="short.bin: truncated"):

@@ -32,7 +32,9 @@ def _source(model: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
     except Exception as err:  # the offline extra is not installed
         pytest.skip(str(err))
     joined = tmp_path_factory.mktemp("whisper_base_ct2")
-    (joined / "model.bin").write_bytes((part1 / "model.bin.part1").read_bytes() + (part2 / "model.bin.part2").read_bytes())
+    (joined / "model.bin").write_bytes(
+        (part1 / "model.bin.part1").read_bytes() + (part2 / "model.bin.part2").read_bytes()
+    )
     for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
         (joined / name).write_bytes((part1 / name).read_bytes())
     return joined
@@ -50,7 +52,9 @@ def converted(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathF
     return _source(request.param, tmp_path_factory), out
 
 
-def test_greedy_tokens_equal_ctranslate2(converted: tuple[Path, Path], assets_dir: Path, transcripts: dict[str, str]) -> None:
+def test_greedy_tokens_equal_ctranslate2(
+    converted: tuple[Path, Path], assets_dir: Path, transcripts: dict[str, str]
+) -> None:
     from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
     src, out = converted
@@ -59,7 +63,9 @@ def test_greedy_tokens_equal_ctranslate2(converted: tuple[Path, Path], assets_di
     reference = ctranslate2.models.Whisper(str(src), device="cpu", compute_type="float32")
     gen = model.generation_config
     for name in AUDIO:
-        features = processor(load_audio(assets_dir / name), sampling_rate=16000, return_tensors="pt").input_features
+        features = processor(
+            load_audio(assets_dir / name), sampling_rate=16000, return_tensors="pt"
+        ).input_features
         with torch.no_grad():
             ours = model.generate(features, num_beams=1, do_sample=False)[0].tolist()
         storage = ctranslate2.StorageView.from_array(features.numpy())

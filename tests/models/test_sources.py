@@ -79,7 +79,9 @@ def test_local_transformers_dir_and_hub_id_pass_through(tmp_cache: Path, tmp_pat
         pretrained_path(str(tmp_path / "junk"))
 
 
-def test_local_ct2_dir_is_converted_once(tiny_ct2_dir, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_local_ct2_dir_is_converted_once(
+    tiny_ct2_dir, tmp_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from transformers import WhisperForConditionalGeneration
 
     src = tiny_ct2_dir("float16")
@@ -156,6 +158,8 @@ def test_smollm2_is_dequantized_into_a_plain_directory(tmp_cache: Path) -> None:
     tok = AutoTokenizer.from_pretrained(out)
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
     chat = [{"role": "user", "content": "What is the capital of France?"}]
-    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)["input_ids"]
+    ids = tok.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)[
+        "input_ids"
+    ]
     reply = tok.decode(model.generate(ids, max_new_tokens=12, do_sample=False)[0, ids.shape[1] :])
     assert "Paris" in reply

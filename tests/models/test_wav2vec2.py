@@ -27,7 +27,10 @@ def base():
 
 @pytest.fixture(scope="module")
 def examples(assets_dir: Path, transcripts: dict[str, str]) -> list[Example]:
-    return [Example(id=n, text=transcripts[n], audio=load_audio(assets_dir / n)) for n in ("fox.wav", "stella.wav")]
+    return [
+        Example(id=n, text=transcripts[n], audio=load_audio(assets_dir / n))
+        for n in ("fox.wav", "stella.wav")
+    ]
 
 
 def test_registered_and_targets_exist(base) -> None:

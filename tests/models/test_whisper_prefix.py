@@ -27,10 +27,18 @@ def test_pattern_skips_frozen_encoder_layers() -> None:
 def test_cached_prefix_loss_equals_full_loss(n_frozen: int) -> None:
     family = get_family("whisper")
     model, processor = load_model(family, "random:tiny", audio_ctx=50)
-    inject(model, FlexiLoraConfig(ranks=(0, 4, 8), target_modules=frozen_prefix_pattern(family.default_targets, n_frozen)))
+    inject(
+        model,
+        FlexiLoraConfig(
+            ranks=(0, 4, 8), target_modules=frozen_prefix_pattern(family.default_targets, n_frozen)
+        ),
+    )
     randomize_adapters(model)
     rng = np.random.default_rng(0)
-    examples = [Example(str(i), "the quick brown fox", audio=rng.normal(0, 0.1, 12000).astype(np.float32)) for i in range(3)]
+    examples = [
+        Example(str(i), "the quick brown fox", audio=rng.normal(0, 0.1, 12000).astype(np.float32))
+        for i in range(3)
+    ]
     batch = family.collate(processor, examples)
     ranks = torch.tensor([0, 4, 8])
     with use_ranks(model, ranks):
@@ -60,17 +68,35 @@ def test_family_training_inputs_from_the_cached_prefix_give_the_full_loss(tmp_pa
     (tmp_path / "audio").mkdir()
     rows = []
     for i in range(3):
-        sf.write(tmp_path / "audio" / f"u{i}.wav", rng.normal(0, 0.1, 8000 + 2000 * i).astype(np.float32), 16000)
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": ["the fox", "a quick brown dog", "call stella"][i],
-                     "duration": 0.5 + 0.125 * i, "speaker": "s", "split": "train"})
+        sf.write(
+            tmp_path / "audio" / f"u{i}.wav", rng.normal(0, 0.1, 8000 + 2000 * i).astype(np.float32), 16000
+        )
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": ["the fox", "a quick brown dog", "call stella"][i],
+                "duration": 0.5 + 0.125 * i,
+                "speaker": "s",
+                "split": "train",
+            }
+        )
     split = CorpusSplit(write_corpus(rows, tmp_path, name="p"), "train")
     family = get_family("whisper")
     model, processor = load_model(family, "random:tiny", audio_ctx=50)
-    inject(model, FlexiLoraConfig(ranks=(0, 4, 8), target_modules=frozen_prefix_pattern(family.default_targets, 2)))
+    inject(
+        model,
+        FlexiLoraConfig(ranks=(0, 4, 8), target_modules=frozen_prefix_pattern(family.default_targets, 2)),
+    )
     randomize_adapters(model)
-    full, cached = train_inputs(family, model, processor, split), train_inputs(family, model, processor, split, 2, "key")
+    full, cached = (
+        train_inputs(family, model, processor, split),
+        train_inputs(family, model, processor, split, 2, "key"),
+    )
     assert isinstance(full, CollatedInputs) and isinstance(cached, PrefixInputs)
-    assert list((tmp_path / "cache" / "encoder").glob("*.safetensors"))  # computed once, kept for the next run
+    assert list(
+        (tmp_path / "cache" / "encoder").glob("*.safetensors")
+    )  # computed once, kept for the next run
     rows_in_order, ranks = [2, 0, 1], torch.tensor([8, 4, 0])
     with use_ranks(model, ranks), torch.no_grad():
         expected = full.loss(model, full.collate(rows_in_order))

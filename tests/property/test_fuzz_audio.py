@@ -20,7 +20,16 @@ from flexispeech.errors import AudioError
 SEED = 20240611
 CASES_PER_SOURCE = 90
 RANDOM_CASES = 60
-MAGICS = [b"", b"RIFF", b"RIFF\x24\x00\x00\x00WAVEfmt ", b"fLaC", b"OggS\x00\x02", b"FORM", b"ID3", b"\xff\xfb"]
+MAGICS = [
+    b"",
+    b"RIFF",
+    b"RIFF\x24\x00\x00\x00WAVEfmt ",
+    b"fLaC",
+    b"OggS\x00\x02",
+    b"FORM",
+    b"ID3",
+    b"\xff\xfb",
+]
 
 
 def mutate(data: bytes, rng: random.Random) -> bytes:
@@ -46,7 +55,9 @@ def mutate(data: bytes, rng: random.Random) -> bytes:
         del b[i:j]
     else:
         i = rng.randrange(0, min(len(b), 64) - 4)
-        b[i : i + 4] = rng.choice([b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f", b"\x01\x00\x00\x00"])
+        b[i : i + 4] = rng.choice(
+            [b"\x00\x00\x00\x00", b"\xff\xff\xff\xff", b"\xff\xff\xff\x7f", b"\x01\x00\x00\x00"]
+        )
     return bytes(b)
 
 
@@ -88,8 +99,12 @@ def test_fuzz_the_decode_path(sources: dict[str, bytes], tmp_path: Path) -> None
     cases: list[tuple[str, bytes]] = []
     for n in range(RANDOM_CASES):
         head = rng.choice(MAGICS)
-        cases.append((f"random{n}.{rng.choice(['wav', 'flac', 'ogg', 'bin'])}",
-                      head + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 2048)))))
+        cases.append(
+            (
+                f"random{n}.{rng.choice(['wav', 'flac', 'ogg', 'bin'])}",
+                head + bytes(rng.randrange(256) for _ in range(rng.randrange(0, 2048))),
+            )
+        )
     for ext, data in sources.items():
         for n in range(CASES_PER_SOURCE):
             mutated = data

@@ -22,8 +22,14 @@ def cases(draw):
         ranks.append(1)
     n = draw(st.integers(1, 6))
     row_ranks = draw(st.lists(st.sampled_from(ranks), min_size=n, max_size=n))
-    return (ranks, row_ranks, draw(st.integers(1, 4)), draw(st.integers(1, 17)), draw(st.integers(1, 17)),
-            draw(st.integers(0, 2**16)))
+    return (
+        ranks,
+        row_ranks,
+        draw(st.integers(1, 4)),
+        draw(st.integers(1, 17)),
+        draw(st.integers(1, 17)),
+        draw(st.integers(0, 2**16)),
+    )
 
 
 def layer_for(ranks: list[int], d_in: int, d_out: int, seed: int) -> FlexiLoraLinear:
@@ -57,7 +63,9 @@ def test_masked_equals_grouped_equals_reference(case) -> None:
     for n, r in enumerate(row_ranks):
         want = reference(layer, x[n], r).detach()
         for path, out in outs.items():
-            torch.testing.assert_close(out[n], want, rtol=1e-4, atol=1e-4, msg=lambda m: f"{path} row {n}: {m}")
+            torch.testing.assert_close(
+                out[n], want, rtol=1e-4, atol=1e-4, msg=lambda m, path=path, n=n: f"{path} row {n}: {m}"
+            )
 
 
 @PROPERTY

@@ -12,7 +12,9 @@ from flexispeech.lora.router import ThresholdRouter
 
 PROPERTY = settings(max_examples=50, deadline=None)
 rank_sets = st.lists(st.integers(0, 32), min_size=2, max_size=5, unique=True).map(sorted)
-distinct_scores = st.lists(st.integers(-10**6, 10**6), min_size=60, max_size=200, unique=True)  # distinct after standardising
+distinct_scores = st.lists(
+    st.integers(-(10**6), 10**6), min_size=60, max_size=200, unique=True
+)  # distinct after standardising
 tied_scores = st.lists(st.sampled_from([-2.0, 0.0, 0.5, 3.0]), min_size=1, max_size=300)
 
 
@@ -30,8 +32,9 @@ def test_calibration_reaches_the_target_mean_rank(ranks: list[int], scores: list
 
 @PROPERTY
 @given(ranks=rank_sets, scores=tied_scores, frac=st.floats(0.0, 1.0), weight=st.sampled_from([1.0, -1.0]))
-def test_heavy_ties_route_monotonically_and_never_split(ranks: list[int], scores: list[float], frac: float,
-                                                        weight: float) -> None:
+def test_heavy_ties_route_monotonically_and_never_split(
+    ranks: list[int], scores: list[float], frac: float, weight: float
+) -> None:
     target = ranks[0] + frac * (ranks[-1] - ranks[0])
     s = {"x": torch.tensor(scores, dtype=torch.float64)}
     router = ThresholdRouter(ranks, weights={"x": weight}).calibrate(s, target_mean_rank=target)
@@ -46,9 +49,14 @@ def test_heavy_ties_route_monotonically_and_never_split(ranks: list[int], scores
 
 
 @PROPERTY
-@given(ranks=rank_sets, difficulty=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=200),
-       frac=st.floats(0.0, 1.0))
-def test_rank_labels_are_monotone_in_difficulty(ranks: list[int], difficulty: list[float], frac: float) -> None:
+@given(
+    ranks=rank_sets,
+    difficulty=st.lists(st.floats(0.0, 2.0), min_size=1, max_size=200),
+    frac=st.floats(0.0, 1.0),
+)
+def test_rank_labels_are_monotone_in_difficulty(
+    ranks: list[int], difficulty: list[float], frac: float
+) -> None:
     d = torch.tensor(difficulty, dtype=torch.float64)
     labels = rank_labels(d, ranks, target_mean_rank=ranks[0] + frac * (ranks[-1] - ranks[0]))
     order = torch.argsort(d, stable=True)

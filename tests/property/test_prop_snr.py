@@ -19,7 +19,9 @@ finite = st.floats(-1.0, 1.0, allow_nan=False, width=32)
 @given(
     x=st.one_of(
         arrays(np.float32, st.integers(1, 4000), elements=finite),
-        st.builds(lambda n, c: np.full(n, c, dtype=np.float32), st.integers(1, 4000), finite),  # silence/constant
+        st.builds(
+            lambda n, c: np.full(n, c, dtype=np.float32), st.integers(1, 4000), finite
+        ),  # silence/constant
         arrays(np.float32, st.integers(1, 40), elements=finite),  # shorter than one frame
     ),
     sr=st.sampled_from([8_000, 16_000, 44_100]),
@@ -48,15 +50,24 @@ def speech_like(seed: int, seconds: float = 2.0) -> np.ndarray:
     return x
 
 
+# True SNRs from 40 dB (nearly clean) down to 0 dB in 5 dB steps: the range the synthetic
+# corpus mixes. Below about -3 dB the speech frames no longer stand out of the noise floor
+# (the percentile floor takes in speech) and the estimate can wander up by a few tenths of
+# a dB: there it says "very noisy", not how noisy, so no order is promised there.
+TRUE_SNRS = np.arange(40.0, -0.1, -5.0)
+
+
 @PROPERTY
 @given(seed=st.integers(0, 2**16))
 def test_more_noise_never_raises_the_estimate(seed: int) -> None:
+    """The same noise, louder: every 5 dB step down in true SNR lowers the estimate,
+    strictly (no tolerance), and the estimates span most of the 40 dB of truth."""
     clean = speech_like(seed)
     noise = np.random.default_rng(seed + 1).standard_normal(clean.size)
     power = np.mean(clean[np.abs(clean) > 0] ** 2)
-    estimates = [snr_db((clean + noise * np.sqrt(power / 10 ** (snr / 10))).astype(np.float32), SR)
-                 for snr in (30.0, 20.0, 10.0, 0.0)]
-    # 10 dB steps of true SNR: each estimate is lower than the previous (3 dB of slack for
-    # the estimator's bias), and the spread follows the truth.
-    assert all(b < a + 3.0 for a, b in zip(estimates, estimates[1:])), estimates
-    assert estimates[0] - estimates[-1] > 15.0, estimates
+    estimates = [
+        snr_db((clean + noise * np.sqrt(power / 10 ** (snr / 10))).astype(np.float32), SR)
+        for snr in TRUE_SNRS
+    ]
+    assert all(b < a for a, b in zip(estimates, estimates[1:])), estimates
+    assert estimates[0] - estimates[-1] > 35.0, estimates

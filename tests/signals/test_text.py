@@ -23,13 +23,20 @@ def test_text_signals_counts():
 
 
 def test_question_words_read_the_question_not_the_passage():
-    one_hop = "Passage: Ardel Vosk is 41 years old. Vosk Labs is in Brenford.\nQuestion: How old is Ardel Vosk?"
-    three_hop = ("Passage: Ardel Vosk is 41.\nQuestion: What is the population of the town where the company "
-                 "that Ardel Vosk works for is headquartered?")
+    one_hop = (
+        "Passage: Ardel Vosk is 41 years old. Vosk Labs is in Brenford.\nQuestion: How old is Ardel Vosk?"
+    )
+    three_hop = (
+        "Passage: Ardel Vosk is 41.\nQuestion: What is the population of the town where the company "
+        "that Ardel Vosk works for is headquartered?"
+    )
     assert question_text(one_hop) == "How old is Ardel Vosk?"
     assert text_signals(one_hop)["n_question_words"] == 5.0
     assert text_signals(three_hop)["n_question_words"] == 17.0
-    assert question_text("Mira has 3 pens. She buys 2 more. How many pens does she have?") == "How many pens does she have"  # split off its "?"
+    assert (
+        question_text("Mira has 3 pens. She buys 2 more. How many pens does she have?")
+        == "How many pens does she have"
+    )  # split off its "?"
     assert question_text("question: first? QUESTION:  second one") == "second one"  # the last marker
     assert question_text("") == "" and text_signals("")["n_question_words"] == 0.0
 
@@ -55,8 +62,15 @@ def tiny_lm():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>")
     torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(words), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
+    config = LlamaConfig(
+        vocab_size=len(words),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=64,
+    )
     return LlamaForCausalLM(config).eval(), tokenizer
 
 
@@ -71,7 +85,13 @@ def _unbatched_nll(model, tokenizer, prompt):
 
 def test_prompt_perplexity_matches_unbatched(tiny_lm):
     model, tokenizer = tiny_lm
-    prompts = ["the cat sat on a mat", "what is 1 + 2", "the cat", "1 2 3 = 3 2 1 the mat is a mat", "cat sat"]
+    prompts = [
+        "the cat sat on a mat",
+        "what is 1 + 2",
+        "the cat",
+        "1 2 3 = 3 2 1 the mat is a mat",
+        "cat sat",
+    ]
     batched = prompt_perplexity(model, tokenizer, prompts, batch_size=3)  # mixed lengths per batch
     expected = [_unbatched_nll(model, tokenizer, p) for p in prompts]
     assert batched == pytest.approx(expected, abs=1e-5)

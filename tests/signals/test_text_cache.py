@@ -4,7 +4,12 @@ from __future__ import annotations
 
 import math
 
-from flexispeech.data.text_format import add_task_columns, load_text_task, read_text_task_info, write_text_task
+from flexispeech.data.text_format import (
+    add_task_columns,
+    load_text_task,
+    read_text_task_info,
+    write_text_task,
+)
 from flexispeech.signals.text_cache import cache_surface_signals, difficulty_with_tie_break, score_answer
 
 
@@ -23,9 +28,24 @@ def test_difficulty_tie_break_orders_ties_by_the_second_score() -> None:
 
 def test_surface_signals_cached_once(tmp_path) -> None:
     rows = [
-        {"id": "a", "prompt": "Mira has 12 apples and buys 3 more. How many?", "answer": "15", "solution": "",
-         "difficulty": 1, "source": "t", "split": "train"},
-        {"id": "b", "prompt": "What is 4 * 5 - 2?", "answer": "18", "solution": "", "difficulty": 2, "source": "t", "split": "train"},
+        {
+            "id": "a",
+            "prompt": "Mira has 12 apples and buys 3 more. How many?",
+            "answer": "15",
+            "solution": "",
+            "difficulty": 1,
+            "source": "t",
+            "split": "train",
+        },
+        {
+            "id": "b",
+            "prompt": "What is 4 * 5 - 2?",
+            "answer": "18",
+            "solution": "",
+            "difficulty": 2,
+            "source": "t",
+            "split": "train",
+        },
     ]
     task = write_text_task(rows, tmp_path / "t", name="t")
     assert cache_surface_signals(task, "train") is True
@@ -35,4 +55,6 @@ def test_surface_signals_cached_once(tmp_path) -> None:
     assert cache_surface_signals(task, "train") is False  # already there: not recomputed
     add_task_columns(task, "train", {"base_correct": [1.0, 0.0]})
     assert list(load_text_task(task, "train")["base_correct"]) == [1.0, 0.0]
-    assert "base_correct" not in read_text_task_info(task)["columns"]  # task.json: the columns written; the swap is one step
+    assert (
+        "base_correct" not in read_text_task_info(task)["columns"]
+    )  # task.json: the columns written; the swap is one step

@@ -31,7 +31,10 @@ def test_route_rows_sorts_by_rank_and_unsorts() -> None:
 
 
 def test_prepare_batch_collates_in_rank_order() -> None:
-    examples = [Example(f"u{i}", f"text {i}", signals={"snr_db": float(r), "other": 1.0}) for i, r in enumerate([0, 4, 2, 4])]
+    examples = [
+        Example(f"u{i}", f"text {i}", signals={"snr_db": float(r), "other": 1.0})
+        for i, r in enumerate([0, 4, 2, 4])
+    ]
     seen: list[list[str]] = []
 
     def collate(exs: list[Example]) -> dict[str, torch.Tensor]:
@@ -96,11 +99,15 @@ def test_plan_covers_epochs_resumes_and_checkpoints_the_router_state() -> None:
         assert p.batch.ranks.tolist() == sorted(p.batch.ranks.tolist(), reverse=True)
     # With workers the loader plans ahead: every batch still comes in order, the same.
     with_workers = take(plan(), 7, num_workers=2)
-    assert [(p.batch.rows, p.batch.ranks.tolist()) for p in with_workers] == [(p.batch.rows, p.batch.ranks.tolist()) for p in run]
+    assert [(p.batch.rows, p.batch.ranks.tolist()) for p in with_workers] == [
+        (p.batch.rows, p.batch.ranks.tolist()) for p in run
+    ]
     # Resuming after batch (1, 0) with the router state saved with it gives the same later batches.
     resumed = plan(start=(1, 1))
     resumed.router.generator.set_state(run[3].router_state)
-    assert [(p.batch.rows, p.batch.ranks.tolist()) for p in take(resumed, 3)] == [(p.batch.rows, p.batch.ranks.tolist()) for p in run[4:]]
+    assert [(p.batch.rows, p.batch.ranks.tolist()) for p in take(resumed, 3)] == [
+        (p.batch.rows, p.batch.ranks.tolist()) for p in run[4:]
+    ]
     # A second process takes the second half of each global batch and skips an empty share.
     second = take(plan(process_index=1, local_size=2), 3)
     assert [(p.epoch, p.index) for p in second] == [(0, 0), (0, 1), (1, 0)]

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from flexispeech.training.config import RunConfig, load_config
 from flexispeech.errors import ConfigError
+from flexispeech.training.config import RunConfig, load_config
 
 
 def write(tmp_path, text: str):
@@ -50,7 +50,9 @@ def test_wrong_types_are_named(tmp_path) -> None:
 
 
 def test_extends_merges_over_the_parent(tmp_path) -> None:
-    (tmp_path / "base.yaml").write_text("name: base\ntrain:\n  lr: 0.5\n  max_steps: 7\nadapter:\n  ranks: [8]\n")
+    (tmp_path / "base.yaml").write_text(
+        "name: base\ntrain:\n  lr: 0.5\n  max_steps: 7\nadapter:\n  ranks: [8]\n"
+    )
     child = tmp_path / "child.yaml"
     child.write_text("extends: base.yaml\nname: child\ntrain:\n  lr: 0.1\n")
     cfg = load_config(child)
@@ -72,15 +74,33 @@ def test_adapter_section_is_flexi_lora_config_with_its_defaults() -> None:
     assert [f.name for f in dataclasses.fields(AdapterConfig)] == lora_fields
     adapter = load_config(None).adapter
     built = adapter.to_lora(target_modules=("fc1",), metadata={"run": "r"})
-    assert built == FlexiLoraConfig(target_modules=("fc1",), metadata={"run": "r"})  # every default the library's
-    cfg = load_config(None, ["adapter.init=gaussian", "adapter.ranks=[4, 8]", "adapter.alpha=8",
-                             "adapter.rank_scales={4: 2.5}", "adapter.target_modules=[q_proj]"])
+    assert built == FlexiLoraConfig(
+        target_modules=("fc1",), metadata={"run": "r"}
+    )  # every default the library's
+    cfg = load_config(
+        None,
+        [
+            "adapter.init=gaussian",
+            "adapter.ranks=[4, 8]",
+            "adapter.alpha=8",
+            "adapter.rank_scales={4: 2.5}",
+            "adapter.target_modules=[q_proj]",
+        ],
+    )
     lora = cfg.adapter.to_lora(target_modules=tuple(cfg.adapter.target_modules))
-    assert (lora.init, lora.ranks, lora.alpha, lora.scale(4), lora.target_modules) == ("gaussian", (4, 8), 8.0, 2.5, ("q_proj",))
+    assert (lora.init, lora.ranks, lora.alpha, lora.scale(4), lora.target_modules) == (
+        "gaussian",
+        (4, 8),
+        8.0,
+        2.5,
+        ("q_proj",),
+    )
 
 
 def test_adapter_values_are_checked_when_the_config_loads(tmp_path) -> None:
-    with pytest.raises(ConfigError, match=r"run.yaml: adapter.scaling: expected 'standard', 'rslora' or 'nested'"):
+    with pytest.raises(
+        ConfigError, match=r"run.yaml: adapter.scaling: expected 'standard', 'rslora' or 'nested'"
+    ):
         load_config(write(tmp_path, "adapter:\n  scaling: nestd\n"))
     with pytest.raises(ConfigError, match=r"adapter.init: expected 'kaiming' or 'gaussian'"):
         load_config(None, ["adapter.init=xavier"])

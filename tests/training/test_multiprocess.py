@@ -15,8 +15,8 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from flexispeech.training.config import load_config, to_dict
 from flexispeech.data.corpus import write_corpus
+from flexispeech.training.config import load_config, to_dict
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -31,18 +31,41 @@ def equal_length_corpus(root: Path) -> Path:
         audio = (0.1 * np.sin(2 * np.pi * (150 + 40 * i) * t)).astype(np.float32)
         sf.write(root / "audio" / f"u{i}.wav", audio, 16000)
         snr = 3.0 * i
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": "the quick brown fox", "duration": 1.0,
-                     "speaker": "v0", "split": "train", "snr_db": snr, "signal_snr_db": snr,
-                     "signal_duration": 1.0, "signal_proxy": -snr / 10})
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": "the quick brown fox",
+                "duration": 1.0,
+                "speaker": "v0",
+                "split": "train",
+                "snr_db": snr,
+                "signal_snr_db": snr,
+                "signal_duration": 1.0,
+                "signal_proxy": -snr / 10,
+            }
+        )
     return write_corpus(rows, root, name="equal")
 
 
 def write_config(corpus: Path, out: Path, batch_size: int) -> Path:
     overrides = [
-        f"output_dir={out}", "name=mp", "model.source=random:tiny", f"data.corpus={corpus}", "model.audio_ctx=100",
-        f"train.batch_size={batch_size}", "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1",
-        "train.lr=1e-2", "train.bucket_by_length=false", "adapter.ranks=[0, 2, 4, 8]", "adapter.dropout=0.0",
-        "routing.mode=threshold", "routing.weights={snr_db: -1.0}", "routing.features=[snr_db]",
+        f"output_dir={out}",
+        "name=mp",
+        "model.source=random:tiny",
+        f"data.corpus={corpus}",
+        "model.audio_ctx=100",
+        f"train.batch_size={batch_size}",
+        "train.max_steps=3",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.lr=1e-2",
+        "train.bucket_by_length=false",
+        "adapter.ranks=[0, 2, 4, 8]",
+        "adapter.dropout=0.0",
+        "routing.mode=threshold",
+        "routing.weights={snr_db: -1.0}",
+        "routing.features=[snr_db]",
     ]
     path = out.parent / f"{out.name}.yaml"
     path.write_text(yaml.safe_dump(to_dict(load_config(None, overrides))))
@@ -57,12 +80,28 @@ def free_port() -> int:
 
 def launch(config: Path, nproc: int) -> None:
     # ACCELERATE_USE_CPU is what `accelerate launch --cpu` sets: gloo on CPU, no code change.
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "ACCELERATE_USE_CPU": "true",
-           "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "OMP_NUM_THREADS": "1",
+        "CUDA_VISIBLE_DEVICES": "",
+        "ACCELERATE_USE_CPU": "true",
+        "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    }
     cmd = [sys.executable, "-m", "flexispeech", "train", "--config", str(config), "--no-progress"]
     if nproc > 1:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
-               "--master_addr", "127.0.0.1", "--master_port", str(free_port()), "-m"] + cmd[2:]
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            str(nproc),
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+        ] + cmd[2:]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
 

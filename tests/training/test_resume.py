@@ -22,11 +22,27 @@ from flexispeech.training.checkpoint import STATE_NAME, find_checkpoint
 
 def train_cmd(corpus_dir: Path, out: Path, mode: str) -> list[str]:
     return [
-        sys.executable, "-m", "flexispeech", "train", "--no-progress",
-        f"output_dir={out}", f"name={mode}", "model.source=random:tiny", "model.audio_ctx=100", f"data.corpus={corpus_dir}",
-        "train.batch_size=2", "train.max_steps=14", "train.save_every=2", "train.log_every=1", "train.warmup_steps=2", "train.lr=1e-2",
-        "adapter.ranks=[0, 2, 4, 8]", "adapter.dropout=0.1", f"routing.mode={mode}",
-        "routing.weights={snr_db: -1.0}", "--resume",
+        sys.executable,
+        "-m",
+        "flexispeech",
+        "train",
+        "--no-progress",
+        f"output_dir={out}",
+        f"name={mode}",
+        "model.source=random:tiny",
+        "model.audio_ctx=100",
+        f"data.corpus={corpus_dir}",
+        "train.batch_size=2",
+        "train.max_steps=14",
+        "train.save_every=2",
+        "train.log_every=1",
+        "train.warmup_steps=2",
+        "train.lr=1e-2",
+        "adapter.ranks=[0, 2, 4, 8]",
+        "adapter.dropout=0.1",
+        f"routing.mode={mode}",
+        "routing.weights={snr_db: -1.0}",
+        "--resume",
     ]
 
 
@@ -42,7 +58,9 @@ def test_kill_then_resume_matches_uninterrupted(corpus, tmp_path: Path, mode: st
     subprocess.run(train_cmd(corpus, straight, mode), check=True, env=run_env(), capture_output=True)
 
     killed = tmp_path / "killed"
-    proc = subprocess.Popen(train_cmd(corpus, killed, mode), env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        train_cmd(corpus, killed, mode), env=run_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     deadline = time.time() + 120
     while not (killed / "checkpoint" / "trainer_state.pt").exists():
         assert proc.poll() is None, "training ended before its first checkpoint"
@@ -54,7 +72,9 @@ def test_kill_then_resume_matches_uninterrupted(corpus, tmp_path: Path, mode: st
     ckpt = find_checkpoint(killed)
     at_step = torch.load(ckpt / STATE_NAME, weights_only=False)["trainer"]["step"]
     assert 2 <= at_step < 14
-    resumed = subprocess.run(train_cmd(corpus, killed, mode), check=True, env=run_env(), capture_output=True, text=True)
+    resumed = subprocess.run(
+        train_cmd(corpus, killed, mode), check=True, env=run_env(), capture_output=True, text=True
+    )
 
     # It resumed: it says so, starts at the checkpoint's step + 1 and ran only the steps after it.
     assert f"resumed from {ckpt} at step {at_step}" in resumed.stdout
@@ -64,7 +84,9 @@ def test_kill_then_resume_matches_uninterrupted(corpus, tmp_path: Path, mode: st
     log = [json.loads(line)["step"] for line in (killed / "train_log.jsonl").read_text().splitlines()]
     assert log == list(range(1, 15))  # the killed run's lines up to the checkpoint, then the resumed run's
     straight_summary = json.loads((straight / "train_summary.json").read_text())
-    assert straight_summary["resumed"] is None and straight_summary["steps_run"] == 14  # --resume with nothing to resume from
+    assert (
+        straight_summary["resumed"] is None and straight_summary["steps_run"] == 14
+    )  # --resume with nothing to resume from
 
     a = load_file(str(straight / "adapter" / "adapter_model.safetensors"))
     b = load_file(str(killed / "adapter" / "adapter_model.safetensors"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from flexispeech.training.config import RoutingConfig
 from flexispeech.errors import ConfigError
 from flexispeech.lora.router import FixedRouter, LearnedRouter, RandomRouter, ThresholdRouter
+from flexispeech.training.config import RoutingConfig
 from flexispeech.training.routing import build_routers, difficulty_scores
 
 RANKS = (0, 2, 4, 8, 16)
@@ -16,7 +16,11 @@ RANKS = (0, 2, 4, 8, 16)
 def signals(n: int = 400) -> dict[str, torch.Tensor]:
     gen = torch.Generator().manual_seed(0)
     snr = torch.rand(n, generator=gen) * 30
-    return {"snr_db": snr, "duration": torch.rand(n, generator=gen) * 10, "proxy": (30 - snr) / 30 + 0.1 * torch.rand(n, generator=gen)}
+    return {
+        "snr_db": snr,
+        "duration": torch.rand(n, generator=gen) * 10,
+        "proxy": (30 - snr) / 30 + 0.1 * torch.rand(n, generator=gen),
+    }
 
 
 def test_fixed_and_random_modes() -> None:
@@ -49,7 +53,9 @@ def test_learned_and_inconsistent_modes() -> None:
     ranks = tr(sig).float()
     assert abs(ranks.mean().item() - 6.0) < 1.5
     assert torch.corrcoef(torch.stack([ranks, -sig["snr_db"]]))[0, 1] > 0.8  # noisier -> higher rank
-    tr, inf = build_routers(RoutingConfig(mode="inconsistent", inference_router="threshold", weights={"snr_db": -1.0}), RANKS, sig)
+    tr, inf = build_routers(
+        RoutingConfig(mode="inconsistent", inference_router="threshold", weights={"snr_db": -1.0}), RANKS, sig
+    )
     assert isinstance(tr, RandomRouter) and isinstance(inf, ThresholdRouter)
 
 

@@ -12,21 +12,40 @@ import torch
 
 from data_prep.math import prepare_math
 from data_prep.qa import prepare_qa
-from flexispeech.data.text_format import load_text_task
 from flexispeech.cli import main
-from flexispeech.training.config import load_config
+from flexispeech.data.text import TextTaskSplit, open_split
+from flexispeech.data.text_format import load_text_task
 from flexispeech.lora.io import read_adapter_config
 from flexispeech.models.causal_lm import FAMILY
-from flexispeech.data.text import TextTaskSplit, open_split
+from flexispeech.training.config import load_config
 from flexispeech.training.loop import train
 
-SIGNALS = ["n_words", "n_chars", "n_digits", "n_numbers", "n_operators", "n_sentences", "n_question_words", "prompt_ppl"]
+SIGNALS = [
+    "n_words",
+    "n_chars",
+    "n_digits",
+    "n_numbers",
+    "n_operators",
+    "n_sentences",
+    "n_question_words",
+    "prompt_ppl",
+]
 
 
 @pytest.fixture(scope="module")
 def math_task(tmp_path_factory):
     out = prepare_math(tmp_path_factory.mktemp("math") / "math", n_train=24, n_validation=2, n_test=8, seed=1)
-    args = [str(out), "--model", "random:tiny", "--splits", "train,test", "--batch-size", "8", "--max-new-tokens", "4"]
+    args = [
+        str(out),
+        "--model",
+        "random:tiny",
+        "--splits",
+        "train,test",
+        "--batch-size",
+        "8",
+        "--max-new-tokens",
+        "4",
+    ]
     assert main(["signals", *args]) == 0
     return out
 
@@ -34,16 +53,32 @@ def math_task(tmp_path_factory):
 @pytest.fixture(scope="module")
 def qa_task(tmp_path_factory):
     out = prepare_qa(tmp_path_factory.mktemp("qa") / "qa", n_train=16, n_validation=2, n_test=6, seed=1)
-    assert main(["signals", str(out), "--model", "random:tiny", "--splits", "train,test", "--max-new-tokens", "4"]) == 0
+    assert (
+        main(
+            ["signals", str(out), "--model", "random:tiny", "--splits", "train,test", "--max-new-tokens", "4"]
+        )
+        == 0
+    )
     return out
 
 
 def config(task, out, mode: str, **extra):
     overrides = [
-        f"output_dir={out}", f"name={mode}", "model.family=causal_lm", "model.source=random:tiny", f"data.corpus={task}",
-        "train.batch_size=4", "train.max_steps=2", "train.warmup_steps=1", "train.log_every=1", "train.lr=1e-2",
-        "adapter.ranks=[2, 4, 8]", f"routing.mode={mode}", "routing.weights={n_operators: 1.0, prompt_ppl: 1.0}",
-        "routing.features=[n_words, n_digits, n_operators, prompt_ppl]", "routing.difficulty=base_difficulty",
+        f"output_dir={out}",
+        f"name={mode}",
+        "model.family=causal_lm",
+        "model.source=random:tiny",
+        f"data.corpus={task}",
+        "train.batch_size=4",
+        "train.max_steps=2",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.lr=1e-2",
+        "adapter.ranks=[2, 4, 8]",
+        f"routing.mode={mode}",
+        "routing.weights={n_operators: 1.0, prompt_ppl: 1.0}",
+        "routing.features=[n_words, n_digits, n_operators, prompt_ppl]",
+        "routing.difficulty=base_difficulty",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, overrides)
 
@@ -85,8 +120,15 @@ def test_text_split_examples_and_target(math_task) -> None:
 
 @pytest.mark.parametrize("mode", ["fixed", "threshold", "learned", "inconsistent"])
 def test_every_routing_mode_trains_on_text(math_task, tmp_path, mode: str) -> None:
-    adapter = train(config(math_task, tmp_path / mode, mode, **({"routing.inference_router": "learned"} if mode == "inconsistent" else {})),
-                    progress=False)
+    adapter = train(
+        config(
+            math_task,
+            tmp_path / mode,
+            mode,
+            **({"routing.inference_router": "learned"} if mode == "inconsistent" else {}),
+        ),
+        progress=False,
+    )
     summary = json.loads((tmp_path / mode / "train_summary.json").read_text())
     assert summary["steps"] == 2 and summary["examples_seen"] == 8
     log = [json.loads(line) for line in (tmp_path / mode / "train_log.jsonl").read_text().splitlines()]
@@ -100,16 +142,49 @@ def test_eval_and_compare_on_both_tasks(math_task, qa_task, tmp_path, capsys) ->
     for task, metric in ((math_task, "accuracy"), (qa_task, "f1")):
         runs = []
         base = tmp_path / task.name / "base"
-        assert main(["eval", "--data", str(task), "--model", "random:tiny", "--out", str(base), "--max-new-tokens", "4"]) == 0
+        assert (
+            main(
+                [
+                    "eval",
+                    "--data",
+                    str(task),
+                    "--model",
+                    "random:tiny",
+                    "--out",
+                    str(base),
+                    "--max-new-tokens",
+                    "4",
+                ]
+            )
+            == 0
+        )
         runs.append(base)
         for mode in ("fixed", "threshold"):
             adapter = train(config(task, tmp_path / task.name / mode, mode), progress=False)
-            assert main(["eval", "--data", str(task), "--adapter", str(adapter), "--max-new-tokens", "4", "--batch-size", "3"]) == 0
+            assert (
+                main(
+                    [
+                        "eval",
+                        "--data",
+                        str(task),
+                        "--adapter",
+                        str(adapter),
+                        "--max-new-tokens",
+                        "4",
+                        "--batch-size",
+                        "3",
+                    ]
+                )
+                == 0
+            )
             runs.append(tmp_path / task.name / mode / "eval_test")
         res = json.loads((runs[-1] / "results.json").read_text())
         n_test = len(load_text_task(task, "test"))
         assert res["kind"] == "text" and res["metric"] == metric and res["n"] == n_test
-        assert sum(res["rank_histogram"].values()) == n_test and 0 < res["active_params_mean"] <= res["adapter_params_total"]
+        assert (
+            sum(res["rank_histogram"].values()) == n_test
+            and 0 < res["active_params_mean"] <= res["adapter_params_total"]
+        )
         assert sum(s["n"] for s in res["by_difficulty"].values()) == n_test
         assert {e["id"] for e in res["examples"]} == set(load_text_task(task, "test")["id"])
         fixed = json.loads((runs[1] / "results.json").read_text())
@@ -119,7 +194,11 @@ def test_eval_and_compare_on_both_tasks(math_task, qa_task, tmp_path, capsys) ->
         assert main(["compare", *map(str, runs), "--out", str(tmp_path / task.name / "cmp")]) == 0
         table = capsys.readouterr().out.splitlines()
         head = "| method | accuracy % |" if metric == "accuracy" else "| method | EM % | F1 % |"
-        assert table[0].startswith(head) and table[2].startswith("| base |") and table[4].startswith("| threshold |")
+        assert (
+            table[0].startswith(head)
+            and table[2].startswith("| base |")
+            and table[4].startswith("| threshold |")
+        )
         assert (tmp_path / task.name / "cmp" / "ranks.png").is_file()
 
 
@@ -138,10 +217,14 @@ def test_decode_split_sorts_rows_by_rank_without_changing_results(math_task) -> 
     def router(signals):  # a rank per row, fixed by the row's word count (any function of signals will do)
         return pattern[signals["n_words"].long() % len(pattern)]
 
-    batched, _ = decode_split(model, FAMILY, tok, split, router, batch_size=4, progress=False, max_new_tokens=5)
+    batched, _ = decode_split(
+        model, FAMILY, tok, split, router, batch_size=4, progress=False, max_new_tokens=5
+    )
     alone, _ = decode_split(model, FAMILY, tok, split, router, batch_size=1, progress=False, max_new_tokens=5)
     assert len({r["rank"] for r in batched}) == 3
-    assert [(r["id"], r["rank"], r["hyp"]) for r in batched] == [(r["id"], r["rank"], r["hyp"]) for r in alone]
+    assert [(r["id"], r["rank"], r["hyp"]) for r in batched] == [
+        (r["id"], r["rank"], r["hyp"]) for r in alone
+    ]
 
 
 def test_label_splits_limit_the_base_answers_to_training_rows(tmp_path) -> None:

@@ -30,25 +30,48 @@ def corpus(tmp_path_factory):
     rows = []
     for i in range(24):
         dur = 0.5 + 0.1 * (i % 7)
-        audio = (0.1 * np.sin(2 * np.pi * (200 + 20 * i) * np.arange(int(16000 * dur)) / 16000)).astype(np.float32)
+        audio = (0.1 * np.sin(2 * np.pi * (200 + 20 * i) * np.arange(int(16000 * dur)) / 16000)).astype(
+            np.float32
+        )
         snr = float(rng.uniform(0, 30))
         audio += rng.normal(0, 0.1 * 10 ** (-snr / 20), audio.shape).astype(np.float32)
         sf.write(root / "audio" / f"u{i}.wav", audio, 16000)
         split = "test" if i >= 18 else "train"
-        rows.append({
-            "id": f"u{i}", "audio": f"audio/u{i}.wav", "text": " ".join(WORDS[i % 5 : i % 5 + 3]), "duration": dur,
-            "speaker": f"v{i % 3}", "split": split, "voice": f"v{i % 3}", "seen_voice": i % 3 != 2,
-            "snr_db": snr, "signal_snr_db": snr + float(rng.normal(0, 2)), "signal_duration": dur,
-            "signal_proxy": (30 - snr) / 10, "base_wer": (30 - snr) / 30,
-        })
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": " ".join(WORDS[i % 5 : i % 5 + 3]),
+                "duration": dur,
+                "speaker": f"v{i % 3}",
+                "split": split,
+                "voice": f"v{i % 3}",
+                "seen_voice": i % 3 != 2,
+                "snr_db": snr,
+                "signal_snr_db": snr + float(rng.normal(0, 2)),
+                "signal_duration": dur,
+                "signal_proxy": (30 - snr) / 10,
+                "base_wer": (30 - snr) / 30,
+            }
+        )
     return write_corpus(rows, root, name="mini")
 
 
 def config(corpus, out, mode: str, **extra):
     overrides = [
-        f"output_dir={out}", f"name={mode}", "model.source=random:tiny", f"data.corpus={corpus}",
-        "model.audio_ctx=100", "train.batch_size=4", "train.max_steps=3", "train.warmup_steps=1", "train.log_every=1", "train.lr=1e-2",
-        "adapter.ranks=[0, 2, 4, 8]", f"routing.mode={mode}", "routing.weights={snr_db: -1.0, proxy: 1.0}",
+        f"output_dir={out}",
+        f"name={mode}",
+        "model.source=random:tiny",
+        f"data.corpus={corpus}",
+        "model.audio_ctx=100",
+        "train.batch_size=4",
+        "train.max_steps=3",
+        "train.warmup_steps=1",
+        "train.log_every=1",
+        "train.lr=1e-2",
+        "adapter.ranks=[0, 2, 4, 8]",
+        f"routing.mode={mode}",
+        "routing.weights={snr_db: -1.0, proxy: 1.0}",
         "routing.features=[snr_db, duration, proxy]",
     ] + [f"{k}={v}" for k, v in extra.items()]
     return load_config(None, overrides)
@@ -84,7 +107,9 @@ def test_training_changes_only_the_adapter_and_is_deterministic(corpus, tmp_path
     frozen = [name for name, p in after.items() if id(p) not in adapter_ids]
     trained = [name for name, p in after.items() if id(p) in adapter_ids]
     assert len(frozen) > len(trained) > 0
-    assert [n for n in frozen if not torch.equal(after[n], before[n])] == []  # the base model is untouched, bit for bit
+    assert [
+        n for n in frozen if not torch.equal(after[n], before[n])
+    ] == []  # the base model is untouched, bit for bit
     assert [n for n in trained if torch.equal(after[n], before[n])] == []  # every lora_A and lora_B moved
 
     # Same seed, same adapter, also with batches collated by two DataLoader workers.
@@ -120,11 +145,37 @@ def test_eval_and_compare_commands(corpus, tmp_path, capsys) -> None:
     assert 0 <= res["active_params_mean"] <= res["adapter_params_total"]
     assert (tmp_path / "flexi" / "eval_test" / "results.md").read_text().startswith("# threshold")
     base_out = tmp_path / "base"
-    assert main(["eval", "--data", str(corpus), "--model", "random:tiny", "--audio-ctx", "100", "--out", str(base_out), "--name", "base"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(corpus),
+                "--model",
+                "random:tiny",
+                "--audio-ctx",
+                "100",
+                "--out",
+                str(base_out),
+                "--name",
+                "base",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
-    assert main(["compare", str(base_out), str(tmp_path / "flexi" / "eval_test"), "--out", str(tmp_path / "cmp")]) == 0
+    assert (
+        main(
+            ["compare", str(base_out), str(tmp_path / "flexi" / "eval_test"), "--out", str(tmp_path / "cmp")]
+        )
+        == 0
+    )
     table = capsys.readouterr().out
-    assert table.splitlines()[0].startswith("| method | WER % |") and "| base |" in table and "| threshold |" in table
+    assert (
+        table.splitlines()[0].startswith("| method | WER % |")
+        and "| base |" in table
+        and "| threshold |" in table
+    )
     assert (tmp_path / "cmp" / "wer_by_snr.png").stat().st_size > 1000
 
 

@@ -1,0 +1,201 @@
+"""``flexispeech calibrate``: fit an adapter's router to the measured benefit of each rank."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = (
+    "route by benefit: decode a held-out split at every rank and at rank 0 (the base model), "
+    "label each utterance with the smallest rank that gives its lowest WER, fit a router to those labels"
+)
+
+DEFAULT_FEATURES = ("snr_db", "proxy", "proxy_entropy", "duration", "speech_activity")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", help="adapter directory (from `flexispeech train`)")
+    parser.add_argument(
+        "--data", required=True, help="corpus directory (from `flexispeech prepare`), with cached signals"
+    )
+    parser.add_argument(
+        "--split",
+        default="validation",
+        help="held-out split to decode and fit on (default: validation; never the test split)",
+    )
+    parser.add_argument(
+        "--out",
+        help="where to write the adapter with the new router (default: replace the "
+        "router of ADAPTER in place; the weights are unchanged)",
+    )
+    parser.add_argument(
+        "--ranks",
+        help="comma-separated candidate ranks (default: the adapter's ranks; rank 0, "
+        "the base model, is always added)",
+    )
+    parser.add_argument(
+        "--features",
+        help="comma-separated signals the router reads (default: "
+        f"{','.join(DEFAULT_FEATURES)}, those cached; 'embedding' after `flexispeech signals --embedding`)",
+    )
+    parser.add_argument(
+        "--target-mean-rank",
+        type=float,
+        help="set the router's mean rank on the split to at most this (default: serve the predicted "
+        "label, rank 0 unless a rank is predicted to help)",
+    )
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help="share of labels replaced by a random rank per training epoch of the router (default: 0)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the router's fit (default: 0)")
+    parser.add_argument(
+        "--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's window)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)"
+    )
+    parser.add_argument("--max-examples", type=int, help="use only the first N utterances (seeded sample)")
+    parser.add_argument(
+        "--cache-dir",
+        help="where per-utterance decodes are kept while running, so an interrupted "
+        "run continues (default: <adapter>/../calibrate_<split>)",
+    )
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+
+
+def _names(text: str | None, option: str) -> list[str] | None:
+    if text is None:
+        return None
+    names = [t.strip() for t in text.split(",") if t.strip()]
+    if not names:
+        from flexispeech.errors import ConfigError
+
+        raise ConfigError(f"{option}: expected a comma-separated list, got {text!r}")
+    return names
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from flexispeech.data.text import open_split
+    from flexispeech.data.text_format import is_text_task
+    from flexispeech.errors import ConfigError
+    from flexispeech.evaluation.benefit import (
+        DecodeCache,
+        adapter_fingerprint,
+        benefit_labels,
+        decode_at_ranks,
+        fit_benefit_router,
+        wer_table,
+    )
+    from flexispeech.evaluation.metrics import english_normalizer, error_counts
+    from flexispeech.evaluation.tables import pct
+    from flexispeech.lora.inject import attach_router
+    from flexispeech.lora.io import load_adapter, read_adapter_config, save_adapter
+    from flexispeech.models import whisper
+    from flexispeech.models.family import get_family, load_model
+    from flexispeech.models.sources import pretrained_path
+
+    adapter = Path(args.adapter)
+    data = read_adapter_config(adapter)["config"]
+    meta = data["metadata"]
+    if is_text_task(Path(args.data)):
+        raise ConfigError(f"{args.data}: calibrate scores speech by WER; text tasks are not supported")
+    if args.split == "test":
+        raise ConfigError(
+            "--split test: fit the router on a held-out split (validation), never on the test split"
+        )
+    try:
+        ranks = sorted({0, *(int(r) for r in (_names(args.ranks, "--ranks") or data["ranks"]))})
+    except ValueError:
+        raise ConfigError(f"--ranks: expected integers, got {args.ranks!r}") from None
+    bad = [r for r in ranks if r and r not in data["ranks"]]
+    if bad:
+        raise ConfigError(f"--ranks: {bad} are not ranks of the adapter {data['ranks']}")
+    family = get_family(meta.get("family") or "whisper")
+    audio_ctx = args.audio_ctx or meta.get("audio_ctx")
+    window = audio_ctx / whisper.POSITIONS_PER_SECOND if audio_ctx else None
+    split = open_split(
+        args.data, args.split, max_duration=window, max_examples=args.max_examples, seed=args.seed
+    )
+    features = _names(args.features, "--features") or [f for f in DEFAULT_FEATURES if f in split.signal_names]
+    missing = [f for f in features if f not in split.signal_names]
+    if missing or not features:
+        raise ConfigError(
+            f"{args.data}: split {args.split!r} has no cached signals {missing or list(DEFAULT_FEATURES)}; "
+            f"run `flexispeech signals {args.data} --splits {args.split} --model whisper-tiny.en` first"
+            + (" (with --embedding for 'embedding')" if "embedding" in missing else "")
+        )
+
+    source = meta.get("base_model") or whisper.DEFAULT_SOURCE
+    model, processor = load_model(family, source, args.device, audio_ctx)
+    load_adapter(model, adapter)
+    cache_dir = Path(args.cache_dir) if args.cache_dir else adapter.parent / f"calibrate_{args.split}"
+    header = {
+        "adapter": adapter_fingerprint(adapter),
+        "split": args.split,
+        "ranks": ranks,
+        "audio_ctx": audio_ctx,
+    }
+    cache = DecodeCache(cache_dir / "decodes.jsonl", header)
+    hyps = decode_at_ranks(model, family, processor, split, ranks, cache, args.batch_size)
+
+    model_dir = pretrained_path(source)
+    normalize = english_normalizer(model_dir if isinstance(model_dir, Path) else None)
+    rows, wers = wer_table(split, hyps, ranks, normalize)
+    labels = benefit_labels(wers, ranks)
+    signals = {k: v[rows] for k, v in split.all_signals().items()}
+    router = fit_benefit_router(
+        signals, labels, ranks, features, args.target_mean_rank, args.label_noise, args.seed
+    )
+    routed = router(signals)
+    attach_router(model, router)
+    out = Path(args.out) if args.out else adapter
+    save_adapter(model, out)
+
+    refs = [str(split.rows[i]["text"]) for i in rows]
+    col = {r: j for j, r in enumerate(ranks)}
+    by_rank = {
+        r: error_counts(refs, [hyps[str(split.rows[i]["id"])][r] for i in rows], normalize)["wer"]
+        for r in ranks
+    }
+    best = [hyps[str(split.rows[i]["id"])][int(lab)] for i, lab in zip(rows, labels.tolist())]
+    served = [hyps[str(split.rows[i]["id"])][int(r)] for i, r in zip(rows, routed.tolist())]
+    summary = {
+        "adapter": str(adapter),
+        "out": str(out),
+        "data": args.data,
+        "split": args.split,
+        "n": len(rows),
+        "ranks": ranks,
+        "features": features,
+        "router": router.describe(),
+        "wer_by_rank": {str(r): by_rank[r] for r in ranks},
+        "label_histogram": {str(r): int((labels == r).sum()) for r in ranks},
+        "oracle_wer": error_counts(refs, best, normalize)["wer"],
+        "routed_wer_in_sample": error_counts(refs, served, normalize)["wer"],
+        "routed_histogram": {str(r): int((routed == r).sum()) for r in ranks},
+        "routed_mean_rank": float(routed.float().mean()),
+        "utterances_better_than_base": {
+            str(r): int((wers[:, col[r]] < wers[:, 0]).sum()) for r in ranks if r
+        },
+        "utterances_worse_than_base": {str(r): int((wers[:, col[r]] > wers[:, 0]).sum()) for r in ranks if r},
+    }
+    (cache_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(
+        f"{args.split}: {len(rows)} utterances; WER by rank "
+        + ", ".join(f"r{r} {pct(by_rank[r])}%" for r in ranks)
+        + f"; oracle {pct(summary['oracle_wer'])}%"
+    )
+    print(
+        "labels (smallest rank with the lowest WER): "
+        + " ".join(f"r{r}:{n}" for r, n in summary["label_histogram"].items())
+    )
+    print(
+        f"router {router.describe()}: mean rank {summary['routed_mean_rank']:.2f}, "
+        f"WER {pct(summary['routed_wer_in_sample'])}% on the {args.split} split it was fit on -> {out}"
+    )
+    return 0

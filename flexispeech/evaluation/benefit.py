@@ -1,0 +1,203 @@
+"""Routing by predicted benefit over the base model: labels from decoding at every rank.
+
+Routing by difficulty gives the most capacity to the hardest inputs, which is not the
+same as giving it where it helps: on noisy speech an adapter can make the transcript
+worse. Here every utterance of a held-out split is decoded (greedy, batched) at each rank
+of the adapter and at rank 0 (the base model); its label is the smallest rank whose WER
+is the lowest, so rank 0 whenever no rank does better than the base (ties go to the lower
+rank). A ``LearnedRouter`` fit on the utterances' signals predicts that label, with rank 0
+as the safe default; ``LearnedRouter.calibrate_mean_rank`` can then set its mean rank.
+
+Decoding every rank is the expensive part, so it is cached per utterance as it goes
+(:class:`DecodeCache`, one JSON line per utterance): an interrupted run continues.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from flexispeech.data.split import Split
+from flexispeech.errors import AudioError, ConfigError, FlexispeechError
+from flexispeech.lora.ranks import adapter_off, use_ranks
+from flexispeech.lora.router import LearnedRouter, Signals, feature_widths
+
+
+def benefit_labels(wers: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
+    """Per-utterance labels [N]: the smallest of ``ranks`` whose WER is the lowest.
+
+    Args:
+        wers: [N, len(ranks)] per-utterance WER at each rank (column order of ``ranks``).
+        ranks: ascending, starting with 0 (the base model), so that an utterance that no
+            rank improves is labelled 0.
+    """
+    ranks = [int(r) for r in ranks]
+    if ranks != sorted(set(ranks)) or ranks[0] != 0:
+        raise ConfigError(f"benefit ranks must be ascending, distinct and start with 0, got {ranks}")
+    if wers.dim() != 2 or wers.shape[1] != len(ranks):
+        raise ConfigError(f"wers must be [N, {len(ranks)}], got {list(wers.shape)}")
+    best = wers.min(dim=1, keepdim=True).values
+    first = (wers <= best).float().argmax(dim=1)  # argmax returns the first maximal column: the lowest rank
+    return torch.tensor(ranks, dtype=torch.long)[first]
+
+
+def fit_benefit_router(
+    signals: Signals,
+    labels: torch.Tensor,
+    ranks: Sequence[int],
+    features: Sequence[str],
+    target_mean_rank: float | None = None,
+    label_noise: float = 0.0,
+    seed: int = 0,
+) -> LearnedRouter:
+    """A ``LearnedRouter`` over ``features`` fit to benefit ``labels`` [N]; with
+    ``target_mean_rank`` its rank penalty is set so that its mean rank on ``signals`` is
+    at most that (without, it serves its predicted label: rank 0 unless a rank helps)."""
+    router = LearnedRouter(ranks, features=features, widths=feature_widths(signals, features))
+    router.fit(signals, labels, label_noise=label_noise, seed=seed)
+    if target_mean_rank is not None:
+        router.calibrate_mean_rank(signals, target_mean_rank)
+    return router
+
+
+def adapter_fingerprint(adapter_dir: Path) -> str:
+    """A hash of an adapter's weights and config: a decode cache belongs to one adapter."""
+    h = hashlib.sha1()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        h.update((adapter_dir / name).read_bytes())
+    return h.hexdigest()[:16]
+
+
+class DecodeCache:
+    """Per-utterance transcripts at every rank, one JSON line each, appended as they come.
+
+    The first line is a header (the adapter's fingerprint, the split, the ranks, the
+    decoding settings); a cache whose header differs belongs to another run and is started
+    afresh. A last line cut short by a kill is dropped on reading.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        self.path, self.header = Path(path), json.loads(json.dumps(header))  # as it reads back
+        self.hyps: dict[str, dict[int, str]] = {}
+        lines = self.path.read_text().splitlines() if self.path.is_file() else []
+        if lines and self._parse(lines[0]) == header:
+            for line in lines[1:]:
+                entry = self._parse(line)
+                if entry is not None:
+                    self.hyps[entry["id"]] = {int(r): h for r, h in entry["hyps"].items()}
+            if not self.path.read_text().endswith("\n"):  # a cut line: rewrite without it
+                self._rewrite()
+        else:
+            if lines:
+                print(f"{self.path}: made for another adapter, split or setting: starting afresh")
+            self._rewrite()
+
+    @staticmethod
+    def _parse(line: str) -> Any:
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            return None
+
+    def _rewrite(self) -> None:
+        from flexispeech.atomic import write_text
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        body = [json.dumps(self.header)] + [json.dumps({"id": i, "hyps": h}) for i, h in self.hyps.items()]
+        write_text(self.path, "".join(line + "\n" for line in body))
+
+    def add(self, entries: dict[str, dict[int, str]]) -> None:
+        """Record utterance id -> {rank: transcript} and append them to the file."""
+        self.hyps.update(entries)
+        with self.path.open("a") as f:
+            f.write("".join(json.dumps({"id": i, "hyps": h}) + "\n" for i, h in entries.items()))
+            f.flush()
+
+
+@contextmanager
+def _at_rank(model: torch.nn.Module, rank: int) -> Iterator[None]:
+    """Every row at ``rank``; rank 0 is the base model even when it is not a configured rank."""
+    if rank == 0:
+        with adapter_off(model):
+            yield
+    else:
+        with use_ranks(model, rank):
+            yield
+
+
+def decode_at_ranks(
+    model: torch.nn.Module,
+    family: Any,
+    processor: Any,
+    split: Split,
+    ranks: Sequence[int],
+    cache: DecodeCache,
+    batch_size: int = 16,
+    progress: bool = True,
+) -> dict[str, dict[int, str]]:
+    """Greedy transcripts of every row of ``split`` at each of ``ranks`` (utterance id ->
+    {rank: text}); rows already in ``cache`` are not decoded again, new ones are added to
+    it batch by batch. Rows whose audio cannot be decoded are reported and left out."""
+    device = next(model.parameters()).device
+    todo = [
+        i
+        for i in sorted(range(len(split)), key=lambda i: split.durations[i])
+        if str(split.rows[i]["id"]) not in cache.hyps
+    ]
+    model.eval()
+    bar = tqdm(
+        total=len(split),
+        initial=len(split) - len(todo),
+        desc=f"decode at ranks {list(ranks)}",
+        unit="utt",
+        disable=not progress,
+    )
+    for start in range(0, len(todo), batch_size):
+        examples = []
+        for i in todo[start : start + batch_size]:
+            try:
+                examples.append(split[i])
+            except AudioError as err:
+                tqdm.write(f"skipped: {err}", file=sys.stderr)
+        if examples:
+            inputs = family.collate(processor, examples, train=False)
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+            texts: dict[int, list[str]] = {}
+            with torch.no_grad():
+                for r in ranks:
+                    with _at_rank(model, int(r)):
+                        texts[int(r)] = family.generate(model, processor, inputs, num_beams=1)
+            cache.add({ex.id: {r: texts[r][j] for r in texts} for j, ex in enumerate(examples)})
+        bar.update(len(todo[start : start + batch_size]))
+    bar.close()
+    return {str(r["id"]): cache.hyps[str(r["id"])] for r in split.rows if str(r["id"]) in cache.hyps}
+
+
+def wer_table(
+    split: Split, hyps: dict[str, dict[int, str]], ranks: Sequence[int], normalize: Callable[[str], str]
+) -> tuple[list[int], torch.Tensor]:
+    """Row indices of ``split`` that have transcripts and a scorable reference, and their
+    per-utterance WER at each rank, [n, len(ranks)]."""
+    from flexispeech.evaluation.metrics import utterance_wer
+
+    rows, table = [], []
+    for i, row in enumerate(split.rows):
+        got = hyps.get(str(row["id"]))
+        if got is None:
+            continue
+        wers = [utterance_wer(str(row["text"]), got[int(r)], normalize) for r in ranks]
+        if any(w is None for w in wers):  # an empty reference has no WER
+            continue
+        rows.append(i)
+        table.append(wers)
+    if not rows:
+        raise FlexispeechError(f"{split.corpus_dir}: no utterance of the split could be scored")
+    return rows, torch.tensor(table, dtype=torch.float64)

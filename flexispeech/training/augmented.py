@@ -1,0 +1,137 @@
+"""Training batches with on-the-fly augmentation: decoded audio in, augmented and routed inputs out.
+
+Without augmentation a batch is routed on its cached signals before it is collated
+(``training.batch``). Augmentation changes what the router reads: noise lowers the SNR,
+speed perturbation changes the duration. So here the loader's workers only decode the
+rows' audio (:class:`AudioInputs`), and the training process, on the training device:
+
+1. pads the clips and runs ``augment_waveforms`` (speed, reverberation, noise at a sampled SNR);
+2. unpads them and recomputes their audio signals (``signals.audio``: duration, snr_db,
+   speech_activity), keeping the cached proxy (a base-model decoding pass per step would
+   cost more than the step);
+3. routes and collates them through the batch step (``prepare_batch``), so that an example
+   is trained at the rank the router would give it at serving time;
+4. Whisper: SpecAugment on the log-mel features (Wav2Vec2 gets the waveform ops only).
+
+Every random number comes from the step's generator (``data.augment.step_generator``),
+so a run is deterministic by seed and a resumed run redraws each step exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from flexispeech.audio import SAMPLE_RATE
+from flexispeech.data.augment import (
+    AugmentBanks,
+    AugmentConfig,
+    augment_waveforms,
+    pad_waveforms,
+    spec_augment,
+    unpad_waveforms,
+)
+from flexispeech.data.split import Split
+from flexispeech.errors import ConfigError
+from flexispeech.lora.router import RandomRouter, Router
+from flexispeech.models.family import Example, ModelFamily
+from flexispeech.signals.audio import audio_signals
+from flexispeech.training.batch import Batch, PlannedBatch, prepare_batch
+
+SPEECH_FAMILIES = ("whisper", "wav2vec2")
+
+
+def augmenting(cfg: AugmentConfig) -> bool:
+    """Whether ``cfg`` changes any training batch."""
+    return cfg.waveform_ops or cfg.spec_augment
+
+
+def check_augment(cfg: AugmentConfig, family: str, cache_encoder_layers: int) -> None:
+    """ConfigError (one line) for augmentation a run cannot apply."""
+    if not augmenting(cfg):
+        return
+    if family not in SPEECH_FAMILIES:
+        raise ConfigError(
+            f"augment: speech augmentation applies to whisper and wav2vec2, not to the {family} family"
+        )
+    if cache_encoder_layers > 0:
+        raise ConfigError(
+            "augment: needs model.cache_encoder_layers: 0 (a cached encoder prefix is computed once from the "
+            "un-augmented audio)"
+        )
+
+
+@dataclass
+class AudioInputs:
+    """The loader's part: split rows -> ``audio`` [B, T] float32 (zero padded) and
+    ``lengths`` [B] long; the loss is the family's on the batch :class:`Augmenter` makes."""
+
+    family: ModelFamily
+    split: Split
+
+    def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
+        audio, lengths = pad_waveforms([self.split[i].audio for i in rows])
+        return {"audio": audio, "lengths": lengths}
+
+    def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.family.loss(model, inputs)
+
+
+class Augmenter:
+    """The training process's part: a planned batch of decoded audio -> an augmented,
+    routed, collated ``Batch``.
+
+    Args:
+        cfg: the run's augmentation config.
+        family, processor: the model family and its processor (``collate``).
+        split: the training split (texts and cached signals of the rows).
+        router: the training router; a ``RandomRouter``'s ranks do not depend on the
+            signals, so the ranks it drew when the batch was planned are kept (drawing again
+            would move its generator off the checkpointed state).
+        device: where the augmentation runs.
+    """
+
+    def __init__(
+        self,
+        cfg: AugmentConfig,
+        family: ModelFamily,
+        processor: Any,
+        split: Split,
+        router: Router,
+        device: torch.device,
+    ) -> None:
+        self.cfg, self.family, self.processor, self.split = cfg, family, processor, split
+        self.router, self.device = router, device
+        self.banks = AugmentBanks.load(cfg, SAMPLE_RATE, device)
+
+    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        return self.family.collate(self.processor, examples, train=True)
+
+    def __call__(self, planned: PlannedBatch, generator: torch.Generator) -> Batch[int]:
+        """The augmented batch of ``planned`` (whose ``inputs`` hold ``AudioInputs``' audio),
+        every random draw from ``generator`` (on ``device``)."""
+        rows, inputs = planned.batch.rows, planned.batch.inputs
+        audio, lengths = inputs["audio"].to(self.device), inputs["lengths"].to(self.device)
+        audio, lengths = augment_waveforms(audio, lengths, self.cfg, generator, SAMPLE_RATE, self.banks)
+        clips = unpad_waveforms(audio, lengths)
+        examples = []
+        for i, clip in zip(rows, clips):
+            signals = {**self.split.signals(i), **audio_signals(clip, SAMPLE_RATE)}  # the cached proxy stays
+            examples.append(
+                Example(id=str(i), text=str(self.split.rows[i]["text"]), audio=clip, signals=signals)
+            )
+        if isinstance(self.router, RandomRouter):
+            planned_ranks = planned.batch.ranks
+            batch = prepare_batch(examples, lambda _: planned_ranks, self.collate, rows=rows)
+        else:
+            batch = prepare_batch(examples, self.router, self.collate, rows=rows)
+        if self.family.name == "whisper" and self.cfg.spec_augment:
+            features = batch.inputs["input_features"].to(self.device)
+            batch.inputs["input_features"] = spec_augment(
+                features, batch.inputs["num_frames"], self.cfg, generator
+            )
+        return batch

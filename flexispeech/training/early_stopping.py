@@ -1,0 +1,118 @@
+"""Validation during training and early stopping on it.
+
+Every ``train.eval_every`` optimizer steps the run computes its loss on a fixed subset of
+the validation split (``train.eval_examples`` rows, a seeded sample), batched through the
+batch step of ``training.batch``, each row at the rank the *inference* router gives it
+(what the adapter will be served at; for the inconsistent ablation that is not the rank
+it trained at), in eval mode and without gradients. The loss is logged overall and per
+rank (``training.rank_losses``). With ``train.early_stopping.patience`` the best adapter
+so far is kept, and the run stops after ``patience`` evaluations without improvement.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from flexispeech.data.split import Split
+from flexispeech.errors import ConfigError
+from flexispeech.lora.ranks import use_ranks
+from flexispeech.models.family import Example, ModelFamily
+from flexispeech.training.batch import prepare_batch
+from flexispeech.training.rank_losses import RankLosses, capture_row_losses
+
+METRICS = ("loss",)
+
+
+@dataclass
+class EarlyStoppingConfig:
+    patience: int | None = None
+    """Stop after this many validations in a row without improvement (None: never stop
+    early; the final adapter is then the last one). Needs ``train.eval_every``."""
+    metric: str = "loss"
+    """What decides: ``loss`` (validation loss at the inference router's ranks, lower is better)."""
+    min_delta: float = 0.0
+    """An improvement must lower the metric by more than this."""
+
+    def check(self, eval_every: int) -> None:
+        """ConfigError (one line) for settings that cannot work."""
+        if self.metric not in METRICS:
+            raise ConfigError(
+                f"train.early_stopping.metric: expected one of {list(METRICS)}, got {self.metric!r}"
+            )
+        if self.patience is not None and self.patience < 1:
+            raise ConfigError(
+                f"train.early_stopping.patience: expected >= 1 validations, got {self.patience}"
+            )
+        if self.patience is not None and eval_every < 1:
+            raise ConfigError("train.early_stopping needs train.eval_every >= 1 (validations to stop on)")
+        if self.min_delta < 0:
+            raise ConfigError(f"train.early_stopping.min_delta: expected >= 0, got {self.min_delta}")
+
+
+@dataclass
+class Validation:
+    """One validation: ``loss`` (token mean where the family allows it, else the row-weighted
+    mean of batch losses), ``by_rank`` (``{rank: loss}``, empty when not captured), rows."""
+
+    loss: float
+    by_rank: dict[str, float]
+    n: int
+
+
+class Validator:
+    """Validation loss of a model on a fixed set of rows.
+
+    Args:
+        split: the validation rows (already sampled to the subset to use).
+        family, processor: collate and loss.
+        router: the inference router (a fixed one for static LoRA).
+        batch_size: rows per batch.
+    """
+
+    def __init__(
+        self,
+        split: Split,
+        family: ModelFamily,
+        processor: Any,
+        router: Callable[[dict[str, torch.Tensor]], torch.Tensor],
+        batch_size: int,
+    ) -> None:
+        self.split, self.family, self.processor, self.router = split, family, processor, router
+        self.batch_size = batch_size
+        lengths = split.durations  # batches of similar length: less padding
+        self.order = sorted(range(len(split)), key=lambda i: lengths[i])
+
+    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        return self.family.collate(self.processor, examples, train=True)
+
+    @torch.no_grad()
+    def __call__(self, model: nn.Module) -> Validation:
+        """Validate ``model`` (put in eval mode for the pass, and back in its mode after)."""
+        was_training = model.training
+        model.eval()
+        per_rank, weighted, rows = RankLosses(), 0.0, 0
+        try:
+            for start in range(0, len(self.order), self.batch_size):
+                idx = self.order[start : start + self.batch_size]
+                batch = prepare_batch([self.split[i] for i in idx], self.router, self.collate, rows=idx)
+                with use_ranks(model, batch.ranks), capture_row_losses(model) as captured:
+                    loss = float(self.family.loss(model, batch.inputs))
+                per_rank.add(batch.ranks, captured)
+                weighted += loss * len(idx)
+                rows += len(idx)
+        finally:
+            model.train(was_training)
+        token_mean = per_rank.mean()
+        return Validation(
+            weighted / rows if token_mean is None else token_mean, per_rank.mean_by_rank(), rows
+        )
+
+
+def improved(best: float | None, value: float, min_delta: float) -> bool:
+    """Whether ``value`` beats ``best`` (lower is better) by more than ``min_delta``."""
+    return best is None or value < best - min_delta

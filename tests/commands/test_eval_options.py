@@ -1,0 +1,125 @@
+"""``flexispeech eval --rank`` and ``--beam`` on a tiny corpus and a random tiny Whisper
+adapter: the options reach decoding (rank 0 is the base model's output, a higher rank
+changes it; the beam size reaches ``generate``, changes the output, and rank 0 under beam
+search is still the base model)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from flexispeech.cli import main
+from flexispeech.data.corpus import write_corpus
+
+SR = 16_000
+Decoded = dict[str, tuple[str, int | None]]  # utterance id -> (hypothesis, rank)
+FAST = ["--model", "random:tiny", "--audio-ctx", "150", "--max-new-tokens", "4", "--batch-size", "4"]
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four test utterances: tones of different pitch and length with a little noise, with
+    the signal columns ``flexispeech signals`` adds (a router reads them, a fixed rank too)."""
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        dur = 0.6 + 0.2 * i
+        t = np.arange(int(dur * SR)) / SR
+        audio = 0.2 * np.sin(2 * np.pi * (180 + 90 * i) * t) + rng.normal(0, 0.01, t.size)
+        sf.write(root / "audio" / f"u{i}.wav", audio.astype(np.float32), SR)
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": "call stella",
+                "duration": dur,
+                "speaker": "s",
+                "split": "test",
+                "voice": "v",
+                "signal_duration": dur,
+                "signal_snr_db": 26.0,
+            }
+        )
+    return write_corpus(rows, root, name="mini")
+
+
+@pytest.fixture(scope="module")
+def adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved adapter (ranks 0, 2, 8) on the random tiny Whisper, with random non-zero B
+    (a fresh adapter is the identity at every rank)."""
+    from flexispeech import FlexiLoraConfig, inject, save_adapter
+    from flexispeech.models.random_init import randomize_adapters
+    from flexispeech.models.whisper import FAMILY
+
+    model, _ = FAMILY.load("random:tiny")
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))
+    randomize_adapters(model, b_scale=0.5)
+    return save_adapter(model, tmp_path_factory.mktemp("adapter") / "adapter")
+
+
+def evaluate(corpus: Path, out: Path, *options: str) -> Decoded:
+    """``flexispeech eval`` with ``options``: the hypotheses and ranks in its results.json."""
+    assert main(["eval", "--data", str(corpus), *FAST, "--out", str(out), *options]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["n"] == 4 and res["n_skipped"] == 0
+    return {u["id"]: (u["hyp"], u["rank"]) for u in res["utterances"]}
+
+
+@pytest.fixture(scope="module")
+def greedy(corpus: Path, adapter: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Decoded]:
+    """Greedy decodings: the base model (no adapter) and the adapter at ranks 2 and 8."""
+    out = tmp_path_factory.mktemp("greedy")
+    return {
+        "base": evaluate(corpus, out / "base"),
+        **{r: evaluate(corpus, out / r, "--adapter", str(adapter), "--rank", r) for r in ("2", "8")},
+    }
+
+
+def texts(decoded: Decoded) -> dict[str, str]:
+    return {u: h for u, (h, _) in decoded.items()}
+
+
+def test_rank_zero_is_the_base_model_and_higher_ranks_change_the_output(
+    corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path
+) -> None:
+    at_0 = evaluate(corpus, tmp_path / "r0", "--adapter", str(adapter), "--rank", "0")
+    assert all(rank is None for _, rank in greedy["base"].values())  # no adapter, no ranks
+    for rank, decoded in [(0, at_0), (2, greedy["2"]), (8, greedy["8"])]:
+        assert {u: r for u, (_, r) in decoded.items()} == dict.fromkeys(at_0, rank)
+    assert texts(at_0) == texts(greedy["base"])
+    # The random adapter moves the output, differently at each rank: had --rank been ignored,
+    # these would all be one decoding.
+    assert texts(greedy["2"]) != texts(greedy["base"]) and texts(greedy["8"]) != texts(greedy["base"])
+    assert texts(greedy["2"]) != texts(greedy["8"])
+
+
+def test_beam_reaches_generate_and_keeps_the_rank(
+    corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from transformers import WhisperForConditionalGeneration
+
+    beams: list[int] = []
+    generate = WhisperForConditionalGeneration.generate
+
+    def spy(self, *args, **kwargs):
+        beams.append(kwargs.get("num_beams", 1))
+        return generate(self, *args, **kwargs)
+
+    monkeypatch.setattr(WhisperForConditionalGeneration, "generate", spy)
+    decoded = {}
+    for name, options in [("base", []), ("0", ["--rank", "0"]), ("2", ["--rank", "2"])]:
+        beams.clear()
+        adapter_options = ["--adapter", str(adapter), *options] if options else []
+        decoded[name] = evaluate(corpus, tmp_path / name, "--beam", "3", *adapter_options)
+        assert beams and set(beams) == {3}, beams  # every generate call searched with 3 beams
+    assert {u: r for u, (_, r) in decoded["2"].items()} == dict.fromkeys(decoded["2"], 2)
+    # Rank 0 under beam search is still the base model: the rank follows a row into its beams.
+    assert texts(decoded["0"]) == texts(decoded["base"])
+    # Beam search is not greedy decoding here: the beam size changed what rank 2 decodes.
+    assert texts(decoded["2"]) != texts(greedy["2"]) and texts(decoded["2"]) != texts(decoded["base"])

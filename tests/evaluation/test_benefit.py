@@ -1,0 +1,158 @@
+"""Routing by benefit: labels from per-rank WERs, the mean-rank calibration of a learned
+router, the resumable decode cache and the ``calibrate`` command."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from flexispeech.cli import main
+from flexispeech.data.corpus import write_corpus
+from flexispeech.errors import ConfigError
+from flexispeech.evaluation.benefit import DecodeCache, benefit_labels, fit_benefit_router
+from flexispeech.lora.router import LearnedRouter, Router
+from flexispeech.training.config import load_config
+from flexispeech.training.loop import train
+
+
+def test_benefit_labels_take_the_smallest_rank_with_the_lowest_wer() -> None:
+    wers = torch.tensor(
+        [
+            [0.2, 0.1, 0.1, 0.3],  # ranks 2 and 4 tie for the best: the lower one
+            [0.0, 0.0, 0.0, 0.0],  # nothing helps: the base
+            [0.5, 0.6, 0.7, 0.4],  # only the top rank helps
+            [0.3, 0.5, 0.3, 0.3],  # no rank beats the base: the base
+            [1.0, 0.9, 0.8, 0.9],
+        ]
+    )
+    assert benefit_labels(wers, [0, 2, 4, 8]).tolist() == [2, 0, 8, 0, 4]
+    with pytest.raises(ConfigError, match="start with 0"):
+        benefit_labels(wers, [2, 4, 8, 16])
+    with pytest.raises(ConfigError, match=r"\[N, 3\]"):
+        benefit_labels(wers, [0, 2, 4])
+
+
+def test_learned_router_mean_rank_calibration_and_vector_features() -> None:
+    gen = torch.Generator().manual_seed(0)
+    n = 400
+    emb = torch.randn(n, 3, generator=gen)
+    snr = torch.rand(n, generator=gen) * 30
+    labels = torch.tensor([0, 4, 8])[(emb[:, 0] > 0).long() + (emb[:, 1] > 0.5).long()]
+    signals = {"embedding": emb, "snr_db": snr}
+    router = fit_benefit_router(signals, labels, [0, 4, 8], ["embedding", "snr_db"], seed=0)
+    assert router.widths == [3, 1] and router.rank_penalty == 0.0
+    assert (router(signals) == labels).float().mean() > 0.9  # it learns the labels from the vector
+    means = []
+    for target in (1.0, 3.0, 6.0):
+        got = router.calibrate_mean_rank(signals, target)
+        assert got <= target and got == pytest.approx(float(router(signals).float().mean()))
+        means.append(got)
+    assert means == sorted(means) and means[-1] > means[0]
+    # round trip through the adapter's router.json form, penalty included
+    again = Router.from_dict(json.loads(json.dumps(router.to_dict())))
+    assert isinstance(again, LearnedRouter) and again.rank_penalty == router.rank_penalty
+    assert torch.equal(again(signals), router(signals))
+    with pytest.raises(ConfigError, match="columns"):
+        router({"embedding": emb[:, :2], "snr_db": snr})
+
+
+def test_decode_cache_resumes_and_drops_a_cut_line(tmp_path) -> None:
+    path = tmp_path / "decodes.jsonl"
+    header = {"adapter": "abc", "ranks": [0, 4]}
+    cache = DecodeCache(path, header)
+    cache.add({"u1": {0: "a", 4: "b"}})
+    cache.add({"u2": {0: "c", 4: "d"}})
+    path.write_text(path.read_text() + '{"id": "u3", "hy')  # killed mid-line
+    again = DecodeCache(path, header)
+    assert again.hyps == {"u1": {0: "a", 4: "b"}, "u2": {0: "c", 4: "d"}}
+    assert path.read_text().endswith("\n") and len(path.read_text().splitlines()) == 3
+    fresh = DecodeCache(path, {"adapter": "other", "ranks": [0, 4]})  # another adapter's cache
+    assert fresh.hyps == {} and len(path.read_text().splitlines()) == 1
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    (root / "audio").mkdir()
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(22):
+        dur = 0.4 + 0.1 * (i % 5)
+        sf.write(
+            root / "audio" / f"u{i}.wav",
+            rng.normal(0, 0.05 * (1 + i % 4), int(16000 * dur)).astype(np.float32),
+            16000,
+        )
+        split = "train" if i < 12 else "validation" if i < 20 else "test"
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": "the quick fox",
+                "duration": dur,
+                "speaker": "v",
+                "split": split,
+            }
+        )
+    return write_corpus(rows, root, name="mini")
+
+
+def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, capsys) -> None:
+    assert main(["signals", str(corpus), "--splits", "train"]) == 0
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "name=run",
+            "model.source=random:tiny",
+            f"data.corpus={corpus}",
+            "model.audio_ctx=100",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "train.warmup_steps=1",
+            "train.lr=1e-2",
+            "adapter.ranks=[2, 4]",
+            "routing.mode=random",
+            "train.nested={prob: 1.0, mode: random}",
+        ],
+    )
+    adapter = train(cfg, progress=False)
+    args = ["calibrate", str(adapter), "--data", str(corpus), "--batch-size", "4"]
+    assert main(args) == 2
+    assert "run `flexispeech signals" in capsys.readouterr().err  # no signals cached yet: says which command
+    assert main(["signals", str(corpus), "--splits", "validation"]) == 0
+    assert main([*args, "--split", "test"]) == 2
+    assert "never on the test split" in capsys.readouterr().err
+
+    out = tmp_path / "benefit"
+    assert main([*args, "--out", str(out), "--target-mean-rank", "2.0"]) == 0
+    printed = capsys.readouterr().out
+    assert "WER by rank r0" in printed and "labels (smallest rank with the lowest WER)" in printed
+    router = json.loads((out / "router.json").read_text())
+    assert router["type"] == "learned" and router["ranks"] == [0, 2, 4]
+    assert router["features"] == ["snr_db", "duration", "speech_activity"]
+    summary = json.loads((tmp_path / "run" / "calibrate_validation" / "summary.json").read_text())
+    assert (
+        summary["n"] == 8
+        and sum(summary["label_histogram"].values()) == 8
+        and summary["routed_mean_rank"] <= 2.0
+    )
+    assert summary["oracle_wer"] <= min(summary["wer_by_rank"].values())
+    cache = tmp_path / "run" / "calibrate_validation" / "decodes.jsonl"
+    lines = cache.read_text().splitlines()
+    assert len(lines) == 9 and all(set(json.loads(ln)["hyps"]) == {"0", "2", "4"} for ln in lines[1:])
+
+    # A killed run: keep three utterances and half a line; the rerun decodes only the rest.
+    cache.write_text("\n".join(lines[:4]) + "\n" + lines[4][:10])
+    assert main([*args, "--out", str(out), "--target-mean-rank", "2.0"]) == 0
+    assert cache.read_text().splitlines()[:4] == lines[:4]
+    assert sorted(cache.read_text().splitlines()[1:]) == sorted(lines[1:])  # the same transcripts, none twice
+    # default --out: the adapter's own router is replaced, the weights are not
+    weights = (adapter / "adapter_model.safetensors").read_bytes()
+    assert main(args) == 0
+    assert json.loads((adapter / "router.json").read_text())["type"] == "learned"
+    assert (adapter / "adapter_model.safetensors").read_bytes() == weights

@@ -1,0 +1,92 @@
+"""recipes/speech_stages.sh evaluates every model on the whole test split at the adapters'
+window and at 30 s (and on a real-speech corpus), and pairs the runs in stage 7; checked
+with a stand-in for the flexispeech command that records its calls."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from pathlib import Path
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+FAKE = """#!/usr/bin/env bash
+echo "$*" >> "$CALLS"
+prev=""
+for a in "$@"; do
+  if [ "$prev" = --out ] && [ "$1" = eval ]; then mkdir -p "$a" && echo '{}' > "$a/results.json"; fi
+  prev=$a
+done
+"""
+
+
+def run_stages(tmp_path: Path, profile: str, *extra: str) -> list[list[str]]:
+    fake, calls = tmp_path / "flexispeech", tmp_path / "calls.txt"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    subprocess.run(
+        [
+            "bash",
+            str(RECIPES / "speech_stages.sh"),
+            "--conf",
+            "conf",
+            "--data",
+            "data/syn",
+            "--exp",
+            str(tmp_path / "exp"),
+            "--profile",
+            profile,
+            "--stage",
+            "2",
+            *extra,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls)},
+    )
+    return [shlex.split(line) for line in calls.read_text().splitlines()]
+
+
+def _evals(calls: list[list[str]]) -> dict[str, list[str]]:
+    return {c[c.index("--out") + 1].split("exp/", 1)[1]: c for c in calls if c[0] == "eval"}
+
+
+def test_cpu_profile_evaluates_at_both_windows_and_on_real_speech(tmp_path: Path) -> None:
+    calls = run_stages(tmp_path, "cpu", "--real", "data/real")
+    evals = _evals(calls)
+    runs = ["base", "static_r8", "static_r16", "flexi_threshold", "flexi_learned", "inconsistent"]
+    assert set(evals) == {
+        f"{r}/{e}" for r in runs for e in ("eval_test", "eval_test_30s", "eval_real", "eval_real_30s")
+    }
+    assert evals["base/eval_test"][evals["base/eval_test"].index("--audio-ctx") + 1] == "500"
+    assert "--audio-ctx" not in evals["static_r8/eval_test"]  # the adapter's own window
+    assert all(c[c.index("--audio-ctx") + 1] == "1500" for k, c in evals.items() if k.endswith("_30s"))
+    assert not any("--max-duration" in c for c in evals.values())  # the whole split
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert sum(a.endswith("eval_real_30s") for a in compare) == 6
+    assert [compare[i + 1] for i, a in enumerate(compare) if a == "--baseline"] == [
+        "base",
+        "static_r8",
+        "static_r16",
+    ]
+
+
+def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
+    evals = _evals(run_stages(tmp_path, "gpu"))
+    assert set(evals) == {
+        f"{r}/eval_test"
+        for r in [
+            "base",
+            "static_r8",
+            "static_r16",
+            "static_r6",
+            "flexi_threshold",
+            "flexi_learned",
+            "flexi_embedding",
+            "flexi_nested",
+            "flexi_benefit",
+            "inconsistent",
+            "flexi_nested_noaug",
+        ]
+    }

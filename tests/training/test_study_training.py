@@ -1,0 +1,168 @@
+"""Training for a study: on-the-fly augmentation, validation loss per rank, early stopping."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_eval import config, corpus  # noqa: F401  (module-scoped fixture: a tiny corpus)
+
+from flexispeech.data.augment import AugmentConfig
+from flexispeech.data.speech import CorpusSplit
+from flexispeech.errors import ConfigError
+from flexispeech.lora.router import ThresholdRouter
+from flexispeech.models.family import get_family
+from flexispeech.training.augmented import AudioInputs, Augmenter
+from flexispeech.training.batch import PlannedBatch, route_rows
+from flexispeech.training.loop import train
+
+AUGMENT = {
+    "augment.noise_prob": 1.0,
+    "augment.snr_db": "[0.0, 10.0]",
+    "augment.speed_prob": 0.5,
+    "augment.reverb_prob": 0.5,
+    "augment.rt60": "[0.1, 0.3]",
+    "augment.spec_augment": "true",
+    "augment.time_mask_width": 10,
+    "augment.freq_mask_width": 8,
+}
+
+
+def weights(adapter) -> dict[str, torch.Tensor]:
+    return load_file(str(adapter / "adapter_model.safetensors"))
+
+
+def same(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def log(out) -> list[dict]:
+    return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_augmented_training_is_deterministic_by_seed_and_resumes_bit_identical(corpus, tmp_path) -> None:  # noqa: F811
+    steps = {"train.max_steps": 4, "train.save_every": 2, **AUGMENT}
+    a = weights(train(config(corpus, tmp_path / "a", "threshold", **steps), progress=False))
+    b = weights(
+        train(
+            config(corpus, tmp_path / "b", "threshold", **steps, **{"train.num_workers": 2}), progress=False
+        )
+    )
+    assert same(a, b)  # same seed, same adapter (also with loader workers)
+    plain = weights(
+        train(config(corpus, tmp_path / "plain", "threshold", **{"train.max_steps": 4}), progress=False)
+    )
+    assert not same(a, plain)  # augmentation changed what was trained on
+    other = weights(train(config(corpus, tmp_path / "seed1", "threshold", **steps, seed=1), progress=False))
+    assert not same(a, other)
+
+    out = tmp_path / "resumed"
+    cfg = config(corpus, out, "threshold", **steps)
+    shutil.rmtree(train(cfg, progress=False))  # leaves the checkpoint of step 2 behind
+    resumed = train(cfg, resume=True, progress=False)
+    assert json.loads((out / "train_summary.json").read_text())["steps_run"] == 2
+    assert same(a, weights(resumed))
+
+
+def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus) -> None:  # noqa: F811
+    family = get_family("whisper")
+    _, processor = family.load("random:tiny")
+    split = CorpusSplit(corpus, "train")
+    router = ThresholdRouter([0, 2, 8], weights={"snr_db": -1.0}).calibrate(
+        split.all_signals(), target_mean_rank=3.0
+    )
+    rows = list(range(8))
+    planned = PlannedBatch(route_rows(rows, split.signals_of(rows), router), 0, 0, 8, None)
+    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    cfg = AugmentConfig(noise_prob=1.0, snr_db=[0.0, 0.0], noise_types=["white"], spec_augment=True)
+    batch = Augmenter(cfg, family, processor, split, router, torch.device("cpu"))(
+        planned, torch.Generator().manual_seed(0)
+    )
+    cached = split.signals_of(batch.rows)
+    assert (batch.signals["snr_db"] < cached["snr_db"] - 10).all()  # noise at 0 dB, measured again
+    assert torch.equal(batch.signals["proxy"], cached["proxy"])  # the cached proxy is kept
+    assert torch.equal(batch.ranks, router(batch.signals))  # routed as it would be served
+    assert set(batch.inputs) == {"input_features", "num_frames", "labels"}
+
+
+def test_augmentation_with_a_cached_encoder_is_a_config_error(corpus, tmp_path) -> None:  # noqa: F811
+    cfg = config(
+        corpus, tmp_path / "x", "fixed", **{"model.cache_encoder_layers": 2, "augment.noise_prob": 0.5}
+    )
+    with pytest.raises(ConfigError, match="augment: needs model.cache_encoder_layers: 0"):
+        train(cfg, progress=False)
+
+
+def test_training_loss_per_rank_splits_the_batch_loss(corpus, tmp_path) -> None:  # noqa: F811
+    """With one rank per batch the per-rank loss is the batch loss itself."""
+    train(config(corpus, tmp_path / "f", "fixed"), progress=False)
+    for entry in log(tmp_path / "f"):
+        assert entry["loss_by_rank"].keys() == {"8"} and entry["loss_by_rank"]["8"] == pytest.approx(
+            entry["loss"], rel=1e-4
+        )
+    train(config(corpus, tmp_path / "t", "threshold"), progress=False)
+    entries = log(tmp_path / "t")
+    assert any(len(e["loss_by_rank"]) > 1 for e in entries)
+    for e in entries:
+        assert set(e["loss_by_rank"]) <= set(e["ranks"]) and all(
+            np.isfinite(v) for v in e["loss_by_rank"].values()
+        )
+        lo, hi = min(e["loss_by_rank"].values()), max(e["loss_by_rank"].values())
+        assert lo - 1e-4 <= e["loss"] <= hi + 1e-4  # a token-weighted mean of the per-rank losses
+
+
+def _valid_corpus(corpus, tmp_path):  # noqa: F811
+    """The mini corpus with its test rows also serving as the validation split."""
+    from flexispeech.data.corpus import load_corpus, write_corpus
+
+    rows = []
+    for split in ("train", "test"):
+        rows += load_corpus(corpus, split).to_list()
+    rows += [{**r, "id": r["id"] + "v", "split": "validation"} for r in load_corpus(corpus, "test").to_list()]
+    out = tmp_path / "corpus"
+    shutil.copytree(corpus / "audio", out / "audio")
+    return write_corpus(rows, out, name="mini")
+
+
+def test_validation_per_rank_and_early_stopping_keep_the_best_adapter(corpus, tmp_path) -> None:  # noqa: F811
+    data = _valid_corpus(corpus, tmp_path)
+    es = {
+        "train.max_steps": 12,
+        "train.eval_every": 1,
+        "train.early_stopping": "{patience: 2}",
+        "train.lr": 0.3,
+        "train.save_every": 2,
+    }
+    adapter = train(config(data, tmp_path / "run", "threshold", **es), progress=False)
+    entries = [e for e in log(tmp_path / "run") if "val_loss" in e]
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert entries and all(e["val_examples"] == 6 and e["val_loss_by_rank"] for e in entries)
+    losses = [e["val_loss"] for e in entries]
+    best = entries[int(np.argmin(losses))]["step"]
+    assert summary["kept"]["step"] == best and summary["kept"]["val_loss"] == min(losses)
+    assert summary["stopped"].startswith("early stopping") and summary["steps"] == best + 2 < 12
+    assert same(weights(adapter), weights(tmp_path / "run" / "best_adapter"))
+
+    # Killed after its first checkpoint, resumed: the same best step and the same adapter.
+    out = tmp_path / "resumed"
+    cfg = config(data, out, "threshold", **es)
+    train(cfg, progress=False)
+    shutil.rmtree(out / "adapter")
+    (out / "train_summary.json").unlink()
+    ckpt = torch.load(out / "checkpoint" / "trainer_state.pt", weights_only=False)["trainer"]
+    assert ckpt["best_step"] is not None and ckpt["step"] < summary["steps"]
+    resumed = train(cfg, resume=True, progress=False)
+    assert same(weights(resumed), weights(adapter))
+    assert json.loads((out / "train_summary.json").read_text())["kept"] == summary["kept"]
+
+
+def test_early_stopping_needs_validation(corpus, tmp_path) -> None:  # noqa: F811
+    with pytest.raises(ConfigError, match="train.early_stopping needs train.eval_every"):
+        train(
+            config(corpus, tmp_path / "x", "fixed", **{"train.early_stopping": "{patience: 2}"}),
+            progress=False,
+        )
