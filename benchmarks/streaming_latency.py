@@ -33,7 +33,9 @@ def load_streams() -> list[tuple[str, np.ndarray, str]]:
     """(name, samples [T], reference) for each fixture and their concatenation."""
     from flexispeech.audio import SAMPLE_RATE, load_audio
 
-    refs = dict(line.split("\t", 1) for line in (ASSETS / "transcripts.txt").read_text().splitlines() if line.strip())
+    refs = dict(
+        line.split("\t", 1) for line in (ASSETS / "transcripts.txt").read_text().splitlines() if line.strip()
+    )
     singles = [(name, load_audio(ASSETS / name), refs[name]) for name in FILES]
     gap = np.zeros(int(GAP_S * SAMPLE_RATE), dtype=np.float32)
     joined = np.concatenate([x for _, a, _ in singles for x in (a, gap)][:-1])
@@ -85,8 +87,16 @@ def main() -> None:
     offline_s = time.perf_counter() - t0
     audio_s = sum(s.size for _, s, _ in streams) / SAMPLE_RATE
     refs = [r for _, _, r in streams]
-    rows = [{"mode": "offline", "chunk_s": None, "wer": error_counts(refs, offline)["wer"],
-             "latency_mean_s": None, "latency_p90_s": None, "rtf": offline_s / audio_s}]
+    rows = [
+        {
+            "mode": "offline",
+            "chunk_s": None,
+            "wer": error_counts(refs, offline)["wer"],
+            "latency_mean_s": None,
+            "latency_p90_s": None,
+            "rtf": offline_s / audio_s,
+        }
+    ]
     online = OnlineTranscriber(transcriber, StreamOptions(audio_ctx=ctx))
     for chunk in args.chunks:
         texts, lat, compute = [], [], 0.0
@@ -95,15 +105,25 @@ def main() -> None:
             texts.append(text)
             lat += word_lat
             compute += secs
-        rows.append({"mode": f"stream (audio_ctx={ctx})", "chunk_s": chunk, "wer": error_counts(refs, texts)["wer"],
-                     "latency_mean_s": float(np.mean(lat)), "latency_p90_s": float(np.percentile(lat, 90)),
-                     "rtf": compute / audio_s, "texts": texts})
+        rows.append(
+            {
+                "mode": f"stream (audio_ctx={ctx})",
+                "chunk_s": chunk,
+                "wer": error_counts(refs, texts)["wer"],
+                "latency_mean_s": float(np.mean(lat)),
+                "latency_p90_s": float(np.percentile(lat, 90)),
+                "rtf": compute / audio_s,
+                "texts": texts,
+            }
+        )
     rows[0]["texts"] = offline
-    print(f"| mode | chunk (s) | WER | commit latency mean (s) | p90 (s) | RTF |\n|---|---|---|---|---|---|")
+    print("| mode | chunk (s) | WER | commit latency mean (s) | p90 (s) | RTF |\n|---|---|---|---|---|---|")
     for r in rows:
         fmt = lambda v: "–" if v is None else f"{v:.2f}"  # noqa: E731
-        print(f"| {r['mode']} | {fmt(r['chunk_s'])} | {100 * r['wer']:.1f}% | {fmt(r['latency_mean_s'])} "
-              f"| {fmt(r['latency_p90_s'])} | {r['rtf']:.2f} |")
+        print(
+            f"| {r['mode']} | {fmt(r['chunk_s'])} | {100 * r['wer']:.1f}% | {fmt(r['latency_mean_s'])} "
+            f"| {fmt(r['latency_p90_s'])} | {r['rtf']:.2f} |"
+        )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
 

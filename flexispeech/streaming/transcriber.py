@@ -43,8 +43,13 @@ class Transcription:
 
     def to_json(self) -> str:
         return json.dumps(
-            {"path": self.id, "text": self.text, "rank": self.rank, "duration": round(self.duration, 3),
-             "signals": {k: round(v, 4) for k, v in self.signals.items()}}
+            {
+                "path": self.id,
+                "text": self.text,
+                "rank": self.rank,
+                "duration": round(self.duration, 3),
+                "signals": {k: round(v, 4) for k, v in self.signals.items()},
+            }
         )
 
 
@@ -127,7 +132,9 @@ class Transcriber:
         """Signal names the router reads (empty without a router)."""
         return set(self.router.signal_names) if self.router is not None else set()
 
-    def ranks_for(self, signals: Mapping[str, torch.Tensor], neutral: Collection[str] = ()) -> torch.Tensor | None:
+    def ranks_for(
+        self, signals: Mapping[str, torch.Tensor], neutral: Collection[str] = ()
+    ) -> torch.Tensor | None:
         """The rank of every utterance of a batch, [batch] int64, from its signals
         ``name -> [batch]``: the fixed ``rank`` if one was given, else the router's, else
         the adapter's default rank (r_max); None without an adapter (the base model).
@@ -152,10 +159,19 @@ class Transcriber:
         signals when the router needs them (Whisper only): ``signals.live``."""
         from flexispeech.signals.live import live_signals
 
-        return live_signals(audios, batch, self.needed_signals(), self.family.name, self.model, self.processor,
-                            self.max_new_tokens)
+        return live_signals(
+            audios,
+            batch,
+            self.needed_signals(),
+            self.family.name,
+            self.model,
+            self.processor,
+            self.max_new_tokens,
+        )
 
-    def transcribe(self, audios: Sequence[np.ndarray], ids: Sequence[str] | None = None) -> list[Transcription]:
+    def transcribe(
+        self, audios: Sequence[np.ndarray], ids: Sequence[str] | None = None
+    ) -> list[Transcription]:
         """Transcribe 16 kHz mono float32 clips [T] (one batch per ``batch_size`` clips)."""
         ids = list(ids) if ids is not None else [str(i) for i in range(len(audios))]
         results: list[Transcription] = []
