@@ -57,12 +57,12 @@ def run(args: argparse.Namespace) -> int:
 
     from flexispeech.data.text import TextTaskSplit, open_split
     from flexispeech.data.text_format import is_text_task
-    from flexispeech.evaluation.evaluate import adapter_router, decode_split, summarize, write_results
+    from flexispeech.evaluation.evaluate import decode_split, summarize, write_results
     from flexispeech.evaluation.metrics import english_normalizer
     from flexispeech.evaluation.tables import pct
     from flexispeech.evaluation.text_report import summarize_text
+    from flexispeech.lora.inject import serving_router
     from flexispeech.lora.io import load_adapter, read_adapter_config, serving_window
-    from flexispeech.lora.router import FixedRouter
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
 
@@ -82,10 +82,10 @@ def run(args: argparse.Namespace) -> int:
     router = None
     if args.adapter:
         load_adapter(model, args.adapter)
-        router = FixedRouter(args.rank) if args.rank is not None else adapter_router(model)
+        router = serving_router(model, args.rank)  # the chain transcribe and stream use too
     elif args.rank is not None:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
-    live = sorted(set(getattr(router, "signal_names", ())) - set(split.signal_names))
+    live = sorted(set(router.signal_names if router is not None else ()) - set(split.signal_names))
     if live:
         print(
             f"note: {args.data} has no cached signals {live} for the router: computing them while decoding "

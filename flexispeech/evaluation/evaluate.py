@@ -20,10 +20,10 @@ import torch
 from tqdm.auto import tqdm
 
 from flexispeech.data.split import Split
-from flexispeech.errors import AudioError, FlexispeechError
+from flexispeech.errors import AudioError
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.metrics import error_counts
-from flexispeech.lora.inject import get_state, use_ranks
+from flexispeech.lora.inject import use_ranks
 from flexispeech.models.example import Example
 from flexispeech.training.batch import prepare_batch
 
@@ -180,11 +180,3 @@ def write_results(result: dict[str, Any], out_dir: str | Path) -> Path:
     if result["rank_histogram"]:
         plot_ranks([result], out / "ranks.png")
     return out
-
-
-def adapter_router(model: torch.nn.Module) -> Any:
-    """The router saved with the model's adapter (FlexispeechError if it has none)."""
-    router = get_state(model).router
-    if router is None:
-        raise FlexispeechError("the adapter has no router; pass --rank R to evaluate at a fixed rank")
-    return router

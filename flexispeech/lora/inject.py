@@ -158,6 +158,21 @@ def get_router(model: nn.Module) -> Router | None:
     return get_state(model).router
 
 
+def serving_router(model: nn.Module, rank: int | None = None) -> Router | None:
+    """The router that picks ``model``'s ranks at inference, the one chain that file
+    transcription, streaming and evaluation share: a fixed ``rank`` if one is given, else
+    the adapter's saved router, else every row at the adapter's top rank (r_max); ``None``
+    for a model without an adapter (the base model)."""
+    from flexispeech.lora.router import FixedRouter
+
+    if not any(STATE_ATTR in m.__dict__ for m in model.modules()):
+        return None
+    if rank is not None:
+        check_ranks(get_state(model).config, [rank])
+        return FixedRouter(rank)
+    return get_router(model) or FixedRouter(get_state(model).config.r_max)
+
+
 def route(model: nn.Module, signals: Mapping[str, torch.Tensor]) -> torch.Tensor:
     """Ranks [batch] for a batch of complexity signals, from the attached router."""
     router = get_router(model)

@@ -17,7 +17,7 @@ import torch
 
 from flexispeech.audio import SAMPLE_RATE, audio_duration, check_samples, iter_audio_blocks, load_audio
 from flexispeech.errors import AudioError, ConfigError, FlexispeechError
-from flexispeech.lora.ranks import get_state, use_ranks
+from flexispeech.lora.ranks import use_ranks
 from flexispeech.lora.router import batch_size
 from flexispeech.models.family import Example, check_device, get_family
 
@@ -96,6 +96,7 @@ class Transcriber:
         max_new_tokens: int | None = None,
     ) -> None:
         from flexispeech.lora import get_router, load_adapter
+        from flexispeech.lora.inject import serving_router
 
         if rank is not None and router is not None:
             raise ConfigError("give either a fixed rank or a router, not both")
@@ -116,14 +117,13 @@ class Transcriber:
             from flexispeech.models.whisper import set_audio_ctx
 
             set_audio_ctx(self.model, audio_ctx, self.processor)
-        self.rank, self.router = rank, None
+        self.rank = rank
         if adapter is not None:
             load_adapter(self.model, adapter)
-            saved = get_router(self.model)
-            if router == "auto" and saved is None:
+            if router == "auto" and get_router(self.model) is None:
                 raise ConfigError(f"{adapter}: --router auto, but the adapter was saved without a router")
-            if rank is None:
-                self.router = saved  # None: every utterance at the adapter's default rank (r_max)
+        # a fixed rank, else the adapter's router, else r_max; None for the base model
+        self.router = serving_router(self.model, rank)
         self.has_adapter = adapter is not None
         self.num_beams, self.batch_size, self.max_new_tokens = num_beams, batch_size, max_new_tokens
         self.long_block_s = LONG_BLOCK_S.get(self.family.name, DEFAULT_LONG_BLOCK_S)
@@ -142,17 +142,13 @@ class Transcriber:
         ``neutral``: signals that were not computed (e.g. the proxy in streaming); those of
         them that the router reads get its ``neutral_value`` instead of a missing-signal error.
         """
+        if self.router is None:
+            return None
         n = batch_size(signals)
-        if self.rank is not None:
-            return torch.full((n,), self.rank, dtype=torch.long)
-        if self.router is not None:
-            filled = dict(signals)
-            for name in set(neutral) & set(self.router.signal_names) - set(signals):
-                filled[name] = torch.full((n,), self.router.neutral_value(name), dtype=torch.float32)
-            return self.router(filled)
-        if self.has_adapter:
-            return torch.full((n,), get_state(self.model).config.r_max, dtype=torch.long)
-        return None
+        filled = dict(signals)
+        for name in set(neutral) & set(self.router.signal_names) - set(signals):
+            filled[name] = torch.full((n,), self.router.neutral_value(name), dtype=torch.float32)
+        return self.router(filled)
 
     def signals(self, audios: Sequence[np.ndarray], batch: dict[str, torch.Tensor]) -> dict[str, list[float]]:
         """Audio signals (duration, snr_db, speech_activity) of every clip, plus the proxy

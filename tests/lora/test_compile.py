@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import TinyNet
+from lora_models import TinyNet
 
 from flexispeech import use_ranks
 from flexispeech.lora import adapter_parameters

@@ -7,7 +7,7 @@ import threading
 
 import pytest
 import torch
-from conftest import TinyNet, randomize_adapters
+from lora_models import TinyNet, randomize_adapters
 from torch import nn
 
 import flexispeech
@@ -197,3 +197,22 @@ def test_set_compute_path_switches_every_layer_and_keeps_the_outputs(tiny: TinyN
         torch.testing.assert_close(tiny(x), expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ConfigError, match="compute path must be one of"):
         set_compute_path(tiny, "fastest")
+
+
+def test_serving_router_is_one_chain_fixed_then_saved_then_top_rank() -> None:
+    from flexispeech.lora.inject import serving_router
+
+    model = TinyNet()
+    assert serving_router(model) is None  # no adapter: the base model
+    assert serving_router(model, 2) is None
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 4), target_modules=("q_proj", "fc2")))
+    signals = {"snr_db": torch.tensor([30.0, 5.0, -5.0])}
+    assert serving_router(model)(signals).tolist() == [4, 4, 4]  # no router: r_max
+    assert serving_router(model, 2)(signals).tolist() == [2, 2, 2]  # a fixed rank wins
+    with pytest.raises(RankError, match=r"\[3\]"):
+        serving_router(model, 3)
+    router = ThresholdRouter((0, 2, 4), weights={"snr_db": -1.0}, thresholds=(-20.0, 0.0))
+    attach_router(model, router)
+    assert serving_router(model) is router  # the adapter's router
+    assert serving_router(model)(signals).tolist() == [0, 2, 4]
+    assert serving_router(model, 0)(signals).tolist() == [0, 0, 0]

@@ -7,7 +7,7 @@ import json
 
 import pytest
 import torch
-from conftest import TinyNet, randomize_adapters
+from lora_models import TinyNet, randomize_adapters
 from torch import nn
 
 from flexispeech import (

@@ -8,7 +8,7 @@ import json
 
 import pytest
 import torch
-from conftest import TinyNet, randomize_adapters
+from lora_models import TinyNet, randomize_adapters
 from peft import LoraConfig, PeftModel, get_peft_model
 
 from flexispeech import FlexiLoraConfig, export_peft, inject, use_ranks

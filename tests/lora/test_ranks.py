@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TinyNet, randomize_adapters
+from lora_models import TinyNet, randomize_adapters
 
 from flexispeech import FlexiLoraConfig, inject, remove, use_ranks
 from flexispeech.lora import RankError, adapter_off, current_ranks

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TinyNet
+from lora_models import TinyNet
 
 from flexispeech import count_parameters
 

@@ -140,7 +140,7 @@ def test_ranks_for_is_fixed_rank_then_router_then_default(
     fixed = Transcriber(str(tmp_path / "model"), adapter=tmp_path / "routed", rank=4)
     assert fixed.ranks_for(full).tolist() == [4, 4, 4]
     plain = Transcriber(str(tmp_path / "model"), adapter=tmp_path / "plain")
-    assert plain.router is None and plain.ranks_for(snr).tolist() == [8, 8, 8]  # r_max
+    assert plain.router.signal_names == () and plain.ranks_for(snr).tolist() == [8, 8, 8]  # r_max
     assert random_transcriber.ranks_for(snr) is None  # no adapter: the base model
     # streaming computes no proxy: the router's neutral value stands in (a 0 would give rank 8)
     rank, signals = OnlineTranscriber(routed).route(load_audio(assets_dir / "fox.wav"))
