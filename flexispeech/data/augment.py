@@ -325,8 +325,15 @@ def spec_augment(
     lengths = frame_lengths.to(device).clamp(max=frames)
     out = time_warp(features, lengths, cfg.time_warp, generator) if cfg.time_warp > 0 else features
     freq, time = spec_augment_masks(
-        lengths, n_mels, frames, generator, cfg.num_freq_masks, cfg.freq_mask_width,
-        cfg.num_time_masks, cfg.time_mask_width, cfg.max_time_mask_fraction,
+        lengths,
+        n_mels,
+        frames,
+        generator,
+        cfg.num_freq_masks,
+        cfg.freq_mask_width,
+        cfg.num_time_masks,
+        cfg.time_mask_width,
+        cfg.max_time_mask_fraction,
     )
     valid = valid_mask(lengths, frames)  # [batch, frames]
     mean = (out * valid[:, None, :]).sum((1, 2)) / (lengths.clamp(min=1) * n_mels).to(out.dtype)

@@ -92,7 +92,7 @@ def time_warp(
     ok = lengths > 2 * max_warp + 3
     u_centre = torch.rand(batch, generator=generator, device=device, dtype=dtype)
     u_shift = torch.rand(batch, generator=generator, device=device, dtype=dtype)
-    centre = (max_warp + 1 + (u_centre * (lengths - 2 * max_warp - 2).clamp(min=1).to(dtype)).floor())
+    centre = max_warp + 1 + (u_centre * (lengths - 2 * max_warp - 2).clamp(min=1).to(dtype)).floor()
     target = centre + (u_shift * (2 * max_warp + 1)).floor().clamp(max=2 * max_warp) - max_warp
     t = torch.arange(frames, device=device, dtype=dtype)[None, :]
     left = t * centre[:, None] / target[:, None]

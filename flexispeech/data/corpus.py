@@ -98,9 +98,7 @@ def _summary(dataset_dict: Any, name: str, info: dict | None) -> dict:
     }
 
 
-def write_corpus(
-    rows: Iterable[dict], out_dir: Path, *, name: str, info: dict | None = None
-) -> Path:
+def write_corpus(rows: Iterable[dict], out_dir: Path, *, name: str, info: dict | None = None) -> Path:
     """Write ``rows`` as a corpus in ``out_dir`` (whose audio files must already be there).
 
     Rows are grouped by their ``split`` value into a ``datasets.DatasetDict`` saved to
@@ -138,19 +136,23 @@ def write_corpus(
     return out_dir
 
 
-def read_corpus_info(corpus_dir: Path) -> dict:
-    """The parsed ``corpus.json`` of ``corpus_dir`` (raises if it is not a corpus)."""
-    corpus_dir = Path(corpus_dir)
-    marker = corpus_dir / MARKER
+def read_marker(marker: Path, what: str, build: str) -> dict:
+    """The parsed completion marker ``marker`` of a ``what`` (a corpus, a text task) built
+    by ``build``; one error line when it is missing (never built, or interrupted) or broken."""
     if not marker.is_file():
         raise FlexispeechError(
-            f"{corpus_dir}: not a flexispeech corpus (no {MARKER}); build one with "
-            "`flexispeech prepare NAME --out DIR`, or the build was interrupted: re-run it"
+            f"{marker.parent}: not a flexispeech {what} (no {marker.name}); build one with "
+            f"`{build}`, or the build was interrupted: re-run it"
         )
     try:
         return json.loads(marker.read_text())
     except json.JSONDecodeError as err:
         raise FlexispeechError(f"{marker}: not valid JSON ({err})") from None
+
+
+def read_corpus_info(corpus_dir: Path) -> dict:
+    """The parsed ``corpus.json`` of ``corpus_dir`` (raises if it is not a corpus)."""
+    return read_marker(Path(corpus_dir) / MARKER, "corpus", "flexispeech prepare NAME --out DIR")
 
 
 def is_corpus(corpus_dir: Path) -> bool:

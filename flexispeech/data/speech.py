@@ -54,7 +54,12 @@ class CorpusSplit(Split):
         if max_duration is not None:
             rows = [r for r in rows if r["duration"] <= max_duration]
         rows = sample_rows(rows, max_examples, seed)
-        super().__init__(Path(corpus_dir), rows, ds.column_names, f"split {split!r} has no rows left (max_duration={max_duration})")
+        super().__init__(
+            Path(corpus_dir),
+            rows,
+            ds.column_names,
+            f"split {split!r} has no rows left (max_duration={max_duration})",
+        )
 
     @property
     def durations(self) -> list[float]:
@@ -138,7 +143,9 @@ class LengthBucketSampler(Sampler[list[int]]):
         return math.ceil(len(self.lengths) / self.batch_size)
 
 
-def make_collate(family: ModelFamily, processor: Any, train: bool = True) -> Callable[[list[Example]], dict[str, Any]]:
+def make_collate(
+    family: ModelFamily, processor: Any, train: bool = True
+) -> Callable[[list[Example]], dict[str, Any]]:
     """A DataLoader collate_fn giving ``{"inputs": family batch, "signals": ..., "ids": [...]}``."""
 
     def collate(examples: list[Example]) -> dict[str, Any]:

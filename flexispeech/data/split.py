@@ -97,7 +97,9 @@ class Split(Dataset, ABC):
         empty: what the error says after ``<corpus_dir>: `` when no row is left.
     """
 
-    def __init__(self, corpus_dir: Path, rows: list[dict[str, Any]], column_names: Sequence[str], empty: str) -> None:
+    def __init__(
+        self, corpus_dir: Path, rows: list[dict[str, Any]], column_names: Sequence[str], empty: str
+    ) -> None:
         if not rows:
             raise FlexispeechError(f"{corpus_dir}: {empty}")
         self.corpus_dir = corpus_dir

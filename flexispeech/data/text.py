@@ -60,7 +60,12 @@ class TextTaskSplit(Split):
         ds = load_text_task(task_dir, split)
         self.metric = task_metric(self.task_name, ds.column_names)
         self.target = target
-        super().__init__(task_dir, sample_rows(ds.to_list(), max_examples, seed), ds.column_names, f"split {split!r} has no rows")
+        super().__init__(
+            task_dir,
+            sample_rows(ds.to_list(), max_examples, seed),
+            ds.column_names,
+            f"split {split!r} has no rows",
+        )
 
     @property
     def durations(self) -> list[float]:
@@ -94,7 +99,12 @@ class TextTaskSplit(Split):
 
     def __getitem__(self, index: int) -> Example:
         row = self.rows[index]
-        return Example(id=str(row["id"]), text=self.target_text(index), prompt=str(row["prompt"]), signals=self.signals(index))
+        return Example(
+            id=str(row["id"]),
+            text=self.target_text(index),
+            prompt=str(row["prompt"]),
+            signals=self.signals(index),
+        )
 
 
 def open_split(

@@ -26,8 +26,9 @@ from pathlib import Path
 from typing import Any
 
 from flexispeech.atomic import write_text
+
 # The corpus format's dataset/ layout and its atomic save and load.
-from flexispeech.data.corpus import load_dataset_dict, ordered_splits, save_dataset_dict
+from flexispeech.data.corpus import load_dataset_dict, ordered_splits, read_marker, save_dataset_dict
 from flexispeech.errors import FlexispeechError
 
 TEXT_TASK_COLUMNS = ("id", "prompt", "answer", "solution", "difficulty", "source", "split")
@@ -39,9 +40,7 @@ def is_text_task(task_dir: Path) -> bool:
     return (Path(task_dir) / MARKER).is_file()
 
 
-def write_text_task(
-    rows: Iterable[dict], out_dir: Path, *, name: str, info: dict | None = None
-) -> Path:
+def write_text_task(rows: Iterable[dict], out_dir: Path, *, name: str, info: dict | None = None) -> Path:
     """Write ``rows`` as a text task in ``out_dir``; ``task.json`` is written last, atomically.
 
     Returns:
@@ -94,16 +93,7 @@ def write_text_task(
 
 def read_text_task_info(task_dir: Path) -> dict:
     """The parsed ``task.json`` of ``task_dir`` (raises if it is not a complete text task)."""
-    marker = Path(task_dir) / MARKER
-    if not marker.is_file():
-        raise FlexispeechError(
-            f"{task_dir}: not a flexispeech text task (no {MARKER}); build one with "
-            "`flexispeech prepare math|qa --out DIR`, or the build was interrupted: re-run it"
-        )
-    try:
-        return json.loads(marker.read_text())
-    except json.JSONDecodeError as err:
-        raise FlexispeechError(f"{marker}: not valid JSON ({err})") from None
+    return read_marker(Path(task_dir) / MARKER, "text task", "flexispeech prepare math|qa --out DIR")
 
 
 def load_text_task(task_dir: Path, split: str | None = None) -> Any:
@@ -142,9 +132,13 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
     ds = dataset_dict[split]
     for name, values in columns.items():
         if name in TEXT_TASK_COLUMNS:
-            raise FlexispeechError(f"{task_dir}: column {name!r} is part of the format and cannot be replaced")
+            raise FlexispeechError(
+                f"{task_dir}: column {name!r} is part of the format and cannot be replaced"
+            )
         if len(values) != len(ds):
-            raise FlexispeechError(f"{task_dir}: column {name!r} has {len(values)} values, split {split!r} has {len(ds)} rows")
+            raise FlexispeechError(
+                f"{task_dir}: column {name!r} has {len(values)} values, split {split!r} has {len(ds)} rows"
+            )
         if name in ds.column_names:
             ds = ds.remove_columns(name)
         ds = ds.add_column(name, list(values))
