@@ -26,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -204,28 +204,41 @@ def add_columns(corpus_dir: Path, split: str, columns: Mapping[str, list]) -> No
         FlexispeechError: not a corpus, unknown split, a column of the wrong length, or an
             attempt to replace a required column.
     """
+    corpus_dir = Path(corpus_dir)
+    replace_columns(corpus_dir, load_corpus(corpus_dir), split, columns, REQUIRED_COLUMNS, "is required")
+
+
+def replace_columns(
+    directory: Path,
+    dataset_dict: Any,
+    split: str,
+    columns: dict[str, Sequence],
+    protected: Sequence[str],
+    why_protected: str,
+) -> None:
+    """Add or replace ``columns`` of one split of ``dataset_dict`` (read from
+    ``directory``) and swap the whole dataset in atomically; corpora and text tasks share it.
+    A column in ``protected`` cannot be replaced (``why_protected`` says why, in the error)."""
     import datasets
 
-    corpus_dir = Path(corpus_dir)
-    dataset_dict = load_corpus(corpus_dir)
     if split not in dataset_dict:
         raise FlexispeechError(
-            f"{corpus_dir}: no split {split!r}; available: {', '.join(dataset_dict.keys())}"
+            f"{directory}: no split {split!r}; available: {', '.join(dataset_dict.keys())}"
         )
     ds = dataset_dict[split]
     for name, values in columns.items():
-        if name in REQUIRED_COLUMNS:
-            raise FlexispeechError(f"{corpus_dir}: column {name!r} is required and cannot be replaced")
+        if name in protected:
+            raise FlexispeechError(f"{directory}: column {name!r} {why_protected} and cannot be replaced")
         if len(values) != len(ds):
             raise FlexispeechError(
-                f"{corpus_dir}: column {name!r} has {len(values)} values, split {split!r} has {len(ds)} rows"
+                f"{directory}: column {name!r} has {len(values)} values, split {split!r} has {len(ds)} rows"
             )
         if name in ds.column_names:
             ds = ds.remove_columns(name)
         ds = ds.add_column(name, list(values))
     # The new split is written beside the old files (still memory-mapped) before the swap.
     new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
-    save_dataset_dict(new, corpus_dir)
+    save_dataset_dict(new, directory)
 
 
 def is_clean(snr: float | None) -> bool:

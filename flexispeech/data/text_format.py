@@ -28,7 +28,13 @@ from typing import Any
 from flexispeech.atomic import write_text
 
 # The corpus format's dataset/ layout and its atomic save and load.
-from flexispeech.data.corpus import load_dataset_dict, ordered_splits, read_marker, save_dataset_dict
+from flexispeech.data.corpus import (
+    load_dataset_dict,
+    ordered_splits,
+    read_marker,
+    replace_columns,
+    save_dataset_dict,
+)
 from flexispeech.errors import FlexispeechError
 
 TEXT_TASK_COLUMNS = ("id", "prompt", "answer", "solution", "difficulty", "source", "split")
@@ -123,24 +129,7 @@ def add_task_columns(task_dir: Path, split: str, columns: dict[str, list]) -> No
         FlexispeechError: not a text task, unknown split, a column of the wrong length, or
             an attempt to replace one of :data:`TEXT_TASK_COLUMNS`.
     """
-    import datasets
-
     task_dir = Path(task_dir)
-    dataset_dict = load_text_task(task_dir)
-    if split not in dataset_dict:
-        raise FlexispeechError(f"{task_dir}: no split {split!r}; available: {', '.join(dataset_dict)}")
-    ds = dataset_dict[split]
-    for name, values in columns.items():
-        if name in TEXT_TASK_COLUMNS:
-            raise FlexispeechError(
-                f"{task_dir}: column {name!r} is part of the format and cannot be replaced"
-            )
-        if len(values) != len(ds):
-            raise FlexispeechError(
-                f"{task_dir}: column {name!r} has {len(values)} values, split {split!r} has {len(ds)} rows"
-            )
-        if name in ds.column_names:
-            ds = ds.remove_columns(name)
-        ds = ds.add_column(name, list(values))
-    new = datasets.DatasetDict({s: (ds if s == split else d) for s, d in dataset_dict.items()})
-    save_dataset_dict(new, task_dir)
+    replace_columns(
+        task_dir, load_text_task(task_dir), split, columns, TEXT_TASK_COLUMNS, "is part of the format"
+    )
