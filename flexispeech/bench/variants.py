@@ -29,48 +29,21 @@ from flexispeech.bench.steps import (
 )
 from flexispeech.errors import ConfigError
 
-# WhisperConfig values of the released checkpoints (d_model, layers, heads, ffn, mel bins).
+
+def _shape(d_model: int, layers: int, heads: int, mel_bins: int = 80) -> dict[str, int]:
+    """WhisperConfig values of a released checkpoint: encoder and decoder alike, the
+    feed-forward width 4 × d_model."""
+    per_side = dict(layers=layers, attention_heads=heads, ffn_dim=4 * d_model)
+    sides = {f"{side}_{k}": v for side in ("encoder", "decoder") for k, v in per_side.items()}
+    return dict(d_model=d_model, num_mel_bins=mel_bins, **sides)
+
+
+# The released checkpoints' shapes (d_model, layers, heads, mel bins).
 SHAPES: dict[str, dict[str, int]] = {
-    "tiny": dict(
-        d_model=384,
-        encoder_layers=4,
-        decoder_layers=4,
-        encoder_attention_heads=6,
-        decoder_attention_heads=6,
-        encoder_ffn_dim=1536,
-        decoder_ffn_dim=1536,
-        num_mel_bins=80,
-    ),
-    "base": dict(
-        d_model=512,
-        encoder_layers=6,
-        decoder_layers=6,
-        encoder_attention_heads=8,
-        decoder_attention_heads=8,
-        encoder_ffn_dim=2048,
-        decoder_ffn_dim=2048,
-        num_mel_bins=80,
-    ),
-    "small": dict(
-        d_model=768,
-        encoder_layers=12,
-        decoder_layers=12,
-        encoder_attention_heads=12,
-        decoder_attention_heads=12,
-        encoder_ffn_dim=3072,
-        decoder_ffn_dim=3072,
-        num_mel_bins=80,
-    ),
-    "large-v3": dict(
-        d_model=1280,
-        encoder_layers=32,
-        decoder_layers=32,
-        encoder_attention_heads=20,
-        decoder_attention_heads=20,
-        encoder_ffn_dim=5120,
-        decoder_ffn_dim=5120,
-        num_mel_bins=128,
-    ),
+    "tiny": _shape(384, 4, 6),
+    "base": _shape(512, 6, 8),
+    "small": _shape(768, 12, 12),
+    "large-v3": _shape(1280, 32, 20, mel_bins=128),
 }
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 RANKS = (0, 4, 8, 16, 32, 64)
