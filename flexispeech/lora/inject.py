@@ -170,7 +170,8 @@ def serving_router(model: nn.Module, rank: int | None = None) -> Router | None:
     if rank is not None:
         check_ranks(get_state(model).config, [rank])
         return FixedRouter(rank)
-    return get_router(model) or FixedRouter(get_state(model).config.r_max)
+    saved = get_router(model)
+    return saved if saved is not None else FixedRouter(get_state(model).config.r_max)
 
 
 def route(model: nn.Module, signals: Mapping[str, torch.Tensor]) -> torch.Tensor:
