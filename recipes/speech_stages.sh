@@ -6,6 +6,11 @@
 #   recipes/speech_stages.sh --conf DIR --data DIR --exp DIR [--stage N] [--stop-stage N]
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_nested"]
+#       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu]
+#
+# --runs trains and evaluates only these runs, in this order (default: the profile's list);
+# --device overrides the profile's device (gpu: cuda, cpu: cpu), e.g. to rehearse the gpu
+# profile on a CPU with --size tiny --steps 2.
 #
 # The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
 # on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
@@ -38,6 +43,8 @@ runs_flexi="flexi_threshold flexi_learned"
 runs_ablation="inconsistent"
 seeds=""
 decisive="static_r16 flexi_nested"
+runs=""
+device=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -54,7 +61,9 @@ while [ $# -gt 0 ]; do
     --real) real=$2; shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --decisive) decisive=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --runs) runs=$2; shift 2 ;;
+    --device) device=$2; shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -99,9 +108,21 @@ fi
 ctx_args=(--audio-ctx "$audio_ctx")
 [ "$family" = whisper ] || ctx_args=()
 all_runs="$runs_static $runs_flexi $runs_ablation"
+if [ -n "$runs" ]; then  # the runs asked for, in their order, each in the stage of its kind
+  for r in $runs; do
+    case " $all_runs " in *" $r "*) ;; *) echo "speech_stages.sh: --runs: unknown run $r (this profile has: $all_runs)" >&2; exit 2 ;; esac
+  done
+  pick() { local out="" r; for r in $runs; do case " $1 " in *" $r "*) out+=" $r" ;; esac; done; echo "$out"; }
+  runs_static=$(pick "$runs_static"); runs_flexi=$(pick "$runs_flexi"); runs_ablation=$(pick "$runs_ablation")
+  all_runs=$runs
+fi
+if [ -n "$device" ]; then
+  dev_args=(--device "$device" "${dev_args[@]:2}")
+  [ "$device" = cpu ] && [ "$profile" = gpu ] && overrides+=("train.mixed_precision='no'")  # quoted: YAML reads a bare no as false
+fi
 
 step() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
-log() { echo "== stage $1: $2"; }
+log() { echo "== stage $1: $2 (at ${SECONDS} s)"; }
 
 train_run() {  # train one run unless it already finished; --resume continues a killed one
   local name=$1 config=$1 extra=()
@@ -121,7 +142,7 @@ if step 1; then
   log 1 "signals and base-model decoding"
   # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted.
   $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits "$signal_splits" "${dev_args[@]}"
-  if [ "$profile" = gpu ]; then  # the embedding router reads the adapted model's own base encoder
+  if [[ " $all_runs " == *" flexi_embedding"* ]]; then  # its router reads the adapted model's own base encoder
     $FLEXI signals "$data" --model "$model" --audio-ctx "$audio_ctx" --splits "$signal_splits" --embedding "${dev_args[@]}"
   fi
 fi

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from flexispeech.commands.options import add_workers_option, workers
+
 HELP = (
     "route by benefit: decode a held-out split at every rank and at rank 0 (the base model), "
     "label each utterance with the smallest rank that gives its lowest WER, fit a router to those labels"
@@ -63,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "run continues (default: <adapter>/../calibrate_<split>)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_workers_option(parser)
 
 
 def _names(text: str | None, option: str) -> list[str] | None:
@@ -141,7 +144,9 @@ def run(args: argparse.Namespace) -> int:
         "audio_ctx": audio_ctx,
     }
     cache = DecodeCache(cache_dir / "decodes.jsonl", header)
-    hyps = decode_at_ranks(model, family, processor, split, ranks, cache, args.batch_size)
+    hyps = decode_at_ranks(
+        model, family, processor, split, ranks, cache, args.batch_size, num_workers=workers(args)
+    )
 
     model_dir = pretrained_path(source)
     normalize = english_normalizer(model_dir if isinstance(model_dir, Path) else None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from flexispeech.commands.options import add_workers_option, workers
 from flexispeech.models import causal_lm, whisper
 
 HELP = "evaluate a model or adapter on a corpus split: WER/CER overall and by SNR, duration and voice"
@@ -50,6 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", help="output directory (default: <adapter>/../eval_<split>, or exp/base/eval_<split>)"
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    add_workers_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -101,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
         args.beam,
         max_new_tokens=args.max_new_tokens,
         live_signals=live,
+        num_workers=workers(args),
     )
     window = {"audio_ctx": whisper.encoder_positions(model)} if family.name == "whisper" else {}
     corpus = {"data": str(args.data), **window}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from flexispeech.commands.options import add_workers_option, workers
 from flexispeech.models.whisper import DEFAULT_SOURCE, POSITIONS_PER_SECOND
 
 HELP = (
@@ -51,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="recompute columns that are already cached")
     parser.add_argument("--device", default="cpu", help="torch device for the base model (default: cpu)")
+    add_workers_option(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -72,7 +74,9 @@ def run(args: argparse.Namespace) -> int:
     model = processor = None
     for split in splits:
         skipped: list[str] = []  # rows whose audio cannot be decoded: reported, given NaN signals
-        did = cache_audio_signals(args.corpus, split, force=args.force, skipped=skipped)
+        did = cache_audio_signals(
+            args.corpus, split, force=args.force, skipped=skipped, num_workers=workers(args)
+        )
         print(
             f"{split}: audio signals {'computed' if did else 'already cached'}"
             + (f", {len(skipped)} utterance(s) skipped (undecodable audio)" if skipped else "")
@@ -95,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 window,
                 force=args.force,
                 skipped=skipped,
+                num_workers=workers(args),
             )
             print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
             if args.embedding:
@@ -107,6 +112,7 @@ def run(args: argparse.Namespace) -> int:
                     window,
                     force=args.force,
                     skipped=skipped,
+                    num_workers=workers(args),
                 )
                 print(f"{split}: pooled encoder embedding {'computed' if did else 'already cached'}")
     return 0

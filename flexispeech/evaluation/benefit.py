@@ -14,6 +14,7 @@ Decoding every rank is the expensive part, so it is cached per utterance as it g
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import sys
@@ -25,8 +26,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from flexispeech.data.loading import load_batches
 from flexispeech.data.split import Split
-from flexispeech.errors import AudioError, ConfigError, FlexispeechError
+from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.ranks import adapter_off, use_ranks
 from flexispeech.lora.router import LearnedRouter, Signals, feature_widths
 
@@ -142,10 +144,12 @@ def decode_at_ranks(
     cache: DecodeCache,
     batch_size: int = 16,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> dict[str, dict[int, str]]:
     """Greedy transcripts of every row of ``split`` at each of ``ranks`` (utterance id ->
     {rank: text}); rows already in ``cache`` are not decoded again, new ones are added to
-    it batch by batch. Rows whose audio cannot be decoded are reported and left out."""
+    it batch by batch. Rows whose audio cannot be decoded are reported and left out.
+    ``num_workers``: loader workers reading and collating batches ahead (``data.loading``)."""
     device = next(model.parameters()).device
     todo = [
         i
@@ -160,23 +164,19 @@ def decode_at_ranks(
         unit="utt",
         disable=not progress,
     )
-    for start in range(0, len(todo), batch_size):
-        examples = []
-        for i in todo[start : start + batch_size]:
-            try:
-                examples.append(split[i])
-            except AudioError as err:
-                tqdm.write(f"skipped: {err}", file=sys.stderr)
-        if examples:
-            inputs = family.collate(processor, examples, train=False)
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    collate = functools.partial(family.collate, processor, train=False)
+    for loaded in load_batches(split, todo, batch_size, collate, num_workers):
+        for _, err in loaded.errors:
+            tqdm.write(f"skipped: {err}", file=sys.stderr)
+        if loaded.rows:
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in loaded.inputs.items()}
             texts: dict[int, list[str]] = {}
             with torch.no_grad():
                 for r in ranks:
                     with _at_rank(model, int(r)):
                         texts[int(r)] = family.generate(model, processor, inputs, num_beams=1)
-            cache.add({ex.id: {r: texts[r][j] for r in texts} for j, ex in enumerate(examples)})
-        bar.update(len(todo[start : start + batch_size]))
+            cache.add({ex.id: {r: texts[r][j] for r in texts} for j, ex in enumerate(loaded.examples)})
+        bar.update(len(loaded.rows) + len(loaded.errors))
     bar.close()
     return {str(r["id"]): cache.hyps[str(r["id"])] for r in split.rows if str(r["id"]) in cache.hyps}
 

@@ -19,13 +19,13 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from flexispeech.data.split import Split
-from flexispeech.errors import AudioError
+from flexispeech.data.loading import load_batches
+from flexispeech.data.split import Split, signals_tensor
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.metrics import error_counts
 from flexispeech.lora.inject import use_ranks
 from flexispeech.models.example import Example
-from flexispeech.training.batch import prepare_batch
+from flexispeech.training.batch import route_rows
 
 
 def decode_split(
@@ -39,6 +39,7 @@ def decode_split(
     progress: bool = True,
     max_new_tokens: int | None = None,
     live_signals: Sequence[str] = (),
+    num_workers: int = 0,
 ) -> tuple[list[dict[str, Any]], float]:
     """Decode every row of ``split``; returns per-utterance records and decode seconds.
 
@@ -48,6 +49,8 @@ def decode_split(
     the generated tokens (None: the family's default). ``live_signals``: signals the router
     reads that the split has not cached; they are computed from each batch's audio as
     ``flexispeech transcribe`` computes them (``signals.live``), not counted as decoding time.
+    ``num_workers``: DataLoader workers that read and collate batches ahead of decoding
+    (``data.loading``; 0: in this process).
     """
     device = next(model.parameters()).device
 
@@ -60,22 +63,29 @@ def decode_split(
     records: list[dict[str, Any]] = [{} for _ in order]
     decode_s = 0.0
     model.eval()
-    for start in tqdm(range(0, len(order), batch_size), desc="decode", unit="batch", disable=not progress):
-        idx, examples = [], []
-        for i in order[start : start + batch_size]:
-            try:
-                examples.append(split[i])
-                idx.append(i)
-            except AudioError as err:  # one bad file is reported and skipped, not the end of the run
-                tqdm.write(f"skipped: {err}", file=sys.stderr)
-                records[i] = {**split.record(i), "hyp": "", "rank": None, "error": str(err)}
-        if not idx:
+    # Live signals are computed here from each clip's samples: the loader keeps them then.
+    loaded_batches = load_batches(
+        split, order, batch_size, collate, num_workers, keep_audio=bool(live_signals)
+    )
+    n_batches = math.ceil(len(order) / batch_size)
+    for loaded in tqdm(loaded_batches, total=n_batches, desc="decode", unit="batch", disable=not progress):
+        for i, err in loaded.errors:  # one bad file is reported and skipped, not the end of the run
+            tqdm.write(f"skipped: {err}", file=sys.stderr)
+            records[i] = {**split.record(i), "hyp": "", "rank": None, "error": err}
+        if not loaded.rows:
             continue
+        examples, inputs = loaded.examples, loaded.inputs
         if live_signals:
             _add_live_signals(examples, live_signals, model, family, processor, collate, max_new_tokens)
-        # Rows decode independently: the batch step puts them in rank order for speed only.
-        batch = prepare_batch(examples, router, collate, rows=idx)
-        inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.inputs.items()}
+        # Rows decode independently: the batch step puts them in rank order for speed only
+        # (the loader collated them in split order; the rows of every input are reordered).
+        batch = route_rows(loaded.rows, signals_tensor(examples), router)
+        inputs = {
+            k: (v[batch.order] if batch.ranks is not None else v).to(device)
+            if isinstance(v, torch.Tensor)
+            else v
+            for k, v in inputs.items()
+        }
         ranks_ctx = use_ranks(model, batch.ranks) if batch.ranks is not None else contextlib.nullcontext()
         t0 = time.perf_counter()
         with torch.no_grad(), ranks_ctx:
@@ -84,7 +94,7 @@ def decode_split(
             )
         decode_s += time.perf_counter() - t0
         ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
-        signals = {i: ex.signals for i, ex in zip(idx, examples)}
+        signals = {i: ex.signals for i, ex in zip(loaded.rows, examples)}
         for i, text, rank in zip(batch.rows, texts, ranks):
             record = split.record(i)
             if live_signals:

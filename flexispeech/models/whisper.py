@@ -40,6 +40,7 @@ FULL_POSITIONS = 1500  # 30 s / 20 ms
 FULL_EMBED_ATTR = "_flexispeech_full_positions"
 FRAMES_PER_SECOND = 100  # mel frames per second (10-ms hop)
 TOKENS_PER_SECOND = 15  # Whisper's decoder budget: 448 tokens per 30-s window
+PREFIX_ALLOWANCE = 8  # decoder positions left for the prefix (<|startoftranscript|>, language, task, ...)
 
 
 def encoder_positions(model: nn.Module) -> int:
@@ -243,11 +244,21 @@ class WhisperFamily:
                 sub = features[short_rows, :, :window]
                 if sub.shape[-1] < window:  # a window trimmed by the caller: pad with log-mel silence
                     sub = nn.functional.pad(sub, (0, window - sub.shape[-1]), value=float(sub.min()))
+                short_kwargs = dict(kwargs)
+                if max_new_tokens is None:
+                    # The same budget per second of the batch's longest clip: a batch of 3-s
+                    # clips with one hallucinating row stops after 45 steps, not 448.
+                    longest = max(min(int(num_frames[i]), window) for i in short_rows)
+                    budget = math.ceil(TOKENS_PER_SECOND * longest / FRAMES_PER_SECOND)
+                    # transformers refuses a budget that, with the prefix tokens, passes the
+                    # decoder's 448 positions: a full 30-s clip gets 448 less the prefix.
+                    limit = model.config.max_target_positions - PREFIX_ALLOWANCE
+                    short_kwargs["max_new_tokens"] = max(1, min(budget, limit))
                 with use_ranks(model, rows=short_rows):
                     # One decoding call: without it transformers re-runs rows whose output holds a
                     # timestamp token on the rest of the window, with a smaller batch.
                     seqs = model.generate(
-                        sub, return_timestamps=False, force_unique_generate_call=True, **kwargs
+                        sub, return_timestamps=False, force_unique_generate_call=True, **short_kwargs
                     )
                 for row, seq in zip(short_rows, seqs):
                     out[row] = seq.cpu()

@@ -20,17 +20,20 @@ from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 from tqdm.auto import tqdm
 
-from flexispeech.data.corpus import add_columns, load_corpus, load_row_audio
-from flexispeech.data.speech import SIGNAL_PREFIX, CorpusSplit, make_collate
+from flexispeech.audio import SAMPLE_RATE
+from flexispeech.data.corpus import add_columns, load_corpus
+from flexispeech.data.loading import Loaded, load_batches
+from flexispeech.data.speech import SIGNAL_PREFIX, CorpusSplit
 from flexispeech.errors import AudioError
 from flexispeech.evaluation.metrics import english_normalizer, utterance_wer
+from flexispeech.models.example import Example
 from flexispeech.signals.audio import audio_signals
 
 
@@ -42,6 +45,7 @@ def _skip(err: AudioError, skipped: list[str] | None) -> None:
 
 
 AUDIO_SIGNALS = ("duration", "snr_db", "speech_activity")
+AUDIO_BATCH = 32  # clips per loader item for the audio signals
 MODEL_COLUMNS = (SIGNAL_PREFIX + "proxy", SIGNAL_PREFIX + "proxy_entropy", "base_hyp", "base_wer")
 
 
@@ -51,27 +55,39 @@ def cache_audio_signals(
     force: bool = False,
     progress: bool = True,
     skipped: list[str] | None = None,
+    num_workers: int = 0,
 ) -> bool:
     """Add the audio signal columns to ``split``; returns whether anything was computed.
 
+    ``num_workers`` processes read the clips and compute their signals (0: this process).
     A row whose audio cannot be decoded gets NaN signals and is reported on stderr (and
     appended to ``skipped``) instead of ending the run."""
     corpus_dir = Path(corpus_dir)
-    ds = load_corpus(corpus_dir, split)
     columns = [SIGNAL_PREFIX + name for name in AUDIO_SIGNALS]
-    if not force and all(c in ds.column_names for c in columns):
+    if not force and all(c in load_corpus(corpus_dir, split).column_names for c in columns):
         return False
-    values: dict[str, list[float]] = {c: [] for c in columns}
-    for row in tqdm(ds, desc=f"audio signals {split}", unit="utt", disable=not progress):
-        try:
-            sig = audio_signals(load_row_audio(corpus_dir, row), 16_000)
-        except AudioError as err:
-            _skip(err, skipped)
-            sig = {name: math.nan for name in AUDIO_SIGNALS}
-        for name in AUDIO_SIGNALS:
-            values[SIGNAL_PREFIX + name].append(float(sig[name]))
+    split_rows = CorpusSplit(corpus_dir, split)
+    values: dict[str, list[float]] = {c: [math.nan] * len(split_rows) for c in columns}
+    for loaded in _batches(
+        split_rows,
+        list(range(len(split_rows))),
+        AUDIO_BATCH,
+        _audio_signal_rows,
+        num_workers,
+        f"audio signals {split}",
+        progress,
+        skipped,
+    ):
+        for i, sig in zip(loaded.rows, loaded.inputs or []):
+            for name in AUDIO_SIGNALS:
+                values[SIGNAL_PREFIX + name][i] = float(sig[name])
     add_columns(corpus_dir, split, values)
     return True
+
+
+def _audio_signal_rows(examples: list[Example]) -> list[dict[str, float]]:
+    """The blind audio signals of each Example (runs in the loader's workers)."""
+    return [audio_signals(ex.audio, SAMPLE_RATE) for ex in examples]
 
 
 def cache_model_signals(
@@ -85,11 +101,11 @@ def cache_model_signals(
     force: bool = False,
     progress: bool = True,
     skipped: list[str] | None = None,
+    num_workers: int = 0,
 ) -> bool:
     """Decode ``split`` once with the base Whisper ``model`` and cache the proxy signals,
     the transcripts and their WER. Rows longer than ``max_duration`` (the encoder window)
     get NaN/empty values: they are not used by a run with that window either."""
-    from flexispeech.models.whisper import FAMILY
     from flexispeech.signals.proxy import first_pass
 
     corpus_dir = Path(corpus_dir)
@@ -100,17 +116,22 @@ def cache_model_signals(
     keep = [i for i, r in enumerate(split_rows.rows) if max_duration is None or r["duration"] <= max_duration]
     keep.sort(key=lambda i: split_rows.rows[i]["duration"])  # similar lengths per batch: less padding
     normalize = english_normalizer(model_dir)
-    collate = make_collate(FAMILY, processor, train=False)
     n = len(split_rows)
     proxy, entropy, hyps, wers = [math.nan] * n, [math.nan] * n, [""] * n, [math.nan] * n
     model.eval()
     # An undecodable row keeps NaN/empty values, like a row over max_duration.
-    for idx, examples in _decode_batches(
-        split_rows, keep, batch_size, f"base decode {split}", progress, skipped
+    for loaded in _batches(
+        split_rows,
+        keep,
+        batch_size,
+        _Features(processor),
+        num_workers,
+        f"base decode {split}",
+        progress,
+        skipped,
     ):
-        batch = collate(examples)["inputs"]
-        signals, texts = first_pass(model, processor, batch)
-        for j, i in enumerate(idx):
+        signals, texts = first_pass(model, processor, loaded.inputs)
+        for j, i in enumerate(loaded.rows):
             proxy[i] = float(signals["proxy"][j])
             entropy[i] = float(signals["proxy_entropy"][j])
             hyps[i] = texts[j]
@@ -120,25 +141,38 @@ def cache_model_signals(
     return True
 
 
-def _decode_batches(
+class _Features:
+    """Whisper's decoding inputs of a batch of Examples (a class, not a closure: the loader's
+    workers may receive it by pickling)."""
+
+    def __init__(self, processor: Any) -> None:
+        self.processor = processor
+
+    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+        from flexispeech.models.whisper import FAMILY
+
+        return FAMILY.collate(self.processor, examples, train=False)
+
+
+def _batches(
     split_rows: CorpusSplit,
     keep: list[int],
     batch_size: int,
+    collate: Callable[[list[Example]], Any],
+    num_workers: int,
     desc: str,
     progress: bool,
     skipped: list[str] | None,
-) -> Iterator[tuple[list[int], list[Any]]]:
-    """``(row indices, Examples)`` of ``keep`` in batches; undecodable rows are reported and left out."""
-    for start in tqdm(range(0, len(keep), batch_size), desc=desc, unit="batch", disable=not progress):
-        idx, examples = [], []
-        for i in keep[start : start + batch_size]:
-            try:
-                examples.append(split_rows[i])
-                idx.append(i)
-            except AudioError as err:
-                _skip(err, skipped)
-        if idx:
-            yield idx, examples
+) -> Iterator[Loaded]:
+    """The loaded batches of ``keep`` (``data.loading``) that hold a row; undecodable rows
+    are reported (and appended to ``skipped``) and left out."""
+    total = math.ceil(len(keep) / batch_size)
+    loaded_batches = load_batches(split_rows, keep, batch_size, collate, num_workers)
+    for loaded in tqdm(loaded_batches, total=total, desc=desc, unit="batch", disable=not progress):
+        for _, err in loaded.errors:
+            _skip(err, skipped)
+        if loaded.rows:
+            yield loaded
 
 
 def cache_embedding(
@@ -151,11 +185,11 @@ def cache_embedding(
     force: bool = False,
     progress: bool = True,
     skipped: list[str] | None = None,
+    num_workers: int = 0,
 ) -> bool:
     """Cache ``signal_embedding``: the base Whisper encoder's output of each row, mean-pooled
     over its audio (``pooled_embedding``); rows longer than ``max_duration`` or whose audio
     cannot be decoded get none. Returns whether anything was computed."""
-    from flexispeech.models.whisper import FAMILY
     from flexispeech.signals.embedding import EMBEDDING, pooled_embedding
 
     corpus_dir = Path(corpus_dir)
@@ -165,15 +199,21 @@ def cache_embedding(
     split_rows = CorpusSplit(corpus_dir, split)
     keep = [i for i, r in enumerate(split_rows.rows) if max_duration is None or r["duration"] <= max_duration]
     keep.sort(key=lambda i: split_rows.rows[i]["duration"])
-    collate = make_collate(FAMILY, processor, train=False)
     values: list[list[float] | None] = [None] * len(split_rows)
     model.eval()
-    for idx, examples in _decode_batches(
-        split_rows, keep, batch_size, f"embedding {split}", progress, skipped
+    for loaded in _batches(
+        split_rows,
+        keep,
+        batch_size,
+        _Features(processor),
+        num_workers,
+        f"embedding {split}",
+        progress,
+        skipped,
     ):
-        inputs = collate(examples)["inputs"]
+        inputs = loaded.inputs
         pooled = pooled_embedding(model, inputs["input_features"], inputs["num_frames"])
-        for j, i in enumerate(idx):
+        for j, i in enumerate(loaded.rows):
             values[i] = pooled[j].tolist()
     add_columns(corpus_dir, split, {column: values})
     return True

@@ -5,6 +5,7 @@
 #                            [--profile cpu|gpu] [--model whisper-tiny.en|whisper-base]
 #                            [--steps N] [--data DIR] [--exp DIR] [--seed N] [--seeds 0,1,2]
 #                            [--real DIR]   (a real-speech corpus every model is also evaluated on)
+#                            [--runs "static_r16 flexi_nested"] [--device cuda|cpu]  (see speech_stages.sh)
 #
 # --profile gpu is the full study on one GPU: the gpu corpus size (28,000 utterances, 4,480
 # test of which half by unseen voices), 30-s windows, adapters in encoder and decoder,
@@ -44,8 +45,8 @@ while [ $# -gt 0 ]; do
     --profile) profile=$2; pass+=("$1" "$2"); shift 2 ;;
     --model) model=$2; pass+=("$1" "$2"); shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
-    --steps|--decisive|--real) pass+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --steps|--decisive|--real|--runs|--device) pass+=("$1" "$2"); shift 2 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -185,3 +185,29 @@ def test_tiny_en_transcribes_the_fixtures(examples: list[Example], audio_ctx: in
     with use_ranks(model, [0, 8, 0]):  # fresh adapters (B = 0) leave the model unchanged
         assert FAMILY.generate(model, processor, batch) == hyps
     assert np.isfinite(FAMILY.loss(model, FAMILY.collate(processor, examples)).item())
+
+
+def test_token_budget_follows_the_longest_clip_of_a_batch(base, examples: list[Example], monkeypatch) -> None:
+    """At the full 30-s window a batch of short clips gets Whisper's 15 tokens per second of
+    its longest clip (a hallucinating row then cannot hold the batch to 448 steps); a 30-s
+    clip gets the decoder's 448 positions less the prefix; an explicit cap wins."""
+    import math
+
+    model, processor = base
+    budgets: list[int | None] = []
+
+    def fake_generate(features, **kwargs):
+        budgets.append(kwargs.get("max_new_tokens"))
+        return torch.zeros(features.shape[0], 3, dtype=torch.long)
+
+    monkeypatch.setattr(model, "generate", fake_generate)
+    batch = FAMILY.collate(processor, examples, train=False)
+    longest = int(batch["num_frames"].max())
+    assert longest < 1000  # the fixtures are short clips
+    FAMILY.generate_ids(model, batch)
+    assert budgets[-1] == math.ceil(15 * longest / 100)
+    full = {"input_features": batch["input_features"], "num_frames": torch.full((len(examples),), 3000)}
+    FAMILY.generate_ids(model, full)
+    assert budgets[-1] == model.config.max_target_positions - 8
+    FAMILY.generate_ids(model, batch, max_new_tokens=5)
+    assert budgets[-1] == 5

@@ -166,3 +166,31 @@ def test_early_stopping_needs_validation(corpus, tmp_path) -> None:  # noqa: F81
             config(corpus, tmp_path / "x", "fixed", **{"train.early_stopping": "{patience: 2}"}),
             progress=False,
         )
+
+
+def test_validation_reads_its_rows_once(corpus, monkeypatch) -> None:  # noqa: F811
+    """The validation rows, features and ranks are the same at every validation: they are
+    read and collated at the first one only, and the loss is that of a fresh read."""
+    from flexispeech.lora import FlexiLoraConfig, inject
+    from flexispeech.models.random_init import randomize_adapters
+    from flexispeech.training.early_stopping import Validator
+
+    family = get_family("whisper")
+    model, processor = family.load("random:tiny")
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 4), target_modules=family.default_targets))
+    randomize_adapters(model)  # so that the ranks change the loss
+    split = CorpusSplit(corpus, "test")
+    router = ThresholdRouter([0, 2, 4], weights={"snr_db": -1.0}).calibrate(
+        split.all_signals(), target_mean_rank=2.0
+    )
+    reads = []
+    original = CorpusSplit.__getitem__
+    monkeypatch.setattr(CorpusSplit, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
+    validate = Validator(split, family, processor, router, batch_size=4)
+    first = validate(model)
+    assert sorted(reads) == list(range(len(split)))
+    second = validate(model)
+    assert len(reads) == len(split)  # nothing read again
+    assert second.loss == first.loss and second.by_rank == first.by_rank and second.n == len(split)
+    fresh = Validator(split, family, processor, router, batch_size=4)(model)
+    assert fresh.loss == first.loss and len(first.by_rank) > 1
