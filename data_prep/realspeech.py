@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from data_prep.folder import audio_duration, is_complete, link_or_copy, report_skipped
+from data_prep.system_root import system_root
 from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import FlexispeechError
 
@@ -214,7 +215,7 @@ def prepare_realspeech(
     out: Path,
     sources: list[str] | None = None,
     *,
-    prefix: Path = Path("/"),
+    prefix: Path | None = None,
     force: bool = False,
 ) -> Path:
     """Import the real English recordings that Debian packages installed, as a ``test`` split.
@@ -222,7 +223,7 @@ def prepare_realspeech(
     Args:
         out: the corpus directory to write
         sources: which sources to import (asterisk, pocketsphinx; default: every installed one)
-        prefix: the root the packages are installed under (tests point it at a fake tree)
+        prefix: the root the packages are installed under (default: $FLEXISPEECH_SYSTEM_ROOT, else /)
         force: rebuild even if ``out`` holds a complete corpus
 
     A source whose packages are not installed is left out with a one-line warning naming the
@@ -239,7 +240,8 @@ def prepare_realspeech(
             packages to install), an unknown source, a malformed transcript line, or no
             readable utterance.
     """
-    out, prefix = Path(out), Path(prefix)
+    out = Path(out)
+    prefix = Path(prefix) if prefix is not None else system_root()  # read now: not at import
     unknown = [s for s in sources or [] if s not in SOURCES]
     if unknown:
         raise FlexispeechError(f"unknown realspeech sources {unknown}; known: {', '.join(SOURCES)}")

@@ -16,9 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-# Debian package locations (fortunes, fortunes-min, wamerican).
-FORTUNE_DIR = Path("/usr/share/games/fortunes")
-DICTIONARY = Path("/usr/share/dict/words")
+from data_prep.system_root import system_path
+
+# Debian package locations (fortunes, fortunes-min, wamerican), under FLEXISPEECH_SYSTEM_ROOT.
+FORTUNE_DIR = "/usr/share/games/fortunes"
+DICTIONARY = "/usr/share/dict/words"
 SPLIT_FRACTIONS = {"train": 0.8, "validation": 0.1, "test": 0.1}
 # Word-count buckets of an utterance (1-30 s of read speech at ~2.5 words/s).
 BUCKETS = ((1, 4), (5, 12), (13, 25), (26, 45), (46, 70))
@@ -128,8 +130,14 @@ def generated_sentences(count: int, seed: int = 0) -> list[str]:
     return list(out)
 
 
-def fortune_sentences(fortune_dir: Path = FORTUNE_DIR, dictionary: Path = DICTIONARY) -> list[str]:
-    """Fortunes whose every word is a dictionary word (sorted, de-duplicated); [] if missing."""
+def fortune_sentences(fortune_dir: Path | None = None, dictionary: Path | None = None) -> list[str]:
+    """Fortunes whose every word is a dictionary word (sorted, de-duplicated); [] if missing.
+
+    ``fortune_dir`` and ``dictionary`` default to the Debian packages' files under
+    :func:`~data_prep.system_root.system_root`.
+    """
+    fortune_dir = Path(fortune_dir) if fortune_dir is not None else system_path(FORTUNE_DIR)
+    dictionary = Path(dictionary) if dictionary is not None else system_path(DICTIONARY)
     if not dictionary.is_file() or not fortune_dir.is_dir():
         warnings.warn(
             f"{fortune_dir} or {dictionary} missing (Debian packages fortunes, wamerican): "

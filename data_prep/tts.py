@@ -22,11 +22,13 @@ import numpy as np
 import soundfile as sf
 from scipy.signal import resample_poly
 
+from data_prep.system_root import system_path
 from flexispeech.audio import SAMPLE_RATE, check_samples, to_mono
 from flexispeech.errors import FlexispeechError
 
-MBROLA_DIR = Path("/usr/share/mbrola")  # where Debian's mbrola-* voice packages install
-FESTIVAL_VOICE_DIR = Path("/usr/share/festival/voices")
+# Where Debian's mbrola-* and festvox-* voice packages install (under FLEXISPEECH_SYSTEM_ROOT).
+MBROLA_DIR = "/usr/share/mbrola"
+FESTIVAL_VOICE_DIR = "/usr/share/festival/voices"
 
 
 @dataclass(frozen=True)
@@ -105,6 +107,7 @@ def _mbrola_db(name: str) -> str:
 def installed_voices() -> dict[str, list[Voice]]:
     """Voices per installed engine (engines with no usable voice are absent)."""
     out: dict[str, list[Voice]] = {}
+    mbrola_dir, festival_voice_dir = system_path(MBROLA_DIR), system_path(FESTIVAL_VOICE_DIR)
 
     def add(engine: str, names: list[str]) -> None:
         voices = [Voice(engine, n, n.split("+")[0] in UNSEEN[engine]) for n in names]
@@ -115,11 +118,11 @@ def installed_voices() -> dict[str, list[Voice]]:
         add("espeak", [f"{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS])
         if shutil.which("mbrola"):
             for engine, names in MBROLA_VOICES.items():
-                add(engine, [n for n in names if (MBROLA_DIR / _mbrola_db(n)).exists()])
+                add(engine, [n for n in names if (mbrola_dir / _mbrola_db(n)).exists()])
     if shutil.which("flite"):
         add("flite", FLITE_VOICES)
     if shutil.which("festival"):
-        add("festival", [n for n in FESTIVAL_VOICES if list(FESTIVAL_VOICE_DIR.glob(f"*/{n}"))])
+        add("festival", [n for n in FESTIVAL_VOICES if list(festival_voice_dir.glob(f"*/{n}"))])
     if shutil.which("pico2wave"):
         add("pico", PICO_VOICES)
     if importlib.util.find_spec("hibari") and importlib.util.find_spec("onnxruntime"):

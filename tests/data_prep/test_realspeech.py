@@ -25,6 +25,7 @@ from data_prep.realspeech import (
     prepare_realspeech,
     read_sphinx_transcription,
 )
+from data_prep.system_root import system_root
 from flexispeech.data.corpus import load_corpus, load_row_audio, read_corpus_info
 from flexispeech.errors import FlexispeechError
 
@@ -195,7 +196,7 @@ def test_transcript_parsing(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.skipif(
-    not (Path("/") / ASTERISK_LIST).is_file() or not (Path("/") / POCKETSPHINX_DATA).is_dir(),
+    not (system_root() / ASTERISK_LIST).is_file() or not (system_root() / POCKETSPHINX_DATA).is_dir(),
     reason="needs the Debian packages: sh data_prep/install_system_deps.sh",
 )
 def test_installed_packages(tmp_path):
