@@ -74,6 +74,7 @@ fi
 signal_splits=train,test
 dev_args=()
 aug_overrides=()
+calib_args=()
 case "$profile" in
   # CPU: 10-s encoder window, encoder frozen and cached, adapters on the decoder.
   cpu) audio_ctx=500; overrides=() ;;
@@ -89,7 +90,8 @@ case "$profile" in
        aug_overrides=(augment.spec_augment=true augment.noise_prob=0.5 augment.speed_prob=0.3
                       augment.reverb_prob=0.2)
        signal_splits=train,validation,test  # validation rows are routed too
-       dev_args=(--device cuda --batch-size 64)
+       dev_args=(--device cuda --batch-size 128)
+       calib_args=(--max-examples 1000)  # 1,000 validation rows decoded at each of the 5 ranks
        runs_static="static_r16 static_r6 static_r8"
        runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
        runs_ablation="inconsistent flexi_nested_noaug" ;;
@@ -134,7 +136,7 @@ train_run() {  # train one run unless it already finished; --resume continues a 
   $FLEXI train --config "$conf/$config.yaml" output_dir="$exp/$name" "${overrides[@]}" "${extra[@]}" --resume
   if [[ $config == flexi_benefit ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
     # Routing by benefit: fit the router on the validation split (replaces the adapter's router).
-    $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation "${dev_args[@]}"
+    $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation "${dev_args[@]}" "${calib_args[@]}"
   fi
 }
 

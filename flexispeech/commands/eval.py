@@ -87,12 +87,20 @@ def run(args: argparse.Namespace) -> int:
         router = serving_router(model, args.rank)  # the chain transcribe and stream use too
     elif args.rank is not None:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
+    from flexispeech.data.speech import CorpusSplit
+    from flexispeech.signals.cache import AUDIO_SIGNALS
+
     live = sorted(set(router.signal_names if router is not None else ()) - set(split.signal_names))
     if live:
         print(
             f"note: {args.data} has no cached signals {live} for the router: computing them while decoding "
             f"(`flexispeech signals {args.data}` caches them)"
         )
+    if isinstance(split, CorpusSplit) and not split.signal_names:
+        # A corpus with no cached signal at all: its clips get the audio signals (cheap) while
+        # decoding, so that the results break down by SNR and duration, and a router that
+        # reads no signal (a fixed rank) still sees every row of its batch.
+        live = sorted(set(live) | set(AUDIO_SIGNALS))
     records, decode_s = decode_split(
         model,
         family,

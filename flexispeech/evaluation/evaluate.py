@@ -119,7 +119,12 @@ def _add_live_signals(
     with torch.no_grad():
         values = live_signals(audios, collate(examples), names, family.name, model, processor, max_new_tokens)
     for j, ex in enumerate(examples):
-        ex.signals = {**ex.signals, **{n: float(values[n][j]) for n in names}}
+        ex.signals = {**ex.signals, **{n: _scalar_or_vector(values[n][j]) for n in names}}
+
+
+def _scalar_or_vector(value: Any) -> float | list[float]:
+    """A live signal's value: a float, or a vector signal's list of floats (the embedding)."""
+    return [float(v) for v in value] if isinstance(value, (list, tuple)) else float(value)
 
 
 def _bucketed(

@@ -134,7 +134,7 @@ class CausalLmFamily:
         return rows
 
     def collate(
-        self, processor: Any, examples: Sequence[Example], train: bool = True
+        self, processor: Any, examples: Sequence[Example], train: bool = True, device: str | None = None
     ) -> dict[str, torch.Tensor]:
         """``train``: ``input_ids``/``attention_mask``/``labels`` [B, L], right padded, labels
         -100 on the prompt and padding. Otherwise: left-padded prompts ``input_ids`` and

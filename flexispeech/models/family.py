@@ -44,9 +44,12 @@ class ModelFamily(Protocol):
         ...
 
     def collate(
-        self, processor: Any, examples: Sequence[Example], train: bool = True
+        self, processor: Any, examples: Sequence[Example], train: bool = True, device: str | None = None
     ) -> dict[str, torch.Tensor]:
-        """A batch of model inputs (and ``labels`` when ``train``), first dim = len(examples)."""
+        """A batch of model inputs (and ``labels`` when ``train``), first dim = len(examples).
+
+        ``device``: where feature extraction may run (e.g. ``"cuda"`` in the training process;
+        None: the CPU, as in loader workers); the inputs come back on the CPU either way."""
         ...
 
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -57,7 +57,7 @@ class Wav2Vec2Family:
         return model.to(device=device, dtype=dtype).eval(), processor
 
     def collate(
-        self, processor: Any, examples: Sequence[Example], train: bool = True
+        self, processor: Any, examples: Sequence[Example], train: bool = True, device: str | None = None
     ) -> dict[str, torch.Tensor]:
         """``input_values`` [B, T] (normalised, zero padded), ``attention_mask`` [B, T] and,
         when ``train``, ``labels`` [B, L] (character ids, -100 padded)."""

@@ -124,12 +124,13 @@ class WhisperFamily:
             processor.tokenizer.set_prefix_tokens(predict_timestamps=False)
 
     def collate(
-        self, processor: Any, examples: Sequence[Example], train: bool = True
+        self, processor: Any, examples: Sequence[Example], train: bool = True, device: str | None = None
     ) -> dict[str, torch.Tensor]:
         """Batch of ``input_features`` [B, n_mels, frames] float32, ``num_frames`` [B] (true
         length of each clip in mel frames) and, when ``train``, ``labels`` [B, L].
 
         ``frames`` is the encoder window (``2 * audio_ctx``): clips are padded or cut to it.
+        ``device``: where the log-mel is computed (transformers' torch STFT; None: the CPU).
         For decoding (``train=False``) a batch holding a clip longer than the window keeps
         every clip whole (padded to the longest) so that ``generate`` can decode it
         window by window. Labels: the prefix tokens (after ``<|startoftranscript|>``,
@@ -141,6 +142,10 @@ class WhisperFamily:
         lengths = [len(a) for a in audios]
         long_form = not train and max(lengths) > fe.n_samples
         kwargs: dict[str, Any] = {"sampling_rate": SAMPLE_RATE, "return_tensors": "pt"}
+        if (
+            device is not None
+        ):  # the log-mel's STFT on that device (a batch of 30-s clips: ~1 s on one CPU core)
+            kwargs["device"] = str(device)
         if long_form:
             kwargs.update(truncation=False, padding="longest")
         features = fe(audios, **kwargs).input_features

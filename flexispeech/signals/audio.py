@@ -18,6 +18,7 @@ comparison and for audio without pauses, where a percentile floor sees no silenc
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from functools import lru_cache
 
 import numpy as np
@@ -148,10 +149,11 @@ def speech_activity(samples: np.ndarray, sample_rate: int) -> float:
     return float(np.mean(active))
 
 
-def audio_signals(samples: np.ndarray, sample_rate: int) -> dict[str, float]:
-    """All audio signals of ``samples`` [T]: keys ``duration``, ``snr_db``, ``speech_activity``."""
-    return {
-        "duration": duration_s(samples, sample_rate),
-        "snr_db": snr_db(samples, sample_rate),
-        "speech_activity": speech_activity(samples, sample_rate),
-    }
+def audio_signals(
+    samples: np.ndarray, sample_rate: int, names: Collection[str] | None = None
+) -> dict[str, float]:
+    """The audio signals of ``samples`` [T]: keys ``duration``, ``snr_db``,
+    ``speech_activity`` (only those in ``names``, when given: a router that reads one of
+    them need not pay for the others)."""
+    functions = {"duration": duration_s, "snr_db": snr_db, "speech_activity": speech_activity}
+    return {name: f(samples, sample_rate) for name, f in functions.items() if names is None or name in names}

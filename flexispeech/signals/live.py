@@ -3,8 +3,8 @@
 ``flexispeech signals`` caches a corpus's signals as columns once; a file given to
 ``flexispeech transcribe``, or a corpus evaluated before its signals were cached, gets
 them here from the same functions: the blind audio signals (``signals.audio``) of every
-clip, and the base model's decoder confidence (``signals.proxy``, adapter off) when the
-router reads it.
+clip, and the base model's decoder confidence (``signals.proxy``, adapter off) and its
+pooled encoder embedding (``signals.embedding``, adapter off) when the router reads them.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from torch import nn
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 from flexispeech.signals.audio import audio_signals
+from flexispeech.signals.embedding import EMBEDDING, pooled_embedding
 from flexispeech.signals.proxy import PROXY_KEYS, first_pass_confidence
 
 
@@ -44,7 +45,8 @@ def live_signals(
 
     Returns:
         ``duration``, ``snr_db``, ``speech_activity`` always; ``proxy`` and
-        ``proxy_entropy`` when ``needed`` names one of them.
+        ``proxy_entropy`` when ``needed`` names one of them; ``embedding`` (one list of
+        d_model floats per clip) when ``needed`` names it.
     """
     rows = [audio_signals(a, SAMPLE_RATE) for a in audios]
     out = {k: [r[k] for r in rows] for k in rows[0]}
@@ -53,4 +55,9 @@ def live_signals(
             raise ConfigError("the router needs the proxy signal, which only Whisper models compute")
         proxy = first_pass_confidence(model, processor, batch, max_new_tokens=max_new_tokens)
         out.update({k: v.tolist() for k, v in proxy.items()})
+    if EMBEDDING in needed:
+        if family != "whisper":
+            raise ConfigError("the router needs the encoder embedding, which only Whisper models compute")
+        pooled = pooled_embedding(model, batch["input_features"], batch["num_frames"])
+        out[EMBEDDING] = pooled.tolist()
     return out

@@ -109,7 +109,10 @@ class Augmenter:
         self.banks = AugmentBanks.load(cfg, SAMPLE_RATE, device)
 
     def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        return self.family.collate(self.processor, examples, train=True)
+        # Features of the augmented clips on the training device: this runs in the training
+        # process, between steps, where a CPU log-mel of a batch would idle the GPU.
+        device = None if self.device.type == "cpu" else str(self.device)
+        return self.family.collate(self.processor, examples, train=True, device=device)
 
     def __call__(self, planned: PlannedBatch, generator: torch.Generator) -> Batch[int]:
         """The augmented batch of ``planned`` (whose ``inputs`` hold ``AudioInputs``' audio),
@@ -118,9 +121,12 @@ class Augmenter:
         audio, lengths = inputs["audio"].to(self.device), inputs["lengths"].to(self.device)
         audio, lengths = augment_waveforms(audio, lengths, self.cfg, generator, SAMPLE_RATE, self.banks)
         clips = unpad_waveforms(audio, lengths)
+        # Only the audio signals the router reads are recomputed (a random or fixed router
+        # reads none; the cached proxy stays): on 30-s clips they cost more than the step.
+        needed = set() if isinstance(self.router, RandomRouter) else set(self.router.signal_names)
         examples = []
         for i, clip in zip(rows, clips):
-            signals = {**self.split.signals(i), **audio_signals(clip, SAMPLE_RATE)}  # the cached proxy stays
+            signals = {**self.split.signals(i), **audio_signals(clip, SAMPLE_RATE, needed)}
             examples.append(
                 Example(id=str(i), text=str(self.split.rows[i]["text"]), audio=clip, signals=signals)
             )

@@ -46,6 +46,7 @@ from flexispeech.training.graphs import graphed_steps
 from flexispeech.training.nested import check_nested, nested_generator, nested_loss
 from flexispeech.training.rank_losses import RankLosses, capture_row_losses
 from flexispeech.training.routing import build_routers
+from flexispeech.training.throughput import Throughput
 
 BEST_ADAPTER = "best_adapter"  # early stopping: the best adapter so far, beside the checkpoint
 
@@ -151,6 +152,7 @@ class Trainer:
         self.router_state: Any = None  # of the last micro-batch trained on (random routers)
         self.start_step = self.state.step
         self.steps_run = 0  # optimizer steps taken by this process (a resumed run skips the earlier ones)
+        self.throughput = Throughput()  # this session's data wait, augmentation and validation time
         self.counts: Counter = Counter({int(k): v for k, v in self.state.rank_counts.items()})
         self.losses: list[float] = []
         self.inputs = self._train_inputs(model)
@@ -337,8 +339,13 @@ class Trainer:
         )
         self._augment_step = -1
         inner = accelerator.unwrap_model(self.model)
-        for planned in self._loader() if state.step < cfg.train.max_steps else ():
-            batch = planned.batch if self.augmenter is None else self._augmented(planned, state.step)
+        throughput = self.throughput = Throughput()
+        for planned in throughput.timed(self._loader() if state.step < cfg.train.max_steps else ()):
+            if self.augmenter is None:
+                batch = planned.batch
+            else:
+                with throughput.timing("augment_s"):
+                    batch = self._augmented(planned, state.step)
             state.epoch, state.batch_in_epoch = planned.epoch, planned.index + 1
             self.router_state = planned.router_state
             self.counts.update(batch.ranks.tolist())
@@ -355,6 +362,7 @@ class Trainer:
                 self.train_rank_losses.add(batch.ranks, captured)
             self.losses.append(float(loss.detach()) * accum)
             state.examples_seen += planned.n_global
+            throughput.examples += planned.n_global
             if not sync:
                 continue
             if cfg.train.max_grad_norm:
@@ -369,7 +377,10 @@ class Trainer:
             bar.set_postfix_str(f"loss {mean_loss:.3f} | {_hist(self.counts)}")
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
                 self._log(mean_loss, time.perf_counter() - t_start)
-            stop = self.validator is not None and state.step % cfg.train.eval_every == 0 and self._validate()
+            with throughput.timing("validate_s"):
+                stop = (
+                    self.validator is not None and state.step % cfg.train.eval_every == 0 and self._validate()
+                )
             if state.step % cfg.train.save_every == 0 and state.step < cfg.train.max_steps and not stop:
                 self._save_checkpoint(time.perf_counter() - t_start)
             if stop or state.step >= cfg.train.max_steps:
@@ -388,6 +399,7 @@ class Trainer:
                 "epoch": state.epoch,
                 "ranks": {str(k): v for k, v in sorted(self.counts.items())},
                 "elapsed_s": round(elapsed_s, 2),
+                **self.throughput.interval(),
             }
             by_rank = self.train_rank_losses.mean_by_rank()
             if by_rank:  # token-mean loss of each rank's rows since the last line
@@ -433,6 +445,7 @@ class Trainer:
                 if self.resumed_from is None
                 else {"from": str(self.resumed_from), "step": self.start_step},
                 "steps_run": self.steps_run,
+                **self.throughput.summary(train_time),
                 "kept": kept,
                 "stopped": self.stopped,
             }

@@ -211,3 +211,22 @@ def test_token_budget_follows_the_longest_clip_of_a_batch(base, examples: list[E
     assert budgets[-1] == model.config.max_target_positions - 8
     FAMILY.generate_ids(model, batch, max_new_tokens=5)
     assert budgets[-1] == 5
+
+
+def test_collate_computes_features_on_the_device_asked_for(
+    base, examples: list[Example], monkeypatch
+) -> None:
+    """``device`` reaches the feature extractor (the log-mel on the GPU in the training
+    process); the features are the same as the default CPU ones and come back on the CPU."""
+    _, processor = base
+    fe = processor.feature_extractor
+    seen = []
+    original = type(fe).__call__
+    monkeypatch.setattr(
+        type(fe), "__call__", lambda self, *a, **k: seen.append(k.get("device")) or original(self, *a, **k)
+    )
+    on_cpu = FAMILY.collate(processor, examples, train=False, device="cpu")
+    default = FAMILY.collate(processor, examples, train=False)
+    assert seen == ["cpu", None]
+    assert on_cpu["input_features"].device.type == "cpu"
+    torch.testing.assert_close(on_cpu["input_features"], default["input_features"])

@@ -148,3 +148,30 @@ def test_signals_embedding_column_feeds_a_learned_router(corpus, tmp_path, capsy
     ranks = router(signals)
     assert ranks.shape == (16,) and set(ranks.tolist()) <= {0, 2, 4}
     assert main(["eval", "--data", str(corpus), "--adapter", str(adapter), "--batch-size", "4"]) == 0
+
+
+def test_live_signals_give_the_base_encoder_embedding(tiny) -> None:
+    """A clip with no cached embedding (``eval`` on another corpus, ``transcribe``) gets it
+    from the base encoder with the adapter off: the same vector an unadapted model gives."""
+    import copy
+
+    from flexispeech.models.random_init import randomize_adapters
+    from flexispeech.signals.live import live_signals
+
+    model, processor = tiny
+    rng = np.random.default_rng(0)
+    clips = [(0.1 * rng.standard_normal(n)).astype(np.float32) for n in (16000, 24000)]
+    examples = [Example(id=str(i), text="", audio=c) for i, c in enumerate(clips)]
+    batch = FAMILY.collate(processor, examples, train=False)
+    expected = pooled_embedding(model, batch["input_features"], batch["num_frames"])
+    adapted = copy.deepcopy(model)
+    inject(adapted, FlexiLoraConfig(ranks=(0, 4), target_modules=FAMILY.default_targets))
+    randomize_adapters(adapted)
+    with use_ranks(adapted, [4, 4]):
+        assert not torch.allclose(
+            adapted.get_encoder()(batch["input_features"]).last_hidden_state,
+            model.get_encoder()(batch["input_features"]).last_hidden_state,
+        )  # the adapter changes the encoder; the signal must not see it
+        out = live_signals(clips, batch, ["embedding"], "whisper", adapted, processor)
+    assert set(out) == {"duration", "snr_db", "speech_activity", "embedding"}
+    torch.testing.assert_close(torch.tensor(out["embedding"]), expected)

@@ -117,14 +117,18 @@ def test_stream_window_defaults_to_the_adapters(adapter, capsys) -> None:
     assert "warning: stream: --audio-ctx 250" in capsys.readouterr().err
 
 
-def test_eval_computes_signals_a_corpus_has_not_cached(corpus, adapter, tmp_path, capsys) -> None:  # noqa: F811
-    bare = tmp_path / "bare"
+def _bare(corpus, root):  # noqa: F811
+    """The corpus's test split without any cached signal column."""
     rows = [
         {k: v for k, v in r.items() if not k.startswith("signal_")}
         for r in load_corpus(corpus, "test").to_list()
     ]
-    shutil.copytree(corpus / "audio", bare / "audio")
-    write_corpus(rows, bare, name="bare")
+    shutil.copytree(corpus / "audio", root / "audio")
+    return write_corpus(rows, root, name="bare")
+
+
+def test_eval_computes_signals_a_corpus_has_not_cached(corpus, adapter, tmp_path, capsys) -> None:  # noqa: F811
+    bare = _bare(corpus, tmp_path / "bare")
     assert main(["eval", "--data", str(bare), "--adapter", str(adapter), "--out", str(tmp_path / "e")]) == 0
     out = capsys.readouterr().out
     assert (
@@ -134,6 +138,33 @@ def test_eval_computes_signals_a_corpus_has_not_cached(corpus, adapter, tmp_path
     res = _results(tmp_path / "e")
     assert res["n"] == 6 and sum(res["rank_histogram"].values()) == 6
     assert all(set(u["signals"]) >= {"proxy", "snr_db"} for u in res["utterances"])
+
+
+def test_eval_at_a_fixed_rank_on_a_corpus_without_signals(corpus, adapter, tmp_path) -> None:  # noqa: F811
+    """A router that reads no signal (a fixed rank, static LoRA) on a corpus with none cached
+    (real recordings): every row is decoded at that rank and gets its audio signals, so the
+    results break down by SNR as on the synthetic corpus."""
+    bare = _bare(corpus, tmp_path / "bare")
+    assert (
+        main(
+            [
+                "eval",
+                "--data",
+                str(bare),
+                "--adapter",
+                str(adapter),
+                "--rank",
+                "2",
+                "--out",
+                str(tmp_path / "e"),
+            ]
+        )
+        == 0
+    )
+    res = _results(tmp_path / "e")
+    assert res["n"] == 6 and res["rank_histogram"] == {"2": 6}
+    assert all(set(u["signals"]) == {"duration", "snr_db", "speech_activity"} for u in res["utterances"])
+    assert sum(n for h in res["ranks_by_snr"].values() for n in h.values()) == 6
 
 
 def test_eval_reports_ranks_per_snr_bucket(corpus, adapter, tmp_path) -> None:  # noqa: F811

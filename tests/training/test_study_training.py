@@ -68,7 +68,7 @@ def test_augmented_training_is_deterministic_by_seed_and_resumes_bit_identical(c
     assert same(a, weights(resumed))
 
 
-def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus) -> None:  # noqa: F811
+def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus, monkeypatch) -> None:  # noqa: F811
     family = get_family("whisper")
     _, processor = family.load("random:tiny")
     split = CorpusSplit(corpus, "train")
@@ -87,6 +87,24 @@ def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus) -> None: 
     assert torch.equal(batch.signals["proxy"], cached["proxy"])  # the cached proxy is kept
     assert torch.equal(batch.ranks, router(batch.signals))  # routed as it would be served
     assert set(batch.inputs) == {"input_features", "num_frames", "labels"}
+    assert torch.equal(
+        batch.signals["duration"], cached["duration"]
+    )  # not read by the router: not recomputed
+
+    # A random router keeps the ranks drawn at planning time and reads no signal: none is computed.
+    from flexispeech.lora.router import RandomRouter
+
+    calls = []
+    monkeypatch.setattr(
+        "flexispeech.training.augmented.audio_signals", lambda clip, sr, names: calls.append(set(names)) or {}
+    )
+    random_router = RandomRouter([0, 2, 8], seed=0)
+    planned = PlannedBatch(route_rows(rows, split.signals_of(rows), random_router), 0, 0, 8, None)
+    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    batch = Augmenter(cfg, family, processor, split, random_router, torch.device("cpu"))(
+        planned, torch.Generator().manual_seed(0)
+    )
+    assert calls == [set()] * 8 and torch.equal(batch.ranks, planned.batch.ranks)
 
 
 def test_augmentation_with_a_cached_encoder_is_a_config_error(corpus, tmp_path) -> None:  # noqa: F811

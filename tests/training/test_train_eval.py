@@ -84,6 +84,8 @@ def test_every_routing_mode_trains_and_saves(corpus, tmp_path, mode: str) -> Non
     assert summary["steps"] == 3 and summary["examples_seen"] == 12
     log = [json.loads(line) for line in (tmp_path / mode / "train_log.jsonl").read_text().splitlines()]
     assert [e["step"] for e in log] == [1, 2, 3] and all(np.isfinite(e["loss"]) for e in log)
+    assert all(e["utt_per_s"] > 0 and 0 <= e["data_wait_share"] <= 1 for e in log)  # throughput per line
+    assert summary["utt_per_s"] > 0 and 0 < summary["data_wait_s"] and 0 <= summary["data_wait_share"] <= 1
     meta = read_adapter_config(adapter)["config"]["metadata"]
     assert meta["base_model"] == "random:tiny" and meta["routing"] == mode
     assert (adapter / "router.json").is_file()
