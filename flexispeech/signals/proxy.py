@@ -23,6 +23,7 @@ from torch import nn
 from flexispeech.lora.ranks import adapter_off
 
 PROXY_KEYS = ("proxy", "proxy_entropy")
+SCORE_ELEMENTS = 2**28  # logits per scoring chunk (1 GiB of float32)
 
 
 def first_pass_confidence(
@@ -56,13 +57,7 @@ def first_pass(
     with adapter_off(model), torch.no_grad():
         seqs = FAMILY.generate_ids(model, first, num_beams=1, max_new_tokens=max_new_tokens)
         tokens, targets_mask = _pad(seqs, processor)
-        logits = model(
-            input_features=features.to(device, dtype=model.dtype), decoder_input_ids=tokens[:, :-1].to(device)
-        ).logits.float()
-    logp = torch.log_softmax(logits, dim=-1).cpu()  # [B, L-1, V]
-    targets = tokens[:, 1:]
-    token_logp = logp.gather(-1, targets.unsqueeze(-1)).squeeze(-1)  # [B, L-1]
-    entropy = -(logp.exp() * logp).sum(-1)  # [B, L-1]
+        token_logp, entropy = _score(model, features.to(device, dtype=model.dtype), tokens.to(device))
     mask = targets_mask[:, 1:].float()
     count = mask.sum(1).clamp(min=1.0)
     texts = [
@@ -74,6 +69,30 @@ def first_pass(
         "proxy_entropy": ((entropy * mask).sum(1) / count).float(),
     }
     return signals, texts
+
+
+def _score(
+    model: nn.Module, features: torch.Tensor, tokens: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Teacher-forced log-probability of each next token of ``tokens`` [B, L] and the entropy
+    of each next-token distribution, both [B, L-1] float32 on the CPU.
+
+    The encoder runs once; the decoder in row chunks, each reduced where its logits are:
+    the log-probabilities of a whole batch ([B, L-1, vocabulary] floats) would take tens of
+    gigabytes for 512 rows of 30-s transcripts (Whisper's vocabulary is 51,864 tokens).
+    """
+    encoded = model.get_encoder()(features).last_hidden_state
+    width = tokens.shape[1] - 1
+    chunk = max(1, SCORE_ELEMENTS // max(1, width * model.config.vocab_size))
+    token_logp, entropy = [], []
+    for start in range(0, tokens.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        logits = model(encoder_outputs=(encoded[rows],), decoder_input_ids=tokens[rows, :-1]).logits.float()
+        logp = torch.log_softmax(logits, dim=-1)  # [chunk, L-1, V]
+        token_logp.append(logp.gather(-1, tokens[rows, 1:].unsqueeze(-1)).squeeze(-1).cpu())
+        entropy.append((-(logp.exp() * logp).sum(-1)).cpu())
+        del logits, logp
+    return torch.cat(token_logp), torch.cat(entropy)
 
 
 def _pad(seqs: list[torch.Tensor], processor: Any) -> tuple[torch.Tensor, torch.Tensor]:

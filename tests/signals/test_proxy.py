@@ -73,3 +73,31 @@ def test_adapter_is_switched_off(setup) -> None:
     with torch.no_grad():
         ref = FAMILY.loss(model, {**batch, "labels": torch.tensor([[processor.tokenizer.eos_token_id]] * 2)})
     assert abs(on.item() - ref.item()) > 1e-4  # the adapter does change the model when on
+
+
+def test_scoring_in_row_chunks_changes_nothing(setup, monkeypatch) -> None:
+    """The teacher-forced pass runs in row chunks sized to a memory budget (a batch of 512
+    long transcripts would need tens of GB of log-probabilities): one row per chunk gives
+    the same signals as the whole batch at once."""
+    import flexispeech.signals.proxy as proxy
+
+    model, processor, batch = setup
+    whole = first_pass_confidence(model, processor, batch, max_new_tokens=MAX_NEW)
+    monkeypatch.setattr(proxy, "SCORE_ELEMENTS", 1)  # one row per chunk
+    decoder_rows = []
+    original = proxy._score
+
+    def counted(*args):
+        hook = model.model.decoder.register_forward_hook(
+            lambda _m, _a, kw, out: decoder_rows.append(out.last_hidden_state.shape[0]), with_kwargs=True
+        )
+        try:
+            return original(*args)
+        finally:
+            hook.remove()
+
+    monkeypatch.setattr(proxy, "_score", counted)
+    chunked = first_pass_confidence(model, processor, batch, max_new_tokens=MAX_NEW)
+    assert decoder_rows == [1, 1]  # the two rows scored one at a time
+    for key in whole:
+        torch.testing.assert_close(chunked[key], whole[key])

@@ -15,7 +15,7 @@ def slow_loader(n: int, delay: float):
 
 def test_waiting_for_the_loader_is_counted_and_shared_per_interval() -> None:
     t = Throughput()
-    for item in t.timed(slow_loader(4, 0.05)):
+    for _ in t.timed(slow_loader(4, 0.05)):
         time.sleep(0.05)  # the step
         t.examples += 8
     assert 0.18 < t.wait_s < 0.4
