@@ -90,7 +90,7 @@ case "$profile" in
        aug_overrides=(augment.spec_augment=true augment.noise_prob=0.5 augment.speed_prob=0.3
                       augment.reverb_prob=0.2)
        signal_splits=train,validation,test  # validation rows are routed too
-       dev_args=(--device cuda --batch-size 128)
+       dev_args=(--device cuda --batch-size 512)  # decoding is per-step overhead: wide batches amortise it
        calib_args=(--max-examples 1000)  # 1,000 validation rows decoded at each of the 5 ranks
        runs_static="static_r16 static_r6 static_r8"
        runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"

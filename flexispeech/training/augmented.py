@@ -20,7 +20,7 @@ so a run is deterministic by seed and a resumed run redraws each step exactly.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -141,3 +141,32 @@ class Augmenter:
                 features, batch.inputs["num_frames"], self.cfg, generator
             )
         return batch
+
+
+class DeviceFeatures:
+    """Without augmentation, on a GPU: the loader's audio featurised in the training process.
+
+    Whisper's log-mel of a batch of 30-s clips costs ~1 s of one CPU core (an FFT per 10 ms
+    of every clip), far more than a GPU step of a small model, so loader workers on a few
+    cores cannot keep the GPU fed. Here the workers only read the audio (``AudioInputs``)
+    and the features are made on the training device in one batched STFT. The rows stay in
+    the planned (rank) order with their planned ranks: nothing about them changed.
+    """
+
+    def __init__(self, family: ModelFamily, processor: Any, split: Split, device: torch.device) -> None:
+        self.family, self.processor, self.split, self.device = family, processor, split, device
+
+    def __call__(self, planned: PlannedBatch, generator: torch.Generator | None = None) -> Batch[int]:
+        rows, inputs = planned.batch.rows, planned.batch.inputs
+        clips = unpad_waveforms(inputs["audio"], inputs["lengths"])
+        examples = [
+            Example(id=str(i), text=str(self.split.rows[i]["text"]), audio=clip)
+            for i, clip in zip(rows, clips)
+        ]
+        features = self.family.collate(self.processor, examples, train=True, device=str(self.device))
+        return replace(planned.batch, inputs=features)
+
+
+def features_on_device(family: str, device: torch.device, cache_encoder_layers: int, enabled: bool) -> bool:
+    """Whether a run makes Whisper's features on its (GPU) training device (``DeviceFeatures``)."""
+    return enabled and family == "whisper" and device.type == "cuda" and cache_encoder_layers == 0

@@ -178,6 +178,10 @@ class TrainConfig:
     """On a GPU, replay each training step's forward + backward from a CUDA graph (one per
     batch shape; ``flexispeech.training.graphs``); false: eager steps. Taken only where it
     is safe (one process, no grad_accum, no mixed precision); otherwise the log says why."""
+    features_on_device: bool = True
+    """On a GPU, Whisper's log-mel features are made in the training process on the GPU
+    from the audio the loader's workers read (``training.augmented.DeviceFeatures``);
+    false: in the workers, on their CPUs. Augmented batches are always featurised there."""
     nested: NestedConfig = field(default_factory=NestedConfig)
     """Nested-rank training: each example also trains at a sampled rank (off by default)."""
 

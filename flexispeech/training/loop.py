@@ -37,7 +37,14 @@ from flexispeech.models.family import TrainInputs, get_family, train_inputs
 from flexispeech.models.family import load_model as load_family_model
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
 from flexispeech.models.whisper_prefix import frozen_prefix_pattern
-from flexispeech.training.augmented import AudioInputs, Augmenter, augmenting, check_augment
+from flexispeech.training.augmented import (
+    AudioInputs,
+    Augmenter,
+    DeviceFeatures,
+    augmenting,
+    check_augment,
+    features_on_device,
+)
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from flexispeech.training.config import RunConfig, to_dict
@@ -184,8 +191,8 @@ class Trainer:
 
     def _train_inputs(self, model: torch.nn.Module) -> TrainInputs:
         cfg = self.cfg
-        if augmenting(cfg.augment):  # the loader decodes audio; the batch is made after augmenting it
-            return AudioInputs(self.family, self.split)
+        if augmenting(cfg.augment) or self._features_on_device():
+            return AudioInputs(self.family, self.split)  # the loader decodes audio; the batch is made here
         if cfg.model.cache_encoder_layers and self.accelerator.num_processes > 1:
             raise ConfigError(
                 "model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)"
@@ -215,9 +222,21 @@ class Trainer:
         elif self.resume:
             print(f"[{cfg.name}] no checkpoint in {self.out}: starting at step 0")
 
-    def _augmenter(self) -> Augmenter | None:
-        """On-the-fly augmentation of training batches (None when ``augment`` is all off)."""
+    def _features_on_device(self) -> bool:
+        cfg = self.cfg
+        return features_on_device(
+            cfg.model.family,
+            self.accelerator.device,
+            cfg.model.cache_encoder_layers,
+            cfg.train.features_on_device,
+        )
+
+    def _augmenter(self) -> Augmenter | DeviceFeatures | None:
+        """What makes a training batch in this process from the loader's audio: on-the-fly
+        augmentation, or features on the GPU (``DeviceFeatures``); None: the loader does."""
         if not augmenting(self.cfg.augment):
+            if self._features_on_device():
+                return DeviceFeatures(self.family, self.processor, self.split, self.accelerator.device)
             return None
         return Augmenter(
             self.cfg.augment,

@@ -25,7 +25,7 @@ class Throughput:
     wait_s: float = 0.0
     """Seconds spent waiting for the loader's next batch."""
     augment_s: float = 0.0
-    """Seconds spent augmenting batches in the training process."""
+    """Seconds spent making batches in the training process (augmenting, or features on the GPU)."""
     validate_s: float = 0.0
     """Seconds spent on validation."""
     examples: int = 0

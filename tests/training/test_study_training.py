@@ -212,3 +212,33 @@ def test_validation_reads_its_rows_once(corpus, monkeypatch) -> None:  # noqa: F
     assert second.loss == first.loss and second.by_rank == first.by_rank and second.n == len(split)
     fresh = Validator(split, family, processor, router, batch_size=4)(model)
     assert fresh.loss == first.loss and len(first.by_rank) > 1
+
+
+def test_features_made_on_the_device_equal_the_workers(corpus) -> None:  # noqa: F811
+    """On a GPU the loader's workers only read audio and the training process featurises the
+    batch (``DeviceFeatures``): the same rows, order, ranks and inputs as a worker's collate."""
+    from flexispeech.training.augmented import DeviceFeatures, features_on_device
+
+    family = get_family("whisper")
+    _, processor = family.load("random:tiny")
+    split = CorpusSplit(corpus, "train")
+    router = ThresholdRouter([0, 2, 8], weights={"snr_db": -1.0}).calibrate(
+        split.all_signals(), target_mean_rank=3.0
+    )
+    rows = list(range(8))
+    routed = route_rows(rows, split.signals_of(rows), router)
+    planned = PlannedBatch(routed, 0, 0, 8, None)
+    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    batch = DeviceFeatures(family, processor, split, torch.device("cpu"))(planned)
+    expected = family.collate(processor, [split[i] for i in routed.rows], train=True)
+    assert batch.rows == routed.rows and torch.equal(batch.ranks, routed.ranks)
+    assert set(batch.inputs) == set(expected)
+    for key in expected:
+        torch.testing.assert_close(batch.inputs[key], expected[key])
+    cuda = torch.device("cuda")
+    assert features_on_device("whisper", cuda, 0, True)
+    assert not features_on_device("whisper", torch.device("cpu"), 0, True)  # the CPU's cores are the workers'
+    assert not features_on_device("whisper", cuda, 4, True)  # a cached encoder prefix reads no features
+    assert not features_on_device("wav2vec2", cuda, 0, True) and not features_on_device(
+        "whisper", cuda, 0, False
+    )
