@@ -90,3 +90,44 @@ def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
             "flexi_nested_noaug",
         ]
     }
+
+
+def test_runs_picks_runs_and_their_order_and_device_overrides(tmp_path: Path) -> None:
+    calls = run_stages(tmp_path, "gpu", "--runs", "flexi_nested static_r16", "--device", "cpu")
+    evals = _evals(calls)
+    assert set(evals) == {"base/eval_test", "flexi_nested/eval_test", "static_r16/eval_test"}
+    adapters = [
+        c[c.index("--adapter") + 1].split("exp/", 1)[1] for c in calls if c[0] == "eval" and "--adapter" in c
+    ]
+    assert adapters == ["flexi_nested/adapter", "static_r16/adapter"]  # the order asked for
+    assert all(c[c.index("--device") + 1] == "cpu" for c in calls if "--device" in c)
+    assert all(
+        c[c.index("--batch-size") + 1] == "512" for c in calls if c[0] == "eval"
+    )  # the profile's batch kept
+
+
+def test_unknown_run_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    fake, calls = tmp_path / "flexispeech", tmp_path / "calls.txt"
+    fake.write_text(FAKE)
+    fake.chmod(0o755)
+    out = subprocess.run(
+        [
+            "bash",
+            str(RECIPES / "speech_stages.sh"),
+            "--conf",
+            "c",
+            "--data",
+            "d",
+            "--exp",
+            str(tmp_path / "e"),
+            "--profile",
+            "gpu",
+            "--runs",
+            "static_r16 flexi_magic",
+        ],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls)},
+    )
+    assert out.returncode == 2 and "--runs: unknown run flexi_magic" in out.stderr
+    assert not calls.exists()
