@@ -8,6 +8,7 @@ seen/unseen voice) and written as results.json, results.md and PNG plots.
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import math
 import sys
@@ -54,8 +55,8 @@ def decode_split(
     """
     device = next(model.parameters()).device
 
-    def collate(examples: list[Example]) -> dict[str, torch.Tensor]:
-        return family.collate(processor, examples, train=False)
+    # A partial, not a closure: loader workers started by spawn or forkserver pickle it.
+    collate = functools.partial(family.collate, processor, train=False)
 
     # Batches of similar duration (text: prompt length): less padding, similar decoding lengths.
     lengths = split.durations
@@ -76,7 +77,7 @@ def decode_split(
             continue
         examples, inputs = loaded.examples, loaded.inputs
         if live_signals:
-            _add_live_signals(examples, live_signals, model, family, processor, collate, max_new_tokens)
+            _add_live_signals(examples, inputs, live_signals, model, family, processor, max_new_tokens)
         # Rows decode independently: the batch step puts them in rank order for speed only
         # (the loader collated them in split order; the rows of every input are reordered).
         batch = route_rows(loaded.rows, signals_tensor(examples), router)
@@ -105,19 +106,20 @@ def decode_split(
 
 def _add_live_signals(
     examples: list[Example],
+    inputs: dict[str, torch.Tensor],
     names: Sequence[str],
     model: torch.nn.Module,
     family: Any,
     processor: Any,
-    collate: Callable[[list[Example]], dict[str, torch.Tensor]],
     max_new_tokens: int | None,
 ) -> None:
-    """Fill the signals ``names`` of ``examples`` in place from their audio (``signals.live``)."""
+    """Fill the signals ``names`` of ``examples`` in place from their audio and their
+    collated decoding ``inputs`` (``signals.live``)."""
     from flexispeech.signals.live import live_signals
 
     audios = [ex.audio for ex in examples]
     with torch.no_grad():
-        values = live_signals(audios, collate(examples), names, family.name, model, processor, max_new_tokens)
+        values = live_signals(audios, inputs, names, family.name, model, processor, max_new_tokens)
     for j, ex in enumerate(examples):
         ex.signals = {**ex.signals, **{n: _scalar_or_vector(values[n][j]) for n in names}}
 
