@@ -170,3 +170,24 @@ class DeviceFeatures:
 def features_on_device(family: str, device: torch.device, cache_encoder_layers: int, enabled: bool) -> bool:
     """Whether a run makes Whisper's features on its (GPU) training device (``DeviceFeatures``)."""
     return enabled and family == "whisper" and device.type == "cuda" and cache_encoder_layers == 0
+
+
+def batch_maker(
+    augment: AugmentConfig,
+    family: ModelFamily,
+    processor: Any,
+    split: Split,
+    router: Router,
+    device: torch.device,
+    cache_encoder_layers: int,
+    device_features: bool,
+) -> Augmenter | DeviceFeatures | None:
+    """What makes a run's training batches in the training process from the audio its
+    loader reads: an ``Augmenter`` when ``augment`` changes batches, else ``DeviceFeatures``
+    where ``features_on_device`` applies (``device_features``: ``train.features_on_device``);
+    None: the loader's workers make whole batches."""
+    if augmenting(augment):
+        return Augmenter(augment, family, processor, split, router, device)
+    if features_on_device(family.name, device, cache_encoder_layers, device_features):
+        return DeviceFeatures(family, processor, split, device)
+    return None

@@ -37,14 +37,7 @@ from flexispeech.models.family import TrainInputs, get_family, train_inputs
 from flexispeech.models.family import load_model as load_family_model
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
 from flexispeech.models.whisper_prefix import frozen_prefix_pattern
-from flexispeech.training.augmented import (
-    AudioInputs,
-    Augmenter,
-    DeviceFeatures,
-    augmenting,
-    check_augment,
-    features_on_device,
-)
+from flexispeech.training.augmented import AudioInputs, batch_maker, check_augment
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from flexispeech.training.config import RunConfig, to_dict
@@ -162,8 +155,17 @@ class Trainer:
         self.throughput = Throughput()  # this session's data wait, augmentation and validation time
         self.counts: Counter = Counter({int(k): v for k, v in self.state.rank_counts.items()})
         self.losses: list[float] = []
+        self.augmenter = batch_maker(
+            cfg.augment,
+            self.family,
+            self.processor,
+            self.split,
+            self.train_router,
+            self.accelerator.device,
+            cfg.model.cache_encoder_layers,
+            cfg.train.features_on_device,
+        )
         self.inputs = self._train_inputs(model)
-        self.augmenter = self._augmenter()
         self.validator = self._validator()
         self.train_rank_losses = RankLosses()
         self.stopped = "max_steps"
@@ -191,8 +193,8 @@ class Trainer:
 
     def _train_inputs(self, model: torch.nn.Module) -> TrainInputs:
         cfg = self.cfg
-        if augmenting(cfg.augment) or self._features_on_device():
-            return AudioInputs(self.family, self.split)  # the loader decodes audio; the batch is made here
+        if self.augmenter is not None:  # the loader decodes audio; the batch is made in this process
+            return AudioInputs(self.family, self.split)
         if cfg.model.cache_encoder_layers and self.accelerator.num_processes > 1:
             raise ConfigError(
                 "model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)"
@@ -221,31 +223,6 @@ class Trainer:
             print(f"[{cfg.name}] resumed from {self.resumed_from} at step {self.state.step}")
         elif self.resume:
             print(f"[{cfg.name}] no checkpoint in {self.out}: starting at step 0")
-
-    def _features_on_device(self) -> bool:
-        cfg = self.cfg
-        return features_on_device(
-            cfg.model.family,
-            self.accelerator.device,
-            cfg.model.cache_encoder_layers,
-            cfg.train.features_on_device,
-        )
-
-    def _augmenter(self) -> Augmenter | DeviceFeatures | None:
-        """What makes a training batch in this process from the loader's audio: on-the-fly
-        augmentation, or features on the GPU (``DeviceFeatures``); None: the loader does."""
-        if not augmenting(self.cfg.augment):
-            if self._features_on_device():
-                return DeviceFeatures(self.family, self.processor, self.split, self.accelerator.device)
-            return None
-        return Augmenter(
-            self.cfg.augment,
-            self.family,
-            self.processor,
-            self.split,
-            self.train_router,
-            self.accelerator.device,
-        )
 
     def _augmented(self, planned: Any, step: int) -> Batch[int]:
         """The augmented, re-routed batch of ``planned``; the micro-batches of optimizer step

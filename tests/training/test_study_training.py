@@ -242,3 +242,12 @@ def test_features_made_on_the_device_equal_the_workers(corpus) -> None:  # noqa:
     assert not features_on_device("wav2vec2", cuda, 0, True) and not features_on_device(
         "whisper", cuda, 0, False
     )
+
+    from flexispeech.training.augmented import Augmenter, batch_maker
+
+    cpu = torch.device("cpu")
+    assert (
+        batch_maker(AugmentConfig(), family, processor, split, router, cpu, 0, True) is None
+    )  # the workers do it
+    augment = AugmentConfig(noise_prob=1.0)
+    assert isinstance(batch_maker(augment, family, processor, split, router, cpu, 0, True), Augmenter)
