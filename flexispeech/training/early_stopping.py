@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from flexispeech.lora.ranks import use_ranks
 from flexispeech.models.family import Example, ModelFamily
 from flexispeech.training.batch import Batch, prepare_batch
 from flexispeech.training.rank_losses import RankLosses, capture_row_losses
+
+if TYPE_CHECKING:  # annotations only: the checkpoint module is the state's home
+    from flexispeech.training.checkpoint import TrainerState
 
 METRICS = ("loss",)
 
@@ -130,3 +133,48 @@ class Validator:
 def improved(best: float | None, value: float, min_delta: float) -> bool:
     """Whether ``value`` beats ``best`` (lower is better) by more than ``min_delta``."""
     return best is None or value < best - min_delta
+
+
+def record_validation(state: TrainerState, loss: float, min_delta: float) -> bool:
+    """Update the best loss, its step and the count of validations without improvement in
+    ``state``; returns whether ``loss`` improved on the best."""
+    better = improved(state.best_metric, loss, min_delta)
+    if better:
+        state.best_metric, state.best_step, state.bad_evals = loss, state.step, 0
+    else:
+        state.bad_evals += 1
+    return better
+
+
+def validation_entry(state: TrainerState, result: Validation) -> dict[str, Any]:
+    """The train_log.jsonl line of a validation."""
+    return {
+        "step": state.step,
+        "val_loss": round(result.loss, 5),
+        "val_loss_by_rank": result.by_rank,
+        "val_examples": result.n,
+        "best_step": state.best_step,
+    }
+
+
+def stop_reason(state: TrainerState, es: EarlyStoppingConfig) -> str | None:
+    """Why early stopping ends the run now, or None to go on."""
+    if es.patience is not None and state.bad_evals >= es.patience:
+        return (
+            f"early stopping: validation {es.metric} did not improve for {es.patience} "
+            f"validations after step {state.best_step}"
+        )
+    return None
+
+
+def kept_step(state: TrainerState, es: EarlyStoppingConfig, validating: bool) -> dict[str, Any]:
+    """Which step's adapter a run keeps, and why: the best validation step under early
+    stopping, else the last one."""
+    if es.patience is None or state.best_step is None:
+        why = "the last step" + ("" if not validating else " (early stopping off)")
+        return {"step": state.step, "why": why}
+    return {
+        "step": state.best_step,
+        "why": f"best validation {es.metric}",
+        f"val_{es.metric}": round(state.best_metric, 5),
+    }

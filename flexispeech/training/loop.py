@@ -28,24 +28,28 @@ from flexispeech.data.augment import step_generator
 from flexispeech.data.speech import LengthBucketSampler
 from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
-from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import load_adapter, save_adapter
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
-from flexispeech.models.family import TrainInputs, get_family, train_inputs
-from flexispeech.models.family import load_model as load_family_model
+from flexispeech.models.family import TrainInputs, train_inputs
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
-from flexispeech.models.whisper_prefix import frozen_prefix_pattern
 from flexispeech.training.augmented import AudioInputs, batch_maker, check_augment
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from flexispeech.training.config import RunConfig, to_dict
-from flexispeech.training.early_stopping import Validator, improved
+from flexispeech.training.early_stopping import (
+    Validator,
+    kept_step,
+    record_validation,
+    stop_reason,
+    validation_entry,
+)
 from flexispeech.training.graphs import graphed_steps
 from flexispeech.training.nested import check_nested, nested_generator, nested_loss
 from flexispeech.training.rank_losses import RankLosses, capture_row_losses
 from flexispeech.training.routing import build_routers
+from flexispeech.training.run_setup import adapter_config, load_model, lr_schedule
 from flexispeech.training.throughput import Throughput
 
 BEST_ADAPTER = "best_adapter"  # early stopping: the best adapter so far, beside the checkpoint
@@ -57,40 +61,6 @@ def _hist(counts: Counter | dict[int, int]) -> str:
 
 def _to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-
-
-def _scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
-    from transformers import get_scheduler
-
-    names = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
-    if cfg.train.schedule not in names:
-        raise ConfigError(f"train.schedule: expected one of {sorted(names)}, got {cfg.train.schedule!r}")
-    return get_scheduler(names[cfg.train.schedule], optimizer, cfg.train.warmup_steps, cfg.train.max_steps)
-
-
-def load_model(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[Any, Any, Any]:
-    """The run's family, base model and processor."""
-    family = get_family(cfg.model.family)
-    model, processor = load_family_model(family, cfg.model.source, str(device), cfg.model.audio_ctx)
-    return family, model, processor
-
-
-def adapter_config(cfg: RunConfig, family: Any) -> FlexiLoraConfig:
-    """The FlexiLoraConfig of a run (with the facts needed to reload it in metadata)."""
-    a = cfg.adapter
-    targets: tuple[str, ...] | str = tuple(a.target_modules or family.default_targets)
-    if cfg.model.cache_encoder_layers:
-        targets = frozen_prefix_pattern(targets, cfg.model.cache_encoder_layers)
-    return a.to_lora(
-        target_modules=targets,
-        metadata={
-            "base_model": cfg.model.source,
-            "family": cfg.model.family,
-            "audio_ctx": cfg.model.audio_ctx,
-            "run": cfg.name,
-            "routing": cfg.routing.mode,
-        },
-    )
 
 
 class Trainer:
@@ -147,7 +117,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(
             adapter_parameters(model), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay
         )
-        self.scheduler = _scheduler(cfg, self.optimizer)
+        self.scheduler = lr_schedule(cfg, self.optimizer)
         self.state, self.resumed_from = self._restore(model)
         self.router_state: Any = None  # of the last micro-batch trained on (random routers)
         self.start_step = self.state.step
@@ -254,33 +224,18 @@ class Trainer:
         """Validate, log, keep the best adapter; returns whether early stopping says stop.
 
         Every process validates the same rows, so all of them take the same decision."""
-        cfg, state = self.cfg, self.state
+        state, es = self.state, self.cfg.train.early_stopping
         result = self.validator(self.accelerator.unwrap_model(self.model))
-        es = cfg.train.early_stopping
-        better = improved(state.best_metric, result.loss, es.min_delta)
-        if better:
-            state.best_metric, state.best_step, state.bad_evals = result.loss, state.step, 0
-        else:
-            state.bad_evals += 1
+        better = record_validation(state, result.loss, es.min_delta)
         if self.accelerator.is_main_process:
             if better and es.patience is not None:  # save_adapter writes atomically
                 save_adapter(self.accelerator.unwrap_model(self.model), self.out / BEST_ADAPTER)
-            entry = {
-                "step": state.step,
-                "val_loss": round(result.loss, 5),
-                "val_loss_by_rank": result.by_rank,
-                "val_examples": result.n,
-                "best_step": state.best_step,
-            }
             with (self.out / "train_log.jsonl").open("a") as f:
-                f.write(json.dumps(entry) + "\n")
-        if es.patience is not None and state.bad_evals >= es.patience:
-            self.stopped = (
-                f"early stopping: validation {es.metric} did not improve for {es.patience} "
-                f"validations after step {state.best_step}"
-            )
-            return True
-        return False
+                f.write(json.dumps(validation_entry(state, result)) + "\n")
+        reason = stop_reason(state, es)
+        if reason is not None:
+            self.stopped = reason
+        return reason is not None
 
     def _loader(self) -> DataLoader:
         """This process's micro-batches from where the trainer state stands, collated ahead."""
@@ -450,15 +405,7 @@ class Trainer:
 
     def _kept(self) -> dict[str, Any]:
         """Which step's adapter the run keeps, and why."""
-        state, es = self.state, self.cfg.train.early_stopping
-        if es.patience is None or state.best_step is None:
-            why = "the last step" + ("" if self.validator is None else " (early stopping off)")
-            return {"step": state.step, "why": why}
-        return {
-            "step": state.best_step,
-            "why": f"best validation {es.metric}",
-            f"val_{es.metric}": round(state.best_metric, 5),
-        }
+        return kept_step(self.state, self.cfg.train.early_stopping, self.validator is not None)
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:
