@@ -75,9 +75,12 @@ signal_splits=train,test
 dev_args=()
 aug_overrides=()
 calib_args=()
+real_args=()
 case "$profile" in
   # CPU: 10-s encoder window, encoder frozen and cached, adapters on the decoder.
-  cpu) audio_ctx=500; overrides=() ;;
+  # Real speech: a seeded sample of 40 recordings (the whole split on a GPU): each one costs
+  # a 30-s encoder pass on the CPU too.
+  cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40) ;;
   # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
   # on-the-fly augmentation (off in the *_noaug ablation). Validation loss (overall and per
   # rank) every 50 steps; the best adapter is kept and a run stops after 4 validations
@@ -162,9 +165,9 @@ if step 2; then
     evaluate "$exp/base/eval_test_30s" --data "$data" "${base[@]}" --audio-ctx 1500
   fi
   if [ -n "$real" ]; then
-    evaluate "$exp/base/eval_real" --data "$real" "${base[@]}" "${ctx_args[@]}"
+    evaluate "$exp/base/eval_real" --data "$real" "${base[@]}" "${ctx_args[@]}" "${real_args[@]}"
     [ "$family" != whisper ] || [ "$audio_ctx" = 1500 ] || \
-      evaluate "$exp/base/eval_real_30s" --data "$real" "${base[@]}" --audio-ctx 1500
+      evaluate "$exp/base/eval_real_30s" --data "$real" "${base[@]}" --audio-ctx 1500 "${real_args[@]}"
   fi
 fi
 
@@ -181,9 +184,9 @@ if step 6; then
       evaluate "$exp/$r/eval_test_30s" --data "$data" "${adapter[@]}" --audio-ctx 1500
     fi
     if [ -n "$real" ]; then
-      evaluate "$exp/$r/eval_real" --data "$real" "${adapter[@]}"
+      evaluate "$exp/$r/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"
       [ "$family" != whisper ] || [ "$audio_ctx" = 1500 ] || \
-        evaluate "$exp/$r/eval_real_30s" --data "$real" "${adapter[@]}" --audio-ctx 1500
+        evaluate "$exp/$r/eval_real_30s" --data "$real" "${adapter[@]}" --audio-ctx 1500 "${real_args[@]}"
     fi
   done
 fi

@@ -60,6 +60,9 @@ def test_cpu_profile_evaluates_at_both_windows_and_on_real_speech(tmp_path: Path
         f"{r}/{e}" for r in runs for e in ("eval_test", "eval_test_30s", "eval_real", "eval_real_30s")
     }
     assert evals["base/eval_test"][evals["base/eval_test"].index("--audio-ctx") + 1] == "500"
+    # a CPU scores a seeded sample of the real recordings (each costs a 30-s encoder pass), the same for every model
+    assert all(c[c.index("--max-examples") + 1] == "40" for k, c in evals.items() if "eval_real" in k)
+    assert not any("--max-examples" in c for k, c in evals.items() if "eval_test" in k)
     assert "--audio-ctx" not in evals["static_r8/eval_test"]  # the adapter's own window
     assert all(c[c.index("--audio-ctx") + 1] == "1500" for k, c in evals.items() if k.endswith("_30s"))
     assert not any("--max-duration" in c for c in evals.values())  # the whole split
@@ -131,3 +134,39 @@ def test_unknown_run_is_refused_before_anything_runs(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "--runs: unknown run flexi_magic" in out.stderr
     assert not calls.exists()
+
+
+def _run_recipe(tmp_path: Path, fake_body: str) -> tuple[list[list[str]], str]:
+    fake, calls = tmp_path / "flexispeech", tmp_path / "calls.txt"
+    fake.write_text(FAKE + fake_body)
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["bash", str(RECIPES / "synthetic" / "run.sh"), "--stop-stage", "2", "--exp", str(tmp_path / "exp")],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls)},
+    )
+    assert out.returncode == 0, out.stderr
+    return [shlex.split(line) for line in calls.read_text().splitlines()], out.stderr
+
+
+def test_recipe_scores_real_speech_when_its_packages_are_installed(tmp_path: Path) -> None:
+    """Without --real the synthetic recipe imports the installed real recordings and scores
+    the base on them; without the packages it says so and goes on with synthetic speech."""
+    installed = (
+        'if [ "$1 $2" = "prepare realspeech" ]; then mkdir -p "$4" && echo "{}" > "$4/corpus.json"; fi\n'
+    )
+    (tmp_path / "with").mkdir()
+    calls, _ = _run_recipe(tmp_path / "with", installed)
+    assert ["prepare", "realspeech", "--out", "data/real"] in calls
+    assert "base/eval_real" in _evals(calls) and _evals(calls)["base/eval_real"][1:3] == [
+        "--data",
+        "data/real",
+    ]
+
+    missing = 'if [ "$1 $2" = "prepare realspeech" ]; then echo "no packages" >&2; exit 2; fi\n'
+    (tmp_path / "without").mkdir()
+    calls, err = _run_recipe(tmp_path / "without", missing)
+    assert "no real-speech packages installed" in err
+    assert not any("eval_real" in k for k in _evals(calls)) and "base/eval_test" in _evals(calls)

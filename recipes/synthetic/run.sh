@@ -4,7 +4,8 @@
 #   recipes/synthetic/run.sh [--stage N] [--stop-stage N] [--size small|default|tiny|gpu]
 #                            [--profile cpu|gpu] [--model whisper-tiny.en|whisper-base]
 #                            [--steps N] [--data DIR] [--exp DIR] [--seed N] [--seeds 0,1,2]
-#                            [--real DIR]   (a real-speech corpus every model is also evaluated on)
+#                            [--real DIR]   (a real-speech corpus every model is also evaluated on;
+#                                            default: data/real from `flexispeech prepare realspeech`)
 #                            [--runs "static_r16 flexi_nested"] [--device cuda|cpu]  (see speech_stages.sh)
 #
 # --profile gpu is the full study on one GPU: the gpu corpus size (28,000 utterances, 4,480
@@ -33,6 +34,7 @@ exp=""
 seed=0
 FLEXI=${FLEXISPEECH:-flexispeech}
 pass=()
+real_given=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -45,8 +47,9 @@ while [ $# -gt 0 ]; do
     --profile) profile=$2; pass+=("$1" "$2"); shift 2 ;;
     --model) model=$2; pass+=("$1" "$2"); shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
-    --steps|--decisive|--real|--runs|--device) pass+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --real) real_given=1; pass+=("$1" "$2"); shift 2 ;;
+    --steps|--decisive|--runs|--device) pass+=("$1" "$2"); shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -62,6 +65,15 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   echo "== stage 0: corpus ($size) -> $data"
   $FLEXI prepare synthetic --out "$data" --size "$size" --seed "$seed" --workers "$workers"
 fi
+if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ] && [ "$real_given" = 0 ]; then
+  # Real human speech next to the synthetic test split: the recordings Debian packages carry
+  # (data_prep/install_system_deps.sh installs them); without them the recipe goes on.
+  echo "== stage 0: real speech -> data/real"
+  if ! $FLEXI prepare realspeech --out data/real; then
+    echo "note: no real-speech packages installed: models are scored on the synthetic corpus only" >&2
+  fi
+fi
+if [ "$real_given" = 0 ] && [ -f data/real/corpus.json ]; then pass+=(--real data/real); fi
 if [ "$stop_stage" -ge 1 ]; then
   bash "$(dirname "$0")/../speech_stages.sh" --conf recipes/synthetic/conf --data "$data" --exp "$exp" \
     --stage "$(( stage > 1 ? stage : 1 ))" --stop-stage "$stop_stage" "${pass[@]}"
