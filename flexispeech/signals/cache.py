@@ -18,6 +18,7 @@ twice for the same corpus.
 
 from __future__ import annotations
 
+import functools
 import math
 import sys
 from collections.abc import Callable, Iterator
@@ -113,8 +114,7 @@ def cache_model_signals(
     if not force and all(c in ds.column_names for c in MODEL_COLUMNS):
         return False
     split_rows = CorpusSplit(corpus_dir, split)
-    keep = [i for i, r in enumerate(split_rows.rows) if max_duration is None or r["duration"] <= max_duration]
-    keep.sort(key=lambda i: split_rows.rows[i]["duration"])  # similar lengths per batch: less padding
+    keep = _rows_within(split_rows, max_duration)
     normalize = english_normalizer(model_dir)
     n = len(split_rows)
     proxy, entropy, hyps, wers = [math.nan] * n, [math.nan] * n, [""] * n, [math.nan] * n
@@ -124,7 +124,7 @@ def cache_model_signals(
         split_rows,
         keep,
         batch_size,
-        _Features(processor),
+        _features(processor),
         num_workers,
         f"base decode {split}",
         progress,
@@ -141,17 +141,20 @@ def cache_model_signals(
     return True
 
 
-class _Features:
-    """Whisper's decoding inputs of a batch of Examples (a class, not a closure: the loader's
-    workers may receive it by pickling)."""
+def _features(processor: Any) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
+    """Whisper's decoding inputs of a batch of Examples: a partial, not a closure, since loader
+    workers started by spawn or forkserver pickle it (as ``evaluate.decode_split`` does)."""
+    from flexispeech.models.whisper import FAMILY
 
-    def __init__(self, processor: Any) -> None:
-        self.processor = processor
+    return functools.partial(FAMILY.collate, processor, train=False)
 
-    def __call__(self, examples: list[Example]) -> dict[str, torch.Tensor]:
-        from flexispeech.models.whisper import FAMILY
 
-        return FAMILY.collate(self.processor, examples, train=False)
+def _rows_within(split_rows: CorpusSplit, max_duration: float | None) -> list[int]:
+    """Indices of the rows no longer than ``max_duration`` (the encoder window), shortest
+    first: batches of similar length carry less padding."""
+    rows = split_rows.rows
+    keep = [i for i, r in enumerate(rows) if max_duration is None or r["duration"] <= max_duration]
+    return sorted(keep, key=lambda i: rows[i]["duration"])
 
 
 def _batches(
@@ -197,15 +200,14 @@ def cache_embedding(
     if not force and column in load_corpus(corpus_dir, split).column_names:
         return False
     split_rows = CorpusSplit(corpus_dir, split)
-    keep = [i for i, r in enumerate(split_rows.rows) if max_duration is None or r["duration"] <= max_duration]
-    keep.sort(key=lambda i: split_rows.rows[i]["duration"])
+    keep = _rows_within(split_rows, max_duration)
     values: list[list[float] | None] = [None] * len(split_rows)
     model.eval()
     for loaded in _batches(
         split_rows,
         keep,
         batch_size,
-        _Features(processor),
+        _features(processor),
         num_workers,
         f"embedding {split}",
         progress,
