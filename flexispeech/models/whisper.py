@@ -30,6 +30,7 @@ from flexispeech.errors import ConfigError
 from flexispeech.lora.ranks import use_ranks
 from flexispeech.models.common import from_pretrained, resolve_source
 from flexispeech.models.example import Example
+from flexispeech.models.whisper_greedy import greedy_decode
 
 DEFAULT_SOURCE = "whisper-tiny.en"
 HOP_LENGTH = 160  # samples per mel frame: 10 ms at 16 kHz
@@ -227,8 +228,15 @@ class WhisperFamily:
         batch: dict[str, torch.Tensor],
         num_beams: int = 1,
         max_new_tokens: int | None = None,
+        fast: bool = True,
     ) -> list[torch.Tensor]:
-        """Generated token ids per example (1-D tensors, prefix and special tokens included)."""
+        """Generated token ids per example (1-D tensors, prefix and special tokens included).
+
+        ``max_new_tokens``: None gives each batch ``token_budget`` of its longest clip.
+        ``fast``: greedy decoding of clips within the window goes through
+        ``whisper_greedy.greedy_decode`` (the same tokens as ``generate``, a fraction of its
+        host time, CUDA graphs on a GPU); False keeps transformers' ``generate``.
+        """
         device = next(model.parameters()).device
         features = batch["input_features"].to(device, dtype=model.dtype)
         window = encoder_positions(model) * FRAMES_PER_POSITION
@@ -249,22 +257,22 @@ class WhisperFamily:
                 sub = features[short_rows, :, :window]
                 if sub.shape[-1] < window:  # a window trimmed by the caller: pad with log-mel silence
                     sub = nn.functional.pad(sub, (0, window - sub.shape[-1]), value=float(sub.min()))
-                short_kwargs = dict(kwargs)
-                if max_new_tokens is None:
-                    # The same budget per second of the batch's longest clip: a batch of 3-s
-                    # clips with one hallucinating row stops after 45 steps, not 448.
-                    longest = max(min(int(num_frames[i]), window) for i in short_rows)
-                    budget = math.ceil(TOKENS_PER_SECOND * longest / FRAMES_PER_SECOND)
-                    # transformers refuses a budget that, with the prefix tokens, passes the
-                    # decoder's 448 positions: a full 30-s clip gets 448 less the prefix.
-                    limit = model.config.max_target_positions - PREFIX_ALLOWANCE
-                    short_kwargs["max_new_tokens"] = max(1, min(budget, limit))
+                budget = max_new_tokens
+                if budget is None:
+                    budget = token_budget(model, [int(num_frames[i]) for i in short_rows])
                 with use_ranks(model, rows=short_rows):
-                    # One decoding call: without it transformers re-runs rows whose output holds a
-                    # timestamp token on the rest of the window, with a smaller batch.
-                    seqs = model.generate(
-                        sub, return_timestamps=False, force_unique_generate_call=True, **short_kwargs
-                    )
+                    if num_beams == 1 and fast:
+                        seqs = greedy_decode(model, sub, budget).sequences
+                    else:
+                        # One decoding call: without it transformers re-runs rows whose output
+                        # holds a timestamp token on the rest of the window, with a smaller batch.
+                        seqs = model.generate(
+                            sub,
+                            return_timestamps=False,
+                            force_unique_generate_call=True,
+                            num_beams=num_beams,
+                            max_new_tokens=budget,
+                        )
                 for row, seq in zip(short_rows, seqs):
                     out[row] = seq.cpu()
             for row in long_rows:
@@ -275,6 +283,18 @@ class WhisperFamily:
                     )
                 out[row] = (seq["sequences"] if isinstance(seq, dict) else seq)[0].cpu()
         return [t for t in out if t is not None]
+
+
+def token_budget(model: nn.Module, num_frames: Sequence[int]) -> int:
+    """Tokens a batch may generate: Whisper's 15 per second (448 per 30-s window) of its
+    longest clip, cut to the window. A batch of 3-s clips with one hallucinating row then
+    stops after 45 steps, not 448. ``num_frames``: each clip's length in mel frames."""
+    window = encoder_positions(model) * FRAMES_PER_POSITION
+    longest = max(min(int(f), window) for f in num_frames)
+    budget = math.ceil(TOKENS_PER_SECOND * longest / FRAMES_PER_SECOND)
+    # transformers refuses a budget that, with the prefix tokens, passes the decoder's 448
+    # positions: a full 30-s clip gets 448 less the prefix.
+    return max(1, min(budget, int(model.config.max_target_positions) - PREFIX_ALLOWANCE))
 
 
 def _audio(example: Example) -> np.ndarray:

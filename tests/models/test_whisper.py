@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -193,14 +194,16 @@ def test_token_budget_follows_the_longest_clip_of_a_batch(base, examples: list[E
     clip gets the decoder's 448 positions less the prefix; an explicit cap wins."""
     import math
 
+    import flexispeech.models.whisper as whisper
+
     model, processor = base
     budgets: list[int | None] = []
 
-    def fake_generate(features, **kwargs):
-        budgets.append(kwargs.get("max_new_tokens"))
-        return torch.zeros(features.shape[0], 3, dtype=torch.long)
+    def fake_decode(_model, features, max_new_tokens, graphs=None):
+        budgets.append(max_new_tokens)
+        return SimpleNamespace(sequences=list(torch.zeros(features.shape[0], 3, dtype=torch.long)))
 
-    monkeypatch.setattr(model, "generate", fake_generate)
+    monkeypatch.setattr(whisper, "greedy_decode", fake_decode)
     batch = FAMILY.collate(processor, examples, train=False)
     longest = int(batch["num_frames"].max())
     assert longest < 1000  # the fixtures are short clips

@@ -56,6 +56,8 @@ def test_scores_the_greedy_tokens_by_hand(setup) -> None:
         end = n_prefix + int((seq[n_prefix:] == eot).nonzero()[0]) + 1
     picked = [logp[t - 1, seq[t]].item() for t in range(n_prefix, end)]
     assert got["proxy"][0].item() == pytest.approx(-sum(picked) / len(picked), rel=1e-4)
+    entropy = [-(logp[t - 1].exp() * logp[t - 1]).sum().item() for t in range(n_prefix, end)]
+    assert got["proxy_entropy"][0].item() == pytest.approx(sum(entropy) / len(entropy), rel=1e-4)
 
 
 def test_adapter_is_switched_off(setup) -> None:
@@ -75,29 +77,21 @@ def test_adapter_is_switched_off(setup) -> None:
     assert abs(on.item() - ref.item()) > 1e-4  # the adapter does change the model when on
 
 
-def test_scoring_in_row_chunks_changes_nothing(setup, monkeypatch) -> None:
-    """The teacher-forced pass runs in row chunks sized to a memory budget (a batch of 512
-    long transcripts would need tens of GB of log-probabilities): one row per chunk gives
-    the same signals as the whole batch at once."""
-    import flexispeech.signals.proxy as proxy
+def test_first_pass_budget_follows_the_longest_clip(setup, monkeypatch) -> None:
+    """Without a cap the first pass gets Whisper's 15 tokens per second of the batch's
+    longest clip (``num_frames``), not the whole window's budget: on a GPU every batch of
+    the study ran to the 440-token cap before this."""
+    import flexispeech.models.whisper_greedy as greedy
+    from flexispeech.models.whisper import token_budget
 
     model, processor, batch = setup
-    whole = first_pass_confidence(model, processor, batch, max_new_tokens=MAX_NEW)
-    monkeypatch.setattr(proxy, "SCORE_ELEMENTS", 1)  # one row per chunk
-    decoder_rows = []
-    original = proxy._score
-
-    def counted(*args):
-        hook = model.model.decoder.register_forward_hook(
-            lambda _m, _a, kw, out: decoder_rows.append(out.last_hidden_state.shape[0]), with_kwargs=True
-        )
-        try:
-            return original(*args)
-        finally:
-            hook.remove()
-
-    monkeypatch.setattr(proxy, "_score", counted)
-    chunked = first_pass_confidence(model, processor, batch, max_new_tokens=MAX_NEW)
-    assert decoder_rows == [1, 1]  # the two rows scored one at a time
-    for key in whole:
-        torch.testing.assert_close(chunked[key], whole[key])
+    budgets = []
+    original = greedy.greedy_decode
+    monkeypatch.setattr(
+        greedy, "greedy_decode", lambda m, f, n, **k: budgets.append(n) or original(m, f, n, **k)
+    )
+    first_pass_confidence(model, processor, batch)
+    short = {**batch, "num_frames": torch.tensor([40, 60])}
+    first_pass_confidence(model, processor, short)
+    assert budgets == [token_budget(model, batch["num_frames"].tolist()), 9]  # 0.6 s x 15 tokens/s
+    assert budgets[0] < token_budget(model, [300])
