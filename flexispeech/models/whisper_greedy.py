@@ -27,6 +27,7 @@ the captured graph reads them from a device tensor that is refreshed before each
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 
 import torch
@@ -182,7 +183,11 @@ def _step(model: nn.Module, state: _State) -> None:
 
 
 def _graphs_usable(device: torch.device, graphs: bool | None) -> bool:
-    return device.type == "cuda" and graphs is not False
+    """Graphs on a CUDA device unless asked not to (``graphs=False``, or for every caller
+    ``FLEXISPEECH_CUDA_GRAPHS=0`` in the environment)."""
+    if graphs is None:
+        graphs = os.environ.get("FLEXISPEECH_CUDA_GRAPHS", "1") != "0"
+    return device.type == "cuda" and graphs
 
 
 def _cache(model: nn.Module) -> dict[tuple, _State]:
@@ -254,8 +259,9 @@ def greedy_decode(
             ranks in force apply, ``use_ranks`` / ``adapter_off``), in eval mode.
         features: log-mel [B, n_mels, frames] with ``frames`` = the encoder window.
         max_new_tokens: the most tokens generated after the prefix.
-        graphs: replay each step from a CUDA graph (None: on a CUDA device). The graph of a
-            batch size is captured on first use and kept on the model.
+        graphs: replay each step from a CUDA graph (None: on a CUDA device, unless the
+            environment sets ``FLEXISPEECH_CUDA_GRAPHS=0``). The graph of a batch size is
+            captured on first use and kept on the model.
 
     Returns:
         ``GreedyOutput``: the token sequences and the proxy sums of each row.
