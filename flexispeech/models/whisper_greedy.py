@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from flexispeech.lora.inject import flexi_layers
+from flexispeech.lora.layer import FlexiLoraLinear
 from flexispeech.lora.ranks import current_ranks, use_ranks
 
 log = logging.getLogger(__name__)
@@ -214,9 +214,15 @@ def _state_for(
     return state
 
 
+def adapter_layers(model: nn.Module) -> list[FlexiLoraLinear]:
+    """The Flexi-LoRA layers of ``model``; none for a model without adapter (the base model
+    of the signals pass), which is captured as it is."""
+    return [m for m in model.modules() if isinstance(m, FlexiLoraLinear)]
+
+
 def _capture(model: nn.Module, state: _State) -> None:
     """Capture ``_step`` on ``state`` as a CUDA graph, the layers on their graph-safe path."""
-    layers = [layer for _, layer in flexi_layers(model)]
+    layers = adapter_layers(model)
     paths = [layer.compute_path for layer in layers]
     try:
         for layer in layers:

@@ -13,7 +13,7 @@ from flexispeech.audio import load_audio
 from flexispeech.models.family import Example
 from flexispeech.models.random_init import randomize_adapters
 from flexispeech.models.whisper import FAMILY, set_audio_ctx
-from flexispeech.models.whisper_greedy import greedy_decode, prefix_ids
+from flexispeech.models.whisper_greedy import adapter_layers, greedy_decode, prefix_ids
 
 NAMES = ("fox.wav", "stella.wav", "meeting.wav")
 
@@ -117,3 +117,13 @@ def test_cuda_graph_replay_gives_the_eager_tokens(setup) -> None:
         assert_same(graphed.sequences, eager.sequences)
         torch.testing.assert_close(graphed.nll_sum, eager.nll_sum, rtol=1e-4, atol=1e-4)
     assert any(s.graph is not None for s in model.__dict__["_flexispeech_greedy"].values())
+
+
+def test_a_model_without_adapter_has_no_layers_to_switch(setup) -> None:
+    """The capture puts adapted layers on their graph-safe path and back; the base model of
+    the signals pass has none (the GPU study's signals stage once failed here)."""
+    model, _, _ = setup
+    plain, _ = FAMILY.load("random:tiny")
+    assert adapter_layers(plain) == []
+    # 2 encoder layers (q, k, v, out, fc1, fc2) and 2 decoder layers (self and cross attention)
+    assert len(adapter_layers(model)) == 2 * 6 + 2 * 10
