@@ -158,6 +158,22 @@ class WhisperFamily:
             batch["labels"] = self.labels(processor, [ex.text for ex in examples])
         return batch
 
+    def collate_waveforms(
+        self, processor: Any, audio: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str]
+    ) -> dict[str, torch.Tensor] | None:
+        """``collate(train=True)`` of waveforms already on a device, without a host round trip:
+        ``audio`` [B, T] (zero past ``lengths`` [B]) -> ``input_features`` [B, n_mels, frames]
+        on ``audio``'s device, ``num_frames`` [B] and ``labels`` [B, L] on the CPU. None when
+        the processor's extractor is not one ``whisper_features.log_mel`` reproduces."""
+        from flexispeech.models.whisper_features import device_log_mel_supported, log_mel
+
+        fe = processor.feature_extractor
+        if not device_log_mel_supported(fe):
+            return None
+        features = log_mel(fe, audio)
+        frames = torch.clamp(lengths.cpu() // HOP_LENGTH, max=features.shape[-1]).long()
+        return {"input_features": features, "num_frames": frames, "labels": self.labels(processor, texts)}
+
     def labels(self, processor: Any, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [B, L] of ``texts`` as the decoder must predict them, -100 padded."""
         tok = processor.tokenizer

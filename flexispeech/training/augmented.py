@@ -118,23 +118,38 @@ class Augmenter:
         """The augmented batch of ``planned`` (whose ``inputs`` hold ``AudioInputs``' audio),
         every random draw from ``generator`` (on ``device``)."""
         rows, inputs = planned.batch.rows, planned.batch.inputs
-        audio, lengths = inputs["audio"].to(self.device), inputs["lengths"].to(self.device)
+        audio = inputs["audio"].to(self.device, non_blocking=True)
+        lengths = inputs["lengths"].to(self.device, non_blocking=True)
         audio, lengths = augment_waveforms(audio, lengths, self.cfg, generator, SAMPLE_RATE, self.banks)
-        clips = unpad_waveforms(audio, lengths)
         # Only the audio signals the router reads are recomputed (a random or fixed router
         # reads none; the cached proxy stays): on 30-s clips they cost more than the step.
         needed = set() if isinstance(self.router, RandomRouter) else set(self.router.signal_names)
+        texts = [str(self.split.rows[i]["text"]) for i in rows]
+        # The clips go to the host only for what needs them there: audio signals, or a
+        # family without a device log-mel (``collate_waveforms``).
+        on_device = hasattr(self.family, "collate_waveforms") and device_log_mel(self.processor)
+        clips = unpad_waveforms(audio, lengths) if needed or not on_device else [None] * len(rows)
         examples = []
-        for i, clip in zip(rows, clips):
-            signals = {**self.split.signals(i), **audio_signals(clip, SAMPLE_RATE, needed)}
-            examples.append(
-                Example(id=str(i), text=str(self.split.rows[i]["text"]), audio=clip, signals=signals)
+        for k, (i, clip) in enumerate(zip(rows, clips)):
+            signals = {**self.split.signals(i)}
+            if needed:
+                signals.update(audio_signals(clip, SAMPLE_RATE, needed))
+            # id: the row's place in this batch, so the device collate finds its audio
+            examples.append(Example(id=str(k), text=texts[k], audio=clip, signals=signals))
+
+        def collate(ordered: list[Example]) -> dict[str, torch.Tensor]:
+            if not on_device:
+                return self.collate(ordered)
+            index = torch.tensor([int(e.id) for e in ordered], device=audio.device)
+            return self.family.collate_waveforms(
+                self.processor, audio[index], lengths[index], [e.text for e in ordered]
             )
+
         if isinstance(self.router, RandomRouter):
             planned_ranks = planned.batch.ranks
-            batch = prepare_batch(examples, lambda _: planned_ranks, self.collate, rows=rows)
+            batch = prepare_batch(examples, lambda _: planned_ranks, collate, rows=rows)
         else:
-            batch = prepare_batch(examples, self.router, self.collate, rows=rows)
+            batch = prepare_batch(examples, self.router, collate, rows=rows)
         if self.family.name == "whisper" and self.cfg.spec_augment:
             features = batch.inputs["input_features"].to(self.device)
             batch.inputs["input_features"] = spec_augment(
@@ -158,13 +173,22 @@ class DeviceFeatures:
 
     def __call__(self, planned: PlannedBatch, generator: torch.Generator | None = None) -> Batch[int]:
         rows, inputs = planned.batch.rows, planned.batch.inputs
-        clips = unpad_waveforms(inputs["audio"], inputs["lengths"])
-        examples = [
-            Example(id=str(i), text=str(self.split.rows[i]["text"]), audio=clip)
-            for i, clip in zip(rows, clips)
-        ]
-        features = self.family.collate(self.processor, examples, train=True, device=str(self.device))
+        texts = [str(self.split.rows[i]["text"]) for i in rows]
+        if hasattr(self.family, "collate_waveforms") and device_log_mel(self.processor):
+            audio = inputs["audio"].to(self.device, non_blocking=True)
+            features = self.family.collate_waveforms(self.processor, audio, inputs["lengths"], texts)
+        else:
+            clips = unpad_waveforms(inputs["audio"], inputs["lengths"])
+            examples = [Example(id=str(i), text=t, audio=c) for i, t, c in zip(rows, texts, clips)]
+            features = self.family.collate(self.processor, examples, train=True, device=str(self.device))
         return replace(planned.batch, inputs=features)
+
+
+def device_log_mel(processor: Any) -> bool:
+    """Whether the processor's feature extractor can run on device tensors (Whisper's)."""
+    from flexispeech.models.whisper_features import device_log_mel_supported
+
+    return device_log_mel_supported(getattr(processor, "feature_extractor", None))
 
 
 def features_on_device(family: str, device: torch.device, cache_encoder_layers: int, enabled: bool) -> bool:
