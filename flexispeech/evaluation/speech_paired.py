@@ -13,7 +13,9 @@ Whisper window (``data``, ``split`` and ``audio_ctx`` of results.json). A baseli
 looked up inside each group, so one ``compare`` call pairs the synthetic test split, a
 real-speech corpus and each window separately, never one utterance against another.
 Within a group each run is compared overall, on every SNR bucket present (clean first),
-and on seen and unseen voices.
+on seen and unseen voices, and, for a run that served more than one rank, on the
+utterances it served at each rank ("served rank r": where a routed run gains or loses
+against the baseline, e.g. the easy utterances it kept at rank 0).
 """
 
 from __future__ import annotations
@@ -69,8 +71,8 @@ SUBSETS += [
 
 
 def paired_rows(base: dict[str, Any], run: dict[str, Any]) -> list[list[Any]]:
-    """Table rows of ``run`` against ``base``: one per non-empty subset (:data:`SUBSETS`);
-    "better" counts the utterances where ``run`` makes fewer errors than ``base``.
+    """Table rows of ``run`` against ``base``: one per non-empty subset (:data:`SUBSETS`, then
+    one per rank ``run`` served when it served several); "better" counts the utterances where ``run`` makes fewer errors than ``base``.
 
     Raises FlexispeechError when the two were not scored on the same utterances.
     """
@@ -80,9 +82,13 @@ def paired_rows(base: dict[str, Any], run: dict[str, Any]) -> list[list[Any]]:
             f"{run['name']} and {base['name']} were not scored on the same utterances "
             f"({len(ours)} and {len(theirs)}) in {corpus_key(run)}"
         )
+    subsets = [(label, keep, theirs) for label, keep in SUBSETS]
+    served = sorted({int(u["rank"]) for u in ours.values() if u.get("rank") is not None})
+    if len(served) > 1:  # a routed run: its own ranks split the utterances
+        subsets += [(f"served rank {r}", lambda u, r=r: u.get("rank") == r, ours) for r in served]
     rows = []
-    for label, keep in SUBSETS:
-        ids = sorted(i for i in theirs if keep(theirs[i]))
+    for label, keep, records in subsets:
+        ids = sorted(i for i in theirs if keep(records[i]))
         words = sum(theirs[i]["ref_words"] for i in ids)
         if not ids or not words:
             continue

@@ -209,6 +209,27 @@ def test_speech_paired_table_counts_and_wer_gap() -> None:
     assert "synthetic test, 30 s window: paired against base" in table
 
 
+def test_a_routed_run_is_also_compared_per_served_rank() -> None:
+    """Rows per rank the compared run served: where routing gains or loses (the rank is the
+    run's, not the baseline's); a run at one rank gets none."""
+    base, run = _speech("static_r16", [2, 4, 1, 5]), _speech("flexi", [1, 4, 3, 2])
+    for u, r in zip(run["utterances"], [0, 4, 0, 16]):
+        u["rank"] = r
+    for u in base["utterances"]:
+        u["rank"] = 16
+    table = speech_paired_table([base, run], "static_r16")
+    rows = {
+        line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+        for line in table.splitlines()
+        if line.startswith("| flexi")
+    }
+    assert rows["served rank 0"][2:6] == ["2", "15.0", "20.0", "+5.0"]  # u0 (2 -> 1), u2 (1 -> 3)
+    assert rows["served rank 4"][2:6] == ["1", "40.0", "40.0", "+0.0"]
+    assert rows["served rank 16"][2:6] == ["1", "50.0", "20.0", "-30.0"]
+    reverse = speech_paired_table([base, run], "flexi")
+    assert "served rank" not in reverse  # static_r16 served one rank
+
+
 def test_speech_pairs_within_each_corpus_and_window() -> None:
     runs = [
         _speech("base", [2, 4, 1, 5]),
