@@ -6,11 +6,13 @@
 #   recipes/speech_stages.sh --conf DIR --data DIR --exp DIR [--stage N] [--stop-stage N]
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_nested"]
-#       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu]
+#       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
 #
 # --runs trains and evaluates only these runs, in this order (default: the profile's list);
 # --device overrides the profile's device (gpu: cuda, cpu: cpu), e.g. to rehearse the gpu
-# profile on a CPU with --size tiny --steps 2.
+# profile on a CPU with --size tiny --steps 2. --jobs N trains and evaluates up to N runs at
+# once (stages 3-6, each run's output in EXP/<run>/stages.log; default 1, the gpu profile 2):
+# a small model's training step is bound by the host, so one GPU has room for several runs.
 #
 # The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
 # on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
@@ -45,6 +47,7 @@ seeds=""
 decisive="static_r16 flexi_nested"
 runs=""
 device=""
+jobs=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -63,7 +66,8 @@ while [ $# -gt 0 ]; do
     --decisive) decisive=$2; shift 2 ;;
     --runs) runs=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
+    --jobs) jobs=$2; shift 2 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -98,9 +102,12 @@ case "$profile" in
        calib_args=(--max-examples 1000)  # 1,000 validation rows decoded at each of the 5 ranks
        runs_static="static_r16 static_r6 static_r8"
        runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
-       runs_ablation="inconsistent flexi_nested_noaug" ;;
+       runs_ablation="inconsistent flexi_nested_noaug"
+       jobs=${jobs:-2} ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
+jobs=${jobs:-1}
+case "$jobs" in ''|*[!0-9]*|0) echo "speech_stages.sh: --jobs must be a positive integer, got '$jobs'" >&2; exit 2 ;; esac
 # The decisive pair again for every other seed of --seeds: runs <name>_seed<N>.
 for s in ${seeds//,/ }; do
   [ "$s" = "$seed" ] && continue
@@ -172,24 +179,54 @@ if step 2; then
   fi
 fi
 
-if step 3; then log 3 "static LoRA"; for r in $runs_static; do train_run "$r"; done; fi
-if step 4; then log 4 "Flexi-LoRA"; for r in $runs_flexi; do train_run "$r"; done; fi
-if step 5; then log 5 "ablation"; for r in $runs_ablation; do train_run "$r"; done; fi
+eval_run() {  # stage 6 for one run: the test split at its window (and 30 s), real speech
+  local r=$1
+  local adapter=(--adapter "$exp/$r/adapter" --split test)  # the window: the adapter's own
+  evaluate "$exp/$r/eval_test" --data "$data" "${adapter[@]}"
+  if [ "$family" = whisper ] && [ "$audio_ctx" != 1500 ]; then
+    evaluate "$exp/$r/eval_test_30s" --data "$data" "${adapter[@]}" --audio-ctx 1500
+  fi
+  if [ -n "$real" ]; then
+    evaluate "$exp/$r/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"
+    [ "$family" != whisper ] || [ "$audio_ctx" = 1500 ] || [ "$profile" = cpu ] || \
+      evaluate "$exp/$r/eval_real_30s" --data "$real" "${adapter[@]}" --audio-ctx 1500 "${real_args[@]}"
+  fi
+}
 
-if step 6; then
-  log 6 "evaluate adapters on the whole test split, at their window and at 30 s"
+run_one() {  # stages 3-6 of one run; its kind says which training stage it belongs to
+  local r=$1 kind=5
+  case " $runs_static " in *" $r "*) kind=3 ;; esac
+  case " $runs_flexi " in *" $r "*) kind=4 ;; esac
+  if step "$kind"; then train_run "$r"; fi
+  if step 6; then eval_run "$r"; fi
+}
+
+if [ "$jobs" -gt 1 ] && { step 3 || step 4 || step 5 || step 6; }; then
+  log "3-6" "train and evaluate $jobs runs at a time (each run's output: $exp/<run>/stages.log)"
   for r in $all_runs; do
-    adapter=(--adapter "$exp/$r/adapter" --split test)  # the window: the adapter's own
-    evaluate "$exp/$r/eval_test" --data "$data" "${adapter[@]}"
-    if [ "$family" = whisper ] && [ "$audio_ctx" != 1500 ]; then
-      evaluate "$exp/$r/eval_test_30s" --data "$data" "${adapter[@]}" --audio-ctx 1500
-    fi
-    if [ -n "$real" ]; then
-      evaluate "$exp/$r/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"
-      [ "$family" != whisper ] || [ "$audio_ctx" = 1500 ] || [ "$profile" = cpu ] || \
-        evaluate "$exp/$r/eval_real_30s" --data "$real" "${adapter[@]}" --audio-ctx 1500 "${real_args[@]}"
-    fi
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    mkdir -p "$exp/$r"
+    rm -f "$exp/$r/.stages_status"
+    ( set +e; (set -e; run_one "$r"); echo $? > "$exp/$r/.stages_status" ) > "$exp/$r/stages.log" 2>&1 &
+    echo "$r: started (at ${SECONDS} s)"
   done
+  wait
+  failed=""
+  for r in $all_runs; do
+    if [ "$(cat "$exp/$r/.stages_status" 2>/dev/null)" = 0 ]; then echo "$r: done"; else failed+=" $r"; fi
+  done
+  if [ -n "$failed" ]; then
+    echo "speech_stages.sh: runs that failed:$failed (their output: $exp/<run>/stages.log)" >&2
+    exit 1
+  fi
+else
+  if step 3; then log 3 "static LoRA"; for r in $runs_static; do train_run "$r"; done; fi
+  if step 4; then log 4 "Flexi-LoRA"; for r in $runs_flexi; do train_run "$r"; done; fi
+  if step 5; then log 5 "ablation"; for r in $runs_ablation; do train_run "$r"; done; fi
+  if step 6; then
+    log 6 "evaluate adapters on the whole test split, at their window and at 30 s"
+    for r in $all_runs; do eval_run "$r"; done
+  fi
 fi
 
 if step 7; then

@@ -97,7 +97,7 @@ def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
 
 
 def test_runs_picks_runs_and_their_order_and_device_overrides(tmp_path: Path) -> None:
-    calls = run_stages(tmp_path, "gpu", "--runs", "flexi_nested static_r16", "--device", "cpu")
+    calls = run_stages(tmp_path, "gpu", "--runs", "flexi_nested static_r16", "--device", "cpu", "--jobs", "1")
     evals = _evals(calls)
     assert set(evals) == {"base/eval_test", "flexi_nested/eval_test", "static_r16/eval_test"}
     adapters = [
@@ -108,6 +108,63 @@ def test_runs_picks_runs_and_their_order_and_device_overrides(tmp_path: Path) ->
     assert all(
         c[c.index("--batch-size") + 1] == "512" for c in calls if c[0] == "eval"
     )  # the profile's batch kept
+
+
+TIMED = """
+if [ "$1" = train ]; then
+  for a in "$@"; do case "$a" in output_dir=*) run=${a#output_dir=} ;; esac; done
+  echo "start $(basename "$run") $(date +%s.%N)" >> "$TIMES"; sleep 0.6
+  echo "end $(basename "$run") $(date +%s.%N)" >> "$TIMES"
+  case "$run" in *flexi_learned*) echo "flexi_learned: boom" >&2; exit 1 ;; esac
+fi
+"""
+
+
+def _stages(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict[str, tuple[float, float]]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    fake, calls, times = tmp_path / "flexispeech", tmp_path / "calls.txt", tmp_path / "times.txt"
+    fake.write_text(FAKE + TIMED)
+    fake.chmod(0o755)
+    args = ["--conf", "conf", "--data", "d", "--exp", str(tmp_path / "exp"), "--profile", "gpu", "--stage", "3"]
+    out = subprocess.run(
+        ["bash", str(RECIPES / "speech_stages.sh"), *args, "--stop-stage", "6", *extra],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls), "TIMES": str(times)},
+    )
+    spans: dict[str, list[float]] = {}
+    for line in times.read_text().splitlines():
+        _, run, t = line.split()
+        spans.setdefault(run, []).append(float(t))
+    return out, {r: (v[0], v[1]) for r, v in spans.items()}
+
+
+def _overlapping(spans: dict[str, tuple[float, float]]) -> int:
+    """The most runs whose training spans overlap at one time."""
+    return max(sum(1 for s, e in spans.values() if s <= t < e) for t, _ in spans.values())
+
+
+def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) -> None:
+    """--jobs 2 (the gpu profile's default): two runs train at once, a failing run does not
+    stop the others, and the script fails naming it, its output in EXP/<run>/stages.log."""
+    runs = "static_r16 flexi_nested flexi_learned inconsistent"
+    out, spans = _stages(tmp_path / "two", "--runs", runs)
+    assert set(spans) == set(runs.split()) and _overlapping(spans) == 2
+    assert out.returncode == 1 and "runs that failed: flexi_learned" in out.stderr
+    exp = tmp_path / "two" / "exp"
+    assert "flexi_learned: boom" in (exp / "flexi_learned" / "stages.log").read_text()
+    for r in ("static_r16", "flexi_nested", "inconsistent"):  # evaluated despite the failure
+        assert (exp / r / "eval_test" / "results.json").exists()
+    assert not (exp / "flexi_learned" / "eval_test").exists()
+
+    out, spans = _stages(tmp_path / "one", "--runs", "static_r16 flexi_nested", "--jobs", "1")
+    assert out.returncode == 0 and _overlapping(spans) == 1  # one after the other
+    out = subprocess.run(
+        ["bash", str(RECIPES / "speech_stages.sh"), "--conf", "c", "--data", "d", "--exp", "e", "--jobs", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2 and "--jobs must be a positive integer" in out.stderr
 
 
 def test_unknown_run_is_refused_before_anything_runs(tmp_path: Path) -> None:
