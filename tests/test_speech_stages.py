@@ -120,12 +120,25 @@ fi
 """
 
 
-def _stages(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, dict[str, tuple[float, float]]]:
+def _stages(
+    tmp_path: Path, *extra: str
+) -> tuple[subprocess.CompletedProcess, dict[str, tuple[float, float]]]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     fake, calls, times = tmp_path / "flexispeech", tmp_path / "calls.txt", tmp_path / "times.txt"
     fake.write_text(FAKE + TIMED)
     fake.chmod(0o755)
-    args = ["--conf", "conf", "--data", "d", "--exp", str(tmp_path / "exp"), "--profile", "gpu", "--stage", "3"]
+    args = [
+        "--conf",
+        "conf",
+        "--data",
+        "d",
+        "--exp",
+        str(tmp_path / "exp"),
+        "--profile",
+        "gpu",
+        "--stage",
+        "3",
+    ]
     out = subprocess.run(
         ["bash", str(RECIPES / "speech_stages.sh"), *args, "--stop-stage", "6", *extra],
         capture_output=True,
@@ -160,7 +173,18 @@ def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) 
     out, spans = _stages(tmp_path / "one", "--runs", "static_r16 flexi_nested", "--jobs", "1")
     assert out.returncode == 0 and _overlapping(spans) == 1  # one after the other
     out = subprocess.run(
-        ["bash", str(RECIPES / "speech_stages.sh"), "--conf", "c", "--data", "d", "--exp", "e", "--jobs", "0"],
+        [
+            "bash",
+            str(RECIPES / "speech_stages.sh"),
+            "--conf",
+            "c",
+            "--data",
+            "d",
+            "--exp",
+            "e",
+            "--jobs",
+            "0",
+        ],
         capture_output=True,
         text=True,
     )

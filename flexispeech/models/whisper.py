@@ -248,7 +248,8 @@ class WhisperFamily:
     ) -> list[torch.Tensor]:
         """Generated token ids per example (1-D tensors, prefix and special tokens included).
 
-        ``max_new_tokens``: None gives each batch ``token_budget`` of its longest clip.
+        ``max_new_tokens``: None gives each batch ``decode_budget`` (at the full window, that
+        of its longest clip).
         ``fast``: greedy decoding of clips within the window goes through
         ``whisper_greedy.greedy_decode`` (the same tokens as ``generate``, a fraction of its
         host time, CUDA graphs on a GPU); False keeps transformers' ``generate``.
@@ -262,9 +263,7 @@ class WhisperFamily:
         short_rows = [i for i in range(n) if i not in long_rows]
         kwargs: dict[str, Any] = {"num_beams": num_beams}
         if max_new_tokens is None and window < FULL_POSITIONS * FRAMES_PER_POSITION:
-            # A shortened window gets Whisper's own token budget per second (448 per 30 s):
-            # a hallucinating row then stops early instead of holding its batch to 448 steps.
-            max_new_tokens = math.ceil(TOKENS_PER_SECOND * window / FRAMES_PER_SECOND)
+            max_new_tokens = decode_budget(model, [window])  # the shortened window's budget
         if max_new_tokens is not None:
             kwargs["max_new_tokens"] = max_new_tokens
         out: list[torch.Tensor | None] = [None] * n
@@ -275,7 +274,7 @@ class WhisperFamily:
                     sub = nn.functional.pad(sub, (0, window - sub.shape[-1]), value=float(sub.min()))
                 budget = max_new_tokens
                 if budget is None:
-                    budget = token_budget(model, [int(num_frames[i]) for i in short_rows])
+                    budget = decode_budget(model, [int(num_frames[i]) for i in short_rows])
                 with use_ranks(model, rows=short_rows):
                     if num_beams == 1 and fast:
                         seqs = greedy_decode(model, sub, budget).sequences
@@ -311,6 +310,17 @@ def token_budget(model: nn.Module, num_frames: Sequence[int]) -> int:
     # transformers refuses a budget that, with the prefix tokens, passes the decoder's 448
     # positions: a full 30-s clip gets 448 less the prefix.
     return max(1, min(budget, int(model.config.max_target_positions) - PREFIX_ALLOWANCE))
+
+
+def decode_budget(model: nn.Module, num_frames: Sequence[int]) -> int:
+    """The token budget of one greedy decoding batch, the same in every pass (evaluation,
+    the proxy's first pass): a shortened window (``audio_ctx``) gets Whisper's budget for
+    the window (15 tokens per second, so a hallucinating row stops early), the full window
+    ``token_budget`` of the batch's longest clip (``num_frames`` in mel frames)."""
+    window = encoder_positions(model) * FRAMES_PER_POSITION
+    if window < FULL_POSITIONS * FRAMES_PER_POSITION:
+        return math.ceil(TOKENS_PER_SECOND * window / FRAMES_PER_SECOND)
+    return token_budget(model, num_frames)
 
 
 def _audio(example: Example) -> np.ndarray:

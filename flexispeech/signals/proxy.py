@@ -40,9 +40,9 @@ def first_pass(
     Args:
         model: a Whisper model, with or without Flexi-LoRA adapters (they are bypassed).
         processor: its ``WhisperProcessor``.
-        batch: ``input_features`` [B, n_mels, frames] (and optionally ``num_frames`` [B],
-            which sets the token budget: ``whisper.token_budget`` of the longest clip).
-        max_new_tokens: cap on the first-pass length (None: that budget).
+        batch: ``input_features`` [B, n_mels, frames] (and optionally ``num_frames`` [B]).
+        max_new_tokens: cap on the first-pass length (None: ``whisper.decode_budget``, the
+            budget evaluation decodes with: at the full window, that of the longest clip).
 
     Returns:
         ``{"proxy": [B], "proxy_entropy": [B]}`` (float32 on the CPU) and the base model's
@@ -52,7 +52,7 @@ def first_pass(
     log-probability and its distribution's entropy, from the unsuppressed logits, which is
     what a teacher-forced pass over the transcript would compute, without running it.
     """
-    from flexispeech.models.whisper import FRAMES_PER_POSITION, encoder_positions, token_budget
+    from flexispeech.models.whisper import FRAMES_PER_POSITION, decode_budget, encoder_positions
     from flexispeech.models.whisper_greedy import greedy_decode
 
     window = encoder_positions(model) * FRAMES_PER_POSITION
@@ -62,7 +62,7 @@ def first_pass(
     frames = batch.get("num_frames")
     if max_new_tokens is None:
         lengths = [window] * features.shape[0] if frames is None else [int(f) for f in frames]
-        max_new_tokens = token_budget(model, lengths)
+        max_new_tokens = decode_budget(model, lengths)
     with adapter_off(model), torch.no_grad():
         out = greedy_decode(model, features, max_new_tokens)
     texts = [

@@ -77,10 +77,13 @@ def test_adapter_is_switched_off(setup) -> None:
     assert abs(on.item() - ref.item()) > 1e-4  # the adapter does change the model when on
 
 
-def test_first_pass_budget_follows_the_longest_clip(setup, monkeypatch) -> None:
-    """Without a cap the first pass gets Whisper's 15 tokens per second of the batch's
-    longest clip (``num_frames``), not the whole window's budget: on a GPU every batch of
-    the study ran to the 440-token cap before this."""
+def test_first_pass_decodes_with_the_evaluation_budget(setup, monkeypatch) -> None:
+    """Without a cap the first pass gets ``decode_budget``, as evaluation: at a shortened
+    window the window's budget, at the full window Whisper's 15 tokens per second of the
+    batch's longest clip (``num_frames``), not the window's 440 (on a GPU every batch of the
+    study ran to that cap before)."""
+    import copy
+
     import flexispeech.models.whisper_greedy as greedy
     from flexispeech.models.whisper import token_budget
 
@@ -91,7 +94,10 @@ def test_first_pass_budget_follows_the_longest_clip(setup, monkeypatch) -> None:
         greedy, "greedy_decode", lambda m, f, n, **k: budgets.append(n) or original(m, f, n, **k)
     )
     first_pass_confidence(model, processor, batch)
-    short = {**batch, "num_frames": torch.tensor([40, 60])}
-    first_pass_confidence(model, processor, short)
-    assert budgets == [token_budget(model, batch["num_frames"].tolist()), 9]  # 0.6 s x 15 tokens/s
-    assert budgets[0] < token_budget(model, [300])
+    assert budgets == [45]  # the 3-s window: 15 tokens per second of it
+    full = copy.deepcopy(model)
+    set_audio_ctx(full, 1500)
+    first_pass_confidence(full, processor, batch)
+    first_pass_confidence(full, processor, {**batch, "num_frames": torch.tensor([40, 60])})
+    assert budgets[1:] == [token_budget(full, batch["num_frames"].tolist()), 9]  # 0.6 s x 15 tokens/s
+    assert budgets[1] < token_budget(full, [3000])
