@@ -51,6 +51,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of labels replaced by a random rank per training epoch of the router (default: 0)",
     )
+    parser.add_argument(
+        "--objective",
+        choices=("errors", "labels"),
+        default="errors",
+        help="what the router is fit to: 'errors', each utterance's word errors at every rank (it "
+        "serves the rank expected to make the fewest errors; default), or 'labels', the smallest rank "
+        "with the lowest WER (cross-entropy; rank 0 wherever most similar utterances gain nothing)",
+    )
     parser.add_argument("--seed", type=int, default=0, help="seed of the router's fit (default: 0)")
     parser.add_argument(
         "--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's window)"
@@ -92,6 +100,7 @@ def run(args: argparse.Namespace) -> int:
         benefit_labels,
         decode_at_ranks,
         fit_benefit_router,
+        reference_words,
         wer_table,
     )
     from flexispeech.evaluation.metrics import english_normalizer, error_counts
@@ -133,6 +142,8 @@ def run(args: argparse.Namespace) -> int:
             + (" (with --embedding for 'embedding')" if "embedding" in missing else "")
         )
 
+    if args.label_noise and args.objective != "labels":
+        raise ConfigError("--label-noise: applies to --objective labels (the errors objective has no labels)")
     source = meta.get("base_model") or whisper.DEFAULT_SOURCE
     model, processor = load_model(family, source, args.device, audio_ctx)
     load_adapter(model, adapter)
@@ -153,8 +164,9 @@ def run(args: argparse.Namespace) -> int:
     rows, wers = wer_table(split, hyps, ranks, normalize)
     labels = benefit_labels(wers, ranks)
     signals = {k: v[rows] for k, v in split.all_signals().items()}
+    errors = wers * reference_words(split, rows, normalize)[:, None] if args.objective == "errors" else None
     router = fit_benefit_router(
-        signals, labels, ranks, features, args.target_mean_rank, args.label_noise, args.seed
+        signals, labels, ranks, features, args.target_mean_rank, args.label_noise, args.seed, errors
     )
     routed = router(signals)
     attach_router(model, router)
@@ -177,6 +189,7 @@ def run(args: argparse.Namespace) -> int:
         "n": len(rows),
         "ranks": ranks,
         "features": features,
+        "objective": args.objective,
         "router": router.describe(),
         "wer_by_rank": {str(r): by_rank[r] for r in ranks},
         "label_histogram": {str(r): int((labels == r).sum()) for r in ranks},

@@ -5,8 +5,10 @@ same as giving it where it helps: on noisy speech an adapter can make the transc
 worse. Here every utterance of a held-out split is decoded (greedy, batched) at each rank
 of the adapter and at rank 0 (the base model); its label is the smallest rank whose WER
 is the lowest, so rank 0 whenever no rank does better than the base (ties go to the lower
-rank). A ``LearnedRouter`` fit on the utterances' signals predicts that label, with rank 0
-as the safe default; ``LearnedRouter.calibrate_mean_rank`` can then set its mean rank.
+rank). A ``LearnedRouter`` fit on the utterances' signals serves, by default, the rank
+with the fewest expected word errors for inputs like each one (fit to every rank's word
+errors), or predicts that label (``objective="labels"``); ``LearnedRouter.calibrate_mean_rank``
+can then set its mean rank.
 
 Decoding every rank is the expensive part, so it is cached per utterance as it goes
 (:class:`DecodeCache`, one JSON line per utterance): an interrupted run continues.
@@ -59,15 +61,31 @@ def fit_benefit_router(
     target_mean_rank: float | None = None,
     label_noise: float = 0.0,
     seed: int = 0,
+    errors: torch.Tensor | None = None,
 ) -> LearnedRouter:
-    """A ``LearnedRouter`` over ``features`` fit to benefit ``labels`` [N]; with
-    ``target_mean_rank`` its rank penalty is set so that its mean rank on ``signals`` is
-    at most that (without, it serves its predicted label: rank 0 unless a rank helps)."""
+    """A ``LearnedRouter`` over ``features``, fit to benefit ``labels`` [N] or, given
+    ``errors`` [N, len(ranks)] (each utterance's word errors at each rank), to the expected
+    word errors (``LearnedRouter.fit(costs=...)``): it then serves the rank expected to make
+    the fewest errors for inputs like this one, rather than the commonest label among them.
+    The two differ where many utterances are perfect at every rank (label 0) and others
+    just like them gain from an adapter: the labels say rank 0, the errors say otherwise.
+    With ``target_mean_rank`` the rank penalty is set so that the mean rank on ``signals``
+    is at most that (without, it serves its prediction: rank 0 unless a rank helps)."""
     router = LearnedRouter(ranks, features=features, widths=feature_widths(signals, features))
-    router.fit(signals, labels, label_noise=label_noise, seed=seed)
+    if errors is not None:
+        router.fit(signals, costs=errors, seed=seed)
+    else:
+        router.fit(signals, labels, label_noise=label_noise, seed=seed)
     if target_mean_rank is not None:
         router.calibrate_mean_rank(signals, target_mean_rank)
     return router
+
+
+def reference_words(split: Split, rows: Sequence[int], normalize: Callable[[str], str]) -> torch.Tensor:
+    """Normalised reference words of each of ``rows`` [n] (WER x words = word errors)."""
+    return torch.tensor(
+        [len(normalize(str(split.rows[i]["text"])).split()) for i in rows], dtype=torch.float64
+    )
 
 
 def adapter_fingerprint(adapter_dir: Path) -> str:

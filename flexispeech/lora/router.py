@@ -379,24 +379,26 @@ class LearnedRouter(nn.Module, Router):
     def fit(
         self,
         signals: Signals,
-        labels: torch.Tensor,
+        labels: torch.Tensor | None = None,
         epochs: int = 300,
         lr: float = 1e-2,
         label_noise: float = 0.0,
         seed: int = 0,
+        costs: torch.Tensor | None = None,
     ) -> list[float]:
-        """Train on ``labels`` [N] (rank values from ``ranks``), full batch with Adam.
+        """Train on ``labels`` [N] (rank values from ``ranks``; cross-entropy) or on
+        ``costs`` [N, len(ranks)] (the cost of serving each example at each rank, e.g. its
+        word errors: the expected cost under the router's softmax is minimised, so the
+        argmax moves to the rank with the lowest expected cost, not to the commonest
+        label), full batch with Adam.
 
         ``label_noise`` replaces that share of labels with a random rank each epoch (a
         regulariser against over-trusting noisy difficulty labels). Returns the loss per
         epoch. The router is left in eval mode with gradients off: it is frozen.
         """
-        labels = torch.as_tensor(labels, dtype=torch.long)
-        rank_index = {r: i for i, r in enumerate(self.ranks)}
-        unknown = sorted({int(v) for v in labels.tolist()} - set(rank_index))
-        if unknown:
-            raise ConfigError(f"labels {unknown} are not router ranks {list(self.ranks)}")
-        target = torch.tensor([rank_index[int(v)] for v in labels.tolist()], dtype=torch.long)
+        if (labels is None) == (costs is None):
+            raise ConfigError("LearnedRouter.fit: give labels or costs, not both")
+        target = self._targets(labels, costs)
         x = feature_matrix(signals, self.features)
         if x.shape[1] != self.mean.shape[0]:
             raise ConfigError(
@@ -417,11 +419,15 @@ class LearnedRouter(nn.Module, Router):
         self.train()
         losses = []
         for _ in range(epochs):
-            y = target
-            if label_noise > 0:
-                flip = torch.rand(len(y), generator=gen) < label_noise
-                y = torch.where(flip, torch.randint(len(self.ranks), y.shape, generator=gen), y)
-            loss = nn.functional.cross_entropy(self.logits(signals), y)
+            logits = self.logits(signals)
+            if target.dim() == 2:  # costs: the expected cost under the softmax
+                loss = (torch.softmax(logits, dim=-1) * target).sum(-1).mean()
+            else:
+                y = target
+                if label_noise > 0:
+                    flip = torch.rand(len(y), generator=gen) < label_noise
+                    y = torch.where(flip, torch.randint(len(self.ranks), y.shape, generator=gen), y)
+                loss = nn.functional.cross_entropy(logits, y)
             opt.zero_grad()
             loss.backward()
             opt.step()
@@ -429,6 +435,21 @@ class LearnedRouter(nn.Module, Router):
         self.eval()
         self.requires_grad_(False)
         return losses
+
+    def _targets(self, labels: torch.Tensor | None, costs: torch.Tensor | None) -> torch.Tensor:
+        """Class indices [N] of ``labels``, or ``costs`` [N, R] scaled to a mean of 1 (the
+        loss's scale, hence Adam's step, does not depend on the units of the costs)."""
+        if costs is not None:
+            costs = torch.as_tensor(costs, dtype=torch.float32)
+            if costs.dim() != 2 or costs.shape[1] != len(self.ranks) or not torch.isfinite(costs).all():
+                raise ConfigError(f"costs must be finite, [N, {len(self.ranks)}], got {list(costs.shape)}")
+            return costs / costs.abs().mean().clamp(min=1e-8)
+        labels = torch.as_tensor(labels, dtype=torch.long)
+        rank_index = {r: i for i, r in enumerate(self.ranks)}
+        unknown = sorted({int(v) for v in labels.tolist()} - set(rank_index))
+        if unknown:
+            raise ConfigError(f"labels {unknown} are not router ranks {list(self.ranks)}")
+        return torch.tensor([rank_index[int(v)] for v in labels.tolist()], dtype=torch.long)
 
     def describe(self) -> str:
         penalty = f", rank_penalty={self.rank_penalty:.3g}" if self.rank_penalty else ""

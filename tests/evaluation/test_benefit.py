@@ -36,6 +36,37 @@ def test_benefit_labels_take_the_smallest_rank_with_the_lowest_wer() -> None:
         benefit_labels(wers, [0, 2, 4])
 
 
+def test_the_errors_objective_serves_the_rank_with_the_fewest_expected_errors() -> None:
+    """Two kinds of input the features can tell apart. Easy (x < 0): 60 % are perfect at every
+    rank (label 0), 40 % make 3 errors at rank 0 and none at rank 4 (label 4); hard (x > 0):
+    5 errors at rank 0, 1 at rank 4. The labels' majority on easy inputs is rank 0 (1.2
+    errors per utterance); the expected errors say rank 4 (0). This is the GPU study's loss:
+    the easiest utterances, kept at rank 0, were the ones static LoRA still improved."""
+    n = 200
+    x = torch.cat([torch.full((n,), -1.0), torch.full((n,), 1.0)])  # within a kind, inputs look alike
+    easy_gains = torch.arange(n) % 5 < 2  # 40 % of the easy ones
+    errors = torch.zeros(2 * n, 2, dtype=torch.float64)
+    errors[:n, 0] = torch.where(easy_gains, 3.0, 0.0)
+    errors[n:, 0], errors[n:, 1] = 5.0, 1.0
+    signals = {"proxy": x}
+    wers = errors / 10  # 10 reference words each
+    labels = benefit_labels(wers, [0, 4])
+    by_labels = fit_benefit_router(signals, labels, [0, 4], ["proxy"])
+    by_errors = fit_benefit_router(signals, labels, [0, 4], ["proxy"], errors=errors)
+    assert by_labels(signals)[:n].tolist() == [0] * n and by_errors(signals)[:n].tolist() == [4] * n
+    assert by_labels(signals)[n:].tolist() == [4] * n == by_errors(signals)[n:].tolist()
+
+    def served(router):
+        picked = (router(signals) == 4).long()
+        return float(errors[torch.arange(2 * n), picked].sum())
+
+    assert served(by_errors) == 200.0 < served(by_labels) == 440.0  # 80 x 3 more on the easy ones
+    with pytest.raises(ConfigError, match="labels or costs"):
+        LearnedRouter([0, 4], ["proxy"]).fit(signals, labels, costs=errors)
+    with pytest.raises(ConfigError, match=r"costs must be finite, \[N, 2\]"):
+        LearnedRouter([0, 4], ["proxy"]).fit(signals, costs=errors[:, :1])
+
+
 def test_learned_router_mean_rank_calibration_and_vector_features() -> None:
     gen = torch.Generator().manual_seed(0)
     n = 400
@@ -142,6 +173,15 @@ def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, c
         and summary["routed_mean_rank"] <= 2.0
     )
     assert summary["oracle_wer"] <= min(summary["wer_by_rank"].values())
+    assert summary["objective"] == "errors"  # the default: fit to each rank's word errors
+    assert main([*args, "--out", str(out), "--label-noise", "0.1"]) == 2
+    assert "applies to --objective labels" in capsys.readouterr().err
+    assert (
+        main([*args, "--out", str(tmp_path / "by_labels"), "--objective", "labels", "--label-noise", "0.1"])
+        == 0
+    )
+    labelled = json.loads((tmp_path / "run" / "calibrate_validation" / "summary.json").read_text())
+    assert labelled["objective"] == "labels" and labelled["label_histogram"] == summary["label_histogram"]
     cache = tmp_path / "run" / "calibrate_validation" / "decodes.jsonl"
     lines = cache.read_text().splitlines()
     assert len(lines) == 9 and all(set(json.loads(ln)["hyps"]) == {"0", "2", "4"} for ln in lines[1:])
