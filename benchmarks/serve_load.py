@@ -222,6 +222,8 @@ def main() -> None:
                 rows.append(
                     summarise(n, results, reference, onset, bool(reference) and not args.random_shape, batch)
                 )
+                # batches the server had to decode stream by stream (logged there with the error)
+                rows[-1]["fallbacks"] = after.get("fallbacks", 0) - before.get("fallbacks", 0)
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
         finally:
             if proc is not None:
@@ -233,9 +235,10 @@ def main() -> None:
         f"{('random ' + args.random_shape) if args.random_shape else args.model} on {args.device}\n"
     )
     print(
-        "| clients | updates | lag p50 (s) | lag p90 (s) | first word (s) | WER per stream (%) | mean rank | mean batch |"
+        "| clients | updates | lag p50 (s) | lag p90 (s) | first word (s) | WER per stream (%) | mean rank | mean batch "
+        "| batches decoded one by one |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         wer = (
             "n/a"
@@ -249,7 +252,7 @@ def main() -> None:
         rank = "base" if r["mean_rank"] is None else f"{r['mean_rank']:.1f}"
         print(
             f"| {r['clients']} | {r['updates']} | {r['lag_p50_s']:.2f} | {r['lag_p90_s']:.2f} | {r['first_word_s']:.2f} "
-            f"| {wer} | {rank} | {r['mean_batch']:.1f} |"
+            f"| {wer} | {rank} | {r['mean_batch']:.1f} | {r['fallbacks']} |"
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))

@@ -15,6 +15,7 @@ the update is done.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from concurrent.futures import Future
@@ -24,6 +25,8 @@ from flexispeech.errors import FlexispeechError
 from flexispeech.streaming.online import OnlineTranscriber, Update
 from flexispeech.streaming.transcriber import Transcriber
 from flexispeech.streaming.updates import decode_updates
+
+log = logging.getLogger(__name__)
 
 GATHER_S = 0.01  # after a wake-up, wait this long for the streams of the last batch to resubmit
 
@@ -56,6 +59,7 @@ class Scheduler:
         self._last_size = 1
         self.batches = 0  # batches decoded so far
         self.rows = 0  # updates decoded so far (rows / batches = mean batch size)
+        self.fallbacks = 0  # batches whose batched decoding failed and that were decoded one by one
         self._worker = threading.Thread(target=self._run, name="flexispeech-scheduler", daemon=True)
         self._worker.start()
 
@@ -116,7 +120,13 @@ class Scheduler:
                 continue
             try:
                 updates = decode_updates(self.transcriber, [j.stream for j in jobs], [j.final for j in jobs])
-            except Exception:  # noqa: BLE001 - find the stream at fault: the others must not share its error
+            except Exception as err:  # noqa: BLE001 - find the stream at fault: the others must not share its error
+                # Said, not swallowed: decoding one by one costs about N batches' time, so a
+                # batched path that fails for every batch would show only as a slow server.
+                log.warning(
+                    "batched decoding of %d updates failed (%s); decoding them one by one", len(jobs), err
+                )
+                self.fallbacks += 1
                 self._one_by_one(jobs)
             else:
                 for job, update in zip(jobs, updates):

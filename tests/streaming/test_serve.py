@@ -106,12 +106,18 @@ def test_concurrent_streams_are_decoded_in_batches_with_their_own_results(
         results = await asyncio.gather(
             *[stream_file(url, (assets_dir / n).read_bytes(), chunk_s=0.5) for n in names]
         )
-        return results, app[STATE_KEY].scheduler
+        import aiohttp
 
-    results, scheduler = served(transcriber, steps)
+        async with aiohttp.ClientSession() as session:  # what the load test reads
+            async with session.get(url.replace("/ws", "/stats")) as resp:
+                stats = await resp.json()
+        return results, app[STATE_KEY].scheduler, stats
+
+    results, scheduler, stats = served(transcriber, steps)
     assert {n: r.text for n, r in zip(names, results)} == alone
     assert scheduler.mean_batch > 1.5  # four streams shared their batches
     assert scheduler.rows == sum(len(r.events) - 1 for r in results)
+    assert stats == {"active": 0, "batches": scheduler.batches, "rows": scheduler.rows, "fallbacks": 0}
 
 
 def test_the_command_streams_files_concurrently(assets_dir: Path, capsys) -> None:

@@ -85,11 +85,18 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """``{"active", "batches", "rows"}``: open streams, batches decoded, updates decoded
-    (rows / batches is the mean batch size)."""
+    """``{"active", "batches", "rows", "fallbacks"}``: open streams, batches decoded, updates
+    decoded (rows / batches is the mean batch size), batches whose batched decoding failed
+    and were decoded one by one."""
     state = request.app[STATE_KEY]
+    sched = state.scheduler
     return web.json_response(
-        {"active": len(state.active), "batches": state.scheduler.batches, "rows": state.scheduler.rows}
+        {
+            "active": len(state.active),
+            "batches": sched.batches,
+            "rows": sched.rows,
+            "fallbacks": sched.fallbacks,
+        }
     )
 
 
