@@ -48,7 +48,7 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ]; then
   $FLEXI prepare "$corpus" --src "$src" --out "$data" ${subsets:+--subsets $subsets}
 fi
 if [ "$stop_stage" -ge 1 ]; then
-  bash "$(dirname "$0")/../speech_stages.sh" --conf "recipes/$corpus/conf" --data "$data" --exp "$exp" \
+  bash "$(dirname "$0")/../speech_stages.sh" --conf "$(dirname "$0")/$corpus/conf" --data "$data" --exp "$exp" \
     --stage "$(( stage > 1 ? stage : 1 ))" --stop-stage "$stop_stage" --profile "$profile" \
     --model "$source" --family "$family" "${pass[@]}"
 fi

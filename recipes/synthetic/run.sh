@@ -76,6 +76,6 @@ if [ "$stage" -le 0 ] && [ "$stop_stage" -ge 0 ] && [ "$real_given" = 0 ]; then
 fi
 if [ "$real_given" = 0 ] && [ -f data/real/corpus.json ]; then pass+=(--real data/real); fi
 if [ "$stop_stage" -ge 1 ]; then
-  bash "$(dirname "$0")/../speech_stages.sh" --conf recipes/synthetic/conf --data "$data" --exp "$exp" \
+  bash "$(dirname "$0")/../speech_stages.sh" --conf "$(dirname "$0")/conf" --data "$data" --exp "$exp" \
     --stage "$(( stage > 1 ? stage : 1 ))" --stop-stage "$stop_stage" "${pass[@]}"
 fi
