@@ -70,7 +70,8 @@ def fit_benefit_router(
     The two differ where many utterances are perfect at every rank (label 0) and others
     just like them gain from an adapter: the labels say rank 0, the errors say otherwise.
     With ``target_mean_rank`` the rank penalty is set so that the mean rank on ``signals``
-    is at most that (without, it serves its prediction: rank 0 unless a rank helps)."""
+    is at most that, never raised towards it (without, it serves its prediction: rank 0
+    unless a rank helps)."""
     router = LearnedRouter(ranks, features=features, widths=feature_widths(signals, features))
     if errors is not None:
         router.fit(signals, costs=errors, seed=seed)
@@ -78,6 +79,9 @@ def fit_benefit_router(
         router.fit(signals, labels, label_noise=label_noise, seed=seed)
     if target_mean_rank is not None:
         router.calibrate_mean_rank(signals, target_mean_rank)
+        # A cap, not a quota: a negative penalty would serve ranks that are not predicted
+        # to help, only to spend the target.
+        router.rank_penalty = max(router.rank_penalty, 0.0)
     return router
 
 

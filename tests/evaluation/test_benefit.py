@@ -61,6 +61,14 @@ def test_the_errors_objective_serves_the_rank_with_the_fewest_expected_errors() 
         return float(errors[torch.arange(2 * n), picked].sum())
 
     assert served(by_errors) == 200.0 < served(by_labels) == 440.0  # 80 x 3 more on the easy ones
+    # A target mean rank caps the ranks and never raises them: at 2 half the inputs go to
+    # rank 0 (the easy ones cost less there), at 4 nothing changes, and the label router
+    # is not pushed up to spend it either.
+    capped = fit_benefit_router(signals, labels, [0, 4], ["proxy"], target_mean_rank=2.0, errors=errors)
+    assert capped(signals).float().mean() <= 2.0 and capped(signals)[n:].tolist() == [4] * n
+    assert fit_benefit_router(signals, labels, [0, 4], ["proxy"], 4.0, errors=errors).rank_penalty == 0.0
+    uncapped = fit_benefit_router(signals, labels, [0, 4], ["proxy"], target_mean_rank=4.0)
+    assert uncapped(signals).tolist() == by_labels(signals).tolist()
     with pytest.raises(ConfigError, match="labels or costs"):
         LearnedRouter([0, 4], ["proxy"]).fit(signals, labels, costs=errors)
     with pytest.raises(ConfigError, match=r"costs must be finite, \[N, 2\]"):
