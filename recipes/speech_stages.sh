@@ -99,7 +99,7 @@ case "$profile" in
                       augment.reverb_prob=0.2)
        signal_splits=train,validation,test  # validation rows are routed too
        dev_args=(--device cuda --batch-size 512)  # decoding is per-step overhead: wide batches amortise it
-       # 1,000 validation rows decoded at each of the 5 ranks; the router at the Flexi runs' mean rank
+       # 1,000 validation rows decoded at each of the 5 ranks; the router's mean rank at most the Flexi runs' 6
        calib_args=(--max-examples 1000 --target-mean-rank 6)
        runs_static="static_r16 static_r6 static_r8"
        runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
