@@ -297,8 +297,14 @@ def greedy_decode(
             if state.graph is None:
                 try:
                     _capture(model, state)
-                except RuntimeError as err:  # e.g. an op that syncs: decode eagerly instead
-                    log.warning("greedy decoding: CUDA graph capture failed (%s); decoding eagerly", err)
+                except Exception as err:  # noqa: BLE001 - a capture problem costs speed, never the decoding
+                    # (e.g. an op that syncs); eager decoding gives the same tokens, so go on
+                    # with it, saying why, rather than stop a pass over thousands of clips.
+                    log.warning(
+                        "greedy decoding: CUDA graph capture failed (%s: %s); decoding eagerly",
+                        type(err).__name__,
+                        err,
+                    )
                     _cache(model).clear()
                     return greedy_decode(model, features, max_new_tokens, graphs=False)
                 state.reset()

@@ -127,3 +127,30 @@ def test_a_model_without_adapter_has_no_layers_to_switch(setup) -> None:
     assert adapter_layers(plain) == []
     # 2 encoder layers (q, k, v, out, fc1, fc2) and 2 decoder layers (self and cross attention)
     assert len(adapter_layers(model)) == 2 * 6 + 2 * 10
+
+
+def test_a_failed_capture_falls_back_to_eager_decoding_and_says_so(setup, monkeypatch, caplog) -> None:
+    """Any error while capturing the graph costs speed only: the batch is decoded eagerly
+    (the same tokens) with a warning naming the error."""
+    import logging
+
+    import flexispeech.models.whisper_greedy as greedy
+
+    model, _, features = setup
+    with use_ranks(model, [0, 4, 8]):
+        want = greedy_decode(model, features, max_new_tokens=6, graphs=False).sequences
+
+    def broken(model, state):
+        raise ValueError("model has no adapter")
+
+    monkeypatch.setattr(greedy, "_graphs_usable", lambda device, graphs: True)
+    monkeypatch.setattr(greedy, "_capture", broken)
+    with (
+        caplog.at_level(logging.WARNING, logger="flexispeech.models.whisper_greedy"),
+        use_ranks(model, [0, 4, 8]),
+    ):
+        monkeypatch.setattr(greedy, "_graphs_usable", lambda device, graphs: graphs is not False)
+        got = greedy_decode(model, features, max_new_tokens=6).sequences
+    assert_same(got, want)
+    assert "CUDA graph capture failed (ValueError: model has no adapter); decoding eagerly" in caplog.text
+    assert model.__dict__.get("_flexispeech_greedy") == {}  # no half-captured state kept
