@@ -1,14 +1,13 @@
 """Batched greedy Whisper decoding with a preallocated KV cache, replayed as a CUDA graph.
 
-Why not transformers' ``generate``: at batch 128 on an H200 it spent ~9 ms per decoding
-step for Whisper tiny, almost all of it on the host (logits processors, stopping criteria,
-cache bookkeeping and ~300 kernel launches), while the GPU work of a step is well under a
-millisecond. Signals, calibration and evaluation decode tens of thousands of utterances,
-so this is where a study's time went. Here one step (embedding, every decoder layer
-against a fixed-size self-attention cache and the precomputed cross-attention keys and
-values, the output projection, Whisper's token suppression and the argmax) is one function
-of static tensors: on a GPU it is captured once per batch size and replayed with one
-launch per token.
+Why not transformers' ``generate``: for a small model on a GPU, a decoding step is bound
+by the host (logits processors, stopping criteria, cache bookkeeping and hundreds of kernel
+launches), not by the GPU's work; signals, calibration and evaluation decode tens of
+thousands of utterances, so this is where a study's time went. Here one step (embedding,
+every decoder layer against a fixed-size self-attention cache and the precomputed
+cross-attention keys and values, the output projection, Whisper's token suppression and
+the argmax) is one function of static tensors: on a GPU it is captured once per batch
+size and replayed with one launch per token.
 
 It reproduces what ``generate(num_beams=1, return_timestamps=False)`` does for audio
 within the encoder window: the prefix ``<|startoftranscript|>`` (``<|en|><|transcribe|>``
