@@ -212,7 +212,11 @@ def test_a_stream_beyond_max_streams_is_told_the_server_is_busy(transcriber, ass
     limits = Limits(max_streams=1, idle_timeout_s=5.0)
 
     async def second(http, url, assets):
-        await asyncio.sleep(0.2)  # the good stream holds the one place by now
+        for _ in range(200):  # until the good stream holds the one place (a fixed sleep raced it)
+            async with http.get(url.replace("/ws", "/stats")) as resp:
+                if (await resp.json())["active"] == 1:
+                    break
+            await asyncio.sleep(0.01)
         ws = await http.ws_connect(url)
         return await events_of(ws), (await ws.receive()).type
 
