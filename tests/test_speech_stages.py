@@ -172,26 +172,14 @@ def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) 
 
     out, spans = _stages(tmp_path / "one", "--runs", "static_r16 flexi_nested", "--jobs", "1")
     assert out.returncode == 0 and _overlapping(spans) == 1  # one after the other
-    out = subprocess.run(
-        [
-            "bash",
-            str(RECIPES / "speech_stages.sh"),
-            "--conf",
-            "c",
-            "--data",
-            "d",
-            "--exp",
-            "e",
-            "--jobs",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    out, _ = _refused(tmp_path / "zero", "--jobs", "0")
     assert out.returncode == 2 and "--jobs must be a positive integer" in out.stderr
 
 
-def test_unknown_run_is_refused_before_anything_runs(tmp_path: Path) -> None:
+def _refused(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """speech_stages.sh with options it must refuse, and the file its flexispeech calls
+    would have gone to."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
     fake, calls = tmp_path / "flexispeech", tmp_path / "calls.txt"
     fake.write_text(FAKE)
     fake.chmod(0o755)
@@ -205,15 +193,17 @@ def test_unknown_run_is_refused_before_anything_runs(tmp_path: Path) -> None:
             "d",
             "--exp",
             str(tmp_path / "e"),
-            "--profile",
-            "gpu",
-            "--runs",
-            "static_r16 flexi_magic",
+            *extra,
         ],
         capture_output=True,
         text=True,
         env={"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls)},
     )
+    return out, calls
+
+
+def test_unknown_run_is_refused_before_anything_runs(tmp_path: Path) -> None:
+    out, calls = _refused(tmp_path, "--profile", "gpu", "--runs", "static_r16 flexi_magic")
     assert out.returncode == 2 and "--runs: unknown run flexi_magic" in out.stderr
     assert not calls.exists()
 

@@ -72,7 +72,8 @@ SUBSETS += [
 
 def paired_rows(base: dict[str, Any], run: dict[str, Any]) -> list[list[Any]]:
     """Table rows of ``run`` against ``base``: one per non-empty subset (:data:`SUBSETS`, then
-    one per rank ``run`` served when it served several); "better" counts the utterances where ``run`` makes fewer errors than ``base``.
+    one per rank ``run`` served when it served several); "better" counts the utterances
+    where ``run`` makes fewer errors than ``base``.
 
     Raises FlexispeechError when the two were not scored on the same utterances.
     """

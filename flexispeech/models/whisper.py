@@ -269,9 +269,7 @@ class WhisperFamily:
         out: list[torch.Tensor | None] = [None] * n
         with torch.no_grad():
             if short_rows:
-                sub = features[short_rows, :, :window]
-                if sub.shape[-1] < window:  # a window trimmed by the caller: pad with log-mel silence
-                    sub = nn.functional.pad(sub, (0, window - sub.shape[-1]), value=float(sub.min()))
+                sub = first_window(features[short_rows], window)
                 budget = max_new_tokens
                 if budget is None:
                     budget = decode_budget(model, [int(num_frames[i]) for i in short_rows])
@@ -298,6 +296,15 @@ class WhisperFamily:
                     )
                 out[row] = (seq["sequences"] if isinstance(seq, dict) else seq)[0].cpu()
         return [t for t in out if t is not None]
+
+
+def first_window(features: torch.Tensor, window: int) -> torch.Tensor:
+    """The first ``window`` mel frames of ``features`` [B, n_mels, frames]; a batch cut
+    shorter by its caller is padded to the window with log-mel silence (its minimum)."""
+    features = features[:, :, :window]
+    if features.shape[-1] < window:
+        features = nn.functional.pad(features, (0, window - features.shape[-1]), value=float(features.min()))
+    return features
 
 
 def token_budget(model: nn.Module, num_frames: Sequence[int]) -> int:

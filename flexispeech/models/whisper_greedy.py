@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import logging
 import os
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -226,7 +227,7 @@ def _capture(model: nn.Module, state: _State) -> None:
     try:
         for layer in layers:
             layer.compute_path = "static"
-        ctx = use_ranks(model, state.ranks) if state.ranks is not None else _nothing()
+        ctx = use_ranks(model, state.ranks) if state.ranks is not None else nullcontext()
         with ctx:
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
@@ -241,14 +242,6 @@ def _capture(model: nn.Module, state: _State) -> None:
     finally:
         for layer, path in zip(layers, paths):
             layer.compute_path = path
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def greedy_decode(

@@ -52,13 +52,11 @@ def first_pass(
     log-probability and its distribution's entropy, from the unsuppressed logits, which is
     what a teacher-forced pass over the transcript would compute, without running it.
     """
-    from flexispeech.models.whisper import FRAMES_PER_POSITION, decode_budget, encoder_positions
+    from flexispeech.models.whisper import FRAMES_PER_POSITION, decode_budget, encoder_positions, first_window
     from flexispeech.models.whisper_greedy import greedy_decode
 
     window = encoder_positions(model) * FRAMES_PER_POSITION
-    features = batch["input_features"][:, :, :window]  # the first window only
-    if features.shape[-1] < window:  # a window trimmed by the caller: pad with log-mel silence
-        features = nn.functional.pad(features, (0, window - features.shape[-1]), value=float(features.min()))
+    features = first_window(batch["input_features"], window)  # a long clip's first window only
     frames = batch.get("num_frames")
     if max_new_tokens is None:
         lengths = [window] * features.shape[0] if frames is None else [int(f) for f in frames]

@@ -127,7 +127,7 @@ class Augmenter:
         texts = [str(self.split.rows[i]["text"]) for i in rows]
         # The clips go to the host only for what needs them there: audio signals, or a
         # family without a device log-mel (``collate_waveforms``).
-        on_device = hasattr(self.family, "collate_waveforms") and device_log_mel(self.processor)
+        on_device = collates_on_device(self.family, self.processor)
         clips = unpad_waveforms(audio, lengths) if needed or not on_device else [None] * len(rows)
         examples = []
         for k, (i, clip) in enumerate(zip(rows, clips)):
@@ -174,7 +174,7 @@ class DeviceFeatures:
     def __call__(self, planned: PlannedBatch, generator: torch.Generator | None = None) -> Batch[int]:
         rows, inputs = planned.batch.rows, planned.batch.inputs
         texts = [str(self.split.rows[i]["text"]) for i in rows]
-        if hasattr(self.family, "collate_waveforms") and device_log_mel(self.processor):
+        if collates_on_device(self.family, self.processor):
             audio = inputs["audio"].to(self.device, non_blocking=True)
             features = self.family.collate_waveforms(self.processor, audio, inputs["lengths"], texts)
         else:
@@ -184,11 +184,14 @@ class DeviceFeatures:
         return replace(planned.batch, inputs=features)
 
 
-def device_log_mel(processor: Any) -> bool:
-    """Whether the processor's feature extractor can run on device tensors (Whisper's)."""
+def collates_on_device(family: ModelFamily, processor: Any) -> bool:
+    """Whether ``family.collate_waveforms`` makes this processor's training inputs from
+    device tensors (Whisper's extractor), so the audio need not go to the host."""
     from flexispeech.models.whisper_features import device_log_mel_supported
 
-    return device_log_mel_supported(getattr(processor, "feature_extractor", None))
+    return hasattr(family, "collate_waveforms") and device_log_mel_supported(
+        getattr(processor, "feature_extractor", None)
+    )
 
 
 def features_on_device(family: str, device: torch.device, cache_encoder_layers: int, enabled: bool) -> bool:

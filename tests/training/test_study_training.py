@@ -40,6 +40,21 @@ def same(a: dict, b: dict) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+def planned_audio_batch(corpus):  # noqa: F811
+    """(family, processor, train split, an SNR threshold router, the first 8 rows routed
+    and read as the loader's ``AudioInputs``) on the random tiny Whisper."""
+    family = get_family("whisper")
+    _, processor = family.load("random:tiny")
+    split = CorpusSplit(corpus, "train")
+    router = ThresholdRouter([0, 2, 8], weights={"snr_db": -1.0}).calibrate(
+        split.all_signals(), target_mean_rank=3.0
+    )
+    rows = list(range(8))
+    planned = PlannedBatch(route_rows(rows, split.signals_of(rows), router), 0, 0, 8, None)
+    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    return family, processor, split, router, planned
+
+
 def log(out) -> list[dict]:
     return [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
 
@@ -69,15 +84,7 @@ def test_augmented_training_is_deterministic_by_seed_and_resumes_bit_identical(c
 
 
 def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus, monkeypatch) -> None:  # noqa: F811
-    family = get_family("whisper")
-    _, processor = family.load("random:tiny")
-    split = CorpusSplit(corpus, "train")
-    router = ThresholdRouter([0, 2, 8], weights={"snr_db": -1.0}).calibrate(
-        split.all_signals(), target_mean_rank=3.0
-    )
-    rows = list(range(8))
-    planned = PlannedBatch(route_rows(rows, split.signals_of(rows), router), 0, 0, 8, None)
-    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    family, processor, split, router, planned = planned_audio_batch(corpus)
     cfg = AugmentConfig(noise_prob=1.0, snr_db=[0.0, 0.0], noise_types=["white"], spec_augment=True)
     batch = Augmenter(cfg, family, processor, split, router, torch.device("cpu"))(
         planned, torch.Generator().manual_seed(0)
@@ -93,7 +100,7 @@ def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus, monkeypat
 
     # The features are made from the augmented audio where it is (log_mel on the device
     # tensors): the same batch as the extractor's host path gives.
-    monkeypatch.setattr("flexispeech.training.augmented.device_log_mel", lambda processor: False)
+    monkeypatch.setattr("flexispeech.training.augmented.collates_on_device", lambda family, processor: False)
     host = Augmenter(cfg, family, processor, split, router, torch.device("cpu"))(
         planned, torch.Generator().manual_seed(0)
     )
@@ -113,6 +120,7 @@ def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus, monkeypat
         "flexispeech.training.augmented.audio_signals", lambda clip, sr, names: calls.append(set(names)) or {}
     )
     random_router = RandomRouter([0, 2, 8], seed=0)
+    rows = list(range(8))
     planned = PlannedBatch(route_rows(rows, split.signals_of(rows), random_router), 0, 0, 8, None)
     planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
     batch = Augmenter(cfg, family, processor, split, random_router, torch.device("cpu"))(
@@ -233,16 +241,8 @@ def test_features_made_on_the_device_equal_the_workers(corpus) -> None:  # noqa:
     batch (``DeviceFeatures``): the same rows, order, ranks and inputs as a worker's collate."""
     from flexispeech.training.augmented import DeviceFeatures, features_on_device
 
-    family = get_family("whisper")
-    _, processor = family.load("random:tiny")
-    split = CorpusSplit(corpus, "train")
-    router = ThresholdRouter([0, 2, 8], weights={"snr_db": -1.0}).calibrate(
-        split.all_signals(), target_mean_rank=3.0
-    )
-    rows = list(range(8))
-    routed = route_rows(rows, split.signals_of(rows), router)
-    planned = PlannedBatch(routed, 0, 0, 8, None)
-    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    family, processor, split, router, planned = planned_audio_batch(corpus)
+    routed = planned.batch
     batch = DeviceFeatures(family, processor, split, torch.device("cpu"))(planned)
     expected = family.collate(processor, [split[i] for i in routed.rows], train=True)
     assert batch.rows == routed.rows and torch.equal(batch.ranks, routed.ranks)
