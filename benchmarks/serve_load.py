@@ -110,7 +110,12 @@ def start_server(args: argparse.Namespace, model: str, max_streams: int) -> tupl
         "--audio-ctx",
         args.audio_ctx,
     ]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    # The server's log goes to a file, not a pipe: nobody reads a pipe while the rounds run, and
+    # once its 64 KiB buffer fills every write of the server (a log line per failed batch) blocks.
+    log_path = Path(args.server_log)
+    log = log_path.open("w")
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log, text=True)
+    log.close()  # the child holds its own descriptor
     deadline = time.monotonic() + 300
     while True:
         try:
@@ -119,7 +124,7 @@ def start_server(args: argparse.Namespace, model: str, max_streams: int) -> tupl
         except OSError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 proc.kill()
-                sys.exit(f"serve_load: the server did not start: {proc.stderr.read()[-2000:]}")
+                sys.exit(f"serve_load: the server did not start: {log_path.read_text()[-2000:]}")
             time.sleep(0.5)
 
 
@@ -191,6 +196,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="the recording is the fixtures this many times")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a round may take at most")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    parser.add_argument(
+        "--server-log", metavar="FILE", help="where the started server's log goes (default: a temporary file)"
+    )
     args = parser.parse_args()
     if args.random_shape and not args.processor:
         parser.error("--random-shape needs --processor DIR")
@@ -209,6 +217,7 @@ def main() -> None:
         )
         url = args.url
         if url is None:
+            args.server_log = args.server_log or str(Path(tmp) / "server.log")
             proc, url = start_server(args, model, max(args.clients))
         try:
             asyncio.run(one_round(url, 1, samples[: 16000 * 2], args.chunk, args.timeout))  # warm-up
@@ -229,6 +238,10 @@ def main() -> None:
             if proc is not None:
                 proc.terminate()
                 proc.wait(timeout=30)
+                lines = Path(args.server_log).read_text(errors="replace").splitlines()
+                print(
+                    f"server log: {len(lines)} lines; the last ones:", *lines[-5:], sep="\n", file=sys.stderr
+                )
     audio_s = samples.size / 16000
     print(
         f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, model "

@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "train": "flexispeech.commands.train",
     "eval": "flexispeech.commands.eval",
     "calibrate": "flexispeech.commands.calibrate",
+    "gate": "flexispeech.commands.gate",
     "compare": "flexispeech.commands.compare",
     "transcribe": "flexispeech.commands.transcribe",
     "stream": "flexispeech.commands.stream",

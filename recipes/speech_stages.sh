@@ -7,12 +7,17 @@
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_nested"]
 #       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
+#       [--gated "static_r16 flexi_benefit"]
 #
 # --runs trains and evaluates only these runs, in this order (default: the profile's list);
 # --device overrides the profile's device (gpu: cuda, cpu: cpu), e.g. to rehearse the gpu
 # profile on a CPU with --size tiny --steps 2. --jobs N trains and evaluates up to N runs at
 # once (stages 3-6, each run's output in EXP/<run>/stages.log; default 1, the gpu profile 2):
 # a small model's training step is bound by the host, so one GPU has room for several runs.
+# --gated names runs that are also evaluated behind a novelty gate (`flexispeech gate`:
+# rank 0 for inputs whose pooled base-encoder embedding lies outside the training split's,
+# at the validation split's 0.99 quantile), as the run <name>_gated (and <name>_seedN_gated);
+# default: none on the cpu profile; on the gpu one static_r16 and the benefit and nested runs.
 #
 # The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
 # on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
@@ -48,6 +53,8 @@ decisive="static_r16 flexi_nested"
 runs=""
 device=""
 jobs=""
+gated=""
+gated_given=0
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -67,7 +74,8 @@ while [ $# -gt 0 ]; do
     --runs) runs=$2; shift 2 ;;
     --device) device=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    --gated) gated=$2; gated_given=1; shift 2 ;;
+    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -99,12 +107,14 @@ case "$profile" in
                       augment.reverb_prob=0.2)
        signal_splits=train,validation,test  # validation rows are routed too
        dev_args=(--device cuda --batch-size 512)  # decoding is per-step overhead: wide batches amortise it
-       # 1,000 validation rows decoded at each of the 5 ranks; the router's mean rank at most the Flexi runs' 6
-       calib_args=(--max-examples 1000 --target-mean-rank 6)
+       # 1,000 validation rows decoded at each of the 5 ranks; the router's mean rank at most 7.5,
+       # under the study's bound of half static r16's (8) with a margin for the test split's mix
+       calib_args=(--max-examples 1000 --target-mean-rank 7.5)
        runs_static="static_r16 static_r6 static_r8"
-       runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
+       runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit flexi_benefit_full"
        runs_ablation="inconsistent flexi_nested_noaug"
-       jobs=${jobs:-2} ;;
+       jobs=${jobs:-2}
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit flexi_benefit_full flexi_nested" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}
@@ -135,6 +145,17 @@ if [ -n "$device" ]; then
   [ "$device" = cpu ] && [ "$profile" = gpu ] && overrides+=("train.mixed_precision='no'")  # quoted: YAML reads a bare no as false
 fi
 
+is_gated() {  # is_gated RUN: RUN (or the run it repeats with another seed) is in --gated
+  local base=$1
+  [[ $base =~ ^(.+)_seed[0-9]+$ ]] && base=${BASH_REMATCH[1]}
+  case " $gated " in *" $base "*) return 0 ;; esac
+  return 1
+}
+gated_runs() {  # the runs of this invocation that are also evaluated behind the gate
+  local r out=""
+  for r in $all_runs; do if is_gated "$r"; then out+=" $r"; fi; done
+  echo "$out"
+}
 step() { [ "$stage" -le "$1" ] && [ "$stop_stage" -ge "$1" ]; }
 log() { echo "== stage $1: $2 (at ${SECONDS} s)"; }
 
@@ -146,7 +167,7 @@ train_run() {  # train one run unless it already finished; --resume continues a 
   fi
   [[ $name == *_noaug* ]] || extra+=("${aug_overrides[@]}")
   $FLEXI train --config "$conf/$config.yaml" output_dir="$exp/$name" "${overrides[@]}" "${extra[@]}" --resume
-  if [[ $config == flexi_benefit ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
+  if [[ $config == flexi_benefit* ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
     # Routing by benefit: fit the router on the validation split (replaces the adapter's router).
     $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation "${dev_args[@]}" "${calib_args[@]}"
   fi
@@ -156,7 +177,7 @@ if step 1; then
   log 1 "signals and base-model decoding"
   # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted.
   $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits "$signal_splits" "${dev_args[@]}"
-  if [[ " $all_runs " == *" flexi_embedding"* ]]; then  # its router reads the adapted model's own base encoder
+  if [[ " $all_runs " == *" flexi_embedding"* ]] || [ -n "$(gated_runs)" ]; then  # read the adapted model's own base encoder
     $FLEXI signals "$data" --model "$model" --audio-ctx "$audio_ctx" --splits "$signal_splits" --embedding "${dev_args[@]}"
   fi
 fi
@@ -182,7 +203,7 @@ fi
 
 eval_run() {  # stage 6 for one run: the test split at its window (and 30 s), real speech
   local r=$1
-  local adapter=(--adapter "$exp/$r/adapter" --split test)  # the window: the adapter's own
+  local adapter=(--adapter "$exp/$r/adapter" --split test --name "$r")  # the window: the adapter's own
   evaluate "$exp/$r/eval_test" --data "$data" "${adapter[@]}"
   if [ "$family" = whisper ] && [ "$audio_ctx" != 1500 ]; then
     evaluate "$exp/$r/eval_test_30s" --data "$data" "${adapter[@]}" --audio-ctx 1500
@@ -194,12 +215,26 @@ eval_run() {  # stage 6 for one run: the test split at its window (and 30 s), re
   fi
 }
 
+kind_of() {  # the training stage of a run: 3 static, 4 Flexi, 5 ablation
+  case " $runs_static " in *" $1 "*) echo 3; return ;; esac
+  case " $runs_flexi " in *" $1 "*) echo 4; return ;; esac
+  echo 5
+}
+
+gate_run() {  # a --gated run's adapter behind the novelty gate (a router change, seconds), evaluated as <run>_gated
+  local r=$1
+  is_gated "$r" || return 0
+  step "$(kind_of "$r")" || step 6 || return 0
+  [ -f "$exp/${r}_gated/adapter/router.json" ] || \
+    $FLEXI gate "$exp/$r/adapter" --data "$data" --out "$exp/${r}_gated/adapter"
+  if step 6; then eval_run "${r}_gated"; fi
+}
+
 run_one() {  # stages 3-6 of one run; its kind says which training stage it belongs to
-  local r=$1 kind=5
-  case " $runs_static " in *" $r "*) kind=3 ;; esac
-  case " $runs_flexi " in *" $r "*) kind=4 ;; esac
-  if step "$kind"; then train_run "$r"; fi
+  local r=$1
+  if step "$(kind_of "$r")"; then train_run "$r"; fi
   if step 6; then eval_run "$r"; fi
+  gate_run "$r"
 }
 
 if [ "$jobs" -gt 1 ] && { step 3 || step 4 || step 5 || step 6; }; then
@@ -228,12 +263,13 @@ else
     log 6 "evaluate adapters on the whole test split, at their window and at 30 s"
     for r in $all_runs; do eval_run "$r"; done
   fi
+  for r in $all_runs; do gate_run "$r"; done
 fi
 
 if step 7; then
   log 7 "compare: side by side, and paired against the base and each static run"
   results=()
-  for r in base $all_runs; do
+  for r in base $all_runs $(for g in $(gated_runs); do echo "${g}_gated"; done); do
     for e in eval_test eval_test_30s eval_real eval_real_30s; do
       if [ -f "$exp/$r/$e/results.json" ]; then results+=("$exp/$r/$e"); fi
     done

@@ -90,14 +90,67 @@ def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
             "flexi_embedding",
             "flexi_nested",
             "flexi_benefit",
+            "flexi_benefit_full",
             "inconsistent",
             "flexi_nested_noaug",
+            "static_r16_gated",  # the gpu profile's --gated runs, behind the novelty gate
+            "flexi_benefit_gated",
+            "flexi_benefit_full_gated",
+            "flexi_nested_gated",
         ]
     }
 
 
+def test_gated_runs_get_the_gate_after_training_and_are_compared(tmp_path: Path) -> None:
+    calls = run_stages(
+        tmp_path,
+        "gpu",
+        "--stage",
+        "1",
+        "--runs",
+        "static_r16 flexi_benefit static_r16_seed1",
+        "--seeds",
+        "0,1",
+        "--decisive",
+        "static_r16 flexi_benefit",
+        "--gated",
+        "static_r16",
+        "--jobs",
+        "1",
+    )
+    names = [" ".join(c[:2]) for c in calls]
+    # stage 1 caches the embedding the gate reads, on the splits it is fit and thresholded on
+    (emb,) = [c for c in calls if c[0] == "signals" and "--embedding" in c]
+    assert "train" in emb[emb.index("--splits") + 1] and "validation" in emb[emb.index("--splits") + 1]
+    gates = [c for c in calls if c[0] == "gate"]
+    assert [(g[1].split("exp/", 1)[1], g[g.index("--out") + 1].split("exp/", 1)[1]) for g in gates] == [
+        ("static_r16/adapter", "static_r16_gated/adapter"),
+        ("static_r16_seed1/adapter", "static_r16_seed1_gated/adapter"),  # a seed of a gated run: gated too
+    ]
+    first_train = next(
+        i for i, n in enumerate(names) if n.startswith("train") and "static_r16" in str(calls[i])
+    )
+    assert names.index("gate " + gates[0][1]) > first_train  # after its adapter exists
+    (calib,) = [c for c in calls if c[0] == "calibrate"]  # routing by benefit: fit before the evaluation
+    assert (
+        calib[1].endswith("flexi_benefit/adapter") and calib[calib.index("--target-mean-rank") + 1] == "7.5"
+    )
+    evals = _evals(calls)
+    assert {"static_r16_gated/eval_test", "static_r16_seed1_gated/eval_test"} <= set(evals)
+    gated_eval = evals["static_r16_gated/eval_test"]
+    assert gated_eval[gated_eval.index("--name") + 1] == "static_r16_gated"  # its own row in the tables
+    assert "flexi_benefit_gated/eval_test" not in evals
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert any(a.endswith("static_r16_gated/eval_test") for a in compare)
+    (tmp_path / "none").mkdir()
+    none = _evals(run_stages(tmp_path / "none", "gpu", "--runs", "static_r16", "--gated", "", "--jobs", "1"))
+    assert set(none) == {"base/eval_test", "static_r16/eval_test"}
+
+
 def test_runs_picks_runs_and_their_order_and_device_overrides(tmp_path: Path) -> None:
-    calls = run_stages(tmp_path, "gpu", "--runs", "flexi_nested static_r16", "--device", "cpu", "--jobs", "1")
+    calls = run_stages(
+        tmp_path, "gpu", "--runs", "flexi_nested static_r16", "--device", "cpu", "--jobs", "1", "--gated", ""
+    )
     evals = _evals(calls)
     assert set(evals) == {"base/eval_test", "flexi_nested/eval_test", "static_r16/eval_test"}
     adapters = [

@@ -14,6 +14,7 @@ adapter or the new one, never weights of one save beside the config of another.
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
@@ -175,6 +176,37 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     if router_path.is_file():
         attach_router(model, Router.from_dict(json.loads(router_path.read_text())))
     return model
+
+
+def read_router(directory: str | Path) -> Router:
+    """The router a saved adapter serves with: its ``router.json``, or every row at the
+    adapter's top rank when it has none (a static adapter; ``serving_router``'s default)."""
+    from flexispeech.lora.router import FixedRouter
+
+    directory = existing_dir(directory)
+    config = FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"])
+    path = directory / ROUTER_NAME
+    if not path.is_file():
+        return FixedRouter(config.r_max)
+    try:
+        return Router.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err})") from None
+
+
+def save_router(directory: str | Path, router: Router, out: str | Path | None = None) -> Path:
+    """Give the saved adapter ``directory`` a new router, without loading any model: in
+    place, or in a copy at ``out`` (weights and config copied, replaced whole and atomically).
+    Every rank the router serves must be one the adapter has (rank 0, the base, always is)."""
+    directory = existing_dir(directory)
+    config = FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"])
+    check_ranks(config, list(router.ranks))
+    target = Path(out) if out is not None else directory
+    with replace_dir(target) as tmp:
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            shutil.copy2(directory / name, tmp / name)
+        write_json(tmp / ROUTER_NAME, router.to_dict())
+    return target
 
 
 def export_peft(

@@ -115,8 +115,10 @@ def get_state(model: nn.Module) -> FlexiState:
 
 
 def check_ranks(config: FlexiLoraConfig, ranks: Sequence[int]) -> None:
-    """Raise ``RankError`` naming any rank that is not in ``config.ranks``."""
-    bad = sorted({int(r) for r in ranks} - set(config.ranks))
+    """Raise ``RankError`` naming any rank that is not in ``config.ranks``. Rank 0, the base
+    model, is always allowed (it adds nothing on every compute path, as ``adapter_off``
+    relies on): a router may serve it to any adapter, e.g. behind a novelty gate."""
+    bad = sorted({int(r) for r in ranks} - set(config.ranks) - {0})
     if bad:
         raise RankError(f"rank(s) {bad} not in the configured ranks {list(config.ranks)}")
 

@@ -9,7 +9,8 @@ are cheap and must load anywhere.
 Every router is a ``Router`` (``lora.router_base``): it declares its ``ranks`` and the
 ``signal_names`` it reads, and round-trips through ``to_dict`` / ``Router.from_dict`` (the
 form saved as an adapter's ``router.json``). This module holds the fixed, random and
-threshold routers and re-exports the learned one (``lora.learned_router``) and the base,
+threshold routers and re-exports the learned one (``lora.learned_router``), the gated one
+(``lora.gate``) and the base,
 so importing it registers every built-in kind.
 """
 
@@ -22,6 +23,7 @@ import torch
 
 from flexispeech.errors import ConfigError
 from flexispeech.lora.calibration import thresholds_for
+from flexispeech.lora.gate import GatedRouter
 from flexispeech.lora.learned_router import LearnedRouter
 from flexispeech.lora.router_base import (
     Router,
@@ -34,6 +36,7 @@ from flexispeech.lora.router_base import (
 
 __all__ = [
     "FixedRouter",
+    "GatedRouter",
     "LearnedRouter",
     "RandomRouter",
     "Router",

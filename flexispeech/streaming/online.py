@@ -96,6 +96,11 @@ class OnlineTranscriber:
             raise ConfigError(f"streaming needs a Whisper model, got the {transcriber.family.name} family")
         if transcriber.num_beams != 1:
             raise ConfigError("streaming decodes greedily: use num_beams=1")
+        if "embedding" in transcriber.needed_signals():  # an embedding router or a novelty gate
+            raise ConfigError(
+                "the adapter's router reads the pooled encoder embedding, which streaming does not "
+                "compute per update; stream it at a fixed --rank, or transcribe files instead"
+            )
         self.t = transcriber
         self.options = options or StreamOptions()
         if not (isinstance(self.options.audio_ctx, int) or self.options.audio_ctx == "auto"):

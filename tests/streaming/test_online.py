@@ -145,6 +145,18 @@ def test_ranks_for_is_fixed_rank_then_router_then_default(
     # streaming computes no proxy: the router's neutral value stands in (a 0 would give rank 8)
     rank, signals = OnlineTranscriber(routed).route(load_audio(assets_dir / "fox.wav"))
     assert "proxy" not in signals and signals["snr_db"] > 30.0 and rank == 2
+    # a router behind the novelty gate reads the embedding, which streaming does not compute:
+    # refused when the stream is set up, not at its first update
+    from flexispeech.lora.gate import GatedRouter, NoveltyGate
+    from flexispeech.lora.io import save_router
+
+    gate = NoveltyGate.fit(torch.randn(20, 8), components=2)
+    save_router(tmp_path / "routed", GatedRouter(router, gate), tmp_path / "gated")
+    with pytest.raises(ConfigError, match="streaming does not compute"):
+        OnlineTranscriber(Transcriber(str(tmp_path / "model"), adapter=tmp_path / "gated"))
+    OnlineTranscriber(
+        Transcriber(str(tmp_path / "model"), adapter=tmp_path / "gated", rank=4)
+    )  # a fixed rank streams
 
 
 @pytest.mark.slow

@@ -1,0 +1,116 @@
+"""``flexispeech gate``: serve the base model (rank 0) to inputs unlike the adapter's training data."""
+
+from __future__ import annotations
+
+import argparse
+
+HELP = (
+    "put a novelty gate in front of an adapter's router: inputs whose pooled base-encoder "
+    "embedding lies farther from the training split's than a held-out quantile are served at rank 0"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("adapter", help="adapter directory (from `flexispeech train` or `calibrate`)")
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="the corpus the adapter was trained on, with cached embeddings "
+        "(`flexispeech signals CORPUS --embedding --model BASE`)",
+    )
+    parser.add_argument(
+        "--fit-split", default="train", help="split whose embeddings define 'in domain' (default: train)"
+    )
+    parser.add_argument(
+        "--split",
+        default="validation",
+        help="held-out split the threshold is set on (default: validation; never the test split)",
+    )
+    parser.add_argument(
+        "--quantile",
+        type=float,
+        default=0.99,
+        help="share of held-out utterances the gate lets through to the router (default: 0.99)",
+    )
+    parser.add_argument(
+        "--components",
+        type=int,
+        default=32,
+        help="principal directions of the embedding's covariance kept (default: 32; the rest is one variance)",
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=int,
+        default=5000,
+        help="fit on at most this many utterances of --fit-split (a seeded sample; default: 5000)",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of that sample (default: 0)")
+    parser.add_argument(
+        "--out",
+        help="write the gated adapter here (default: replace the router of ADAPTER in place; "
+        "the weights are unchanged)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from flexispeech.atomic import write_text
+    from flexispeech.data.text import open_split
+    from flexispeech.errors import ConfigError
+    from flexispeech.lora.gate import EMBEDDING, GatedRouter, NoveltyGate
+    from flexispeech.lora.io import read_router, save_router
+
+    if args.split == "test" or args.fit_split == "test":
+        raise ConfigError(
+            "gate: fit and set the threshold on training and held-out splits, never on the test split"
+        )
+    if args.fit_split == args.split:
+        raise ConfigError(
+            f"gate: --split must differ from --fit-split ({args.split!r}): the threshold needs held-out data"
+        )
+    if not 0.0 < args.quantile <= 1.0:
+        raise ConfigError(f"--quantile: expected a share in (0, 1], got {args.quantile}")
+    if args.components < 1 or args.max_examples < 2:
+        raise ConfigError("--components must be >= 1 and --max-examples >= 2")
+    router = read_router(args.adapter)
+
+    def embeddings(split_name: str, max_examples: int | None):
+        split = open_split(args.data, split_name, max_examples=max_examples, seed=args.seed)
+        if EMBEDDING not in split.signal_names:
+            raise ConfigError(
+                f"{args.data}: split {split_name!r} has no cached embedding; run `flexispeech signals "
+                f"{args.data} --splits {split_name} --embedding --model <the adapter's base model>` first"
+            )
+        return split.all_signals()[EMBEDDING]
+
+    fit = embeddings(args.fit_split, args.max_examples)
+    heldout = embeddings(args.split, None)
+    gate = NoveltyGate.fit(fit, components=args.components)
+    threshold = gate.set_threshold(heldout, args.quantile)
+    gated = GatedRouter(router, gate)
+    out = save_router(args.adapter, gated, args.out)
+    summary = {
+        "adapter": str(args.adapter),
+        "out": str(out),
+        "data": args.data,
+        "fit_split": args.fit_split,
+        "fit_examples": int(fit.shape[0]),
+        "split": args.split,
+        "heldout_examples": int(heldout.shape[0]),
+        "components": int(gate.components.shape[0]),
+        "quantile": args.quantile,
+        "threshold": threshold,
+        "novel_share_fit": float(gate.novel(fit).float().mean()),
+        "novel_share_heldout": float(gate.novel(heldout).float().mean()),
+        "router": gated.describe(),
+    }
+    write_text(Path(out).parent / f"gate_{Path(out).name}.json", json.dumps(summary, indent=2) + "\n")
+    print(
+        f"novelty gate on {summary['fit_examples']} {args.fit_split} embeddings ({summary['components']} "
+        f"directions): threshold {threshold:.3g} at the {args.quantile:g} quantile of {args.split}; "
+        f"novel: {100 * summary['novel_share_fit']:.1f} % of {args.fit_split}, "
+        f"{100 * summary['novel_share_heldout']:.1f} % of {args.split} -> {out}"
+    )
+    return 0

@@ -1,0 +1,110 @@
+"""``flexispeech gate`` end to end: embeddings cached, an adapter gated, and the evaluation of
+the gated adapter serving the base model (rank 0) to the utterances unlike its training data."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import soundfile as sf
+
+from flexispeech.cli import main
+from flexispeech.data.corpus import write_corpus
+from flexispeech.training.config import load_config
+from flexispeech.training.loop import train
+
+WINDOW = ["--audio-ctx", "100"]  # 2-s encoder window: the random tiny model stays quick
+
+
+def corpus(root):
+    """Quiet noise for train and validation; the test split: 4 noise clips like them and 4
+    loud tones, a domain the adapter never saw."""
+    (root / "audio").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(80):
+        dur = 0.5 + 0.1 * (i % 4)
+        t = np.arange(int(16000 * dur)) / 16000
+        tone = i >= 76
+        audio = 0.8 * np.sin(2 * np.pi * (300 + 100 * i) * t) if tone else rng.normal(0, 0.05, t.size)
+        sf.write(root / "audio" / f"u{i}.wav", audio.astype(np.float32), 16000)
+        split = "train" if i < 48 else "validation" if i < 72 else "test"
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": "the quick fox",
+                "duration": dur,
+                "speaker": "v",
+                "split": split,
+            }
+        )
+    return write_corpus(rows, root, name="mini")
+
+
+def test_gate_serves_rank_0_to_inputs_unlike_the_training_data(tmp_path, capsys, error_line) -> None:
+    data = corpus(tmp_path / "c")
+    assert main(["signals", str(data), "--splits", "train,validation"]) == 0  # audio signals only
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "name=run",
+            "model.source=random:tiny",
+            f"data.corpus={data}",
+            "model.audio_ctx=100",
+            "train.batch_size=4",
+            "train.max_steps=1",
+            "train.warmup_steps=1",
+            "adapter.ranks=[4]",
+            "routing.mode=fixed",
+        ],
+    )
+    adapter = train(cfg, progress=False)
+    args = ["gate", str(adapter), "--data", str(data), "--out", str(tmp_path / "gated"), "--components", "4"]
+    assert main(args) == 2
+    error_line("gate", "no cached embedding", "flexispeech signals", "--embedding")
+    assert main([*args, "--split", "test"]) == 2
+    error_line("gate", "never on the test split")
+    signals = ["signals", str(data), "--splits", "train,validation", "--model", "random:tiny", "--embedding"]
+    assert main([*signals, *WINDOW]) == 0
+    capsys.readouterr()
+
+    assert main([*args, "--quantile", "1.0"]) == 0
+    assert "0.0 % of validation" in capsys.readouterr().out  # the largest held-out score lets all through
+    router = json.loads((tmp_path / "gated" / "router.json").read_text())
+    assert router["type"] == "gated" and router["router"] == {"type": "fixed", "rank": 4}
+    summary = json.loads((tmp_path / "gate_gated.json").read_text())
+    assert summary["fit_examples"] == 48 and summary["heldout_examples"] == 24
+    assert (
+        json.loads((adapter / "router.json").read_text())["type"] == "fixed"
+    )  # --out: the trained one is untouched
+
+    # The test split has no cached embedding: eval computes it while decoding.
+    out = tmp_path / "eval"
+    assert (
+        main(
+            [
+                "eval",
+                "--adapter",
+                str(tmp_path / "gated"),
+                "--data",
+                str(data),
+                "--split",
+                "test",
+                "--out",
+                str(out),
+                "--batch-size",
+                "8",
+            ]
+        )
+        == 0
+    )
+    ranks = {u["id"]: u["rank"] for u in json.loads((out / "results.json").read_text())["utterances"]}
+    assert [ranks[f"u{i}"] for i in range(76, 80)] == [0, 0, 0, 0]  # the tones: the base model
+    assert [ranks[f"u{i}"] for i in range(72, 76)] == [
+        4,
+        4,
+        4,
+        4,
+    ]  # noise like the training data: the adapter
