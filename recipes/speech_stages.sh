@@ -47,6 +47,7 @@ real=""
 FLEXI=${FLEXISPEECH:-flexispeech}
 runs_static="static_r8 static_r16"
 runs_flexi="flexi_threshold flexi_learned"
+runs_extra=""  # Flexi runs of the profile that run only when --runs names them
 runs_ablation="inconsistent"
 seeds=""
 decisive="static_r16 flexi_nested"
@@ -111,7 +112,8 @@ case "$profile" in
        # under the study's bound of half static r16's (8) with a margin for the test split's mix
        calib_args=(--max-examples 1000 --target-mean-rank 7.5)
        runs_static="static_r16 static_r6 static_r8"
-       runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit flexi_benefit_full"
+       runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
+       runs_extra="flexi_benefit_full"  # measured worse (RESULTS.md); runs only when --runs names it
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
        [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit flexi_benefit_full flexi_nested" ;;
@@ -134,10 +136,10 @@ ctx_args=(--audio-ctx "$audio_ctx")
 all_runs="$runs_static $runs_flexi $runs_ablation"
 if [ -n "$runs" ]; then  # the runs asked for, in their order, each in the stage of its kind
   for r in $runs; do
-    case " $all_runs " in *" $r "*) ;; *) echo "speech_stages.sh: --runs: unknown run $r (this profile has: $all_runs)" >&2; exit 2 ;; esac
+    case " $all_runs $runs_extra " in *" $r "*) ;; *) echo "speech_stages.sh: --runs: unknown run $r (this profile has: $all_runs $runs_extra)" >&2; exit 2 ;; esac
   done
   pick() { local out="" r; for r in $runs; do case " $1 " in *" $r "*) out+=" $r" ;; esac; done; echo "$out"; }
-  runs_static=$(pick "$runs_static"); runs_flexi=$(pick "$runs_flexi"); runs_ablation=$(pick "$runs_ablation")
+  runs_static=$(pick "$runs_static"); runs_flexi=$(pick "$runs_flexi $runs_extra"); runs_ablation=$(pick "$runs_ablation")
   all_runs=$runs
 fi
 if [ -n "$device" ]; then
@@ -175,9 +177,14 @@ train_run() {  # train one run unless it already finished; --resume continues a 
 
 if step 1; then
   log 1 "signals and base-model decoding"
-  # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted.
-  $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits "$signal_splits" "${dev_args[@]}"
-  if [[ " $all_runs " == *" flexi_embedding"* ]] || [ -n "$(gated_runs)" ]; then  # read the adapted model's own base encoder
+  # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted; the
+  # embedding (the embedding router, the novelty gate) from the adapted model's own base
+  # encoder: in the same pass when that is tiny.en too.
+  emb=()
+  if [[ " $all_runs " == *" flexi_embedding"* ]] || [ -n "$(gated_runs)" ]; then emb=(--embedding); fi
+  same=(); [ "$model" = whisper-tiny.en ] && same=("${emb[@]}")
+  $FLEXI signals "$data" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits "$signal_splits" "${same[@]}" "${dev_args[@]}"
+  if [ ${#emb[@]} -gt 0 ] && [ ${#same[@]} -eq 0 ]; then
     $FLEXI signals "$data" --model "$model" --audio-ctx "$audio_ctx" --splits "$signal_splits" --embedding "${dev_args[@]}"
   fi
 fi

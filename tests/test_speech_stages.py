@@ -90,12 +90,10 @@ def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
             "flexi_embedding",
             "flexi_nested",
             "flexi_benefit",
-            "flexi_benefit_full",
             "inconsistent",
             "flexi_nested_noaug",
             "static_r16_gated",  # the gpu profile's --gated runs, behind the novelty gate
             "flexi_benefit_gated",
-            "flexi_benefit_full_gated",
             "flexi_nested_gated",
         ]
     }
@@ -143,6 +141,19 @@ def test_gated_runs_get_the_gate_after_training_and_are_compared(tmp_path: Path)
     (compare,) = [c for c in calls if c[0] == "compare"]
     assert any(a.endswith("static_r16_gated/eval_test") for a in compare)
     (tmp_path / "none").mkdir()
+    other = [
+        c
+        for c in run_stages(
+            tmp_path / "none", "gpu", "--stage", "1", "--stop-stage", "1", "--model", "whisper-base"
+        )
+        if c[0] == "signals"
+    ]
+    # another model: the proxy from tiny.en, the embedding from that model's encoder, two passes
+    assert [(c[c.index("--model") + 1], "--embedding" in c) for c in other] == [
+        ("whisper-tiny.en", False),
+        ("whisper-base", True),
+    ]
+    (tmp_path / "none" / "calls.txt").unlink()
     none = _evals(run_stages(tmp_path / "none", "gpu", "--runs", "static_r16", "--gated", "", "--jobs", "1"))
     assert set(none) == {"base/eval_test", "static_r16/eval_test"}
 
@@ -295,3 +306,12 @@ def test_recipe_scores_real_speech_when_its_packages_are_installed(tmp_path: Pat
     calls, err = _run_recipe(tmp_path / "without", missing)
     assert "no real-speech packages installed" in err
     assert not any("eval_real" in k for k in _evals(calls)) and "base/eval_test" in _evals(calls)
+
+
+def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:
+    """flexi_benefit_full (measured worse) is not in the gpu list, but --runs still runs it,
+    as a Flexi run: trained, calibrated, gated and evaluated."""
+    calls = run_stages(tmp_path, "gpu", "--runs", "flexi_benefit_full", "--jobs", "1")
+    assert [c[0] for c in calls if c[0] in ("train", "calibrate", "gate")] == ["train", "calibrate", "gate"]
+    (tmp_path / "all").mkdir()
+    assert "flexi_benefit_full/eval_test" not in _evals(run_stages(tmp_path / "all", "gpu"))  # not by default

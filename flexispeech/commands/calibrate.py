@@ -7,8 +7,9 @@ import argparse
 from flexispeech.commands.options import add_workers_option, workers
 
 HELP = (
-    "route by benefit: decode a held-out split at every rank and at rank 0 (the base model), "
-    "label each utterance with the smallest rank that gives its lowest WER, fit a router to those labels"
+    "route by benefit: decode a held-out split at every rank and at rank 0 (the base model), fit a "
+    "router to each utterance's word errors at every rank (or to its best rank), and serve it unless "
+    "one rank for every utterance makes fewer errors there"
 )
 
 DEFAULT_FEATURES = ("snr_db", "proxy", "proxy_entropy", "duration", "speech_activity")
@@ -98,6 +99,7 @@ def run(args: argparse.Namespace) -> int:
         DecodeCache,
         adapter_fingerprint,
         benefit_labels,
+        constant_fallback,
         decode_at_ranks,
         fit_benefit_router,
         reference_words,
@@ -164,10 +166,18 @@ def run(args: argparse.Namespace) -> int:
     rows, wers = wer_table(split, hyps, ranks, normalize)
     labels = benefit_labels(wers, ranks)
     signals = {k: v[rows] for k, v in split.all_signals().items()}
-    errors = wers * reference_words(split, rows, normalize)[:, None] if args.objective == "errors" else None
+    word_errors = wers * reference_words(split, rows, normalize)[:, None]  # [N, len(ranks)]
+    errors = word_errors if args.objective == "errors" else None
     router = fit_benefit_router(
         signals, labels, ranks, features, args.target_mean_rank, args.label_noise, args.seed, errors
     )
+    router, fallback = constant_fallback(router, signals, word_errors, ranks, args.target_mean_rank)
+    if fallback["fallback_to_constant"]:
+        print(
+            f"the fitted router makes {fallback['router_errors']:.0f} word errors on {args.split}, every "
+            f"utterance at rank {fallback['best_constant_rank']} {fallback['best_constant_errors']:.0f}: "
+            f"serving rank {fallback['best_constant_rank']} instead"
+        )
     routed = router(signals)
     attach_router(model, router)
     out = Path(args.out) if args.out else adapter
@@ -197,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
         "routed_wer_in_sample": error_counts(refs, served, normalize)["wer"],
         "routed_histogram": {str(r): int((routed == r).sum()) for r in ranks},
         "routed_mean_rank": float(routed.float().mean()),
+        **fallback,
         "utterances_better_than_base": {
             str(r): int((wers[:, col[r]] < wers[:, 0]).sum()) for r in ranks if r
         },

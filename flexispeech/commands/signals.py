@@ -100,9 +100,12 @@ def run(args: argparse.Namespace) -> int:
                 force=args.force,
                 skipped=skipped,
                 num_workers=workers(args),
+                embedding=args.embedding,
             )
             print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
-            if args.embedding:
+            if "embedding" in did:
+                print(f"{split}: pooled encoder embedding computed (in the same pass)")
+            elif args.embedding:
                 did = cache_embedding(
                     args.corpus,
                     split,

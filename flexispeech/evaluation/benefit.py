@@ -32,7 +32,7 @@ from flexispeech.data.loading import load_batches
 from flexispeech.data.split import Split
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.ranks import adapter_off, use_ranks
-from flexispeech.lora.router import LearnedRouter, Signals, feature_widths
+from flexispeech.lora.router import FixedRouter, LearnedRouter, Router, Signals, feature_widths
 
 
 def benefit_labels(wers: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
@@ -83,6 +83,47 @@ def fit_benefit_router(
         # to help, only to spend the target.
         router.rank_penalty = max(router.rank_penalty, 0.0)
     return router
+
+
+def constant_fallback(
+    router: Router,
+    signals: Signals,
+    errors: torch.Tensor,
+    ranks: Sequence[int],
+    max_mean_rank: float | None = None,
+) -> tuple[Router, dict[str, Any]]:
+    """``router``, or a ``FixedRouter`` at the best single rank if serving every utterance
+    at that rank makes fewer word errors on the split the router was fit on.
+
+    A router fit to noisy per-utterance errors can do worse than no routing at all even on
+    its own data (the GPU study's first benefit router: 20.9 % WER in sample against 16.7 %
+    for every utterance at rank 4 under the same mean-rank cap). In sample is the router's
+    best case, so one that loses there is not served.
+
+    Args:
+        errors: [N, len(ranks)] each utterance's word errors at each rank (``ranks`` order).
+        max_mean_rank: only ranks at most this are candidates (the router's cap).
+
+    Returns:
+        (the router to serve, a report: the router's errors, the best constant rank and its
+        errors, and whether it was chosen).
+    """
+    ranks = [int(r) for r in ranks]
+    col = {r: i for i, r in enumerate(ranks)}
+    routed = router(signals)
+    rows = torch.arange(errors.shape[0])
+    routed_errors = float(errors[rows, torch.tensor([col[int(r)] for r in routed.tolist()])].sum())
+    allowed = [r for r in ranks if max_mean_rank is None or r <= max_mean_rank]
+    totals = {r: float(errors[:, col[r]].sum()) for r in allowed}
+    best = min(allowed, key=lambda r: (totals[r], r))
+    chosen = totals[best] < routed_errors
+    report = {
+        "router_errors": routed_errors,
+        "best_constant_rank": best,
+        "best_constant_errors": totals[best],
+        "fallback_to_constant": chosen,
+    }
+    return (FixedRouter(best) if chosen else router), report
 
 
 def reference_words(split: Split, rows: Sequence[int], normalize: Callable[[str], str]) -> torch.Tensor:

@@ -94,7 +94,13 @@ class NoveltyGate:
 
     def score(self, embeddings: torch.Tensor) -> torch.Tensor:
         """Squared PPCA Mahalanobis distance / d: [B, d] -> [B] float32 (NaN for a row with a NaN)."""
-        x = torch.as_tensor(embeddings, dtype=torch.float64).reshape(-1, self.dim) - self.mean
+        x = torch.as_tensor(embeddings, dtype=torch.float64)
+        if x.shape[-1] != self.dim:
+            raise ConfigError(
+                f"novelty gate: the embedding has {x.shape[-1]} values, the gate was fit on {self.dim} "
+                "(embeddings of another base model?)"
+            )
+        x = x.reshape(-1, self.dim) - self.mean
         proj = x @ self.components.T  # [B, k]
         inside = (proj**2 / self.variances).sum(dim=1)
         rest = ((x**2).sum(dim=1) - (proj**2).sum(dim=1)).clamp(min=0.0) / self.residual_variance

@@ -75,6 +75,44 @@ def test_the_errors_objective_serves_the_rank_with_the_fewest_expected_errors() 
         LearnedRouter([0, 4], ["proxy"]).fit(signals, costs=errors[:, :1])
 
 
+def test_cost_fit_predicts_each_ranks_errors_so_the_cap_trades_them_for_rank() -> None:
+    """The logits regress the negated (scaled) costs: their gaps are predicted error
+    differences, so the mean-rank cap sends to rank 0 first the inputs that lose the fewest
+    errors there. Two kinds that both gain from rank 4 but by 1 and by 10 errors: capped at
+    a mean rank of 2, the one that gains 1 goes to rank 0."""
+    n = 400
+    kind = torch.arange(2 * n) % 2  # 0: 1 error at rank 0, none at rank 4; 1: 12 and 2
+    signals = {"proxy": kind.float() + 0.05 * torch.randn(2 * n, generator=torch.Generator().manual_seed(0))}
+    errors = torch.tensor([[1.0, 0.0], [12.0, 2.0]])[kind]
+    router = LearnedRouter([0, 4], ["proxy"])
+    router.fit(signals, costs=errors, seed=0)
+    gap = (router.logits(signals)[:, 1] - router.logits(signals)[:, 0]).detach()
+    scale = float(errors.abs().mean())  # costs are scaled to a mean of 1
+    assert float(gap[kind == 0].mean()) == pytest.approx(1.0 / scale, abs=0.1)
+    assert float(gap[kind == 1].mean()) == pytest.approx(10.0 / scale, abs=0.3)
+    router.calibrate_mean_rank(signals, 2.0)
+    served = router(signals)
+    assert served[kind == 1].tolist() == [4] * n  # (one kind-0 row may sit on the cap's boundary)
+    assert float((served[kind == 0] == 0).float().mean()) >= 0.99
+
+
+def test_a_router_that_loses_to_one_rank_on_its_own_data_is_not_served() -> None:
+    from flexispeech.evaluation.benefit import constant_fallback
+    from flexispeech.lora.router import FixedRouter, ThresholdRouter
+
+    proxy = torch.linspace(0, 1, 100)
+    # ranks 0, 4, 16: the easiest fifth is perfect at rank 0 and not at rank 4; rank 16 is best
+    errors = torch.stack([10 * (proxy - 0.2).clamp(min=0), 2 * proxy, torch.full_like(proxy, 0.5)], dim=1)
+    signals = {"proxy": proxy}
+    backwards = ThresholdRouter([0, 4, 16], weights={"proxy": -1.0}, thresholds=[-0.6, -0.3])  # hardest -> 0
+    served, report = constant_fallback(backwards, signals, errors, [0, 4, 16], max_mean_rank=8.0)
+    assert isinstance(served, FixedRouter) and served.rank == 4  # rank 16 is above the cap
+    assert report["fallback_to_constant"] and report["best_constant_errors"] < report["router_errors"]
+    forwards = ThresholdRouter([0, 4, 16], weights={"proxy": 1.0}, thresholds=[0.2, 2.0])  # easiest -> 0
+    kept, report = constant_fallback(forwards, signals, errors, [0, 4, 16], max_mean_rank=8.0)
+    assert kept is forwards and not report["fallback_to_constant"]
+
+
 def test_learned_router_mean_rank_calibration_and_vector_features() -> None:
     gen = torch.Generator().manual_seed(0)
     n = 400
@@ -182,6 +220,11 @@ def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, c
     )
     assert summary["oracle_wer"] <= min(summary["wer_by_rank"].values())
     assert summary["objective"] == "errors"  # the default: fit to each rank's word errors
+    # the fitted router is compared with every utterance at one rank under the same cap
+    assert summary["best_constant_rank"] <= 2 and summary["fallback_to_constant"] == (
+        summary["best_constant_errors"] < summary["router_errors"]
+    )
+    assert (router["type"] == "fixed") == summary["fallback_to_constant"]
     assert main([*args, "--out", str(out), "--label-noise", "0.1"]) == 2
     assert "applies to --objective labels" in capsys.readouterr().err
     assert (

@@ -61,6 +61,8 @@ def test_gate_round_trips_and_refuses_bad_fits() -> None:
         gate.set_threshold(x, 0.0)
     with pytest.raises(ConfigError, match="novelty gate"):
         NoveltyGate.from_dict({"mean": [0.0]})
+    with pytest.raises(ConfigError, match="has 4 values, the gate was fit on 16"):
+        gate.score(torch.zeros(2, 4))  # another base model's embedding
 
 
 def test_gated_router_serves_rank_0_to_novel_inputs_and_the_inner_router_to_the_rest() -> None:

@@ -19,6 +19,7 @@ from flexispeech.lora.ranks import use_ranks
 from flexispeech.lora.router import LearnedRouter
 from flexispeech.models.example import Example
 from flexispeech.models.whisper import FAMILY, set_audio_ctx
+from flexispeech.signals.cache import cache_embedding
 from flexispeech.signals.embedding import pooled_embedding
 from flexispeech.training.config import load_config
 from flexispeech.training.loop import train
@@ -110,7 +111,7 @@ def test_signals_embedding_column_feeds_a_learned_router(corpus, tmp_path, capsy
         )
         == 0
     )
-    assert "pooled encoder embedding computed" in capsys.readouterr().out
+    assert "pooled encoder embedding computed (in the same pass)" in capsys.readouterr().out
     split = CorpusSplit(corpus, "train")
     signals = split.all_signals()
     assert signals["embedding"].shape == (16, 64)  # random:tiny has d_model 64
@@ -122,6 +123,9 @@ def test_signals_embedding_column_feeds_a_learned_router(corpus, tmp_path, capsy
         signals["embedding"][3:4], pooled_embedding(model, inputs["input_features"], inputs["num_frames"])
     )
     assert isinstance(split[3].signals["embedding"], list) and "embedding" not in split.record(3)["signals"]
+    # the proxy's decoding pass made it; a pass of its own makes the same vectors
+    assert cache_embedding(corpus, "train", model, processor, batch_size=8, max_duration=2.0, force=True)
+    torch.testing.assert_close(CorpusSplit(corpus, "train").all_signals()["embedding"], signals["embedding"])
 
     cfg = load_config(
         None,
