@@ -154,6 +154,13 @@ def test_gated_runs_get_the_gate_after_training_and_are_compared(tmp_path: Path)
         ("whisper-base", True),
     ]
     (tmp_path / "none" / "calls.txt").unlink()
+    cpu = [
+        c
+        for c in run_stages(tmp_path / "none", "cpu", "--stage", "1", "--stop-stage", "1")
+        if c[0] == "signals"
+    ]
+    assert len(cpu) == 1 and "--embedding" not in cpu[0]  # no run of the cpu profile reads it
+    (tmp_path / "none" / "calls.txt").unlink()
     none = _evals(run_stages(tmp_path / "none", "gpu", "--runs", "static_r16", "--gated", "", "--jobs", "1"))
     assert set(none) == {"base/eval_test", "static_r16/eval_test"}
 
