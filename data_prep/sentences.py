@@ -183,14 +183,37 @@ def sentence_pools(seed: int = 0, n_generated: int = 3000) -> dict[str, list[str
     return pools
 
 
+# compose's candidate lists per (pool, bucket). A corpus plan composes tens of thousands of
+# texts from the same few pools, and filtering a whole pool by word count on every call
+# was most of a 28,000-utterance plan's time (189 s of it); the lists, and the draws made
+# from them, are the same, so the corpus stays the same bit for bit.
+_CANDIDATES: dict[tuple[int, int, int], tuple[list[str], int, list[str], list[str]]] = {}
+
+
+def _candidates(pool: list[str], lo: int, hi: int) -> tuple[list[str], list[str]]:
+    """The sentences of ``pool`` with ``lo``..``hi`` words, and those with fewer than ``lo``
+    (all of ``pool`` when none is shorter); cached while ``pool`` is the same list of the
+    same length (the entry holds the list, so its id is not reused while cached)."""
+    key = (id(pool), lo, hi)
+    hit = _CANDIDATES.get(key)
+    if hit is None or hit[0] is not pool or hit[1] != len(pool):
+        counts = [n_words(s) for s in pool]
+        fitting = [s for s, n in zip(pool, counts) if lo <= n <= hi]
+        shorter = [s for s, n in zip(pool, counts) if n < lo] or pool
+        hit = (pool, len(pool), fitting, shorter)
+        if len(_CANDIDATES) >= 256:  # a plan uses a few pools x buckets; older plans' entries go
+            _CANDIDATES.clear()
+        _CANDIDATES[key] = hit
+    return hit[2], hit[3]
+
+
 def compose(pool: list[str], bucket: tuple[int, int], rng: np.random.Generator) -> str:
     """A text of ``bucket`` words (min, max): one sentence, or several joined if short."""
     lo, hi = bucket
-    fitting = [s for s in pool if lo <= n_words(s) <= hi]
+    fitting, shorter = _candidates(pool, lo, hi)
     if fitting:
         return fitting[int(rng.integers(len(fitting)))]
     parts: list[str] = []
-    shorter = [s for s in pool if n_words(s) < lo] or pool
     while sum(map(n_words, parts)) < lo:
         candidate = shorter[int(rng.integers(len(shorter)))]
         if parts and sum(map(n_words, parts)) + n_words(candidate) > hi:

@@ -159,3 +159,37 @@ def test_small_build_all_engines(tmp_path: Path) -> None:
     rows = _rows(out)
     assert max(r["duration"] for r in rows) <= 9.5  # the CPU profile's 10-s window hears every clip
     assert len({r["speaker"] for r in rows}) > 30
+
+
+def test_compose_draws_what_filtering_the_pool_each_time_draws() -> None:
+    """compose keeps each pool's candidate lists between calls (a 28,000-utterance plan took
+    189 s filtering pools): the texts drawn are those of the uncached filter, call for call,
+    and a pool that grew is filtered again."""
+    import numpy as np
+
+    from data_prep.sentences import compose, n_words, sentence_pools
+
+    def reference(pool, bucket, rng):  # the filter as written before the cache
+        lo, hi = bucket
+        fitting = [s for s in pool if lo <= n_words(s) <= hi]
+        if fitting:
+            return fitting[int(rng.integers(len(fitting)))]
+        parts: list[str] = []
+        shorter = [s for s in pool if n_words(s) < lo] or pool
+        while sum(map(n_words, parts)) < lo:
+            candidate = shorter[int(rng.integers(len(shorter)))]
+            if parts and sum(map(n_words, parts)) + n_words(candidate) > hi:
+                break
+            parts.append(candidate)
+        return " ".join(parts)
+
+    pool = sentence_pools(0, n_generated=300)["train"]
+    buckets = [(1, 4), (5, 12), (13, 25), (60, 80)]  # the last one joins short sentences
+    a, b = np.random.default_rng(1), np.random.default_rng(1)
+    for i in range(200):
+        bucket = buckets[i % len(buckets)]
+        assert compose(pool, bucket, a) == reference(pool, bucket, b)
+    compose(pool, (3, 3), np.random.default_rng(0))  # its lists for (3, 3) are kept now
+    n = len(pool)
+    pool[:] = [s for s in pool if n_words(s) != 3] + ["one two three"]  # a changed pool
+    assert len(pool) != n and compose(pool, (3, 3), np.random.default_rng(0)) == "one two three"
