@@ -92,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
+    import torch
+
     from flexispeech.data.text import open_split
     from flexispeech.data.text_format import is_text_task
     from flexispeech.errors import ConfigError
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.evaluation.tables import pct
     from flexispeech.lora.inject import attach_router
     from flexispeech.lora.io import load_adapter, read_adapter_config, save_adapter
+    from flexispeech.lora.router import Router
     from flexispeech.models import whisper
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
@@ -171,13 +174,30 @@ def run(args: argparse.Namespace) -> int:
     router = fit_benefit_router(
         signals, labels, ranks, features, args.target_mean_rank, args.label_noise, args.seed, errors
     )
-    router, fallback = constant_fallback(router, signals, word_errors, ranks, args.target_mean_rank)
-    if fallback["fallback_to_constant"]:
-        print(
-            f"the fitted router makes {fallback['router_errors']:.0f} word errors on {args.split}, every "
-            f"utterance at rank {fallback['best_constant_rank']} {fallback['best_constant_errors']:.0f}: "
-            f"serving rank {fallback['best_constant_rank']} instead"
+
+    def refit(keep: torch.Tensor) -> Router:  # the same fit on a subset of the rows (cross-validation)
+        return fit_benefit_router(
+            {k: v[keep] for k, v in signals.items()},
+            labels[keep],
+            ranks,
+            features,
+            args.target_mean_rank,
+            args.label_noise,
+            args.seed,
+            None if errors is None else errors[keep],
         )
+
+    router, fallback = constant_fallback(
+        router, signals, word_errors, ranks, args.target_mean_rank, refit=refit
+    )
+    judged = fallback["router_errors_cross_validated"]
+    judged = fallback["router_errors"] if judged is None else judged
+    print(
+        f"router: {judged:.0f} word errors on {args.split} (cross-validated; {fallback['router_errors']:.0f} "
+        f"in sample); every utterance at rank {fallback['best_constant_rank']}: "
+        f"{fallback['best_constant_errors']:.0f}"
+        + (f" -> serving rank {fallback['best_constant_rank']}" if fallback["fallback_to_constant"] else "")
+    )
     routed = router(signals)
     attach_router(model, router)
     out = Path(args.out) if args.out else adapter

@@ -247,3 +247,41 @@ def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, c
     assert main(args) == 0
     assert json.loads((adapter / "router.json").read_text())["type"] == "learned"
     assert (adapter / "adapter_model.safetensors").read_bytes() == weights
+
+
+def test_the_router_is_judged_on_utterances_it_was_not_fit_on() -> None:
+    """Features that say nothing about the costs: fit on all 200 utterances, the router
+    makes far fewer errors on them than the best single rank (it fits the noise); fit
+    fold by fold and scored on the held-out folds it makes more, so it is not served. With
+    features that do tell, the cross-validated router is kept."""
+    from flexispeech.evaluation.benefit import constant_fallback
+    from flexispeech.lora.router import FixedRouter
+
+    gen = torch.Generator().manual_seed(0)
+    n, ranks, names = 200, [0, 4, 16], [f"f{i}" for i in range(6)]
+    x = torch.randn(n, 6, generator=gen)
+    signals = {k: x[:, i] for i, k in enumerate(names)}
+    noise = (torch.tensor([6.0, 3.0, 3.5]) + 3 * torch.randn(n, 3, generator=gen)).clamp(min=0).round()
+
+    def fitted(errors):
+        def refit(keep):
+            return fit_benefit_router(
+                {k: v[keep] for k, v in signals.items()}, None, ranks, names, 8.0, errors=errors[keep]
+            )
+
+        return refit(torch.arange(n)), refit
+
+    router, refit = fitted(noise)
+    kept, in_sample = constant_fallback(router, signals, noise, ranks, 8.0)
+    assert kept is router and in_sample["router_errors"] < in_sample["best_constant_errors"]
+    served, report = constant_fallback(router, signals, noise, ranks, 8.0, refit=refit)
+    assert isinstance(served, FixedRouter) and served.rank == 4
+    assert report["router_errors_cross_validated"] > report["best_constant_errors"] > report["router_errors"]
+
+    # f0 > 0: perfect at rank 0 and hurt by the adapter; f0 < 0: needs rank 4
+    telling = torch.where(
+        (x[:, 0] > 0)[:, None], torch.tensor([0.0, 2.0, 2.0]), torch.tensor([6.0, 1.0, 1.0])
+    )
+    router, refit = fitted(telling)
+    served, report = constant_fallback(router, signals, telling, ranks, 8.0, refit=refit)
+    assert served is router and report["router_errors_cross_validated"] < report["best_constant_errors"]
