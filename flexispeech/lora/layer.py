@@ -178,7 +178,7 @@ class FlexiLoraLinear(nn.Module):
         all at ``rank`` runs one plain linear with the merged weight (the base's cost);
         other batches take the unmerged paths. ``unmerge`` drops the copy.
         """
-        if rank not in self.config.ranks:
+        if rank and rank not in self.config.ranks:  # rank 0, the base, is every adapter's (check_ranks)
             raise ValueError(f"rank {rank} not in the configured ranks {list(self.config.ranks)}")
         weight = self.base_layer.weight
         with torch.no_grad():

@@ -72,6 +72,28 @@ def test_merge_equals_unmerged_at_rank(tiny: TinyNet, rank: int) -> None:
     torch.testing.assert_close(tiny(x), expected, rtol=1e-5, atol=1e-5)
 
 
+def test_rank_0_is_the_base_model_for_an_adapter_without_it() -> None:
+    """Rank 0 is every adapter's (a novelty gate serves it to static adapters): under
+    ``use_ranks``, merged for inference, or merged for good, it is the base model."""
+    from flexispeech.lora import merge_for_inference, unmerge
+
+    model = TinyNet()
+    x = torch.randn(3, 4, 6)
+    base_out = model(x)
+    inject(model, FlexiLoraConfig(ranks=(4,), target_modules=("q_proj", "fc2")))
+    randomize_adapters(model)
+    assert not torch.equal(model(x), base_out)  # r_max by default
+    with use_ranks(model, [0, 4, 0]):
+        mixed = model(x)
+    torch.testing.assert_close(mixed[[0, 2]], base_out[[0, 2]])
+    merge_for_inference(model, 0)  # batches all at rank 0 take the merged (here: base) weight
+    with use_ranks(model, 0):
+        torch.testing.assert_close(model(x), base_out)
+    unmerge(model)
+    merge(model, 0)
+    torch.testing.assert_close(model(x), base_out)
+
+
 def test_merge_rejects_unknown_rank(tiny: TinyNet) -> None:
     with pytest.raises(RankError, match=r"rank\(s\) \[3\] not in the configured ranks"):
         merge(tiny, 3)
