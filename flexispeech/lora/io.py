@@ -172,10 +172,21 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                         f"{tuple(dst.shape)} (adapter saved for another base model?)"
                     )
                 dst.copy_(src)
-    router_path = directory / ROUTER_NAME
-    if router_path.is_file():
-        attach_router(model, Router.from_dict(json.loads(router_path.read_text())))
+    router = _saved_router(directory)
+    if router is not None:
+        attach_router(model, router)
     return model
+
+
+def _saved_router(directory: Path) -> Router | None:
+    """The router in ``directory/router.json``, or None without one."""
+    path = directory / ROUTER_NAME
+    if not path.is_file():
+        return None
+    try:
+        return Router.from_dict(json.loads(path.read_text()))
+    except json.JSONDecodeError as err:
+        raise ConfigError(f"{path}: invalid JSON ({err})") from None
 
 
 def read_router(directory: str | Path) -> Router:
@@ -184,14 +195,10 @@ def read_router(directory: str | Path) -> Router:
     from flexispeech.lora.router import FixedRouter
 
     directory = existing_dir(directory)
-    config = FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"])
-    path = directory / ROUTER_NAME
-    if not path.is_file():
-        return FixedRouter(config.r_max)
-    try:
-        return Router.from_dict(json.loads(path.read_text()))
-    except json.JSONDecodeError as err:
-        raise ConfigError(f"{path}: invalid JSON ({err})") from None
+    saved = _saved_router(directory)
+    if saved is not None:
+        return saved
+    return FixedRouter(FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"]).r_max)
 
 
 def save_router(directory: str | Path, router: Router, out: str | Path | None = None) -> Path:

@@ -34,9 +34,8 @@ def count_parameters(
     also the average active adapter parameters per example."""
     state = get_state(model)
     per_unit = sum(layer.in_features + layer.out_features for _, layer in flexi_layers(model))
-    per_rank = {
-        r: r * per_unit for r in sorted({0, *state.config.ranks})
-    }  # rank 0: the base, always servable
+    # rank 0 too: the base model, which every adapter may serve (check_ranks)
+    per_rank = {r: r * per_unit for r in sorted({0, *state.config.ranks})}
     active = None
     if ranks is not None:
         if isinstance(ranks, Mapping):

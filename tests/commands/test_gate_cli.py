@@ -6,10 +6,9 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import soundfile as sf
+from mini_corpus import write_mini_corpus
 
 from flexispeech.cli import main
-from flexispeech.data.corpus import write_corpus
 from flexispeech.training.config import load_config
 from flexispeech.training.loop import train
 
@@ -19,27 +18,15 @@ WINDOW = ["--audio-ctx", "100"]  # 2-s encoder window: the random tiny model sta
 def corpus(root):
     """Quiet noise for train and validation; the test split: 4 noise clips like them and 4
     loud tones, a domain the adapter never saw."""
-    (root / "audio").mkdir(parents=True)
     rng = np.random.default_rng(0)
-    rows = []
+    clips = []
     for i in range(80):
         dur = 0.5 + 0.1 * (i % 4)
         t = np.arange(int(16000 * dur)) / 16000
         tone = i >= 76
         audio = 0.8 * np.sin(2 * np.pi * (300 + 100 * i) * t) if tone else rng.normal(0, 0.05, t.size)
-        sf.write(root / "audio" / f"u{i}.wav", audio.astype(np.float32), 16000)
-        split = "train" if i < 48 else "validation" if i < 72 else "test"
-        rows.append(
-            {
-                "id": f"u{i}",
-                "audio": f"audio/u{i}.wav",
-                "text": "the quick fox",
-                "duration": dur,
-                "speaker": "v",
-                "split": split,
-            }
-        )
-    return write_corpus(rows, root, name="mini")
+        clips.append((audio, "train" if i < 48 else "validation" if i < 72 else "test", dur))
+    return write_mini_corpus(root, clips)
 
 
 def test_gate_serves_rank_0_to_inputs_unlike_the_training_data(tmp_path, capsys, error_line) -> None:

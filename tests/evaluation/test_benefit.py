@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from mini_corpus import write_mini_corpus
 
 from flexispeech.cli import main
-from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import ConfigError
 from flexispeech.evaluation.benefit import DecodeCache, benefit_labels, fit_benefit_router
 from flexispeech.lora.router import LearnedRouter, Router
@@ -153,29 +152,13 @@ def test_decode_cache_resumes_and_drops_a_cut_line(tmp_path) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "audio").mkdir()
     rng = np.random.default_rng(0)
-    rows = []
+    clips = []
     for i in range(22):
         dur = 0.4 + 0.1 * (i % 5)
-        sf.write(
-            root / "audio" / f"u{i}.wav",
-            rng.normal(0, 0.05 * (1 + i % 4), int(16000 * dur)).astype(np.float32),
-            16000,
-        )
-        split = "train" if i < 12 else "validation" if i < 20 else "test"
-        rows.append(
-            {
-                "id": f"u{i}",
-                "audio": f"audio/u{i}.wav",
-                "text": "the quick fox",
-                "duration": dur,
-                "speaker": "v",
-                "split": split,
-            }
-        )
-    return write_corpus(rows, root, name="mini")
+        audio = rng.normal(0, 0.05 * (1 + i % 4), int(16000 * dur))
+        clips.append((audio, "train" if i < 12 else "validation" if i < 20 else "test", dur))
+    return write_mini_corpus(tmp_path_factory.mktemp("corpus"), clips)
 
 
 def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, capsys) -> None:

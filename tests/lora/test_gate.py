@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+from lora_models import TinyNet
 
 from flexispeech.errors import ConfigError
 from flexispeech.lora import FlexiLoraConfig, RankError
 from flexispeech.lora.gate import GatedRouter, NoveltyGate
 from flexispeech.lora.io import read_router, save_adapter, save_router
 from flexispeech.lora.router import FixedRouter, Router, ThresholdRouter
-from tests.lora.lora_models import TinyNet
 
 
 def gaussian(n: int, scales: torch.Tensor, seed: int) -> torch.Tensor:

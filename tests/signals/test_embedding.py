@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+from mini_corpus import write_mini_corpus
 
 from flexispeech.cli import main
-from flexispeech.data.corpus import write_corpus
 from flexispeech.data.speech import CorpusSplit
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import flexi_layers, inject
@@ -65,29 +64,15 @@ def test_pooled_embedding_is_the_mean_over_valid_positions(tiny) -> None:
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    (root / "audio").mkdir()
     rng = np.random.default_rng(0)
-    rows = []
+    clips = []
     for i in range(20):
         dur = 0.4 + 0.1 * (i % 5)
-        sf.write(
-            root / "audio" / f"u{i}.wav",
-            rng.normal(0, 0.05 * (1 + i % 4), int(16000 * dur)).astype(np.float32),
-            16000,
-        )
-        rows.append(
-            {
-                "id": f"u{i}",
-                "audio": f"audio/u{i}.wav",
-                "text": "the quick fox",
-                "duration": dur,
-                "speaker": "v",
-                "split": "test" if i >= 16 else "train",
-                "base_wer": (i % 4) / 4,
-            }
-        )
-    return write_corpus(rows, root, name="mini")
+        audio = rng.normal(0, 0.05 * (1 + i % 4), int(16000 * dur))
+        clips.append((audio, "test" if i >= 16 else "train", dur))
+    return write_mini_corpus(
+        tmp_path_factory.mktemp("corpus"), clips, [{"base_wer": (i % 4) / 4} for i in range(20)]
+    )
 
 
 def test_signals_embedding_column_feeds_a_learned_router(corpus, tmp_path, capsys) -> None:
