@@ -13,7 +13,9 @@
 # --device overrides the profile's device (gpu: cuda, cpu: cpu), e.g. to rehearse the gpu
 # profile on a CPU with --size tiny --steps 2. --jobs N trains and evaluates up to N runs at
 # once (stages 3-6, each run's output in EXP/<run>/stages.log; default 1, the gpu profile 2):
-# a small model's training step is bound by the host, so one GPU has room for several runs.
+# a small model's training step is bound by the host, so one GPU has room for several runs;
+# their loaders share the cores. GPU memory bounds N: Whisper tiny.en runs held about
+# 34 GB each while decoding at batch 512 on an H200, so 4 ran out of its 140 GB and 3 fit.
 # --gated names runs that are also evaluated behind a novelty gate (`flexispeech gate`:
 # rank 0 for inputs whose pooled base-encoder embedding lies outside the training split's,
 # at the validation split's 0.99 quantile), as the run <name>_gated (and <name>_seedN_gated);
@@ -76,7 +78,7 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --gated) gated=$2; gated_given=1; shift 2 ;;
-    -h|--help) sed -n '2,34p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -121,6 +123,13 @@ case "$profile" in
 esac
 jobs=${jobs:-1}
 case "$jobs" in ''|*[!0-9]*|0) echo "speech_stages.sh: --jobs must be a positive integer, got '$jobs'" >&2; exit 2 ;; esac
+if [ "$profile" = gpu ] && [ "$device" != cpu ] && [ "$jobs" -gt 1 ]; then
+  # Runs side by side share the host: each run's loaders (training and decoding) get their
+  # share of the cores, 2 to 8. Three runs at 8 workers each, every decoding worker holding
+  # batches of 512 clips ahead, ran out of host memory in the study.
+  share=$(( ($(nproc) - 1) / jobs )); [ "$share" -lt 2 ] && share=2; [ "$share" -gt 8 ] && share=8
+  overrides+=(train.num_workers="$share"); dev_args+=(--workers "$share")
+fi
 # The decisive pair again for every other seed of --seeds: runs <name>_seed<N>.
 for s in ${seeds//,/ }; do
   [ "$s" = "$seed" ] && continue

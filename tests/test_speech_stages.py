@@ -247,6 +247,26 @@ def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) 
     assert out.returncode == 2 and "--jobs must be a positive integer" in out.stderr
 
 
+def test_runs_side_by_side_share_the_loader_workers(tmp_path: Path) -> None:
+    """With --jobs N on the gpu profile, each run's loaders (training and decoding) get 1/N
+    of the cores (2 to 8); one run at a time keeps the profile's 8 and eval's default."""
+    import os
+
+    def loader_args(sub: str, jobs: str) -> tuple[set[str], set[str]]:
+        out, _ = _stages(tmp_path / sub, "--runs", "static_r16 flexi_nested inconsistent", "--jobs", jobs)
+        assert out.returncode == 0, out.stderr
+        calls = [shlex.split(line) for line in (tmp_path / sub / "calls.txt").read_text().splitlines()]
+        train = {a.split("=", 1)[1] for c in calls if c[0] == "train" for a in c if a.startswith("train.num_workers=")}
+        decode = {c[c.index("--workers") + 1] if "--workers" in c else "default" for c in calls if c[0] == "eval"}
+        return train, decode
+
+    share = str(max(2, min(8, (len(os.sched_getaffinity(0)) - 1) // 3)))
+    train, decode = loader_args("three", "3")
+    # the profile's 8 comes first on the command line; the share after it wins
+    assert train == {"8", share} and decode == {share}
+    assert loader_args("one", "1") == ({"8"}, {"default"})
+
+
 def _refused(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
     """speech_stages.sh with options it must refuse, and the file its flexispeech calls
     would have gone to."""

@@ -99,6 +99,7 @@ def load_batches(
         sampler=batches,  # type: ignore[arg-type]  # a list of index lists: one item per batch
         collate_fn=_as_is,
         num_workers=workers,
-        prefetch_factor=4 if workers else None,
+        # two batches ahead per worker keep a GPU fed; each can be 512 clips of 30 s
+        prefetch_factor=2 if workers else None,
     )
     yield from loader
