@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import socket
 import subprocess
 import sys
@@ -133,6 +134,24 @@ def stats(url: str) -> dict:
         return json.loads(resp.read())
 
 
+def timed_out(url: str, n: int, timeout_s: float, proc: subprocess.Popen | None, before: dict) -> None:
+    """Report a round that did not finish: the server's counters since the round began and,
+    for a server started here, every thread's stack in its log (``serve`` dumps them on
+    SIGUSR1)."""
+    now = stats(url)
+    done = {k: now[k] - before.get(k, 0) for k in ("batches", "rows", "fallbacks")}
+    print(
+        f"serve_load: the round of {n} clients did not finish in {timeout_s:g} s; during it the "
+        f"server decoded {done['batches']} batches ({done['rows']} updates, {done['fallbacks']} one by one); "
+        f"now {now.get('queued', '?')} queued, the current batch busy for {now.get('busy_s', '?')} s",
+        file=sys.stderr,
+        flush=True,
+    )
+    if proc is not None and hasattr(signal, "SIGUSR1"):
+        proc.send_signal(signal.SIGUSR1)
+        time.sleep(1)  # the dump is written by the server's signal handler
+
+
 async def one_round(url: str, n: int, samples: np.ndarray, chunk_s: float, timeout_s: float) -> list:
     from flexispeech.streaming.client import stream_samples
 
@@ -221,10 +240,17 @@ def main() -> None:
             proc, url = start_server(args, model, max(args.clients))
         try:
             asyncio.run(one_round(url, 1, samples[: 16000 * 2], args.chunk, args.timeout))  # warm-up
-            rows = []
+            rows, stalled = [], False
             for n in args.clients:
                 before = stats(url)
-                results = asyncio.run(one_round(url, n, samples, args.chunk, args.timeout))
+                try:
+                    results = asyncio.run(one_round(url, n, samples, args.chunk, args.timeout))
+                except TimeoutError:
+                    # Say what the server was doing (a stuck decode or a slow one) and stop:
+                    # a larger N would time out too.
+                    timed_out(url, n, args.timeout, proc, before)
+                    stalled = True
+                    break
                 after = stats(url)
                 batches = after["batches"] - before["batches"]
                 batch = (after["rows"] - before["rows"]) / batches if batches else 0.0
@@ -237,11 +263,14 @@ def main() -> None:
         finally:
             if proc is not None:
                 proc.terminate()
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:  # it finishes queued updates first; enough
+                    proc.kill()
+                    proc.wait()
                 lines = Path(args.server_log).read_text(errors="replace").splitlines()
-                print(
-                    f"server log: {len(lines)} lines; the last ones:", *lines[-5:], sep="\n", file=sys.stderr
-                )
+                tail = lines[-80:] if stalled else lines[-5:]  # with the stack dump
+                print(f"server log: {len(lines)} lines; the last ones:", *tail, sep="\n", file=sys.stderr)
     audio_s = samples.size / 16000
     print(
         f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, model "

@@ -60,6 +60,7 @@ class Scheduler:
         self.batches = 0  # batches decoded so far
         self.rows = 0  # updates decoded so far (rows / batches = mean batch size)
         self.fallbacks = 0  # batches whose batched decoding failed and that were decoded one by one
+        self._batch_started: float | None = None  # monotonic time the batch now decoding began
         self._worker = threading.Thread(target=self._run, name="flexispeech-scheduler", daemon=True)
         self._worker.start()
 
@@ -118,6 +119,7 @@ class Scheduler:
             jobs = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             if not jobs:
                 continue
+            self._batch_started = time.monotonic()
             try:
                 updates = decode_updates(self.transcriber, [j.stream for j in jobs], [j.final for j in jobs])
             except Exception as err:  # noqa: BLE001 - find the stream at fault: the others must not share its error
@@ -133,6 +135,7 @@ class Scheduler:
                     job.future.set_result(update)
             self.batches += 1
             self.rows += len(jobs)
+            self._batch_started = None
 
     def _one_by_one(self, jobs: list[_Job]) -> None:
         for job in jobs:
@@ -140,6 +143,19 @@ class Scheduler:
                 job.future.set_result(decode_updates(self.transcriber, [job.stream], [job.final])[0])
             except Exception as err:  # noqa: BLE001 - handed to the stream's caller
                 job.future.set_exception(err)
+
+    @property
+    def queued(self) -> int:
+        """Updates waiting for the next batch."""
+        with self._cond:
+            return len(self._queue)
+
+    @property
+    def busy_s(self) -> float:
+        """Seconds the batch now decoding has taken so far (0 when idle): a value that keeps
+        growing tells a stuck decode from a slow server whose batches keep finishing."""
+        started = self._batch_started
+        return time.monotonic() - started if started is not None else 0.0
 
     @property
     def mean_batch(self) -> float:

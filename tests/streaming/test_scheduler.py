@@ -34,3 +34,30 @@ def test_a_failed_batch_is_decoded_one_by_one_and_logged(monkeypatch, caplog) ->
         futures[1].result()
     assert scheduler.fallbacks == 1 and scheduler.batches == 1
     assert "batched decoding of 3 updates failed (non-finite samples)" in caplog.text
+
+
+def test_busy_s_and_queued_tell_a_stuck_decode_from_a_slow_one(monkeypatch) -> None:
+    """While a batch decodes, ``busy_s`` grows and later updates count as ``queued``; once
+    it is done both are back at 0 (what a load test reads when a round does not finish)."""
+    import threading
+
+    release, started = threading.Event(), threading.Event()
+
+    def slow_decode(transcriber, streams, finals):
+        started.set()
+        release.wait(10)
+        return ["update"] * len(streams)
+
+    monkeypatch.setattr(scheduler_module, "decode_updates", slow_decode)
+    scheduler = Scheduler(transcriber=None, gather_s=0.0)
+    assert scheduler.busy_s == 0.0 and scheduler.queued == 0
+    first = scheduler.submit(object())
+    assert started.wait(5)
+    waiting = scheduler.submit(object())
+    busy = scheduler.busy_s
+    threading.Event().wait(0.05)
+    assert scheduler.busy_s > busy > 0.0 and scheduler.queued == 1
+    release.set()
+    assert first.result(5) == "update" and waiting.result(5) == "update"
+    scheduler.close()
+    assert scheduler.busy_s == 0.0 and scheduler.queued == 0

@@ -117,7 +117,14 @@ def test_concurrent_streams_are_decoded_in_batches_with_their_own_results(
     assert {n: r.text for n, r in zip(names, results)} == alone
     assert scheduler.mean_batch > 1.5  # four streams shared their batches
     assert scheduler.rows == sum(len(r.events) - 1 for r in results)
-    assert stats == {"active": 0, "batches": scheduler.batches, "rows": scheduler.rows, "fallbacks": 0}
+    assert stats == {
+        "active": 0,
+        "batches": scheduler.batches,
+        "rows": scheduler.rows,
+        "fallbacks": 0,
+        "queued": 0,
+        "busy_s": 0.0,
+    }
 
 
 def test_the_command_streams_files_concurrently(assets_dir: Path, capsys) -> None:

@@ -86,10 +86,15 @@ def test_serve_process_streams_a_file_and_stops(assets_dir: Path) -> None:
         final = events[-1]
         assert final["final"] and final["audio_s"] == pytest.approx(2.732, abs=1e-3)
         assert isinstance(final["committed_text"], str) and len(events) == 3  # 1-s chunks of 2.7 s
+        # SIGUSR1: every thread's stack to the log (where a stuck server waits), and it serves on
+        proc.send_signal(signal.SIGUSR1)
+        assert asyncio.run(stream_file(port, (assets_dir / "fox.wav").read_bytes()))[1][-1]["final"]
         proc.send_signal(signal.SIGINT)  # Ctrl-C: aiohttp shuts down cleanly
         _, err = proc.communicate(timeout=STOP_S)
         assert proc.returncode == 0, err[-2000:]
         assert f"open http://{HOST}:{port}/" in err and "Traceback" not in err
+        assert "(most recent call first)" in err
+        assert "scheduler.py" in err and "in run_app" in err  # the model's thread and the server's
     finally:
         if proc.poll() is None:
             proc.kill()

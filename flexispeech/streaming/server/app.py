@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import itertools
 import logging
+import signal
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -85,9 +87,10 @@ async def index(request: web.Request) -> web.FileResponse:
 
 
 async def stats(request: web.Request) -> web.Response:
-    """``{"active", "batches", "rows", "fallbacks"}``: open streams, batches decoded, updates
-    decoded (rows / batches is the mean batch size), batches whose batched decoding failed
-    and were decoded one by one."""
+    """``{"active", "batches", "rows", "fallbacks", "queued", "busy_s"}``: open streams,
+    batches decoded, updates decoded (rows / batches is the mean batch size), batches whose
+    batched decoding failed and were decoded one by one, updates waiting for the next batch,
+    and how long the batch now decoding has taken (0 when idle)."""
     state = request.app[STATE_KEY]
     sched = state.scheduler
     return web.json_response(
@@ -96,6 +99,8 @@ async def stats(request: web.Request) -> web.Response:
             "batches": sched.batches,
             "rows": sched.rows,
             "fallbacks": sched.fallbacks,
+            "queued": sched.queued,
+            "busy_s": round(sched.busy_s, 3),
         }
     )
 
@@ -156,5 +161,8 @@ def serve(
     options: StreamOptions | None = None,
     limits: Limits | None = None,
 ) -> None:
-    """Run the app until interrupted."""
+    """Run the app until interrupted. On POSIX, ``kill -USR1 <pid>`` writes every thread's
+    stack to stderr (the server keeps running): where a server that stopped answering waits."""
+    if hasattr(signal, "SIGUSR1"):
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     web.run_app(create_app(transcriber, options, limits), host=host, port=port, print=None)
