@@ -84,19 +84,22 @@ class _FlexiLinear(torch.autograd.Function):
         grad_x = (g2 @ weight).view(x.shape) if need_x else None
         gx3 = grad_x.view(n, -1, d_in) if need_x else None
         # One block (the masked and uniform paths): the adapter grads come straight out of
-        # one matmul each (zero-padded to r_max, adapter-sized); several blocks accumulate.
+        # one matmul each, in their own layout (zero-padded to r_max only below the top
+        # rank); several blocks accumulate into r_max-sized buffers.
+        r_max = A.shape[0]
         single = len(ctx.blocks) == 1
         grad_a = torch.zeros_like(A) if need_a and not single else None
-        grad_bt = (
-            torch.zeros(B.shape[1], B.shape[0], dtype=B.dtype, device=B.device)
-            if need_bb and not single
-            else None
+        grad_bt = (  # B's gradient transposed, [r_max, out]: each block adds whole rows
+            torch.zeros(r_max, B.shape[0], dtype=B.dtype, device=B.device) if need_bb and not single else None
         )
+        grad_bb = None
         for (start, end, r, scale), h in zip(ctx.blocks, hs):
             gs = g3[start:end].reshape(-1, d_out)
             if need_bb:
                 if single:
-                    grad_bt = F.pad(h.T @ gs, (0, 0, 0, B.shape[1] - r))
+                    grad_bb = gs.T @ h  # [out, r]: no transpose copy
+                    if r < r_max:
+                        grad_bb = F.pad(grad_bb, (0, r_max - r))
                 else:
                     grad_bt[:r].addmm_(h.T, gs)
             if not (need_a or need_x):
@@ -108,7 +111,9 @@ class _FlexiLinear(torch.autograd.Function):
                 gh.mul_(scale)
             if need_a:
                 if single:
-                    grad_a = F.pad(gh.T @ x3[start:end].reshape(-1, d_in), (0, 0, 0, A.shape[0] - r))
+                    grad_a = gh.T @ x3[start:end].reshape(-1, d_in)
+                    if r < r_max:
+                        grad_a = F.pad(grad_a, (0, 0, 0, r_max - r))
                 else:
                     grad_a[:r].addmm_(gh.T, x3[start:end].reshape(-1, d_in))
             if need_x:
@@ -117,9 +122,8 @@ class _FlexiLinear(torch.autograd.Function):
         grad_b = g2.sum(0) if (need_b and ctx.has_bias) else None
         if need_a and grad_a is None:  # no blocks (all rows at rank 0): zero gradients
             grad_a = torch.zeros_like(A)
-        if need_bb and grad_bt is None:
-            grad_bt = torch.zeros(B.shape[1], B.shape[0], dtype=B.dtype, device=B.device)
-        grad_bb = grad_bt.T.contiguous() if need_bb else None
+        if need_bb and grad_bb is None:
+            grad_bb = grad_bt.T.contiguous() if grad_bt is not None else torch.zeros_like(B)
         return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None
 
 
