@@ -63,7 +63,7 @@ def speech_onset(samples: np.ndarray) -> float:
 
 
 def random_model(shape: str, processor_dir: str, out: Path) -> str:
-    """A random-initialised Whisper of ``shape`` (``flexispeech.bench.variants.SHAPES``) with
+    """A random-initialised Whisper of ``shape`` (``flexispeech.bench.models.SHAPES``) with
     the processor and generation config of ``processor_dir``, saved to ``out``."""
     import torch
     from transformers import (
@@ -73,7 +73,7 @@ def random_model(shape: str, processor_dir: str, out: Path) -> str:
         WhisperProcessor,
     )
 
-    from flexispeech.bench.variants import SHAPES
+    from flexispeech.bench.models import SHAPES
 
     processor = WhisperProcessor.from_pretrained(processor_dir)
     torch.manual_seed(0)

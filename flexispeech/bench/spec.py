@@ -13,7 +13,7 @@ from flexispeech.models.whisper import FULL_POSITIONS
 
 @dataclass
 class BenchSpec:
-    """One benchmark run: a Whisper shape of ``variants.SHAPES``, the batch, where and how
+    """One benchmark run: a Whisper shape of ``models.SHAPES``, the batch, where and how
     it is timed (``warmup`` untimed steps, then the median of ``reps``)."""
 
     shape: str = "tiny"

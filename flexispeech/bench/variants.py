@@ -11,13 +11,24 @@ base forward (inference). The steps and the timer are in ``steps``, the run's op
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from collections.abc import Callable
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 from torch import nn
 
+from flexispeech.bench.models import (
+    HOP,
+    build_whisper,
+    flexi_adapters,
+    log_mel,
+    make_batch,
+    mel_filters,
+    mixed_ranks,
+    peft_adapters,
+    permute,
+)
 from flexispeech.bench.spec import BenchSpec
 from flexispeech.bench.steps import (
     graphed_infer,
@@ -27,120 +38,6 @@ from flexispeech.bench.steps import (
     time_fn,
     train_step_fn,
 )
-from flexispeech.errors import ConfigError
-
-
-def _shape(d_model: int, layers: int, heads: int, mel_bins: int = 80) -> dict[str, int]:
-    """WhisperConfig values of a released checkpoint: encoder and decoder alike, the
-    feed-forward width 4 × d_model."""
-    per_side = dict(layers=layers, attention_heads=heads, ffn_dim=4 * d_model)
-    sides = {f"{side}_{k}": v for side in ("encoder", "decoder") for k, v in per_side.items()}
-    return dict(d_model=d_model, num_mel_bins=mel_bins, **sides)
-
-
-# The released checkpoints' shapes (d_model, layers, heads, mel bins).
-SHAPES: dict[str, dict[str, int]] = {
-    "tiny": _shape(384, 4, 6),
-    "base": _shape(512, 6, 8),
-    "small": _shape(768, 12, 12),
-    "large-v3": _shape(1280, 32, 20, mel_bins=128),
-}
-TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
-RANKS = (0, 4, 8, 16, 32, 64)
-SAMPLE_RATE, N_FFT, HOP = 16000, 400, 160
-
-
-def build_whisper(spec: BenchSpec) -> nn.Module:
-    """A random-initialised Whisper of ``spec.shape`` on ``spec.device`` in ``spec.dtype``."""
-    from transformers import WhisperConfig, WhisperForConditionalGeneration
-
-    if spec.shape not in SHAPES:
-        raise ConfigError(f"bench shape: expected one of {sorted(SHAPES)}, got {spec.shape!r}")
-    torch.manual_seed(spec.seed)
-    cfg = WhisperConfig(
-        vocab_size=51866,
-        max_source_positions=spec.audio_ctx,
-        max_target_positions=448,
-        attn_implementation="sdpa",
-        **SHAPES[spec.shape],
-    )
-    with torch.device(spec.device):
-        model = WhisperForConditionalGeneration(cfg)
-    return model.to(dtype=getattr(torch, spec.dtype)).requires_grad_(False)
-
-
-def log_mel(waveform: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Whisper's log-mel features of a batch on the waveform's device, [B, n_mels, frames].
-
-    The same computation as ``WhisperFeatureExtractor``'s torch backend, which returns numpy
-    on the host; kept on the device here so that feature extraction is one batched GPU op.
-    ``filters``: the extractor's ``mel_filters`` [n_freq, n_mels] as a tensor.
-    """
-    window = torch.hann_window(N_FFT, device=waveform.device)
-    stft = torch.stft(waveform, N_FFT, HOP, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2
-    mel = torch.clamp(filters.T @ power, min=1e-10).log10()
-    mel = torch.maximum(mel, mel.amax(dim=(1, 2), keepdim=True) - 8.0)
-    return (mel + 4.0) / 4.0
-
-
-def mel_filters(n_mels: int, device: str) -> torch.Tensor:
-    from transformers import WhisperFeatureExtractor
-
-    return torch.from_numpy(WhisperFeatureExtractor(feature_size=n_mels).mel_filters).float().to(device)
-
-
-@contextmanager
-def peft_adapters(model: nn.Module, rank: int, same_dtype: bool) -> Iterator[nn.Module]:
-    """PEFT LoRA at ``rank`` on the targets; ``same_dtype=False`` is PEFT's default (fp32
-    adapter weights on a bf16 model)."""
-    from peft import LoraConfig, get_peft_model
-
-    cfg = LoraConfig(r=rank, lora_alpha=16, target_modules=list(TARGETS), lora_dropout=0.0)
-    peft_model = get_peft_model(model, cfg, autocast_adapter_dtype=not same_dtype)
-    try:
-        yield peft_model
-    finally:
-        peft_model.unload()
-
-
-@contextmanager
-def flexi_adapters(model: nn.Module, path: str, fused: bool = True) -> Iterator[nn.Module]:
-    """Flexi-LoRA on the targets at ``RANKS``, every layer on ``path`` with the ``fused``
-    option as given (off: the plain-op paths, a baseline)."""
-    from flexispeech.lora import FlexiLoraConfig, inject, remove
-
-    inject(model, FlexiLoraConfig(ranks=RANKS, alpha=16.0, target_modules=TARGETS))
-    from flexispeech.lora.inject import flexi_layers
-
-    for _, layer in flexi_layers(model):
-        nn.init.normal_(layer.lora_B, std=0.01)  # non-zero B: a trained adapter's cost
-        layer.compute_path = path
-        layer.fused = fused
-    try:
-        yield model
-    finally:
-        remove(model)
-
-
-def make_batch(spec: BenchSpec, model: nn.Module, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    """Random features [B, n_mels, 2*audio_ctx] and labels [B, label_len] on the device."""
-    cfg = model.config
-    feats = torch.randn(spec.batch, cfg.num_mel_bins, 2 * spec.audio_ctx, generator=gen)
-    labels = torch.randint(0, cfg.vocab_size, (spec.batch, spec.label_len), generator=gen)
-    return {
-        "input_features": feats.to(spec.device, getattr(torch, spec.dtype)),
-        "labels": labels.to(spec.device),
-    }
-
-
-def mixed_ranks(batch: int, gen: torch.Generator) -> torch.Tensor:
-    """Ranks drawn uniformly from ``RANKS`` (about 1/6 of the rows at rank 0)."""
-    return torch.tensor(RANKS)[torch.randint(len(RANKS), (batch,), generator=gen)]
-
-
-def permute(batch: dict[str, torch.Tensor], order: torch.Tensor) -> dict[str, torch.Tensor]:
-    return {k: v[order.to(v.device)] for k, v in batch.items()}
 
 
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
