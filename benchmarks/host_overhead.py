@@ -7,13 +7,14 @@ On a GPU a small model's eager training step is bound by the host: Python and la
 per layer, not arithmetic (benchmarks/RESULTS.md, rounds 2-4). This script measures that
 work on any machine: a stack of tiny linear layers (64 x 64, 8 rows x 3 tokens) whose
 arithmetic is negligible, each adapted by PEFT LoRA at r=64 or by Flexi-LoRA with ranks
-{0, 4, 16, 64} (mixed rows, or all rows at one rank), forward + backward, interleaved
-round by round on one thread. It prints the median microseconds per layer and the ratio
-to PEFT, measured side by side in one run.
+{0, 4, 16, 64} (mixed rows, or all rows at one rank), forward + backward (and forward
+alone without autograd: the ``infer:`` rows), interleaved round by round on one thread.
+It prints the median microseconds per layer and the ratio to PEFT's training step or
+forward, measured side by side in one run.
 
-``--kernels FILE`` also times the fused node (``_FlexiLinear``) of another copy of
-``flexispeech/lora/kernels.py`` (e.g. ``git show REV:flexispeech/lora/kernels.py``) in
-the same run, swapped in for its rows only.
+``--kernels FILE`` also times another copy of ``flexispeech/lora/kernels.py`` (e.g.
+``git show REV:flexispeech/lora/kernels.py``: its ``lora_linear``, the fused node and all
+below the layer) in the same run, swapped in for its rows only.
 """
 
 from __future__ import annotations
@@ -37,20 +38,22 @@ def _stack(layers: int) -> nn.Sequential:
     return nn.Sequential(*[nn.Linear(WIDTH, WIDTH) for _ in range(layers)])
 
 
-def _load_node(path: str) -> type:
+def _load_lora_linear(path: str) -> Callable[..., torch.Tensor]:
     spec = importlib.util.spec_from_file_location("flexispeech_kernels_under_test", path)
     if spec is None or spec.loader is None:
         raise SystemExit(f"host_overhead: cannot load {path}")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module._FlexiLinear
+    return module.lora_linear
 
 
-def variants(layers: int, other_node: type | None) -> dict[str, Callable[[], None]]:
-    """One training step (forward + backward, no optimizer) per variant."""
+def variants(layers: int, other: Callable[..., torch.Tensor] | None) -> dict[str, Callable[[], None]]:
+    """One step per variant: training (forward + backward, no optimizer) or, for the
+    ``infer:`` rows, a forward without autograd. ``other``: another copy's ``lora_linear``
+    (the fused node and everything below the layer), swapped in for the ``[--kernels]`` rows."""
     import peft
 
-    import flexispeech.lora.kernels as kernels
+    import flexispeech.lora.layer as layer
     from flexispeech.lora import inject, use_ranks
     from flexispeech.lora.config import FlexiLoraConfig
 
@@ -59,18 +62,29 @@ def variants(layers: int, other_node: type | None) -> dict[str, Callable[[], Non
     base = _stack(layers).requires_grad_(False)
     peft_model = peft.get_peft_model(_stack(layers), peft.LoraConfig(r=max(RANKS), target_modules=names))
     flexi = inject(_stack(layers), FlexiLoraConfig(ranks=RANKS, target_modules=names))
-    this_node = kernels._FlexiLinear
+    this = layer.lora_linear
 
-    def flexi_step(ranks: list[int], node: type) -> Callable[[], None]:
+    def flexi_step(ranks: list[int], path: Callable[..., torch.Tensor], train: bool) -> Callable[[], None]:
         rows = torch.tensor(ranks)
 
         def step() -> None:
-            kernels._FlexiLinear = node  # looked up at call time by lora_linear
+            layer.lora_linear = path  # looked up at call time by FlexiLoraLinear.forward
             try:
-                with use_ranks(flexi, rows):
-                    flexi(x).sum().backward()
+                if train:
+                    with use_ranks(flexi, rows):
+                        flexi(x).sum().backward()
+                else:
+                    with torch.no_grad(), use_ranks(flexi, rows):
+                        flexi(x)
             finally:
-                kernels._FlexiLinear = this_node
+                layer.lora_linear = this
+
+        return step
+
+    def no_grad(model: nn.Module) -> Callable[[], None]:
+        def step() -> None:
+            with torch.no_grad():
+                model(x)
 
         return step
 
@@ -78,11 +92,16 @@ def variants(layers: int, other_node: type | None) -> dict[str, Callable[[], Non
         "base (frozen, input grad)": lambda: base(x.clone().requires_grad_(True)).sum().backward(),
         f"PEFT LoRA r={max(RANKS)}": lambda: peft_model(x).sum().backward(),
     }
-    nodes = [("", this_node)] + ([(" [--kernels]", other_node)] if other_node is not None else [])
-    for tag, node in nodes:
-        out[f"Flexi mixed{tag}"] = flexi_step(MIXED, node)
+    paths = [("", this)] + ([(" [--kernels]", other)] if other is not None else [])
+    for tag, path in paths:
+        out[f"Flexi mixed{tag}"] = flexi_step(MIXED, path, train=True)
         for r in (64, 4, 0):
-            out[f"Flexi all r={r}{tag}"] = flexi_step([r] * ROWS, node)
+            out[f"Flexi all r={r}{tag}"] = flexi_step([r] * ROWS, path, train=True)
+    out["infer: base"] = no_grad(base)
+    out[f"infer: PEFT LoRA r={max(RANKS)} unmerged"] = no_grad(peft_model)
+    for tag, path in paths:
+        out[f"infer: Flexi mixed unmerged{tag}"] = flexi_step(MIXED, path, train=False)
+        out[f"infer: Flexi all r=64 unmerged{tag}"] = flexi_step([64] * ROWS, path, train=False)
     return out
 
 
@@ -94,7 +113,7 @@ def main() -> None:
     parser.add_argument("--kernels", metavar="FILE", help="another kernels.py whose fused node to time too")
     args = parser.parse_args()
     torch.set_num_threads(1)  # host work is single-threaded; more threads only add noise
-    steps = variants(args.layers, _load_node(args.kernels) if args.kernels else None)
+    steps = variants(args.layers, _load_lora_linear(args.kernels) if args.kernels else None)
     for step in steps.values():  # warm-up: allocator, first-call paths
         for _ in range(10):
             step()
@@ -105,14 +124,18 @@ def main() -> None:
             for _ in range(args.steps):
                 step()
             times[name].append((time.perf_counter() - started) / args.steps / args.layers * 1e6)
-    peft_us = statistics.median(times[f"PEFT LoRA r={max(RANKS)}"])
+    # training rows against PEFT's training step, inference rows against PEFT's forward
+    peft_us = {
+        False: statistics.median(times[f"PEFT LoRA r={max(RANKS)}"]),
+        True: statistics.median(times[f"infer: PEFT LoRA r={max(RANKS)} unmerged"]),
+    }
     print(
         f"{args.layers} layers {WIDTH}x{WIDTH}, {ROWS} rows x {TOKENS} tokens, medians of {args.rounds} rounds\n"
     )
     print("| variant | µs per layer | × PEFT |\n|---|---:|---:|")
     for name, values in times.items():
         median = statistics.median(values)
-        print(f"| {name} | {median:.1f} | {median / peft_us:.2f} |")
+        print(f"| {name} | {median:.1f} | {median / peft_us[name.startswith('infer:')]:.2f} |")
 
 
 if __name__ == "__main__":

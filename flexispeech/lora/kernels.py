@@ -43,6 +43,36 @@ import torch.nn.functional as F
 from flexispeech.lora.plans import RankPlan, Route, expand_ranks, rank_mask
 
 
+def fused_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    mask: torch.Tensor,
+    blocks: list[tuple[int, int, int, float | None]],
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """``F.linear(x, weight, bias)`` [N, *, out] plus the update of ``blocks`` (as
+    ``_FlexiLinear``), and the ``h`` [rows·positions, r] of each block. Without autograd
+    (inference) ``lora_linear`` calls it directly: the node's bookkeeping is host time."""
+    n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
+    x3 = x.reshape(n, -1, d_in)
+    out = F.linear(x, weight, bias)
+    o3 = out.view(n, -1, d_out)
+    hs = []
+    for start, end, r, scale in blocks:
+        xs = x3[start:end].reshape(-1, d_in)
+        h = xs @ A[:r].T
+        if scale is None:
+            h = (h.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
+        else:
+            h.mul_(scale)
+        # C += h @ B^T inside the GEMM: no delta tensor, no separate add.
+        o3[start:end].view(-1, d_out).addmm_(h, B[:, :r].T)
+        hs.append(h)
+    return out, hs
+
+
 class _FlexiLinear(torch.autograd.Function):
     """``F.linear(x, W, b)`` plus the adapter update of ``blocks``, in one autograd node.
 
@@ -53,21 +83,7 @@ class _FlexiLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, bias, A, B, mask, blocks):  # type: ignore[override]
-        n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
-        x3 = x.reshape(n, -1, d_in)
-        out = F.linear(x, weight, bias)
-        o3 = out.view(n, -1, d_out)
-        hs = []
-        for start, end, r, scale in blocks:
-            xs = x3[start:end].reshape(-1, d_in)
-            h = xs @ A[:r].T
-            if scale is None:
-                h = (h.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
-            else:
-                h.mul_(scale)
-            # C += h @ B^T inside the GEMM: no delta tensor, no separate add.
-            o3[start:end].view(-1, d_out).addmm_(h, B[:, :r].T)
-            hs.append(h)
+        out, hs = fused_forward(x, weight, bias, A, B, mask, blocks)
         ctx.blocks = blocks
         ctx.has_bias = bias is not None
         ctx.save_for_backward(x, weight, A, B, mask, *hs)
@@ -216,6 +232,8 @@ def lora_linear(
     # zero gradients, so a process whose rows are all at rank 0 keeps DDP's all-reduce in step.
     if mask is None:
         mask = A  # any tensor: save_for_backward needs one; it is unused
+    if not torch.is_grad_enabled():  # inference: the same ops without the autograd node
+        return fused_forward(x, base.weight, base.bias, A, B, mask, blocks)[0]
     return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, blocks)
 
 

@@ -36,8 +36,20 @@ def test_every_variant_is_timed_against_peft() -> None:
         if line.startswith("| ")
     }
     expected = ["Flexi mixed", "Flexi all r=64", "Flexi all r=4", "Flexi all r=0"]
-    assert set(rows) == {"variant", "base (frozen, input grad)", "PEFT LoRA r=64"} | set(expected) | {
-        f"{name} [--kernels]" for name in expected
+    infer = {
+        "infer: base",
+        "infer: PEFT LoRA r=64 unmerged",
+        "infer: Flexi mixed unmerged",
+        "infer: Flexi all r=64 unmerged",
+        "infer: Flexi mixed unmerged [--kernels]",
+        "infer: Flexi all r=64 unmerged [--kernels]",
     }
-    assert rows["PEFT LoRA r=64"] == "1.00"
+    assert (
+        set(rows)
+        == {"variant", "base (frozen, input grad)", "PEFT LoRA r=64"}
+        | set(expected)
+        | {f"{name} [--kernels]" for name in expected}
+        | infer
+    )
+    assert rows["PEFT LoRA r=64"] == "1.00" and rows["infer: PEFT LoRA r=64 unmerged"] == "1.00"
     assert all(float(v) > 0 for k, v in rows.items() if k != "variant")
