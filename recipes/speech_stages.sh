@@ -118,7 +118,9 @@ case "$profile" in
        calib_args=(--target-mean-rank 7.5)
        runs_static="static_r16 static_r6 static_r8"
        runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
-       runs_extra="flexi_benefit_full"  # measured worse (RESULTS.md); runs only when --runs names it
+       # runs only when --runs names them: flexi_benefit_full measured worse (RESULTS.md);
+       # flexi_benefit_nscale (one scale for every rank) not yet measured
+       runs_extra="flexi_benefit_full flexi_benefit_nscale"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
        [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit flexi_benefit_full flexi_nested" ;;

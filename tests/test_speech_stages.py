@@ -341,4 +341,11 @@ def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:
     calls = run_stages(tmp_path, "gpu", "--runs", "flexi_benefit_full", "--jobs", "1")
     assert [c[0] for c in calls if c[0] in ("train", "calibrate", "gate")] == ["train", "calibrate", "gate"]
     (tmp_path / "all").mkdir()
-    assert "flexi_benefit_full/eval_test" not in _evals(run_stages(tmp_path / "all", "gpu"))  # not by default
+    default = _evals(run_stages(tmp_path / "all", "gpu"))
+    assert not {"flexi_benefit_full/eval_test", "flexi_benefit_nscale/eval_test"} & set(default)  # not by default
+    (tmp_path / "nscale").mkdir()
+    calls = run_stages(tmp_path / "nscale", "gpu", "--runs", "flexi_benefit_nscale", "--jobs", "1")
+    (train,) = [c for c in calls if c[0] == "train"]
+    (calib,) = [c for c in calls if c[0] == "calibrate"]  # a benefit run: its router fit on validation
+    assert train[train.index("--config") + 1] == "conf/flexi_benefit_nscale.yaml"
+    assert calib[1].endswith("flexi_benefit_nscale/adapter") and "flexi_benefit_nscale/eval_test" in _evals(calls)
