@@ -15,7 +15,7 @@
 # once (stages 3-6, each run's output in EXP/<run>/stages.log; default 1, the gpu profile 2):
 # a small model's training step is bound by the host, so one GPU has room for several runs;
 # their loaders share the cores. GPU memory bounds N: Whisper tiny.en runs held about
-# 34 GB each while decoding at batch 512 on an H200, so 4 ran out of its 140 GB and 3 fit.
+# 34 GiB each while decoding at batch 512 on an H200, so 4 ran out of its 140 GiB and 3 fit.
 # --gated names runs that are also evaluated behind a novelty gate (`flexispeech gate`:
 # rank 0 for inputs whose pooled base-encoder embedding lies outside the training split's,
 # at the validation split's 0.99 quantile), as the run <name>_gated (and <name>_seedN_gated);
