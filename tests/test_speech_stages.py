@@ -256,8 +256,16 @@ def test_runs_side_by_side_share_the_loader_workers(tmp_path: Path) -> None:
         out, _ = _stages(tmp_path / sub, "--runs", "static_r16 flexi_nested inconsistent", "--jobs", jobs)
         assert out.returncode == 0, out.stderr
         calls = [shlex.split(line) for line in (tmp_path / sub / "calls.txt").read_text().splitlines()]
-        train = {a.split("=", 1)[1] for c in calls if c[0] == "train" for a in c if a.startswith("train.num_workers=")}
-        decode = {c[c.index("--workers") + 1] if "--workers" in c else "default" for c in calls if c[0] == "eval"}
+        train = {
+            a.split("=", 1)[1]
+            for c in calls
+            if c[0] == "train"
+            for a in c
+            if a.startswith("train.num_workers=")
+        }
+        decode = {
+            c[c.index("--workers") + 1] if "--workers" in c else "default" for c in calls if c[0] == "eval"
+        }
         return train, decode
 
     share = str(max(2, min(8, (len(os.sched_getaffinity(0)) - 1) // 3)))
@@ -342,10 +350,14 @@ def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:
     assert [c[0] for c in calls if c[0] in ("train", "calibrate", "gate")] == ["train", "calibrate", "gate"]
     (tmp_path / "all").mkdir()
     default = _evals(run_stages(tmp_path / "all", "gpu"))
-    assert not {"flexi_benefit_full/eval_test", "flexi_benefit_nscale/eval_test"} & set(default)  # not by default
+    assert not {"flexi_benefit_full/eval_test", "flexi_benefit_nscale/eval_test"} & set(
+        default
+    )  # not by default
     (tmp_path / "nscale").mkdir()
     calls = run_stages(tmp_path / "nscale", "gpu", "--runs", "flexi_benefit_nscale", "--jobs", "1")
     (train,) = [c for c in calls if c[0] == "train"]
     (calib,) = [c for c in calls if c[0] == "calibrate"]  # a benefit run: its router fit on validation
     assert train[train.index("--config") + 1] == "conf/flexi_benefit_nscale.yaml"
-    assert calib[1].endswith("flexi_benefit_nscale/adapter") and "flexi_benefit_nscale/eval_test" in _evals(calls)
+    assert calib[1].endswith("flexi_benefit_nscale/adapter") and "flexi_benefit_nscale/eval_test" in _evals(
+        calls
+    )
