@@ -26,6 +26,8 @@
 # at the Flexi mean rank, nested training, the embedding router, routing by benefit
 # calibrated on the validation split, the augmentation ablation); the --decisive runs are
 # repeated for every seed of --seeds.
+# Stage 1 caches the signals routers read; the training split's only when a run reads them
+# (the routed Flexi runs and the gated runs; static and benefit runs train without).
 # Every model (base and each adapter) is evaluated on the whole test split at the window
 # its adapter was trained with (eval_test) and, when that is shorter, at the full 30 s
 # (eval_test_30s); with --real DIR also on that corpus's test split (eval_real, eval_real_30s:
@@ -189,8 +191,23 @@ train_run() {  # train one run unless it already finished; --resume continues a 
   fi
 }
 
+train_signals_needed() {  # does a run of this invocation read the training split's signals?
+  # Static runs and the benefit runs train without a router that reads signals (fixed or
+  # random ranks; the benefit router is fit on the validation split); every other Flexi run
+  # routes its training rows, and the novelty gate is fit on the training split's embedding.
+  local r
+  for r in $all_runs; do
+    [[ $r =~ ^(.+)_seed[0-9]+$ ]] && r=${BASH_REMATCH[1]}
+    case $r in static_*|flexi_benefit*) ;; *) return 0 ;; esac
+  done
+  [ -n "$(gated_runs)" ]
+}
+
 if step 1; then
   log 1 "signals and base-model decoding"
+  # The training split (20,720 utterances on the gpu profile, three quarters of the corpus)
+  # only when a run needs it.
+  if ! train_signals_needed; then signal_splits=${signal_splits/train,/}; fi
   # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted; the
   # embedding (the embedding router, the novelty gate) from the adapted model's own base
   # encoder: in the same pass when that is tiny.en too.

@@ -247,6 +247,23 @@ def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) 
     assert out.returncode == 2 and "--jobs must be a positive integer" in out.stderr
 
 
+def test_signals_of_the_training_split_only_when_a_run_reads_them(tmp_path: Path) -> None:
+    """Static and benefit runs train without signals: stage 1 then skips the training split
+    (three quarters of the gpu corpus); a routed run or a gated one needs it."""
+
+    def splits(sub: str, *extra: str) -> list[str]:
+        (tmp_path / sub).mkdir()
+        calls = run_stages(tmp_path / sub, "gpu", "--stage", "1", "--stop-stage", "1", *extra)
+        return [c[c.index("--splits") + 1] for c in calls if c[0] == "signals"]
+
+    assert splits(
+        "plain", "--seeds", "0,1", "--runs", "static_r16_seed1 static_r8 flexi_benefit_nscale", "--gated", ""
+    ) == ["validation,test"]
+    assert splits("routed", "--runs", "static_r16 flexi_nested", "--gated", "") == ["train,validation,test"]
+    assert splits("gated", "--runs", "static_r16", "--gated", "static_r16") == ["train,validation,test"]
+    assert splits("profile") == ["train,validation,test"]  # the whole gpu list
+
+
 def test_runs_side_by_side_share_the_loader_workers(tmp_path: Path) -> None:
     """With --jobs N on the gpu profile, each run's loaders (training and decoding) get 1/N
     of the cores (2 to 8); one run at a time keeps the profile's 8 and eval's default."""
