@@ -158,3 +158,37 @@ def test_serve_rejects_bad_limits_before_loading_a_model(capsys) -> None:
     assert (
         "--max-streams must be > 0" in err and "--idle-timeout must be > 0" in err and "Traceback" not in err
     )
+
+
+def test_the_event_loop_waits_idle_while_the_last_update_decodes(
+    transcriber, assets_dir: Path, monkeypatch
+) -> None:
+    """After the client's stop, the session waits for its final update without spinning: a
+    spinning event loop holds the GIL against the scheduler thread's decoding, which is
+    Python work per token (a load test's last updates took several times longer)."""
+    import threading
+    import time
+
+    import flexispeech.streaming.scheduler as scheduler_module
+
+    decode = scheduler_module.decode_updates
+
+    def slow_final(transcriber, streams, finals):
+        if any(finals):
+            time.sleep(1.0)  # a long final decode, in the scheduler's thread
+        return decode(transcriber, streams, finals)
+
+    monkeypatch.setattr(scheduler_module, "decode_updates", slow_final)
+    audio = load_audio(assets_dir / "fox.wav")
+    loop_cpu: list[float] = []
+
+    async def steps(url, app):
+        assert threading.current_thread() is threading.main_thread()  # the loop's thread
+        started = time.thread_time()
+        got = await stream_samples(url, audio, chunk_s=1.0, realtime=False)
+        loop_cpu.append(time.thread_time() - started)
+        return got
+
+    got = served(transcriber, steps)
+    assert got.error is None and got.events[-1]["final"]
+    assert loop_cpu[0] < 0.5, f"the event loop used {loop_cpu[0]:.2f} s of CPU over a 1-s wait"

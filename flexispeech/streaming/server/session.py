@@ -200,9 +200,15 @@ class Session:
         decoding = asyncio.ensure_future(decoder())
         try:
             while not decoding.done():
+                if reading.done():
+                    if reading.exception() is not None:
+                        raise reading.exception()  # type: ignore[misc]
+                    # The client said stop: only decoding is left. Waiting on both again would
+                    # return at once (the reader is done) and spin the event loop, holding the
+                    # GIL against the scheduler's decoding thread for as long as it decodes.
+                    await decoding
+                    break
                 await asyncio.wait([reading, decoding], return_when=asyncio.FIRST_COMPLETED)
-                if reading.done() and reading.exception() is not None:
-                    raise reading.exception()  # type: ignore[misc]
             decoding.result()
         finally:
             for task in (reading, decoding):
