@@ -207,6 +207,10 @@ def greedy_decode(
     step_ids, step_pos = ids, positions
     sequences = ids
     done = caps == 0
+    # The rows' done flags on the host too: one device-to-host copy per step (tokens and
+    # flags together) instead of one per row and step (``if not done[row]`` reads a device
+    # element) plus one for ``done.all()``. On a GPU each read waits for the step's kernels.
+    was_done = done.tolist()
     generated: list[list[int]] = [[] for _ in range(batch)]
     with torch.no_grad():
         encoded = model.get_encoder()(features.to(device, dtype=model.dtype)).last_hidden_state
@@ -226,18 +230,22 @@ def greedy_decode(
             scores = rules(scores, generated)
             token = scores.argmax(-1)
             token = torch.where(done, torch.full_like(token, eos), token)
+            done = done | (token == eos) | (step + 1 >= caps)
+            tokens_now, done_now = torch.stack([token, done.to(token.dtype)]).tolist()
             looped = []
-            for row, t in enumerate(token.tolist()):
-                if not done[row]:
+            for row, t in enumerate(tokens_now):
+                if not was_done[row]:
                     generated[row].append(t)
                     cut = loop_start(generated[row], timestamp_begin) if stop_loops else None
                     if cut is not None:
                         del generated[row][cut:]
                         looped.append(row)
-            done = done | (token == eos) | (step + 1 >= caps)
             if looped:
                 done[looped] = True
-            if bool(done.all()):
+                for row in looped:
+                    done_now[row] = 1
+            was_done = [bool(d) for d in done_now]
+            if all(was_done):
                 break
             sequences = torch.cat([sequences, token[:, None]], dim=1)
             mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)

@@ -93,3 +93,27 @@ def test_complete_segments_keeps_what_generate_keeps() -> None:
         7,
         130,
     ]  # single ending
+
+
+def test_a_row_cut_for_looping_stops_there_and_the_others_go_on(model_and_inputs, monkeypatch) -> None:
+    """``stop_loops``: a row whose tokens loop_start cuts keeps the tokens before the cut and
+    generates nothing more, while the other rows of the batch decode on unchanged."""
+    import flexispeech.streaming.decode as decode
+
+    model, processor, features = model_and_inputs
+    monkeypatch.setattr(decode, "complete_segments", lambda generated, begin, eos: list(generated))
+    prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+    caps = [40, 40, 40]
+    full = greedy_decode(model, features, prompts, caps)  # every generated token, no cut
+
+    def cut_at(tokens: list[int]) -> int:  # a fake loop: each row "loops" at its own length
+        return 5 + tokens[0] % 4
+
+    def fake_loop_start(generated: list[int], begin: int) -> int | None:
+        return len(generated) - 2 if len(generated) == cut_at(generated) else None
+
+    monkeypatch.setattr(decode, "loop_start", fake_loop_start)
+    got = greedy_decode(model, features, prompts, caps, stop_loops=True)
+    expected = [row[: cut_at(row) - 2] if len(row) >= cut_at(row) else row for row in full]
+    assert got == expected
+    assert len({cut_at(row) for row in full}) > 1  # rows cut at different steps, others going on
