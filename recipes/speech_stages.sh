@@ -26,8 +26,9 @@
 # at the Flexi mean rank, nested training, the embedding router, routing by benefit
 # calibrated on the validation split, the augmentation ablation); the --decisive runs are
 # repeated for every seed of --seeds.
-# Stage 1 caches the signals routers read; the training split's only when a run reads them
-# (the routed Flexi runs and the gated runs; static and benefit runs train without).
+# Stage 1 caches the signals routers read; the training split's model signals (a decoding
+# pass) only when a run reads them (the routed Flexi runs and the gated runs; static and
+# benefit runs train on its audio signals alone).
 # Every model (base and each adapter) is evaluated on the whole test split at the window
 # its adapter was trained with (eval_test) and, when that is shorter, at the full 30 s
 # (eval_test_30s); with --real DIR also on that corpus's test split (eval_real, eval_real_30s:
@@ -205,9 +206,13 @@ train_signals_needed() {  # does a run of this invocation read the training spli
 
 if step 1; then
   log 1 "signals and base-model decoding"
-  # The training split (20,720 utterances on the gpu profile, three quarters of the corpus)
-  # only when a run needs it.
-  if ! train_signals_needed; then signal_splits=${signal_splits/train,/}; fi
+  # The training split's model signals (decoding 20,720 utterances on the gpu profile, three
+  # quarters of the corpus) only when a run reads them; its audio signals (duration, SNR,
+  # speech activity: no model) always, since every training batch is routed on them.
+  if ! train_signals_needed; then
+    $FLEXI signals "$data" --splits train
+    signal_splits=${signal_splits/train,/}
+  fi
   # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted; the
   # embedding (the embedding router, the novelty gate) from the adapted model's own base
   # encoder: in the same pass when that is tiny.en too.

@@ -252,13 +252,18 @@ def test_signals_of_the_training_split_only_when_a_run_reads_them(tmp_path: Path
     (three quarters of the gpu corpus); a routed run or a gated one needs it."""
 
     def splits(sub: str, *extra: str) -> list[str]:
+        """The --splits of each signals call, "audio:" for one without a model."""
         (tmp_path / sub).mkdir()
         calls = run_stages(tmp_path / sub, "gpu", "--stage", "1", "--stop-stage", "1", *extra)
-        return [c[c.index("--splits") + 1] for c in calls if c[0] == "signals"]
+        return [
+            ("" if "--model" in c else "audio:") + c[c.index("--splits") + 1]
+            for c in calls
+            if c[0] == "signals"
+        ]
 
     assert splits(
         "plain", "--seeds", "0,1", "--runs", "static_r16_seed1 static_r8 flexi_benefit_nscale", "--gated", ""
-    ) == ["validation,test"]
+    ) == ["audio:train", "validation,test"]  # the training batches are routed on audio signals
     assert splits("routed", "--runs", "static_r16 flexi_nested", "--gated", "") == ["train,validation,test"]
     assert splits("gated", "--runs", "static_r16", "--gated", "static_r16") == ["train,validation,test"]
     assert splits("profile") == ["train,validation,test"]  # the whole gpu list
