@@ -164,10 +164,11 @@ if [ -n "$device" ]; then
   [ "$device" = cpu ] && [ "$profile" = gpu ] && overrides+=("train.mixed_precision='no'")  # quoted: YAML reads a bare no as false
 fi
 
+base_run() {  # base_run RUN: the run RUN repeats with another seed (RUN itself if none)
+  if [[ $1 =~ ^(.+)_seed[0-9]+$ ]]; then echo "${BASH_REMATCH[1]}"; else echo "$1"; fi
+}
 is_gated() {  # is_gated RUN: RUN (or the run it repeats with another seed) is in --gated
-  local base=$1
-  [[ $base =~ ^(.+)_seed[0-9]+$ ]] && base=${BASH_REMATCH[1]}
-  case " $gated " in *" $base "*) return 0 ;; esac
+  case " $gated " in *" $(base_run "$1") "*) return 0 ;; esac
   return 1
 }
 gated_runs() {  # the runs of this invocation that are also evaluated behind the gate
@@ -198,8 +199,7 @@ train_signals_needed() {  # does a run of this invocation read the training spli
   # routes its training rows, and the novelty gate is fit on the training split's embedding.
   local r
   for r in $all_runs; do
-    [[ $r =~ ^(.+)_seed[0-9]+$ ]] && r=${BASH_REMATCH[1]}
-    case $r in static_*|flexi_benefit*) ;; *) return 0 ;; esac
+    case $(base_run "$r") in static_*|flexi_benefit*) ;; *) return 0 ;; esac
   done
   [ -n "$(gated_runs)" ]
 }
