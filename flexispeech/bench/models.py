@@ -1,6 +1,6 @@
 """What the speed benchmark runs on: random-initialised Whisper models of released shapes,
-their adapters (PEFT LoRA or Flexi-LoRA, added and removed again), random batches, mixed
-ranks, and Whisper's log-mel on the device."""
+their adapters (PEFT LoRA or Flexi-LoRA, added and removed again), random batches and
+mixed ranks."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ SHAPES: dict[str, dict[str, int]] = {
 }
 TARGETS = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
 RANKS = (0, 4, 8, 16, 32, 64)
-SAMPLE_RATE, N_FFT, HOP = 16000, 400, 160
+HOP = 160  # samples per log-mel frame (Whisper's hop length)
 
 
 def build_whisper(spec: BenchSpec) -> nn.Module:
@@ -51,27 +51,6 @@ def build_whisper(spec: BenchSpec) -> nn.Module:
     with torch.device(spec.device):
         model = WhisperForConditionalGeneration(cfg)
     return model.to(dtype=getattr(torch, spec.dtype)).requires_grad_(False)
-
-
-def log_mel(waveform: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Whisper's log-mel features of a batch on the waveform's device, [B, n_mels, frames].
-
-    The same computation as ``WhisperFeatureExtractor``'s torch backend, which returns numpy
-    on the host; kept on the device here so that feature extraction is one batched GPU op.
-    ``filters``: the extractor's ``mel_filters`` [n_freq, n_mels] as a tensor.
-    """
-    window = torch.hann_window(N_FFT, device=waveform.device)
-    stft = torch.stft(waveform, N_FFT, HOP, window=window, return_complex=True)
-    power = stft[..., :-1].abs() ** 2
-    mel = torch.clamp(filters.T @ power, min=1e-10).log10()
-    mel = torch.maximum(mel, mel.amax(dim=(1, 2), keepdim=True) - 8.0)
-    return (mel + 4.0) / 4.0
-
-
-def mel_filters(n_mels: int, device: str) -> torch.Tensor:
-    from transformers import WhisperFeatureExtractor
-
-    return torch.from_numpy(WhisperFeatureExtractor(feature_size=n_mels).mel_filters).float().to(device)
 
 
 @contextmanager

@@ -22,9 +22,7 @@ from flexispeech.bench.models import (
     HOP,
     build_whisper,
     flexi_adapters,
-    log_mel,
     make_batch,
-    mel_filters,
     mixed_ranks,
     peft_adapters,
     permute,
@@ -263,13 +261,17 @@ def loop_step(model: nn.Module, host: dict[str, torch.Tensor], runner: Any) -> C
 
 def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) -> list[dict[str, Any]]:
     """Training utterances/s with log-mel features computed on the device from raw audio."""
+    from transformers import WhisperFeatureExtractor
+
     from flexispeech.lora import adapter_parameters, use_ranks
     from flexispeech.lora.plans import rank_sort_order
+    from flexispeech.models.whisper_features import log_mel  # the training loop's device log-mel
 
     gen = torch.Generator().manual_seed(spec.seed + 1)
     n_samples = 2 * spec.audio_ctx * HOP
     audio = (0.1 * torch.randn(spec.batch, n_samples, generator=gen)).to(spec.device)
-    filters = mel_filters(model.config.num_mel_bins, spec.device)
+    extractor = WhisperFeatureExtractor(feature_size=model.config.num_mel_bins)
+    extractor.n_samples = n_samples  # the bench's window (as models.whisper.set_feature_window sets it)
     labels = torch.randint(0, model.config.vocab_size, (spec.batch, spec.label_len), generator=gen).to(
         spec.device
     )
@@ -281,7 +283,7 @@ def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) ->
 
         def step() -> None:
             order = rank_sort_order(ranks)
-            feats = log_mel(audio[order], filters)[..., : 2 * spec.audio_ctx].to(dtype)
+            feats = log_mel(extractor, audio[order])[..., : 2 * spec.audio_ctx].to(dtype)
             with use_ranks(fm, ranks[order]):
                 loss = fm(input_features=feats, labels=labels[order]).loss
             loss.backward()
@@ -289,7 +291,7 @@ def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) ->
             opt.zero_grad(set_to_none=True)
 
         seconds = time_fn(step, spec)
-    mel_s = time_fn(lambda: log_mel(audio, filters), spec)
+    mel_s = time_fn(lambda: log_mel(extractor, audio), spec)
     log(
         f"  train throughput (log-mel on device, Flexi auto, mixed): {spec.batch / seconds:.1f} utt/s; "
         f"log-mel alone {mel_s * 1000:.2f} ms per batch"
