@@ -5,7 +5,7 @@
 #
 #   recipes/speech_stages.sh --conf DIR --data DIR --exp DIR [--stage N] [--stop-stage N]
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
-#       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_nested"]
+#       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_benefit_nscale"]
 #       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
 #       [--gated "static_r16 flexi_benefit"]
 #
@@ -55,7 +55,7 @@ runs_flexi="flexi_threshold flexi_learned"
 runs_extra=""  # Flexi runs of the profile that run only when --runs names them
 runs_ablation="inconsistent"
 seeds=""
-decisive="static_r16 flexi_nested"
+decisive="static_r16 flexi_benefit_nscale"
 runs=""
 device=""
 jobs=""
@@ -101,14 +101,17 @@ case "$profile" in
   # costs about 40 s, and the demo has 20 minutes.
   cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40) ;;
   # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
-  # on-the-fly augmentation (off in the *_noaug ablation). Validation loss (overall and per
-  # rank) every 50 steps; the best adapter is kept and a run stops after 4 validations
-  # without improvement.
+  # on-the-fly augmentation (off in the *_noaug ablation). Up to 1,500 steps (at 500 every
+  # run's validation loss was still falling). Validation loss (overall and per rank) on
+  # 1,024 validation rows every 100 steps; the best adapter is kept and a run stops after 3
+  # validations without improvement, but not before step 650 (about one epoch of the
+  # 20,720 training rows): with 256 rows and no floor, static r16 stopped at step 400
+  # keeping step 200 while the Flexi runs trained to 800 and 1,500 (RESULTS.md, fourth lease).
   gpu) audio_ctx=1500; overrides=(model.audio_ctx=null model.cache_encoder_layers=0 data.max_duration=null
                                   train.mixed_precision=bf16 train.batch_size=32 train.num_workers=8
-                                  train.max_steps=500 train.warmup_steps=50 train.lr=1.0e-3
-                                  train.log_every=25 train.save_every=250
-                                  train.eval_every=50 "train.early_stopping={patience: 4}")
+                                  train.max_steps=1500 train.warmup_steps=50 train.lr=1.0e-3
+                                  train.log_every=25 train.save_every=250 train.eval_every=100
+                                  train.eval_examples=1024 "train.early_stopping={patience: 3, min_steps: 650}")
        aug_overrides=(augment.spec_augment=true augment.noise_prob=0.5 augment.speed_prob=0.3
                       augment.reverb_prob=0.2)
        signal_splits=train,validation,test  # validation rows are routed too
@@ -120,13 +123,15 @@ case "$profile" in
        # margin for the test split's mix (it served 7.97 there)
        calib_args=(--target-mean-rank 7.5)
        runs_static="static_r16 static_r6 static_r8"
-       runs_flexi="flexi_threshold flexi_learned flexi_embedding flexi_nested flexi_benefit"
-       # runs only when --runs names them: flexi_benefit_full measured worse (RESULTS.md);
-       # flexi_benefit_nscale (one scale for every rank) not yet measured
-       runs_extra="flexi_benefit_full flexi_benefit_nscale"
+       # flexi_benefit_nscale, routing by benefit with one scale for every rank, is the best
+       # Flexi run measured (RESULTS.md, fourth lease); it is the Flexi half of the decisive pair
+       runs_flexi="flexi_benefit_nscale flexi_threshold flexi_learned flexi_embedding flexi_nested"
+       # runs only when --runs names them: flexi_benefit (the standard scale alpha/r) and
+       # flexi_benefit_full measured worse (RESULTS.md)
+       runs_extra="flexi_benefit flexi_benefit_full"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
-       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit flexi_benefit_full flexi_nested" ;;
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_nested" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}

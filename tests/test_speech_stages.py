@@ -89,11 +89,11 @@ def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
             "flexi_learned",
             "flexi_embedding",
             "flexi_nested",
-            "flexi_benefit",
+            "flexi_benefit_nscale",
             "inconsistent",
             "flexi_nested_noaug",
             "static_r16_gated",  # the gpu profile's --gated runs, behind the novelty gate
-            "flexi_benefit_gated",
+            "flexi_benefit_nscale_gated",
             "flexi_nested_gated",
         ]
     }
@@ -366,20 +366,19 @@ def test_recipe_scores_real_speech_when_its_packages_are_installed(tmp_path: Pat
 
 
 def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:
-    """flexi_benefit_full (measured worse) is not in the gpu list, but --runs still runs it,
-    as a Flexi run: trained, calibrated, gated and evaluated."""
+    """flexi_benefit_full and flexi_benefit (measured worse) are not in the gpu list, but
+    --runs still runs them, as Flexi runs: trained, calibrated, gated and evaluated. The
+    default list has flexi_benefit_nscale, calibrated on the validation split."""
     calls = run_stages(tmp_path, "gpu", "--runs", "flexi_benefit_full", "--jobs", "1")
     assert [c[0] for c in calls if c[0] in ("train", "calibrate", "gate")] == ["train", "calibrate", "gate"]
     (tmp_path / "all").mkdir()
-    default = _evals(run_stages(tmp_path / "all", "gpu"))
-    assert not {"flexi_benefit_full/eval_test", "flexi_benefit_nscale/eval_test"} & set(
-        default
-    )  # not by default
-    (tmp_path / "nscale").mkdir()
-    calls = run_stages(tmp_path / "nscale", "gpu", "--runs", "flexi_benefit_nscale", "--jobs", "1")
-    (train,) = [c for c in calls if c[0] == "train"]
+    calls = run_stages(tmp_path / "all", "gpu")
+    default = _evals(calls)
+    assert not {"flexi_benefit_full/eval_test", "flexi_benefit/eval_test"} & set(default)  # not by default
+    train = [c for c in calls if c[0] == "train" and "conf/flexi_benefit_nscale.yaml" in c]
     (calib,) = [c for c in calls if c[0] == "calibrate"]  # a benefit run: its router fit on validation
-    assert train[train.index("--config") + 1] == "conf/flexi_benefit_nscale.yaml"
-    assert calib[1].endswith("flexi_benefit_nscale/adapter") and "flexi_benefit_nscale/eval_test" in _evals(
-        calls
-    )
+    assert len(train) == 1 and calib[1].endswith("flexi_benefit_nscale/adapter")
+    assert "flexi_benefit_nscale/eval_test" in default
+    # the gpu profile's training: up to 1,500 steps, early stopping not before step 650
+    line = " ".join(train[0])  # the fake records its arguments space-joined
+    assert "train.max_steps=1500" in line and "train.early_stopping={patience: 3, min_steps: 650}" in line

@@ -13,7 +13,7 @@
 # --profile gpu is the full study on one GPU: the gpu corpus size (28,000 utterances, 4,480
 # test of which half by unseen voices), 30-s windows, adapters in encoder and decoder,
 # augmentation, every run of recipes/speech_stages.sh's gpu list, and the decisive pair
-# (static_r16, flexi_nested) repeated for each seed of --seeds (default 0,1,2).
+# (static_r16, flexi_benefit_nscale) repeated for each seed of --seeds (default 0,1,2).
 #
 # Stages (each only calls the flexispeech command line; finished outputs are skipped,
 # so a re-run continues where it stopped):

@@ -200,6 +200,43 @@ def test_validation_per_rank_and_early_stopping_keep_the_best_adapter(corpus, tm
     assert json.loads((out / "train_summary.json").read_text())["kept"] == summary["kept"]
 
 
+def test_early_stopping_waits_for_min_steps(corpus, tmp_path) -> None:  # noqa: F811
+    """min_steps: the same run that patience 1 stops early trains on to min_steps, and still
+    keeps its best validation's adapter."""
+    data = _valid_corpus(corpus, tmp_path)
+    es = {"train.max_steps": 12, "train.eval_every": 1, "train.lr": 0.3}
+    train(
+        config(data, tmp_path / "free", "threshold", **es, **{"train.early_stopping": "{patience: 1}"}),
+        progress=False,
+    )
+    free = json.loads((tmp_path / "free" / "train_summary.json").read_text())
+    assert free["stopped"].startswith("early stopping") and free["steps"] < 8  # the case min_steps is for
+
+    cfg = config(
+        data, tmp_path / "run", "threshold", **es, **{"train.early_stopping": "{patience: 1, min_steps: 8}"}
+    )
+    train(cfg, progress=False)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    entries = [e for e in log(tmp_path / "run") if "val_loss" in e]
+    assert summary["steps"] >= 8 and [e["step"] for e in entries] == list(range(1, summary["steps"] + 1))
+    losses = [e["val_loss"] for e in entries]
+    assert summary["kept"]["step"] == entries[int(np.argmin(losses))]["step"]
+    if summary["steps"] < 12:  # stopped: at the first validation at or after min_steps without improvement
+        assert summary["stopped"].startswith("early stopping")
+        assert entries[-1]["best_step"] < summary["steps"]
+    with pytest.raises(ConfigError, match="min_steps"):
+        train(
+            config(
+                data,
+                tmp_path / "bad",
+                "threshold",
+                **es,
+                **{"train.early_stopping": "{patience: 1, min_steps: -1}"},
+            ),
+            progress=False,
+        )
+
+
 def test_early_stopping_needs_validation(corpus, tmp_path) -> None:  # noqa: F811
     with pytest.raises(ConfigError, match="train.early_stopping needs train.eval_every"):
         train(
