@@ -198,24 +198,30 @@ train_run() {  # train one run unless it already finished; --resume continues a 
   fi
 }
 
-train_signals_needed() {  # does a run of this invocation read the training split's signals?
+train_signals_needed() {  # does a run of this invocation read the training split's model signals?
   # Static runs and the benefit runs train without a router that reads signals (fixed or
   # random ranks; the benefit router is fit on the validation split); every other Flexi run
-  # routes its training rows, and the novelty gate is fit on the training split's embedding.
+  # routes its training rows on the decoder-confidence proxy (and the embedding router on
+  # the embedding). The novelty gate reads only the training split's embedding.
   local r
   for r in $all_runs; do
     case $(base_run "$r") in static_*|flexi_benefit*) ;; *) return 0 ;; esac
   done
-  [ -n "$(gated_runs)" ]
+  return 1
 }
 
 if step 1; then
   log 1 "signals and base-model decoding"
   # The training split's model signals (decoding 20,720 utterances on the gpu profile, three
   # quarters of the corpus) only when a run reads them; its audio signals (duration, SNR,
-  # speech activity: no model) always, since every training batch is routed on them.
+  # speech activity: no model) always, since every training batch is routed on them. When
+  # only the novelty gate needs it, the training split gets the embedding alone: an encoder
+  # pass, no decoding (a lease measured 268 s for the decoding pass that made it).
   if ! train_signals_needed; then
     $FLEXI signals "$data" --splits train
+    if [ -n "$(gated_runs)" ]; then
+      $FLEXI signals "$data" --model "$model" --audio-ctx "$audio_ctx" --splits train --embedding-only "${dev_args[@]}"
+    fi
     signal_splits=${signal_splits/train,/}
   fi
   # The decoder-confidence proxy comes from Whisper tiny.en whatever model is adapted; the

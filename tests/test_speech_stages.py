@@ -118,8 +118,8 @@ def test_gated_runs_get_the_gate_after_training_and_are_compared(tmp_path: Path)
     )
     names = [" ".join(c[:2]) for c in calls]
     # stage 1 caches the embedding the gate reads, on the splits it is fit and thresholded on
-    (emb,) = [c for c in calls if c[0] == "signals" and "--embedding" in c]
-    assert "train" in emb[emb.index("--splits") + 1] and "validation" in emb[emb.index("--splits") + 1]
+    emb = [c for c in calls if c[0] == "signals" and ("--embedding" in c or "--embedding-only" in c)]
+    assert {s for c in emb for s in c[c.index("--splits") + 1].split(",")} >= {"train", "validation"}
     gates = [c for c in calls if c[0] == "gate"]
     assert [(g[1].split("exp/", 1)[1], g[g.index("--out") + 1].split("exp/", 1)[1]) for g in gates] == [
         ("static_r16/adapter", "static_r16_gated/adapter"),
@@ -248,15 +248,18 @@ def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) 
 
 
 def test_signals_of_the_training_split_only_when_a_run_reads_them(tmp_path: Path) -> None:
-    """Static and benefit runs train without signals: stage 1 then skips the training split
-    (three quarters of the gpu corpus); a routed run or a gated one needs it."""
+    """Static and benefit runs train without model signals: stage 1 then decodes no
+    training row (three quarters of the gpu corpus); a routed run needs its model signals,
+    and a gated one only its embedding (an encoder pass, no decoding)."""
 
     def splits(sub: str, *extra: str) -> list[str]:
-        """The --splits of each signals call, "audio:" for one without a model."""
+        """The --splits of each signals call, "audio:" for one without a model, "embedding:"
+        for an encoder pass alone."""
         (tmp_path / sub).mkdir()
         calls = run_stages(tmp_path / sub, "gpu", "--stage", "1", "--stop-stage", "1", *extra)
+        kind = {True: "embedding:", False: ""}
         return [
-            ("" if "--model" in c else "audio:") + c[c.index("--splits") + 1]
+            (kind["--embedding-only" in c] if "--model" in c else "audio:") + c[c.index("--splits") + 1]
             for c in calls
             if c[0] == "signals"
         ]
@@ -265,7 +268,14 @@ def test_signals_of_the_training_split_only_when_a_run_reads_them(tmp_path: Path
         "plain", "--seeds", "0,1", "--runs", "static_r16_seed1 static_r8 flexi_benefit_nscale", "--gated", ""
     ) == ["audio:train", "validation,test"]  # the training batches are routed on audio signals
     assert splits("routed", "--runs", "static_r16 flexi_nested", "--gated", "") == ["train,validation,test"]
-    assert splits("gated", "--runs", "static_r16", "--gated", "static_r16") == ["train,validation,test"]
+    assert splits("gated", "--runs", "static_r16 flexi_benefit_nscale", "--gated", "static_r16") == [
+        "audio:train",
+        "embedding:train",
+        "validation,test",
+    ]
+    assert splits("routed_gated", "--runs", "flexi_nested", "--gated", "flexi_nested") == [
+        "train,validation,test"
+    ]
     assert splits("profile") == ["train,validation,test"]  # the whole gpu list
 
 

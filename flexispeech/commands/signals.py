@@ -50,6 +50,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "utterance (a vector router feature; use the model the adapters are trained on, where "
         "it costs nothing at inference when the encoder is not adapted)",
     )
+    parser.add_argument(
+        "--embedding-only",
+        action="store_true",
+        help="with --model: the audio signals and signal_embedding alone, an encoder pass with no "
+        "decoding (no proxy, no base WER): what the novelty gate (`flexispeech gate`) reads on the "
+        "training split when no router reads its proxy",
+    )
     parser.add_argument("--force", action="store_true", help="recompute columns that are already cached")
     parser.add_argument("--device", default="cpu", help="torch device for the base model (default: cpu)")
     add_workers_option(parser)
@@ -67,8 +74,9 @@ def run(args: argparse.Namespace) -> int:
         from flexispeech.signals.text_cache import run_text_signals
 
         return run_text_signals(args)
-    if args.embedding and not args.model:
-        raise ConfigError("--embedding needs --model: the Whisper model whose encoder gives the embedding")
+    if (args.embedding or args.embedding_only) and not args.model:
+        option = "--embedding-only" if args.embedding_only else "--embedding"
+        raise ConfigError(f"{option} needs --model: the Whisper model whose encoder gives the embedding")
     info = read_corpus_info(Path(args.corpus))
     splits = [s for s in args.splits.split(",") if s in info["splits"]]
     model = processor = None
@@ -89,23 +97,28 @@ def run(args: argparse.Namespace) -> int:
                 model, processor = load_model(get_family("whisper"), args.model, args.device, args.audio_ctx)
                 model_dir = pretrained_path(args.model)
             window = args.audio_ctx / POSITIONS_PER_SECOND if args.audio_ctx else None
-            did = cache_model_signals(
-                args.corpus,
-                split,
-                model,
-                processor,
-                model_dir if isinstance(model_dir, Path) else None,
-                args.batch_size,
-                window,
-                force=args.force,
-                skipped=skipped,
-                num_workers=workers(args),
-                embedding=args.embedding,
+            did = (
+                set()
+                if args.embedding_only
+                else cache_model_signals(
+                    args.corpus,
+                    split,
+                    model,
+                    processor,
+                    model_dir if isinstance(model_dir, Path) else None,
+                    args.batch_size,
+                    window,
+                    force=args.force,
+                    skipped=skipped,
+                    num_workers=workers(args),
+                    embedding=args.embedding,
+                )
             )
-            print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
+            if not args.embedding_only:
+                print(f"{split}: proxy and base WER {'computed' if did else 'already cached'}")
             if "embedding" in did:
                 print(f"{split}: pooled encoder embedding computed (in the same pass)")
-            elif args.embedding:
+            elif args.embedding or args.embedding_only:
                 did = cache_embedding(
                     args.corpus,
                     split,

@@ -62,17 +62,19 @@ def test_pooled_embedding_is_the_mean_over_valid_positions(tiny) -> None:
             )
 
 
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
+def _corpus(root):
     rng = np.random.default_rng(0)
     clips = []
     for i in range(20):
         dur = 0.4 + 0.1 * (i % 5)
         audio = rng.normal(0, 0.05 * (1 + i % 4), int(16000 * dur))
         clips.append((audio, "test" if i >= 16 else "train", dur))
-    return write_mini_corpus(
-        tmp_path_factory.mktemp("corpus"), clips, [{"base_wer": (i % 4) / 4} for i in range(20)]
-    )
+    return write_mini_corpus(root, clips, [{"base_wer": (i % 4) / 4} for i in range(20)])
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return _corpus(tmp_path_factory.mktemp("corpus"))
 
 
 def test_signals_embedding_column_feeds_a_learned_router(corpus, tmp_path, capsys) -> None:
@@ -164,3 +166,32 @@ def test_live_signals_give_the_base_encoder_embedding(tiny) -> None:
         out = live_signals(clips, batch, ["embedding"], "whisper", adapted, processor)
     assert set(out) == {"duration", "snr_db", "speech_activity", "embedding"}
     torch.testing.assert_close(torch.tensor(out["embedding"]), expected)
+
+
+def test_embedding_only_caches_the_embedding_without_decoding(tmp_path, capsys, monkeypatch) -> None:
+    """--embedding-only: the gate's training-split signal with no decoding pass (no proxy,
+    no base WER), the embedding of each row's audio."""
+    import flexispeech.signals.cache as cache
+
+    corpus = _corpus(tmp_path / "corpus")  # a fresh copy: no signal columns yet
+
+    assert main(["signals", str(corpus), "--splits", "train", "--embedding-only"]) == 2
+    assert "--embedding-only needs --model" in capsys.readouterr().err
+
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("--embedding-only decoded")
+
+    monkeypatch.setattr(cache, "cache_model_signals", no_decoding)
+    args = ["signals", str(corpus), "--splits", "train", "--model", "random:tiny", "--audio-ctx", "100"]
+    assert main([*args, "--embedding-only", "--batch-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "pooled encoder embedding computed" in out and "proxy" not in out
+    split = CorpusSplit(corpus, "train")
+    signals = split.all_signals()
+    assert signals["embedding"].shape == (16, 64) and "proxy" not in signals
+    model, processor = FAMILY.load("random:tiny")
+    set_audio_ctx(model, 100, processor)
+    inputs = FAMILY.collate(processor, [split[5]], train=False)
+    torch.testing.assert_close(
+        signals["embedding"][5:6], pooled_embedding(model, inputs["input_features"], inputs["num_frames"])
+    )
