@@ -21,6 +21,8 @@ conf=recipes/$task/conf
 runs_static="static_r4 static_r8"
 runs_flexi="flexi_threshold flexi_learned"
 runs_ablation="inconsistent"
+signal_splits=train,test
+calib_args=()
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -52,14 +54,23 @@ esac
 # Profiles. cpu: two torch threads (measured on 2 cores: training 1.8x and batched
 # decoding 2.5x faster than one thread), 32 questions per decoding batch (decoding is
 # bound by reading the weights, so a larger batch is nearly free per step).
-# gpu: one CUDA device, 128 questions per decoding batch, batch 16, more steps at a lower rate.
+# gpu: one CUDA device, 128 questions per decoding batch, batch 16, more steps at a lower rate,
+# and flexi_benefit_nscale, the best Flexi run measured on speech (routing by benefit, one scale
+# for every rank): trained at random ranks with nested training, then calibrated on the
+# validation split, whose questions are answered at ranks 0, 2, 4 and 8 (stage 1 caches
+# its prompt signals), at a mean rank of at most 4, half of static r8's. Not on the cpu
+# profile: its nested training (every row twice per step) and the four decodings of the
+# validation split would add well over the few minutes a CPU run can spare.
 case "$profile" in
   cpu) device=cpu; decode_batch=32; size=${size:-cpu}
        export OMP_NUM_THREADS=${OMP_NUM_THREADS:-2}
        overrides=(train.batch_size="$cpu_batch"); default_steps=$cpu_steps ;;
   gpu) device=cuda; decode_batch=128; size=${size:-gpu}
        overrides=(train.batch_size=16 train.lr=1.0e-3 train.warmup_steps=30 train.log_every=20 train.save_every=100)
-       default_steps=$gpu_steps ;;
+       default_steps=$gpu_steps
+       runs_flexi="$runs_flexi flexi_benefit_nscale"
+       signal_splits=train,validation,test
+       calib_args=(--target-mean-rank 4) ;;
   *) echo "run.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 [ "$size" = tiny ] && default_steps=16  # smoke size: seconds per run, numbers mean nothing
@@ -67,6 +78,11 @@ if [ -z "${counts[$size]:-}" ]; then
   echo "run.sh: --size must be one of: ${!counts[*]}" >&2; exit 2
 fi
 read -r n_train n_validation n_test <<< "${counts[$size]}"
+if [ -n "$src" ] && [[ " $runs_flexi " == *" flexi_benefit_nscale "* ]]; then
+  # Imported GSM8K / SQuAD files have no validation split to calibrate the router on.
+  echo "note: --import: flexi_benefit_nscale left out (the imported task has no validation split)"
+  runs_flexi=${runs_flexi/ flexi_benefit_nscale/}
+fi
 data=${data:-data/$task-$size}
 exp=${exp:-exp/$task-$size}
 overrides+=(data.corpus="$data" seed="$seed" train.max_steps="${steps:-$default_steps}")
@@ -76,8 +92,17 @@ log() { echo "== stage $1: $2"; }
 
 train_run() {  # train one run unless it already finished; --resume continues a killed one
   local name=$1
-  if [ -f "$exp/$name/train_summary.json" ]; then echo "$name: already trained"; return; fi
-  $FLEXI train --config "$conf/$name.yaml" output_dir="$exp/$name" "${overrides[@]}" --resume
+  if [ -f "$exp/$name/train_summary.json" ]; then
+    echo "$name: already trained"
+  else
+    $FLEXI train --config "$conf/$name.yaml" output_dir="$exp/$name" "${overrides[@]}" --resume
+  fi
+  if [[ $name == flexi_benefit* ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
+    # Routing by benefit: fit the router on the validation split (replaces the adapter's
+    # router), answering at the cap on new tokens the evaluation uses.
+    $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation --batch-size "$decode_batch" \
+      --max-new-tokens "$tokens" --device "$device" "${calib_args[@]}"
+  fi
 }
 
 if step 0; then
@@ -92,8 +117,8 @@ if step 0; then
 fi
 
 if step 1; then
-  log 1 "signals (both splits), base-model answers and difficulty labels (train)"
-  $FLEXI signals "$data" --model smollm2-135m-instruct --splits train,test --label-splits train \
+  log 1 "signals ($signal_splits), base-model answers and difficulty labels (train)"
+  $FLEXI signals "$data" --model smollm2-135m-instruct --splits "$signal_splits" --label-splits train \
     --batch-size "$decode_batch" --max-new-tokens "$base_tokens" --device "$device"
 fi
 

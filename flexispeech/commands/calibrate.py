@@ -9,7 +9,8 @@ from flexispeech.commands.options import add_workers_option, workers
 HELP = (
     "route by benefit: decode a held-out split at every rank and at rank 0 (the base model), fit a "
     "router to each utterance's word errors at every rank (or to its best rank), and serve it unless "
-    "one rank for every utterance makes fewer errors there"
+    "one rank for every utterance makes fewer errors there; on a text task (math, qa) each question's "
+    "error at a rank is 1 - its score (math: final-number match; qa: token F1)"
 )
 
 DEFAULT_FEATURES = ("snr_db", "proxy", "proxy_entropy", "duration", "speech_activity")
@@ -18,7 +19,9 @@ DEFAULT_FEATURES = ("snr_db", "proxy", "proxy_entropy", "duration", "speech_acti
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", help="adapter directory (from `flexispeech train`)")
     parser.add_argument(
-        "--data", required=True, help="corpus directory (from `flexispeech prepare`), with cached signals"
+        "--data",
+        required=True,
+        help="corpus or text task directory (from `flexispeech prepare`), with cached signals",
     )
     parser.add_argument(
         "--split",
@@ -38,7 +41,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--features",
         help="comma-separated signals the router reads (default: "
-        f"{','.join(DEFAULT_FEATURES)}, those cached; 'embedding' after `flexispeech signals --embedding`)",
+        f"{','.join(DEFAULT_FEATURES)}, those cached; 'embedding' after `flexispeech signals --embedding`; "
+        "text tasks: every prompt signal cached, the surface counts and prompt_ppl)",
     )
     parser.add_argument(
         "--target-mean-rank",
@@ -56,21 +60,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--objective",
         choices=("errors", "labels"),
         default="errors",
-        help="what the router is fit to: 'errors', each utterance's word errors at every rank (it "
-        "serves the rank expected to make the fewest errors; default), or 'labels', the smallest rank "
-        "with the lowest WER (cross-entropy; rank 0 wherever most similar utterances gain nothing)",
+        help="what the router is fit to: 'errors', each utterance's word errors at every rank (text: "
+        "each question's 1 - score; it serves the rank expected to make the fewest errors; default), or "
+        "'labels', the smallest rank with the lowest WER (text: the highest score; cross-entropy; rank 0 "
+        "wherever most similar utterances gain nothing)",
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the router's fit (default: 0)")
     parser.add_argument(
-        "--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's window)"
+        "--audio-ctx", type=int, help="Whisper encoder positions (default: the adapter's window; speech only)"
     )
     parser.add_argument(
-        "--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)"
+        "--max-new-tokens",
+        type=int,
+        help="text tasks: cap on generated tokens, as `flexispeech eval --max-new-tokens` (default: the family's)",
     )
-    parser.add_argument("--max-examples", type=int, help="use only the first N utterances (seeded sample)")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="utterances (questions) per decoding batch (default: 16)"
+    )
+    parser.add_argument(
+        "--max-examples", type=int, help="use only the first N utterances or questions (seeded sample)"
+    )
     parser.add_argument(
         "--cache-dir",
-        help="where per-utterance decodes are kept while running, so an interrupted "
+        help="where per-utterance (per-question) decodes are kept while running, so an interrupted "
         "run continues (default: <adapter>/../calibrate_<split>)",
     )
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
@@ -92,8 +104,6 @@ def run(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    import torch
-
     from flexispeech.data.text import open_split
     from flexispeech.data.text_format import is_text_task
     from flexispeech.errors import ConfigError
@@ -101,9 +111,8 @@ def run(args: argparse.Namespace) -> int:
         DecodeCache,
         adapter_fingerprint,
         benefit_labels,
-        constant_fallback,
         decode_at_ranks,
-        fit_benefit_router,
+        fit_with_fallback,
         reference_words,
         wer_table,
     )
@@ -111,7 +120,6 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.evaluation.tables import pct
     from flexispeech.lora.inject import attach_router
     from flexispeech.lora.io import load_adapter, read_adapter_config, save_adapter
-    from flexispeech.lora.router import Router
     from flexispeech.models import whisper
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
@@ -119,8 +127,6 @@ def run(args: argparse.Namespace) -> int:
     adapter = Path(args.adapter)
     data = read_adapter_config(adapter)["config"]
     meta = data["metadata"]
-    if is_text_task(Path(args.data)):
-        raise ConfigError(f"{args.data}: calibrate scores speech by WER; text tasks are not supported")
     if args.split == "test":
         raise ConfigError(
             "--split test: fit the router on a held-out split (validation), never on the test split"
@@ -132,6 +138,13 @@ def run(args: argparse.Namespace) -> int:
     bad = [r for r in ranks if r and r not in data["ranks"]]
     if bad:
         raise ConfigError(f"--ranks: {bad} are not ranks of the adapter {data['ranks']}")
+    if is_text_task(Path(args.data)):  # questions scored by the task's metric, not by WER
+        from flexispeech.evaluation.text_benefit import calibrate_text
+
+        features = _names(args.features, "--features")
+        return calibrate_text(args, adapter, data, ranks, features, workers(args))
+    if args.max_new_tokens is not None:
+        raise ConfigError("--max-new-tokens: applies to text tasks, not to speech")
     family = get_family(meta.get("family") or "whisper")
     audio_ctx = args.audio_ctx or meta.get("audio_ctx")
     window = audio_ctx / whisper.POSITIONS_PER_SECOND if audio_ctx else None
@@ -170,25 +183,16 @@ def run(args: argparse.Namespace) -> int:
     labels = benefit_labels(wers, ranks)
     signals = {k: v[rows] for k, v in split.all_signals().items()}
     word_errors = wers * reference_words(split, rows, normalize)[:, None]  # [N, len(ranks)]
-    errors = word_errors if args.objective == "errors" else None
-    router = fit_benefit_router(
-        signals, labels, ranks, features, args.target_mean_rank, args.label_noise, args.seed, errors
-    )
-
-    def refit(keep: torch.Tensor) -> Router:  # the same fit on a subset of the rows (cross-validation)
-        return fit_benefit_router(
-            {k: v[keep] for k, v in signals.items()},
-            labels[keep],
-            ranks,
-            features,
-            args.target_mean_rank,
-            args.label_noise,
-            args.seed,
-            None if errors is None else errors[keep],
-        )
-
-    router, fallback = constant_fallback(
-        router, signals, word_errors, ranks, args.target_mean_rank, refit=refit
+    router, fallback = fit_with_fallback(
+        signals,
+        labels,
+        ranks,
+        features,
+        word_errors,
+        args.objective,
+        args.target_mean_rank,
+        args.label_noise,
+        args.seed,
     )
     judged = fallback["router_errors_cross_validated"]
     judged = fallback["router_errors"] if judged is None else judged

@@ -166,6 +166,40 @@ def constant_fallback(
     return (FixedRouter(best) if chosen else router), report
 
 
+def fit_with_fallback(
+    signals: Signals,
+    labels: torch.Tensor,
+    ranks: Sequence[int],
+    features: Sequence[str],
+    errors: torch.Tensor,
+    objective: str = "errors",
+    target_mean_rank: float | None = None,
+    label_noise: float = 0.0,
+    seed: int = 0,
+) -> tuple[Router, dict[str, Any]]:
+    """The router ``flexispeech calibrate`` serves, for speech and text alike: a benefit
+    router fit on every row, to ``errors`` [N, len(ranks)] (``objective="errors"``) or to
+    ``labels`` [N] (``"labels"``), then judged by :func:`constant_fallback` on ``errors``,
+    cross-validated by the same fit on 5 folds, against the best single rank under
+    ``target_mean_rank``. Returns the router to serve and the fallback's report."""
+    costs = errors if objective == "errors" else None
+    router = fit_benefit_router(signals, labels, ranks, features, target_mean_rank, label_noise, seed, costs)
+
+    def refit(keep: torch.Tensor) -> Router:  # the same fit on a subset of the rows (cross-validation)
+        return fit_benefit_router(
+            {k: v[keep] for k, v in signals.items()},
+            labels[keep],
+            ranks,
+            features,
+            target_mean_rank,
+            label_noise,
+            seed,
+            None if costs is None else costs[keep],
+        )
+
+    return constant_fallback(router, signals, errors, ranks, target_mean_rank, refit=refit)
+
+
 def reference_words(split: Split, rows: Sequence[int], normalize: Callable[[str], str]) -> torch.Tensor:
     """Normalised reference words of each of ``rows`` [n] (WER x words = word errors)."""
     return torch.tensor(

@@ -41,8 +41,10 @@ def decode_split(
     max_new_tokens: int | None = None,
     live_signals: Sequence[str] = (),
     num_workers: int = 0,
+    indices: Sequence[int] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
-    """Decode every row of ``split``; returns per-utterance records and decode seconds.
+    """Decode every row of ``split`` (or the rows ``indices``); returns per-utterance
+    records (in split order, or in the order of ``indices``) and decode seconds.
 
     ``router`` maps a batch's signals to ranks; None decodes the model as it is (a base
     model, or an adapter outside any ``use_ranks`` block). ``split`` is a ``CorpusSplit`` or a
@@ -51,7 +53,8 @@ def decode_split(
     reads that the split has not cached; they are computed from each batch's audio as
     ``flexispeech transcribe`` computes them (``signals.live``), not counted as decoding time.
     ``num_workers``: DataLoader workers that read and collate batches ahead of decoding
-    (``data.loading``; 0: in this process).
+    (``data.loading``; 0: in this process). ``indices``: decode only these rows, batched
+    as the whole split would be (e.g. one batch at a time, at one rank after another).
     """
     device = next(model.parameters()).device
 
@@ -60,8 +63,9 @@ def decode_split(
 
     # Batches of similar duration (text: prompt length): less padding, similar decoding lengths.
     lengths = split.durations
-    order = sorted(range(len(split)), key=lambda i: lengths[i])
-    records: list[dict[str, Any]] = [{} for _ in order]
+    wanted = range(len(split)) if indices is None else indices
+    order = sorted(wanted, key=lambda i: lengths[i])
+    records: dict[int, dict[str, Any]] = {}
     decode_s = 0.0
     model.eval()
     # Live signals are computed here from each clip's samples: the loader keeps them then.
@@ -101,7 +105,7 @@ def decode_split(
             if live_signals:
                 record["signals"] = dict(signals[i])
             records[i] = {**record, "hyp": text, "rank": rank}
-    return records, decode_s
+    return [records.get(i, {}) for i in wanted], decode_s
 
 
 def _add_live_signals(

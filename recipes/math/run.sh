@@ -10,10 +10,12 @@
 #   2  evaluate the base model                   6  evaluate every adapter on the test split
 #   3  train static LoRA (rank 4, rank 8)        7  compare all runs side by side
 # --profile cpu (default): --size cpu, about 50 min on 2 cores; --profile gpu: one CUDA
-# device, --size gpu (3000 training / 500 test questions). Sizes: tiny (a smoke run),
+# device, --size gpu (3000 training / 500 test questions), and in stage 4 also
+# flexi_benefit_nscale (routing by benefit: its router fit on the validation split by
+# `flexispeech calibrate` before it is evaluated). Sizes: tiny (a smoke run),
 # cpu, small, gpu, default (5000 / 500). Outputs: data/math-SIZE, exp/math-SIZE.
 # --import DIR imports the GSM8K jsonl files (train.jsonl, test.jsonl) in DIR
-# instead of generating questions.
+# instead of generating questions (flexi_benefit_nscale is then left out: no validation split).
 set -euo pipefail
-case "${1:-}" in -h|--help) sed -n '2,16p' "$0"; exit 0 ;; esac
+case "${1:-}" in -h|--help) sed -n '2,18p' "$0"; exit 0 ;; esac
 exec bash "$(dirname "$0")/../text_stages.sh" math "$@"

@@ -187,6 +187,8 @@ def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, c
     assert main(["signals", str(corpus), "--splits", "validation"]) == 0
     assert main([*args, "--split", "test"]) == 2
     assert "never on the test split" in capsys.readouterr().err
+    assert main([*args, "--max-new-tokens", "8"]) == 2  # a text option
+    assert "--max-new-tokens: applies to text tasks" in capsys.readouterr().err
 
     out = tmp_path / "benefit"
     assert main([*args, "--out", str(out), "--target-mean-rank", "2.0"]) == 0

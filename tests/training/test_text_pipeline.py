@@ -227,6 +227,29 @@ def test_decode_split_sorts_rows_by_rank_without_changing_results(math_task) -> 
     ]
 
 
+def test_decode_split_decodes_only_the_rows_asked_for_in_their_order(math_task) -> None:
+    """``indices``: those rows only, their records in the order asked for (calibrate
+    decodes one batch of questions at a time, at one rank after another)."""
+    from flexispeech.evaluation.evaluate import decode_split
+    from flexispeech.lora.config import FlexiLoraConfig
+    from flexispeech.lora.inject import inject
+    from flexispeech.lora.router import FixedRouter
+    from flexispeech.models.random_init import randomize_adapters
+
+    model, tok = FAMILY.load("random:tiny")
+    inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))
+    randomize_adapters(model, b_scale=0.3)
+    split = open_split(math_task, "test")
+    whole, _ = decode_split(model, FAMILY, tok, split, FixedRouter(2), 4, progress=False, max_new_tokens=5)
+    assert [r["id"] for r in whole] == [str(r["id"]) for r in split.rows]  # split order
+    some, _ = decode_split(
+        model, FAMILY, tok, split, FixedRouter(2), 4, progress=False, max_new_tokens=5, indices=[5, 0, 3]
+    )
+    assert [(r["id"], r["hyp"], r["rank"]) for r in some] == [
+        (whole[i]["id"], whole[i]["hyp"], 2) for i in (5, 0, 3)
+    ]
+
+
 def test_label_splits_limit_the_base_answers_to_training_rows(tmp_path) -> None:
     task = prepare_qa(tmp_path / "qa", n_train=6, n_validation=1, n_test=4, seed=2)
     args = [str(task), "--model", "random:tiny", "--splits", "train,test", "--max-new-tokens", "3"]
