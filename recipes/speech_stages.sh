@@ -186,12 +186,16 @@ log() { echo "== stage $1: $2 (at ${SECONDS} s)"; }
 
 train_run() {  # train one run unless it already finished; --resume continues a killed one
   local name=$1 config=$1 extra=()
-  if [ -f "$exp/$name/train_summary.json" ]; then echo "$name: already trained"; return; fi
   if [[ $name =~ ^(.+)_seed([0-9]+)$ ]]; then  # a seed repetition of a run: its config, another seed
     config=${BASH_REMATCH[1]}; extra=(seed="${BASH_REMATCH[2]}" name="$name")
   fi
   [[ $name == *_noaug* ]] || extra+=("${aug_overrides[@]}")
-  $FLEXI train --config "$conf/$config.yaml" output_dir="$exp/$name" "${overrides[@]}" "${extra[@]}" --resume
+  if [ -f "$exp/$name/train_summary.json" ]; then
+    echo "$name: already trained"
+  else
+    $FLEXI train --config "$conf/$config.yaml" output_dir="$exp/$name" "${overrides[@]}" "${extra[@]}" --resume
+  fi
+  # a run killed between its training and its calibration is calibrated on the next invocation
   if [[ $config == flexi_benefit* ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
     # Routing by benefit: fit the router on the validation split (replaces the adapter's router).
     $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation "${dev_args[@]}" "${calib_args[@]}"

@@ -392,3 +392,21 @@ def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:
     # the gpu profile's training: up to 1,500 steps, early stopping not before step 650
     line = " ".join(train[0])  # the fake records its arguments space-joined
     assert "train.max_steps=1500" in line and "train.early_stopping={patience: 3, min_steps: 650}" in line
+
+
+def test_a_benefit_run_trained_but_not_calibrated_is_calibrated_on_rerun(tmp_path: Path) -> None:
+    """A run killed between its training and its calibration: the next invocation does not
+    train it again but does calibrate it; once calibrated, neither."""
+    run = tmp_path / "exp" / "flexi_benefit_nscale"
+    run.mkdir(parents=True)
+    (run / "train_summary.json").write_text("{}")
+    calls = run_stages(tmp_path, "gpu", "--runs", "flexi_benefit_nscale", "--gated", "", "--jobs", "1")
+    assert [c[0] for c in calls if c[0] in ("train", "calibrate")] == ["calibrate"]
+    (run / "calibrate_validation").mkdir()
+    (run / "calibrate_validation" / "summary.json").write_text("{}")
+    (tmp_path / "again").mkdir()
+    (tmp_path / "again" / "exp").symlink_to(tmp_path / "exp")
+    again = run_stages(
+        tmp_path / "again", "gpu", "--runs", "flexi_benefit_nscale", "--gated", "", "--jobs", "1"
+    )
+    assert not [c for c in again if c[0] in ("train", "calibrate")]
