@@ -28,7 +28,16 @@ from flexispeech.streaming.updates import decode_updates
 
 log = logging.getLogger(__name__)
 
-GATHER_S = 0.01  # after a wake-up, wait this long for the streams of the last batch to resubmit
+GATHER_S = 0.01  # after a wake-up, wait at least this long for the other live streams
+# Live streams (not finished, served in the last LIVE_S seconds) submit every chunk, at
+# times of their own: a batch that leaves with the first of them makes the others wait a
+# whole decode, and a batch of N costs far less than N batches of one (every decoding step
+# is shared by the batch's rows). So the worker waits for the live streams
+# that have not submitted yet, up to WAIT_SHARE of the last batch's decoding time (never
+# more than MAX_WAIT_S): where decoding is fast (a GPU) it hardly waits at all.
+LIVE_S = 5.0
+WAIT_SHARE = 0.5
+MAX_WAIT_S = 0.5
 
 
 @dataclass
@@ -44,19 +53,29 @@ class Scheduler:
     Args:
         transcriber: the loaded Whisper ``Transcriber`` all streams share.
         max_batch: at most this many updates per batch (the rest wait for the next).
-        gather_s: how long a wake-up waits for the streams of the previous batch.
+        gather_s: how long a wake-up waits at least for the live streams not yet queued.
+        max_wait_s: how long it waits at most (``WAIT_SHARE`` of the last batch's decoding
+            time below that); 0 turns the wait for live streams off.
 
     Use as a context manager, or call ``close`` to stop the worker.
     """
 
-    def __init__(self, transcriber: Transcriber, max_batch: int = 64, gather_s: float = GATHER_S) -> None:
+    def __init__(
+        self,
+        transcriber: Transcriber,
+        max_batch: int = 64,
+        gather_s: float = GATHER_S,
+        max_wait_s: float = MAX_WAIT_S,
+    ) -> None:
         if max_batch < 1:
             raise FlexispeechError(f"max_batch must be >= 1, got {max_batch}")
         self.transcriber, self.max_batch, self.gather_s = transcriber, max_batch, gather_s
+        self.max_wait_s = max_wait_s
         self._queue: list[_Job] = []
         self._cond = threading.Condition()
         self._closed = False
-        self._last_size = 1
+        self._live: dict[int, float] = {}  # id of each live stream -> when its last update was done
+        self._last_decode_s = 0.0
         self.batches = 0  # batches decoded so far
         self.rows = 0  # updates decoded so far (rows / batches = mean batch size)
         self.fallbacks = 0  # batches whose batched decoding failed and that were decoded one by one
@@ -101,18 +120,34 @@ class Scheduler:
                 self._cond.wait()
             if not self._queue:
                 return None
-            # Streams that were just served resubmit within microseconds when they have
-            # audio queued (files, a client that fell behind): wait a moment for them, so a
-            # batch does not leave with only the fastest of them.
-            deadline = time.monotonic() + self.gather_s
-            while len(self._queue) < min(self._last_size, self.max_batch) and not self._closed:
+            # Wait for the live streams that have not submitted yet (see LIVE_S), so a batch
+            # does not leave with only the first of them.
+            now = time.monotonic()
+            wait = max(self.gather_s, min(self.max_wait_s, WAIT_SHARE * self._last_decode_s))
+            deadline = now + wait
+            live = {sid for sid, done in self._live.items() if now - done < LIVE_S}
+            while not self._closed and len(self._queue) < self.max_batch:
+                if live <= {id(job.stream) for job in self._queue}:
+                    break
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
                 self._cond.wait(left)
             jobs, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            self._last_size = len(jobs)
             return jobs
+
+    def _served(self, jobs: list[_Job], started: float) -> None:
+        """Record a decoded batch: how long it took, and which streams are still live."""
+        now = time.monotonic()
+        with self._cond:
+            self._last_decode_s = now - started
+            for job in jobs:
+                if job.final:
+                    self._live.pop(id(job.stream), None)
+                else:
+                    self._live[id(job.stream)] = now
+            for sid in [sid for sid, done in self._live.items() if now - done >= LIVE_S]:
+                del self._live[sid]  # gone quiet without a final update (a client that left)
 
     def _run(self) -> None:
         while (jobs := self._take()) is not None:
@@ -133,6 +168,7 @@ class Scheduler:
             else:
                 for job, update in zip(jobs, updates):
                     job.future.set_result(update)
+            self._served(jobs, self._batch_started)
             self.batches += 1
             self.rows += len(jobs)
             self._batch_started = None

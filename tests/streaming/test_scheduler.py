@@ -61,3 +61,59 @@ def test_busy_s_and_queued_tell_a_stuck_decode_from_a_slow_one(monkeypatch) -> N
     assert first.result(5) == "update" and waiting.result(5) == "update"
     scheduler.close()
     assert scheduler.busy_s == 0.0 and scheduler.queued == 0
+
+
+def _recording_decode(monkeypatch, seconds: float) -> list[list[object]]:
+    """decode_updates replaced by one that takes ``seconds`` and records each batch's streams."""
+    import time
+
+    batches: list[list[object]] = []
+
+    def fake_decode(transcriber, streams, finals):
+        batches.append(list(streams))
+        time.sleep(seconds)
+        return ["update"] * len(streams)
+
+    monkeypatch.setattr(scheduler_module, "decode_updates", fake_decode)
+    return batches
+
+
+@pytest.mark.parametrize("max_wait_s", [0.5, 0.0])
+def test_a_batch_waits_for_the_live_streams_not_yet_queued(monkeypatch, max_wait_s) -> None:
+    """Two live streams submitting 50 ms apart go out in one batch when the last decode
+    took 200 ms (the wait: half of it); with the wait off, in two."""
+    import threading
+
+    batches = _recording_decode(monkeypatch, 0.2)
+    a, b = object(), object()
+    scheduler = Scheduler(transcriber=None, gather_s=0.0, max_wait_s=max_wait_s)
+    with scheduler._cond:  # both live: served once, together
+        first = [scheduler.submit(a), scheduler.submit(b)]
+    for f in first:
+        f.result(5)
+    later = scheduler.submit(a)
+    threading.Event().wait(0.05)
+    late = scheduler.submit(b)
+    assert later.result(5) == late.result(5) == "update"
+    scheduler.close()
+    assert batches[0] == [a, b]
+    assert batches[1:] == ([[a, b]] if max_wait_s else [[a], [b]])
+
+
+def test_a_finished_stream_is_not_waited_for(monkeypatch) -> None:
+    """After its final update a stream is no longer live: the next batch of the other
+    stream leaves at once, though the last decode was slow."""
+    import time
+
+    batches = _recording_decode(monkeypatch, 0.3)
+    a, b = object(), object()
+    scheduler = Scheduler(transcriber=None, gather_s=0.0)
+    with scheduler._cond:
+        first = [scheduler.submit(a), scheduler.submit(b, final=True)]
+    for f in first:
+        f.result(5)
+    start = time.monotonic()
+    scheduler.submit(a).result(5)
+    waited = time.monotonic() - start - 0.3  # minus the decode itself
+    scheduler.close()
+    assert batches == [[a, b], [a]] and waited < 0.1
