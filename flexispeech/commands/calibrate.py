@@ -108,18 +108,17 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.data.text_format import is_text_task
     from flexispeech.errors import ConfigError
     from flexispeech.evaluation.benefit import (
-        DecodeCache,
-        adapter_fingerprint,
         benefit_labels,
         decode_at_ranks,
         fit_with_fallback,
+        open_decode_cache,
         reference_words,
+        serve_fitted_router,
         wer_table,
     )
     from flexispeech.evaluation.metrics import english_normalizer, error_counts
     from flexispeech.evaluation.tables import pct
-    from flexispeech.lora.inject import attach_router
-    from flexispeech.lora.io import load_adapter, read_adapter_config, save_adapter
+    from flexispeech.lora.io import load_adapter, read_adapter_config
     from flexispeech.models import whisper
     from flexispeech.models.family import get_family, load_model
     from flexispeech.models.sources import pretrained_path
@@ -165,14 +164,7 @@ def run(args: argparse.Namespace) -> int:
     source = meta.get("base_model") or whisper.DEFAULT_SOURCE
     model, processor = load_model(family, source, args.device, audio_ctx)
     load_adapter(model, adapter)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else adapter.parent / f"calibrate_{args.split}"
-    header = {
-        "adapter": adapter_fingerprint(adapter),
-        "split": args.split,
-        "ranks": ranks,
-        "audio_ctx": audio_ctx,
-    }
-    cache = DecodeCache(cache_dir / "decodes.jsonl", header)
+    cache_dir, cache = open_decode_cache(adapter, args.cache_dir, args.split, ranks, audio_ctx=audio_ctx)
     hyps = decode_at_ranks(
         model, family, processor, split, ranks, cache, args.batch_size, num_workers=workers(args)
     )
@@ -194,18 +186,10 @@ def run(args: argparse.Namespace) -> int:
         args.label_noise,
         args.seed,
     )
-    judged = fallback["router_errors_cross_validated"]
-    judged = fallback["router_errors"] if judged is None else judged
-    print(
-        f"router: {judged:.0f} word errors on {args.split} (cross-validated; {fallback['router_errors']:.0f} "
-        f"in sample); every utterance at rank {fallback['best_constant_rank']}: "
-        f"{fallback['best_constant_errors']:.0f}"
-        + (f" -> serving rank {fallback['best_constant_rank']}" if fallback["fallback_to_constant"] else "")
-    )
-    routed = router(signals)
-    attach_router(model, router)
     out = Path(args.out) if args.out else adapter
-    save_adapter(model, out)
+    routed = serve_fitted_router(
+        model, router, fallback, signals, out, f"word errors on {args.split}", "utterance"
+    )
 
     refs = [str(split.rows[i]["text"]) for i in rows]
     col = {r: j for j, r in enumerate(ranks)}

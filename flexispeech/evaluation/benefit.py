@@ -288,19 +288,8 @@ def decode_at_ranks(
     it batch by batch. Rows whose audio cannot be decoded are reported and left out.
     ``num_workers``: loader workers reading and collating batches ahead (``data.loading``)."""
     device = next(model.parameters()).device
-    todo = [
-        i
-        for i in sorted(range(len(split)), key=lambda i: split.durations[i])
-        if str(split.rows[i]["id"]) not in cache.hyps
-    ]
+    todo, bar = pending_rows(split, cache, f"decode at ranks {list(ranks)}", "utt", progress)
     model.eval()
-    bar = tqdm(
-        total=len(split),
-        initial=len(split) - len(todo),
-        desc=f"decode at ranks {list(ranks)}",
-        unit="utt",
-        disable=not progress,
-    )
     collate = functools.partial(family.collate, processor, train=False)
     for loaded in load_batches(split, todo, batch_size, collate, num_workers):
         for _, err in loaded.errors:
@@ -338,3 +327,62 @@ def wer_table(
     if not rows:
         raise FlexispeechError(f"{split.corpus_dir}: no utterance of the split could be scored")
     return rows, torch.tensor(table, dtype=torch.float64)
+
+
+def serve_fitted_router(
+    model: torch.nn.Module,
+    router: Router,
+    fallback: dict[str, Any],
+    signals: Signals,
+    out: Path,
+    errors_on: str,
+    unit: str,
+    digits: int = 0,
+) -> torch.Tensor:
+    """Say how the fitted router did against one rank for every input (``fallback`` from
+    ``fit_with_fallback``), attach it to ``model`` and save the adapter in ``out``.
+
+    ``errors_on`` names the errors and the split ("word errors on validation"), ``unit``
+    one input ("utterance", "question"), ``digits`` the decimals of the error totals.
+    Returns the rank [N] the router serves each row of ``signals``.
+    """
+    from flexispeech.lora.inject import attach_router
+    from flexispeech.lora.io import save_adapter
+
+    judged = fallback["router_errors_cross_validated"]
+    judged = fallback["router_errors"] if judged is None else judged
+    constant = fallback["best_constant_rank"]
+    print(
+        f"router: {judged:.{digits}f} {errors_on} (cross-validated; {fallback['router_errors']:.{digits}f} "
+        f"in sample); every {unit} at rank {constant}: {fallback['best_constant_errors']:.{digits}f}"
+        + (f" -> serving rank {constant}" if fallback["fallback_to_constant"] else "")
+    )
+    routed = router(signals)
+    attach_router(model, router)
+    save_adapter(model, out)
+    return routed
+
+
+def pending_rows(
+    split: Any, cache: DecodeCache, desc: str, unit: str, progress: bool
+) -> tuple[list[int], Any]:
+    """The rows of ``split`` not yet in ``cache``, shortest first (batches of similar
+    length), and a progress bar that starts at the rows already decoded."""
+    todo = [
+        i
+        for i in sorted(range(len(split)), key=lambda i: split.durations[i])
+        if str(split.rows[i]["id"]) not in cache.hyps
+    ]
+    bar = tqdm(total=len(split), initial=len(split) - len(todo), desc=desc, unit=unit, disable=not progress)
+    return todo, bar
+
+
+def open_decode_cache(
+    adapter: Path, cache_dir: str | None, split: str, ranks: Sequence[int], **header: Any
+) -> tuple[Path, DecodeCache]:
+    """The folder of a calibration's decodes (default ``<adapter>/../calibrate_<split>``)
+    and its cache, keyed by the adapter's fingerprint, the split, the ranks and ``header``
+    (what else changes a decode: the window, the token cap)."""
+    folder = Path(cache_dir) if cache_dir else adapter.parent / f"calibrate_{split}"
+    key = {"adapter": adapter_fingerprint(adapter), "split": split, "ranks": list(ranks), **header}
+    return folder, DecodeCache(folder / "decodes.jsonl", key)

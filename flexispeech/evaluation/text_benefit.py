@@ -23,28 +23,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm.auto import tqdm
 
 from flexispeech.data.text import TextTaskSplit
 from flexispeech.errors import ConfigError, FlexispeechError
-from flexispeech.evaluation.benefit import DecodeCache
+from flexispeech.evaluation.benefit import DecodeCache, pending_rows
 from flexispeech.evaluation.evaluate import decode_split
 from flexispeech.evaluation.text_report import score_record
 from flexispeech.lora.ranks import adapter_off
 from flexispeech.lora.router import FixedRouter
+from flexispeech.signals.text_cache import SURFACE_SIGNALS
 
 # Every prompt signal `flexispeech signals` caches for a text task (signals.text_cache):
 # the surface counts, then the base model's prompt perplexity.
-TEXT_FEATURES = (
-    "n_words",
-    "n_chars",
-    "n_digits",
-    "n_numbers",
-    "n_operators",
-    "n_sentences",
-    "n_question_words",
-    "prompt_ppl",
-)
+TEXT_FEATURES = (*SURFACE_SIGNALS, "prompt_ppl")
 # The key of a scored record (text_report.score_record) that holds each metric's score.
 SCORE_KEYS = {"accuracy": "correct", "f1": "f1"}
 
@@ -66,19 +57,7 @@ def decode_text_at_ranks(
     length), one batch at a time, decoded at every rank (rank r > 0 as ``eval --rank r``
     does; rank 0 with the adapter off, configured or not) and added to ``cache``; questions
     already in ``cache`` are not decoded again."""
-    lengths = split.durations
-    todo = [
-        i
-        for i in sorted(range(len(split)), key=lambda i: lengths[i])
-        if str(split.rows[i]["id"]) not in cache.hyps
-    ]
-    bar = tqdm(
-        total=len(split),
-        initial=len(split) - len(todo),
-        desc=f"answer at ranks {list(ranks)}",
-        unit="question",
-        disable=not progress,
-    )
+    todo, bar = pending_rows(split, cache, f"answer at ranks {list(ranks)}", "question", progress)
     for start in range(0, len(todo), batch_size):
         chunk = todo[start : start + batch_size]
         answers: dict[int, list[dict[str, Any]]] = {}
@@ -139,9 +118,13 @@ def calibrate_text(
     ``config`` the adapter's, ``ranks`` the checked candidates, 0 first; ``features``
     None for every cached prompt signal). Writes the adapter with the fitted router and
     ``summary.json`` beside the decode cache."""
-    from flexispeech.evaluation.benefit import adapter_fingerprint, benefit_labels, fit_with_fallback
-    from flexispeech.lora.inject import attach_router
-    from flexispeech.lora.io import load_adapter, save_adapter
+    from flexispeech.evaluation.benefit import (
+        benefit_labels,
+        fit_with_fallback,
+        open_decode_cache,
+        serve_fitted_router,
+    )
+    from flexispeech.lora.io import load_adapter
     from flexispeech.models.causal_lm import DEFAULT_SOURCE
     from flexispeech.models.family import get_family, load_model
 
@@ -166,14 +149,9 @@ def calibrate_text(
     family = get_family(family_name)
     model, tokenizer = load_model(family, source, args.device)
     load_adapter(model, adapter)
-    cache_dir = Path(args.cache_dir) if args.cache_dir else adapter.parent / f"calibrate_{args.split}"
-    header = {
-        "adapter": adapter_fingerprint(adapter),
-        "split": args.split,
-        "ranks": ranks,
-        "max_new_tokens": args.max_new_tokens,
-    }
-    cache = DecodeCache(cache_dir / "decodes.jsonl", header)
+    cache_dir, cache = open_decode_cache(
+        adapter, args.cache_dir, args.split, ranks, max_new_tokens=args.max_new_tokens
+    )
     hyps = decode_text_at_ranks(
         model,
         family,
@@ -200,19 +178,11 @@ def calibrate_text(
         args.label_noise,
         args.seed,
     )
-    judged = fallback["router_errors_cross_validated"]
-    judged = fallback["router_errors"] if judged is None else judged
     metric = split.metric
-    print(
-        f"router: {judged:.1f} errors (1 - {metric}, summed) on {args.split} (cross-validated; "
-        f"{fallback['router_errors']:.1f} in sample); every question at rank {fallback['best_constant_rank']}: "
-        f"{fallback['best_constant_errors']:.1f}"
-        + (f" -> serving rank {fallback['best_constant_rank']}" if fallback["fallback_to_constant"] else "")
-    )
-    routed = router(signals)
-    attach_router(model, router)
     out = Path(args.out) if args.out else adapter
-    save_adapter(model, out)
+    routed = serve_fitted_router(
+        model, router, fallback, signals, out, f"errors (1 - {metric}, summed) on {args.split}", "question", 1
+    )
 
     summary = {
         "adapter": str(adapter),
