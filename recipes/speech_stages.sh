@@ -15,7 +15,8 @@
 # once (stages 3-6, each run's output in EXP/<run>/stages.log; default 1, the gpu profile 2):
 # a small model's training step is bound by the host, so one GPU has room for several runs;
 # their loaders share the cores. GPU memory bounds N: Whisper tiny.en runs held about
-# 34 GiB each while decoding at batch 512 on an H200, so 4 ran out of its 140 GiB and 3 fit.
+# 34 GiB each while decoding at batch 512 on an H200, so 4 ran out of its 140 GiB and 3 fit;
+# with N over 3 the gpu profile decodes at batch 256 (N up to 6) or 128.
 # --gated names runs that are also evaluated behind a novelty gate (`flexispeech gate`:
 # rank 0 for inputs whose pooled base-encoder embedding lies outside the training split's,
 # at the validation split's 0.99 quantile), as the run <name>_gated (and <name>_seedN_gated);
@@ -142,6 +143,11 @@ if [ "$profile" = gpu ] && [ "$device" != cpu ] && [ "$jobs" -gt 1 ]; then
   # batches of 512 clips ahead, ran out of host memory in the study.
   share=$(( ($(nproc) - 1) / jobs )); [ "$share" -lt 2 ] && share=2; [ "$share" -gt 8 ] && share=8
   overrides+=(train.num_workers="$share"); dev_args+=(--workers "$share")
+  # And the GPU's memory: a tiny.en run held about 34 GiB while decoding at batch 512, so
+  # up to 3 runs side by side decode at 512, up to 6 at 256, more at 128 (the later
+  # --batch-size wins). With three runs nvidia-smi already read 100 % utilisation, so more
+  # runs at once make none faster; they can fill the gaps between the others' phases.
+  if [ "$jobs" -gt 3 ]; then dev_args+=(--batch-size "$([ "$jobs" -le 6 ] && echo 256 || echo 128)"); fi
 fi
 # The decisive pair again for every other seed of --seeds: runs <name>_seed<N>.
 for s in ${seeds//,/ }; do

@@ -307,6 +307,25 @@ def test_runs_side_by_side_share_the_loader_workers(tmp_path: Path) -> None:
     assert loader_args("one", "1") == ({"8"}, {"default"})
 
 
+def test_more_runs_side_by_side_decode_in_smaller_batches(tmp_path: Path) -> None:
+    """GPU memory: up to 3 runs side by side decode at the profile's 512, up to 6 at 256,
+    more at 128 (the last --batch-size of a call is the one argparse keeps)."""
+
+    def batch(sub: str, jobs: str) -> set[str]:
+        out, _ = _stages(tmp_path / sub, "--runs", "static_r16 flexi_nested inconsistent", "--jobs", jobs)
+        assert out.returncode == 0, out.stderr
+        calls = [shlex.split(line) for line in (tmp_path / sub / "calls.txt").read_text().splitlines()]
+        return {
+            [c[i + 1] for i, a in enumerate(c) if a == "--batch-size"][-1]
+            for c in calls
+            if c[0] in ("eval", "signals")
+        }
+
+    assert batch("three", "3") == {"512"}
+    assert batch("six", "6") == {"256"}
+    assert batch("eight", "8") == {"128"}
+
+
 def _refused(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:
     """speech_stages.sh with options it must refuse, and the file its flexispeech calls
     would have gone to."""
