@@ -137,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     bad = [r for r in ranks if r and r not in data["ranks"]]
     if bad:
         raise ConfigError(f"--ranks: {bad} are not ranks of the adapter {data['ranks']}")
+    if args.label_noise and args.objective != "labels":
+        raise ConfigError("--label-noise: applies to --objective labels (the errors objective has no labels)")
     if is_text_task(Path(args.data)):  # questions scored by the task's metric, not by WER
         from flexispeech.evaluation.text_benefit import calibrate_text
 
@@ -159,8 +161,6 @@ def run(args: argparse.Namespace) -> int:
             + (" (with --embedding for 'embedding')" if "embedding" in missing else "")
         )
 
-    if args.label_noise and args.objective != "labels":
-        raise ConfigError("--label-noise: applies to --objective labels (the errors objective has no labels)")
     source = meta.get("base_model") or whisper.DEFAULT_SOURCE
     model, processor = load_model(family, source, args.device, audio_ctx)
     load_adapter(model, adapter)

@@ -143,8 +143,6 @@ def calibrate_text(
             f"{args.data}: split {args.split!r} has no cached signals {missing or list(TEXT_FEATURES)}; "
             f"run `flexispeech signals {args.data} --splits {args.split} --model {source}` first"
         )
-    if args.label_noise and args.objective != "labels":
-        raise ConfigError("--label-noise: applies to --objective labels (the errors objective has no labels)")
 
     family = get_family(family_name)
     model, tokenizer = load_model(family, source, args.device)
