@@ -16,7 +16,6 @@ Decoding every rank is the expensive part, so it is cached per utterance as it g
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import sys
@@ -33,6 +32,7 @@ from flexispeech.data.split import Split
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.ranks import adapter_off, use_ranks
 from flexispeech.lora.router import FixedRouter, LearnedRouter, Router, Signals, feature_widths
+from flexispeech.models.decode_features import decode_features
 
 
 def benefit_labels(wers: torch.Tensor, ranks: Sequence[int]) -> torch.Tensor:
@@ -290,12 +290,13 @@ def decode_at_ranks(
     device = next(model.parameters()).device
     todo, bar = pending_rows(split, cache, f"decode at ranks {list(ranks)}", "utt", progress)
     model.eval()
-    collate = functools.partial(family.collate, processor, train=False)
-    for loaded in load_batches(split, todo, batch_size, collate, num_workers):
+    features = decode_features(family, processor, device)  # log-mel on a GPU, here
+    for loaded in load_batches(split, todo, batch_size, features.collate, num_workers):
         for _, err in loaded.errors:
             tqdm.write(f"skipped: {err}", file=sys.stderr)
         if loaded.rows:
-            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in loaded.inputs.items()}
+            inputs = features.finish(loaded.inputs, device)
+            inputs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
             texts: dict[int, list[str]] = {}
             with torch.no_grad():
                 for r in ranks:

@@ -8,7 +8,6 @@ seen/unseen voice) and written as results.json, results.md and PNG plots.
 from __future__ import annotations
 
 import contextlib
-import functools
 import json
 import math
 import sys
@@ -25,6 +24,7 @@ from flexispeech.data.split import Split, signals_tensor
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.metrics import error_counts
 from flexispeech.lora.inject import use_ranks
+from flexispeech.models.decode_features import decode_features
 from flexispeech.models.example import Example
 from flexispeech.training.batch import route_rows
 
@@ -58,8 +58,8 @@ def decode_split(
     """
     device = next(model.parameters()).device
 
-    # A partial, not a closure: loader workers started by spawn or forkserver pickle it.
-    collate = functools.partial(family.collate, processor, train=False)
+    # Workers read and pad; Whisper's log-mel is made here, on a GPU (``decode_features``).
+    features = decode_features(family, processor, device)
 
     # Batches of similar duration (text: prompt length): less padding, similar decoding lengths.
     lengths = split.durations
@@ -70,7 +70,7 @@ def decode_split(
     model.eval()
     # Live signals are computed here from each clip's samples: the loader keeps them then.
     loaded_batches = load_batches(
-        split, order, batch_size, collate, num_workers, keep_audio=bool(live_signals)
+        split, order, batch_size, features.collate, num_workers, keep_audio=bool(live_signals)
     )
     n_batches = math.ceil(len(order) / batch_size)
     for loaded in tqdm(loaded_batches, total=n_batches, desc="decode", unit="batch", disable=not progress):
@@ -79,7 +79,7 @@ def decode_split(
             records[i] = {**split.record(i), "hyp": "", "rank": None, "error": err}
         if not loaded.rows:
             continue
-        examples, inputs = loaded.examples, loaded.inputs
+        examples, inputs = loaded.examples, features.finish(loaded.inputs, device)
         if live_signals:
             _add_live_signals(examples, inputs, live_signals, model, family, processor, max_new_tokens)
         # Rows decode independently: the batch step puts them in rank order for speed only

@@ -18,10 +18,10 @@ twice for the same corpus.
 
 from __future__ import annotations
 
-import functools
 import math
 import sys
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from flexispeech.data.loading import Loaded, load_batches
 from flexispeech.data.speech import SIGNAL_PREFIX, CorpusSplit
 from flexispeech.errors import AudioError
 from flexispeech.evaluation.metrics import english_normalizer, utterance_wer
+from flexispeech.models.decode_features import DecodeFeatures, decode_features
 from flexispeech.models.example import Example
 from flexispeech.signals.audio import audio_signals
 
@@ -130,16 +131,19 @@ def cache_model_signals(
     proxy, entropy, hyps, wers = [math.nan] * n, [math.nan] * n, [""] * n, [math.nan] * n
     pooled_rows: list[list[float] | None] = [None] * n
     model.eval()
+    device = next(model.parameters()).device
+    features = _features(processor, device)
     # An undecodable row keeps NaN/empty values, like a row over max_duration.
     for loaded in _batches(
         split_rows,
         keep,
         batch_size,
-        _features(processor),
+        features.collate,
         num_workers,
         f"base decode {split}",
         progress,
         skipped,
+        lambda inputs: features.finish(inputs, device),
     ):
         signals, texts = first_pass(model, processor, loaded.inputs)
         for j, i in enumerate(loaded.rows):
@@ -160,12 +164,12 @@ def cache_model_signals(
     return {"proxy", "embedding"} if with_embedding else {"proxy"}
 
 
-def _features(processor: Any) -> Callable[[list[Example]], dict[str, torch.Tensor]]:
-    """Whisper's decoding inputs of a batch of Examples: a partial, not a closure, since loader
-    workers started by spawn or forkserver pickle it (as ``evaluate.decode_split`` does)."""
+def _features(processor: Any, device: torch.device) -> DecodeFeatures:
+    """Whisper's decoding inputs of a batch of Examples (``models.decode_features``: on a
+    GPU the workers only read the clips and the log-mel is made on the model's device)."""
     from flexispeech.models.whisper import FAMILY
 
-    return functools.partial(FAMILY.collate, processor, train=False)
+    return decode_features(FAMILY, processor, device)
 
 
 def _rows_within(split_rows: CorpusSplit, max_duration: float | None) -> list[int]:
@@ -185,16 +189,18 @@ def _batches(
     desc: str,
     progress: bool,
     skipped: list[str] | None,
+    finish: Callable[[Any], Any] | None = None,
 ) -> Iterator[Loaded]:
-    """The loaded batches of ``keep`` (``data.loading``) that hold a row; undecodable rows
-    are reported (and appended to ``skipped``) and left out."""
+    """The loaded batches of ``keep`` (``data.loading``) that hold a row, their inputs passed
+    through ``finish`` where given (``DecodeFeatures.finish``: the log-mel on the model's
+    device); undecodable rows are reported (and appended to ``skipped``) and left out."""
     total = math.ceil(len(keep) / batch_size)
     loaded_batches = load_batches(split_rows, keep, batch_size, collate, num_workers)
     for loaded in tqdm(loaded_batches, total=total, desc=desc, unit="batch", disable=not progress):
         for _, err in loaded.errors:
             _skip(err, skipped)
         if loaded.rows:
-            yield loaded
+            yield loaded if finish is None else replace(loaded, inputs=finish(loaded.inputs))
 
 
 def cache_embedding(
@@ -222,15 +228,18 @@ def cache_embedding(
     keep = _rows_within(split_rows, max_duration)
     values: list[list[float] | None] = [None] * len(split_rows)
     model.eval()
+    device = next(model.parameters()).device
+    features = _features(processor, device)
     for loaded in _batches(
         split_rows,
         keep,
         batch_size,
-        _features(processor),
+        features.collate,
         num_workers,
         f"embedding {split}",
         progress,
         skipped,
+        lambda inputs: features.finish(inputs, device),
     ):
         inputs = loaded.inputs
         pooled = pooled_embedding(model, inputs["input_features"], inputs["num_frames"])
