@@ -29,7 +29,7 @@ from flexispeech.training.rank_losses import RankLosses, capture_row_losses
 if TYPE_CHECKING:  # annotations only: the checkpoint module is the state's home
     from flexispeech.training.checkpoint import TrainerState
 
-METRICS = ("loss",)
+METRICS = ("loss", "wer")
 
 
 @dataclass
@@ -38,7 +38,12 @@ class EarlyStoppingConfig:
     """Stop after this many validations in a row without improvement (None: never stop
     early; the final adapter is then the last one). Needs ``train.eval_every``."""
     metric: str = "loss"
-    """What decides: ``loss`` (validation loss at the inference router's ranks, lower is better)."""
+    """What decides, lower is better: ``loss`` (validation loss at the inference router's
+    ranks) or ``wer`` (speech: the same rows decoded greedily at those ranks and scored
+    with Whisper's English normalizer). The loss is teacher-forced and does not see a
+    decoder that loops: in the GPU study static r16's validation loss went on improving
+    from step 200 to 600 (0.537 to 0.525) while its test WER rose from 22.6 to 24.2 %, its
+    insertions from 3,141 to 5,255, and its WER on real speech from 12.1 to 19.5 %."""
     min_delta: float = 0.0
     """An improvement must lower the metric by more than this."""
     min_steps: int = 0
@@ -75,6 +80,8 @@ class Validation:
     loss: float
     by_rank: dict[str, float]
     n: int
+    wer: float | None = None
+    """Greedy-decoding WER of the rows (``Validator``'s ``normalize`` given), else None."""
 
 
 class Validator:
@@ -85,6 +92,8 @@ class Validator:
         family, processor: collate and loss.
         router: the inference router (a fixed one for static LoRA).
         batch_size: rows per batch.
+        normalize: also decode the rows and score their WER with this text normalizer
+            (speech families; None: the loss only).
     """
 
     def __init__(
@@ -94,9 +103,10 @@ class Validator:
         processor: Any,
         router: Callable[[dict[str, torch.Tensor]], torch.Tensor],
         batch_size: int,
+        normalize: Callable[[str], str] | None = None,
     ) -> None:
         self.split, self.family, self.processor, self.router = split, family, processor, router
-        self.batch_size = batch_size
+        self.batch_size, self.normalize = batch_size, normalize
         lengths = split.durations  # batches of similar length: less padding
         self.order = sorted(range(len(split)), key=lambda i: lengths[i])
         self._batches: list[Batch[int]] | None = None
@@ -125,6 +135,8 @@ class Validator:
         was_training = model.training
         model.eval()
         per_rank, weighted, rows = RankLosses(), 0.0, 0
+        refs: list[str] = []
+        hyps: list[str] = []
         try:
             for batch in self.batches():
                 with use_ranks(model, batch.ranks), capture_row_losses(model) as captured:
@@ -132,11 +144,20 @@ class Validator:
                 per_rank.add(batch.ranks, captured)
                 weighted += loss * len(batch.rows)
                 rows += len(batch.rows)
+                if self.normalize is not None:
+                    with use_ranks(model, batch.ranks):
+                        hyps += self.family.generate(model, self.processor, batch.inputs, num_beams=1)
+                    refs += [str(self.split.record(i)["ref"]) for i in batch.rows]
         finally:
             model.train(was_training)
         token_mean = per_rank.mean()
+        wer = None
+        if self.normalize is not None:
+            from flexispeech.evaluation.metrics import error_counts
+
+            wer = float(error_counts(refs, hyps, self.normalize)["wer"])
         return Validation(
-            weighted / rows if token_mean is None else token_mean, per_rank.mean_by_rank(), rows
+            weighted / rows if token_mean is None else token_mean, per_rank.mean_by_rank(), rows, wer
         )
 
 
@@ -145,12 +166,12 @@ def improved(best: float | None, value: float, min_delta: float) -> bool:
     return best is None or value < best - min_delta
 
 
-def record_validation(state: TrainerState, loss: float, min_delta: float) -> bool:
-    """Update the best loss, its step and the count of validations without improvement in
-    ``state``; returns whether ``loss`` improved on the best."""
-    better = improved(state.best_metric, loss, min_delta)
+def record_validation(state: TrainerState, value: float, min_delta: float) -> bool:
+    """Update the best metric ``value``, its step and the count of validations without
+    improvement in ``state``; returns whether ``value`` improved on the best."""
+    better = improved(state.best_metric, value, min_delta)
     if better:
-        state.best_metric, state.best_step, state.bad_evals = loss, state.step, 0
+        state.best_metric, state.best_step, state.bad_evals = value, state.step, 0
     else:
         state.bad_evals += 1
     return better
@@ -158,13 +179,16 @@ def record_validation(state: TrainerState, loss: float, min_delta: float) -> boo
 
 def validation_entry(state: TrainerState, result: Validation) -> dict[str, Any]:
     """The train_log.jsonl line of a validation."""
-    return {
+    entry = {
         "step": state.step,
         "val_loss": round(result.loss, 5),
         "val_loss_by_rank": result.by_rank,
         "val_examples": result.n,
         "best_step": state.best_step,
     }
+    if result.wer is not None:
+        entry["val_wer"] = round(result.wer, 5)
+    return entry
 
 
 def stop_reason(state: TrainerState, es: EarlyStoppingConfig) -> str | None:

@@ -28,13 +28,15 @@ from flexispeech.data.augment import step_generator
 from flexispeech.data.speech import LengthBucketSampler
 from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
+from flexispeech.evaluation.metrics import english_normalizer
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import load_adapter, save_adapter
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import TrainInputs, train_inputs
+from flexispeech.models.sources import pretrained_path
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
-from flexispeech.training.augmented import AudioInputs, batch_maker, check_augment
+from flexispeech.training.augmented import SPEECH_FAMILIES, AudioInputs, batch_maker, check_augment
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
 from flexispeech.training.config import RunConfig, to_dict
@@ -218,7 +220,17 @@ class Trainer:
             cfg.seed,
             cfg.data.target,
         )
-        return Validator(split, self.family, self.processor, self.infer_router, cfg.eval.batch_size)
+        normalize = None
+        if cfg.train.early_stopping.metric == "wer":
+            if self.family.name not in SPEECH_FAMILIES:
+                raise ConfigError(
+                    f"train.early_stopping.metric: wer is for speech models, not the {self.family.name} family"
+                )
+            model_dir = pretrained_path(cfg.model.source)  # its normalizer.json spelling map, as eval uses
+            normalize = english_normalizer(model_dir if isinstance(model_dir, Path) else None)
+        return Validator(
+            split, self.family, self.processor, self.infer_router, cfg.eval.batch_size, normalize
+        )
 
     def _validate(self) -> bool:
         """Validate, log, keep the best adapter; returns whether early stopping says stop.
@@ -226,7 +238,8 @@ class Trainer:
         Every process validates the same rows, so all of them take the same decision."""
         state, es = self.state, self.cfg.train.early_stopping
         result = self.validator(self.accelerator.unwrap_model(self.model))
-        better = record_validation(state, result.loss, es.min_delta)
+        value = result.wer if es.metric == "wer" and result.wer is not None else result.loss
+        better = record_validation(state, value, es.min_delta)
         if self.accelerator.is_main_process:
             if better and es.patience is not None:  # save_adapter writes atomically
                 save_adapter(self.accelerator.unwrap_model(self.model), self.out / BEST_ADAPTER)

@@ -302,3 +302,63 @@ def test_features_made_on_the_device_equal_the_workers(corpus) -> None:  # noqa:
     )  # the workers do it
     augment = AugmentConfig(noise_prob=1.0)
     assert isinstance(batch_maker(augment, family, processor, split, router, cpu, 0, True), Augmenter)
+
+
+def test_validation_wer_is_that_of_decoding_the_rows(corpus) -> None:  # noqa: F811
+    """With a normalizer the validator also decodes its rows at the inference router's ranks:
+    its WER is eval's WER of the same rows at the same ranks, and the loss is unchanged."""
+    from flexispeech.evaluation.evaluate import decode_split
+    from flexispeech.evaluation.metrics import english_normalizer, error_counts
+    from flexispeech.lora import FlexiLoraConfig, inject
+    from flexispeech.models.random_init import randomize_adapters
+    from flexispeech.training.early_stopping import Validator
+
+    family = get_family("whisper")
+    model, processor = family.load("random:tiny")
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 4), target_modules=family.default_targets))
+    randomize_adapters(model)
+    split = CorpusSplit(corpus, "test")
+    router = ThresholdRouter([0, 2, 4], weights={"snr_db": -1.0}).calibrate(
+        split.all_signals(), target_mean_rank=2.0
+    )
+    normalize = english_normalizer()
+    plain = Validator(split, family, processor, router, batch_size=4)(model)
+    scored = Validator(split, family, processor, router, batch_size=4, normalize=normalize)(model)
+    assert plain.wer is None and scored.loss == plain.loss
+    records, _ = decode_split(model, family, processor, split, router, batch_size=4, progress=False)
+    want = error_counts([r["ref"] for r in records], [r["hyp"] for r in records], normalize)["wer"]
+    assert scored.wer == pytest.approx(want)
+
+
+def test_early_stopping_on_wer_keeps_the_best_wer(corpus, tmp_path, monkeypatch) -> None:  # noqa: F811
+    """metric wer: the kept step is the one of the lowest validation WER, whatever the loss
+    says (the validation WERs are made to fall and then rise against a falling loss)."""
+    from flexispeech.training import early_stopping
+
+    data = _valid_corpus(corpus, tmp_path)
+    wers = iter([0.9, 0.5, 0.7, 0.8, 0.6, 0.95])
+    original = early_stopping.Validator.__call__
+
+    def fake_wer(self, model):
+        got = original(self, model)
+        return early_stopping.Validation(got.loss, got.by_rank, got.n, next(wers))
+
+    monkeypatch.setattr(early_stopping.Validator, "__call__", fake_wer)
+    es = {"train.max_steps": 6, "train.eval_every": 1, "train.lr": 0.3}
+    cfg = config(
+        data, tmp_path / "run", "threshold", **es, **{"train.early_stopping": "{patience: 3, metric: wer}"}
+    )
+    train(cfg, progress=False)
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    entries = [e for e in log(tmp_path / "run") if "val_wer" in e]
+    assert [e["val_wer"] for e in entries] == [0.9, 0.5, 0.7, 0.8, 0.6]  # stopped after 3 without improvement
+    assert summary["kept"] == {"step": 2, "why": "best validation wer", "val_wer": 0.5}
+    assert summary["stopped"].startswith("early stopping: validation wer")
+
+
+def test_early_stopping_metric_must_be_known() -> None:
+    from flexispeech.training.early_stopping import EarlyStoppingConfig
+
+    EarlyStoppingConfig(patience=1, metric="wer").check(eval_every=1)
+    with pytest.raises(ConfigError, match="expected one of"):
+        EarlyStoppingConfig(patience=1, metric="cer").check(eval_every=1)

@@ -15,6 +15,7 @@ from data_prep.qa import prepare_qa
 from flexispeech.cli import main
 from flexispeech.data.text import TextTaskSplit, open_split
 from flexispeech.data.text_format import load_text_task
+from flexispeech.errors import ConfigError
 from flexispeech.lora.io import read_adapter_config
 from flexispeech.models.causal_lm import FAMILY
 from flexispeech.training.config import load_config
@@ -261,3 +262,14 @@ def test_label_splits_limit_the_base_answers_to_training_rows(tmp_path) -> None:
     assert main(["signals", *args]) == 0  # now every split gets labels; the cached ppl is kept
     test = load_text_task(task, "test")
     assert "base_answer" in test.column_names and list(test["signal_prompt_ppl"]) == ppl
+
+
+def test_early_stopping_on_wer_is_for_speech_models(math_task, tmp_path) -> None:
+    cfg = config(
+        math_task,
+        tmp_path / "wer",
+        "fixed",
+        **{"train.eval_every": 1, "train.early_stopping": "{patience: 1, metric: wer}"},
+    )
+    with pytest.raises(ConfigError, match="wer is for speech models, not the causal_lm family"):
+        train(cfg, progress=False)
