@@ -116,12 +116,11 @@ def run(args: argparse.Namespace) -> int:
         serve_fitted_router,
         wer_table,
     )
-    from flexispeech.evaluation.metrics import english_normalizer, error_counts
+    from flexispeech.evaluation.metrics import error_counts, source_normalizer
     from flexispeech.evaluation.tables import pct
     from flexispeech.lora.io import load_adapter, read_adapter_config
     from flexispeech.models import whisper
     from flexispeech.models.family import get_family, load_model
-    from flexispeech.models.sources import pretrained_path
 
     adapter = Path(args.adapter)
     data = read_adapter_config(adapter)["config"]
@@ -169,8 +168,7 @@ def run(args: argparse.Namespace) -> int:
         model, family, processor, split, ranks, cache, args.batch_size, num_workers=workers(args)
     )
 
-    model_dir = pretrained_path(source)
-    normalize = english_normalizer(model_dir if isinstance(model_dir, Path) else None)
+    normalize = source_normalizer(source)
     rows, wers = wer_table(split, hyps, ranks, normalize)
     labels = benefit_labels(wers, ranks)
     signals = {k: v[rows] for k, v in split.all_signals().items()}

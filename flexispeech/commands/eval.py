@@ -60,13 +60,12 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.data.text import TextTaskSplit, open_split
     from flexispeech.data.text_format import is_text_task
     from flexispeech.evaluation.evaluate import decode_split, summarize, write_results
-    from flexispeech.evaluation.metrics import english_normalizer
+    from flexispeech.evaluation.metrics import source_normalizer
     from flexispeech.evaluation.tables import pct
     from flexispeech.evaluation.text_report import summarize_text
     from flexispeech.lora.inject import serving_router
     from flexispeech.lora.io import load_adapter, read_adapter_config, serving_window
     from flexispeech.models.family import get_family, load_model
-    from flexispeech.models.sources import pretrained_path
 
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
@@ -144,10 +143,9 @@ def run(args: argparse.Namespace) -> int:
             f"active adapter params {result['active_params_mean']:,.0f}) -> {out}"
         )
         return 0
-    model_dir = pretrained_path(source)
     result = summarize(
         records,
-        english_normalizer(model_dir if isinstance(model_dir, Path) else None),
+        source_normalizer(source),
         decode_s,
         model if args.adapter else None,
         name,

@@ -30,6 +30,15 @@ def english_normalizer(model_dir: str | Path | None = None) -> Callable[[str], s
     return _normalizer(str(spelling) if spelling and spelling.is_file() else None)
 
 
+def source_normalizer(source: str) -> Callable[[str], str]:
+    """``english_normalizer`` of the model ``source`` (a packaged name, a folder or a hub id):
+    with its checkpoint folder's spelling map where the source resolves to one."""
+    from flexispeech.models.sources import pretrained_path
+
+    model_dir = pretrained_path(source)
+    return english_normalizer(model_dir if isinstance(model_dir, Path) else None)
+
+
 def error_counts(
     refs: Sequence[str], hyps: Sequence[str], normalize: Callable[[str], str] | None = None
 ) -> dict[str, Any]:

@@ -28,13 +28,12 @@ from flexispeech.data.augment import step_generator
 from flexispeech.data.speech import LengthBucketSampler
 from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
-from flexispeech.evaluation.metrics import english_normalizer
+from flexispeech.evaluation.metrics import source_normalizer
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import load_adapter, save_adapter
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import TrainInputs, train_inputs
-from flexispeech.models.sources import pretrained_path
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
 from flexispeech.training.augmented import SPEECH_FAMILIES, AudioInputs, batch_maker, check_augment
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
@@ -226,8 +225,7 @@ class Trainer:
                 raise ConfigError(
                     f"train.early_stopping.metric: wer is for speech models, not the {self.family.name} family"
                 )
-            model_dir = pretrained_path(cfg.model.source)  # its normalizer.json spelling map, as eval uses
-            normalize = english_normalizer(model_dir if isinstance(model_dir, Path) else None)
+            normalize = source_normalizer(cfg.model.source)  # as eval scores it
         return Validator(
             split, self.family, self.processor, self.infer_router, cfg.eval.batch_size, normalize
         )
