@@ -162,6 +162,46 @@ async def one_round(url: str, n: int, samples: np.ndarray, chunk_s: float, timeo
     return await asyncio.wait_for(asyncio.gather(*[client(i) for i in range(n)]), timeout_s)
 
 
+def chunk_blocks(audio_s: list[float], block_s: float = 0.256) -> list[int]:
+    """The audio each update of a stream took, in the client's blocks, from its updates'
+    ``audio_s``. A microphone stream's update takes all the audio that has arrived once at
+    least a chunk has (``Session.mic``): a chunk of 1 s is 4 blocks while an update decodes
+    in under 1.024 s, more when it decodes slower (a larger batch, the wait for the other
+    live streams), so the chunking, and with it the buffers and the transcript, depends on
+    the decoding time."""
+    edges = [0.0] + list(audio_s)
+    return [int(round((b - a) / block_s)) for a, b in zip(edges, edges[1:])]
+
+
+def stream_events(result) -> dict:
+    """One stream's updates, for ``--events``."""
+    updates = [(e, t) for e, t in zip(result.events, result.arrived_s) if e["type"] == "update"]
+    return {
+        "text": result.text,
+        "chunk_blocks": chunk_blocks([e["audio_s"] for e, _ in updates]),
+        "updates": [
+            {k: e[k] for k in ("audio_s", "buffer", "committed_text", "tentative", "compute_s", "final")}
+            | {"arrived_s": round(t, 3)}
+            for e, t in updates
+        ],
+    }
+
+
+def replay_alone(online, samples: np.ndarray, chunk_blocks: list[int], block: int = 4096) -> str:
+    """The committed text of ``samples`` fed to ``online`` (a fresh ``OnlineTranscriber``)
+    with a served stream's chunking (``chunk_blocks``, the last entry its final update) and
+    decoded alone, in this process: what the stream would have got without the other
+    streams in its batches."""
+    pos, last = 0, len(chunk_blocks) - 2  # the last update before the final one ends the audio
+    for k, blocks in enumerate(chunk_blocks[:-1]):
+        end = samples.size if k == last else pos + blocks * block
+        online.insert_audio_chunk(samples[pos:end])
+        pos = end
+        online.process_iter()
+    online.finish()  # the final update takes no new audio
+    return online.committed_text
+
+
 def summarise(n: int, results: list, reference: str, onset: float, score: bool, batch: float) -> dict:
     from flexispeech.evaluation.metrics import error_counts
 
@@ -216,7 +256,21 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds a round may take at most")
     parser.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     parser.add_argument(
+        "--events",
+        metavar="FILE",
+        help="also write every stream's updates (audio_s, buffer, texts) per round as JSON: the "
+        "chunking each stream got (it depends on decoding time, see chunk_blocks)",
+    )
+    parser.add_argument(
         "--server-log", metavar="FILE", help="where the started server's log goes (default: a temporary file)"
+    )
+    parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="after the rounds, decode every stream again alone in this process (loads the model), "
+        "fed in the chunks the server gave it, and count the streams whose served transcript "
+        "differs: batching itself changes nothing where that count is 0 (the chunking, which "
+        "follows the decoding time, may still differ from a single stream's)",
     )
     args = parser.parse_args()
     if args.random_shape and not args.processor:
@@ -240,7 +294,7 @@ def main() -> None:
             proc, url = start_server(args, model, max(args.clients))
         try:
             asyncio.run(one_round(url, 1, samples[: 16000 * 2], args.chunk, args.timeout))  # warm-up
-            rows, stalled = [], False
+            rows, stalled, rounds = [], False, []
             for n in args.clients:
                 before = stats(url)
                 try:
@@ -252,6 +306,7 @@ def main() -> None:
                     stalled = True
                     break
                 after = stats(url)
+                rounds.append({"clients": n, "streams": [stream_events(r) for r in results]})
                 batches = after["batches"] - before["batches"]
                 batch = (after["rows"] - before["rows"]) / batches if batches else 0.0
                 rows.append(
@@ -260,6 +315,23 @@ def main() -> None:
                 # batches the server had to decode stream by stream (logged there with the error)
                 rows[-1]["fallbacks"] = after.get("fallbacks", 0) - before.get("fallbacks", 0)
                 print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            if args.replay:  # one model, a fresh stream per served stream
+                from flexispeech.commands.stream import load_online
+                from flexispeech.streaming.online import OnlineTranscriber
+
+                served = load_online(model, None, None, args.audio_ctx, args.device)
+                for rnd, row in zip(rounds, rows):
+                    differ = sum(
+                        replay_alone(OnlineTranscriber(served.t, served.options), samples, st["chunk_blocks"])
+                        != st["text"]
+                        for st in rnd["streams"]
+                    )
+                    row["replay_differ"] = differ
+                    print(
+                        f"replay: {differ} of {rnd['clients']} streams differ from their chunking decoded alone",
+                        file=sys.stderr,
+                        flush=True,
+                    )
         finally:
             if proc is not None:
                 proc.terminate()
@@ -298,6 +370,8 @@ def main() -> None:
         )
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=1))
+    if args.events:
+        Path(args.events).write_text(json.dumps(rounds, indent=1))
 
 
 if __name__ == "__main__":
