@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from routed_tiny import routed_tiny_transcriber
 
 from flexispeech.audio import SAMPLE_RATE, load_audio
 from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, stream_file_chunks
@@ -79,19 +80,7 @@ def test_a_short_buffer_waits_for_more_audio(random_transcriber) -> None:
 
 
 def test_each_update_routes_its_rank_from_the_buffer_snr(assets_dir: Path, tmp_path: Path) -> None:
-    from flexispeech import FlexiLoraConfig, ThresholdRouter, attach_router, inject, save_adapter
-    from flexispeech.models.random_init import randomize_adapters
-    from flexispeech.models.whisper import FAMILY
-
-    model, processor = FAMILY.load("random:tiny")
-    model.save_pretrained(tmp_path / "model")
-    processor.save_pretrained(tmp_path / "model")
-    inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))
-    randomize_adapters(model)
-    # score = -snr_db: below 20 dB SNR the update is served at rank 8, else rank 2
-    attach_router(model, ThresholdRouter(ranks=(2, 8), weights={"snr_db": -1.0}, thresholds=[-20.0]))
-    save_adapter(model, tmp_path / "adapter")
-    transcriber = Transcriber(str(tmp_path / "model"), adapter=tmp_path / "adapter")
+    transcriber = routed_tiny_transcriber(tmp_path)
 
     audio = joined(assets_dir, noise_db=5.0)  # clean first clip, then noisy speech
     online = OnlineTranscriber(transcriber, StreamOptions(trim_s=2.0, max_buffer_s=3.0, audio_ctx=250))

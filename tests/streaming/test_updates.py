@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from routed_tiny import routed_tiny_transcriber
 
 from flexispeech.audio import SAMPLE_RATE, load_audio
 from flexispeech.streaming.online import OnlineTranscriber, StreamOptions
@@ -31,20 +32,8 @@ class Prompted(OnlineTranscriber):
 
 @pytest.fixture(scope="module")
 def routed_transcriber(tmp_path_factory) -> Transcriber:
-    from flexispeech import FlexiLoraConfig, ThresholdRouter, attach_router, inject, save_adapter
-    from flexispeech.models.random_init import randomize_adapters
-    from flexispeech.models.whisper import FAMILY
-
-    tmp = tmp_path_factory.mktemp("routed")
-    model, processor = FAMILY.load("random:tiny")
-    model.save_pretrained(tmp / "model")
-    processor.save_pretrained(tmp / "model")
-    inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))
-    randomize_adapters(model, b_scale=1.0)
-    # score = -snr_db: below 20 dB SNR an update is served at rank 8, else rank 2
-    attach_router(model, ThresholdRouter(ranks=(2, 8), weights={"snr_db": -1.0}, thresholds=[-20.0]))
-    save_adapter(model, tmp / "adapter")
-    return Transcriber(str(tmp / "model"), adapter=tmp / "adapter")
+    # b_scale 1.0: ranks 2 and 8 decode differently, so a row served at the wrong rank shows
+    return routed_tiny_transcriber(tmp_path_factory.mktemp("routed"), b_scale=1.0)
 
 
 def buffers(assets_dir: Path) -> list[np.ndarray]:
