@@ -88,21 +88,44 @@ def _choose_voice(voices: dict[str, list[Voice]], unseen: bool, rng: np.random.G
     return eligible[engine][int(rng.integers(len(eligible[engine])))]
 
 
+def _splits(spec: Size) -> list[str]:
+    """The split of each utterance index of a corpus of ``spec``."""
+    n = spec.utterances
+    n_test, n_val = max(4, round(spec.test_share * n)), max(2, round(0.1 * n))
+    return ["train"] * (n - n_test - n_val) + ["validation"] * n_val + ["test"] * n_test
+
+
+def _draw_text(split: str, pools: dict, spec: Size, rng: np.random.Generator) -> str:
+    """An utterance's text: the first draws of its generator, before any voice is chosen,
+    so the texts of a corpus depend on (size, seed) alone."""
+    weights = np.array(spec.bucket_weights) / sum(spec.bucket_weights)
+    bucket = BUCKETS[int(rng.choice(len(BUCKETS), p=weights))]
+    return compose(pools[split], bucket, rng)
+
+
+def plan_texts(size: str, seed: int, splits: tuple[str, ...] = ("validation", "test")) -> dict[str, str]:
+    """Utterance id -> reference text of the corpus ``prepare_synthetic(size, seed)`` builds,
+    for the ``splits`` asked, without synthesising anything: what scoring stored hypotheses
+    needs when the corpus itself is on another machine."""
+    spec = SIZES[size]
+    pools = sentence_pools(seed)
+    return {
+        f"syn-{split}-{i:05d}": _draw_text(split, pools, spec, np.random.default_rng([seed, i]))
+        for i, split in enumerate(_splits(spec))
+        if split in splits
+    }
+
+
 def make_plan(size: str, seed: int, voices: dict[str, list[Voice]]) -> list[Plan]:
     """The utterances of a corpus of ``size``: a pure function of (size, seed, voices)."""
     spec = SIZES[size]
     pools = sentence_pools(seed)
-    n = spec.utterances
-    n_test, n_val = max(4, round(spec.test_share * n)), max(2, round(0.1 * n))
-    splits = ["train"] * (n - n_test - n_val) + ["validation"] * n_val + ["test"] * n_test
     has_unseen = any(v.unseen for vs in voices.values() for v in vs)
     fast = {e: vs for e, vs in voices.items() if e in FAST_ENGINES} or voices
-    weights = np.array(spec.bucket_weights) / sum(spec.bucket_weights)
     plans = []
-    for i, split in enumerate(splits):
+    for i, split in enumerate(_splits(spec)):
         rng = np.random.default_rng([seed, i])
-        bucket = BUCKETS[int(rng.choice(len(BUCKETS), p=weights))]
-        text = compose(pools[split], bucket, rng)
+        text = _draw_text(split, pools, spec, rng)
         # Half of the test split is spoken by voices never heard in training.
         unseen = split == "test" and has_unseen and i % 2 == 0
         voice = _choose_voice(voices, unseen, rng)

@@ -431,3 +431,18 @@ def test_a_benefit_run_trained_but_not_calibrated_is_calibrated_on_rerun(tmp_pat
         tmp_path / "again", "gpu", "--runs", "flexi_benefit_nscale", "--gated", "", "--jobs", "1"
     )
     assert not [c for c in again if c[0] in ("train", "calibrate")]
+
+
+def test_gpu_profile_evaluates_adapters_with_the_loop_fallback(tmp_path: Path) -> None:
+    """Every adapter of the gpu profile (static, Flexi, gated; test and real speech) falls
+    back to rank 0 on a looping hypothesis, the same rule for all; the base model has no
+    other rank, and the CPU demo keeps plain decoding."""
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "cpu").mkdir()
+    gpu = _evals(run_stages(tmp_path / "gpu", "gpu", "--real", "data/real"))
+    for name, call in gpu.items():
+        fallback = call[call.index("--fallback-rank") + 1] if "--fallback-rank" in call else None
+        assert fallback == (None if name.startswith("base/") else "0"), (name, call)
+    assert any(n.startswith("static_r16/eval_real") for n in gpu)
+    cpu = _evals(run_stages(tmp_path / "cpu", "cpu", "--real", "data/real"))
+    assert not any("--fallback-rank" in c for c in cpu.values())

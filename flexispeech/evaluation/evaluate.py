@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from flexispeech.data.loading import load_batches
 from flexispeech.data.split import Split, signals_tensor
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
+from flexispeech.evaluation.fallback import Fallback, decode_with_fallback
 from flexispeech.evaluation.metrics import error_counts
 from flexispeech.lora.inject import use_ranks
 from flexispeech.models.decode_features import decode_features
@@ -42,6 +43,7 @@ def decode_split(
     live_signals: Sequence[str] = (),
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
+    fallback: Fallback | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Decode every row of ``split`` (or the rows ``indices``); returns per-utterance
     records (in split order, or in the order of ``indices``) and decode seconds.
@@ -55,6 +57,9 @@ def decode_split(
     ``num_workers``: DataLoader workers that read and collate batches ahead of decoding
     (``data.loading``; 0: in this process). ``indices``: decode only these rows, batched
     as the whole split would be (e.g. one batch at a time, at one rank after another).
+    ``fallback``: rows whose hypothesis loops (``evaluation.fallback``) are decoded again at
+    the fallback's rank, and its hypothesis kept when it loops less; the record then holds a
+    ``fallback`` note and its time counts as decoding time.
     """
     device = next(model.parameters()).device
 
@@ -97,15 +102,47 @@ def decode_split(
             texts = family.generate(
                 model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens
             )
-        decode_s += time.perf_counter() - t0
         ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
+        notes: list[dict[str, Any]] = [{} for _ in texts]
+        if fallback is not None:
+            texts, notes = decode_with_fallback(
+                texts,
+                ranks,
+                fallback,
+                _row_decoder(model, family, processor, inputs, num_beams, max_new_tokens),
+            )
+        decode_s += time.perf_counter() - t0
         signals = {i: ex.signals for i, ex in zip(loaded.rows, examples)}
-        for i, text, rank in zip(batch.rows, texts, ranks):
+        for i, text, rank, note in zip(batch.rows, texts, ranks, notes):
             record = split.record(i)
             if live_signals:
                 record["signals"] = dict(signals[i])
-            records[i] = {**record, "hyp": text, "rank": rank}
+            records[i] = {**record, "hyp": text, "rank": rank} | ({"fallback": note} if note else {})
     return [records.get(i, {}) for i in wanted], decode_s
+
+
+def _row_decoder(
+    model: torch.nn.Module,
+    family: Any,
+    processor: Any,
+    inputs: dict[str, Any],
+    num_beams: int,
+    max_new_tokens: int | None,
+) -> Callable[[list[int], torch.Tensor], list[str]]:
+    """``decode_rows(rows, ranks)`` for ``decode_with_fallback``: the rows ``rows`` of one
+    collated batch ``inputs`` (every tensor's first dimension is the batch) at ``ranks``."""
+    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
+
+    def decode_rows(rows: list[int], ranks: torch.Tensor) -> list[str]:
+        index = torch.tensor(rows)
+        sub = {
+            k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
+            for k, v in inputs.items()
+        }
+        with torch.no_grad(), use_ranks(model, ranks):
+            return family.generate(model, processor, sub, num_beams=num_beams, max_new_tokens=max_new_tokens)
+
+    return decode_rows
 
 
 def _add_live_signals(
@@ -185,7 +222,13 @@ def summarize(
         "rtf": decode_s / audio_s if audio_s else math.nan,
         **rank_summary(model, ranks),
         "ranks_by_snr": ranks_by_bucket(records, lambda r: snr_bucket(r["snr_db"])),
+        # rows decoded a second time because their hypothesis looped, and how many kept it
+        "fallback_decodes": sum("fallback" in r for r in records),
+        "fallback_kept": sum(bool(r.get("fallback", {}).get("kept")) for r in records),
     }
+    if result["fallback_decodes"]:  # the same rows scored with the routed rank's hypotheses
+        routed = [r.get("fallback", {}).get("routed_hyp", r["hyp"]) for r in records]
+        result["overall_without_fallback"] = error_counts([r["ref"] for r in records], routed, normalize)
     result["utterances"] = list(records)
     return result
 

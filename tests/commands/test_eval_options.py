@@ -123,3 +123,39 @@ def test_beam_reaches_generate_and_keeps_the_rank(
     assert texts(decoded["0"]) == texts(decoded["base"])
     # Beam search is not greedy decoding here: the beam size changed what rank 2 decodes.
     assert texts(decoded["2"]) != texts(greedy["2"]) and texts(decoded["2"]) != texts(decoded["base"])
+
+
+def test_fallback_decodes_looping_rows_again_at_its_rank(corpus: Path, adapter: Path, tmp_path: Path) -> None:
+    """With a threshold every hypothesis at rank 2 exceeds, every row is decoded again at
+    rank 8 and keeps rank 8's hypothesis where that compresses less; with a threshold none
+    exceeds, the output is rank 2's unchanged. Fails if the fallback decodes at another rank,
+    other rows or rows in another order, or keeps the wrong hypothesis."""
+    from flexispeech.evaluation.fallback import compression_ratio
+
+    long = ["--max-new-tokens", "24", "--adapter", str(adapter), "--rank"]
+    routed = texts(evaluate(corpus, tmp_path / "r2", *long, "2"))
+    second = texts(evaluate(corpus, tmp_path / "r8", *long, "8"))
+    assert len(set(second.values())) == 4, second  # rows tell apart: a mix-up of rows shows
+    low = min(compression_ratio(t) for t in routed.values())
+    assert low > 0, routed  # no empty hypothesis (it could not be flagged)
+    options = [*long, "2", "--fallback-rank", "8", "--compression-ratio"]
+    out = tmp_path / "fallback"
+    evaluate(corpus, out, *options, f"{low * 0.99:.4f}")
+    res = json.loads((out / "results.json").read_text())
+    assert res["fallback_decodes"] == 4 and res["fallback"] == {"rank": 8, "threshold": round(low * 0.99, 4)}
+    kept = {u: compression_ratio(second[u]) < compression_ratio(routed[u]) for u in routed}
+    assert any(kept.values()), kept  # the fallback hypothesis is kept somewhere (unit tests: the choice)
+    for u in res["utterances"]:
+        assert u["fallback"]["kept"] is kept[u["id"]] and u["fallback"]["rank"] == 8
+        assert u["hyp"] == (second[u["id"]] if kept[u["id"]] else routed[u["id"]])
+        assert u["rank"] == 2  # the routed rank, as the histogram counts it
+    assert res["fallback_kept"] == sum(kept.values())
+    without = json.loads((tmp_path / "r2" / "results.json").read_text())["overall"]
+    assert res["overall_without_fallback"] == without  # one run also scores "no fallback"
+    untouched = evaluate(corpus, tmp_path / "none", *options, "100")
+    assert texts(untouched) == routed
+
+
+def test_fallback_needs_an_adapter(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    code = main(["eval", "--data", str(corpus), *FAST, "--out", str(tmp_path), "--fallback-rank", "0"])
+    assert code != 0 and "--fallback-rank needs --adapter" in capsys.readouterr().err

@@ -32,3 +32,15 @@ def test_a_clip_too_long_for_its_size_is_spoken_faster(tmp_path: Path) -> None:
     plan = next(p for p in make_plan("small", 0, VOICES) if p.noise_type != "babble")
     row = render(plan, tmp_path, 0, slow_voice)
     assert row["duration"] <= 9.5 and len(rates) > 1
+
+
+def test_plan_texts_are_the_texts_the_corpus_is_built_with() -> None:
+    """Stored hypotheses can be scored without the corpus: ``plan_texts`` gives every
+    validation and test utterance the text ``make_plan`` gives it, whatever the voices."""
+    from data_prep.synthetic import plan_texts
+
+    texts = plan_texts("small", 0)
+    for voices in (VOICES, {"espeak": VOICES["espeak"][:1]}):
+        plans = {p.id: p.text for p in make_plan("small", 0, voices) if p.split != "train"}
+        assert texts == plans
+    assert plan_texts("small", 1) != texts

@@ -1,0 +1,54 @@
+"""recipes/synthetic/fallback_offline.py scores the loop fallback from stored hypotheses:
+two evaluations, or a calibration's decodes at every rank against a corpus."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from mini_corpus import write_mini_corpus
+
+SCRIPT = Path(__file__).resolve().parents[1] / "recipes" / "synthetic" / "fallback_offline.py"
+LOOP = "the quick the quick " * 20
+
+
+def run(*args: str) -> str:
+    done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _eval(path: Path, name: str, hyps: list[str]) -> Path:
+    utts = [{"id": f"u{i}", "ref": "the quick fox", "hyp": h, "rank": 4} for i, h in enumerate(hyps)]
+    path.mkdir()
+    (path / "results.json").write_text(json.dumps({"name": name, "model": "random:tiny", "utterances": utts}))
+    return path
+
+
+def test_two_evaluations(tmp_path: Path) -> None:
+    routed = _eval(tmp_path / "routed", "static", [LOOP, "the quick fox", "a quick fox"])
+    base = _eval(tmp_path / "base", "base", ["the quick fox", "no", "no"])
+    out = run("evals", str(routed), str(base))
+    # 9 reference words; the loop of 80 words makes 78 errors, "a quick fox" 1; the loop's row
+    # takes the base model's hypothesis (0 errors), the others keep theirs
+    assert "3 utterances" in out and "WER 877.78 % -> 11.11 %; 1 flagged, 1 took" in out, out
+
+
+def test_decodes_at_every_rank(tmp_path: Path) -> None:
+    corpus = write_mini_corpus(tmp_path / "c", [(np.zeros(1600), "validation", 0.1)] * 2)
+    decodes = tmp_path / "decodes.jsonl"
+    rows = [
+        {"adapter": "x", "split": "validation", "ranks": [0, 4], "audio_ctx": None},
+        {"id": "u0", "hyps": {"0": "the quick fox", "4": LOOP}},
+        {"id": "u1", "hyps": {"0": "quick", "4": "the quick fox"}},
+    ]
+    decodes.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    out = run("decodes", str(decodes), "--data", str(corpus), "--model", "random:tiny")
+    lines = {line.split(" |")[0]: line for line in out.splitlines()}
+    assert lines["r4"] == "r4 | 1300.00 | 0.00 (1/1) | –", (
+        out
+    )  # 78 errors on 6 words  # the loop falls back to rank 0
+    assert lines["r0"] == "r0 | 33.33 | – | 33.33 (0/0)", out  # nothing loops at rank 0
