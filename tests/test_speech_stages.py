@@ -444,5 +444,10 @@ def test_gpu_profile_evaluates_adapters_with_the_loop_fallback(tmp_path: Path) -
         fallback = call[call.index("--fallback-rank") + 1] if "--fallback-rank" in call else None
         assert fallback == (None if name.startswith("base/") else "0"), (name, call)
     assert any(n.startswith("static_r16/eval_real") for n in gpu)
+    # the benefit router is fit on the ranks as evaluation serves them: with the same fallback
+    (tmp_path / "one").mkdir()
+    calls = run_stages(tmp_path / "one", "gpu", "--runs", "flexi_benefit_nscale", "--jobs", "1")
+    (calibrate,) = [c for c in calls if c[0] == "calibrate"]
+    assert calibrate[calibrate.index("--fallback-rank") + 1] == "0"
     cpu = _evals(run_stages(tmp_path / "cpu", "cpu", "--real", "data/real"))
     assert not any("--fallback-rank" in c for c in cpu.values())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from flexispeech.commands.options import add_workers_option, workers
+from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD
 
 HELP = (
     "route by benefit: decode a held-out split at every rank and at rank 0 (the base model), fit a "
@@ -55,6 +56,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=0.0,
         help="share of labels replaced by a random rank per training epoch of the router (default: 0)",
+    )
+    parser.add_argument(
+        "--fallback-rank",
+        type=int,
+        metavar="R",
+        help="score every rank as `flexispeech eval --fallback-rank R` serves it: a looping "
+        "hypothesis (compression ratio over --compression-ratio) replaced by rank R's where that "
+        "loops less (speech; R among the decoded ranks, 0 always is; default: off)",
+    )
+    parser.add_argument(
+        "--compression-ratio",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="T",
+        help=f"the loop threshold of --fallback-rank (default: {DEFAULT_THRESHOLD})",
     )
     parser.add_argument(
         "--objective",
@@ -138,6 +154,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ranks: {bad} are not ranks of the adapter {data['ranks']}")
     if args.label_noise and args.objective != "labels":
         raise ConfigError("--label-noise: applies to --objective labels (the errors objective has no labels)")
+    if is_text_task(Path(args.data)) and args.fallback_rank is not None:
+        raise ConfigError(
+            "--fallback-rank: applies to speech (a loop of transcribed words), not to text tasks"
+        )
     if is_text_task(Path(args.data)):  # questions scored by the task's metric, not by WER
         from flexispeech.evaluation.text_benefit import calibrate_text
 
@@ -168,6 +188,18 @@ def run(args: argparse.Namespace) -> int:
         model, family, processor, split, ranks, cache, args.batch_size, num_workers=workers(args)
     )
 
+    from flexispeech.evaluation.fallback import Fallback, fallback_at_every_rank
+
+    loops_replaced: dict[int, int] = {}
+    if args.fallback_rank is not None:
+        # Fit and compare ranks on what evaluation will serve: the fallback's output (the
+        # cache keeps the plain decodings).
+        try:
+            hyps, loops_replaced = fallback_at_every_rank(
+                hyps, Fallback(args.fallback_rank, args.compression_ratio)
+            )
+        except ValueError as err:
+            raise ConfigError(f"--fallback-rank: {err}") from None
     normalize = source_normalizer(source)
     rows, wers = wer_table(split, hyps, ranks, normalize)
     labels = benefit_labels(wers, ranks)
@@ -214,6 +246,13 @@ def run(args: argparse.Namespace) -> int:
         "routed_histogram": {str(r): int((routed == r).sum()) for r in ranks},
         "routed_mean_rank": float(routed.float().mean()),
         **fallback,
+        "loop_fallback": None
+        if args.fallback_rank is None
+        else {
+            "rank": args.fallback_rank,
+            "threshold": args.compression_ratio,
+            "replaced_by_rank": {str(r): n for r, n in loops_replaced.items()},
+        },
         "utterances_better_than_base": {
             str(r): int((wers[:, col[r]] < wers[:, 0]).sum()) for r in ranks if r
         },
@@ -225,6 +264,11 @@ def run(args: argparse.Namespace) -> int:
         + ", ".join(f"r{r} {pct(by_rank[r])}%" for r in ranks)
         + f"; oracle {pct(summary['oracle_wer'])}%"
     )
+    if loops_replaced:
+        print(
+            f"loop fallback to rank {args.fallback_rank}: hypotheses replaced "
+            + " ".join(f"r{r}:{n}" for r, n in loops_replaced.items())
+        )
     print(
         "labels (smallest rank with the lowest WER): "
         + " ".join(f"r{r}:{n}" for r, n in summary["label_histogram"].items())

@@ -112,3 +112,28 @@ def offline_fallback(
         list(routed), ranks, fallback, lambda rows, _ranks: [by_row[r] for r in rows]
     )
     return out, sum(bool(n) for n in notes), sum(bool(n.get("kept")) for n in notes)
+
+
+def fallback_at_every_rank(
+    hyps: dict[str, dict[int, str]], fallback: Fallback
+) -> tuple[dict[str, dict[int, str]], dict[int, int]]:
+    """Transcripts decoded at every rank (utterance id -> {rank: text}, as calibration
+    decodes them, the fallback rank among them) as they would be served with ``fallback``:
+    each rank's looping hypothesis replaced by the fallback rank's where that loops less.
+    Returns the new table and, per rank, how many hypotheses were replaced."""
+    ids = list(hyps)
+    out = {i: dict(hyps[i]) for i in ids}
+    replaced: dict[int, int] = {}
+    ranks = sorted({r for i in ids for r in hyps[i]})
+    if fallback.rank not in ranks:
+        raise ValueError(f"fallback rank {fallback.rank} was not decoded (ranks: {ranks})")
+    for r in ranks:
+        if r == fallback.rank:
+            continue
+        texts, _, kept = offline_fallback(
+            [hyps[i][r] for i in ids], [hyps[i][fallback.rank] for i in ids], [r] * len(ids), fallback
+        )
+        for i, text in zip(ids, texts, strict=True):
+            out[i][r] = text
+        replaced[r] = kept
+    return out, replaced

@@ -233,6 +233,27 @@ def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, c
     assert json.loads((adapter / "router.json").read_text())["type"] == "learned"
     assert (adapter / "adapter_model.safetensors").read_bytes() == weights
 
+    # --fallback-rank: every rank scored as evaluation serves it with the loop fallback, from
+    # the same cached decodings. Rank 4's cached transcripts are made loops here (the
+    # cache is what calibrate reads; a 2-step adapter decodes like the base model).
+    lines = cache.read_text().splitlines()
+    rows = [json.loads(ln) for ln in lines[1:]]
+    for row in rows:
+        row["hyps"]["4"] = "the quick fox " * 30
+    cache.write_text("\n".join([lines[0], *map(json.dumps, rows)]) + "\n")
+    assert main([*args, "--out", str(out)]) == 0
+    plain = json.loads((tmp_path / "run" / "calibrate_validation" / "summary.json").read_text())
+    assert main([*args, "--out", str(out), "--fallback-rank", "0"]) == 0
+    assert "loop fallback to rank 0: hypotheses replaced r2:0 r4:8" in capsys.readouterr().out
+    with_fb = json.loads((tmp_path / "run" / "calibrate_validation" / "summary.json").read_text())
+    assert with_fb["loop_fallback"] == {"rank": 0, "threshold": 2.4, "replaced_by_rank": {"2": 0, "4": 8}}
+    assert plain["wer_by_rank"]["4"] > 20 and plain["loop_fallback"] is None
+    # the loops are replaced by rank 0's transcripts: rank 4 scores as rank 0 does
+    assert with_fb["wer_by_rank"]["4"] == with_fb["wer_by_rank"]["0"] == plain["wer_by_rank"]["0"]
+    assert with_fb["wer_by_rank"]["2"] == plain["wer_by_rank"]["2"]
+    assert main([*args, "--out", str(out), "--fallback-rank", "8"]) == 2
+    assert "was not decoded" in capsys.readouterr().err
+
 
 def test_the_router_is_judged_on_utterances_it_was_not_fit_on() -> None:
     """Features that say nothing about the costs: fit on all 200 utterances, the router

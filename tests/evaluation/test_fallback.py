@@ -66,3 +66,21 @@ def test_nothing_is_decoded_when_nothing_loops() -> None:
 def test_keep_better_prefers_the_routed_hypothesis_on_a_tie() -> None:
     assert keep_better(LOOP, SENTENCE)
     assert not keep_better(SENTENCE, SENTENCE)
+
+
+def test_every_rank_is_scored_as_the_fallback_serves_it() -> None:
+    from flexispeech.evaluation.fallback import fallback_at_every_rank
+
+    hyps = {
+        "a": {0: SENTENCE, 4: LOOP, 16: SENTENCE},
+        "b": {0: LOOP + LOOP, 4: LOOP, 16: "fine"},  # rank 0 loops worse: rank 4 keeps its own
+        "c": {0: "base", 4: "ok", 16: LOOP},
+    }
+    out, replaced = fallback_at_every_rank(hyps, Fallback(rank=0))
+    assert out["a"] == {0: SENTENCE, 4: SENTENCE, 16: SENTENCE}
+    assert out["b"] == hyps["b"]
+    assert out["c"] == {0: "base", 4: "ok", 16: "base"}
+    assert replaced == {4: 1, 16: 1}
+    assert hyps["a"][4] == LOOP  # the input table is left as it was
+    with pytest.raises(ValueError, match="not decoded"):
+        fallback_at_every_rank(hyps, Fallback(rank=8))
