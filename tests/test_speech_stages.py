@@ -408,11 +408,11 @@ def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:
     (calib,) = [c for c in calls if c[0] == "calibrate"]  # a benefit run: its router fit on validation
     assert len(train) == 1 and calib[1].endswith("flexi_benefit_nscale/adapter")
     assert "flexi_benefit_nscale/eval_test" in default
-    # the gpu profile's training: up to 1,500 steps, the best validation WER kept, early
-    # stopping not before step 650
+    # the gpu profile's training: up to 1,500 steps, the best validation WER kept (scored
+    # with the loop fallback eval uses), early stopping not before step 650
     line = " ".join(train[0])  # the fake records its arguments space-joined
     assert "train.max_steps=1500" in line and "eval.batch_size=128" in line
-    assert "train.early_stopping={patience: 3, min_steps: 650, metric: wer}" in line
+    assert "train.early_stopping={patience: 3, min_steps: 650, metric: wer, fallback_rank: 0}" in line
 
 
 def test_a_benefit_run_trained_but_not_calibrated_is_calibrated_on_rerun(tmp_path: Path) -> None:

@@ -110,6 +110,10 @@ def run(args: argparse.Namespace) -> int:
     if args.adapter:
         load_adapter(model, args.adapter)
         router = serving_router(model, args.rank)  # the chain transcribe and stream use too
+        if fallback is not None:
+            from flexispeech.lora.ranks import check_ranks, get_state
+
+            check_ranks(get_state(model).config, [fallback.rank])  # before decoding, not in it
     elif args.rank is not None:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
     from flexispeech.data.speech import CorpusSplit

@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from flexispeech.data.loading import load_batches
 from flexispeech.data.split import Split, signals_tensor
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
-from flexispeech.evaluation.fallback import Fallback, decode_with_fallback
+from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
 from flexispeech.evaluation.metrics import error_counts
 from flexispeech.lora.inject import use_ranks
 from flexispeech.models.decode_features import decode_features
@@ -109,7 +109,7 @@ def decode_split(
                 texts,
                 ranks,
                 fallback,
-                _row_decoder(model, family, processor, inputs, num_beams, max_new_tokens),
+                row_decoder(model, family, processor, inputs, num_beams, max_new_tokens),
             )
         decode_s += time.perf_counter() - t0
         signals = {i: ex.signals for i, ex in zip(loaded.rows, examples)}
@@ -119,30 +119,6 @@ def decode_split(
                 record["signals"] = dict(signals[i])
             records[i] = {**record, "hyp": text, "rank": rank} | ({"fallback": note} if note else {})
     return [records.get(i, {}) for i in wanted], decode_s
-
-
-def _row_decoder(
-    model: torch.nn.Module,
-    family: Any,
-    processor: Any,
-    inputs: dict[str, Any],
-    num_beams: int,
-    max_new_tokens: int | None,
-) -> Callable[[list[int], torch.Tensor], list[str]]:
-    """``decode_rows(rows, ranks)`` for ``decode_with_fallback``: the rows ``rows`` of one
-    collated batch ``inputs`` (every tensor's first dimension is the batch) at ``ranks``."""
-    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor))
-
-    def decode_rows(rows: list[int], ranks: torch.Tensor) -> list[str]:
-        index = torch.tensor(rows)
-        sub = {
-            k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
-            for k, v in inputs.items()
-        }
-        with torch.no_grad(), use_ranks(model, ranks):
-            return family.generate(model, processor, sub, num_beams=num_beams, max_new_tokens=max_new_tokens)
-
-    return decode_rows
 
 
 def _add_live_signals(

@@ -17,8 +17,11 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
+
+from flexispeech.lora.ranks import use_ranks
 
 # openai-whisper's and faster-whisper's default ``compression_ratio_threshold``.
 DEFAULT_THRESHOLD = 2.4
@@ -58,6 +61,31 @@ def keep_better(first: str, second: str) -> bool:
     """True when the fallback hypothesis ``second`` replaces ``first``: it loops less (a lower
     compression ratio). Equal ratios keep the routed rank's hypothesis."""
     return compression_ratio(second) < compression_ratio(first)
+
+
+def row_decoder(
+    model: torch.nn.Module,
+    family: Any,
+    processor: Any,
+    inputs: dict[str, Any],
+    num_beams: int = 1,
+    max_new_tokens: int | None = None,
+) -> Callable[[list[int], torch.Tensor], list[str]]:
+    """``decode_rows(rows, ranks)`` for ``decode_with_fallback``: greedy (or beam) decoding
+    of the rows ``rows`` of one collated batch ``inputs`` (every tensor whose first
+    dimension is the batch is cut to those rows) at per-row ``ranks`` [len(rows)]."""
+    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim())
+
+    def decode_rows(rows: list[int], ranks: torch.Tensor) -> list[str]:
+        index = torch.tensor(rows)
+        sub = {
+            k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
+            for k, v in inputs.items()
+        }
+        with torch.no_grad(), use_ranks(model, ranks):
+            return family.generate(model, processor, sub, num_beams=num_beams, max_new_tokens=max_new_tokens)
+
+    return decode_rows
 
 
 def decode_with_fallback(

@@ -28,6 +28,7 @@ from flexispeech.data.augment import step_generator
 from flexispeech.data.speech import LengthBucketSampler
 from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
+from flexispeech.evaluation.fallback import Fallback
 from flexispeech.evaluation.metrics import source_normalizer
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import load_adapter, save_adapter
@@ -226,8 +227,10 @@ class Trainer:
                     f"train.early_stopping.metric: wer is for speech models, not the {self.family.name} family"
                 )
             normalize = source_normalizer(cfg.model.source)  # as eval scores it
+        es = cfg.train.early_stopping
+        fallback = Fallback(es.fallback_rank) if es.fallback_rank is not None else None
         return Validator(
-            split, self.family, self.processor, self.infer_router, cfg.eval.batch_size, normalize
+            split, self.family, self.processor, self.infer_router, cfg.eval.batch_size, normalize, fallback
         )
 
     def _validate(self) -> bool:

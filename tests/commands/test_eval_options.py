@@ -156,6 +156,11 @@ def test_fallback_decodes_looping_rows_again_at_its_rank(corpus: Path, adapter: 
     assert texts(untouched) == routed
 
 
-def test_fallback_needs_an_adapter(corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+def test_fallback_needs_an_adapter_and_one_of_its_ranks(
+    corpus: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
     code = main(["eval", "--data", str(corpus), *FAST, "--out", str(tmp_path), "--fallback-rank", "0"])
     assert code != 0 and "--fallback-rank needs --adapter" in capsys.readouterr().err
+    options = ["--adapter", str(adapter), "--fallback-rank", "3"]
+    assert main(["eval", "--data", str(corpus), *FAST, "--out", str(tmp_path), *options]) == 2
+    assert "rank(s) [3] not in the configured ranks" in capsys.readouterr().err

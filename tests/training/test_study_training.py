@@ -362,3 +362,45 @@ def test_early_stopping_metric_must_be_known() -> None:
     EarlyStoppingConfig(patience=1, metric="wer").check(eval_every=1)
     with pytest.raises(ConfigError, match="expected one of"):
         EarlyStoppingConfig(patience=1, metric="cer").check(eval_every=1)
+
+
+def test_validation_wer_with_the_loop_fallback_is_eval_s(corpus) -> None:  # noqa: F811
+    """``train.early_stopping.fallback_rank``: the validator decodes looping rows again as
+    ``eval --fallback-rank`` does, so the WER it selects a step on is the one eval reports."""
+    from flexispeech.evaluation.evaluate import decode_split
+    from flexispeech.evaluation.fallback import Fallback
+    from flexispeech.evaluation.metrics import english_normalizer, error_counts
+    from flexispeech.lora import FlexiLoraConfig, inject
+    from flexispeech.models.random_init import randomize_adapters
+    from flexispeech.training.early_stopping import Validator
+
+    family = get_family("whisper")
+    model, processor = family.load("random:tiny")
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 4), target_modules=family.default_targets))
+    randomize_adapters(model)
+    split = CorpusSplit(corpus, "test")
+    router = ThresholdRouter([0, 2, 4], weights={"snr_db": -1.0}).calibrate(
+        split.all_signals(), target_mean_rank=2.0
+    )
+    normalize = english_normalizer()
+    fallback = Fallback(rank=0, threshold=0.01)  # every non-empty hypothesis off rank 0 "loops"
+    plain = Validator(split, family, processor, router, batch_size=4, normalize=normalize)(model)
+    served = Validator(split, family, processor, router, 4, normalize, fallback)(model)
+    records, _ = decode_split(
+        model, family, processor, split, router, batch_size=4, progress=False, fallback=fallback
+    )
+    want = error_counts([r["ref"] for r in records], [r["hyp"] for r in records], normalize)["wer"]
+    kept = sum(bool(r.get("fallback", {}).get("kept")) for r in records)
+    assert served.wer == pytest.approx(want) and served.fallback_kept == kept > 0
+    # (a random model's WER is 1.0 either way: the rows replaced are what shows the fallback ran)
+    assert plain.fallback_kept is None and served.loss == plain.loss
+
+
+def test_fallback_rank_needs_the_wer_metric() -> None:
+    from flexispeech.training.early_stopping import EarlyStoppingConfig
+
+    EarlyStoppingConfig(patience=2, metric="wer", fallback_rank=0).check(eval_every=10)
+    with pytest.raises(ConfigError, match="fallback_rank: a rank >= 0, with metric: wer"):
+        EarlyStoppingConfig(patience=2, metric="loss", fallback_rank=0).check(eval_every=10)
+    with pytest.raises(ConfigError, match="got -1"):
+        EarlyStoppingConfig(patience=2, metric="wer", fallback_rank=-1).check(eval_every=10)
