@@ -117,3 +117,29 @@ def test_a_row_cut_for_looping_stops_there_and_the_others_go_on(model_and_inputs
     expected = [row[: cut_at(row) - 2] if len(row) >= cut_at(row) else row for row in full]
     assert got == expected
     assert len({cut_at(row) for row in full}) > 1  # rows cut at different steps, others going on
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_suppression_masks_what_transformers_processors_mask(model_and_inputs, first: bool) -> None:
+    """The suppression masks, built once per decoding, give the scores transformers'
+    ``SuppressTokensAtBegin`` and ``SuppressTokens`` processors give, at the first
+    generated token (both lists) and after it (``suppress_tokens`` only)."""
+    from transformers.generation.logits_process import (
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+    )
+
+    from flexispeech.streaming.decode import Suppression
+
+    model = model_and_inputs[0]
+    gc = model.generation_config
+    vocab, width = int(model.config.vocab_size), 5
+    scores = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
+    sequences = torch.zeros((3, width if first else width + 2), dtype=torch.long)
+    expected = SuppressTokensAtBeginLogitsProcessor(gc.begin_suppress_tokens, begin_index=width)(
+        sequences, scores
+    )
+    expected = SuppressTokensLogitsProcessor(gc.suppress_tokens)(sequences, expected)
+    got = Suppression(model, vocab, torch.device("cpu"))(scores, first=first)
+    assert torch.equal(got, expected)
+    assert bool(torch.isinf(got[:, gc.begin_suppress_tokens]).all()) == first  # the test sees both cases
