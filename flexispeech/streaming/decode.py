@@ -222,7 +222,10 @@ def greedy_decode(
     with torch.no_grad():
         encoded = model.get_encoder()(features.to(device, dtype=model.dtype)).last_hidden_state
         for step in range(int(caps.max()) if batch else 0):
-            out = model(
+            # The decoder, then the vocabulary projection of the last position only: the
+            # model's own forward projects every position, and the first step's are the
+            # whole prompt (up to ~50 tokens a row, each a 384 x 51864 product in tiny).
+            out = model.model(
                 encoder_outputs=(encoded,),
                 decoder_input_ids=step_ids,
                 decoder_attention_mask=mask,
@@ -231,7 +234,7 @@ def greedy_decode(
                 use_cache=True,
             )
             cache = out.past_key_values
-            scores = out.logits[:, -1, :].float()
+            scores = model.proj_out(out.last_hidden_state[:, -1, :]).float()
             scores = suppress(scores, first=step == 0)
             scores = rules(scores, generated)
             token = scores.argmax(-1)
