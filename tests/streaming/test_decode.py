@@ -143,3 +143,19 @@ def test_suppression_masks_what_transformers_processors_mask(model_and_inputs, f
     got = Suppression(model, vocab, torch.device("cpu"))(scores, first=first)
     assert torch.equal(got, expected)
     assert bool(torch.isinf(got[:, gc.begin_suppress_tokens]).all()) == first  # the test sees both cases
+
+
+def test_only_the_last_position_is_projected_onto_the_vocabulary(model_and_inputs) -> None:
+    """The first step feeds every row's whole prefix (prompt included); only its last
+    position's logits are read, so only that one is projected (one position per row)."""
+    model, processor, features = model_and_inputs
+    prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+    shapes: list[tuple[int, ...]] = []
+    hook = model.proj_out.register_forward_hook(
+        lambda _m, inputs, _out: shapes.append(tuple(inputs[0].shape))
+    )
+    try:
+        greedy_decode(model, features, prompts, [3, 3, 3])
+    finally:
+        hook.remove()
+    assert shapes and all(shape == (3, model.config.d_model) for shape in shapes)
