@@ -110,3 +110,46 @@ def test_the_scheduler_makes_an_update_without_decoding_at_once(transcriber, aud
         release.set()
         busy.result(10)
     assert (scheduler.rows, scheduler.undecoded) == (2, 1)
+
+
+def test_the_previous_decoding_is_the_next_ones_draft_and_changes_no_update(
+    transcriber, audio, monkeypatch
+) -> None:
+    """Each update's draft is the previous decoding while the buffer start and prompt stay
+    (none after a cut); a stream decoded with drafts gets, update for update, what it gets
+    without them (routed ranks, a buffer cut at 3 s)."""
+    import dataclasses
+
+    options = StreamOptions(trim_s=3.0, max_buffer_s=4.0)
+
+    def run() -> tuple[list, list[int]]:
+        online = OnlineTranscriber(transcriber, options)
+        updates, drafts = [], []
+        real = OnlineTranscriber.request
+
+        def request(self):
+            req = real(self)
+            drafts.append(len(req.draft))
+            return req
+
+        with monkeypatch.context() as m:
+            m.setattr(OnlineTranscriber, "request", request)
+            for start in range(0, audio.size, SAMPLE_RATE):
+                online.insert_audio_chunk(audio[start : start + SAMPLE_RATE])
+                u = online.process_iter()
+                updates.append((u.committed, u.tentative, u.rank, u.buffer_start_s))
+            u = online.finish()
+        updates.append((u.committed, u.tentative, u.rank, u.buffer_start_s))
+        return updates, drafts
+
+    with_drafts, lengths = run()
+    real_request = OnlineTranscriber.request
+    monkeypatch.setattr(
+        OnlineTranscriber, "request", lambda self: dataclasses.replace(real_request(self), draft=())
+    )
+    without, _ = run()
+    assert with_drafts == without
+    assert lengths[0] == 0 and any(lengths)  # the first update has none; later ones had drafts
+    starts = [u[3] for u in with_drafts[:-1]]
+    after_cut = [i for i in range(1, len(starts)) if starts[i] != starts[i - 1]]
+    assert after_cut and all(lengths[i] == 0 for i in after_cut)  # a cut buffer gets no draft
