@@ -91,16 +91,12 @@ def load_online(
     from transformers.utils import logging as hf_logging
 
     from flexispeech.streaming.online import OnlineTranscriber, StreamOptions
-    from flexispeech.streaming.threads import one_intraop_thread
     from flexispeech.streaming.transcriber import Transcriber
 
     # Our output is the transcript: keep transformers' load bars and generation advice quiet.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    # With --concurrent and in the server another thread decodes: the loading thread must
-    # keep no intra-op pool of its own (streaming/threads.py; ~2x slower decoding otherwise).
-    with one_intraop_thread():
-        transcriber = Transcriber(model=model, adapter=adapter, rank=rank, device=device, family="whisper")
+    transcriber = Transcriber(model=model, adapter=adapter, rank=rank, device=device, family="whisper")
     return OnlineTranscriber(transcriber, StreamOptions(audio_ctx=audio_ctx_option(audio_ctx)))
 
 
