@@ -79,6 +79,7 @@ class Scheduler:
         self.batches = 0  # batches decoded so far
         self.rows = 0  # updates decoded so far (rows / batches = mean batch size)
         self.fallbacks = 0  # batches whose batched decoding failed and that were decoded one by one
+        self.undecoded = 0  # updates made at submit, without decoding (``submit``)
         self._batch_started: float | None = None  # monotonic time the batch now decoding began
         self._worker = threading.Thread(target=self._run, name="flexispeech-scheduler", daemon=True)
         self._worker.start()
@@ -91,15 +92,31 @@ class Scheduler:
 
     def submit(self, stream: OnlineTranscriber, final: bool = False) -> Future:
         """Queue one update of ``stream`` (``final``: its last, as ``finish``); the future's
-        result is the ``Update``, or the error that decoding this stream raised."""
+        result is the ``Update``, or the error that decoding this stream raised.
+
+        An update that needs no decoding (too little audio yet, or the final update of a
+        buffer its previous update decoded: ``OnlineTranscriber.wants_decoding``) is made
+        here, at once: it would otherwise wait for the batch decoding at the time, a whole
+        decoding at the end of every stream while the others are served."""
         future: Future = Future()
         with self._cond:
             if self._closed:
                 raise FlexispeechError("the scheduler is closed")
             if any(job.stream is stream for job in self._queue):
                 raise FlexispeechError("a stream may have one update queued at a time")
-            self._queue.append(_Job(stream, final, future))
-            self._cond.notify()
+            if stream.wants_decoding(final):
+                self._queue.append(_Job(stream, final, future))
+                self._cond.notify()
+                return future
+        future.set_running_or_notify_cancel()
+        self.undecoded += 1
+        try:
+            # Without the model: ``apply`` only (no tokenizer, no decoding), on the caller's
+            # thread, which owns the stream while no update of it is queued.
+            future.set_result(decode_updates(self.transcriber, [stream], [final])[0])
+        except Exception as err:  # noqa: BLE001 - handed to the stream's caller
+            future.set_exception(err)
+        self._mark_live([_Job(stream, final, future)], time.monotonic())
         return future
 
     def decode(self, stream: OnlineTranscriber, final: bool = False) -> Update:
@@ -141,6 +158,11 @@ class Scheduler:
         now = time.monotonic()
         with self._cond:
             self._last_decode_s = now - started
+        self._mark_live(jobs, now)
+
+    def _mark_live(self, jobs: list[_Job], now: float) -> None:
+        """Streams whose update was served at ``now`` are live until their final one."""
+        with self._cond:
             for job in jobs:
                 if job.final:
                     self._live.pop(id(job.stream), None)

@@ -40,6 +40,7 @@ class DecodeRequest:
     positions: int  # encoder window for it (streams decode in groups of one window)
     prompt: list[int]  # <|startofprev|> + committed text before the buffer; [] for none
     max_new_tokens: int  # token cap for this buffer length
+    draft: tuple[int, ...] = ()  # tokens the decoding likely begins with (``greedy_decode``'s drafts)
 
 
 class Stream(Protocol):
@@ -110,11 +111,12 @@ def decode_updates(
             ).input_features
             prompts = [requests[i].prompt for i in members]
             caps = [requests[i].max_new_tokens for i in members]
+            drafts = [requests[i].draft for i in members]
             if batch.ranks is None:
-                out = greedy_decode(model, features, prompts, caps, stop_loops=True)
+                out = greedy_decode(model, features, prompts, caps, stop_loops=True, drafts=drafts)
             else:
                 with use_ranks(model, batch.ranks), use_ranks(model, rows=group):
-                    out = greedy_decode(model, features, prompts, caps, stop_loops=True)
+                    out = greedy_decode(model, features, prompts, caps, stop_loops=True, drafts=drafts)
             tokens.update(zip(members, out))
     compute_s = time.perf_counter() - started
     return [

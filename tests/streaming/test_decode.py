@@ -117,3 +117,81 @@ def test_a_row_cut_for_looping_stops_there_and_the_others_go_on(model_and_inputs
     expected = [row[: cut_at(row) - 2] if len(row) >= cut_at(row) else row for row in full]
     assert got == expected
     assert len({cut_at(row) for row in full}) > 1  # rows cut at different steps, others going on
+
+
+@pytest.mark.parametrize("first", [True, False])
+def test_suppression_masks_what_transformers_processors_mask(model_and_inputs, first: bool) -> None:
+    """The suppression masks, built once per decoding, give the scores transformers'
+    ``SuppressTokensAtBegin`` and ``SuppressTokens`` processors give, at the first
+    generated token (both lists) and after it (``suppress_tokens`` only)."""
+    from transformers.generation.logits_process import (
+        SuppressTokensAtBeginLogitsProcessor,
+        SuppressTokensLogitsProcessor,
+    )
+
+    from flexispeech.streaming.decode import Suppression
+
+    model = model_and_inputs[0]
+    gc = model.generation_config
+    vocab, width = int(model.config.vocab_size), 5
+    scores = torch.randn(3, vocab, generator=torch.Generator().manual_seed(0))
+    sequences = torch.zeros((3, width if first else width + 2), dtype=torch.long)
+    expected = SuppressTokensAtBeginLogitsProcessor(gc.begin_suppress_tokens, begin_index=width)(
+        sequences, scores
+    )
+    expected = SuppressTokensLogitsProcessor(gc.suppress_tokens)(sequences, expected)
+    got = Suppression(model, vocab, torch.device("cpu"))(scores, first=[first] * 3)
+    assert torch.equal(got, expected)
+    assert bool(torch.isinf(got[:, gc.begin_suppress_tokens]).all()) == first  # the test sees both cases
+
+
+def test_only_the_last_position_is_projected_onto_the_vocabulary(model_and_inputs) -> None:
+    """The first step feeds every row's whole prefix (prompt included); only its last
+    position's logits are read, so only that one is projected (one position per row)."""
+    model, processor, features = model_and_inputs
+    prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+    shapes: list[tuple[int, ...]] = []
+    hook = model.proj_out.register_forward_hook(
+        lambda _m, inputs, _out: shapes.append(tuple(inputs[0].shape))
+    )
+    try:
+        greedy_decode(model, features, prompts, [3, 3, 3])
+    finally:
+        hook.remove()
+    assert shapes and all(shape == (3, model.config.d_model) for shape in shapes)
+
+
+def _forwards(model) -> tuple[list[int], object]:
+    """Counts the decoder's forward passes (one per decoding step)."""
+    calls: list[int] = []
+    hook = model.model.decoder.register_forward_hook(lambda *_: calls.append(1))
+    return calls, hook
+
+
+@pytest.mark.parametrize("kind", ["exact", "wrong_token", "too_long", "empty"])
+def test_drafts_change_no_token(model_and_inputs, kind: str) -> None:
+    """A draft only saves steps: the tokens are those of decoding without it, whether the
+    draft is right, wrong after three tokens, longer than the cap, or empty. A right draft
+    is taken in one pass (one step, and a few more for a row whose last segment was cut)."""
+    model, processor, features = model_and_inputs
+    prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+    calls, hook = _forwards(model)
+    try:
+        plain = greedy_decode(model, features, prompts, CAPS)
+        plain_steps = len(calls)
+        drafts = {
+            "exact": plain,
+            "wrong_token": [seq[:3] + [seq[3] ^ 1] + seq[4:] for seq in plain],
+            "too_long": [seq + seq for seq in plain],
+            "empty": [[] for _ in plain],
+        }[kind]
+        calls.clear()
+        got = greedy_decode(model, features, prompts, CAPS, drafts=drafts)
+    finally:
+        hook.remove()
+    assert got == plain
+    assert all(len(seq) > 4 for seq in plain)  # the wrong token is inside every row's text
+    if kind == "exact":
+        assert len(calls) < plain_steps / 2
+    if kind == "empty":
+        assert len(calls) == plain_steps

@@ -10,11 +10,18 @@ import flexispeech.streaming.scheduler as scheduler_module
 from flexispeech.streaming.scheduler import Scheduler
 
 
+class _Stream:
+    """A stream whose every update needs decoding (the scheduler queues it)."""
+
+    def wants_decoding(self, final: bool) -> bool:
+        return True
+
+
 def test_a_failed_batch_is_decoded_one_by_one_and_logged(monkeypatch, caplog) -> None:
     """A bad stream in a batch: its caller gets the error, every other stream its update,
     and the fallback is logged (a batched path failing on every batch would otherwise
     show only as a server N times slower)."""
-    bad = object()
+    bad = _Stream()
 
     def fake_decode(transcriber, streams, finals):
         if bad in streams:
@@ -22,7 +29,7 @@ def test_a_failed_batch_is_decoded_one_by_one_and_logged(monkeypatch, caplog) ->
         return [f"update of {id(s)}" for s in streams]
 
     monkeypatch.setattr(scheduler_module, "decode_updates", fake_decode)
-    streams = [object(), bad, object()]
+    streams = [_Stream(), bad, _Stream()]
     with caplog.at_level(logging.WARNING, logger="flexispeech.streaming.scheduler"):
         scheduler = Scheduler(transcriber=None, gather_s=0.0)
         with scheduler._cond:  # queue all three before the worker wakes: one batch
@@ -51,9 +58,9 @@ def test_busy_s_and_queued_tell_a_stuck_decode_from_a_slow_one(monkeypatch) -> N
     monkeypatch.setattr(scheduler_module, "decode_updates", slow_decode)
     scheduler = Scheduler(transcriber=None, gather_s=0.0)
     assert scheduler.busy_s == 0.0 and scheduler.queued == 0
-    first = scheduler.submit(object())
+    first = scheduler.submit(_Stream())
     assert started.wait(5)
-    waiting = scheduler.submit(object())
+    waiting = scheduler.submit(_Stream())
     busy = scheduler.busy_s
     threading.Event().wait(0.05)
     assert scheduler.busy_s > busy > 0.0 and scheduler.queued == 1
@@ -85,7 +92,7 @@ def test_a_batch_waits_for_the_live_streams_not_yet_queued(monkeypatch, max_wait
     import threading
 
     batches = _recording_decode(monkeypatch, 0.2)
-    a, b = object(), object()
+    a, b = _Stream(), _Stream()
     scheduler = Scheduler(transcriber=None, gather_s=0.0, max_wait_s=max_wait_s)
     with scheduler._cond:  # both live: served once, together
         first = [scheduler.submit(a), scheduler.submit(b)]
@@ -106,7 +113,7 @@ def test_a_finished_stream_is_not_waited_for(monkeypatch) -> None:
     import time
 
     batches = _recording_decode(monkeypatch, 0.3)
-    a, b = object(), object()
+    a, b = _Stream(), _Stream()
     scheduler = Scheduler(transcriber=None, gather_s=0.0)
     with scheduler._cond:
         first = [scheduler.submit(a), scheduler.submit(b, final=True)]
