@@ -163,15 +163,17 @@ class WhisperFamily:
     ) -> dict[str, torch.Tensor] | None:
         """``collate(train=True)`` of waveforms already on a device, without a host round trip:
         ``audio`` [B, T] (zero past ``lengths`` [B]) -> ``input_features`` [B, n_mels, frames]
-        on ``audio``'s device, ``num_frames`` [B] and ``labels`` [B, L] on the CPU. None when
-        the processor's extractor is not one ``whisper_features.log_mel`` reproduces."""
+        and ``num_frames`` [B] on ``audio``'s device, ``labels`` [B, L] on the CPU. None when
+        the processor's extractor is not one ``whisper_features.log_mel`` reproduces.
+        ``num_frames`` stays on the device: reading ``lengths`` back to the host would wait
+        for every queued kernel (the previous training step's included)."""
         from flexispeech.models.whisper_features import device_log_mel_supported, log_mel
 
         fe = processor.feature_extractor
         if not device_log_mel_supported(fe):
             return None
         features = log_mel(fe, audio)
-        frames = torch.clamp(lengths.cpu() // HOP_LENGTH, max=features.shape[-1]).long()
+        frames = torch.clamp(lengths.to(features.device) // HOP_LENGTH, max=features.shape[-1]).long()
         return {"input_features": features, "num_frames": frames, "labels": self.labels(processor, texts)}
 
     def labels(self, processor: Any, texts: Sequence[str]) -> torch.Tensor:
@@ -214,9 +216,13 @@ class WhisperFamily:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token-level cross entropy (mean over label tokens that are not -100)."""
         param = next(model.parameters())  # not model.dtype: a DDP wrapper has no .dtype
+        labels = batch["labels"]
+        if param.device.type == "cuda" and labels.device.type == "cpu":
+            # pinned: a pageable copy would wait for the GPU's queue to drain (see training.augmented)
+            labels = labels.pin_memory().to(param.device, non_blocking=True)
         out = model(
             input_features=batch["input_features"].to(param.device, dtype=param.dtype),
-            labels=batch["labels"].to(param.device),
+            labels=labels.to(param.device),
         )
         return out.loss
 

@@ -118,8 +118,8 @@ class Augmenter:
         """The augmented batch of ``planned`` (whose ``inputs`` hold ``AudioInputs``' audio),
         every random draw from ``generator`` (on ``device``)."""
         rows, inputs = planned.batch.rows, planned.batch.inputs
-        audio = inputs["audio"].to(self.device, non_blocking=True)
-        lengths = inputs["lengths"].to(self.device, non_blocking=True)
+        audio = to_device(inputs["audio"], self.device)
+        lengths = to_device(inputs["lengths"], self.device)
         audio, lengths = augment_waveforms(audio, lengths, self.cfg, generator, SAMPLE_RATE, self.banks)
         # Only the audio signals the router reads are recomputed (a random or fixed router
         # reads none; the cached proxy stays): on 30-s clips they cost more than the step.
@@ -140,7 +140,7 @@ class Augmenter:
         def collate(ordered: list[Example]) -> dict[str, torch.Tensor]:
             if not on_device:
                 return self.collate(ordered)
-            index = torch.tensor([int(e.id) for e in ordered], device=audio.device)
+            index = to_device(torch.tensor([int(e.id) for e in ordered]), audio.device)
             return self.family.collate_waveforms(
                 self.processor, audio[index], lengths[index], [e.text for e in ordered]
             )
@@ -175,13 +175,26 @@ class DeviceFeatures:
         rows, inputs = planned.batch.rows, planned.batch.inputs
         texts = [str(self.split.rows[i]["text"]) for i in rows]
         if collates_on_device(self.family, self.processor):
-            audio = inputs["audio"].to(self.device, non_blocking=True)
-            features = self.family.collate_waveforms(self.processor, audio, inputs["lengths"], texts)
+            audio = to_device(inputs["audio"], self.device)
+            lengths = to_device(inputs["lengths"], self.device)
+            features = self.family.collate_waveforms(self.processor, audio, lengths, texts)
         else:
             clips = unpad_waveforms(inputs["audio"], inputs["lengths"])
             examples = [Example(id=str(i), text=t, audio=c) for i, t, c in zip(rows, texts, clips)]
             features = self.family.collate(self.processor, examples, train=True, device=str(self.device))
         return replace(planned.batch, inputs=features)
+
+
+def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``tensor`` on ``device``; a host tensor bound for a GPU goes through pinned memory.
+
+    A copy from pageable host memory makes CUDA drain the stream first: the training
+    process would wait for the previous step's backward and optimizer step to finish before
+    it could queue this batch's augmentation, leaving the GPU idle while the host works.
+    From pinned memory the copy is queued behind them instead."""
+    if device.type != "cuda" or tensor.device.type != "cpu":
+        return tensor.to(device)
+    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def collates_on_device(family: ModelFamily, processor: Any) -> bool:

@@ -126,7 +126,9 @@ class Trainer:
         self.steps_run = 0  # optimizer steps taken by this process (a resumed run skips the earlier ones)
         self.throughput = Throughput()  # this session's data wait, augmentation and validation time
         self.counts: Counter = Counter({int(k): v for k, v in self.state.rank_counts.items()})
-        self.losses: list[float] = []
+        # Detached loss tensors, read on the host only when a line is logged: a float() per
+        # step would make the host wait for each backward pass before queuing the next batch.
+        self.losses: list[torch.Tensor] = []
         self.augmenter = batch_maker(
             cfg.augment,
             self.family,
@@ -325,7 +327,7 @@ class Trainer:
                     loss = self._loss_step(batch) / accum
                     accelerator.backward(loss)
                 self.train_rank_losses.add(batch.ranks, captured)
-            self.losses.append(float(loss.detach()) * accum)
+            self.losses.append(loss.detach() * accum)
             state.examples_seen += planned.n_global
             throughput.examples += planned.n_global
             if not sync:
@@ -338,9 +340,9 @@ class Trainer:
             state.step += 1
             self.steps_run += 1
             bar.update(1)
-            mean_loss = sum(self.losses) / len(self.losses)
-            bar.set_postfix_str(f"loss {mean_loss:.3f} | {_hist(self.counts)}")
             if state.step % cfg.train.log_every == 0 or state.step == cfg.train.max_steps:
+                mean_loss = float(torch.stack(self.losses).float().mean())
+                bar.set_postfix_str(f"loss {mean_loss:.3f} | {_hist(self.counts)}")
                 self._log(mean_loss, time.perf_counter() - t_start)
             with throughput.timing("validate_s"):
                 stop = (
