@@ -100,7 +100,7 @@ case "$profile" in
   # Real speech: a seeded sample of 40 recordings (the whole split on a GPU), the adapters at
   # their own window only (the base at both): on 2 cores every 30-s decoding of the sample
   # costs about 40 s, and the demo has 20 minutes.
-  cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40); fallback_args=() ;;
+  cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40); fallback_args=(); gate_args=() ;;
   # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
   # on-the-fly augmentation (off in the *_noaug ablation). Up to 1,500 steps (at 500 every
   # run's validation loss was still falling). Every 100 steps 1,024 validation rows are
@@ -136,6 +136,11 @@ case "$profile" in
        # rank 1-2.6 points, more than the gaps between ranks, seeds and methods (RESULTS.md,
        # seventh lease; recipes/synthetic/fallback_offline.py).
        fallback_args=(--fallback-rank 0)
+       # The gated runs also serve rank 0 where the base model is surer of its transcript
+       # (decoder entropy) than on the surest 10 % of the validation split: real recordings
+       # the base model transcribes well are such inputs, and every adapter made them worse
+       # (RESULTS.md, seventh lease, "the base model's confidence").
+       gate_args=(--confident-share 0.1)
        runs_static="static_r16 static_r6 static_r8"
        # flexi_benefit_nscale, routing by benefit with one scale for every rank, is the best
        # Flexi run measured (RESULTS.md, fourth lease); it is the Flexi half of the decisive pair
@@ -303,7 +308,7 @@ gate_run() {  # a --gated run's adapter behind the novelty gate (a router change
   is_gated "$r" || return 0
   step "$(kind_of "$r")" || step 6 || return 0
   [ -f "$exp/${r}_gated/adapter/router.json" ] || \
-    $FLEXI gate "$exp/$r/adapter" --data "$data" --out "$exp/${r}_gated/adapter"
+    $FLEXI gate "$exp/$r/adapter" --data "$data" --out "$exp/${r}_gated/adapter" "${gate_args[@]}"
   if step 6; then eval_run "${r}_gated"; fi
 }
 

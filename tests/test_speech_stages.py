@@ -449,5 +449,8 @@ def test_gpu_profile_evaluates_adapters_with_the_loop_fallback(tmp_path: Path) -
     calls = run_stages(tmp_path / "one", "gpu", "--runs", "flexi_benefit_nscale", "--jobs", "1")
     (calibrate,) = [c for c in calls if c[0] == "calibrate"]
     assert calibrate[calibrate.index("--fallback-rank") + 1] == "0"
+    # the gated runs: the novelty gate and the base model's confidence on the surest 10 %
+    gates = [c for c in calls if c[0] == "gate"]
+    assert gates and all(c[c.index("--confident-share") + 1] == "0.1" for c in gates)
     cpu = _evals(run_stages(tmp_path / "cpu", "cpu", "--real", "data/real"))
     assert not any("--fallback-rank" in c for c in cpu.values())

@@ -6,7 +6,9 @@ import argparse
 
 HELP = (
     "put a novelty gate in front of an adapter's router: inputs whose pooled base-encoder "
-    "embedding lies farther from the training split's than a held-out quantile are served at rank 0"
+    "embedding lies farther from the training split's than a held-out quantile are served at rank 0; "
+    "with --confident-share also inputs the base model decodes with more confidence than that share "
+    "of held-out ones"
 )
 
 
@@ -46,6 +48,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of that sample (default: 0)")
     parser.add_argument(
+        "--confident-share",
+        type=float,
+        default=0.0,
+        metavar="Q",
+        help="also serve rank 0 where the base model is surer of its own transcript than on the "
+        "surest Q of --split (its decoder entropy, `flexispeech signals --model`); the base model "
+        "transcribes such inputs well already (default: 0, off)",
+    )
+    parser.add_argument(
+        "--confident-signal",
+        default="proxy_entropy",
+        choices=("proxy_entropy", "proxy"),
+        help="the base model's confidence: decoder entropy (default) or the negative log-probability",
+    )
+    parser.add_argument(
+        "--no-novelty",
+        action="store_true",
+        help="no novelty gate: the confidence gate only (needs --confident-share; no embeddings read)",
+    )
+    parser.add_argument(
         "--out",
         help="write the gated adapter here (default: replace the router of ADAPTER in place; "
         "the weights are unchanged)",
@@ -59,7 +81,7 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.atomic import write_text
     from flexispeech.data.text import open_split
     from flexispeech.errors import ConfigError
-    from flexispeech.lora.gate import EMBEDDING, GatedRouter, NoveltyGate
+    from flexispeech.lora.gate import EMBEDDING, ConfidenceGate, GatedRouter, NoveltyGate
     from flexispeech.lora.io import read_router, save_router
 
     if args.split == "test" or args.fit_split == "test":
@@ -74,6 +96,10 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--quantile: expected a share in (0, 1], got {args.quantile}")
     if args.components < 1 or args.max_examples < 2:
         raise ConfigError("--components must be >= 1 and --max-examples >= 2")
+    if not 0.0 <= args.confident_share < 1.0:
+        raise ConfigError(f"--confident-share: expected a share in [0, 1), got {args.confident_share}")
+    if args.no_novelty and args.confident_share == 0:
+        raise ConfigError("--no-novelty leaves no gate: give --confident-share too")
     router = read_router(args.adapter)
 
     def embeddings(split_name: str, max_examples: int | None):
@@ -85,32 +111,46 @@ def run(args: argparse.Namespace) -> int:
             )
         return split.all_signals()[EMBEDDING]
 
-    fit = embeddings(args.fit_split, args.max_examples)
-    heldout = embeddings(args.split, None)
-    gate = NoveltyGate.fit(fit, components=args.components)
-    threshold = gate.set_threshold(heldout, args.quantile)
-    gated = GatedRouter(router, gate)
+    summary: dict = {"adapter": str(args.adapter), "data": args.data, "split": args.split}
+    gate = confident = None
+    if not args.no_novelty:
+        fit = embeddings(args.fit_split, args.max_examples)
+        heldout = embeddings(args.split, None)
+        gate = NoveltyGate.fit(fit, components=args.components)
+        threshold = gate.set_threshold(heldout, args.quantile)
+        summary |= {
+            "fit_split": args.fit_split,
+            "fit_examples": int(fit.shape[0]),
+            "heldout_examples": int(heldout.shape[0]),
+            "components": int(gate.components.shape[0]),
+            "quantile": args.quantile,
+            "threshold": threshold,
+            "novel_share_fit": float(gate.novel(fit).float().mean()),
+            "novel_share_heldout": float(gate.novel(heldout).float().mean()),
+        }
+        print(
+            f"novelty gate on {summary['fit_examples']} {args.fit_split} embeddings ({summary['components']} "
+            f"directions): threshold {threshold:.3g} at the {args.quantile:g} quantile of {args.split}; "
+            f"novel: {100 * summary['novel_share_fit']:.1f} % of {args.fit_split}, "
+            f"{100 * summary['novel_share_heldout']:.1f} % of {args.split}"
+        )
+    if args.confident_share > 0:
+        split = open_split(args.data, args.split)
+        if args.confident_signal not in split.signal_names:
+            raise ConfigError(
+                f"{args.data}: split {args.split!r} has no cached {args.confident_signal!r}; run `flexispeech "
+                f"signals {args.data} --splits {args.split} --model <the adapter's base model>` first"
+            )
+        values = split.all_signals()[args.confident_signal]
+        confident = ConfidenceGate.at_share(args.confident_signal, values, args.confident_share)
+        summary |= {"confident": confident.to_dict()}
+        print(
+            f"confidence gate: {args.confident_signal} < {confident.threshold:.3g}, the surest "
+            f"{100 * args.confident_share:g} % of {args.split}"
+        )
+    gated = GatedRouter(router, gate, confident=confident)
     out = save_router(args.adapter, gated, args.out)
-    summary = {
-        "adapter": str(args.adapter),
-        "out": str(out),
-        "data": args.data,
-        "fit_split": args.fit_split,
-        "fit_examples": int(fit.shape[0]),
-        "split": args.split,
-        "heldout_examples": int(heldout.shape[0]),
-        "components": int(gate.components.shape[0]),
-        "quantile": args.quantile,
-        "threshold": threshold,
-        "novel_share_fit": float(gate.novel(fit).float().mean()),
-        "novel_share_heldout": float(gate.novel(heldout).float().mean()),
-        "router": gated.describe(),
-    }
+    summary |= {"out": str(out), "router": gated.describe()}
     write_text(Path(out).parent / f"gate_{Path(out).name}.json", json.dumps(summary, indent=2) + "\n")
-    print(
-        f"novelty gate on {summary['fit_examples']} {args.fit_split} embeddings ({summary['components']} "
-        f"directions): threshold {threshold:.3g} at the {args.quantile:g} quantile of {args.split}; "
-        f"novel: {100 * summary['novel_share_fit']:.1f} % of {args.fit_split}, "
-        f"{100 * summary['novel_share_heldout']:.1f} % of {args.split} -> {out}"
-    )
+    print(f"{gated.describe()} -> {out}")
     return 0

@@ -95,3 +95,23 @@ def test_gate_serves_rank_0_to_inputs_unlike_the_training_data(tmp_path, capsys,
         4,
         4,
     ]  # noise like the training data: the adapter
+
+    # The confidence gate alone: rank 0 where the base model is surer of its transcript than
+    # on the surest quarter of the validation split (its decoder entropy), rank 4 elsewhere.
+    confident = ["gate", str(adapter), "--data", str(data), "--out", str(tmp_path / "sure"), "--no-novelty"]
+    assert main(confident) == 2
+    error_line("gate", "--no-novelty leaves no gate")
+    assert main([*confident, "--confident-share", "0.25"]) == 0
+    router = json.loads((tmp_path / "sure" / "router.json").read_text())
+    assert router["gate"] is None and router["confident"]["signal"] == "proxy_entropy"
+    threshold = router["confident"]["threshold"]
+    from flexispeech.data.speech import CorpusSplit
+
+    held = CorpusSplit(data, "validation").all_signals()["proxy_entropy"]
+    # (the random model's entropy hardly varies on this noise: the share is unit-tested)
+    assert float(held.min()) <= threshold <= float(held.max())
+    out = tmp_path / "eval_sure"
+    assert main(["eval", "--adapter", str(tmp_path / "sure"), "--data", str(data), "--out", str(out)]) == 0
+    served = json.loads((out / "results.json").read_text())["utterances"]
+    for u in served:  # the test split's entropy is computed while decoding, as transcribe does
+        assert u["rank"] == (0 if u["signals"]["proxy_entropy"] < threshold else 4), u

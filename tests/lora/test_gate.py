@@ -103,3 +103,37 @@ def test_save_router_gates_a_saved_adapter_without_a_model(tmp_path) -> None:
     assert isinstance(loaded, GatedRouter) and loaded.ranks == (0, 16)  # rank 0 served to a static adapter
     with pytest.raises(RankError, match=r"\[4\] not in the configured ranks"):
         save_router(adapter, FixedRouter(4))
+
+
+def test_confidence_gate_sends_the_surest_share_to_rank_0() -> None:
+    """``ConfidenceGate.at_share``: the held-out share Q with the lowest entropy falls under
+    the threshold; behind it, those inputs get rank 0 and the rest the router's rank. The
+    form saved in router.json round-trips, and a router saved before this gate still loads."""
+    from flexispeech.lora.gate import ConfidenceGate
+    from flexispeech.lora.router import FixedRouter, Router
+
+    heldout = torch.arange(100, dtype=torch.float32) / 10  # entropies 0.0 .. 9.9
+    sure = ConfidenceGate.at_share("proxy_entropy", heldout, 0.2)
+    assert float((heldout < sure.threshold).float().mean()) == pytest.approx(0.2, abs=0.011)
+    router = GatedRouter(FixedRouter(4), confident=sure)
+    assert router.signal_names == ("proxy_entropy",) and router.ranks == (0, 4)
+    ranks = router({"proxy_entropy": torch.tensor([0.5, 1.9, 2.0, 5.0, float("nan")])})
+    assert ranks.tolist() == [0, 0, 4, 4, 4]  # NaN: confidence unknown, the router decides
+    again = Router.from_dict(router.to_dict())
+    assert again({"proxy_entropy": torch.tensor([0.5, 5.0])}).tolist() == [0, 4]
+    neither = router.to_dict() | {"gate": None}
+    del neither["confident"]
+    with pytest.raises(ConfigError, match="needs a novelty gate, a confidence gate or both"):
+        Router.from_dict(neither)
+    novelty = NoveltyGate.fit(torch.randn(50, 4, generator=torch.Generator().manual_seed(0)), components=2)
+    saved_before = {
+        "type": "gated",
+        "router": {"type": "fixed", "rank": 4},
+        "gate": novelty.to_dict(),
+        "fallback_rank": 0,
+    }
+    assert Router.from_dict(saved_before).confident is None  # a router.json without the key loads
+    with pytest.raises(ConfigError, match="signal must be one of"):
+        ConfidenceGate("snr_db", 1.0)
+    with pytest.raises(ConfigError, match="share must be in"):
+        ConfidenceGate.at_share("proxy", heldout, 1.0)
