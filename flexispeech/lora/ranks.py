@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from flexispeech.errors import FlexispeechError
+from flexispeech.host_copy import to_device
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.plans import RankPlan, expand_ranks, make_plan
 from flexispeech.lora.router import Router
@@ -206,11 +207,8 @@ def use_ranks(
         values = tensor.tolist()  # the one host read of a batch's ranks (none for CPU tensors)
         check_ranks(state.config, values)
         device = _adapter_device(model, state.slot)
-        if device is not None and device.type == "cuda" and tensor.device.type == "cpu":
-            # Pinned, so the copy is queued without waiting for the GPU to drain its queue.
-            tensor = tensor.pin_memory().to(device, non_blocking=True)
-        elif device is not None:
-            tensor = tensor.to(device)
+        if device is not None:
+            tensor = to_device(tensor, device)  # pinned: queued without draining the GPU
     if rows is not None:
         tensor = _select_rows(tensor, rows)
         values = None

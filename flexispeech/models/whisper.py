@@ -27,6 +27,7 @@ from torch import nn
 
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
+from flexispeech.host_copy import to_device
 from flexispeech.lora.ranks import use_ranks
 from flexispeech.models.common import from_pretrained, resolve_source
 from flexispeech.models.example import Example
@@ -216,13 +217,9 @@ class WhisperFamily:
     def loss(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Token-level cross entropy (mean over label tokens that are not -100)."""
         param = next(model.parameters())  # not model.dtype: a DDP wrapper has no .dtype
-        labels = batch["labels"]
-        if param.device.type == "cuda" and labels.device.type == "cpu":
-            # pinned: a pageable copy would wait for the GPU's queue to drain (see training.augmented)
-            labels = labels.pin_memory().to(param.device, non_blocking=True)
         out = model(
             input_features=batch["input_features"].to(param.device, dtype=param.dtype),
-            labels=labels.to(param.device),
+            labels=to_device(batch["labels"], param.device),  # pinned: see flexispeech.host_copy
         )
         return out.loss
 

@@ -37,6 +37,7 @@ from flexispeech.data.augment import (
 )
 from flexispeech.data.split import Split
 from flexispeech.errors import ConfigError
+from flexispeech.host_copy import to_device
 from flexispeech.lora.router import RandomRouter, Router
 from flexispeech.models.family import Example, ModelFamily
 from flexispeech.signals.audio import audio_signals
@@ -183,18 +184,6 @@ class DeviceFeatures:
             examples = [Example(id=str(i), text=t, audio=c) for i, t, c in zip(rows, texts, clips)]
             features = self.family.collate(self.processor, examples, train=True, device=str(self.device))
         return replace(planned.batch, inputs=features)
-
-
-def to_device(tensor: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """``tensor`` on ``device``; a host tensor bound for a GPU goes through pinned memory.
-
-    A copy from pageable host memory makes CUDA drain the stream first: the training
-    process would wait for the previous step's backward and optimizer step to finish before
-    it could queue this batch's augmentation, leaving the GPU idle while the host works.
-    From pinned memory the copy is queued behind them instead."""
-    if device.type != "cuda" or tensor.device.type != "cpu":
-        return tensor.to(device)
-    return tensor.pin_memory().to(device, non_blocking=True)
 
 
 def collates_on_device(family: ModelFamily, processor: Any) -> bool:

@@ -30,6 +30,7 @@ from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
 from flexispeech.evaluation.fallback import Fallback
 from flexispeech.evaluation.metrics import source_normalizer
+from flexispeech.host_copy import to_device
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import load_adapter, save_adapter
 from flexispeech.lora.router import RandomRouter
@@ -62,7 +63,8 @@ def _hist(counts: Counter | dict[int, int]) -> str:
 
 
 def _to_device(inputs: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+    # pinned host copies: a pageable one would wait for the previous step to finish (host_copy)
+    return {k: to_device(v, device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
 
 
 class Trainer:
