@@ -154,11 +154,11 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f"--ranks: {bad} are not ranks of the adapter {data['ranks']}")
     if args.label_noise and args.objective != "labels":
         raise ConfigError("--label-noise: applies to --objective labels (the errors objective has no labels)")
-    if is_text_task(Path(args.data)) and args.fallback_rank is not None:
-        raise ConfigError(
-            "--fallback-rank: applies to speech (a loop of transcribed words), not to text tasks"
-        )
     if is_text_task(Path(args.data)):  # questions scored by the task's metric, not by WER
+        if args.fallback_rank is not None:
+            raise ConfigError(
+                "--fallback-rank: applies to speech (a loop of transcribed words), not to text tasks"
+            )
         from flexispeech.evaluation.text_benefit import calibrate_text
 
         features = _names(args.features, "--features")

@@ -245,21 +245,30 @@ def test_early_stopping_needs_validation(corpus, tmp_path) -> None:  # noqa: F81
         )
 
 
-def test_validation_reads_its_rows_once(corpus, monkeypatch) -> None:  # noqa: F811
-    """The validation rows, features and ranks are the same at every validation: they are
-    read and collated at the first one only, and the loss is that of a fresh read."""
+def routed_validation_setup(corpus):  # noqa: F811
+    """The random tiny Whisper with random adapters at ranks (0, 2, 4) (so that the ranks
+    change loss and output), the corpus' test split, and a threshold router on its SNR at
+    mean rank 2: the validator tests' model, rows and inference router."""
     from flexispeech.lora import FlexiLoraConfig, inject
     from flexispeech.models.random_init import randomize_adapters
-    from flexispeech.training.early_stopping import Validator
 
     family = get_family("whisper")
     model, processor = family.load("random:tiny")
     inject(model, FlexiLoraConfig(ranks=(0, 2, 4), target_modules=family.default_targets))
-    randomize_adapters(model)  # so that the ranks change the loss
+    randomize_adapters(model)
     split = CorpusSplit(corpus, "test")
     router = ThresholdRouter([0, 2, 4], weights={"snr_db": -1.0}).calibrate(
         split.all_signals(), target_mean_rank=2.0
     )
+    return family, model, processor, split, router
+
+
+def test_validation_reads_its_rows_once(corpus, monkeypatch) -> None:  # noqa: F811
+    """The validation rows, features and ranks are the same at every validation: they are
+    read and collated at the first one only, and the loss is that of a fresh read."""
+    from flexispeech.training.early_stopping import Validator
+
+    family, model, processor, split, router = routed_validation_setup(corpus)
     reads = []
     original = CorpusSplit.__getitem__
     monkeypatch.setattr(CorpusSplit, "__getitem__", lambda self, i: reads.append(i) or original(self, i))
@@ -309,18 +318,9 @@ def test_validation_wer_is_that_of_decoding_the_rows(corpus) -> None:  # noqa: F
     its WER is eval's WER of the same rows at the same ranks, and the loss is unchanged."""
     from flexispeech.evaluation.evaluate import decode_split
     from flexispeech.evaluation.metrics import english_normalizer, error_counts
-    from flexispeech.lora import FlexiLoraConfig, inject
-    from flexispeech.models.random_init import randomize_adapters
     from flexispeech.training.early_stopping import Validator
 
-    family = get_family("whisper")
-    model, processor = family.load("random:tiny")
-    inject(model, FlexiLoraConfig(ranks=(0, 2, 4), target_modules=family.default_targets))
-    randomize_adapters(model)
-    split = CorpusSplit(corpus, "test")
-    router = ThresholdRouter([0, 2, 4], weights={"snr_db": -1.0}).calibrate(
-        split.all_signals(), target_mean_rank=2.0
-    )
+    family, model, processor, split, router = routed_validation_setup(corpus)
     normalize = english_normalizer()
     plain = Validator(split, family, processor, router, batch_size=4)(model)
     scored = Validator(split, family, processor, router, batch_size=4, normalize=normalize)(model)
@@ -370,18 +370,9 @@ def test_validation_wer_with_the_loop_fallback_is_eval_s(corpus) -> None:  # noq
     from flexispeech.evaluation.evaluate import decode_split
     from flexispeech.evaluation.fallback import Fallback
     from flexispeech.evaluation.metrics import english_normalizer, error_counts
-    from flexispeech.lora import FlexiLoraConfig, inject
-    from flexispeech.models.random_init import randomize_adapters
     from flexispeech.training.early_stopping import Validator
 
-    family = get_family("whisper")
-    model, processor = family.load("random:tiny")
-    inject(model, FlexiLoraConfig(ranks=(0, 2, 4), target_modules=family.default_targets))
-    randomize_adapters(model)
-    split = CorpusSplit(corpus, "test")
-    router = ThresholdRouter([0, 2, 4], weights={"snr_db": -1.0}).calibrate(
-        split.all_signals(), target_mean_rank=2.0
-    )
+    family, model, processor, split, router = routed_validation_setup(corpus)
     normalize = english_normalizer()
     fallback = Fallback(rank=0, threshold=0.01)  # every non-empty hypothesis off rank 0 "loops"
     plain = Validator(split, family, processor, router, batch_size=4, normalize=normalize)(model)
