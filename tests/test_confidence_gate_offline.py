@@ -46,3 +46,4 @@ def test_gate_scores_the_base_model_where_it_is_sure(tmp_path: Path) -> None:
     assert "adapter 20.00 %, base 27.50 %" in out.stdout
     # the 0.5 quantile of the entropies is 1.6: rows 0 and 1 take the base's 0 and 1 errors
     assert "share 0.5 (entropy < 1.600): 50.0 % at rank 0, WER 7.50 %" in out.stdout, out.stdout
+    assert "against the adapter 2 better, 0 worse, sign test p = 0.5" in out.stdout, out.stdout

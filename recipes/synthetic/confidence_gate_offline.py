@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flexispeech.evaluation.paired import sign_test
+
 SIGNAL = "proxy_entropy"
 
 
@@ -87,16 +89,20 @@ def main(argv: list[str] | None = None) -> int:
         plain = sum(u["errors"] for u in rows)
         base_errors = sum(base[u["id"]]["errors"] for u in rows)
         print(
-            f"{name} on {adapter_path} ({len(rows)} utterances, {int(np.isfinite(ent).sum())} with {SIGNAL}):"
+            f"{name} on {adapter_path} ({len(rows)} utterances, {int(np.isfinite(ent).sum())} with {SIGNAL}, "
+            f"median {np.nanmedian(ent):.2f}; --threshold-from median {np.median(ref):.2f}):"
         )
         print(f"  adapter {100 * plain / words:.2f} %, base {100 * base_errors / words:.2f} %")
         for q in args.share:
             threshold = float(np.quantile(ref, q))
             caught = ent < threshold
-            errors = sum(base[u["id"]]["errors"] if c else u["errors"] for u, c in zip(rows, caught))
+            gated = [base[u["id"]]["errors"] if c else u["errors"] for u, c in zip(rows, caught)]
+            better = sum(g < u["errors"] for g, u in zip(gated, rows))
+            worse = sum(g > u["errors"] for g, u in zip(gated, rows))
             print(
                 f"  share {q:g} (entropy < {threshold:.3f}): {100 * caught.mean():.1f} % at rank 0, "
-                f"WER {100 * errors / words:.2f} %"
+                f"WER {100 * sum(gated) / words:.2f} %; against the adapter {better} better, {worse} worse, "
+                f"sign test p = {sign_test(better, worse):.2g}"
             )
     return 0
 
