@@ -35,6 +35,7 @@ def test_two_evaluations(tmp_path: Path) -> None:
     # 9 reference words; the loop of 80 words makes 78 errors, "a quick fox" 1; the loop's row
     # takes the base model's hypothesis (0 errors), the others keep theirs
     assert "3 utterances" in out and "WER 877.78 % -> 11.11 %; 1 flagged, 1 took" in out, out
+    assert "1 better, 0 worse, sign test p = 1" in out, out
 
 
 def test_decodes_at_every_rank(tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, Fallback, offline_fallback
 from flexispeech.evaluation.metrics import error_counts, source_normalizer
+from flexispeech.evaluation.paired import sign_test
 
 
 def _results(path: Path) -> dict:
@@ -46,10 +47,19 @@ def from_evals(routed_path: Path, second_path: Path, threshold: float) -> list[s
     out, flagged, kept = offline_fallback(
         hyps, [other[u["id"]]["hyp"] for u in rows], [1] * len(rows), Fallback(0, threshold)
     )
+
+    # paired against the routed run, utterance by utterance (only replaced rows can differ)
+    def errors(ref: str, hyp: str) -> int:
+        c = error_counts([ref], [hyp], normalize)
+        return c["sub"] + c["del"] + c["ins"]
+
+    pairs = [(errors(r, a), errors(r, b)) for r, a, b in zip(refs, hyps, out) if a != b]
+    better, worse = sum(b < a for a, b in pairs), sum(b > a for a, b in pairs)
     return [
         f"{routed['name']} with {second['name']} as fallback, threshold {threshold}, {len(rows)} utterances:",
         f"  WER {100 * _wer(refs, hyps, normalize):.2f} % -> {100 * _wer(refs, out, normalize):.2f} %; "
-        f"{flagged} flagged, {kept} took the fallback's hypothesis",
+        f"{flagged} flagged, {kept} took the fallback's hypothesis; {better} better, {worse} worse, "
+        f"sign test p = {sign_test(better, worse):.2g}",
     ]
 
 
