@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from flexispeech.commands.options import add_workers_option, workers
-from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD
+from flexispeech.commands import options
+from flexispeech.commands.options import add_fallback_options, add_workers_option, workers
 
 HELP = (
     "route by benefit: decode a held-out split at every rank and at rank 0 (the base model), fit a "
@@ -57,20 +57,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=0.0,
         help="share of labels replaced by a random rank per training epoch of the router (default: 0)",
     )
-    parser.add_argument(
-        "--fallback-rank",
-        type=int,
-        metavar="R",
-        help="score every rank as `flexispeech eval --fallback-rank R` serves it: a looping "
+    add_fallback_options(
+        parser,
+        "score every rank as `flexispeech eval --fallback-rank R` serves it: a looping "
         "hypothesis (compression ratio over --compression-ratio) replaced by rank R's where that "
         "loops less (speech; R among the decoded ranks, 0 always is; default: off)",
-    )
-    parser.add_argument(
-        "--compression-ratio",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        metavar="T",
-        help=f"the loop threshold of --fallback-rank (default: {DEFAULT_THRESHOLD})",
     )
     parser.add_argument(
         "--objective",
@@ -188,16 +179,14 @@ def run(args: argparse.Namespace) -> int:
         model, family, processor, split, ranks, cache, args.batch_size, num_workers=workers(args)
     )
 
-    from flexispeech.evaluation.fallback import Fallback, fallback_at_every_rank
+    from flexispeech.evaluation.fallback import fallback_at_every_rank
 
     loops_replaced: dict[int, int] = {}
     if args.fallback_rank is not None:
         # Fit and compare ranks on what evaluation will serve: the fallback's output (the
         # cache keeps the plain decodings).
         try:
-            hyps, loops_replaced = fallback_at_every_rank(
-                hyps, Fallback(args.fallback_rank, args.compression_ratio)
-            )
+            hyps, loops_replaced = fallback_at_every_rank(hyps, options.fallback(args))
         except ValueError as err:
             raise ConfigError(f"--fallback-rank: {err}") from None
     normalize = source_normalizer(source)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from flexispeech.commands.options import add_workers_option, workers
-from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD
+from flexispeech.commands import options
+from flexispeech.commands.options import add_fallback_options, add_workers_option, workers
 from flexispeech.models import causal_lm, whisper
 
 HELP = "evaluate a model or adapter on a corpus split: WER/CER overall and by SNR, duration and voice"
@@ -36,20 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "a warning when it differs from the adapter's). Every utterance is scored: a clip "
         "longer than the window is decoded window by window",
     )
-    parser.add_argument(
-        "--fallback-rank",
-        type=int,
-        metavar="R",
-        help="decode an utterance again at rank R when its hypothesis loops (gzip compression ratio "
+    add_fallback_options(
+        parser,
+        "decode an utterance again at rank R when its hypothesis loops (gzip compression ratio "
         "over --compression-ratio, Whisper's hallucination test) and keep the one that loops less; "
         "0 is the base model. Needs --adapter (default: off)",
-    )
-    parser.add_argument(
-        "--compression-ratio",
-        type=float,
-        default=DEFAULT_THRESHOLD,
-        metavar="T",
-        help=f"the loop threshold of --fallback-rank (default: {DEFAULT_THRESHOLD}, as openai-whisper)",
     )
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
@@ -77,7 +68,6 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.data.text_format import is_text_task
     from flexispeech.errors import FlexispeechError
     from flexispeech.evaluation.evaluate import decode_split, summarize, write_results
-    from flexispeech.evaluation.fallback import Fallback
     from flexispeech.evaluation.metrics import source_normalizer
     from flexispeech.evaluation.tables import pct
     from flexispeech.evaluation.text_report import summarize_text
@@ -85,14 +75,9 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.lora.io import load_adapter, read_adapter_config, serving_window
     from flexispeech.models.family import get_family, load_model
 
-    fallback = None
-    if args.fallback_rank is not None:
-        if not args.adapter:
-            raise FlexispeechError("--fallback-rank needs --adapter: the base model has no other rank")
-        try:
-            fallback = Fallback(args.fallback_rank, args.compression_ratio)
-        except ValueError as err:
-            raise FlexispeechError(f"--fallback-rank / --compression-ratio: {err}") from None
+    fallback = options.fallback(args)
+    if fallback is not None and not args.adapter:
+        raise FlexispeechError("--fallback-rank needs --adapter: the base model has no other rank")
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
     source = (

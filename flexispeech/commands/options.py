@@ -27,3 +27,32 @@ def workers(args: argparse.Namespace) -> int:
     if args.workers < 0:
         raise ConfigError(f"--workers: expected 0 or more processes, got {args.workers}")
     return args.workers
+
+
+def add_fallback_options(parser: argparse.ArgumentParser, rank_help: str) -> None:
+    """``--fallback-rank R`` (help: ``rank_help``) and ``--compression-ratio T``, the loop
+    fallback of ``evaluation.fallback``, as eval, calibrate and transcribe spell them."""
+    from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD
+
+    parser.add_argument("--fallback-rank", type=int, metavar="R", help=rank_help)
+    parser.add_argument(
+        "--compression-ratio",
+        type=float,
+        default=DEFAULT_THRESHOLD,
+        metavar="T",
+        help=f"the loop threshold of --fallback-rank (default: {DEFAULT_THRESHOLD}, as openai-whisper)",
+    )
+
+
+def fallback(args: argparse.Namespace):  # -> Fallback | None (imported lazily: --help stays fast)
+    """The ``Fallback`` that ``--fallback-rank`` / ``--compression-ratio`` ask for, or None;
+    a bad value is a one-line ``ConfigError``."""
+    from flexispeech.errors import ConfigError
+    from flexispeech.evaluation.fallback import Fallback
+
+    if args.fallback_rank is None:
+        return None
+    try:
+        return Fallback(args.fallback_rank, args.compression_ratio)
+    except ValueError as err:
+        raise ConfigError(f"--fallback-rank / --compression-ratio: {err}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flexispeech.commands import options
 from flexispeech.models.whisper import DEFAULT_SOURCE, FULL_POSITIONS, POSITIONS_PER_SECOND
 
 HELP = "transcribe audio files with a speech model, optionally through a Flexi-LoRA adapter"
@@ -42,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--batch-size", type=int, default=8, help="files decoded together (default 8)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on tokens per window (default: the model's)")
+    options.add_fallback_options(
+        parser,
+        "transcribe a file again at adapter rank R when its transcript loops (gzip compression "
+        "ratio over --compression-ratio, Whisper's hallucination test) and keep the one that "
+        "loops less, as `flexispeech eval --fallback-rank R` scores it; 0 is the base model. "
+        "Needs --adapter (default: off)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -66,6 +74,7 @@ def run(args: argparse.Namespace) -> int:
         audio_ctx=args.audio_ctx,
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
+        fallback=options.fallback(args),
     )
     failed = 0
     for result in transcriber.transcribe_files(args.audio):

@@ -17,7 +17,8 @@ import torch
 
 from flexispeech.audio import SAMPLE_RATE, audio_duration, check_samples, iter_audio_blocks, load_audio
 from flexispeech.errors import AudioError, ConfigError, FlexispeechError
-from flexispeech.lora.ranks import use_ranks
+from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
+from flexispeech.lora.ranks import check_ranks, get_state, use_ranks
 from flexispeech.lora.router import batch_size
 from flexispeech.models.family import Example, check_device, get_family
 
@@ -33,24 +34,28 @@ CUT_SEARCH_S = 5.0  # a block is cut at its quietest 100 ms within its last 5 s 
 
 @dataclass
 class Transcription:
-    """One utterance's result: ``rank`` is None without an adapter."""
+    """One utterance's result: ``rank`` is the routed rank (None without an adapter);
+    ``fallback`` is empty unless the routed hypothesis looped and was decoded again (then, as
+    in ``flexispeech eval``: its compression ratio, the fallback rank, whether that
+    hypothesis was kept, and the routed rank's hypothesis; for a file decoded block by
+    block, the fallback rank and how many blocks were decoded again and kept)."""
 
     id: str
     text: str
     rank: int | None
     duration: float
     signals: dict[str, float] = field(default_factory=dict)
+    fallback: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(
-            {
-                "path": self.id,
-                "text": self.text,
-                "rank": self.rank,
-                "duration": round(self.duration, 3),
-                "signals": {k: round(v, 4) for k, v in self.signals.items()},
-            }
-        )
+        row = {
+            "path": self.id,
+            "text": self.text,
+            "rank": self.rank,
+            "duration": round(self.duration, 3),
+            "signals": {k: round(v, 4) for k, v in self.signals.items()},
+        }
+        return json.dumps(row | ({"fallback": self.fallback} if self.fallback else {}))
 
 
 def detect_family(source: str) -> str:
@@ -80,6 +85,9 @@ class Transcriber:
         audio_ctx: Whisper encoder window in positions (20 ms each); None: the window the
             adapter was trained with, 30 s without one (a warning when they differ).
         batch_size: utterances decoded together.
+        fallback: decode a looping hypothesis again at another rank of the adapter
+            (``evaluation.fallback``), as ``flexispeech eval --fallback-rank`` scores it;
+            None: off.
     """
 
     def __init__(
@@ -94,6 +102,7 @@ class Transcriber:
         audio_ctx: int | None = None,
         batch_size: int = 8,
         max_new_tokens: int | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
         from flexispeech.lora import get_router, load_adapter
         from flexispeech.lora.inject import serving_router
@@ -102,6 +111,10 @@ class Transcriber:
             raise ConfigError("give either a fixed rank or a router, not both")
         if (rank is not None or router is not None) and adapter is None:
             raise ConfigError("--rank and --router need an adapter (--adapter DIR)")
+        if fallback is not None and adapter is None:
+            raise ConfigError(
+                "--fallback-rank needs an adapter (--adapter DIR): the base model has no other rank"
+            )
         if router not in (None, "auto"):
             raise ConfigError(f"router must be 'auto' (the adapter's saved router), got {router!r}")
         check_device(device)
@@ -122,6 +135,9 @@ class Transcriber:
             load_adapter(self.model, adapter)
             if router == "auto" and get_router(self.model) is None:
                 raise ConfigError(f"{adapter}: --router auto, but the adapter was saved without a router")
+            if fallback is not None:
+                check_ranks(get_state(self.model).config, [fallback.rank])  # before any file is read
+        self.fallback = fallback
         # a fixed rank, else the adapter's router, else r_max; None for the base model
         self.router = serving_router(self.model, rank)
         self.has_adapter = adapter is not None
@@ -189,6 +205,12 @@ class Transcriber:
         else:
             with use_ranks(self.model, ranks):
                 texts = self.family.generate(self.model, self.processor, batch, **kwargs)
+        notes: list[dict[str, Any]] = [{} for _ in texts]
+        if self.fallback is not None and ranks is not None:
+            decode_rows = row_decoder(
+                self.model, self.family, self.processor, batch, self.num_beams, self.max_new_tokens
+            )
+            texts, notes = decode_with_fallback(texts, ranks.tolist(), self.fallback, decode_rows)
         return [
             Transcription(
                 id=i,
@@ -196,6 +218,7 @@ class Transcriber:
                 rank=None if ranks is None else int(ranks[n]),
                 duration=len(a) / SAMPLE_RATE,
                 signals={k: float(v[n]) for k, v in signals.items()},
+                fallback=notes[n],
             )
             for n, (i, t, a) in enumerate(zip(ids, texts, audios))
         ]
@@ -234,7 +257,19 @@ class Transcriber:
         signals = {k: sum(p.signals[k] * p.duration for p in parts) / total for k in parts[0].signals}
         signals["duration"] = total
         rank = max(set(ranks), key=ranks.count) if ranks else None
-        return Transcription(id=str(path), text=" ".join(texts), rank=rank, duration=total, signals=signals)
+        flagged = [p.fallback for p in parts if p.fallback]
+        fallback = (
+            {
+                "rank": flagged[0]["rank"],
+                "blocks": len(flagged),
+                "kept": sum(bool(f["kept"]) for f in flagged),
+            }
+            if flagged
+            else {}
+        )
+        return Transcription(
+            id=str(path), text=" ".join(texts), rank=rank, duration=total, signals=signals, fallback=fallback
+        )
 
     def transcribe_files(self, paths: Sequence[str | Path]) -> Iterator[Transcription | AudioError]:
         """Per path, in order, a ``Transcription`` or the ``AudioError`` that stopped it

@@ -142,6 +142,53 @@ def test_user_errors_are_one_line(tiny_dirs, assets_dir: Path, tmp_path: Path, c
     assert "not in the configured ranks" in capsys.readouterr().err
 
 
+def test_fallback_transcribes_looping_files_again_at_its_rank(tiny_dirs, assets_dir: Path, capsys) -> None:
+    """``--fallback-rank`` in transcribe serves what ``eval --fallback-rank`` scores: with a
+    threshold every transcript at rank 8 exceeds, every file is decoded again at rank 2 and
+    keeps rank 2's transcript where that compresses less; with a threshold none exceeds,
+    the output is rank 8's unchanged. Fails if transcribe ignores the option, decodes at
+    another rank or gives one file's second transcript to another."""
+    from flexispeech.evaluation.fallback import compression_ratio
+
+    model_dir, adapter_dir = tiny_dirs
+    paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "fox_48k_stereo.flac")]
+    args = ["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--json"]
+    args += ["--audio-ctx", "150", "--max-new-tokens", "12"]
+
+    def run(*extra: str) -> list[dict]:
+        assert main([*args, *extra]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    routed, second = run("--rank", "8"), run("--rank", "2")
+    low = min(compression_ratio(r["text"]) for r in routed)
+    assert low > 0, routed  # no empty transcript (it could not be flagged)
+    kept = [compression_ratio(b["text"]) < compression_ratio(a["text"]) for a, b in zip(routed, second)]
+    # The random model's files differ in which transcript is kept, so a mix-up of files shows.
+    assert len(set(kept)) == 2, (routed, second)
+    served = run("--rank", "8", "--fallback-rank", "2", "--compression-ratio", f"{low * 0.99:.4f}")
+    for row, a, b, k in zip(served, routed, second, kept):
+        assert row["path"] == a["path"] and row["rank"] == 8  # the routed rank, as eval records it
+        assert row["fallback"]["rank"] == 2 and row["fallback"]["kept"] is k
+        assert row["fallback"]["routed_hyp"] == a["text"]
+        assert row["text"] == (b["text"] if k else a["text"])
+    untouched = run("--rank", "8", "--fallback-rank", "2", "--compression-ratio", "100")
+    assert [r["text"] for r in untouched] == [r["text"] for r in routed]
+    assert not any("fallback" in r for r in untouched)
+
+
+def test_fallback_needs_an_adapter_and_one_of_its_ranks(tiny_dirs, assets_dir: Path, capsys) -> None:
+    model_dir, adapter_dir = tiny_dirs
+    fox = str(assets_dir / "fox.wav")
+    assert main(["transcribe", fox, "--model", str(model_dir), "--fallback-rank", "0", *FAST]) == 2
+    err = capsys.readouterr().err
+    assert "--fallback-rank needs an adapter" in err and "Traceback" not in err
+    with_adapter = ["transcribe", fox, "--model", str(model_dir), "--adapter", str(adapter_dir), *FAST]
+    assert main([*with_adapter, "--fallback-rank", "5"]) == 2
+    assert "rank(s) [5] not in the configured ranks" in capsys.readouterr().err
+    assert main([*with_adapter, "--fallback-rank", "0", "--compression-ratio", "0"]) == 2
+    assert "--compression-ratio" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tiny_en_transcribes_the_fixtures(assets_dir: Path, transcripts: dict[str, str], capsys) -> None:
     import jiwer
