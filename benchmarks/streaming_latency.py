@@ -44,7 +44,7 @@ def load_streams() -> list[tuple[str, np.ndarray, str]]:
 
 def run_stream(online, samples: np.ndarray, chunk_s: float) -> tuple[str, list[float], float]:
     """(transcript, per-word commit latencies, decoding seconds) of one real-time stream."""
-    from flexispeech.streaming.online import stream_file_chunks
+    from flexispeech.streaming.file_feed import stream_file_chunks
 
     online.reset()
     latencies, compute = [], 0.0

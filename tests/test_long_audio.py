@@ -18,7 +18,7 @@ import soundfile as sf
 import flexispeech.audio
 from flexispeech.audio import audio_duration, iter_audio_blocks, load_audio
 from flexispeech.cli import main
-from flexispeech.streaming.online import _BlockFeed
+from flexispeech.streaming.file_feed import BlockFeed
 
 HOUR_SR = 8_000  # the lowest rate the toolkit promises; resampled 2x on reading
 
@@ -65,7 +65,7 @@ def test_an_hour_is_decoded_in_blocks_with_bounded_memory(hour_file: Path) -> No
 
 def test_streaming_feed_over_an_hour_holds_one_block(hour_file: Path) -> None:
     """What ``flexispeech stream FILE`` feeds the online transcriber: 1-s chunks from blocks."""
-    feed = _BlockFeed(iter_audio_blocks(hour_file, block_s=30.0))
+    feed = BlockFeed(iter_audio_blocks(hour_file, block_s=30.0))
     tracemalloc.start()
     try:
         fed = 0

@@ -144,7 +144,8 @@ def stream_concurrently(online: Any, paths: list[str], chunk_s: float, realtime:
     from concurrent.futures import ThreadPoolExecutor
 
     from flexispeech.audio import iter_audio_blocks
-    from flexispeech.streaming.online import OnlineTranscriber, stream_file_chunks
+    from flexispeech.streaming.file_feed import stream_file_chunks
+    from flexispeech.streaming.online import OnlineTranscriber
     from flexispeech.streaming.scheduler import Scheduler
 
     lock = threading.Lock()
@@ -176,7 +177,7 @@ def format_update(update: Any) -> str | None:
 def run(args: argparse.Namespace) -> int:
     from flexispeech.audio import audio_duration, iter_audio_blocks
     from flexispeech.errors import ConfigError
-    from flexispeech.streaming.online import stream_file_chunks
+    from flexispeech.streaming.file_feed import stream_file_chunks
 
     if bool(args.audio) == args.mic:
         raise ConfigError("give audio FILEs or --mic (not both)")

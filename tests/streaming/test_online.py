@@ -12,7 +12,8 @@ import torch
 from routed_tiny import routed_tiny_transcriber
 
 from flexispeech.audio import SAMPLE_RATE, load_audio
-from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, stream_file_chunks
+from flexispeech.streaming.file_feed import stream_file_chunks
+from flexispeech.streaming.online import OnlineTranscriber, StreamOptions
 from flexispeech.streaming.transcriber import Transcriber
 
 FILES = ("fox.wav", "stella.wav", "meeting.wav")

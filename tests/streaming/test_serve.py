@@ -16,7 +16,8 @@ from aiohttp.test_utils import TestServer  # noqa: E402
 
 from flexispeech.audio import SAMPLE_RATE, load_audio  # noqa: E402
 from flexispeech.streaming.client import stream_file, stream_samples  # noqa: E402
-from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, stream_file_chunks  # noqa: E402
+from flexispeech.streaming.file_feed import stream_file_chunks  # noqa: E402
+from flexispeech.streaming.online import OnlineTranscriber, StreamOptions  # noqa: E402
 from flexispeech.streaming.server.app import STATE_KEY, create_app  # noqa: E402
 from flexispeech.streaming.server.protocol import Limits  # noqa: E402
 from flexispeech.streaming.server.session import level_db  # noqa: E402

@@ -23,7 +23,8 @@ from aiohttp.test_utils import TestServer  # noqa: E402
 
 from flexispeech.audio import load_audio  # noqa: E402
 from flexispeech.streaming.client import start_message, stream_file  # noqa: E402
-from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, stream_file_chunks  # noqa: E402
+from flexispeech.streaming.file_feed import stream_file_chunks  # noqa: E402
+from flexispeech.streaming.online import OnlineTranscriber, StreamOptions  # noqa: E402
 from flexispeech.streaming.server.app import STATE_KEY, create_app  # noqa: E402
 from flexispeech.streaming.server.protocol import Limits  # noqa: E402
 from flexispeech.streaming.transcriber import Transcriber  # noqa: E402

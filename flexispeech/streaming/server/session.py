@@ -21,7 +21,8 @@ from aiohttp import WSMsgType, web
 
 from flexispeech.audio import SAMPLE_RATE, check_samples, load_audio
 from flexispeech.errors import FlexispeechError
-from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, Update, stream_file_chunks
+from flexispeech.streaming.file_feed import stream_file_chunks
+from flexispeech.streaming.online import OnlineTranscriber, StreamOptions, Update
 from flexispeech.streaming.scheduler import Scheduler
 from flexispeech.streaming.server.protocol import (
     VERSION,
