@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "eval": "flexispeech.commands.eval",
     "calibrate": "flexispeech.commands.calibrate",
     "gate": "flexispeech.commands.gate",
+    "scale": "flexispeech.commands.scale",
     "compare": "flexispeech.commands.compare",
     "transcribe": "flexispeech.commands.transcribe",
     "stream": "flexispeech.commands.stream",

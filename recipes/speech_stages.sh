@@ -7,7 +7,7 @@
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_benefit_nscale"]
 #       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
-#       [--gated "static_r16 flexi_benefit"]
+#       [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2 4"] [--strengths "0.5"]
 #
 # --runs trains and evaluates only these runs, in this order (default: the profile's list);
 # --device overrides the profile's device (gpu: cuda, cpu: cpu), e.g. to rehearse the gpu
@@ -21,6 +21,12 @@
 # rank 0 for inputs whose pooled base-encoder embedding lies outside the training split's,
 # at the validation split's 0.99 quantile), as the run <name>_gated (and <name>_seedN_gated);
 # default: none on the cpu profile; on the gpu one static_r16 and the benefit and nested runs.
+# --fixed-ranks "R ..." also evaluates every Flexi run (and its seed repetitions) with every
+# utterance at rank R, as the run <name>_r<R>: a nested adapter served at one low rank,
+# next to the static runs in stage 7; default: none on the cpu profile, 2 on the gpu one.
+# --strengths "S ..." also evaluates every static and Flexi run (and its seed repetitions)
+# at strength S (`flexispeech scale`: every rank's scale times S, part of the way back to
+# the base model), served by its own router, as <name>_s<S>; default: none.
 #
 # The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
 # on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
@@ -62,6 +68,9 @@ device=""
 jobs=""
 gated=""
 gated_given=0
+fixed_ranks=""
+fixed_given=0
+strengths=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -82,6 +91,8 @@ while [ $# -gt 0 ]; do
     --device) device=$2; shift 2 ;;
     --jobs) jobs=$2; shift 2 ;;
     --gated) gated=$2; gated_given=1; shift 2 ;;
+    --fixed-ranks) fixed_ranks=$2; fixed_given=1; shift 2 ;;
+    --strengths) strengths=$2; shift 2 ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -141,6 +152,11 @@ case "$profile" in
        # the base model transcribes well are such inputs, and every adapter made them worse
        # (RESULTS.md, seventh lease, "the base model's confidence").
        gate_args=(--confident-share 0.1)
+       # Each Flexi run is also served at rank 2 alone: on real speech the harm of the
+       # eighth lease's Flexi adapter grew with the rank (rank 2 9.3 %, 4 10.4 %, 8 13.1 %,
+       # 16 15.1 %, base 6.3 %) while on validation ranks 2-16 were within 2 points
+       # (RESULTS.md, eighth and seventh leases). ~90 s of decoding per run.
+       [ "$fixed_given" = 1 ] || fixed_ranks="2"
        runs_static="static_r16 static_r6 static_r8"
        # flexi_benefit_nscale, routing by benefit with one scale for every rank, is the best
        # Flexi run measured (RESULTS.md, fourth lease); it is the Flexi half of the decisive pair
@@ -154,6 +170,15 @@ case "$profile" in
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}
+for r in $fixed_ranks; do
+  case "$r" in ''|*[!0-9]*|0) echo "speech_stages.sh: --fixed-ranks must be ranks > 0, got '$fixed_ranks'" >&2; exit 2 ;; esac
+done
+for v in $strengths; do
+  case "$v" in ''|*[!0-9.]*|.|*.*.*) v=0 ;; esac
+  if ! awk -v v="$v" 'BEGIN { exit !(v > 0) }'; then
+    echo "speech_stages.sh: --strengths must be numbers > 0, got '$strengths'" >&2; exit 2
+  fi
+done
 case "$jobs" in ''|*[!0-9]*|0) echo "speech_stages.sh: --jobs must be a positive integer, got '$jobs'" >&2; exit 2 ;; esac
 if [ "$profile" = gpu ] && [ "$device" != cpu ] && [ "$jobs" -gt 1 ]; then
   # Runs side by side share the host: each run's loaders (training and decoding) get their
@@ -179,6 +204,8 @@ fi
 [ -n "$steps" ] && overrides+=(train.max_steps="$steps")
 ctx_args=(--audio-ctx "$audio_ctx")
 [ "$family" = whisper ] || ctx_args=()
+profile_flexi="$runs_flexi $runs_extra"  # before --runs narrows the lists: is_flexi reads it
+profile_static="$runs_static"
 all_runs="$runs_static $runs_flexi $runs_ablation"
 if [ -n "$runs" ]; then  # the runs asked for, in their order, each in the stage of its kind
   for r in $runs; do
@@ -297,6 +324,47 @@ eval_run() {  # stage 6 for one run: the test split at its window (and 30 s), re
   fi
 }
 
+is_flexi() {  # is_flexi RUN: RUN (or the run it repeats with another seed) is a Flexi run
+  case " $profile_flexi " in *" $(base_run "$1") "*) return 0 ;; esac
+  return 1
+}
+
+fixed_runs() {  # the <run>_r<R> and <run>_s<S> evaluations of this invocation
+  local r k out=""
+  for r in $all_runs; do
+    if is_flexi "$r"; then for k in $fixed_ranks; do out+=" ${r}_r$k"; done; fi
+    if is_flexi "$r" || is_static "$r"; then for k in $strengths; do out+=" ${r}_s$k"; done; fi
+  done
+  echo "$out"
+}
+
+is_static() {  # is_static RUN: RUN (or the run it repeats with another seed) is a static run
+  case " $profile_static " in *" $(base_run "$1") "*) return 0 ;; esac
+  return 1
+}
+
+eval_strength() {  # stage 6 for a static or Flexi run at each --strengths strength: <run>_s<S>
+  local r=$1 k
+  is_flexi "$r" || is_static "$r" || return 0
+  for k in $strengths; do
+    [ -f "$exp/${r}_s$k/adapter/adapter_config.json" ] || \
+      $FLEXI scale "$exp/$r/adapter" --strength "$k" --out "$exp/${r}_s$k/adapter"
+    local adapter=(--adapter "$exp/${r}_s$k/adapter" --split test --name "${r}_s$k" "${fallback_args[@]}")
+    evaluate "$exp/${r}_s$k/eval_test" --data "$data" "${adapter[@]}"
+    if [ -n "$real" ]; then evaluate "$exp/${r}_s$k/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"; fi
+  done
+}
+
+eval_fixed() {  # stage 6 for a Flexi run at each --fixed-ranks rank: <run>_r<R>
+  local r=$1 k
+  is_flexi "$r" || return 0
+  for k in $fixed_ranks; do
+    local adapter=(--adapter "$exp/$r/adapter" --rank "$k" --split test --name "${r}_r$k" "${fallback_args[@]}")
+    evaluate "$exp/${r}_r$k/eval_test" --data "$data" "${adapter[@]}"
+    if [ -n "$real" ]; then evaluate "$exp/${r}_r$k/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"; fi
+  done
+}
+
 kind_of() {  # the training stage of a run: 3 static, 4 Flexi, 5 ablation
   case " $runs_static " in *" $1 "*) echo 3; return ;; esac
   case " $runs_flexi " in *" $1 "*) echo 4; return ;; esac
@@ -315,7 +383,7 @@ gate_run() {  # a --gated run's adapter behind the novelty gate (a router change
 run_one() {  # stages 3-6 of one run; its kind says which training stage it belongs to
   local r=$1
   if step "$(kind_of "$r")"; then train_run "$r"; fi
-  if step 6; then eval_run "$r"; fi
+  if step 6; then eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; fi
   gate_run "$r"
 }
 
@@ -343,7 +411,7 @@ else
   if step 5; then log 5 "ablation"; for r in $runs_ablation; do train_run "$r"; done; fi
   if step 6; then
     log 6 "evaluate adapters on the whole test split, at their window and at 30 s"
-    for r in $all_runs; do eval_run "$r"; done
+    for r in $all_runs; do eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; done
   fi
   for r in $all_runs; do gate_run "$r"; done
 fi
@@ -351,7 +419,7 @@ fi
 if step 7; then
   log 7 "compare: side by side, and paired against the base and each static run"
   results=()
-  for r in base $all_runs $(for g in $(gated_runs); do echo "${g}_gated"; done); do
+  for r in base $all_runs $(for g in $(gated_runs); do echo "${g}_gated"; done) $(fixed_runs); do
     for e in eval_test eval_test_30s eval_real eval_real_30s; do
       if [ -f "$exp/$r/$e/results.json" ]; then results+=("$exp/$r/$e"); fi
     done

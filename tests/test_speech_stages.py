@@ -95,6 +95,9 @@ def test_gpu_profile_evaluates_once_at_30_s(tmp_path: Path) -> None:
             "static_r16_gated",  # the gpu profile's --gated runs, behind the novelty gate
             "flexi_benefit_nscale_gated",
             "flexi_nested_gated",
+            # every Flexi run served at rank 2 alone (--fixed-ranks; not the ablations)
+            *(f"{r}_r2" for r in ("flexi_threshold", "flexi_learned", "flexi_embedding", "flexi_nested")),
+            "flexi_benefit_nscale_r2",
         ]
     }
 
@@ -170,11 +173,17 @@ def test_runs_picks_runs_and_their_order_and_device_overrides(tmp_path: Path) ->
         tmp_path, "gpu", "--runs", "flexi_nested static_r16", "--device", "cpu", "--jobs", "1", "--gated", ""
     )
     evals = _evals(calls)
-    assert set(evals) == {"base/eval_test", "flexi_nested/eval_test", "static_r16/eval_test"}
+    assert set(evals) == {
+        "base/eval_test",
+        "flexi_nested/eval_test",
+        "static_r16/eval_test",
+        "flexi_nested_r2/eval_test",  # the gpu profile's --fixed-ranks
+    }
     adapters = [
         c[c.index("--adapter") + 1].split("exp/", 1)[1] for c in calls if c[0] == "eval" and "--adapter" in c
     ]
-    assert adapters == ["flexi_nested/adapter", "static_r16/adapter"]  # the order asked for
+    # the order asked for (flexi_nested twice: routed, then at its fixed rank)
+    assert adapters == ["flexi_nested/adapter", "flexi_nested/adapter", "static_r16/adapter"]
     assert all(c[c.index("--device") + 1] == "cpu" for c in calls if "--device" in c)
     assert all(
         c[c.index("--batch-size") + 1] == "512" for c in calls if c[0] == "eval"
@@ -454,3 +463,106 @@ def test_gpu_profile_evaluates_adapters_with_the_loop_fallback(tmp_path: Path) -
     assert gates and all(c[c.index("--confident-share") + 1] == "0.1" for c in gates)
     cpu = _evals(run_stages(tmp_path / "cpu", "cpu", "--real", "data/real"))
     assert not any("--fallback-rank" in c for c in cpu.values())
+
+
+def test_fixed_ranks_evaluate_each_flexi_run_at_one_rank(tmp_path: Path) -> None:
+    """The gpu profile also serves every Flexi run (and its seed repetitions) at rank 2 alone,
+    on the test split and real speech, as <run>_r2, with the loop fallback, and stage 7 pairs
+    those evaluations with the others; static runs get none, the cpu profile none, and
+    --fixed-ranks chooses the ranks (a bad one is refused)."""
+    (tmp_path / "gpu").mkdir()
+    calls = run_stages(
+        tmp_path / "gpu", "gpu", "--real", "data/real", "--jobs", "1", "--gated", "", "--seeds", "0,1",
+        "--runs", "static_r16 flexi_benefit_nscale flexi_benefit_nscale_seed1",
+    )  # fmt: skip
+    evals = _evals(calls)
+    fixed = sorted(n for n in evals if "_r2/" in n)
+    assert fixed == [
+        "flexi_benefit_nscale_r2/eval_real",
+        "flexi_benefit_nscale_r2/eval_test",
+        "flexi_benefit_nscale_seed1_r2/eval_real",
+        "flexi_benefit_nscale_seed1_r2/eval_test",
+    ]
+    for name in fixed:
+        call = evals[name]
+        run = name.split("_r2/")[0]
+        assert call[call.index("--adapter") + 1].endswith(f"exp/{run}/adapter")
+        assert call[call.index("--rank") + 1] == "2" and call[call.index("--fallback-rank") + 1] == "0"
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert sum("_r2/" in a for a in compare) == 4
+    (tmp_path / "two").mkdir()
+    two = _evals(
+        run_stages(tmp_path / "two", "gpu", "--runs", "flexi_benefit_nscale", "--fixed-ranks", "2 4")
+    )
+    assert {n for n in two if "_r" in n.split("/")[0][-3:]} == {
+        "flexi_benefit_nscale_r2/eval_test",
+        "flexi_benefit_nscale_r4/eval_test",
+    }
+    (tmp_path / "cpu").mkdir()
+    assert not [n for n in _evals(run_stages(tmp_path / "cpu", "cpu")) if "_r2/" in n]
+    bad = subprocess.run(
+        [
+            "bash",
+            str(RECIPES / "speech_stages.sh"),
+            "--conf",
+            "c",
+            "--data",
+            "d",
+            "--exp",
+            "e",
+            "--fixed-ranks",
+            "x",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--fixed-ranks must be ranks > 0" in bad.stderr
+
+
+def test_strengths_scale_and_evaluate_static_and_flexi_runs(tmp_path: Path) -> None:
+    """--strengths 0.5: every static and Flexi run (seed repetitions too, not the ablations)
+    is copied at half strength by `flexispeech scale` and that copy evaluated (its own router,
+    the loop fallback) on the test split and real speech as <run>_s0.5, and compared."""
+    calls = run_stages(
+        tmp_path, "gpu", "--real", "data/real", "--jobs", "1", "--gated", "", "--fixed-ranks", "",
+        "--seeds", "0,1", "--strengths", "0.5",
+        "--runs", "static_r16 flexi_benefit_nscale static_r16_seed1 inconsistent",
+    )  # fmt: skip
+    scales = [c for c in calls if c[0] == "scale"]
+    assert [(c[1].split("exp/", 1)[1], c[c.index("--strength") + 1]) for c in scales] == [
+        ("static_r16/adapter", "0.5"),
+        ("flexi_benefit_nscale/adapter", "0.5"),
+        ("static_r16_seed1/adapter", "0.5"),
+    ]
+    evals = _evals(calls)
+    for run in ("static_r16", "flexi_benefit_nscale", "static_r16_seed1"):
+        for split in ("eval_test", "eval_real"):
+            call = evals[f"{run}_s0.5/{split}"]
+            assert call[call.index("--adapter") + 1].endswith(f"exp/{run}_s0.5/adapter")
+            assert "--rank" not in call and call[call.index("--fallback-rank") + 1] == "0"
+    assert not any(n.startswith("inconsistent_s") for n in evals)
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert sum("_s0.5/" in a for a in compare) == 6
+    bad = subprocess.run(
+        [
+            "bash",
+            str(RECIPES / "speech_stages.sh"),
+            "--conf",
+            "c",
+            "--data",
+            "d",
+            "--exp",
+            "e",
+            "--strengths",
+            "-1",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert bad.returncode == 2 and "--strengths must be numbers > 0" in bad.stderr
+    zero = subprocess.run(
+        ["bash", str(RECIPES / "speech_stages.sh"), "--conf", "c", "--data", "d", "--exp", "e", "--strengths", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert zero.returncode == 2 and "--strengths must be numbers > 0" in zero.stderr
