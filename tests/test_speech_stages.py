@@ -561,7 +561,18 @@ def test_strengths_scale_and_evaluate_static_and_flexi_runs(tmp_path: Path) -> N
     )
     assert bad.returncode == 2 and "--strengths must be numbers > 0" in bad.stderr
     zero = subprocess.run(
-        ["bash", str(RECIPES / "speech_stages.sh"), "--conf", "c", "--data", "d", "--exp", "e", "--strengths", "0"],
+        [
+            "bash",
+            str(RECIPES / "speech_stages.sh"),
+            "--conf",
+            "c",
+            "--data",
+            "d",
+            "--exp",
+            "e",
+            "--strengths",
+            "0",
+        ],
         capture_output=True,
         text=True,
     )
