@@ -349,20 +349,21 @@ eval_strength() {  # stage 6 for a static or Flexi run at each --strengths stren
   for k in $strengths; do
     [ -f "$exp/${r}_s$k/adapter/adapter_config.json" ] || \
       $FLEXI scale "$exp/$r/adapter" --strength "$k" --out "$exp/${r}_s$k/adapter"
-    local adapter=(--adapter "$exp/${r}_s$k/adapter" --split test --name "${r}_s$k" "${fallback_args[@]}")
-    evaluate "$exp/${r}_s$k/eval_test" --data "$data" "${adapter[@]}"
-    if [ -n "$real" ]; then evaluate "$exp/${r}_s$k/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"; fi
+    eval_variant "${r}_s$k" "$exp/${r}_s$k/adapter"
   done
+}
+
+eval_variant() {  # eval_variant NAME ADAPTER_DIR [ARGS...]: test split and real speech as NAME
+  local name=$1 dir=$2; shift 2
+  local adapter=(--adapter "$dir" --split test --name "$name" "$@" "${fallback_args[@]}")
+  evaluate "$exp/$name/eval_test" --data "$data" "${adapter[@]}"
+  if [ -n "$real" ]; then evaluate "$exp/$name/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"; fi
 }
 
 eval_fixed() {  # stage 6 for a Flexi run at each --fixed-ranks rank: <run>_r<R>
   local r=$1 k
   is_flexi "$r" || return 0
-  for k in $fixed_ranks; do
-    local adapter=(--adapter "$exp/$r/adapter" --rank "$k" --split test --name "${r}_r$k" "${fallback_args[@]}")
-    evaluate "$exp/${r}_r$k/eval_test" --data "$data" "${adapter[@]}"
-    if [ -n "$real" ]; then evaluate "$exp/${r}_r$k/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"; fi
-  done
+  for k in $fixed_ranks; do eval_variant "${r}_r$k" "$exp/$r/adapter" --rank "$k"; done
 }
 
 kind_of() {  # the training stage of a run: 3 static, 4 Flexi, 5 ablation
