@@ -500,23 +500,9 @@ def test_fixed_ranks_evaluate_each_flexi_run_at_one_rank(tmp_path: Path) -> None
     }
     (tmp_path / "cpu").mkdir()
     assert not [n for n in _evals(run_stages(tmp_path / "cpu", "cpu")) if "_r2/" in n]
-    bad = subprocess.run(
-        [
-            "bash",
-            str(RECIPES / "speech_stages.sh"),
-            "--conf",
-            "c",
-            "--data",
-            "d",
-            "--exp",
-            "e",
-            "--fixed-ranks",
-            "x",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad, calls = _refused(tmp_path / "badx", "--fixed-ranks", "x")
     assert bad.returncode == 2 and "--fixed-ranks must be ranks > 0" in bad.stderr
+    assert not calls.exists()
 
 
 def test_strengths_scale_and_evaluate_static_and_flexi_runs(tmp_path: Path) -> None:
@@ -543,37 +529,9 @@ def test_strengths_scale_and_evaluate_static_and_flexi_runs(tmp_path: Path) -> N
     assert not any(n.startswith("inconsistent_s") for n in evals)
     (compare,) = [c for c in calls if c[0] == "compare"]
     assert sum("_s0.5/" in a for a in compare) == 6
-    bad = subprocess.run(
-        [
-            "bash",
-            str(RECIPES / "speech_stages.sh"),
-            "--conf",
-            "c",
-            "--data",
-            "d",
-            "--exp",
-            "e",
-            "--strengths",
-            "-1",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    bad, calls = _refused(tmp_path / "bad-1", "--strengths", "-1")
     assert bad.returncode == 2 and "--strengths must be numbers > 0" in bad.stderr
-    zero = subprocess.run(
-        [
-            "bash",
-            str(RECIPES / "speech_stages.sh"),
-            "--conf",
-            "c",
-            "--data",
-            "d",
-            "--exp",
-            "e",
-            "--strengths",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
-    )
+    assert not calls.exists()
+    zero, calls = _refused(tmp_path / "zero0", "--strengths", "0")
     assert zero.returncode == 2 and "--strengths must be numbers > 0" in zero.stderr
+    assert not calls.exists()
