@@ -102,20 +102,23 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--no-novelty leaves no gate: give --confident-share too")
     router = read_router(args.adapter)
 
-    def embeddings(split_name: str, max_examples: int | None):
+    def cached(name: str, split_name: str, max_examples: int | None = None):
+        """The cached signal ``name`` of a split (the embedding [N, D], a confidence [N]);
+        a split without it names the command that caches it."""
         split = open_split(args.data, split_name, max_examples=max_examples, seed=args.seed)
-        if EMBEDDING not in split.signal_names:
+        if name not in split.signal_names:
+            what, flag = ("embedding", " --embedding") if name == EMBEDDING else (repr(name), "")
             raise ConfigError(
-                f"{args.data}: split {split_name!r} has no cached embedding; run `flexispeech signals "
-                f"{args.data} --splits {split_name} --embedding --model <the adapter's base model>` first"
+                f"{args.data}: split {split_name!r} has no cached {what}; run `flexispeech signals "
+                f"{args.data} --splits {split_name}{flag} --model <the adapter's base model>` first"
             )
-        return split.all_signals()[EMBEDDING]
+        return split.all_signals()[name]
 
     summary: dict = {"adapter": str(args.adapter), "data": args.data, "split": args.split}
     gate = confident = None
     if not args.no_novelty:
-        fit = embeddings(args.fit_split, args.max_examples)
-        heldout = embeddings(args.split, None)
+        fit = cached(EMBEDDING, args.fit_split, args.max_examples)
+        heldout = cached(EMBEDDING, args.split)
         gate = NoveltyGate.fit(fit, components=args.components)
         threshold = gate.set_threshold(heldout, args.quantile)
         summary |= {
@@ -135,13 +138,7 @@ def run(args: argparse.Namespace) -> int:
             f"{100 * summary['novel_share_heldout']:.1f} % of {args.split}"
         )
     if args.confident_share > 0:
-        split = open_split(args.data, args.split)
-        if args.confident_signal not in split.signal_names:
-            raise ConfigError(
-                f"{args.data}: split {args.split!r} has no cached {args.confident_signal!r}; run `flexispeech "
-                f"signals {args.data} --splits {args.split} --model <the adapter's base model>` first"
-            )
-        values = split.all_signals()[args.confident_signal]
+        values = cached(args.confident_signal, args.split)
         confident = ConfidenceGate.at_share(args.confident_signal, values, args.confident_share)
         summary |= {"confident": confident.to_dict()}
         print(
