@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from flexispeech.evaluation.paired import sign_test
+from flexispeech.evaluation.report import load_run
 
 SIGNAL = "proxy_entropy"
 
 
 def _records(path: Path) -> tuple[str, list[dict]]:
-    path = path / "results.json" if path.is_dir() else path
-    data = json.loads(path.read_text())
+    data = load_run(path)  # the file or its folder, with a one-line error when missing
     return data.get("name", str(path)), [u for u in data["utterances"] if u.get("errors") is not None]
 
 

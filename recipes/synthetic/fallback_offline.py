@@ -24,11 +24,7 @@ from pathlib import Path
 from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, Fallback, offline_fallback
 from flexispeech.evaluation.metrics import error_counts, source_normalizer
 from flexispeech.evaluation.paired import sign_test
-
-
-def _results(path: Path) -> dict:
-    path = path / "results.json" if path.is_dir() else path
-    return json.loads(path.read_text())
+from flexispeech.evaluation.report import load_run
 
 
 def _wer(refs: Sequence[str], hyps: Sequence[str], normalize: Callable[[str], str]) -> float:
@@ -36,7 +32,7 @@ def _wer(refs: Sequence[str], hyps: Sequence[str], normalize: Callable[[str], st
 
 
 def from_evals(routed_path: Path, second_path: Path, threshold: float) -> list[str]:
-    routed, second = _results(routed_path), _results(second_path)
+    routed, second = load_run(routed_path), load_run(second_path)
     normalize = source_normalizer(routed.get("model") or "whisper-tiny.en")
     other = {u["id"]: u for u in second["utterances"]}
     rows = [u for u in routed["utterances"] if u["id"] in other]
