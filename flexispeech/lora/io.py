@@ -208,11 +208,21 @@ def save_router(directory: str | Path, router: Router, out: str | Path | None = 
     directory = existing_dir(directory)
     config = FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"])
     check_ranks(config, list(router.ranks))
-    target = Path(out) if out is not None else directory
+    return rewrite_adapter(directory, out if out is not None else directory, {ROUTER_NAME: router.to_dict()})
+
+
+def rewrite_adapter(directory: str | Path, out: str | Path, replace: dict[str, Any]) -> Path:
+    """Write the saved adapter ``directory`` into ``out`` (which may be ``directory``) with
+    the JSON files named in ``replace`` (e.g. ``router.json``) given new contents and every
+    other adapter file copied; replaced whole and atomically. Returns ``out``."""
+    directory, target = existing_dir(directory), Path(out)
     with replace_dir(target) as tmp:
-        for name in (CONFIG_NAME, WEIGHTS_NAME):
+        for name in ADAPTER_FILES:
+            if name in replace or (name == ROUTER_NAME and not (directory / name).is_file()):
+                continue  # config and weights must be there (copy2 says so); a router may not
             shutil.copy2(directory / name, tmp / name)
-        write_json(tmp / ROUTER_NAME, router.to_dict())
+        for name, data in replace.items():
+            write_json(tmp / name, data)
     return target
 
 

@@ -10,14 +10,13 @@ points at half strength (recipes/synthetic/RESULTS.md, eighth lease).
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 from pathlib import Path
 
-from flexispeech.atomic import existing_dir, replace_dir
+from flexispeech.atomic import existing_dir
 from flexispeech.errors import ConfigError
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.io import CONFIG_NAME, ROUTER_NAME, WEIGHTS_NAME, read_adapter_config, write_json
+from flexispeech.lora.io import CONFIG_NAME, read_adapter_config, rewrite_adapter
 
 
 def scaled_config(config: FlexiLoraConfig, strength: float) -> FlexiLoraConfig:
@@ -40,9 +39,4 @@ def save_strength(directory: str | Path, strength: float, out: str | Path) -> Pa
         raise ConfigError(f"{out}: write the scaled adapter to another directory than {directory}")
     data = read_adapter_config(directory)
     data["config"] = scaled_config(FlexiLoraConfig.from_dict(data["config"]), strength).to_dict()
-    with replace_dir(target) as tmp:
-        shutil.copy2(directory / WEIGHTS_NAME, tmp / WEIGHTS_NAME)
-        if (directory / ROUTER_NAME).is_file():
-            shutil.copy2(directory / ROUTER_NAME, tmp / ROUTER_NAME)
-        write_json(tmp / CONFIG_NAME, data)
-    return target
+    return rewrite_adapter(directory, target, {CONFIG_NAME: data})
