@@ -418,15 +418,22 @@ else
 fi
 
 if step 7; then
-  log 7 "compare: side by side, and paired against the base and each static run"
+  log 7 "compare: side by side, and paired against the base and each static run (and its gated and scaled copies)"
   results=()
   for r in base $all_runs $(for g in $(gated_runs); do echo "${g}_gated"; done) $(fixed_runs); do
     for e in eval_test eval_test_30s eval_real eval_real_30s; do
       if [ -f "$exp/$r/$e/results.json" ]; then results+=("$exp/$r/$e"); fi
     done
   done
+  # every static run is a baseline, and so is each of its variants (behind the gate, at each
+  # strength): a Flexi run is then paired with the static run that had the same treatment
   baselines=(--baseline base)
-  for r in $runs_static; do baselines+=(--baseline "$r"); done
+  for r in $all_runs; do
+    is_static "$r" || continue
+    baselines+=(--baseline "$r")
+    if is_gated "$r"; then baselines+=(--baseline "${r}_gated"); fi
+    for k in $strengths; do baselines+=(--baseline "${r}_s$k"); done
+  done
   $FLEXI compare "${results[@]}" --out "$exp" "${baselines[@]}"
   echo "tables: $exp/compare.md; plots: $exp/wer_by_snr.png, $exp/ranks.png"
 fi

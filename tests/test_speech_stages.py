@@ -52,6 +52,11 @@ def _evals(calls: list[list[str]]) -> dict[str, list[str]]:
     return {c[c.index("--out") + 1].split("exp/", 1)[1]: c for c in calls if c[0] == "eval"}
 
 
+def _baselines(compare: list[str]) -> list[str]:
+    """The run names a `flexispeech compare` call pairs the others against, in order."""
+    return [compare[i + 1] for i, a in enumerate(compare) if a == "--baseline"]
+
+
 def test_cpu_profile_evaluates_at_both_windows_and_on_real_speech(tmp_path: Path) -> None:
     calls = run_stages(tmp_path, "cpu", "--real", "data/real")
     evals = _evals(calls)
@@ -69,7 +74,7 @@ def test_cpu_profile_evaluates_at_both_windows_and_on_real_speech(tmp_path: Path
     assert not any("--max-duration" in c for c in evals.values())  # the whole split
     (compare,) = [c for c in calls if c[0] == "compare"]
     assert sum(a.endswith("eval_real") for a in compare) == 6
-    assert [compare[i + 1] for i, a in enumerate(compare) if a == "--baseline"] == [
+    assert _baselines(compare) == [
         "base",
         "static_r8",
         "static_r16",
@@ -143,6 +148,10 @@ def test_gated_runs_get_the_gate_after_training_and_are_compared(tmp_path: Path)
     assert "flexi_benefit_gated/eval_test" not in evals
     (compare,) = [c for c in calls if c[0] == "compare"]
     assert any(a.endswith("static_r16_gated/eval_test") for a in compare)
+    # a gated Flexi run is paired with the static run behind the same gate, seeds too
+    assert _baselines(compare) == [
+        "base", "static_r16", "static_r16_gated", "static_r16_seed1", "static_r16_seed1_gated",
+    ]  # fmt: skip
     (tmp_path / "none").mkdir()
     other = [
         c
@@ -529,6 +538,14 @@ def test_strengths_scale_and_evaluate_static_and_flexi_runs(tmp_path: Path) -> N
     assert not any(n.startswith("inconsistent_s") for n in evals)
     (compare,) = [c for c in calls if c[0] == "compare"]
     assert sum("_s0.5/" in a for a in compare) == 6
+    # each static run at half strength is a baseline too; Flexi copies are not
+    assert _baselines(compare) == [
+        "base",
+        "static_r16",
+        "static_r16_s0.5",
+        "static_r16_seed1",
+        "static_r16_seed1_s0.5",
+    ]
     bad, calls = _refused(tmp_path / "bad-1", "--strengths", "-1")
     assert bad.returncode == 2 and "--strengths must be numbers > 0" in bad.stderr
     assert not calls.exists()
