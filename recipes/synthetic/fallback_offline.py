@@ -1,5 +1,5 @@
-"""What the loop fallback (``flexispeech eval --fallback-rank``) would have changed, from
-hypotheses already decoded: no model, no audio.
+"""What the loop fallback (``flexispeech eval --fallback-rank``), or the consensus of the
+ranks, would have changed, from hypotheses already decoded: no model, no audio.
 
     python recipes/synthetic/fallback_offline.py evals ROUTED_EVAL FALLBACK_EVAL
         two evaluations of one split (results.json or their folders): the routed run's, and
@@ -7,7 +7,9 @@ hypotheses already decoded: no model, no audio.
     python recipes/synthetic/fallback_offline.py decodes DECODES_JSONL --synthetic gpu:0
         a calibration's decodes at every rank (``<run>/calibrate_validation/decodes.jsonl``)
         scored against the synthetic corpus' texts (size:seed, rebuilt without audio) or
-        against a corpus folder (--data DIR): every served rank with every fallback rank
+        against a corpus folder (--data DIR): every served rank with every fallback rank;
+        with --consensus also the hypothesis closest to all ranks' (evaluation.agreement),
+        paired utterance by utterance against each rank alone
 
 Prints WER without and with the fallback, the rows flagged and the rows that took the
 fallback's hypothesis. The threshold is openai-whisper's 2.4 unless --threshold says otherwise.
@@ -21,9 +23,10 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from flexispeech.evaluation.agreement import consensus_index, word_distance
 from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, Fallback, offline_fallback
 from flexispeech.evaluation.metrics import error_counts, source_normalizer
-from flexispeech.evaluation.paired import sign_test
+from flexispeech.evaluation.paired import paired_difference, sign_test
 from flexispeech.evaluation.report import load_run
 
 
@@ -71,7 +74,36 @@ def _references(args: argparse.Namespace) -> dict[str, str]:
     return plan_texts(size, int(seed))
 
 
-def from_decodes(path: Path, refs_by_id: dict[str, str], threshold: float, model: str) -> list[str]:
+def consensus_lines(
+    rows: Sequence[dict], refs: Sequence[str], ranks: Sequence[str], normalize: Callable[[str], str]
+) -> list[str]:
+    """The consensus of all ranks and of the ranks above 0, paired against each rank alone
+    (Δ in WER points with its 95 % bootstrap interval, utterances better / worse, sign test)."""
+    norm_refs = [normalize(r) for r in refs]
+    words = sum(len(r.split()) for r in norm_refs)
+    errors = {
+        k: [word_distance(r, normalize(row["hyps"][k])) for r, row in zip(norm_refs, rows)] for k in ranks
+    }
+    out = []
+    for name, pool in (("all ranks", list(ranks)), ("ranks above 0", [k for k in ranks if k != "0"])):
+        picks = [pool[consensus_index([row["hyps"][k] for k in pool], normalize)] for row in rows]
+        chosen = [errors[k][i] for i, k in enumerate(picks)]
+        share = ", ".join(f"r{k} {picks.count(k)}" for k in pool)
+        out.append(f"consensus of {name}: WER {100 * sum(chosen) / words:.2f} % (picked {share})")
+        for k in pool:
+            d = paired_difference(errors[k], chosen)
+            scale = 100 * len(rows) / words  # mean errors per utterance -> WER points
+            out.append(
+                f"  against r{k} alone ({100 * sum(errors[k]) / words:.2f} %): {d.delta * scale:+.2f} points "
+                f"[{d.ci_low * scale:+.2f}, {d.ci_high * scale:+.2f}], {d.losses} better / {d.wins} worse, "
+                f"sign test p = {d.p_sign:.2g}"
+            )
+    return out
+
+
+def from_decodes(
+    path: Path, refs_by_id: dict[str, str], threshold: float, model: str, consensus: bool = False
+) -> list[str]:
     lines = path.read_text().splitlines()
     header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
     missing = [r["id"] for r in rows if r["id"] not in refs_by_id]
@@ -94,6 +126,8 @@ def from_decodes(path: Path, refs_by_id: dict[str, str], threshold: float, model
             )
             cells.append(f"{100 * _wer(refs, new, normalize):.2f} ({flagged}/{kept})")
         out.append(f"r{served} | {100 * _wer(refs, hyps, normalize):.2f} | " + " | ".join(cells))
+    if consensus:
+        out += consensus_lines(rows, refs, ranks, normalize)
     return out
 
 
@@ -112,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     refs.add_argument("--synthetic", metavar="SIZE:SEED", help="the synthetic corpus' texts, e.g. gpu:0")
     decodes.add_argument("--split", default="validation", help="split of --data (default: validation)")
     decodes.add_argument("--model", default="whisper-tiny.en", help="model whose normalizer scores")
+    decodes.add_argument(
+        "--consensus", action="store_true", help="also score the hypothesis closest to all ranks'"
+    )
     for p in (evals, decodes):
         p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="compression ratio")
     args = parser.parse_args(argv)
@@ -119,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode == "evals":
             lines = from_evals(args.routed, args.fallback, args.threshold)
         else:
-            lines = from_decodes(args.decodes, _references(args), args.threshold, args.model)
+            lines = from_decodes(args.decodes, _references(args), args.threshold, args.model, args.consensus)
     except (OSError, KeyError, ValueError) as err:
         print(f"fallback_offline: {err}", file=sys.stderr)
         return 2
