@@ -7,7 +7,7 @@
 #       [--profile cpu|gpu] [--model SOURCE] [--family whisper|wav2vec2] [--steps N] [--seed N]
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_benefit_nscale"]
 #       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
-#       [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2 4"] [--strengths "0.5"]
+#       [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2 4"] [--strengths "0.5"] [--consensus "2 4 8 16"]
 #
 # --runs trains and evaluates only these runs, in this order (default: the profile's list);
 # --device overrides the profile's device (gpu: cuda, cpu: cpu), e.g. to rehearse the gpu
@@ -27,6 +27,10 @@
 # --strengths "S ..." also evaluates every static and Flexi run (and its seed repetitions)
 # at strength S (`flexispeech scale`: every rank's scale times S, part of the way back to
 # the base model), served by its own router, as <name>_s<S>; default: none.
+# --consensus "R ..." also evaluates every Flexi run (behind its gate when --gated names it)
+# with the consensus of those ranks (`eval --consensus-ranks`: each utterance the router
+# sends to an adapter rank decoded at every one of them, the transcript closest to the
+# others kept; one decoding per rank), as <name>_consensus; default: none.
 #
 # The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
 # on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
@@ -71,6 +75,7 @@ gated_given=0
 fixed_ranks=""
 fixed_given=0
 strengths=""
+consensus=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -93,6 +98,7 @@ while [ $# -gt 0 ]; do
     --gated) gated=$2; gated_given=1; shift 2 ;;
     --fixed-ranks) fixed_ranks=$2; fixed_given=1; shift 2 ;;
     --strengths) strengths=$2; shift 2 ;;
+    --consensus) consensus=$2; shift 2 ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -179,6 +185,12 @@ for v in $strengths; do
     echo "speech_stages.sh: --strengths must be numbers > 0, got '$strengths'" >&2; exit 2
   fi
 done
+for r in $consensus; do
+  case "$r" in ''|*[!0-9]*) echo "speech_stages.sh: --consensus must be ranks >= 0, got '$consensus'" >&2; exit 2 ;; esac
+done
+if [ -n "$consensus" ] && [ "$(echo $consensus | wc -w)" -lt 2 ]; then
+  echo "speech_stages.sh: --consensus needs two or more ranks, got '$consensus'" >&2; exit 2
+fi
 case "$jobs" in ''|*[!0-9]*|0) echo "speech_stages.sh: --jobs must be a positive integer, got '$jobs'" >&2; exit 2 ;; esac
 if [ "$profile" = gpu ] && [ "$device" != cpu ] && [ "$jobs" -gt 1 ]; then
   # Runs side by side share the host: each run's loaders (training and decoding) get their
@@ -334,6 +346,7 @@ fixed_runs() {  # the <run>_r<R> and <run>_s<S> evaluations of this invocation
   for r in $all_runs; do
     if is_flexi "$r"; then for k in $fixed_ranks; do out+=" ${r}_r$k"; done; fi
     if is_flexi "$r" || is_static "$r"; then for k in $strengths; do out+=" ${r}_s$k"; done; fi
+    if is_flexi "$r" && [ -n "$consensus" ]; then out+=" ${r}_consensus"; fi
   done
   echo "$out"
 }
@@ -360,6 +373,13 @@ eval_variant() {  # eval_variant NAME ADAPTER_DIR [ARGS...]: test split and real
   if [ -n "$real" ]; then evaluate "$exp/$name/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"; fi
 }
 
+eval_consensus() {  # stage 6 for a Flexi run served by the consensus of --consensus ranks
+  local r=$1 dir
+  is_flexi "$r" && [ -n "$consensus" ] || return 0
+  dir="$exp/$r/adapter"
+  if is_gated "$r"; then dir="$exp/${r}_gated/adapter"; fi  # the gate keeps its rank-0 rows
+  eval_variant "${r}_consensus" "$dir" --consensus-ranks "$(echo $consensus | tr ' ' ,)"
+}
 eval_fixed() {  # stage 6 for a Flexi run at each --fixed-ranks rank: <run>_r<R>
   local r=$1 k
   is_flexi "$r" || return 0
@@ -386,6 +406,7 @@ run_one() {  # stages 3-6 of one run; its kind says which training stage it belo
   if step "$(kind_of "$r")"; then train_run "$r"; fi
   if step 6; then eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; fi
   gate_run "$r"
+  if step 6; then eval_consensus "$r"; fi  # after the gate: a gated run's consensus is behind it
 }
 
 if [ "$jobs" -gt 1 ] && { step 3 || step 4 || step 5 || step 6; }; then
@@ -415,6 +436,7 @@ else
     for r in $all_runs; do eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; done
   fi
   for r in $all_runs; do gate_run "$r"; done
+  if step 6; then for r in $all_runs; do eval_consensus "$r"; done; fi
 fi
 
 if step 7; then

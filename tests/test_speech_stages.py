@@ -552,3 +552,34 @@ def test_strengths_scale_and_evaluate_static_and_flexi_runs(tmp_path: Path) -> N
     zero, calls = _refused(tmp_path / "zero0", "--strengths", "0")
     assert zero.returncode == 2 and "--strengths must be numbers > 0" in zero.stderr
     assert not calls.exists()
+
+
+def test_consensus_evaluates_each_flexi_run_behind_its_gate(tmp_path: Path) -> None:
+    """--consensus "2 4 8 16": every Flexi run (seed repetitions too) is also evaluated with
+    `eval --consensus-ranks 2,4,8,16`, a gated one through its gated adapter (after the
+    gate exists), as <run>_consensus on the test split and real speech, and compared."""
+    calls = run_stages(
+        tmp_path, "gpu", "--real", "data/real", "--jobs", "1", "--fixed-ranks", "", "--seeds", "0,1",
+        "--gated", "flexi_benefit_nscale", "--consensus", "2 4 8 16",
+        "--runs", "static_r16 flexi_benefit_nscale flexi_benefit_nscale_seed1 flexi_nested",
+    )  # fmt: skip
+    evals = _evals(calls)
+    names = [" ".join(c[:2]) for c in calls]
+    for run, adapter in [
+        ("flexi_benefit_nscale", "flexi_benefit_nscale_gated"),
+        ("flexi_benefit_nscale_seed1", "flexi_benefit_nscale_seed1_gated"),  # a seed of a gated run
+        ("flexi_nested", "flexi_nested"),  # not gated: its own adapter
+    ]:
+        for split in ("eval_test", "eval_real"):
+            call = evals[f"{run}_consensus/{split}"]
+            assert call[call.index("--adapter") + 1].endswith(f"exp/{adapter}/adapter")
+            assert call[call.index("--consensus-ranks") + 1] == "2,4,8,16"
+    gate = next(i for i, c in enumerate(calls) if c[0] == "gate" and "flexi_benefit_nscale/" in c[1])
+    first = next(i for i, n in enumerate(names) if "flexi_benefit_nscale_consensus" in str(calls[i]))
+    assert gate < first  # the gated adapter exists before its consensus is evaluated
+    assert not any(k.startswith("static_r16_consensus") for k in evals)
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert sum("_consensus/" in a for a in compare) == 6
+    bad, calls = _refused(tmp_path / "one", "--consensus", "4")
+    assert bad.returncode == 2 and "--consensus needs two or more ranks" in bad.stderr
+    assert not calls.exists()

@@ -42,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "over --compression-ratio, Whisper's hallucination test) and keep the one that loops less; "
         "0 is the base model. Needs --adapter (default: off)",
     )
+    parser.add_argument(
+        "--consensus-ranks",
+        metavar="R,R,...",
+        help="decode every utterance the router sends to an adapter rank at each of these ranks and "
+        "keep the transcript closest to the others (least total word distance; costs one decoding "
+        "per rank). Utterances routed to rank 0 keep the base model's. Speech only; needs --adapter",
+    )
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
     parser.add_argument(
@@ -78,6 +85,9 @@ def run(args: argparse.Namespace) -> int:
     fallback = options.fallback(args)
     if fallback is not None and not args.adapter:
         raise FlexispeechError("--fallback-rank needs --adapter: the base model has no other rank")
+    consensus = _consensus_ranks(args.consensus_ranks)
+    if consensus and not args.adapter:
+        raise FlexispeechError("--consensus-ranks needs --adapter: the base model has no other rank")
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
     source = (
@@ -90,15 +100,17 @@ def run(args: argparse.Namespace) -> int:
     # The data first: a wrong --data fails in a moment, not after the model has loaded. No
     # utterance is dropped for the window: one it cannot hear whole is scored as decoded.
     split = open_split(args.data, args.split, max_duration=args.max_duration, max_examples=args.max_examples)
+    if consensus and isinstance(split, TextTaskSplit):
+        raise FlexispeechError(f"--consensus-ranks: {args.data} is a text task; the consensus is for speech")
     model, processor = load_model(family, source, args.device, audio_ctx)
     router = None
     if args.adapter:
         load_adapter(model, args.adapter)
         router = serving_router(model, args.rank)  # the chain transcribe and stream use too
-        if fallback is not None:
-            from flexispeech.lora.ranks import check_ranks, get_state
+        from flexispeech.lora.ranks import check_ranks, get_state
 
-            check_ranks(get_state(model).config, [fallback.rank])  # before decoding, not in it
+        # before decoding, not in it
+        check_ranks(get_state(model).config, ([fallback.rank] if fallback else []) + consensus)
     elif args.rank is not None:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
     from flexispeech.data.speech import CorpusSplit
@@ -127,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
         live_signals=live,
         num_workers=workers(args),
         fallback=fallback,
+        consensus=consensus,
+        normalize=source_normalizer(source) if consensus else None,
     )
     window = {"audio_ctx": whisper.encoder_positions(model)} if family.name == "whisper" else {}
     corpus = {"data": str(args.data), **window}
@@ -172,6 +186,7 @@ def run(args: argparse.Namespace) -> int:
         "split": args.split,
         "router": router.describe() if router is not None else None,
         "fallback": {"rank": fallback.rank, "threshold": fallback.threshold} if fallback else None,
+        "consensus_ranks": consensus or None,
         **corpus,
     }
     out = write_results(result, args.out or default_out)
@@ -182,6 +197,11 @@ def run(args: argparse.Namespace) -> int:
             f"fallback: {result['fallback_decodes']} looping hypotheses decoded again at rank "
             f"{fallback.rank}, {result['fallback_kept']} replaced (WER without: {pct(without['wer'])}%)"
         )
+    if consensus:
+        print(
+            f"consensus of ranks {consensus}: {result['decodes_per_utterance']:.2f} decodings per utterance "
+            f"(served ranks: {result['rank_histogram']})"
+        )
     skipped = f", {result['n_skipped']} skipped (undecodable audio)" if result["n_skipped"] else ""
     empty = f", {o['n_empty_refs']} with empty references (not scored)" if o["n_empty_refs"] else ""
     print(
@@ -189,3 +209,19 @@ def run(args: argparse.Namespace) -> int:
         f"(mean rank {result['mean_rank']:.2f}, RTF {result['rtf']:.3f}) -> {out}"
     )
     return 0
+
+
+def _consensus_ranks(value: str | None) -> list[int]:
+    """``--consensus-ranks 2,4,8`` as sorted ranks (empty when not given); a bad list is a
+    one-line ``ConfigError``."""
+    from flexispeech.errors import ConfigError
+
+    if value is None:
+        return []
+    try:
+        ranks = sorted({int(v) for v in value.replace(" ", ",").split(",") if v})
+    except ValueError:
+        raise ConfigError(f"--consensus-ranks: expected ranks like 2,4,8,16, got {value!r}") from None
+    if len(ranks) < 2 or ranks[0] < 0:
+        raise ConfigError(f"--consensus-ranks: needs two or more ranks >= 0, got {value!r}")
+    return ranks

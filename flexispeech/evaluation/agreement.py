@@ -10,6 +10,9 @@ decoding per rank, so it is an accuracy option, not a serving default.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
 
 
 def word_distance(a: str, b: str) -> int:
@@ -34,3 +37,55 @@ def consensus_index(hyps: Sequence[str], normalize: Callable[[str], str] | None 
     words = [normalize(h) if normalize else h for h in hyps]
     totals = [sum(word_distance(w, v) for j, v in enumerate(words) if j != i) for i, w in enumerate(words)]
     return min(range(len(words)), key=lambda i: (totals[i], i))
+
+
+def decode_consensus(
+    texts: list[str],
+    ranks: Sequence[int | None],
+    pool: Sequence[int],
+    decode_rows: Callable[[list[int], torch.Tensor], list[str]],
+    normalize: Callable[[str], str] | None = None,
+) -> tuple[list[str], list[int | None], list[dict[str, Any]]]:
+    """Serve one decoded batch by the consensus of the ranks ``pool``.
+
+    Rows the router sent to an adapter rank (> 0) are decoded at every rank of ``pool``
+    (the routed rank's hypothesis is reused when it is in the pool; the others in one
+    batched call with per-row ranks) and get the consensus hypothesis; rows at rank 0 or
+    without a rank (a gate's "leave the base model alone") keep theirs.
+
+    Args:
+        texts: the batch's routed hypotheses, one per row.
+        ranks: each row's routed rank (None: no adapter).
+        pool: the ranks to decode and pick among, lowest first (ties go to the lower rank).
+        decode_rows: ``decode_rows(rows, ranks)`` decodes rows ``rows`` of the batch (a row
+            may repeat) at per-row ``ranks`` [len(rows)] (int64), as ``fallback.row_decoder``.
+        normalize: applied to hypotheses before they are compared (the scorer's normaliser).
+
+    Returns:
+        The hypotheses, each row's rank after the consensus (the picked one), and one note
+        per row (``{}`` when it kept its routed hypothesis; else every pool rank's hypothesis,
+        the pick, and the routed rank's hypothesis).
+    """
+    pool = sorted(set(pool))
+    rows = [i for i, r in enumerate(ranks) if r]
+    out, picked = list(texts), list(ranks)
+    notes: list[dict[str, Any]] = [{} for _ in texts]
+    jobs = [(i, k) for i in rows for k in pool if k != ranks[i]]
+    again = (
+        decode_rows([i for i, _ in jobs], torch.tensor([k for _, k in jobs], dtype=torch.long))
+        if jobs
+        else []
+    )
+    hyps: dict[int, dict[int, str]] = {i: {ranks[i]: texts[i]} for i in rows}  # type: ignore[index]
+    for (i, k), text in zip(jobs, again, strict=True):
+        hyps[i][k] = text
+    for i in rows:
+        pick = pool[consensus_index([hyps[i][k] for k in pool], normalize)]
+        out[i], picked[i] = hyps[i][pick], pick
+        notes[i] = {
+            "hyps": {str(k): hyps[i][k] for k in pool},
+            "picked": pick,
+            "routed_rank": ranks[i],
+            "routed_hyp": texts[i],
+        }
+    return out, picked, notes

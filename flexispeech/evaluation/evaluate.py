@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from flexispeech.data.loading import load_batches
 from flexispeech.data.split import Split, signals_tensor
+from flexispeech.evaluation.agreement import decode_consensus
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
 from flexispeech.evaluation.metrics import error_counts
@@ -44,6 +45,8 @@ def decode_split(
     num_workers: int = 0,
     indices: Sequence[int] | None = None,
     fallback: Fallback | None = None,
+    consensus: Sequence[int] | None = None,
+    normalize: Callable[[str], str] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Decode every row of ``split`` (or the rows ``indices``); returns per-utterance
     records (in split order, or in the order of ``indices``) and decode seconds.
@@ -60,6 +63,11 @@ def decode_split(
     ``fallback``: rows whose hypothesis loops (``evaluation.fallback``) are decoded again at
     the fallback's rank, and its hypothesis kept when it loops less; the record then holds a
     ``fallback`` note and its time counts as decoding time.
+    ``consensus``: rows routed to an adapter rank are decoded at each of these ranks and
+    get the hypothesis closest to the others (``evaluation.agreement``, compared after
+    ``normalize``); the record's rank is the one picked, its ``consensus`` note holds every
+    rank's hypothesis, and the extra decodings count as decoding time. With ``fallback``
+    too, the fallback applies to the consensus.
     """
     device = next(model.parameters()).device
 
@@ -103,21 +111,21 @@ def decode_split(
                 model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens
             )
         ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
+        decode_rows = row_decoder(model, family, processor, inputs, num_beams, max_new_tokens)
+        agreed: list[dict[str, Any]] = [{} for _ in texts]
+        if consensus:
+            texts, ranks, agreed = decode_consensus(texts, ranks, consensus, decode_rows, normalize)
         notes: list[dict[str, Any]] = [{} for _ in texts]
         if fallback is not None:
-            texts, notes = decode_with_fallback(
-                texts,
-                ranks,
-                fallback,
-                row_decoder(model, family, processor, inputs, num_beams, max_new_tokens),
-            )
+            texts, notes = decode_with_fallback(texts, ranks, fallback, decode_rows)
         decode_s += time.perf_counter() - t0
         signals = {i: ex.signals for i, ex in zip(loaded.rows, examples)}
-        for i, text, rank, note in zip(batch.rows, texts, ranks, notes):
+        for i, text, rank, note, agree in zip(batch.rows, texts, ranks, notes, agreed):
             record = split.record(i)
             if live_signals:
                 record["signals"] = dict(signals[i])
-            records[i] = {**record, "hyp": text, "rank": rank} | ({"fallback": note} if note else {})
+            extra = ({"fallback": note} if note else {}) | ({"consensus": agree} if agree else {})
+            records[i] = {**record, "hyp": text, "rank": rank} | extra
     return [records.get(i, {}) for i in wanted], decode_s
 
 
@@ -201,12 +209,22 @@ def summarize(
         # rows decoded a second time because their hypothesis looped, and how many kept it
         "fallback_decodes": sum("fallback" in r for r in records),
         "fallback_kept": sum(bool(r.get("fallback", {}).get("kept")) for r in records),
+        # decodings per utterance: 1, more where the consensus of several ranks served it
+        "decodes_per_utterance": _decodes_per_utterance(records),
     }
     if result["fallback_decodes"]:  # the same rows scored with the routed rank's hypotheses
         routed = [r.get("fallback", {}).get("routed_hyp", r["hyp"]) for r in records]
         result["overall_without_fallback"] = error_counts([r["ref"] for r in records], routed, normalize)
     result["utterances"] = list(records)
     return result
+
+
+def _decodes_per_utterance(records: Sequence[dict[str, Any]]) -> float:
+    """Mean decodings per utterance: one for a routed row, the pool's size for a consensus
+    row (the loop fallback's few extra decodings are counted in ``fallback_decodes``)."""
+    if not records:
+        return 0.0
+    return sum(len(r["consensus"]["hyps"]) if "consensus" in r else 1 for r in records) / len(records)
 
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> Path:

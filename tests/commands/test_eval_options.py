@@ -164,3 +164,44 @@ def test_fallback_needs_an_adapter_and_one_of_its_ranks(
     options = ["--adapter", str(adapter), "--fallback-rank", "3"]
     assert main(["eval", "--data", str(corpus), *FAST, "--out", str(tmp_path), *options]) == 2
     assert "rank(s) [3] not in the configured ranks" in capsys.readouterr().err
+
+
+def test_consensus_decodes_every_pool_rank_and_keeps_the_closest(
+    corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path
+) -> None:
+    """--consensus-ranks 0,2,8: every row routed to rank 2 is decoded at ranks 0, 2 and 8 and
+    served the hypothesis closest to the other two (ties: the lower rank); rows routed to
+    rank 0 keep the base model's. Fails if a pool rank is not decoded, rows are mixed up,
+    or the pick is not the consensus."""
+    from flexispeech.evaluation.agreement import consensus_index
+    from flexispeech.evaluation.metrics import source_normalizer
+
+    normalize = source_normalizer("random:tiny")
+    at = {"0": texts(greedy["base"]), "2": texts(greedy["2"]), "8": texts(greedy["8"])}
+    assert at["2"] != at["8"] and at["2"] != at["0"]  # the ranks disagree somewhere
+    out = tmp_path / "consensus"
+    evaluate(corpus, out, "--adapter", str(adapter), "--rank", "2", "--consensus-ranks", "8,0,2")
+    res = json.loads((out / "results.json").read_text())
+    assert res["consensus_ranks"] == [0, 2, 8] and res["decodes_per_utterance"] == 3
+    for u in res["utterances"]:
+        pool = {k: at[k][u["id"]] for k in ("0", "2", "8")}
+        assert u["consensus"]["hyps"] == pool and u["consensus"]["routed_rank"] == 2
+        pick = [0, 2, 8][consensus_index(list(pool.values()), normalize)]
+        assert u["rank"] == pick == u["consensus"]["picked"] and u["hyp"] == pool[str(pick)]
+    gated = tmp_path / "at0"
+    kept = evaluate(corpus, gated, "--adapter", str(adapter), "--rank", "0", "--consensus-ranks", "2,8")
+    assert texts(kept) == at["0"]  # routed to rank 0 (a gate's "no adapter"): left alone
+    assert json.loads((gated / "results.json").read_text())["decodes_per_utterance"] == 1
+
+
+def test_consensus_needs_an_adapter_two_ranks_and_speech(
+    corpus: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["eval", "--data", str(corpus), *FAST, "--out", str(tmp_path)]
+    assert main([*base, "--consensus-ranks", "2,8"]) == 2
+    assert "--consensus-ranks needs --adapter" in capsys.readouterr().err
+    for bad in ("2", "two,8", "-1,2"):
+        assert main([*base, "--adapter", str(adapter), f"--consensus-ranks={bad}"]) == 2
+        assert "--consensus-ranks: " in capsys.readouterr().err
+    assert main([*base, "--adapter", str(adapter), "--consensus-ranks", "2,4"]) == 2
+    assert "rank(s) [4] not in the configured ranks" in capsys.readouterr().err
