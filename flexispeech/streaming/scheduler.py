@@ -34,7 +34,8 @@ GATHER_S = 0.01  # after a wake-up, wait at least this long for the other live s
 # whole decode, and a batch of N costs far less than N batches of one (every decoding step
 # is shared by the batch's rows). So the worker waits for the live streams
 # that have not submitted yet, up to WAIT_SHARE of the last batch's decoding time (never
-# more than MAX_WAIT_S): where decoding is fast (a GPU) it hardly waits at all.
+# more than MAX_WAIT_S): where decoding is fast (a GPU) it hardly waits at all. On a CPU
+# a batch shares too little for the wait to pay, and it is off (``default_max_wait_s``).
 LIVE_S = 5.0
 WAIT_SHARE = 0.5
 MAX_WAIT_S = 0.5
