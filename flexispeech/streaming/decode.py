@@ -195,7 +195,9 @@ def lookup_proposal(history: Sequence[int], n: int = LOOKUP_N, most: int = LOOKU
         return []
     tail = list(history[-n:])
     for start in range(len(history) - n - 1, -1, -1):  # the latest occurrence: most like what comes next
-        if list(history[start : start + n]) == tail:
+        # The first token before the slice: this runs for every row at every step (host work
+        # that a GPU step waits for), and most positions differ there.
+        if history[start] == tail[0] and list(history[start : start + n]) == tail:
             return list(history[start + n : start + n + most])
     return []
 
