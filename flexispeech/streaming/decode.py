@@ -10,6 +10,10 @@ its padding), so each row decodes as it would alone. The logits go through the p
 that ``generate`` uses for timestamped short-form decoding (``Suppression``, the first
 generated token being the same step for every row because the prefixes are aligned at
 their end, and ``TimestampRules``, the timestamp processor's rules for all rows at once).
+
+Steps are saved without changing a token: the first step takes each row's draft (its
+previous decoding), and every later step a proposal looked up in the row's own prompt and
+tokens (``lookup_proposal``); a step checks what it is fed against the greedy choices.
 """
 
 from __future__ import annotations
@@ -173,6 +177,31 @@ def loop_start(tokens: Sequence[int], timestamp_begin: int) -> int | None:
     return None
 
 
+LOOKUP_N = 3  # a proposal needs the row's last LOOKUP_N tokens to have come before
+LOOKUP_MAX = 32  # tokens proposed at most per step
+
+
+def lookup_proposal(history: Sequence[int], n: int = LOOKUP_N, most: int = LOOKUP_MAX) -> list[int]:
+    """The tokens that followed the latest earlier occurrence of ``history``'s last ``n``
+    tokens (at most ``most``), [] if they did not occur before: prompt lookup.
+
+    Whisper repeats text it has seen (the prompt, its own earlier sentences), and a row
+    looping back to its start (as a stream's buffer does when the prompt holds the
+    sentence ahead) generates a whole copy of its text before ``loop_start`` can cut it:
+    one step per token of the copy, while every other row of the batch waits. Proposed
+    tokens are checked against the greedy choices (``verify_drafts``), so they change no
+    token; a wrong proposal costs its tokens' pass through the decoder."""
+    if len(history) <= n:
+        return []
+    tail = list(history[-n:])
+    for start in range(len(history) - n - 1, -1, -1):  # the latest occurrence: most like what comes next
+        # The first token before the slice: this runs for every row at every step (host work
+        # that a GPU step waits for), and most positions differ there.
+        if history[start] == tail[0] and list(history[start : start + n]) == tail:
+            return list(history[start + n : start + n + most])
+    return []
+
+
 def greedy_decode(
     model: nn.Module,
     features: torch.Tensor,
@@ -246,6 +275,7 @@ def greedy_decode(
         cache = None
         step_ids, step_pos = ids, positions
         first = True
+        before: list[list[int]] = []  # per row, the tokens generated before the step (after the first)
         while batch and not all(done):
             # The decoder, then the vocabulary projection of the positions read only: the
             # model's own forward projects every position, and the first step's are the
@@ -259,32 +289,46 @@ def greedy_decode(
                 use_cache=True,
             )
             cache = out.past_key_values
-            if first:
-                kept = verify_drafts(
-                    model, out.last_hidden_state[:, width - 1 :], drafts, suppress, rules, take, done
-                )
-                # A row's draft tokens past what it kept are not its text: out of attention.
-                for row, n in enumerate(kept):
-                    mask[row, width + n :] = 0
-                first = False
-            else:
-                scores = model.proj_out(out.last_hidden_state[:, -1, :]).float()
-                scores = rules(suppress(scores, [False] * batch), generated)
-                for row, token in enumerate(scores.argmax(-1).tolist()):
-                    if not done[row]:
-                        take(row, token)
+            # Positions fed in this step: the row's last token, then its draft or proposal.
+            hidden = out.last_hidden_state[:, width - 1 :] if first else out.last_hidden_state
+            kept = verify_drafts(
+                model, hidden, drafts, suppress, rules, take, done, histories=None if first else before
+            )
+            # A row's draft tokens past what it kept are not its text: out of attention.
+            fed = width - 1 if first else mask.shape[1] - 1 - depth
+            for row, n in enumerate(kept):
+                mask[row, fed + 1 + n :] = 0
+            first = False
             if all(done):
                 break
             # Every row goes on from its last token (a finished row feeds <|endoftext|>), at
-            # the position after its prefix and the tokens before it.
-            step_ids = torch.tensor(
-                [[eos if done[r] else generated[r][-1]] for r in range(batch)], device=device
-            )
-            step_pos = torch.tensor(
-                [[len(prefixes[r]) + len(generated[r]) - 1] for r in range(batch)], device=device
-            )
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], dim=1)
+            # the position after its prefix and the tokens before it, followed by what its own
+            # prompt and tokens propose (``lookup_proposal``), within its cap.
+            before = [list(g) for g in generated]
+            drafts = [
+                []
+                if done[r]
+                else _until_eos(lookup_proposal(prefixes[r] + generated[r]), eos)[
+                    : caps[r] - len(generated[r]) - 1
+                ]
+                for r in range(batch)
+            ]
+            depth = max(len(d) for d in drafts)
+            step_ids = torch.full((batch, 1 + depth), eos, dtype=torch.long)
+            block = torch.zeros((batch, 1 + depth), dtype=torch.long)
+            for r in range(batch):
+                step_ids[r, : 1 + len(drafts[r])] = torch.tensor(
+                    [eos if done[r] else generated[r][-1]] + drafts[r], dtype=torch.long
+                )
+                block[r, : 1 + len(drafts[r])] = 1
+            start = torch.tensor([[len(prefixes[r]) + len(generated[r]) - 1] for r in range(batch)])
+            step_ids, step_pos = step_ids.to(device), (start + torch.arange(1 + depth)).to(device)
+            mask = torch.cat([mask, block.to(device)], dim=1)
     return [complete_segments(g, timestamp_begin, eos) for g in generated]
+
+
+def _until_eos(tokens: list[int], eos: int) -> list[int]:
+    return tokens[: tokens.index(eos)] if eos in tokens else tokens
 
 
 def verify_drafts(
@@ -295,35 +339,56 @@ def verify_drafts(
     rules: TimestampRules,
     take: Callable[[int, int], None],
     done: list[bool],
+    histories: Sequence[Sequence[int]] | None = None,
 ) -> list[int]:
-    """The first step of ``greedy_decode``: each row's first tokens from one forward pass.
+    """One step of ``greedy_decode``: each row's next tokens from one forward pass.
 
-    ``hidden`` [B, 1 + depth, d] is the decoder output at the prefix's last position and at
-    each draft token. Position ``k`` of a row gives the greedy choice after its first ``k``
-    draft tokens (the suppression and timestamp rules applied as if they had been
-    generated); the row takes that choice (``take``) and goes on while it is the draft's
-    next token, so its tokens are the ones step-by-step decoding would give. Returns, per
-    row, how many draft tokens it kept: those after them are no part of its text.
+    ``hidden`` [B, 1 + depth, d] is the decoder output at the row's last fed token and at
+    each draft token after it. Position ``k`` of a row gives the greedy choice after its
+    first ``k`` draft tokens (the suppression and timestamp rules applied as if they had
+    been generated); the row takes that choice (``take``) and goes on while it is the
+    draft's next token, so its tokens are the ones step-by-step decoding would give.
+
+    ``histories``: per row, the tokens generated before this step; None for the first step
+    (nothing generated yet, the draft is the previous decoding and every position is
+    projected at once). In later steps (drafts from ``lookup_proposal``, often wrong) the
+    draft's positions are projected only for rows whose first choice took its first token:
+    a vocabulary projection per position costs about as much as a decoding step.
+    Returns, per row, how many draft tokens it kept: those after them are no part of its text.
     """
+    first = histories is None
+    before = [[] for _ in drafts] if histories is None else histories
     rows = [r for r in range(len(drafts)) if not done[r]]
-    spans = [(r, k) for r in rows for k in range(len(drafts[r]) + 1)]
     kept = [0] * len(drafts)
-    if not spans:
+    if not rows:
         return kept
-    index_r = torch.tensor([r for r, _ in spans], device=hidden.device)
-    index_k = torch.tensor([k for _, k in spans], device=hidden.device)
-    scores = model.proj_out(hidden[index_r, index_k]).float()  # [spans, V]
-    scores = suppress(scores, [k == 0 for _, k in spans])
-    scores = rules(scores, [drafts[r][:k] for r, k in spans])
-    choices = scores.argmax(-1).tolist()
-    at = 0
+
+    def choices(spans: list[tuple[int, int]]) -> dict[tuple[int, int], int]:
+        index_r = torch.tensor([r for r, _ in spans], device=hidden.device)
+        index_k = torch.tensor([k for _, k in spans], device=hidden.device)
+        scores = model.proj_out(hidden[index_r, index_k]).float()  # [spans, V]
+        scores = suppress(scores, [first and k == 0 for _, k in spans])
+        scores = rules(scores, [list(before[r]) + list(drafts[r][:k]) for r, k in spans])
+        return dict(zip(spans, scores.argmax(-1).tolist()))
+
+    if first:
+        chosen = choices([(r, k) for r in rows for k in range(len(drafts[r]) + 1)])
+    else:
+        chosen = choices([(r, 0) for r in rows])
+        rest = [
+            (r, k)
+            for r in rows
+            if drafts[r] and chosen[(r, 0)] == drafts[r][0]
+            for k in range(1, len(drafts[r]) + 1)
+        ]
+        if rest:
+            chosen |= choices(rest)
     for r in rows:
         n = len(drafts[r])
         for k in range(n + 1):
-            token = choices[at + k]
+            token = chosen[(r, k)]
             take(r, token)
             if done[r] or k == n or token != drafts[r][k]:
                 break
             kept[r] = k + 1
-        at += n + 1
     return kept

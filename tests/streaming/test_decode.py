@@ -195,3 +195,59 @@ def test_drafts_change_no_token(model_and_inputs, kind: str) -> None:
         assert len(calls) < plain_steps / 2
     if kind == "empty":
         assert len(calls) == plain_steps
+
+
+def test_lookup_proposal_follows_the_latest_earlier_occurrence() -> None:
+    """Prompt lookup: what followed the last ``n`` tokens the latest time they occurred."""
+    from flexispeech.streaming.decode import lookup_proposal
+
+    history = [1, 2, 3, 4, 5, 9, 1, 2, 3, 7, 8, 1, 2, 3]
+    assert lookup_proposal(history, n=3) == [7, 8, 1, 2, 3]  # the latest of two earlier occurrences
+    assert lookup_proposal(history, n=3, most=2) == [7, 8]
+    assert lookup_proposal([1, 2, 3, 4], n=3) == []  # never before
+    assert lookup_proposal([5, 5, 5, 5], n=3) == [5]  # a repeat proposes itself
+
+
+def _raw_rows(model, processor, features, monkeypatch) -> tuple[list[list[int]], list[list[int]]]:
+    """Every row's prefix and all the tokens it generates (no segment cut), decoded plainly."""
+    import flexispeech.streaming.decode as decode
+
+    prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+    monkeypatch.setattr(decode, "complete_segments", lambda generated, begin, eos: list(generated))
+    monkeypatch.setattr(decode, "lookup_proposal", lambda history: [])
+    raw = greedy_decode(model, features, prompts, CAPS)
+    prefixes = [p + decode.init_tokens(model) for p in prompts]
+    return prefixes, raw
+
+
+@pytest.mark.parametrize("kind", ["right", "wrong_token"])
+def test_proposals_after_the_first_step_change_no_token(model_and_inputs, monkeypatch, kind: str) -> None:
+    """A step fed a proposal (``lookup_proposal``) takes the proposed tokens the greedy choice
+    agrees with and no others: right proposals give the tokens of plain decoding in a few
+    passes, a wrong token in every proposal still gives exactly those tokens."""
+    import flexispeech.streaming.decode as decode
+
+    model, processor, features = model_and_inputs
+    prefixes, raw = _raw_rows(model, processor, features, monkeypatch)
+
+    def oracle(history: list[int]) -> list[int]:  # the rest of the row's own plain decoding
+        for prefix, tokens in zip(prefixes, raw):
+            done = history[len(prefix) :]
+            if history[: len(prefix)] == prefix and tokens[: len(done)] == done:
+                ahead = tokens[len(done) : len(done) + 8]
+                return ahead if kind == "right" else ahead[:2] + [t ^ 1 for t in ahead[2:3]] + ahead[3:]
+        raise AssertionError("a history that is no row's plain decoding")
+
+    monkeypatch.setattr(decode, "lookup_proposal", oracle)
+    prompts = [prompt_tokens(processor.tokenizer, p) for p in PROMPTS]
+    calls, hook = _forwards(model)
+    try:
+        got = greedy_decode(model, features, prompts, CAPS)
+    finally:
+        hook.remove()
+    assert got == raw
+    longest = max(len(tokens) for tokens in raw)
+    if kind == "right":  # 8 tokens a pass after the first step
+        assert len(calls) <= 2 + longest // 8
+    else:  # two tokens and the greedy choice a pass at most
+        assert len(calls) >= longest // 3

@@ -124,3 +124,29 @@ def test_a_finished_stream_is_not_waited_for(monkeypatch) -> None:
     waited = time.monotonic() - start - 0.3  # minus the decode itself
     scheduler.close()
     assert batches == [[a, b], [a]] and waited < 0.1
+
+
+@pytest.mark.parametrize("device", ["cpu", "meta"])
+def test_on_a_cpu_a_batch_leaves_without_waiting_for_the_live_streams(monkeypatch, device: str) -> None:
+    """A model on the CPU turns the wait for live streams off by default (a CPU batch shares
+    little, docs/streaming.md): two live streams submitting 50 ms apart after a 200-ms
+    decode go out in two batches; a model elsewhere (here on the meta device) waits."""
+    import threading
+    from types import SimpleNamespace
+
+    import torch
+
+    batches = _recording_decode(monkeypatch, 0.2)
+    a, b = _Stream(), _Stream()
+    model = torch.nn.Linear(1, 1, device=device)
+    scheduler = Scheduler(transcriber=SimpleNamespace(model=model))
+    with scheduler._cond:
+        first = [scheduler.submit(a), scheduler.submit(b)]
+    for f in first:
+        f.result(5)
+    later = scheduler.submit(a)
+    threading.Event().wait(0.05)
+    late = scheduler.submit(b)
+    assert later.result(5) == late.result(5) == "update"
+    scheduler.close()
+    assert batches[1:] == ([[a], [b]] if device == "cpu" else [[a, b]])
