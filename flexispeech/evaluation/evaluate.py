@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from flexispeech.data.loading import load_batches
 from flexispeech.data.split import Split, signals_tensor
-from flexispeech.evaluation.agreement import decode_consensus
+from flexispeech.evaluation.consensus import decode_consensus
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
 from flexispeech.evaluation.metrics import error_counts
@@ -64,7 +64,7 @@ def decode_split(
     the fallback's rank, and its hypothesis kept when it loops less; the record then holds a
     ``fallback`` note and its time counts as decoding time.
     ``consensus``: rows routed to an adapter rank are decoded at each of these ranks and
-    get the hypothesis closest to the others (``evaluation.agreement``, compared after
+    get the hypothesis closest to the others (``evaluation.consensus``, compared after
     ``normalize``); the record's rank is the one picked, its ``consensus`` note holds every
     rank's hypothesis, and the extra decodings count as decoding time. With ``fallback``
     too, the fallback applies to the consensus.

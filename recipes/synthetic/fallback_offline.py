@@ -8,7 +8,7 @@ ranks, would have changed, from hypotheses already decoded: no model, no audio.
         a calibration's decodes at every rank (``<run>/calibrate_validation/decodes.jsonl``)
         scored against the synthetic corpus' texts (size:seed, rebuilt without audio) or
         against a corpus folder (--data DIR): every served rank with every fallback rank;
-        with --consensus also the hypothesis closest to all ranks' (evaluation.agreement),
+        with --consensus also the hypothesis closest to all ranks' (evaluation.consensus),
         paired utterance by utterance against each rank alone
 
 Prints WER without and with the fallback, the rows flagged and the rows that took the
@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from flexispeech.evaluation.agreement import consensus_index, word_distance
+from flexispeech.evaluation.consensus import consensus_index, word_distance
 from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, Fallback, offline_fallback
 from flexispeech.evaluation.metrics import error_counts, source_normalizer
 from flexispeech.evaluation.paired import paired_difference, sign_test

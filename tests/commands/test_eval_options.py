@@ -173,7 +173,7 @@ def test_consensus_decodes_every_pool_rank_and_keeps_the_closest(
     served the hypothesis closest to the other two (ties: the lower rank); rows routed to
     rank 0 keep the base model's. Fails if a pool rank is not decoded, rows are mixed up,
     or the pick is not the consensus."""
-    from flexispeech.evaluation.agreement import consensus_index
+    from flexispeech.evaluation.consensus import consensus_index
     from flexispeech.evaluation.metrics import source_normalizer
 
     normalize = source_normalizer("random:tiny")

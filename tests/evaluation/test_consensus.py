@@ -1,6 +1,6 @@
 import pytest
 
-from flexispeech.evaluation.agreement import consensus_index, word_distance
+from flexispeech.evaluation.consensus import consensus_index, word_distance
 
 
 def test_word_distance_counts_word_edits_and_handles_empty_transcripts() -> None:
@@ -33,7 +33,7 @@ def test_consensus_of_one_and_of_none() -> None:
 def test_decode_consensus_decodes_the_other_pool_ranks_once_in_one_call() -> None:
     import torch
 
-    from flexispeech.evaluation.agreement import decode_consensus
+    from flexispeech.evaluation.consensus import decode_consensus
 
     table = {  # (row, rank) -> what that row decodes to at that rank
         (0, 2): "it is no matter", (0, 4): "it's no matter", (0, 8): "it's no matter",
