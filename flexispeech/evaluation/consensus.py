@@ -35,7 +35,12 @@ def consensus_index(hyps: Sequence[str], normalize: Callable[[str], str] | None 
     if not hyps:
         raise ValueError("consensus needs at least one hypothesis")
     words = [normalize(h) if normalize else h for h in hyps]
-    totals = [sum(word_distance(w, v) for j, v in enumerate(words) if j != i) for i, w in enumerate(words)]
+    totals = [0] * len(words)
+    for i in range(len(words)):
+        for j in range(i + 1, len(words)):  # the distance is symmetric: each pair once
+            d = word_distance(words[i], words[j])
+            totals[i] += d
+            totals[j] += d
     return min(range(len(words)), key=lambda i: (totals[i], i))
 
 
