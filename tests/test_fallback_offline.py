@@ -71,3 +71,38 @@ def test_consensus_of_the_ranks_is_paired_against_each_rank(tmp_path: Path) -> N
     assert "against r0 alone (50.00 %): -50.00 points" in out and "1 better / 0 worse" in out, out
     # two ranks cannot outvote each other: a tie, so the lower rank's (u1: the loop)
     assert "consensus of ranks above 0: WER 1300.00 % (picked r2 2, r4 0)" in out, out
+
+
+def test_consensus_pools_are_chosen_and_unknown_ranks_refused(tmp_path: Path) -> None:
+    corpus = write_mini_corpus(tmp_path / "c", [(np.zeros(1600), "validation", 0.1)] * 2)
+    decodes = tmp_path / "decodes.jsonl"
+    rows = [
+        {"adapter": "x", "split": "validation", "ranks": [0, 2, 4], "audio_ctx": None},
+        {"id": "u0", "hyps": {"0": "a slow dog", "2": "the quick fox", "4": "the quick fox"}},
+        {"id": "u1", "hyps": {"0": "the quick fox", "2": LOOP, "4": "the quick fox"}},
+    ]
+    decodes.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    common = ["decodes", str(decodes), "--data", str(corpus), "--model", "random:tiny", "--consensus"]
+    out = run(*common, "--pool", "4,0", "--pool", "2,4")
+    # two ranks always tie, and the pool is taken lowest first: r0 wins both (u0 wrongly)
+    assert "consensus of 4,0: WER 50.00 % (picked r0 2, r4 0)" in out, out
+    assert "consensus of 2,4: WER 1300.00 %" in out and "ranks above 0" not in out, out
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), *common, "--pool", "2,8"], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "--pool: ranks ['r8'] were not decoded" in done.stderr
+
+
+def test_consensus_of_stored_evaluations(tmp_path: Path) -> None:
+    base = _eval(tmp_path / "base", "base", ["the quick fox", "a slow dog", "the quick"])
+    low = _eval(tmp_path / "low", "r2", [LOOP, "the quick fox", "the quick fox"])
+    high = _eval(tmp_path / "high", "r4", ["the quick fox", "the quick fox", "the slow fox"])
+    out = run("consensus", str(base), str(low), str(high))
+    # u0: base and r4 agree; u1: r2 and r4; u2: all differ by one word from r2, which wins
+    assert "3 utterances decoded by all of base, r2, r4" in out, out
+    assert "consensus of these runs: WER 0.00 % (picked base 1, r2 2, r4 0)" in out, out
+    assert "against r4 alone (11.11 %): -11.11 points" in out, out
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "consensus", str(base)], capture_output=True, text=True
+    )
+    assert done.returncode == 2 and "two or more evaluations" in done.stderr

@@ -10,6 +10,9 @@ ranks, would have changed, from hypotheses already decoded: no model, no audio.
         against a corpus folder (--data DIR): every served rank with every fallback rank;
         with --consensus also the hypothesis closest to all ranks' (evaluation.consensus),
         paired utterance by utterance against each rank alone
+    python recipes/synthetic/fallback_offline.py consensus EVAL EVAL [EVAL ...]
+        the consensus of stored evaluations of one split (lowest rank first), paired
+        against each of them
 
 Prints WER without and with the fallback, the rows flagged and the rows that took the
 fallback's hypothesis. The threshold is openai-whisper's 2.4 unless --threshold says otherwise.
@@ -62,6 +65,24 @@ def from_evals(routed_path: Path, second_path: Path, threshold: float) -> list[s
     ]
 
 
+def from_evals_consensus(paths: Sequence[Path]) -> list[str]:
+    """The consensus of stored evaluations of one split (e.g. one adapter at several ranks,
+    the base model as rank 0), over the utterances all of them decoded."""
+    runs = [load_run(p) for p in paths]
+    names = [r["name"] for r in runs]
+    if len(set(names)) != len(names) or len(runs) < 2:
+        raise ValueError(f"consensus needs two or more evaluations with distinct names, got {names}")
+    by_id = [{u["id"]: u for u in r["utterances"] if "error" not in u} for r in runs]
+    ids = [i for i in by_id[0] if all(i in b for b in by_id[1:])]
+    normalize = source_normalizer(runs[0].get("model") or "whisper-tiny.en")
+    hyps = [{n: b[i]["hyp"] for n, b in zip(names, by_id)} for i in ids]
+    head = f"{len(ids)} utterances decoded by all of {', '.join(names)}"
+    return [
+        head,
+        *consensus_lines(hyps, [by_id[0][i]["ref"] for i in ids], [("these runs", names)], normalize),
+    ]
+
+
 def _references(args: argparse.Namespace) -> dict[str, str]:
     if args.data:
         from flexispeech.data.text import open_split
@@ -75,26 +96,30 @@ def _references(args: argparse.Namespace) -> dict[str, str]:
 
 
 def consensus_lines(
-    rows: Sequence[dict], refs: Sequence[str], ranks: Sequence[str], normalize: Callable[[str], str]
+    hyps: Sequence[dict[str, str]],
+    refs: Sequence[str],
+    pools: Sequence[tuple[str, Sequence[str]]],
+    normalize: Callable[[str], str],
 ) -> list[str]:
-    """The consensus of all ranks and of the ranks above 0, paired against each rank alone
-    (Δ in WER points with its 95 % bootstrap interval, utterances better / worse, sign test)."""
+    """For each pool (a name and the keys of ``hyps`` it picks among, ties to the earlier
+    key): the consensus's WER, paired against each key alone (Δ in WER points with its 95 %
+    bootstrap interval, utterances better / worse, sign test). ``hyps``: per utterance, a
+    hypothesis per key."""
     norm_refs = [normalize(r) for r in refs]
     words = sum(len(r.split()) for r in norm_refs)
-    errors = {
-        k: [word_distance(r, normalize(row["hyps"][k])) for r, row in zip(norm_refs, rows)] for k in ranks
-    }
+    keys = list(dict.fromkeys(k for _, pool in pools for k in pool))
+    errors = {k: [word_distance(r, normalize(h[k])) for r, h in zip(norm_refs, hyps)] for k in keys}
     out = []
-    for name, pool in (("all ranks", list(ranks)), ("ranks above 0", [k for k in ranks if k != "0"])):
-        picks = [pool[consensus_index([row["hyps"][k] for k in pool], normalize)] for row in rows]
+    for name, pool in pools:
+        picks = [pool[consensus_index([h[k] for k in pool], normalize)] for h in hyps]
         chosen = [errors[k][i] for i, k in enumerate(picks)]
-        share = ", ".join(f"r{k} {picks.count(k)}" for k in pool)
+        share = ", ".join(f"{k} {picks.count(k)}" for k in pool)
         out.append(f"consensus of {name}: WER {100 * sum(chosen) / words:.2f} % (picked {share})")
         for k in pool:
             d = paired_difference(errors[k], chosen)
-            scale = 100 * len(rows) / words  # mean errors per utterance -> WER points
+            scale = 100 * len(hyps) / words  # mean errors per utterance -> WER points
             out.append(
-                f"  against r{k} alone ({100 * sum(errors[k]) / words:.2f} %): {d.delta * scale:+.2f} points "
+                f"  against {k} alone ({100 * sum(errors[k]) / words:.2f} %): {d.delta * scale:+.2f} points "
                 f"[{d.ci_low * scale:+.2f}, {d.ci_high * scale:+.2f}], {d.losses} better / {d.wins} worse, "
                 f"sign test p = {d.p_sign:.2g}"
             )
@@ -102,7 +127,12 @@ def consensus_lines(
 
 
 def from_decodes(
-    path: Path, refs_by_id: dict[str, str], threshold: float, model: str, consensus: bool = False
+    path: Path,
+    refs_by_id: dict[str, str],
+    threshold: float,
+    model: str,
+    consensus: bool = False,
+    pools: Sequence[str] = (),
 ) -> list[str]:
     lines = path.read_text().splitlines()
     header, rows = json.loads(lines[0]), [json.loads(line) for line in lines[1:]]
@@ -127,7 +157,15 @@ def from_decodes(
             cells.append(f"{100 * _wer(refs, new, normalize):.2f} ({flagged}/{kept})")
         out.append(f"r{served} | {100 * _wer(refs, hyps, normalize):.2f} | " + " | ".join(cells))
     if consensus:
-        out += consensus_lines(rows, refs, ranks, normalize)
+        hyps = [{f"r{k}": r["hyps"][k] for k in ranks} for r in rows]
+        labels = [f"r{k}" for k in ranks]
+        chosen = [("all ranks", labels), ("ranks above 0", [k for k in labels if k != "r0"])]
+        if pools:  # --pool 0,2,4: the ranks named, lowest first
+            chosen = [(p, [f"r{k}" for k in sorted({int(k) for k in p.split(",")})]) for p in pools]
+            unknown = sorted({k for _, ks in chosen for k in ks} - set(labels))
+            if unknown:
+                raise ValueError(f"--pool: ranks {unknown} were not decoded (ranks: {labels})")
+        out += consensus_lines(hyps, refs, chosen, normalize)
     return out
 
 
@@ -139,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
     evals = sub.add_parser("evals", help="a routed evaluation and one at the fallback rank")
     evals.add_argument("routed", type=Path)
     evals.add_argument("fallback", type=Path)
+    agree = sub.add_parser("consensus", help="the consensus of stored evaluations of one split")
+    agree.add_argument(
+        "runs", type=Path, nargs="+", help="evaluations, lowest rank first (ties go to the earlier)"
+    )
     decodes = sub.add_parser("decodes", help="a calibration's decodes at every rank")
     decodes.add_argument("decodes", type=Path)
     refs = decodes.add_mutually_exclusive_group(required=True)
@@ -149,14 +191,26 @@ def main(argv: list[str] | None = None) -> int:
     decodes.add_argument(
         "--consensus", action="store_true", help="also score the hypothesis closest to all ranks'"
     )
+    decodes.add_argument(
+        "--pool",
+        action="append",
+        default=[],
+        metavar="R,R,...",
+        help="with --consensus: the ranks to pick among (repeat for several pools; "
+        "default: all ranks, and the ranks above 0)",
+    )
     for p in (evals, decodes):
         p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD, help="compression ratio")
     args = parser.parse_args(argv)
     try:
         if args.mode == "evals":
             lines = from_evals(args.routed, args.fallback, args.threshold)
+        elif args.mode == "consensus":
+            lines = from_evals_consensus(args.runs)
         else:
-            lines = from_decodes(args.decodes, _references(args), args.threshold, args.model, args.consensus)
+            lines = from_decodes(
+                args.decodes, _references(args), args.threshold, args.model, args.consensus, args.pool
+            )
     except (OSError, KeyError, ValueError) as err:
         print(f"fallback_offline: {err}", file=sys.stderr)
         return 2
