@@ -55,17 +55,22 @@ def test_decodes_at_every_rank(tmp_path: Path) -> None:
     assert lines["r0"] == "r0 | 33.33 | – | 33.33 (0/0)", out  # nothing loops at rank 0
 
 
-def test_consensus_of_the_ranks_is_paired_against_each_rank(tmp_path: Path) -> None:
+def _three_rank_decodes(tmp_path: Path) -> list[str]:
+    """A corpus of two utterances and decodes at ranks 0, 2, 4 (u0: ranks 2 and 4 agree on
+    the right words, rank 0 is off; u1: 0 and 4 agree, 2 loops): the script's arguments."""
     corpus = write_mini_corpus(tmp_path / "c", [(np.zeros(1600), "validation", 0.1)] * 2)
     decodes = tmp_path / "decodes.jsonl"
     rows = [
         {"adapter": "x", "split": "validation", "ranks": [0, 2, 4], "audio_ctx": None},
-        # u0: ranks 2 and 4 agree on the right words, rank 0 is off; u1: 0 and 4 agree, 2 loops
         {"id": "u0", "hyps": {"0": "a slow dog", "2": "the quick fox", "4": "the quick fox"}},
         {"id": "u1", "hyps": {"0": "the quick fox", "2": LOOP, "4": "the quick fox"}},
     ]
     decodes.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    out = run("decodes", str(decodes), "--data", str(corpus), "--model", "random:tiny", "--consensus")
+    return ["decodes", str(decodes), "--data", str(corpus), "--model", "random:tiny", "--consensus"]
+
+
+def test_consensus_of_the_ranks_is_paired_against_each_rank(tmp_path: Path) -> None:
+    out = run(*_three_rank_decodes(tmp_path))
     # every utterance gets the right transcript: 0 errors on 6 reference words
     assert "consensus of all ranks: WER 0.00 % (picked r0 1, r2 1, r4 0)" in out, out
     assert "against r0 alone (50.00 %): -50.00 points" in out and "1 better / 0 worse" in out, out
@@ -74,15 +79,7 @@ def test_consensus_of_the_ranks_is_paired_against_each_rank(tmp_path: Path) -> N
 
 
 def test_consensus_pools_are_chosen_and_unknown_ranks_refused(tmp_path: Path) -> None:
-    corpus = write_mini_corpus(tmp_path / "c", [(np.zeros(1600), "validation", 0.1)] * 2)
-    decodes = tmp_path / "decodes.jsonl"
-    rows = [
-        {"adapter": "x", "split": "validation", "ranks": [0, 2, 4], "audio_ctx": None},
-        {"id": "u0", "hyps": {"0": "a slow dog", "2": "the quick fox", "4": "the quick fox"}},
-        {"id": "u1", "hyps": {"0": "the quick fox", "2": LOOP, "4": "the quick fox"}},
-    ]
-    decodes.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    common = ["decodes", str(decodes), "--data", str(corpus), "--model", "random:tiny", "--consensus"]
+    common = _three_rank_decodes(tmp_path)
     out = run(*common, "--pool", "4,0", "--pool", "2,4")
     # two ranks always tie, and the pool is taken lowest first: r0 wins both (u0 wrongly)
     assert "consensus of 4,0: WER 50.00 % (picked r0 2, r4 0)" in out, out
