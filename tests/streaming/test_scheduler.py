@@ -85,16 +85,12 @@ def _recording_decode(monkeypatch, seconds: float) -> list[list[object]]:
     return batches
 
 
-@pytest.mark.parametrize("max_wait_s", [0.5, 0.0])
-def test_a_batch_waits_for_the_live_streams_not_yet_queued(monkeypatch, max_wait_s) -> None:
-    """Two live streams submitting 50 ms apart go out in one batch when the last decode
-    took 200 ms (the wait: half of it); with the wait off, in two."""
+def _together_then_50_ms_apart(scheduler: Scheduler, a: _Stream, b: _Stream) -> None:
+    """Both streams submit at once (served once, together: both live), then again 50 ms
+    apart; every update is answered, and the scheduler is closed."""
     import threading
 
-    batches = _recording_decode(monkeypatch, 0.2)
-    a, b = _Stream(), _Stream()
-    scheduler = Scheduler(transcriber=None, gather_s=0.0, max_wait_s=max_wait_s)
-    with scheduler._cond:  # both live: served once, together
+    with scheduler._cond:
         first = [scheduler.submit(a), scheduler.submit(b)]
     for f in first:
         f.result(5)
@@ -103,6 +99,16 @@ def test_a_batch_waits_for_the_live_streams_not_yet_queued(monkeypatch, max_wait
     late = scheduler.submit(b)
     assert later.result(5) == late.result(5) == "update"
     scheduler.close()
+
+
+@pytest.mark.parametrize("max_wait_s", [0.5, 0.0])
+def test_a_batch_waits_for_the_live_streams_not_yet_queued(monkeypatch, max_wait_s) -> None:
+    """Two live streams submitting 50 ms apart go out in one batch when the last decode
+    took 200 ms (the wait: half of it); with the wait off, in two."""
+    batches = _recording_decode(monkeypatch, 0.2)
+    a, b = _Stream(), _Stream()
+    scheduler = Scheduler(transcriber=None, gather_s=0.0, max_wait_s=max_wait_s)
+    _together_then_50_ms_apart(scheduler, a, b)
     assert batches[0] == [a, b]
     assert batches[1:] == ([[a, b]] if max_wait_s else [[a], [b]])
 
@@ -131,7 +137,6 @@ def test_on_a_cpu_a_batch_leaves_without_waiting_for_the_live_streams(monkeypatc
     """A model on the CPU turns the wait for live streams off by default (a CPU batch shares
     little, docs/streaming.md): two live streams submitting 50 ms apart after a 200-ms
     decode go out in two batches; a model elsewhere (here on the meta device) waits."""
-    import threading
     from types import SimpleNamespace
 
     import torch
@@ -140,13 +145,5 @@ def test_on_a_cpu_a_batch_leaves_without_waiting_for_the_live_streams(monkeypatc
     a, b = _Stream(), _Stream()
     model = torch.nn.Linear(1, 1, device=device)
     scheduler = Scheduler(transcriber=SimpleNamespace(model=model))
-    with scheduler._cond:
-        first = [scheduler.submit(a), scheduler.submit(b)]
-    for f in first:
-        f.result(5)
-    later = scheduler.submit(a)
-    threading.Event().wait(0.05)
-    late = scheduler.submit(b)
-    assert later.result(5) == late.result(5) == "update"
-    scheduler.close()
+    _together_then_50_ms_apart(scheduler, a, b)
     assert batches[1:] == ([[a], [b]] if device == "cpu" else [[a, b]])
