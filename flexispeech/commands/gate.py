@@ -16,9 +16,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("adapter", help="adapter directory (from `flexispeech train` or `calibrate`)")
     parser.add_argument(
         "--data",
-        required=True,
         help="the corpus the adapter was trained on, with cached embeddings "
-        "(`flexispeech signals CORPUS --embedding --model BASE`)",
+        "(`flexispeech signals CORPUS --embedding --model BASE`); needed unless --gate-from",
+    )
+    parser.add_argument(
+        "--gate-from",
+        metavar="GATED_ADAPTER",
+        help="take the gates of another gated adapter of the same base model instead of fitting "
+        "them: they read only the base model's signals, with thresholds set on the corpus, so one "
+        "fit serves every adapter trained on that corpus (no --data needed)",
     )
     parser.add_argument(
         "--fit-split", default="train", help="split whose embeddings define 'in domain' (default: train)"
@@ -84,6 +90,10 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.lora.gate import EMBEDDING, ConfidenceGate, GatedRouter, NoveltyGate
     from flexispeech.lora.io import read_router, save_router
 
+    if args.gate_from:
+        return _gate_from(args)
+    if not args.data:
+        raise ConfigError("give --data (the corpus to fit the gate on) or --gate-from (a gated adapter)")
     if args.split == "test" or args.fit_split == "test":
         raise ConfigError(
             "gate: fit and set the threshold on training and held-out splits, never on the test split"
@@ -150,4 +160,37 @@ def run(args: argparse.Namespace) -> int:
     summary |= {"out": str(out), "router": gated.describe()}
     write_text(Path(out).parent / f"gate_{Path(out).name}.json", json.dumps(summary, indent=2) + "\n")
     print(f"{gated.describe()} -> {out}")
+    return 0
+
+
+def _gate_from(args: argparse.Namespace) -> int:
+    """The gates of ``args.gate_from`` around ``args.adapter``'s own router (unwrapped
+    when it is gated already)."""
+    import json
+    from pathlib import Path
+
+    from flexispeech.atomic import write_text
+    from flexispeech.errors import ConfigError
+    from flexispeech.lora.gate import GatedRouter
+    from flexispeech.lora.io import read_adapter_config, read_router, save_router
+
+    donor = read_router(args.gate_from)
+    if not isinstance(donor, GatedRouter):
+        raise ConfigError(f"{args.gate_from}: its router is not gated ({donor.describe()}): nothing to take")
+
+    def base_model(directory: str) -> str | None:
+        return read_adapter_config(directory).get("config", {}).get("metadata", {}).get("base_model")
+
+    ours, theirs = base_model(args.adapter), base_model(args.gate_from)
+    if ours != theirs:  # the gates' thresholds are in that base model's embedding and entropy
+        raise ConfigError(
+            f"--gate-from: {args.gate_from} was gated for base model {theirs!r}, {args.adapter} "
+            f"adapts {ours!r}: fit a gate with --data instead"
+        )
+    gated = GatedRouter(read_router(args.adapter), donor.gate, donor.fallback_rank, donor.confident)
+    out = save_router(args.adapter, gated, args.out)
+    summary = {"adapter": str(args.adapter), "gate_from": str(args.gate_from), "out": str(out)}
+    summary["router"] = gated.describe()
+    write_text(Path(out).parent / f"gate_{Path(out).name}.json", json.dumps(summary, indent=2) + "\n")
+    print(f"{gated.describe()} (gates of {args.gate_from}) -> {out}")
     return 0

@@ -115,3 +115,30 @@ def test_gate_serves_rank_0_to_inputs_unlike_the_training_data(tmp_path, capsys,
     served = json.loads((out / "results.json").read_text())["utterances"]
     for u in served:  # the test split's entropy is computed while decoding, as transcribe does
         assert u["rank"] == (0 if u["signals"]["proxy_entropy"] < threshold else 4), u
+
+    # --gate-from: another adapter of the same base model takes these gates around its own
+    # router, with no corpus (the gates read base-model signals only)
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(adapter, other)
+    (other / "router.json").write_text(json.dumps({"type": "fixed", "rank": 0}))
+    assert main(["gate", str(other), "--out", str(tmp_path / "taken")]) == 2
+    error_line("gate", "--data", "--gate-from")
+    assert main(["gate", str(other), "--gate-from", str(adapter), "--out", str(tmp_path / "taken")]) == 2
+    error_line("gate", str(adapter), "not gated")
+    assert (
+        main(["gate", str(other), "--gate-from", str(tmp_path / "gated"), "--out", str(tmp_path / "taken")])
+        == 0
+    )
+    taken = json.loads((tmp_path / "taken" / "router.json").read_text())
+    donor = json.loads((tmp_path / "gated" / "router.json").read_text())
+    assert taken["router"] == {"type": "fixed", "rank": 0}  # the adapter's own router
+    assert taken["gate"] == donor["gate"] and taken["confident"] == donor["confident"]
+    config = json.loads((other / "adapter_config.json").read_text())
+    config["config"]["metadata"]["base_model"] = "whisper-base"
+    (other / "adapter_config.json").write_text(json.dumps(config))
+    assert (
+        main(["gate", str(other), "--gate-from", str(tmp_path / "gated"), "--out", str(tmp_path / "x")]) == 2
+    )
+    error_line("gate", "base model", "whisper-base")
