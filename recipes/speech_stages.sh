@@ -168,11 +168,12 @@ case "$profile" in
        # Flexi run measured (RESULTS.md, fourth lease); it is the Flexi half of the decisive pair
        runs_flexi="flexi_benefit_nscale flexi_threshold flexi_learned flexi_embedding flexi_nested"
        # runs only when --runs names them: flexi_benefit (the standard scale alpha/r) and
-       # flexi_benefit_full measured worse (RESULTS.md)
-       runs_extra="flexi_benefit flexi_benefit_full"
+       # flexi_benefit_full measured worse (RESULTS.md); flexi_benefit_nscale_enc (adapters on
+       # the encoder only: the decoder's language prior left alone) is not yet measured
+       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_enc"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
-       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_nested" ;;
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_enc flexi_nested" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}

@@ -63,9 +63,8 @@ class AdapterConfig:
     """The run's adapter: the fields of ``FlexiLoraConfig`` (which documents each) with its
     defaults, in YAML types (lists for tuples); ``to_lora`` makes the FlexiLoraConfig.
 
-    Two differences, both filled in by the run: ``target_modules`` is a list of names
-    (None: the model family's default targets; no regex, which the encoder-prefix cache
-    could not extend), and ``metadata`` (facts saved with the adapter) is not here.
+    Two differences, both filled in by the run: ``target_modules`` None means the model
+    family's default targets, and ``metadata`` (facts saved with the adapter) is not here.
     """
 
     ranks: list[int] = field(default_factory=lambda: list(_LORA_DEFAULTS.ranks))
@@ -75,8 +74,11 @@ class AdapterConfig:
     """standard (alpha/r), rslora (alpha/sqrt(r)) or nested (alpha/r_max at every rank:
     lower ranks are exact truncations of the top one)."""
     rank_scales: dict[int, float] | None = _LORA_DEFAULTS.rank_scales
-    target_modules: list[str] | None = None
-    """Module-name suffixes to adapt; None = the family's defaults."""
+    target_modules: list[str] | str | None = None
+    """Module-name suffixes to adapt, or one regex the whole module name must match (as
+    PEFT's string form; e.g. the encoder's projections only); None = the family's defaults.
+    A regex cannot be combined with ``model.cache_encoder_layers`` (the cache narrows a
+    list of suffixes to the layers it does not freeze; a regex it cannot rewrite)."""
     dropout: float = _LORA_DEFAULTS.dropout
     init: str = _LORA_DEFAULTS.init
     compute_path: str = _LORA_DEFAULTS.compute_path
@@ -208,6 +210,14 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.adapter.target_modules, str) and self.model.cache_encoder_layers:
+            raise ConfigError(
+                f"adapter.target_modules: a regex ({self.adapter.target_modules!r}) cannot be combined "
+                f"with model.cache_encoder_layers={self.model.cache_encoder_layers}: list module-name "
+                "suffixes, or set model.cache_encoder_layers: 0"
+            )
 
 
 class _StrictLoader(yaml.SafeLoader):

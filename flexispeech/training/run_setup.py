@@ -35,8 +35,12 @@ def load_model(cfg: RunConfig, device: str | torch.device = "cpu") -> tuple[Any,
 def adapter_config(cfg: RunConfig, family: Any) -> FlexiLoraConfig:
     """The FlexiLoraConfig of a run (with the facts needed to reload it in metadata)."""
     a = cfg.adapter
-    targets: tuple[str, ...] | str = tuple(a.target_modules or family.default_targets)
-    if cfg.model.cache_encoder_layers:
+    targets: tuple[str, ...] | str = (
+        a.target_modules
+        if isinstance(a.target_modules, str)
+        else tuple(a.target_modules or family.default_targets)
+    )
+    if cfg.model.cache_encoder_layers and not isinstance(targets, str):  # RunConfig refuses the str case
         targets = frozen_prefix_pattern(targets, cfg.model.cache_encoder_layers)
     return a.to_lora(
         target_modules=targets,

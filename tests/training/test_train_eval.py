@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +19,8 @@ from flexispeech.lora.inject import adapter_parameters
 from flexispeech.lora.io import load_adapter, read_adapter_config
 from flexispeech.training.config import load_config
 from flexispeech.training.loop import Trainer, train
+
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 
 WORDS = "the quick brown fox jumps over the lazy dog please call stella".split()
 
@@ -204,3 +207,23 @@ def test_cached_encoder_training(corpus, tmp_path) -> None:
     assert len(log) == 3 and all(np.isfinite(e["loss"]) for e in log)
     names = load_file(str(adapter / "adapter_model.safetensors")).keys()
     assert names and not any(".encoder." in n for n in names)  # all encoder layers cached: decoder only
+
+
+def test_regex_targets_adapt_the_encoder_only(corpus, tmp_path) -> None:
+    # recipes/synthetic/conf/flexi_benefit_nscale_enc.yaml's regex: the decoder stays the base's
+    regex = load_config(
+        RECIPES / "synthetic" / "conf" / "flexi_benefit_nscale_enc.yaml"
+    ).adapter.target_modules
+    cfg = config(corpus, tmp_path / "enc", "fixed", **{"adapter.target_modules": regex})
+    adapter = train(cfg, progress=False)
+    names = load_file(str(adapter / "adapter_model.safetensors")).keys()
+    assert names and all(".encoder.layers." in n for n in names)
+    assert any(".fc1." in n for n in names) and any(".self_attn.q_proj." in n for n in names)
+    assert read_adapter_config(adapter)["config"]["target_modules"] == regex
+    with pytest.raises(ConfigError, match="cannot be combined with model.cache_encoder_layers"):
+        config(
+            corpus,
+            tmp_path / "x",
+            "fixed",
+            **{"adapter.target_modules": regex, "model.cache_encoder_layers": 2},
+        )
