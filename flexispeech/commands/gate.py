@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from flexispeech.lora.router_base import Router
 
 HELP = (
     "put a novelty gate in front of an adapter's router: inputs whose pooled base-encoder "
@@ -81,14 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
-    from pathlib import Path
-
-    from flexispeech.atomic import write_text
     from flexispeech.data.text import open_split
     from flexispeech.errors import ConfigError
     from flexispeech.lora.gate import EMBEDDING, ConfidenceGate, GatedRouter, NoveltyGate
-    from flexispeech.lora.io import read_router, save_router
+    from flexispeech.lora.io import read_router
 
     if args.gate_from:
         return _gate_from(args)
@@ -155,42 +155,42 @@ def run(args: argparse.Namespace) -> int:
             f"confidence gate: {args.confident_signal} < {confident.threshold:.3g}, the surest "
             f"{100 * args.confident_share:g} % of {args.split}"
         )
-    gated = GatedRouter(router, gate, confident=confident)
+    return _save(args, GatedRouter(router, gate, confident=confident), summary)
+
+
+def _save(args: argparse.Namespace, gated: Router, summary: dict, note: str = "") -> int:
+    """Save ``gated`` as the adapter's router (into ``--out`` or in place) with
+    ``gate_<out>.json`` beside it (``summary``, the output and the router), and say so."""
+    import json
+    from pathlib import Path
+
+    from flexispeech.atomic import write_text
+    from flexispeech.lora.io import save_router
+
     out = save_router(args.adapter, gated, args.out)
     summary |= {"out": str(out), "router": gated.describe()}
     write_text(Path(out).parent / f"gate_{Path(out).name}.json", json.dumps(summary, indent=2) + "\n")
-    print(f"{gated.describe()} -> {out}")
+    print(f"{gated.describe()}{note} -> {out}")
     return 0
 
 
 def _gate_from(args: argparse.Namespace) -> int:
     """The gates of ``args.gate_from`` around ``args.adapter``'s own router (unwrapped
     when it is gated already)."""
-    import json
-    from pathlib import Path
-
-    from flexispeech.atomic import write_text
     from flexispeech.errors import ConfigError
+    from flexispeech.export.merged import base_source
     from flexispeech.lora.gate import GatedRouter
-    from flexispeech.lora.io import read_adapter_config, read_router, save_router
+    from flexispeech.lora.io import read_router
 
     donor = read_router(args.gate_from)
     if not isinstance(donor, GatedRouter):
         raise ConfigError(f"{args.gate_from}: its router is not gated ({donor.describe()}): nothing to take")
-
-    def base_model(directory: str) -> str | None:
-        return read_adapter_config(directory).get("config", {}).get("metadata", {}).get("base_model")
-
-    ours, theirs = base_model(args.adapter), base_model(args.gate_from)
+    ours, theirs = base_source(args.adapter), base_source(args.gate_from)
     if ours != theirs:  # the gates' thresholds are in that base model's embedding and entropy
         raise ConfigError(
             f"--gate-from: {args.gate_from} was gated for base model {theirs!r}, {args.adapter} "
             f"adapts {ours!r}: fit a gate with --data instead"
         )
     gated = GatedRouter(read_router(args.adapter), donor.gate, donor.fallback_rank, donor.confident)
-    out = save_router(args.adapter, gated, args.out)
-    summary = {"adapter": str(args.adapter), "gate_from": str(args.gate_from), "out": str(out)}
-    summary["router"] = gated.describe()
-    write_text(Path(out).parent / f"gate_{Path(out).name}.json", json.dumps(summary, indent=2) + "\n")
-    print(f"{gated.describe()} (gates of {args.gate_from}) -> {out}")
-    return 0
+    summary = {"adapter": str(args.adapter), "gate_from": str(args.gate_from)}
+    return _save(args, gated, summary, f" (gates of {args.gate_from})")

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gate_offline: {err}", file=sys.stderr)
         return 2
     write_results(result, args.out)
-    closed = result["rank_histogram"].get("0", result["rank_histogram"].get(0, 0))
+    closed = result["rank_histogram"].get("0", 0)  # rank_summary keys the histogram by str(rank)
     print(
         f"{args.name}: WER {100 * result['overall']['wer']:.2f} % on {result['n']} utterances, "
         f"{closed} at rank 0, mean rank {result['mean_rank']:.2f} -> {args.out}"
