@@ -23,7 +23,8 @@ All rows are in the ``test`` split. Extra columns: ``source`` (asterisk | pocket
 ``licence``, ``package`` (the Debian package holding the audio), ``category`` (asterisk:
 the prompt folder, ``prompts`` for the top level: digits, letters, phonetic, ...;
 pocketsphinx: librivox, cards, goforward), ``gender`` ("F" or "" when unknown) and
-``sample_rate`` (of the recording: 8000 Hz is telephone band). Audio is hard-linked (or
+``sample_rate`` (of the recording) and ``channel`` (``telephone`` for 8-kHz recordings,
+else ``wideband``, as the synthetic corpus names its channels). Audio is hard-linked (or
 copied) into ``out/audio/<source>/...``; the raw PCM file is written as WAV.
 """
 
@@ -296,7 +297,8 @@ def prepare_realspeech(
                     "package": source.packages[0],
                     "category": entry.category,
                     "gender": source.gender(entry),
-                    "sample_rate": sf.info(str(out / rel)).samplerate,
+                    "sample_rate": (rate := sf.info(str(out / rel)).samplerate),
+                    "channel": "telephone" if rate <= 8000 else "wideband",
                 }
             )
         report_skipped(skipped, prefix / source.required[0])

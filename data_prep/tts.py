@@ -104,13 +104,38 @@ def _mbrola_db(name: str) -> str:
     return name.split("-")[1]
 
 
+def _voices(engine: str, names: list[str]) -> list[Voice]:
+    return [Voice(engine, n, n.split("+")[0] in UNSEEN[engine]) for n in names]
+
+
+def voices_named(ids: set[str]) -> dict[str, list[Voice]]:
+    """The voices with these ids (``engine:name``), per engine, in the order
+    ``installed_voices`` lists them: a corpus' plan (``synthetic.make_plan``) is a function
+    of that order, so this replays the plan of a corpus from the voice ids in its
+    corpus.json, on a machine without its engines."""
+    catalogue = {
+        "espeak": [f"{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS],
+        **MBROLA_VOICES,
+        "flite": FLITE_VOICES,
+        "festival": FESTIVAL_VOICES,
+        "pico": PICO_VOICES,
+        "hibari": ["heart"],
+    }
+    out = {e: _voices(e, [n for n in names if f"{e}:{n}" in ids]) for e, names in catalogue.items()}
+    out = {e: vs for e, vs in out.items() if vs}
+    unknown = ids - {v.id for vs in out.values() for v in vs}
+    if unknown:
+        raise FlexispeechError(f"voices this version does not know: {sorted(unknown)[:5]}")
+    return out
+
+
 def installed_voices() -> dict[str, list[Voice]]:
     """Voices per installed engine (engines with no usable voice are absent)."""
     out: dict[str, list[Voice]] = {}
     mbrola_dir, festival_voice_dir = system_path(MBROLA_DIR), system_path(FESTIVAL_VOICE_DIR)
 
     def add(engine: str, names: list[str]) -> None:
-        voices = [Voice(engine, n, n.split("+")[0] in UNSEEN[engine]) for n in names]
+        voices = _voices(engine, names)
         if voices:
             out[engine] = voices
 

@@ -64,6 +64,7 @@ FLEXI=${FLEXISPEECH:-flexispeech}
 runs_static="static_r8 static_r16"
 runs_flexi="flexi_threshold flexi_learned"
 runs_extra=""  # Flexi runs of the profile that run only when --runs names them
+runs_static_extra=""  # and static runs
 runs_ablation="inconsistent"
 seeds=""
 decisive="static_r16 flexi_benefit_nscale"
@@ -169,11 +170,14 @@ case "$profile" in
        runs_flexi="flexi_benefit_nscale flexi_threshold flexi_learned flexi_embedding flexi_nested"
        # runs only when --runs names them: flexi_benefit (the standard scale alpha/r) and
        # flexi_benefit_full measured worse (RESULTS.md); flexi_benefit_nscale_enc (adapters on
-       # the encoder only: the decoder's language prior left alone) is not yet measured
-       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_enc"
+       # the encoder only: the decoder's language prior left alone) is not yet measured; nor
+       # is the telephone-line pair (30 % of training utterances through an 8 kHz G.711
+       # line; run it as --decisive "static_r16_tel flexi_benefit_nscale_tel" for its seeds)
+       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_enc flexi_benefit_nscale_tel"
+       runs_static_extra="static_r16_tel"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
-       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_enc flexi_nested" ;;
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}
@@ -218,14 +222,14 @@ fi
 ctx_args=(--audio-ctx "$audio_ctx")
 [ "$family" = whisper ] || ctx_args=()
 profile_flexi="$runs_flexi $runs_extra"  # before --runs narrows the lists: is_flexi reads it
-profile_static="$runs_static"
+profile_static="$runs_static $runs_static_extra"
 all_runs="$runs_static $runs_flexi $runs_ablation"
 if [ -n "$runs" ]; then  # the runs asked for, in their order, each in the stage of its kind
   for r in $runs; do
-    case " $all_runs $runs_extra " in *" $r "*) ;; *) echo "speech_stages.sh: --runs: unknown run $r (this profile has: $all_runs $runs_extra)" >&2; exit 2 ;; esac
+    case " $all_runs $runs_extra $runs_static_extra " in *" $r "*) ;; *) echo "speech_stages.sh: --runs: unknown run $r (this profile has: $all_runs $runs_extra $runs_static_extra)" >&2; exit 2 ;; esac
   done
   pick() { local out="" r; for r in $runs; do case " $1 " in *" $r "*) out+=" $r" ;; esac; done; echo "$out"; }
-  runs_static=$(pick "$runs_static"); runs_flexi=$(pick "$runs_flexi $runs_extra"); runs_ablation=$(pick "$runs_ablation")
+  runs_static=$(pick "$runs_static $runs_static_extra"); runs_flexi=$(pick "$runs_flexi $runs_extra"); runs_ablation=$(pick "$runs_ablation")
   all_runs=$runs
 fi
 if [ -n "$device" ]; then

@@ -8,6 +8,10 @@ import shlex
 import subprocess
 from pathlib import Path
 
+import pytest
+
+from flexispeech.training.config import load_config, to_dict
+
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 FAKE = """#!/usr/bin/env bash
@@ -410,6 +414,66 @@ def test_recipe_scores_real_speech_when_its_packages_are_installed(tmp_path: Pat
     calls, err = _run_recipe(tmp_path / "without", missing)
     assert "no real-speech packages installed" in err
     assert not any("eval_real" in k for k in _evals(calls)) and "base/eval_test" in _evals(calls)
+
+
+@pytest.mark.parametrize(
+    "run, parent", [("static_r16_tel", "static_r16"), ("flexi_benefit_nscale_tel", "flexi_benefit_nscale")]
+)
+def test_a_telephone_run_is_its_parent_with_the_line_on(run: str, parent: str) -> None:
+    conf = RECIPES / "synthetic" / "conf"
+    tel, base = to_dict(load_config(conf / f"{run}.yaml")), to_dict(load_config(conf / f"{parent}.yaml"))
+    assert tel["augment"].pop("telephone_prob") == 0.3 and base["augment"].pop("telephone_prob") == 0.0
+    for d in (tel, base):
+        d.pop("name"), d.pop("output_dir")
+    assert tel == base
+
+
+def test_the_telephone_pair_runs_when_named_with_its_seeds(tmp_path: Path) -> None:
+    """static_r16_tel and flexi_benefit_nscale_tel are off the default list; named as the
+    decisive pair they train from their own configs (the telephone line on top of the
+    profile's augmentation), static as static (no calibration) and Flexi as Flexi
+    (calibrated), both gated, for every seed; and the Flexi run is paired with the static
+    one in stage 7."""
+    calls = run_stages(
+        tmp_path,
+        "gpu",
+        "--jobs",
+        "1",
+        "--seeds",
+        "0,1",
+        "--stop-stage",
+        "7",
+        "--decisive",
+        "static_r16_tel flexi_benefit_nscale_tel",
+        "--runs",
+        "static_r16_tel flexi_benefit_nscale_tel static_r16_tel_seed1 flexi_benefit_nscale_tel_seed1",
+    )
+    trained = {c[c.index("--config") + 1].rsplit("/", 1)[1]: c for c in calls if c[0] == "train"}
+    assert sorted(trained) == ["flexi_benefit_nscale_tel.yaml", "static_r16_tel.yaml"]
+    assert all("augment.noise_prob=0.5" in c for c in trained.values())  # the profile's augmentation too
+    outs = sorted(next(a for a in c if a.startswith("output_dir=")) for c in calls if c[0] == "train")
+    assert [o.rsplit("/", 1)[1] for o in outs] == [
+        "flexi_benefit_nscale_tel",
+        "flexi_benefit_nscale_tel_seed1",
+        "static_r16_tel",
+        "static_r16_tel_seed1",
+    ]
+    calibrated = sorted(c[1].split("exp/", 1)[1] for c in calls if c[0] == "calibrate")
+    assert calibrated == ["flexi_benefit_nscale_tel/adapter", "flexi_benefit_nscale_tel_seed1/adapter"]
+    gated = sorted(c[c.index("--out") + 1].split("exp/", 1)[1] for c in calls if c[0] == "gate")
+    assert gated == [
+        f"{r}_gated/adapter"
+        for r in (
+            "flexi_benefit_nscale_tel",
+            "flexi_benefit_nscale_tel_seed1",
+            "static_r16_tel",
+            "static_r16_tel_seed1",
+        )
+    ]
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    baselines = {compare[i + 1] for i, a in enumerate(compare) if a == "--baseline"}
+    assert {"static_r16_tel", "static_r16_tel_seed1", "static_r16_tel_gated"} <= baselines
+    assert "flexi_benefit_nscale_tel" not in baselines
 
 
 def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:

@@ -1,8 +1,8 @@
 """On-the-fly speech augmentation for training: the config and the two calls a training loop makes.
 
 ``augment_waveforms`` (speed perturbation, reverberation, additive noise at a sampled
-SNR) runs on padded waveforms before feature extraction; ``spec_augment`` (time warp,
-frequency and time masks) on log-mel features after it. Both run on the batch's device,
+SNR, a telephone line) runs on padded waveforms before feature extraction;
+``spec_augment`` (time warp, frequency and time masks) on log-mel features after it. Both run on the batch's device,
 draw every random number from the ``torch.Generator`` they are given (same generator
 state -> the same augmented batch; ``step_generator`` makes one per training step) and
 are the identity, bit for bit, when their part of the config is off.
@@ -32,6 +32,7 @@ from flexispeech.data.augment_waveform import (
     reverberate,
     speed_perturb,
     synthetic_rirs,
+    telephone_channel,
     torchaudio_ops,
     uniform,
     valid_mask,
@@ -90,11 +91,16 @@ class AugmentConfig:
     """Impulse responses drawn from uniformly: synthetic (decaying noise), bank (``rir_dir``)."""
     rir_dir: str | None = None
     """Directory of measured impulse responses (audio files) for ``bank``."""
+    telephone_prob: float = 0.0
+    """Probability that an utterance passes through a narrowband telephone line (8 kHz,
+    300-3400 Hz, G.711 mu-law; ``augment_waveform.telephone_channel``), after the noise."""
 
     def __post_init__(self) -> None:
         if self.backend not in BACKENDS:
             raise ConfigError(f"augment.backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
-        probs = ("spec_augment_prob", "noise_prob", "speed_prob", "reverb_prob", "max_time_mask_fraction")
+        probs = (
+            "spec_augment_prob", "noise_prob", "speed_prob", "reverb_prob", "telephone_prob", "max_time_mask_fraction"
+        )
         for name in probs:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
@@ -116,7 +122,7 @@ class AugmentConfig:
     @property
     def waveform_ops(self) -> bool:
         """Whether ``augment_waveforms`` changes anything."""
-        return self.noise_prob > 0 or self.speed_prob > 0 or self.reverb_prob > 0
+        return self.noise_prob > 0 or self.speed_prob > 0 or self.reverb_prob > 0 or self.telephone_prob > 0
 
 
 def _check_choices(name: str, values: list[str], allowed: tuple[str, ...]) -> None:
@@ -201,8 +207,9 @@ def augment_waveforms(
     sample_rate: int = SAMPLE_RATE,
     banks: AugmentBanks | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Speed perturbation, then reverberation, then additive noise, each per utterance with
-    its probability (a room reverberates the talker, not the noise added after it).
+    """Speed perturbation, then reverberation, then additive noise, then a telephone line,
+    each per utterance with its probability (a room reverberates the talker, not the noise
+    added after it; the line carries both).
 
     Args:
         audio: [batch, T] float waveforms at ``sample_rate``, zero past ``lengths``.
@@ -238,6 +245,10 @@ def augment_waveforms(
         noisy = add_noise_at_snr(audio, lengths, noise, snr)
         apply = torch.rand(batch, generator=generator, device=device) < cfg.noise_prob
         audio = torch.where(apply[:, None], noisy, audio)
+    if cfg.telephone_prob > 0:
+        phone = telephone_channel(audio, lengths, sample_rate, cfg.backend)
+        apply = torch.rand(batch, generator=generator, device=device) < cfg.telephone_prob
+        audio = torch.where(apply[:, None], phone, audio)
     return audio, lengths
 
 

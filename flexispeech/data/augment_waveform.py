@@ -1,4 +1,5 @@
-"""Waveform augmentation ops on a padded batch: noise at an SNR, speed perturbation, reverberation.
+"""Waveform augmentation ops on a padded batch: noise at an SNR, speed perturbation,
+reverberation, a telephone channel.
 
 Every op takes ``audio`` [batch, samples] (zero past each row's length) and ``lengths``
 [batch], keeps the padding zero and measures powers on the valid samples only. The ops
@@ -27,6 +28,9 @@ LOWPASS_ZERO_CROSSINGS = 6  # sinc lobes on each side of a resampling filter (to
 ROLLOFF = 0.99  # anti-aliasing cut-off as a fraction of the lower Nyquist frequency (torchaudio's default)
 NOISE_COLOURS = {"white": 0.0, "pink": 1.0, "brown": 2.0}  # power spectrum ~ 1 / f^exponent
 DECAY_60DB = 3.0 * math.log(10.0)  # amplitude exponent of a 60 dB energy decay: 10^(-60/20) = e^-6.91
+TELEPHONE_RATE = 8000  # Hz: a narrowband (G.711) line's sampling rate
+TELEPHONE_BAND = (300.0, 3400.0)  # Hz: the voice channel of a telephone line (ITU-T G.712)
+MU_LAW_LEVELS = 256  # G.711's 8-bit mu-law codes
 
 
 @functools.lru_cache(maxsize=1)
@@ -307,3 +311,51 @@ def reverberate(
     p_wet = mean_power(wet, lengths).clamp(min=torch.finfo(audio.dtype).tiny)
     gain = torch.sqrt(mean_power(audio, lengths) / p_wet)
     return wet * gain[:, None]
+
+
+# ---------------------------------------------------------------- telephone channel
+
+
+def mu_law_roundtrip(audio: torch.Tensor, levels: int = MU_LAW_LEVELS) -> torch.Tensor:
+    """``audio`` (any shape, in [-1, 1]) coded to ``levels`` mu-law codes and decoded back:
+    G.711's companding quantiser, whose error grows with the amplitude (about 38 dB SNR
+    over a wide range of levels). The same arithmetic as torchaudio's ``mu_law_encoding``
+    and ``mu_law_decoding``, written out because torchaudio does not load everywhere (see
+    the module docstring) and these are four lines."""
+    mu = levels - 1
+    x = audio.clamp(-1.0, 1.0)
+    companded = torch.sign(x) * torch.log1p(mu * x.abs()) / math.log1p(mu)
+    codes = torch.round((companded + 1) / 2 * mu)  # integers 0 .. mu
+    companded = codes / mu * 2 - 1
+    return torch.sign(companded) * torch.expm1(companded.abs() * math.log1p(mu)) / mu
+
+
+def band_pass(audio: torch.Tensor, sample_rate: int, low: float, high: float) -> torch.Tensor:
+    """Rows [batch, T] with every frequency outside [low, high] Hz removed (a brick-wall
+    filter on the row's FFT; rows are whole utterances, so the filter has no edge effects
+    to window)."""
+    spectrum = torch.fft.rfft(audio)
+    freqs = torch.fft.rfftfreq(audio.shape[-1], d=1.0 / sample_rate, device=audio.device)
+    keep = ((freqs >= low) & (freqs <= high)).to(spectrum.dtype)
+    return torch.fft.irfft(spectrum * keep, n=audio.shape[-1])
+
+
+def telephone_channel(
+    audio: torch.Tensor, lengths: torch.Tensor, sample_rate: int, backend: str = "auto"
+) -> torch.Tensor:
+    """Rows [batch, T] as a narrowband telephone line delivers them -> [batch, T].
+
+    Resampled to 8 kHz, limited to the 300-3400 Hz voice band, coded with 8-bit mu-law
+    (G.711) at a level where each row's peak is full scale, and resampled back to
+    ``sample_rate``; lengths are unchanged and the padding stays zero. As NeMo's transcode
+    perturbation and Kaldi's narrowband recipes do, this teaches a model trained on
+    wideband audio what a phone line leaves of it: nothing above 3.4 kHz, little below
+    300 Hz, and quantisation noise that follows the speech.
+    """
+    width = audio.shape[1]
+    narrow = band_pass(resample(audio, sample_rate, TELEPHONE_RATE, backend), TELEPHONE_RATE, *TELEPHONE_BAND)
+    peak = narrow.abs().amax(-1, keepdim=True).clamp(min=torch.finfo(audio.dtype).tiny)
+    narrow = mu_law_roundtrip(narrow / peak) * peak
+    wide = resample(narrow, TELEPHONE_RATE, sample_rate, backend)[:, :width]
+    wide = torch.nn.functional.pad(wide, (0, width - wide.shape[1]))
+    return wide * valid_mask(lengths, width).to(wide.dtype)

@@ -76,6 +76,7 @@ class CorpusSplit(Split):
             "snr_db": row.get("snr_db"),
             "voice": row.get("voice", row.get("speaker")),
             "seen_voice": row.get("seen_voice"),
+            "channel": row.get("channel"),  # wideband | telephone, where the corpus says
             # Scalar signals only: a vector signal (the pooled encoder embedding) would
             # bloat every results.json by hundreds of numbers per utterance.
             "signals": {k: v for k, v in self.signals(index).items() if not isinstance(v, list)},

@@ -201,6 +201,7 @@ def summarize(
         "by_seen_voice": _bucketed(
             records, lambda r: {True: "seen", False: "unseen"}.get(r["seen_voice"], "unknown"), normalize
         ),
+        "by_channel": _bucketed(records, lambda r: r.get("channel") or "unknown", normalize),
         "audio_s": round(audio_s, 2),
         "decode_s": round(decode_s, 2),
         "rtf": decode_s / audio_s if audio_s else math.nan,

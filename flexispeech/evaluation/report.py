@@ -55,9 +55,12 @@ def markdown_summary(result: dict[str, Any]) -> str:
         ("SNR", "by_snr", SNR_ORDER),
         ("duration", "by_duration", DURATION_ORDER),
         ("voice", "by_seen_voice", None),
+        ("channel", "by_channel", None),
         ("speaker", "by_voice", None),
     ):
-        table = result[key]
+        table = result.get(key, {})  # by_channel: absent from results.json of older evaluations
+        if not table:
+            continue
         names = [n for n in order if n in table] if order else sorted(table)
         rows = [[n, table[n]["n"], pct(table[n]["wer"]), table[n]["ins"]] for n in names]
         parts.append(

@@ -13,7 +13,7 @@ Whisper window (``data``, ``split`` and ``audio_ctx`` of results.json). A baseli
 looked up inside each group, so one ``compare`` call pairs the synthetic test split, a
 real-speech corpus and each window separately, never one utterance against another.
 Within a group each run is compared overall, on every SNR bucket present (clean first),
-on seen and unseen voices, and, for a run that served more than one rank, on the
+on seen and unseen voices, on wideband and telephone-channel audio, and, for a run that served more than one rank, on the
 utterances it served at each rank ("served rank r": where a routed run gains or loses
 against the baseline, e.g. the easy utterances it kept at rank 0).
 """
@@ -67,6 +67,8 @@ SUBSETS += [(f"SNR {b}", lambda u, b=b: snr_bucket(u.get("snr_db")) == b) for b 
 SUBSETS += [
     ("seen voices", lambda u: u.get("seen_voice") is True),
     ("unseen voices", lambda u: u.get("seen_voice") is False),
+    ("wideband channel", lambda u: u.get("channel") == "wideband"),
+    ("telephone channel", lambda u: u.get("channel") == "telephone"),
 ]
 
 

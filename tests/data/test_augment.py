@@ -25,12 +25,15 @@ from flexispeech.data.augment_waveform import (
     _torchaudio_functional,
     add_noise_at_snr,
     babble,
+    band_pass,
     fft_size,
     fftconvolve,
     resample,
     reverberate,
     speed_perturb,
+    mu_law_roundtrip,
     synthetic_rirs,
+    telephone_channel,
     torchaudio_ops,
 )
 from flexispeech.errors import ConfigError
@@ -38,8 +41,8 @@ from flexispeech.training.config import RunConfig, from_dict, load_config
 
 FILES = ("fox", "meeting", "stella")
 ALL_ON = {
-    "noise_prob": 1.0, "speed_prob": 1.0, "reverb_prob": 1.0, "spec_augment": True, "spec_augment_prob": 1.0,
-    "time_warp": 5, "noise_types": ["white", "pink", "brown", "babble"], "backend": "torch",
+    "noise_prob": 1.0, "speed_prob": 1.0, "reverb_prob": 1.0, "telephone_prob": 1.0, "spec_augment": True,
+    "spec_augment_prob": 1.0, "time_warp": 5, "noise_types": ["white", "pink", "brown", "babble"], "backend": "torch",
 }
 TORCHAUDIO = _torchaudio_functional() is not None
 needs_torchaudio = pytest.mark.skipif(not TORCHAUDIO, reason="torchaudio does not load here")
@@ -71,7 +74,7 @@ def test_off_config_is_the_identity(batch) -> None:
         assert out is audio and out_lengths is lengths
         assert spec_augment(features, frames, cfg, step_generator(0, 0)) is features
     # probabilities of zero with every op switched on select the input rows bit for bit
-    off = {"noise_prob": 0.0, "reverb_prob": 0.0, "speed_prob": 0.0, "spec_augment_prob": 0.0}
+    off = {"noise_prob": 0.0, "reverb_prob": 0.0, "speed_prob": 0.0, "telephone_prob": 0.0, "spec_augment_prob": 0.0}
     cfg = AugmentConfig(**{**ALL_ON, **off})
     assert torch.equal(spec_augment(features, frames, cfg, step_generator(0, 0)), features)
 
@@ -141,7 +144,7 @@ def test_speed_of_a_padded_row_equals_the_row_alone(batch) -> None:
     torch.testing.assert_close(out[2, : alone.shape[1]], alone[0], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("op", ["noise_prob", "reverb_prob", "speed_prob"])
+@pytest.mark.parametrize("op", ["noise_prob", "reverb_prob", "speed_prob", "telephone_prob"])
 def test_each_op_hits_its_share_of_rows_and_leaves_the_others_bit_exact(batch, op) -> None:
     audio, lengths = batch
     cfg = AugmentConfig(**{op: 0.5}, speed_factors=[1.1], backend="torch")
@@ -185,6 +188,53 @@ def test_reverb_with_an_impulse_is_the_identity_whatever_its_delay(batch) -> Non
     out = reverberate(audio, lengths, rirs, "torch")
     polarity = torch.tensor([[1.0], [1.0], [-1.0]])  # an inverted impulse inverts the wave
     torch.testing.assert_close(out, audio * polarity, rtol=1e-5, atol=1e-6)
+
+
+def band_power_db(row: torch.Tensor, low: float, high: float) -> float:
+    """Power of ``row`` between low and high Hz, in dB relative to its total power."""
+    power = torch.fft.rfft(row.double()).abs().square()
+    freqs = torch.fft.rfftfreq(len(row), d=1.0 / SAMPLE_RATE)
+    return float(10 * torch.log10(power[(freqs >= low) & (freqs < high)].sum() / power.sum()))
+
+
+def test_telephone_line_keeps_the_voice_band_and_removes_the_rest(batch) -> None:
+    audio, lengths = batch
+    t = torch.arange(48_000) / SAMPLE_RATE
+    tones = {hz: 0.5 * torch.sin(2 * math.pi * hz * t) for hz in (100.0, 1000.0, 5000.0, 7000.0)}
+    rows = torch.stack(list(tones.values()))
+    out = telephone_channel(rows, torch.full((4,), 48_000), SAMPLE_RATE, "torch")
+    level = valid_power(out, torch.full((4,), 48_000)) / valid_power(rows, torch.full((4,), 48_000))
+    # 1 kHz: in the band, its level kept up to the coding error (-36 dB, and on a pure tone
+    # correlated with it: up to 2 * 10^(-36/20) = 3 % of its power)
+    assert abs(float(level[1]) - 1.0) < 0.05
+    assert abs(dominant_hz(out[1]) - 1000.0) < 1.0
+    # and coded: 8-bit mu-law leaves its noise about 36 dB under a full-scale tone
+    coding_db = 10 * torch.log10((out[1] - rows[1]).double().square().mean() / rows[1].double().square().mean())
+    assert -40 < float(coding_db) < -32, coding_db
+    assert torch.all(level[[0, 2, 3]] < 1e-4), level  # 100 Hz, 5 and 7 kHz: gone (< -40 dB)
+    # speech: lengths and padding kept, nothing left above the 3.4 kHz band edge but
+    # quantisation noise, and still the same utterance
+    out = telephone_channel(audio, lengths, SAMPLE_RATE, "torch")
+    assert out.shape == audio.shape
+    assert_padding_zero(out, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        assert band_power_db(audio[i, :n], 4000, 8000) > -40  # the fixtures are wideband
+        # what is left there is the images of the 8 kHz signal that the resampler's filter
+        # (6 sinc lobes, as torchaudio's) attenuates by about 50 dB
+        assert band_power_db(out[i, :n], 4000, 8000) < -45
+        # the same utterance as an ideal line would pass it: the voice band of the original
+        voice_band = band_pass(audio[i : i + 1, :n], SAMPLE_RATE, 300.0, 3400.0)[0]
+        assert torch.corrcoef(torch.stack([out[i, :n], voice_band]))[0, 1] > 0.98
+
+
+def test_mu_law_is_256_levels_finer_near_zero() -> None:
+    ramp = torch.linspace(-1, 1, 100_001, dtype=torch.float64)
+    coded = mu_law_roundtrip(ramp)
+    assert coded.unique().numel() == 256
+    quiet, loud = ramp.abs() < 0.01, ramp.abs() > 0.5
+    assert (coded - ramp)[quiet].abs().max() < 5e-4  # steps of ~2e-4 near silence
+    assert 0.01 < (coded - ramp)[loud].abs().max() < 0.05  # ~3 % of full scale near the peaks
+    assert torch.equal(mu_law_roundtrip(torch.tensor([-5.0, 5.0])), mu_law_roundtrip(torch.tensor([-1.0, 1.0])))
 
 
 def test_fftconvolve_is_the_full_linear_convolution() -> None:
@@ -339,6 +389,9 @@ def test_plain_torch_ops_agree_with_torchaudio(batch) -> None:
     snr = torch.tensor([0.0, 10.0, 20.0])
     expected = taf.add_noise(audio, noise, snr, lengths)
     torch.testing.assert_close(add_noise_at_snr(audio, lengths, noise, snr), expected, rtol=1e-5, atol=1e-6)
+    ramp = torch.linspace(-1, 1, 10_001)
+    expected = taf.mu_law_decoding(taf.mu_law_encoding(ramp, 256), 256)
+    torch.testing.assert_close(mu_law_roundtrip(ramp), expected, rtol=0, atol=1e-6)
     on = {**ALL_ON, "noise_types": ["pink"]}
     torch_out = augment_waveforms(audio, lengths, AugmentConfig(**on), step_generator(0, 1))
     ta_cfg = AugmentConfig(**{**on, "backend": "torchaudio"})

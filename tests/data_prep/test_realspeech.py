@@ -99,11 +99,12 @@ def test_fake_tree_both_sources(tmp_path):
     assert at["licence"].startswith("CC-BY-SA-3.0")
     assert rows["asterisk/vm-intro"]["category"] == "prompts"
     go = rows["pocketsphinx/goforward"]
-    assert (go["speaker"], go["category"], go["package"], go["sample_rate"]) == (
+    assert (go["speaker"], go["category"], go["package"], go["sample_rate"], go["channel"]) == (
         "pocketsphinx-goforward",
         "goforward",
         "pocketsphinx-testdata",
         16_000,
+        "wideband",
     )
     assert go["licence"].startswith("BSD-2")
     assert {r["split"] for r in rows.values()} == {"test"}
@@ -210,5 +211,6 @@ def test_installed_packages(tmp_path):
     )
     assert all(r["duration"] > 0.2 and r["text"].strip() for r in rows)
     assert {r["sample_rate"] for r in by_source["asterisk"]} == {8000}
+    assert {r["channel"] for r in by_source["asterisk"]} == {"telephone"}
     go = next(r for r in rows if r["id"] == "pocketsphinx/goforward")
     assert load_row_audio(out, go).shape == (int(round(go["duration"] * 16_000)),)

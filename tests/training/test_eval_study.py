@@ -179,7 +179,15 @@ def test_eval_reports_ranks_per_snr_bucket(corpus, adapter, tmp_path) -> None:  
 
 
 def _utt(i: int, errors: int, words: int = 10, snr=None, seen=True) -> dict:
-    return {"id": f"u{i}", "errors": errors, "ref_words": words, "snr_db": snr, "seen_voice": seen}
+    channel = "telephone" if i == 3 else "wideband"
+    return {
+        "id": f"u{i}",
+        "errors": errors,
+        "ref_words": words,
+        "snr_db": snr,
+        "seen_voice": seen,
+        "channel": channel,
+    }
 
 
 def _speech(name: str, errors: list[int], data: str = "corpus/synthetic", window: int = 1500) -> dict:
@@ -206,6 +214,8 @@ def test_speech_paired_table_counts_and_wer_gap() -> None:
     assert rows["SNR clean"][2:6] == ["2", "30.0", "25.0", "-5.0"]  # u0, u1
     assert rows["SNR <5 dB"][2:9] == ["1", "50.0", "20.0", "-30.0", "–", "1", "0"]
     assert rows["unseen voices"][2:5] == ["2", "45.0", "30.0"]  # u1, u3
+    assert rows["wideband channel"][2:5] == ["3", "23.3", "26.7"]  # u0-u2: 7 -> 8 errors
+    assert rows["telephone channel"][2:6] == ["1", "50.0", "20.0", "-30.0"]  # u3
     assert "synthetic test, 30 s window: paired against base" in table
 
 

@@ -50,6 +50,7 @@ def corpus(tmp_path_factory):
                 "split": split,
                 "voice": f"v{i % 3}",
                 "seen_voice": i % 3 != 2,
+                "channel": "telephone" if i % 4 == 0 else "wideband",
                 "snr_db": snr,
                 "signal_snr_db": snr + float(rng.normal(0, 2)),
                 "signal_duration": dur,
@@ -147,6 +148,8 @@ def test_eval_and_compare_commands(corpus, tmp_path, capsys) -> None:
     res = json.loads((tmp_path / "flexi" / "eval_test" / "results.json").read_text())
     assert res["n"] == 6 and res["name"] == "threshold"
     assert sum(res["rank_histogram"].values()) == 6 and set(res["by_seen_voice"]) <= {"seen", "unseen"}
+    # the corpus' channel column, per row: of the test rows u18-u23, u20 is telephone
+    assert {k: v["n"] for k, v in res["by_channel"].items()} == {"telephone": 1, "wideband": 5}
     assert 0 <= res["active_params_mean"] <= res["adapter_params_total"]
     assert (tmp_path / "flexi" / "eval_test" / "results.md").read_text().startswith("# threshold")
     base_out = tmp_path / "base"
