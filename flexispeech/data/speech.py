@@ -30,6 +30,13 @@ from flexispeech.data.split import (  # noqa: F401  (the names this module alway
 from flexispeech.models.family import Example, ModelFamily
 
 
+
+def scalar_signals(signals: dict[str, Any]) -> dict[str, Any]:
+    """The scalar ones of an utterance's signals: what an evaluation keeps of them. A vector
+    signal (the pooled encoder embedding: 384-1280 numbers) would make every results.json
+    tens of times larger."""
+    return {k: v for k, v in signals.items() if not isinstance(v, list)}
+
 class CorpusSplit(Split):
     """One split of a corpus as ``Example`` items; audio is decoded in ``__getitem__``.
 
@@ -77,9 +84,7 @@ class CorpusSplit(Split):
             "voice": row.get("voice", row.get("speaker")),
             "seen_voice": row.get("seen_voice"),
             "channel": row.get("channel"),  # wideband | telephone, where the corpus says
-            # Scalar signals only: a vector signal (the pooled encoder embedding) would
-            # bloat every results.json by hundreds of numbers per utterance.
-            "signals": {k: v for k, v in self.signals(index).items() if not isinstance(v, list)},
+            "signals": scalar_signals(self.signals(index)),
         }
 
     def __getitem__(self, index: int) -> Example:

@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from flexispeech.data.loading import load_batches
 from flexispeech.data.split import Split, signals_tensor
+from flexispeech.data.speech import scalar_signals
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.consensus import decode_consensus
 from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
@@ -123,7 +124,7 @@ def decode_split(
         for i, text, rank, note, agree in zip(batch.rows, texts, ranks, notes, agreed):
             record = split.record(i)
             if live_signals:
-                record["signals"] = dict(signals[i])
+                record["signals"] = scalar_signals(signals[i])  # computed while decoding
             extra = ({"fallback": note} if note else {}) | ({"consensus": agree} if agree else {})
             records[i] = {**record, "hyp": text, "rank": rank} | extra
     return [records.get(i, {}) for i in wanted], decode_s

@@ -87,7 +87,10 @@ def test_gate_serves_rank_0_to_inputs_unlike_the_training_data(tmp_path, capsys,
         )
         == 0
     )
-    ranks = {u["id"]: u["rank"] for u in json.loads((out / "results.json").read_text())["utterances"]}
+    rows = json.loads((out / "results.json").read_text())["utterances"]
+    ranks = {u["id"]: u["rank"] for u in rows}
+    # each row keeps the scalar signals it was routed on, not the embedding (384 numbers)
+    assert all("snr_db" in u["signals"] and "embedding" not in u["signals"] for u in rows)
     assert [ranks[f"u{i}"] for i in range(76, 80)] == [0, 0, 0, 0]  # the tones: the base model
     assert [ranks[f"u{i}"] for i in range(72, 76)] == [
         4,
