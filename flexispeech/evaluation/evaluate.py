@@ -20,8 +20,8 @@ import torch
 from tqdm.auto import tqdm
 
 from flexispeech.data.loading import load_batches
-from flexispeech.data.split import Split, signals_tensor
 from flexispeech.data.speech import scalar_signals
+from flexispeech.data.split import Split, signals_tensor
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.consensus import decode_consensus
 from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
