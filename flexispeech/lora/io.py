@@ -211,16 +211,26 @@ def save_router(directory: str | Path, router: Router, out: str | Path | None = 
     return rewrite_adapter(directory, out if out is not None else directory, {ROUTER_NAME: router.to_dict()})
 
 
-def rewrite_adapter(directory: str | Path, out: str | Path, replace: dict[str, Any]) -> Path:
+def rewrite_adapter(
+    directory: str | Path,
+    out: str | Path,
+    replace: dict[str, Any],
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
     """Write the saved adapter ``directory`` into ``out`` (which may be ``directory``) with
-    the JSON files named in ``replace`` (e.g. ``router.json``) given new contents and every
-    other adapter file copied; replaced whole and atomically. Returns ``out``."""
+    the JSON files named in ``replace`` (e.g. ``router.json``) given new contents, the
+    weights replaced by ``weights`` when given, and every other adapter file copied;
+    replaced whole and atomically. Returns ``out``."""
     directory, target = existing_dir(directory), Path(out)
     with replace_dir(target) as tmp:
         for name in ADAPTER_FILES:
-            if name in replace or (name == ROUTER_NAME and not (directory / name).is_file()):
+            if name in replace or (name == WEIGHTS_NAME and weights is not None):
+                continue
+            if name == ROUTER_NAME and not (directory / name).is_file():
                 continue  # config and weights must be there (copy2 says so); a router may not
             shutil.copy2(directory / name, tmp / name)
+        if weights is not None:
+            save_file(weights, str(tmp / WEIGHTS_NAME), metadata={"format": "pt"})
         for name, data in replace.items():
             write_json(tmp / name, data)
     return target

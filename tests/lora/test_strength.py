@@ -69,3 +69,65 @@ def test_bad_strength_and_output_are_one_line_errors(tiny: TinyNet, tmp_path: Pa
     assert main(["scale", str(tmp_path / "nothing"), "--strength", "0.5", "--out", str(tmp_path / "y")]) == 2
     assert "nothing" in capsys.readouterr().err
     assert sorted(p.name for p in (tmp_path / "full").iterdir()) == before  # nothing lost
+
+
+def _delta(model: TinyNet, layer: str, inp: torch.Tensor, ranks: list[int]) -> torch.Tensor:
+    with use_ranks(model, [0] * len(ranks)):
+        base = getattr(model, layer)(inp)
+    with use_ranks(model, ranks):
+        return getattr(model, layer)(inp) - base
+
+
+def test_modules_scales_only_the_matching_layers(tiny: TinyNet, tmp_path: Path, capsys) -> None:
+    """--modules q_proj --strength 0 switches q_proj's adapter off and leaves fc2's as it was;
+    --modules fc2 --strength 0.5 halves fc2's alone. Fails if the regex is ignored (every
+    layer scaled) or the weights are not rewritten."""
+    save_adapter(tiny, tmp_path / "full")
+    args = [
+        "scale",
+        str(tmp_path / "full"),
+        "--modules",
+        "q_proj",
+        "--strength",
+        "0",
+        "--out",
+        str(tmp_path / "noq"),
+    ]
+    assert main(args) == 0
+    assert "1 modules matching 'q_proj' at strength 0" in capsys.readouterr().out
+    args = [
+        "scale",
+        str(tmp_path / "full"),
+        "--modules",
+        "fc2$",
+        "--strength",
+        "0.5",
+        "--out",
+        str(tmp_path / "fc2"),
+    ]
+    assert main(args) == 0
+    full, noq, half_fc2 = (_fresh_copy(tiny, tmp_path / d) for d in ("full", "noq", "fc2"))
+    for ranks in ([1, 1], [4, 4], [0, 2]):
+        x = torch.randn(2, 3, 6)
+        h = torch.randn(2, 3, full.fc2.in_features)
+        assert _delta(full, "q_proj", x, ranks).abs().max() > 1e-3 or ranks[0] == 0
+        assert _delta(noq, "q_proj", x, ranks).abs().max() == 0  # off: the base layer exactly
+        torch.testing.assert_close(_delta(noq, "fc2", h, ranks), _delta(full, "fc2", h, ranks))
+        torch.testing.assert_close(_delta(half_fc2, "fc2", h, ranks), 0.5 * _delta(full, "fc2", h, ranks))
+        torch.testing.assert_close(_delta(half_fc2, "q_proj", x, ranks), _delta(full, "q_proj", x, ranks))
+    meta = json.loads((tmp_path / "noq" / "adapter_config.json").read_text())["config"]["metadata"]
+    assert meta["module_strengths"] == {"q_proj": {"strength": 0.0, "modules": 1}}
+
+
+def test_modules_errors_are_one_line(tiny: TinyNet, tmp_path: Path, capsys) -> None:
+    save_adapter(tiny, tmp_path / "full")
+    base = ["scale", str(tmp_path / "full"), "--out", str(tmp_path / "x")]
+    for extra, message in (
+        (["--modules", "encoder", "--strength", "0"], "matches none of the adapter's 2 modules"),
+        (["--modules", "(", "--strength", "0"], "not a regular expression"),
+        (["--modules", "fc2", "--strength", "-1"], "strength must be >= 0"),
+    ):
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
