@@ -482,11 +482,17 @@ def test_a_run_off_the_default_list_runs_when_named(tmp_path: Path) -> None:
     default list has flexi_benefit_nscale, calibrated on the validation split."""
     calls = run_stages(tmp_path, "gpu", "--runs", "flexi_benefit_full", "--jobs", "1")
     assert [c[0] for c in calls if c[0] in ("train", "calibrate", "gate")] == ["train", "calibrate", "gate"]
-    (tmp_path / "enc").mkdir()  # the encoder-only ablation: its regex targets left as they are
-    calls = run_stages(tmp_path / "enc", "gpu", "--runs", "flexi_benefit_nscale_enc", "--jobs", "1")
-    (train,) = [c for c in calls if c[0] == "train"]
-    assert "conf/flexi_benefit_nscale_enc.yaml" in " ".join(train) and "target_modules" not in " ".join(train)
-    assert [c[0] for c in calls if c[0] in ("calibrate", "gate")] == ["calibrate", "gate"]
+    for part in (
+        "enc",
+        "dec",
+    ):  # the encoder- and decoder-only ablations: their regex targets left as they are
+        (tmp_path / part).mkdir()
+        calls = run_stages(tmp_path / part, "gpu", "--runs", f"flexi_benefit_nscale_{part}", "--jobs", "1")
+        (train,) = [c for c in calls if c[0] == "train"]
+        assert f"conf/flexi_benefit_nscale_{part}.yaml" in " ".join(
+            train
+        ) and "target_modules" not in " ".join(train)
+        assert [c[0] for c in calls if c[0] in ("calibrate", "gate")] == ["calibrate", "gate"]
     (tmp_path / "all").mkdir()
     calls = run_stages(tmp_path / "all", "gpu")
     default = _evals(calls)

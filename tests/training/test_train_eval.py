@@ -212,6 +212,23 @@ def test_cached_encoder_training(corpus, tmp_path) -> None:
     assert names and not any(".encoder." in n for n in names)  # all encoder layers cached: decoder only
 
 
+def test_regex_targets_adapt_the_decoder_only(corpus, tmp_path) -> None:
+    # recipes/synthetic/conf/flexi_benefit_nscale_dec.yaml's regex: the encoder stays the base's,
+    # every decoder projection (self- and cross-attention, MLP) is adapted
+    regex = load_config(
+        RECIPES / "synthetic" / "conf" / "flexi_benefit_nscale_dec.yaml"
+    ).adapter.target_modules
+    cfg = config(corpus, tmp_path / "dec", "fixed", **{"adapter.target_modules": regex})
+    names = {
+        n.rsplit(".", 1)[0] for n in load_file(str(train(cfg, progress=False) / "adapter_model.safetensors"))
+    }
+    assert names and all(".decoder.layers." in n for n in names)
+    kinds = {n.split(".layers.", 1)[1].split(".", 1)[1] for n in names}
+    assert kinds == {
+        f"{a}.{p}" for a in ("self_attn", "encoder_attn") for p in ("q_proj", "k_proj", "v_proj", "out_proj")
+    } | {"fc1", "fc2"}
+
+
 def test_regex_targets_adapt_the_encoder_only(corpus, tmp_path) -> None:
     # recipes/synthetic/conf/flexi_benefit_nscale_enc.yaml's regex: the decoder stays the base's
     regex = load_config(
