@@ -2,10 +2,11 @@
 
 ``augment_waveforms`` (speed perturbation, reverberation, additive noise at a sampled
 SNR, a telephone line) runs on padded waveforms before feature extraction;
-``spec_augment`` (time warp, frequency and time masks) on log-mel features after it. Both run on the batch's device,
-draw every random number from the ``torch.Generator`` they are given (same generator
-state -> the same augmented batch; ``step_generator`` makes one per training step) and
-are the identity, bit for bit, when their part of the config is off.
+``spec_augment`` (time warp, frequency and time masks) on log-mel features after it.
+Both run on the batch's device, draw every random number from the ``torch.Generator``
+they are given (same generator state -> the same augmented batch; ``step_generator``
+makes one per training step) and are the identity, bit for bit, when their part of the
+config is off.
 
 The ops live in ``augment_waveform`` and ``augment_spectrogram``.
 """
@@ -99,7 +100,12 @@ class AugmentConfig:
         if self.backend not in BACKENDS:
             raise ConfigError(f"augment.backend: expected one of {list(BACKENDS)}, got {self.backend!r}")
         probs = (
-            "spec_augment_prob", "noise_prob", "speed_prob", "reverb_prob", "telephone_prob", "max_time_mask_fraction"
+            "spec_augment_prob",
+            "noise_prob",
+            "speed_prob",
+            "reverb_prob",
+            "telephone_prob",
+            "max_time_mask_fraction",
         )
         for name in probs:
             value = getattr(self, name)

@@ -30,12 +30,12 @@ from flexispeech.data.split import (  # noqa: F401  (the names this module alway
 from flexispeech.models.family import Example, ModelFamily
 
 
-
 def scalar_signals(signals: dict[str, Any]) -> dict[str, Any]:
     """The scalar ones of an utterance's signals: what an evaluation keeps of them. A vector
     signal (the pooled encoder embedding: 384-1280 numbers) would make every results.json
     tens of times larger."""
     return {k: v for k, v in signals.items() if not isinstance(v, list)}
+
 
 class CorpusSplit(Split):
     """One split of a corpus as ``Example`` items; audio is decoded in ``__getitem__``.

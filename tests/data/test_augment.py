@@ -28,10 +28,10 @@ from flexispeech.data.augment_waveform import (
     band_pass,
     fft_size,
     fftconvolve,
+    mu_law_roundtrip,
     resample,
     reverberate,
     speed_perturb,
-    mu_law_roundtrip,
     synthetic_rirs,
     telephone_channel,
     torchaudio_ops,
@@ -41,8 +41,15 @@ from flexispeech.training.config import RunConfig, from_dict, load_config
 
 FILES = ("fox", "meeting", "stella")
 ALL_ON = {
-    "noise_prob": 1.0, "speed_prob": 1.0, "reverb_prob": 1.0, "telephone_prob": 1.0, "spec_augment": True,
-    "spec_augment_prob": 1.0, "time_warp": 5, "noise_types": ["white", "pink", "brown", "babble"], "backend": "torch",
+    "noise_prob": 1.0,
+    "speed_prob": 1.0,
+    "reverb_prob": 1.0,
+    "telephone_prob": 1.0,
+    "spec_augment": True,
+    "spec_augment_prob": 1.0,
+    "time_warp": 5,
+    "noise_types": ["white", "pink", "brown", "babble"],
+    "backend": "torch",
 }
 TORCHAUDIO = _torchaudio_functional() is not None
 needs_torchaudio = pytest.mark.skipif(not TORCHAUDIO, reason="torchaudio does not load here")
@@ -74,7 +81,13 @@ def test_off_config_is_the_identity(batch) -> None:
         assert out is audio and out_lengths is lengths
         assert spec_augment(features, frames, cfg, step_generator(0, 0)) is features
     # probabilities of zero with every op switched on select the input rows bit for bit
-    off = {"noise_prob": 0.0, "reverb_prob": 0.0, "speed_prob": 0.0, "telephone_prob": 0.0, "spec_augment_prob": 0.0}
+    off = {
+        "noise_prob": 0.0,
+        "reverb_prob": 0.0,
+        "speed_prob": 0.0,
+        "telephone_prob": 0.0,
+        "spec_augment_prob": 0.0,
+    }
     cfg = AugmentConfig(**{**ALL_ON, **off})
     assert torch.equal(spec_augment(features, frames, cfg, step_generator(0, 0)), features)
 
@@ -121,8 +134,12 @@ def dominant_hz(row: torch.Tensor) -> float:
 def test_speed_changes_length_and_pitch_by_the_factor(batch, factor) -> None:
     audio, lengths = batch
     tone = torch.sin(2 * math.pi * 440 * torch.arange(32_000) / SAMPLE_RATE)
-    audio = torch.cat([torch.nn.functional.pad(audio, (0, max(0, 32_000 - audio.shape[1]))),
-                       torch.nn.functional.pad(tone, (0, max(0, audio.shape[1] - 32_000)))[None]])
+    audio = torch.cat(
+        [
+            torch.nn.functional.pad(audio, (0, max(0, 32_000 - audio.shape[1]))),
+            torch.nn.functional.pad(tone, (0, max(0, audio.shape[1] - 32_000)))[None],
+        ]
+    )
     lengths = torch.cat([lengths, torch.tensor([32_000])])
     cfg = AugmentConfig(speed_prob=1.0, speed_factors=[factor], backend="torch")
     out, out_lengths = augment_waveforms(audio, lengths, cfg, step_generator(0, 0))
@@ -209,7 +226,9 @@ def test_telephone_line_keeps_the_voice_band_and_removes_the_rest(batch) -> None
     assert abs(float(level[1]) - 1.0) < 0.05
     assert abs(dominant_hz(out[1]) - 1000.0) < 1.0
     # and coded: 8-bit mu-law leaves its noise about 36 dB under a full-scale tone
-    coding_db = 10 * torch.log10((out[1] - rows[1]).double().square().mean() / rows[1].double().square().mean())
+    coding_db = 10 * torch.log10(
+        (out[1] - rows[1]).double().square().mean() / rows[1].double().square().mean()
+    )
     assert -40 < float(coding_db) < -32, coding_db
     assert torch.all(level[[0, 2, 3]] < 1e-4), level  # 100 Hz, 5 and 7 kHz: gone (< -40 dB)
     # speech: lengths and padding kept, nothing left above the 3.4 kHz band edge but
@@ -234,7 +253,9 @@ def test_mu_law_is_256_levels_finer_near_zero() -> None:
     quiet, loud = ramp.abs() < 0.01, ramp.abs() > 0.5
     assert (coded - ramp)[quiet].abs().max() < 5e-4  # steps of ~2e-4 near silence
     assert 0.01 < (coded - ramp)[loud].abs().max() < 0.05  # ~3 % of full scale near the peaks
-    assert torch.equal(mu_law_roundtrip(torch.tensor([-5.0, 5.0])), mu_law_roundtrip(torch.tensor([-1.0, 1.0])))
+    assert torch.equal(
+        mu_law_roundtrip(torch.tensor([-5.0, 5.0])), mu_law_roundtrip(torch.tensor([-1.0, 1.0]))
+    )
 
 
 def test_fftconvolve_is_the_full_linear_convolution() -> None:
@@ -272,8 +293,15 @@ def test_spec_augment_masks_stay_within_widths_and_valid_frames() -> None:
     frames = torch.tensor([3000, 1000, 240, 40, 0])
     for seed in range(20):
         freq, time = spec_augment_masks(
-            frames, 80, 3000, torch.Generator().manual_seed(seed), cfg.num_freq_masks, cfg.freq_mask_width,
-            cfg.num_time_masks, cfg.time_mask_width, cfg.max_time_mask_fraction,
+            frames,
+            80,
+            3000,
+            torch.Generator().manual_seed(seed),
+            cfg.num_freq_masks,
+            cfg.freq_mask_width,
+            cfg.num_time_masks,
+            cfg.time_mask_width,
+            cfg.max_time_mask_fraction,
         )
         assert torch.all(freq.sum(1) <= cfg.num_freq_masks * cfg.freq_mask_width)
         budget = torch.minimum((frames * cfg.max_time_mask_fraction).floor(), torch.tensor(10 * 100.0))
@@ -289,8 +317,15 @@ def test_spec_augment_masks_with_the_row_mean_and_leaves_padding(batch) -> None:
     cfg = AugmentConfig(spec_augment=True, spec_augment_prob=1.0)
     out = spec_augment(features, frames, cfg, step_generator(5, 0))
     freq, time = spec_augment_masks(
-        frames, 80, 300, step_generator(5, 0), cfg.num_freq_masks, cfg.freq_mask_width,
-        cfg.num_time_masks, cfg.time_mask_width, cfg.max_time_mask_fraction,
+        frames,
+        80,
+        300,
+        step_generator(5, 0),
+        cfg.num_freq_masks,
+        cfg.freq_mask_width,
+        cfg.num_time_masks,
+        cfg.time_mask_width,
+        cfg.max_time_mask_fraction,
     )
     for i, n in enumerate(frames.tolist()):
         masked = (freq[i][:, None] | time[i][None, :])[:, :n]
@@ -356,12 +391,17 @@ def test_run_config_reads_an_augment_section(tmp_path) -> None:
         "augment: {spec_augment: true, noise_prob: 0.6, snr_db: [0, 25], noise_types: [pink, babble]}\n"
     )
     cfg = load_config(path, ["augment.speed_prob=0.5"])
-    assert cfg.augment == AugmentConfig(spec_augment=True, noise_prob=0.6, snr_db=[0.0, 25.0],
-                                        noise_types=["pink", "babble"], speed_prob=0.5)
+    assert cfg.augment == AugmentConfig(
+        spec_augment=True, noise_prob=0.6, snr_db=[0.0, 25.0], noise_types=["pink", "babble"], speed_prob=0.5
+    )
     with pytest.raises(ConfigError, match="augment.nois_prob.*did you mean augment.noise_prob"):
         from_dict(RunConfig, {"augment": {"nois_prob": 0.5}})
-    for bad, match in (({"noise_prob": 1.5}, "noise_prob"), ({"snr_db": [20, 5]}, "snr_db"),
-                       ({"noise_types": ["purple"]}, "noise_types"), ({"backend": "sox"}, "backend")):
+    for bad, match in (
+        ({"noise_prob": 1.5}, "noise_prob"),
+        ({"snr_db": [20, 5]}, "snr_db"),
+        ({"noise_types": ["purple"]}, "noise_types"),
+        ({"backend": "sox"}, "backend"),
+    ):
         with pytest.raises(ConfigError, match=match):
             from_dict(RunConfig, {"augment": bad})
 

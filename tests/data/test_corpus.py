@@ -46,8 +46,16 @@ def audio_rows(root: Path) -> list[dict]:
         rel = f"audio/a/{uid}.wav"
         sf.write(root / rel, _tone(secs, freq), SR, subtype="PCM_16")
         rows.append(
-            {"id": uid, "audio": rel, "text": f"say {uid}", "duration": secs, "speaker": "s1",
-             "split": split, "snr_db": math.nan if uid != "u2" else 10.0, "voice": "v"}
+            {
+                "id": uid,
+                "audio": rel,
+                "text": f"say {uid}",
+                "duration": secs,
+                "speaker": "s1",
+                "split": split,
+                "snr_db": math.nan if uid != "u2" else 10.0,
+                "voice": "v",
+            }
         )
     return rows
 
@@ -131,7 +139,9 @@ def test_add_columns_killed_at_every_step_loads_old_or_new(tmp_path: Path) -> No
         add_columns(root, "train", {"snr_est": [1.0, 2.0]})
 
     old, new, kills = views_at_every_kill(
-        tmp_path, make_old, lambda root: add_columns(root, "train", {"snr_est": [3.0, 4.0], "proxy": [0.5, 0.25]}),
+        tmp_path,
+        make_old,
+        lambda root: add_columns(root, "train", {"snr_est": [3.0, 4.0], "proxy": [0.5, 0.25]}),
         corpus_view,
     )
     assert '"proxy": 0.25' in new and '"proxy"' not in old

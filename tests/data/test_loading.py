@@ -5,12 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from test_speech_split import tiny_corpus
 
 from flexispeech.data.loading import default_workers, load_batches
 from flexispeech.data.speech import CorpusSplit
 from flexispeech.models.example import Example
-
-from test_speech_split import tiny_corpus
 
 
 def lengths_and_ids(examples: list[Example]) -> dict[str, object]:

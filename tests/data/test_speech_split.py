@@ -15,8 +15,18 @@ def tiny_corpus(root, n: int = 6):
     rows = []
     for i in range(n):
         sf.write(root / "audio" / f"u{i}.wav", np.full(1600 * (i + 1), 0.1, dtype=np.float32), 16000)
-        rows.append({"id": f"u{i}", "audio": f"audio/u{i}.wav", "text": f"word {i}", "duration": 0.1 * (i + 1),
-                     "speaker": "s", "split": "train", "signal_snr_db": float(i), "signal_duration": 0.1 * (i + 1)})
+        rows.append(
+            {
+                "id": f"u{i}",
+                "audio": f"audio/u{i}.wav",
+                "text": f"word {i}",
+                "duration": 0.1 * (i + 1),
+                "speaker": "s",
+                "split": "train",
+                "signal_snr_db": float(i),
+                "signal_duration": 0.1 * (i + 1),
+            }
+        )
     return write_corpus(rows, root, name="tiny")
 
 
@@ -28,7 +38,10 @@ def test_corpus_split_examples_and_signals(tmp_path) -> None:
     assert ex.signals == {"snr_db": 2.0, "duration": 0.30000000000000004}
     sig = split.all_signals()
     assert sig["snr_db"].tolist() == [0.0, 1.0, 2.0, 3.0]
-    assert split.signals_of([3, 0])["snr_db"].tolist() == [3.0, 0.0]  # a batch's signals, without decoding audio
+    assert split.signals_of([3, 0])["snr_db"].tolist() == [
+        3.0,
+        0.0,
+    ]  # a batch's signals, without decoding audio
     assert signals_tensor([split[0], split[3]])["snr_db"].tolist() == [0.0, 3.0]
     sub = CorpusSplit(tmp_path / "c", "train", max_examples=3, seed=1)
     assert len(sub) == 3 and [r["id"] for r in sub.rows] == sorted(r["id"] for r in sub.rows)
@@ -51,5 +64,10 @@ def test_bucket_sampler_is_a_seeded_partition_of_similar_lengths() -> None:
 def test_signals_tensor_keeps_common_names() -> None:
     from flexispeech.models.family import Example
 
-    out = signals_tensor([Example("a", "x", signals={"snr_db": 1.0, "proxy": -0.5}), Example("b", "y", signals={"snr_db": 2.0})])
+    out = signals_tensor(
+        [
+            Example("a", "x", signals={"snr_db": 1.0, "proxy": -0.5}),
+            Example("b", "y", signals={"snr_db": 2.0}),
+        ]
+    )
     assert list(out) == ["snr_db"] and torch.equal(out["snr_db"], torch.tensor([1.0, 2.0]))

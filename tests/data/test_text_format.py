@@ -21,8 +21,15 @@ from flexispeech.errors import FlexispeechError
 
 def task_rows(answer: str = "4") -> list[dict]:
     return [
-        {"id": f"q{i}", "prompt": f"What is {i} + {i}?", "answer": answer if i == 2 else str(2 * i), "solution": "",
-         "difficulty": i, "source": "toy", "split": "train" if i < 3 else "test"}
+        {
+            "id": f"q{i}",
+            "prompt": f"What is {i} + {i}?",
+            "answer": answer if i == 2 else str(2 * i),
+            "solution": "",
+            "difficulty": i,
+            "source": "toy",
+            "split": "train" if i < 3 else "test",
+        }
         for i in range(1, 4)
     ]
 
@@ -68,8 +75,10 @@ def test_add_task_columns_killed_at_every_step_loads_old_or_new(tmp_path: Path) 
 
 def test_write_text_task_killed_at_every_step_is_new_or_incomplete(tmp_path: Path) -> None:
     old, new, kills = views_at_every_kill(
-        tmp_path, lambda d: write_text_task(task_rows(), d / "t", name="old"),
-        lambda d: write_text_task(task_rows(answer="four"), d / "t", name="new"), lambda d: task_view(d / "t"),
+        tmp_path,
+        lambda d: write_text_task(task_rows(), d / "t", name="old"),
+        lambda d: write_text_task(task_rows(answer="four"), d / "t", name="new"),
+        lambda d: task_view(d / "t"),
     )
     assert old != "incomplete" and '"four"' in new
     assert {view for _, view in kills} <= {"incomplete", new} and "incomplete" in {view for _, view in kills}
