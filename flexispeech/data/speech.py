@@ -30,6 +30,16 @@ from flexispeech.data.split import (  # noqa: F401  (the names this module alway
 from flexispeech.models.family import Example, ModelFamily
 
 
+def channel_of(row: dict[str, Any]) -> str | None:
+    """A row's channel: its ``channel`` column (wideband | telephone), else "telephone" for a
+    recording at 8 kHz or less and "wideband" above (``sample_rate``, as realspeech corpora
+    prepared before the column existed have), else None."""
+    if row.get("channel"):
+        return str(row["channel"])
+    rate = row.get("sample_rate")
+    return None if not rate else "telephone" if int(rate) <= 8000 else "wideband"
+
+
 def scalar_signals(signals: dict[str, Any]) -> dict[str, Any]:
     """The scalar ones of an utterance's signals: what an evaluation keeps of them. A vector
     signal (the pooled encoder embedding: 384-1280 numbers) would make every results.json
@@ -83,7 +93,7 @@ class CorpusSplit(Split):
             "snr_db": row.get("snr_db"),
             "voice": row.get("voice", row.get("speaker")),
             "seen_voice": row.get("seen_voice"),
-            "channel": row.get("channel"),  # wideband | telephone, where the corpus says
+            "channel": channel_of(row),
             "signals": scalar_signals(self.signals(index)),
         }
 

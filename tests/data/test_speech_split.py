@@ -7,7 +7,7 @@ import soundfile as sf
 import torch
 
 from flexispeech.data.corpus import write_corpus
-from flexispeech.data.speech import CorpusSplit, LengthBucketSampler, signals_tensor
+from flexispeech.data.speech import CorpusSplit, LengthBucketSampler, channel_of, signals_tensor
 
 
 def tiny_corpus(root, n: int = 6):
@@ -71,3 +71,16 @@ def test_signals_tensor_keeps_common_names() -> None:
         ]
     )
     assert list(out) == ["snr_db"] and torch.equal(out["snr_db"], torch.tensor([1.0, 2.0]))
+
+
+def test_channel_from_the_column_or_the_recordings_rate() -> None:
+    assert channel_of({"channel": "telephone", "sample_rate": 16000}) == "telephone"  # the column wins
+    assert (
+        channel_of({"sample_rate": 8000}) == "telephone" and channel_of({"sample_rate": 16000}) == "wideband"
+    )
+    assert channel_of({"id": "u0"}) is None
+
+
+def test_a_record_carries_the_channel(tmp_path) -> None:
+    split = CorpusSplit(tiny_corpus(tmp_path / "c"), "train")
+    assert split.record(0)["channel"] is None  # a corpus that says nothing
