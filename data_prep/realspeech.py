@@ -40,6 +40,7 @@ from pathlib import Path
 from data_prep.folder import audio_duration, is_complete, link_or_copy, report_skipped
 from data_prep.system_root import system_root
 from flexispeech.data.corpus import write_corpus
+from flexispeech.data.speech import channel_for_rate
 from flexispeech.errors import FlexispeechError
 
 log = logging.getLogger(__name__)
@@ -298,7 +299,7 @@ def prepare_realspeech(
                     "category": entry.category,
                     "gender": source.gender(entry),
                     "sample_rate": (rate := sf.info(str(out / rel)).samplerate),
-                    "channel": "telephone" if rate <= 8000 else "wideband",
+                    "channel": channel_for_rate(rate),
                 }
             )
         report_skipped(skipped, prefix / source.required[0])

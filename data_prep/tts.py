@@ -15,6 +15,7 @@ import math
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,16 +105,10 @@ def _mbrola_db(name: str) -> str:
     return name.split("-")[1]
 
 
-def _voices(engine: str, names: list[str]) -> list[Voice]:
-    return [Voice(engine, n, n.split("+")[0] in UNSEEN[engine]) for n in names]
-
-
-def voices_named(ids: set[str]) -> dict[str, list[Voice]]:
-    """The voices with these ids (``engine:name``), per engine, in the order
-    ``installed_voices`` lists them: a corpus' plan (``synthetic.make_plan``) is a function
-    of that order, so this replays the plan of a corpus from the voice ids in its
-    corpus.json, on a machine without its engines."""
-    catalogue = {
+def _catalogue() -> dict[str, list[str]]:
+    """Every voice name this version knows, per engine, in the order corpora draw from:
+    a corpus' plan (``synthetic.make_plan``) depends on that order."""
+    return {
         "espeak": [f"{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS],
         **MBROLA_VOICES,
         "flite": FLITE_VOICES,
@@ -121,8 +116,23 @@ def voices_named(ids: set[str]) -> dict[str, list[Voice]]:
         "pico": PICO_VOICES,
         "hibari": ["heart"],
     }
-    out = {e: _voices(e, [n for n in names if f"{e}:{n}" in ids]) for e, names in catalogue.items()}
-    out = {e: vs for e, vs in out.items() if vs}
+
+
+def _voices(keep: Callable[[str, str], bool]) -> dict[str, list[Voice]]:
+    """The catalogue's voices for which ``keep(engine, name)`` holds, per engine (engines
+    left with none are absent)."""
+    out = {
+        engine: [Voice(engine, n, n.split("+")[0] in UNSEEN[engine]) for n in names if keep(engine, n)]
+        for engine, names in _catalogue().items()
+    }
+    return {engine: voices for engine, voices in out.items() if voices}
+
+
+def voices_named(ids: set[str]) -> dict[str, list[Voice]]:
+    """The voices with these ids (``engine:name``), per engine, in the order
+    ``installed_voices`` lists them: this replays the plan of a corpus from the voice ids in
+    its corpus.json, on a machine without its engines."""
+    out = _voices(lambda engine, name: f"{engine}:{name}" in ids)
     unknown = ids - {v.id for vs in out.values() for v in vs}
     if unknown:
         raise FlexispeechError(f"voices this version does not know: {sorted(unknown)[:5]}")
@@ -131,28 +141,29 @@ def voices_named(ids: set[str]) -> dict[str, list[Voice]]:
 
 def installed_voices() -> dict[str, list[Voice]]:
     """Voices per installed engine (engines with no usable voice are absent)."""
-    out: dict[str, list[Voice]] = {}
     mbrola_dir, festival_voice_dir = system_path(MBROLA_DIR), system_path(FESTIVAL_VOICE_DIR)
+    espeak = bool(shutil.which("espeak-ng"))
+    mbrola = espeak and bool(shutil.which("mbrola"))  # MBROLA voices are driven through espeak-ng
+    engines = {
+        "espeak": espeak,
+        "mbrola": mbrola,
+        "mbrola_accented": mbrola,
+        "flite": bool(shutil.which("flite")),
+        "festival": bool(shutil.which("festival")),
+        "pico": bool(shutil.which("pico2wave")),
+        "hibari": bool(importlib.util.find_spec("hibari") and importlib.util.find_spec("onnxruntime")),
+    }
 
-    def add(engine: str, names: list[str]) -> None:
-        voices = _voices(engine, names)
-        if voices:
-            out[engine] = voices
+    def usable(engine: str, name: str) -> bool:
+        if not engines[engine]:
+            return False
+        if engine.startswith("mbrola"):
+            return (mbrola_dir / _mbrola_db(name)).exists()
+        if engine == "festival":
+            return bool(list(festival_voice_dir.glob(f"*/{name}")))
+        return True
 
-    if shutil.which("espeak-ng"):
-        add("espeak", [f"{a}+{v}" for a in ESPEAK_ACCENTS for v in ESPEAK_VARIANTS])
-        if shutil.which("mbrola"):
-            for engine, names in MBROLA_VOICES.items():
-                add(engine, [n for n in names if (mbrola_dir / _mbrola_db(n)).exists()])
-    if shutil.which("flite"):
-        add("flite", FLITE_VOICES)
-    if shutil.which("festival"):
-        add("festival", [n for n in FESTIVAL_VOICES if list(festival_voice_dir.glob(f"*/{n}"))])
-    if shutil.which("pico2wave"):
-        add("pico", PICO_VOICES)
-    if importlib.util.find_spec("hibari") and importlib.util.find_spec("onnxruntime"):
-        add("hibari", ["heart"])
-    return out
+    return _voices(usable)
 
 
 def to_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:

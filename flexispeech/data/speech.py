@@ -30,14 +30,19 @@ from flexispeech.data.split import (  # noqa: F401  (the names this module alway
 from flexispeech.models.family import Example, ModelFamily
 
 
+def channel_for_rate(sample_rate: int) -> str:
+    """ "telephone" for a recording at 8 kHz or less (a narrowband line's rate), else "wideband"."""
+    return "telephone" if sample_rate <= 8000 else "wideband"
+
+
 def channel_of(row: dict[str, Any]) -> str | None:
-    """A row's channel: its ``channel`` column (wideband | telephone), else "telephone" for a
-    recording at 8 kHz or less and "wideband" above (``sample_rate``, as realspeech corpora
-    prepared before the column existed have), else None."""
+    """A row's channel: its ``channel`` column (wideband | telephone), else the one its
+    ``sample_rate`` says (realspeech corpora prepared before the column existed have only
+    that), else None."""
     if row.get("channel"):
         return str(row["channel"])
     rate = row.get("sample_rate")
-    return None if not rate else "telephone" if int(rate) <= 8000 else "wideband"
+    return channel_for_rate(int(rate)) if rate else None
 
 
 def scalar_signals(signals: dict[str, Any]) -> dict[str, Any]:

@@ -13,9 +13,10 @@ Whisper window (``data``, ``split`` and ``audio_ctx`` of results.json). A baseli
 looked up inside each group, so one ``compare`` call pairs the synthetic test split, a
 real-speech corpus and each window separately, never one utterance against another.
 Within a group each run is compared overall, on every SNR bucket present (clean first),
-on seen and unseen voices, on wideband and telephone-channel audio, and, for a run that served more than one rank, on the
-utterances it served at each rank ("served rank r": where a routed run gains or loses
-against the baseline, e.g. the easy utterances it kept at rank 0).
+on seen and unseen voices, on wideband and telephone-channel audio, and, for a run that
+served more than one rank, on the utterances it served at each rank ("served rank r":
+where a routed run gains or loses against the baseline, e.g. the easy utterances it kept
+at rank 0).
 """
 
 from __future__ import annotations
