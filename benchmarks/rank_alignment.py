@@ -11,8 +11,12 @@ kernels are tiled for dimensions that are multiples of 8 or 16. This script time
 layer (``kernels._FlexiLinear``: base linear plus the update, forward + backward, and forward
 alone without autograd) for a batch with every row at rank r, computed at rank r exactly and,
 for ranks under ``--pad``, as a rank-``pad`` block whose rank mask zeroes the components at or
-above r (the same result: the masked path the mixed batches already take). Rows are interleaved
-round by round; medians; ratios to the base layer's own forward + backward in the same run.
+above r (the same result: the masked path the mixed batches already take), and folded
+(``fold._FoldedLinear``: one linear through ``W + scale B[:, :r] A[:r]``). ``--mixed`` adds a
+rank-sorted batch of mixed ranks (the bench's: 7 x 64, 9 x 32, 4 x 16, 8 x 8, 1 x 4, 3 x 0
+of 32 rows), masked and folded by runs. Rows are interleaved round by round; medians;
+ratios to the base layer's own forward + backward in the same run. ``--profile`` prints the
+top operators of the mixed folded and masked training calls (torch.profiler).
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
+from flexispeech.lora.fold import _FoldedLinear, folded_forward
 from flexispeech.lora.kernels import _FlexiLinear, fused_forward
-from flexispeech.lora.plans import rank_mask
+from flexispeech.lora.plans import make_plan, rank_mask
 
 # Whisper small: d_model 768, fc1 768 -> 3072, fc2 3072 -> 768
 SHAPES = {"attn": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}
@@ -49,7 +54,16 @@ def _timer(device: torch.device) -> Callable[[Callable[[], None]], float]:
 
 
 def variants(
-    d_in: int, d_out: int, rows: int, positions: int, ranks: list[int], pad: int, r_max: int, dtype, device
+    d_in: int,
+    d_out: int,
+    rows: int,
+    positions: int,
+    ranks: list[int],
+    pad: int,
+    r_max: int,
+    dtype,
+    device,
+    mixed: bool = False,
 ) -> dict[str, Callable[[], None]]:
     """name -> one call: ``train`` rows run forward + backward, ``infer`` rows forward only."""
     g = torch.Generator(device="cpu").manual_seed(0)
@@ -83,10 +97,39 @@ def variants(
         with torch.no_grad():
             F.linear(x, w, b)
 
+    table = scales.tolist()
+
+    def fold_train(runs, mask=None) -> Callable[[], None]:
+        active = [run for run in runs if run[2] > 0]
+        block = (active[0][0], active[-1][1], max(r for _, _, r in active))
+
+        def step() -> None:
+            _FoldedLinear.apply(x, w, b, A, B, mask, runs, table, block).backward(grad)
+
+        return step
+
+    def fold_infer(runs) -> Callable[[], None]:
+        def step() -> None:
+            with torch.no_grad():
+                folded_forward(x, w, b, A, B, runs, table)
+
+        return step
+
     out["train base"], out["infer base"] = base_train, base_infer
+    if mixed:
+        per_row = [64] * 7 + [32] * 9 + [16] * 4 + [8] * 8 + [4] + [0] * 3
+        per_row = (per_row * (rows // len(per_row) + 1))[:rows]
+        plan = make_plan(torch.tensor(per_row, device=device), per_row)
+        mask = plan.mask(table, dtype, device)
+        blocks = [(plan.span[0], plan.span[1], plan.top, None)]
+        out["train mixed masked"], out["infer mixed masked"] = train(blocks, mask), infer(blocks, mask)
+        out["train mixed folded"] = fold_train(plan.runs, mask)
+        out["infer mixed folded"] = fold_infer(plan.runs)
     for r in ranks:
         exact = [(0, rows, r, float(scales[r]))]
         out[f"train r={r} exact"], out[f"infer r={r} exact"] = train(exact, A), infer(exact, A)
+        out[f"train r={r} folded"] = fold_train([(0, rows, r)])
+        out[f"infer r={r} folded"] = fold_infer([(0, rows, r)])
         if r < pad <= r_max:
             mask = rank_mask(torch.full((rows,), r, device=device), scales, pad, dtype)
             padded = [(0, rows, pad, None)]
@@ -111,6 +154,8 @@ def main() -> None:
     parser.add_argument("--shapes", default="attn,fc1,fc2", help=f"of {','.join(SHAPES)}")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--reps", type=int, default=20)
+    parser.add_argument("--mixed", action="store_true", help="also a rank-sorted mixed batch")
+    parser.add_argument("--profile", action="store_true", help="profile the mixed training calls")
     args = parser.parse_args()
     device = torch.device(args.device)
     dtype = getattr(torch, args.dtype or ("bfloat16" if device.type == "cuda" else "float32"))
@@ -121,7 +166,9 @@ def main() -> None:
         print(torch.cuda.get_device_name(), "torch", torch.__version__)
     for name in args.shapes.split(","):
         d_in, d_out = SHAPES[name]
-        calls = variants(d_in, d_out, args.rows, args.positions, ranks, args.pad, args.r_max, dtype, device)
+        calls = variants(
+            d_in, d_out, args.rows, args.positions, ranks, args.pad, args.r_max, dtype, device, args.mixed
+        )
         times: dict[str, list[float]] = {k: [] for k in calls}
         for i in range(args.warmup + args.reps):
             for k, fn in calls.items():  # interleaved: drift hits every row alike
@@ -135,6 +182,19 @@ def main() -> None:
         for k, ms in med.items():
             kind, variant = k.split(" ", 1)
             print(f"| {kind} | {variant} | {ms:.3f} | {ms / med[f'{kind} base']:.2f}x |")
+        if args.profile and args.mixed:
+            from torch.profiler import ProfilerActivity, profile
+
+            activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+            for k in ("train mixed folded", "train mixed masked"):
+                with profile(activities=activities) as prof:
+                    for _ in range(3):
+                        calls[k]()
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+                print(f"\nprofile, {name}, {k} (3 calls):")
+                print(prof.key_averages().table(sort_by=sort, row_limit=12))
 
 
 if __name__ == "__main__":

@@ -111,6 +111,10 @@ def start_server(args: argparse.Namespace, model: str, max_streams: int) -> tupl
         "--audio-ctx",
         args.audio_ctx,
     ]
+    if args.adapter:
+        cmd += ["--adapter", args.adapter]
+    if args.rank is not None:
+        cmd += ["--rank", str(args.rank)]
     # The server's log goes to a file, not a pipe: nobody reads a pipe while the rounds run, and
     # once its 64 KiB buffer fills every write of the server (a log line per failed batch) blocks.
     log_path = Path(args.server_log)
@@ -225,6 +229,10 @@ def summarise(n: int, results: list, reference: str, onset: float, score: bool, 
         "wer_min": min(wers) if wers else None,
         "wer_max": max(wers) if wers else None,
         "mean_rank": float(np.mean(ranks)) if ranks else None,
+        # how many updates were served at each rank (a mixed batch shows as several ranks)
+        "rank_counts": {str(k): int(v) for k, v in zip(*np.unique(ranks, return_counts=True))}
+        if ranks
+        else {},
         "mean_batch": batch,
     }
 
@@ -244,6 +252,13 @@ def main() -> None:
     parser.add_argument(
         "--processor", metavar="DIR", help="a Whisper model directory for the tokenizer and configs"
     )
+    parser.add_argument(
+        "--adapter",
+        metavar="DIR",
+        help="serve a saved Flexi-LoRA adapter: its router picks each update's rank, so a batch "
+        "mixes the ranks of its streams (default: the base model)",
+    )
+    parser.add_argument("--rank", type=int, help="with --adapter: every update at this rank instead")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--audio-ctx", default="auto")
     parser.add_argument(
@@ -275,6 +290,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.random_shape and not args.processor:
         parser.error("--random-shape needs --processor DIR")
+    if args.rank is not None and not args.adapter:
+        parser.error("--rank needs --adapter DIR")
     if any(n < 1 or n > 256 for n in args.clients):
         parser.error("--clients: each N must be in [1, 256]")
 
@@ -319,7 +336,7 @@ def main() -> None:
                 from flexispeech.commands.stream import load_online
                 from flexispeech.streaming.online import OnlineTranscriber
 
-                served = load_online(model, None, None, args.audio_ctx, args.device)
+                served = load_online(model, args.adapter, args.rank, args.audio_ctx, args.device)
                 for rnd, row in zip(rounds, rows):
                     differ = sum(
                         replay_alone(OnlineTranscriber(served.t, served.options), samples, st["chunk_blocks"])
@@ -346,7 +363,14 @@ def main() -> None:
     audio_s = samples.size / 16000
     print(
         f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, model "
-        f"{('random ' + args.random_shape) if args.random_shape else args.model} on {args.device}\n"
+        f"{('random ' + args.random_shape) if args.random_shape else args.model} on {args.device}"
+        + (
+            f", adapter {Path(args.adapter).name}"
+            + (f" at rank {args.rank}" if args.rank is not None else "")
+            if args.adapter
+            else ""
+        )
+        + "\n"
     )
     print(
         "| clients | updates | lag p50 (s) | lag p90 (s) | first word (s) | WER per stream (%) | mean rank | mean batch "

@@ -127,10 +127,13 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
     # (grouped-with-gather and segmented were 5.9-7.0x and 2.2-2.9x on GPUs in earlier
     # runs and are left out of the GPU table; they stay the CPU paths.) Every row is the
     # public API: inject, then each step under use_ranks (path, fused option, batch, ranks).
+    # The "torch fused" rows are the unfolded node, which ``auto`` took on GPUs before the
+    # folded path: the side-by-side baseline of the "auto" rows, which fold where it pays.
     variants = [
         ("masked", False, "plain ops masked, mixed sorted", sorted_batch, sorted_ranks),
         ("masked", True, "torch fused masked, mixed sorted", sorted_batch, sorted_ranks),
         ("masked", True, "torch fused, all r=64", batch, 64),
+        ("masked", True, "torch fused, all r=16", batch, 16),
         ("masked", True, "torch fused, all r=4", batch, 4),
         ("triton", True, "triton, mixed sorted", sorted_batch, sorted_ranks),
         ("auto", True, "auto, mixed (arrival order)", batch, ranks),
@@ -158,6 +161,12 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
             "Flexi unmerged torch fused masked, mixed sorted",
             time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec),
         )
+        for r in (64, 4):
+            record(
+                "infer",
+                f"Flexi unmerged torch fused, all r={r}",
+                time_fn(infer_fn(fm, batch, ranks_ctx(fm, r)), spec),
+            )
     with flexi_adapters(model, "auto") as fm:
         fm.eval()
         record(

@@ -12,8 +12,8 @@ from flexispeech.errors import ConfigError
 Scaling = Literal["standard", "rslora", "nested"]
 Init = Literal["kaiming", "gaussian"]
 # "static" never syncs with the host (CUDA-graph capturable); see flexispeech.lora.kernels.
-COMPUTE_PATHS = ("auto", "masked", "grouped", "segmented", "triton", "static")
-ComputePath = Literal["auto", "masked", "grouped", "segmented", "triton", "static"]
+COMPUTE_PATHS = ("auto", "masked", "grouped", "segmented", "fold", "triton", "static")
+ComputePath = Literal["auto", "masked", "grouped", "segmented", "fold", "triton", "static"]
 
 
 @dataclass(frozen=True)
@@ -47,8 +47,11 @@ class FlexiLoraConfig:
     (std 1/r_max). ``B`` starts at zero, so an injected model starts as the base model."""
     compute_path: ComputePath = "auto"
     """How mixed-rank batches are computed: ``"masked"`` (one matmul at the batch's top
-    rank, unused components zeroed), ``"grouped"`` (rows grouped by rank, truncated
-    matmuls, so lower ranks cost fewer FLOPs) or ``"auto"`` (chosen per call)."""
+    rank, unused components zeroed), ``"grouped"`` / ``"segmented"`` (rows grouped by
+    rank, truncated matmuls, so lower ranks cost fewer FLOPs), ``"fold"`` (per run of
+    equal-rank rows, the update folded into the weight: the base layer's cost plus a fold
+    in proportion to the rank), ``"triton"``, ``"static"`` (graph-safe) or ``"auto"``
+    (chosen per call by ``plans.choose_route``)."""
     metadata: dict[str, Any] = field(default_factory=dict)
     """Free-form facts saved with the adapter (base model name, training run, ...)."""
 

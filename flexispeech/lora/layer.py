@@ -9,6 +9,7 @@ from torch import nn
 
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.deltas import lora_delta
+from flexispeech.lora.fold import folded_linear
 from flexispeech.lora.kernels import fused_supported, lora_linear, static_linear, triton_usable
 from flexispeech.lora.plans import RankPlan, Route, choose_route, expand_ranks
 from flexispeech.lora.ranks import RankSlot
@@ -147,6 +148,13 @@ class FlexiLoraLinear(nn.Module):
             return nn.functional.linear(
                 x, self._merged[1], self.base_layer.bias
             )  # whole batch at the merged rank
+        if route.kernel == "fold":
+            if plan is None:
+                return folded_linear(
+                    x, self.base_layer, A, B, [(0, x.shape[0], self.default_rank)], self.scales
+                )
+            mask = plan.mask(self.scales, x.dtype, x.device) if len(plan.distinct) > 1 else None
+            return folded_linear(x, self.base_layer, A, B, plan.runs, self.scales, mask)
         if route.grouping == "static":
             # No plan, no host sync: CUDA graphs (set_static_path) and torch.compile.
             ranks = slot_ranks if slot_ranks is not None else self.row_ranks(x.shape[0])

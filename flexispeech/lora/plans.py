@@ -49,6 +49,23 @@ def auto_takes_masked(device_type: str, tokens: int | None) -> bool:
     return device_type != "cpu" or (tokens is not None and tokens < MIN_SEGMENTED_TOKENS)
 
 
+# The folded path (``fold``) costs one fold of the weight per run of equal-rank rows (a
+# weight-sized pass, d_out x d_in x r multiply-adds) and saves, per token position, the
+# update's extra passes over the input and the output (forward) and over the gradients
+# (backward). ``auto`` folds a batch at one rank (one run) with at least this many token
+# positions: an encoder pass or a training step, never a decoding step. A batch of mixed
+# ranks is not folded by ``auto``: one GEMM and one fold per run measured slower than the
+# one masked block on an H200 (less GPU work, twice the launches of an eager step that the
+# host bounds; benchmarks/RESULTS.md, round 6); a ``fold`` request still folds it.
+FOLD_MIN_TOKENS = 512
+
+
+def fold_pays(plan: RankPlan | None, tokens: int) -> bool:
+    """Whether ``auto`` folds a call of ``tokens`` positions: every row at one rank (or no
+    plan: the default rank) and at least ``FOLD_MIN_TOKENS`` positions."""
+    return (plan is None or plan.uniform) and tokens >= FOLD_MIN_TOKENS
+
+
 # The plain grouped path pays a gather and a scatter of its rows; ``auto`` takes it (CPU,
 # rows not grouped by rank) when the masked block would waste more than this fraction of
 # its FLOPs on components above the rows' ranks.
@@ -133,7 +150,7 @@ def expand_ranks(ranks: torch.Tensor, n_rows: int) -> torch.Tensor:
     return ranks if ranks.shape[0] == n_rows else ranks.repeat_interleave(n_rows // ranks.shape[0])
 
 
-Kernel = Literal["merged", "fused", "triton", "plain", "compiled"]
+Kernel = Literal["merged", "fold", "fused", "triton", "plain", "compiled"]
 Grouping = Literal["uniform", "masked", "segmented", "grouped", "static"]
 
 
@@ -141,7 +158,9 @@ Grouping = Literal["uniform", "masked", "segmented", "grouped", "static"]
 class Route:
     """How one call of a layer is computed (``choose_route``).
 
-    ``kernel``: ``merged`` (one linear with the merged weight), ``fused`` (base + adapter
+    ``kernel``: ``merged`` (one linear with the merged weight), ``fold`` (one linear per
+    run of equal-rank rows with the update folded into its weight, ``fold.py``; grouping
+    ``uniform`` or ``segmented``: the runs cover every row), ``fused`` (base + adapter
     in one torch autograd node, ``kernels._FlexiLinear``), ``triton`` (the same node with
     the Triton shrink/expand), ``plain`` (base, then the delta by plain tensor ops:
     dropout, autocast, mixed dtypes, or ``fused=False``), ``compiled`` (plain ops at
@@ -171,7 +190,7 @@ def choose_route(
 
     Args:
         requested: the layer's ``compute_path`` (``auto``, ``masked``, ``grouped``,
-            ``segmented``, ``triton`` or ``static``).
+            ``segmented``, ``fold``, ``triton`` or ``static``).
         plan: the batch's ``RankPlan``; None: every row at ``default_rank``.
         device_type, tokens: where the call runs and its token positions (rows x positions).
         fusable: the fused node applies (no active dropout, one dtype, no autocast, and the
@@ -181,10 +200,12 @@ def choose_route(
         compiling: inside ``torch.compile`` (shape-static plain ops only).
 
     Rules: under compile, plain ops at r_max; ``static``: r_max with device-side ranks;
-    a batch all at the merged rank takes the merged weight; a uniform batch one block at
-    its rank; otherwise ``auto`` takes one masked block on GPUs (the adapter's matmuls are
-    bound by memory there, not FLOPs) and, on CPUs, one block per run of a rank-sorted
-    batch (cost follows Σ r) except in decoding steps (``MIN_SEGMENTED_TOKENS``).
+    a batch all at the merged rank takes the merged weight; a fusable call of a batch at
+    one rank with enough token positions (``fold_pays``), or a ``fold`` request, is
+    folded; a uniform batch otherwise one block at its rank; otherwise ``auto`` takes one
+    masked block on GPUs (the adapter's matmuls are bound by memory there, not FLOPs)
+    and, on CPUs, one block per run of a rank-sorted batch (cost follows Σ r) except in
+    decoding steps (``MIN_SEGMENTED_TOKENS``).
     Grouping by gather (``grouped``) is only a plain path; the fused node serves a
     grouped request on a sorted batch by its runs. The Triton kernels serve ``masked``
     and ``uniform`` blocks of ``triton`` requests, and the ``static`` path.
@@ -196,6 +217,10 @@ def choose_route(
     distinct = [default_rank] if plan is None else plan.distinct
     if merged_rank is not None and distinct == [merged_rank]:
         return Route("merged", "uniform")
+    if fusable and (requested == "fold" or (requested == "auto" and fold_pays(plan, tokens))):
+        return Route("fold", "uniform" if len(distinct) == 1 else "segmented")
+    if requested == "fold":
+        requested = "segmented"  # not fusable: the plain ops by runs
     grouping: Grouping
     if len(distinct) == 1:
         grouping = "uniform"

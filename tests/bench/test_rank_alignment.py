@@ -1,6 +1,7 @@
 """benchmarks/rank_alignment.py: every variant is timed, and a rank padded to a masked wider
 block computes what the exact rank computes (forward and every gradient), so the two rows
-time the same layer."""
+time the same layer; the folded rows are checked against the exact rank in test_fold.py
+and test_kernels.py."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def test_every_variant_is_timed() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "rank_alignment.py"), "--device", "cpu"]
-        + ["--rows", "2", "--positions", "8", "--reps", "1", "--warmup", "0", "--ranks", "4,16"],
+        + ["--rows", "2", "--positions", "8", "--reps", "1", "--warmup", "0", "--ranks", "4,16", "--mixed"],
         capture_output=True,
         text=True,
         check=True,
@@ -34,7 +35,16 @@ def test_every_variant_is_timed() -> None:
     expected = {
         f"{k} {v}"
         for k in ("train", "infer")
-        for v in ("base", "r=4 exact", "r=4 padded to 16", "r=16 exact")
+        for v in (
+            "base",
+            "mixed masked",
+            "mixed folded",
+            "r=4 exact",
+            "r=4 folded",
+            "r=4 padded to 16",
+            "r=16 exact",
+            "r=16 folded",
+        )
     }
     assert variants == expected and len(rows) == 3 * len(expected)  # three layer shapes
 

@@ -17,7 +17,7 @@ from flexispeech.lora.plans import Route
 
 RANKS = (0, 4, 8, 16)
 # "triton" falls back to the masked path where the Triton kernels cannot run (CPU).
-PATHS = ["auto", "masked", "grouped", "segmented", "triton"]
+PATHS = ["auto", "masked", "grouped", "segmented", "fold", "triton"]
 
 
 def make_layer(

@@ -7,6 +7,7 @@ from torch import nn
 
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
 from flexispeech.lora.plans import (
+    FOLD_MIN_TOKENS,
     MAX_SEGMENTS,
     MIN_SEGMENTED_TOKENS,
     Route,
@@ -74,6 +75,33 @@ def test_auto_route_follows_device_tokens_and_runs() -> None:
     unsorted = make_plan(torch.tensor([4, 8] * (MAX_SEGMENTS // 2 + 1)))
     assert not unsorted.few_runs() and route(unsorted) == Route("fused", "masked")
     assert route(make_plan(torch.tensor([8, 8])), "masked") == Route("fused", "uniform")
+
+
+def test_auto_folds_a_batch_at_one_rank_with_many_positions() -> None:
+    enough = FOLD_MIN_TOKENS
+    for device in ("cpu", "cuda"):
+        assert route(make_plan(torch.tensor([8, 8])), device=device, tokens=enough) == Route(
+            "fold", "uniform"
+        )
+        assert route(None, default_rank=8, device=device, tokens=enough) == Route("fold", "uniform")
+        assert route(make_plan(torch.tensor([0, 0])), device=device, tokens=enough) == Route(
+            "fold", "uniform"
+        )
+    # a decoding step (one position per row) is not folded
+    assert route(make_plan(torch.tensor([8, 8])), device="cuda", tokens=enough - 1) == Route(
+        "fused", "uniform"
+    )
+    # mixed ranks: auto keeps the unfolded paths, however many positions
+    sorted_plan = make_plan(torch.tensor([16, 16, 8, 4, 0, 0]))
+    assert route(sorted_plan, device="cuda", tokens=10**6) == Route("fused", "masked")
+    assert route(sorted_plan, device="cpu", tokens=10**6) == Route("fused", "segmented")
+    # asked for: folded whatever the size; without the fused node (dropout...), plain runs
+    unsorted = make_plan(torch.tensor([4, 8] * (MAX_SEGMENTS // 2 + 1)))
+    assert route(unsorted, "fold", tokens=1) == Route("fold", "segmented")
+    assert route(sorted_plan, "fold", tokens=1, fusable=False) == Route("plain", "segmented")
+    # other requests and the merged copy keep their paths
+    assert route(make_plan(torch.tensor([8, 8])), "masked", tokens=10**6) == Route("fused", "uniform")
+    assert route(None, default_rank=8, merged_rank=8, tokens=10**6) == Route("merged", "uniform")
 
 
 def test_route_of_plain_ops_merged_static_and_compile() -> None:

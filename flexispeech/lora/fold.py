@@ -1,0 +1,171 @@
+"""The folded path: each run of equal-rank rows goes through one linear whose weight has
+the update folded in, ``W_r = W + scale(r) * B[:, :r] @ A[:r]``.
+
+For row ``n`` at rank ``r_n`` this is the same function as the other paths
+(``base(x[n]) + scale(r_n) * (x[n] @ A[:r_n].T) @ B[:, :r_n].T``), computed another way.
+The unmerged paths (``kernels``) read ``x`` again for the shrink and read and write the
+whole output again for the expand, and the backward does the same for ``grad_x``: on a GPU
+those memory passes, not the rank's FLOPs, set the adapter's cost, which is why a lower
+rank did not cost less there (benchmarks/RESULTS.md, "one layer at one rank"). Folding
+costs one small GEMM per run instead (``d_out x d_in x r`` multiply-adds and one pass
+over a weight-sized tensor, in proportion to the rank), after which the forward and the
+input gradient cost what the base layer's cost. So it pays when a call has many token
+positions per run (an encoder pass, a training step), not in a decoding step (one token
+per row), where the fold would cost more than the update: ``plans.choose_route`` decides.
+
+The adapter gradients need ``h = x @ A[:r].T``, which the forward no longer makes: the
+backward makes it again from the saved ``x`` (rows x positions x r multiply-adds), so
+nothing beyond ``x`` is saved, and the folded weights are made again too (no weight-sized
+tensors held between forward and backward).
+
+Rows must come in few runs of equal rank (a batch sorted by ``rank_sort_order``); the
+runs include rank 0 (the base weight itself). The folded weight is rounded once to the
+layer's dtype (``addmm`` accumulates in float32), as a merged checkpoint is. In bf16 that
+rounding (a unit in the last place of the base weight) could swallow a small update, but
+the unmerged paths round their output, ``base(x) + update``, to the same grid, which loses
+as much of it: measured on a 768-wide bf16 layer, the share of the update lost was the
+same to three digits folded and unfolded, from updates of 0.1 % of the output to 28 %
+(tests/lora/test_fold.py checks it).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+Run = tuple[int, int, int]  # (first row, last row + 1, rank)
+
+
+def fold_weight(
+    weight: torch.Tensor, A: torch.Tensor, B: torch.Tensor, rank: int, scale: float
+) -> torch.Tensor:
+    """``weight + scale * B[:, :rank] @ A[:rank]`` [out, in]; the weight itself at rank 0."""
+    if rank == 0:
+        return weight
+    return torch.addmm(weight, B[:, :rank], A[:rank], alpha=scale)
+
+
+def folded_forward(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    runs: list[Run],
+    scales: list[float],
+) -> torch.Tensor:
+    """``x`` [N, *, in] through ``W_r`` per run of rows (``runs`` cover rows 0..N-1 in
+    order) -> [N, *, out]. One run: one ``F.linear``; several: one GEMM per run, written
+    into its rows of the output (no gather, no scatter, no concatenation)."""
+    if len(runs) == 1:
+        r = runs[0][2]
+        return F.linear(x, fold_weight(weight, A, B, r, scales[r]), bias)
+    n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
+    x3 = x.reshape(n, -1, d_in)
+    out = x.new_empty(*x.shape[:-1], d_out)
+    o3 = out.view(n, -1, d_out)
+    for start, end, r in runs:
+        w = fold_weight(weight, A, B, r, scales[r])
+        xs = x3[start:end].reshape(-1, d_in)
+        os = o3[start:end].view(-1, d_out)
+        if bias is None:
+            torch.mm(xs, w.T, out=os)
+        else:
+            torch.addmm(bias, xs, w.T, out=os)
+    return out
+
+
+class _FoldedLinear(torch.autograd.Function):
+    """``folded_forward`` as one autograd node; saves ``x`` (and the weights it already
+    holds) only.
+
+    Gradients: ``grad_x`` per run through its folded weight (the base layer's cost); the
+    adapter gradients as one block over the rows with a rank (``block``: first row, last
+    row + 1, top rank), where ``mask`` [N, top] carries each row's scale and zeroes the
+    components above its rank (``plans.rank_mask``), so ``grad_B[:, :top] = g^T (x A^T ⊙
+    mask)`` and ``grad_A[:top] = ((g B) ⊙ mask)^T x`` are two large GEMMs however many
+    runs there are (per-run GEMMs as narrow as the rank measured slower); ``mask`` None:
+    one rank, its scale ``block_scale``. Components above a row's rank get nothing from it.
+    """
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, A, B, mask, runs, scales, block):  # type: ignore[override]
+        ctx.runs, ctx.scales, ctx.block, ctx.has_bias = runs, scales, block, bias is not None
+        ctx.save_for_backward(x, weight, A, B, mask)
+        return folded_forward(x, weight, bias, A, B, runs, scales)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # type: ignore[override]
+        x, weight, A, B, mask = ctx.saved_tensors
+        need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
+        n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
+        g2 = grad_out.reshape(-1, d_out)
+        g3 = g2.view(n, -1, d_out)
+        x3 = x.reshape(n, -1, d_in)
+        grad_x = None
+        if need_x:
+            if len(ctx.runs) == 1:
+                r = ctx.runs[0][2]
+                grad_x = (g2 @ fold_weight(weight, A, B, r, ctx.scales[r])).view(x.shape)
+            else:
+                grad_x = x.new_empty(x.shape)
+                gx3 = grad_x.view(n, -1, d_in)
+                for start, end, r in ctx.runs:
+                    w = fold_weight(weight, A, B, r, ctx.scales[r])
+                    torch.mm(g3[start:end].reshape(-1, d_out), w, out=gx3[start:end].view(-1, d_in))
+        grad_a = grad_bb = None
+        start, end, top = ctx.block
+        r_max = A.shape[0]
+        if (need_a or need_bb) and top > 0:
+            xs = x3[start:end].reshape(-1, d_in)
+            gs = g3[start:end].reshape(-1, d_out)
+
+            def scaled(t: torch.Tensor) -> torch.Tensor:  # [rows x positions, top]
+                if mask is None:
+                    return t.mul_(ctx.scales[top])
+                return (t.view(end - start, -1, top) * mask[start:end, None, :top]).view(-1, top)
+
+            if need_bb:
+                h = scaled(xs @ A[:top].T)  # made again from x (not saved)
+                grad_bb = F.pad(gs.T @ h, (0, r_max - top))
+            if need_a:
+                gh = scaled(gs @ B[:, :top])
+                grad_a = F.pad(gh.T @ xs, (0, 0, 0, r_max - top))
+        if need_a and grad_a is None:  # every row at rank 0: zero gradients (DDP keeps step)
+            grad_a = torch.zeros_like(A)
+        if need_bb and grad_bb is None:
+            grad_bb = torch.zeros_like(B)
+        grad_w = g2.T @ x.reshape(-1, d_in) if need_w else None
+        grad_b = g2.sum(0) if (need_b and ctx.has_bias) else None
+        return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
+
+
+def folded_linear(
+    x: torch.Tensor,
+    base: torch.nn.Linear,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    runs: list[Run],
+    scales: list[float],
+    mask: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``base(x)`` plus each row's update, folded per run (see the module docstring).
+
+    ``x`` [N, *, in]; ``runs`` ``(start, end, rank)`` cover rows 0..N-1 in order; ``scales[r]``
+    is scale(r); ``mask`` [N, top] the batch's scaled rank mask (``RankPlan.mask``), needed
+    for the gradients when the rows have more than one rank > 0. Requires
+    ``kernels.fused_supported`` (one dtype, eager, no autocast). Without autograd
+    (inference) the same ops run without the node.
+    """
+    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, base.weight, A, B))):
+        return folded_forward(x, base.weight, base.bias, A, B, runs, scales)
+    active = [(s, e, r) for s, e, r in runs if r > 0]
+    if not active:
+        block = (0, 0, 0)
+    else:
+        block = (active[0][0], active[-1][1], max(r for _, _, r in active))
+    if len({r for _, _, r in active}) <= 1:
+        mask = None  # one rank: its scale is a number
+    elif mask is None:
+        raise ValueError("folded_linear: rows at several ranks need the batch's rank mask")
+    return _FoldedLinear.apply(x, base.weight, base.bias, A, B, mask, runs, scales, block)
