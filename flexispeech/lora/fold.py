@@ -9,9 +9,13 @@ those memory passes, not the rank's FLOPs, set the adapter's cost, which is why 
 rank did not cost less there (benchmarks/RESULTS.md, "one layer at one rank"). Folding
 costs one small GEMM per run instead (``d_out x d_in x r`` multiply-adds and one pass
 over a weight-sized tensor, in proportion to the rank), after which the forward and the
-input gradient cost what the base layer's cost. So it pays when a call has many token
-positions per run (an encoder pass, a training step), not in a decoding step (one token
-per row), where the fold would cost more than the update: ``plans.choose_route`` decides.
+input gradient cost what the base layer's do. So it pays when a call has many token
+positions (an encoder pass, a training step), not in a decoding step (one token per row),
+where the fold would cost more than the update; and ``auto`` (``plans.choose_route``)
+takes it for a batch at one rank only: on an H200, inference at one rank came to
+1.04-1.07x the base model (the unfolded node 1.20-1.33x), while mixed ranks folded run by
+run were slower than one masked block (twice the launches of a host-bound eager step;
+benchmarks/RESULTS.md, round 6).
 
 The adapter gradients need ``h = x @ A[:r].T``, which the forward no longer makes: the
 backward makes it again from the saved ``x`` (rows x positions x r multiply-adds), so
