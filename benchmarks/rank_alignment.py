@@ -29,7 +29,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from flexispeech.lora.fold import _FoldedLinear, folded_forward
+from flexispeech.lora.fold import _FoldedLinear, adapter_block, folded_forward
 from flexispeech.lora.kernels import _FlexiLinear, fused_forward
 from flexispeech.lora.plans import make_plan, rank_mask
 
@@ -100,8 +100,7 @@ def variants(
     table = scales.tolist()
 
     def fold_train(runs, mask=None) -> Callable[[], None]:
-        active = [run for run in runs if run[2] > 0]
-        block = (active[0][0], active[-1][1], max(r for _, _, r in active))
+        block = adapter_block(runs)
 
         def step() -> None:
             _FoldedLinear.apply(x, w, b, A, B, mask, runs, table, block).backward(grad)

@@ -361,16 +361,13 @@ def main() -> None:
                 tail = lines[-80:] if stalled else lines[-5:]  # with the stack dump
                 print(f"server log: {len(lines)} lines; the last ones:", *tail, sep="\n", file=sys.stderr)
     audio_s = samples.size / 16000
+    model_name = f"random {args.random_shape}" if args.random_shape else args.model
+    adapter = f", adapter {Path(args.adapter).name}" if args.adapter else ""
+    if args.adapter and args.rank is not None:
+        adapter += f" at rank {args.rank}"
     print(
-        f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, model "
-        f"{('random ' + args.random_shape) if args.random_shape else args.model} on {args.device}"
-        + (
-            f", adapter {Path(args.adapter).name}"
-            + (f" at rank {args.rank}" if args.rank is not None else "")
-            if args.adapter
-            else ""
-        )
-        + "\n"
+        f"\n{audio_s:.1f} s recording per client, chunk {args.chunk:g} s, "
+        f"model {model_name} on {args.device}{adapter}\n"
     )
     print(
         "| clients | updates | lag p50 (s) | lag p90 (s) | first word (s) | WER per stream (%) | mean rank | mean batch "

@@ -37,6 +37,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from flexispeech.lora.kernels import scale_block
+
 Run = tuple[int, int, int]  # (first row, last row + 1, rank)
 
 
@@ -89,7 +91,8 @@ class _FoldedLinear(torch.autograd.Function):
     components above its rank (``plans.rank_mask``), so ``grad_B[:, :top] = g^T (x A^T ⊙
     mask)`` and ``grad_A[:top] = ((g B) ⊙ mask)^T x`` are two large GEMMs however many
     runs there are (per-run GEMMs as narrow as the rank measured slower); ``mask`` None:
-    one rank, its scale ``block_scale``. Components above a row's rank get nothing from it.
+    the rows with a rank all have the top rank, and its scale ``scales[top]`` serves.
+    Components above a row's rank get nothing from it.
     """
 
     @staticmethod
@@ -123,17 +126,12 @@ class _FoldedLinear(torch.autograd.Function):
         if (need_a or need_bb) and top > 0:
             xs = x3[start:end].reshape(-1, d_in)
             gs = g3[start:end].reshape(-1, d_out)
-
-            def scaled(t: torch.Tensor) -> torch.Tensor:  # [rows x positions, top]
-                if mask is None:
-                    return t.mul_(ctx.scales[top])
-                return (t.view(end - start, -1, top) * mask[start:end, None, :top]).view(-1, top)
-
+            scale = ctx.scales[top] if mask is None else None
             if need_bb:
-                h = scaled(xs @ A[:top].T)  # made again from x (not saved)
+                h = scale_block(xs @ A[:top].T, start, end, top, scale, mask)  # made again from x
                 grad_bb = F.pad(gs.T @ h, (0, r_max - top))
             if need_a:
-                gh = scaled(gs @ B[:, :top])
+                gh = scale_block(gs @ B[:, :top], start, end, top, scale, mask)
                 grad_a = F.pad(gh.T @ xs, (0, 0, 0, r_max - top))
         if need_a and grad_a is None:  # every row at rank 0: zero gradients (DDP keeps step)
             grad_a = torch.zeros_like(A)
@@ -142,6 +140,15 @@ class _FoldedLinear(torch.autograd.Function):
         grad_w = g2.T @ x.reshape(-1, d_in) if need_w else None
         grad_b = g2.sum(0) if (need_b and ctx.has_bias) else None
         return grad_x, grad_w, grad_b, grad_a, grad_bb, None, None, None, None
+
+
+def adapter_block(runs: list[Run]) -> Run:
+    """The rows that carry an adapter gradient, ``(first, last + 1, top rank)`` over the
+    runs with a rank > 0; ``(0, 0, 0)`` when every run is at rank 0."""
+    active = [run for run in runs if run[2] > 0]
+    if not active:
+        return (0, 0, 0)
+    return (active[0][0], active[-1][1], max(r for _, _, r in active))
 
 
 def folded_linear(
@@ -163,13 +170,8 @@ def folded_linear(
     """
     if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, base.weight, A, B))):
         return folded_forward(x, base.weight, base.bias, A, B, runs, scales)
-    active = [(s, e, r) for s, e, r in runs if r > 0]
-    if not active:
-        block = (0, 0, 0)
-    else:
-        block = (active[0][0], active[-1][1], max(r for _, _, r in active))
-    if len({r for _, _, r in active}) <= 1:
+    if len({r for _, _, r in runs if r > 0}) <= 1:
         mask = None  # one rank: its scale is a number
     elif mask is None:
         raise ValueError("folded_linear: rows at several ranks need the batch's rank mask")
-    return _FoldedLinear.apply(x, base.weight, base.bias, A, B, mask, runs, scales, block)
+    return _FoldedLinear.apply(x, base.weight, base.bias, A, B, mask, runs, scales, adapter_block(runs))

@@ -43,6 +43,18 @@ import torch.nn.functional as F
 from flexispeech.lora.plans import RankPlan, Route, expand_ranks, rank_mask
 
 
+def scale_block(
+    t: torch.Tensor, start: int, end: int, r: int, scale: float | None, mask: torch.Tensor
+) -> torch.Tensor:
+    """The block of rows ``start:end`` [(end - start) x positions, r] (``x @ A[:r].T``, or
+    its gradient twin ``g @ B[:, :r]``) times each row's scale: ``scale`` in place, or with
+    ``scale`` None the rows' ``mask[start:end, :r]`` (which also zeroes the components at
+    or above each row's rank)."""
+    if scale is None:
+        return (t.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
+    return t.mul_(scale)
+
+
 def fused_forward(
     x: torch.Tensor,
     weight: torch.Tensor,
@@ -62,11 +74,7 @@ def fused_forward(
     hs = []
     for start, end, r, scale in blocks:
         xs = x3[start:end].reshape(-1, d_in)
-        h = xs @ A[:r].T
-        if scale is None:
-            h = (h.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
-        else:
-            h.mul_(scale)
+        h = scale_block(xs @ A[:r].T, start, end, r, scale, mask)
         # C += h @ B^T inside the GEMM: no delta tensor, no separate add.
         o3[start:end].view(-1, d_out).addmm_(h, B[:, :r].T)
         hs.append(h)
@@ -120,11 +128,7 @@ class _FlexiLinear(torch.autograd.Function):
                     grad_bt[:r].addmm_(h.T, gs)
             if not (need_a or need_x):
                 continue
-            gh = gs @ B[:, :r]
-            if scale is None:
-                gh = (gh.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
-            else:
-                gh.mul_(scale)
+            gh = scale_block(gs @ B[:, :r], start, end, r, scale, mask)
             if need_a:
                 if single:
                     grad_a = gh.T @ x3[start:end].reshape(-1, d_in)
