@@ -169,16 +169,18 @@ case "$profile" in
        # Flexi run measured (RESULTS.md, fourth lease); it is the Flexi half of the decisive pair
        runs_flexi="flexi_benefit_nscale flexi_threshold flexi_learned flexi_embedding flexi_nested"
        # runs only when --runs names them: flexi_benefit (the standard scale alpha/r) and
-       # flexi_benefit_full measured worse (RESULTS.md); not yet trained: flexi_benefit_nscale_dec
-       # and _enc (adapters on the decoder or the encoder only: switching a trained adapter's
-       # encoder part off removed most of its harm on real speech), and the telephone-line
-       # pair (30 % of training utterances through an 8 kHz G.711 line; run it as
-       # --decisive "static_r16_tel flexi_benefit_nscale_tel" for its seeds)
+       # flexi_benefit_full measured worse (RESULTS.md); the telephone-line pair (30 % of
+       # training utterances through an 8 kHz G.711 line) won on the test split and did not
+       # help real speech (twelfth lease); not yet trained: the decoder-only pair
+       # static_r16_dec / flexi_benefit_nscale_dec and flexi_benefit_nscale_enc (adapters on
+       # the decoder or the encoder only: switching a trained adapter's encoder part off
+       # removed most of its harm on real speech). Run a pair for its seeds as, e.g.,
+       # --decisive "static_r16_dec flexi_benefit_nscale_dec".
        runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel"
-       runs_static_extra="static_r16_tel"
+       runs_static_extra="static_r16_tel static_r16_dec"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
-       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel" ;;
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel static_r16_dec" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}

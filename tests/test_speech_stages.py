@@ -428,6 +428,55 @@ def test_a_telephone_run_is_its_parent_with_the_line_on(run: str, parent: str) -
     assert tel == base
 
 
+DECODER_ONLY = load_config(RECIPES / "synthetic" / "conf" / "flexi_benefit_nscale_dec.yaml").adapter.target_modules
+
+
+@pytest.mark.parametrize(
+    "run, parent", [("static_r16_dec", "static_r16"), ("flexi_benefit_nscale_dec", "flexi_benefit_nscale")]
+)
+def test_a_decoder_only_run_is_its_parent_on_the_decoder(run: str, parent: str) -> None:
+    """The two halves of the decoder-only pair differ from their parents in the adapted
+    modules alone, and on the same ones: static and Flexi LoRA on the same decoder projections."""
+    conf = RECIPES / "synthetic" / "conf"
+    dec, base = to_dict(load_config(conf / f"{run}.yaml")), to_dict(load_config(conf / f"{parent}.yaml"))
+    assert dec["adapter"].pop("target_modules") == DECODER_ONLY and base["adapter"].pop("target_modules") is None
+    assert dec["model"].pop("cache_encoder_layers") == 0
+    base["model"].pop("cache_encoder_layers")
+    for d in (dec, base):
+        d.pop("name"), d.pop("output_dir")
+    assert dec == base
+
+
+def test_the_decoder_only_pair_runs_when_named(tmp_path: Path) -> None:
+    """static_r16_dec and flexi_benefit_nscale_dec are off the default list; named, static
+    trains as static (no calibration), Flexi is calibrated, both are gated, and stage 7 pairs
+    the Flexi run with the static run on the same modules."""
+    calls = run_stages(
+        tmp_path,
+        "gpu",
+        "--jobs",
+        "1",
+        "--seeds",
+        "0",
+        "--stop-stage",
+        "7",
+        "--decisive",
+        "static_r16_dec flexi_benefit_nscale_dec",
+        "--runs",
+        "static_r16_dec flexi_benefit_nscale_dec",
+    )
+    trained = sorted(c[c.index("--config") + 1].rsplit("/", 1)[1] for c in calls if c[0] == "train")
+    assert trained == ["flexi_benefit_nscale_dec.yaml", "static_r16_dec.yaml"]
+    calibrated = [c[1].split("exp/", 1)[1] for c in calls if c[0] == "calibrate"]
+    assert calibrated == ["flexi_benefit_nscale_dec/adapter"]
+    gated = sorted(c[c.index("--out") + 1].split("exp/", 1)[1] for c in calls if c[0] == "gate")
+    assert gated == ["flexi_benefit_nscale_dec_gated/adapter", "static_r16_dec_gated/adapter"]
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    baselines = {compare[i + 1] for i, a in enumerate(compare) if a == "--baseline"}
+    assert {"static_r16_dec", "static_r16_dec_gated"} <= baselines
+    assert "flexi_benefit_nscale_dec" not in baselines
+
+
 def test_the_telephone_pair_runs_when_named_with_its_seeds(tmp_path: Path) -> None:
     """static_r16_tel and flexi_benefit_nscale_tel are off the default list; named as the
     decisive pair they train from their own configs (the telephone line on top of the
