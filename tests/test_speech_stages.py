@@ -428,7 +428,9 @@ def test_a_telephone_run_is_its_parent_with_the_line_on(run: str, parent: str) -
     assert tel == base
 
 
-DECODER_ONLY = load_config(RECIPES / "synthetic" / "conf" / "flexi_benefit_nscale_dec.yaml").adapter.target_modules
+DECODER_ONLY = load_config(
+    RECIPES / "synthetic" / "conf" / "flexi_benefit_nscale_dec.yaml"
+).adapter.target_modules
 
 
 @pytest.mark.parametrize(
@@ -439,7 +441,9 @@ def test_a_decoder_only_run_is_its_parent_on_the_decoder(run: str, parent: str) 
     modules alone, and on the same ones: static and Flexi LoRA on the same decoder projections."""
     conf = RECIPES / "synthetic" / "conf"
     dec, base = to_dict(load_config(conf / f"{run}.yaml")), to_dict(load_config(conf / f"{parent}.yaml"))
-    assert dec["adapter"].pop("target_modules") == DECODER_ONLY and base["adapter"].pop("target_modules") is None
+    assert (
+        dec["adapter"].pop("target_modules") == DECODER_ONLY and base["adapter"].pop("target_modules") is None
+    )
     assert dec["model"].pop("cache_encoder_layers") == 0
     base["model"].pop("cache_encoder_layers")
     for d in (dec, base):
