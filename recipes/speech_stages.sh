@@ -8,6 +8,7 @@
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_benefit_nscale"]
 #       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
 #       [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2 4"] [--strengths "0.5"] [--consensus "2 4 8 16"]
+#       [--real-examples N|all]
 #
 # --runs trains and evaluates only these runs, in this order (default: the profile's list);
 # --device overrides the profile's device (gpu: cuda, cpu: cpu), e.g. to rehearse the gpu
@@ -27,6 +28,8 @@
 # --strengths "S ..." also evaluates every static and Flexi run (and its seed repetitions)
 # at strength S (`flexispeech scale`: every rank's scale times S, part of the way back to
 # the base model), served by its own router, as <name>_s<S>; default: none.
+# --real-examples N|all: how many real recordings (--real) each model is scored on, a seeded
+# sample (default: 40 on the cpu profile, all on the gpu one).
 # --consensus "R ..." also evaluates every Flexi run (behind its gate when --gated names it)
 # with the consensus of those ranks (`eval --consensus-ranks`: each utterance the router
 # sends to an adapter rank decoded at every one of them, the transcript closest to the
@@ -77,6 +80,7 @@ fixed_ranks=""
 fixed_given=0
 strengths=""
 consensus=""
+real_examples=""
 
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -100,6 +104,7 @@ while [ $# -gt 0 ]; do
     --fixed-ranks) fixed_ranks=$2; fixed_given=1; shift 2 ;;
     --strengths) strengths=$2; shift 2 ;;
     --consensus) consensus=$2; shift 2 ;;
+    --real-examples) real_examples=$2; shift 2 ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
     *) echo "speech_stages.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
@@ -118,7 +123,10 @@ case "$profile" in
   # Real speech: a seeded sample of 40 recordings (the whole split on a GPU), the adapters at
   # their own window only (the base at both): on 2 cores every 30-s decoding of the sample
   # costs about 40 s, and the demo has 20 minutes.
-  cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40); fallback_args=(); gate_args=() ;;
+  cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40); fallback_args=(); gate_args=()
+       # runs only when --runs names it: static r16 with the distillation term towards the
+       # base model (train.keep_base), e.g. --runs "static_r16 static_r16_keep" --real-examples all
+       runs_static_extra="static_r16_keep" ;;
   # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
   # on-the-fly augmentation (off in the *_noaug ablation). Up to 1,500 steps (at 500 every
   # run's validation loss was still falling). Every 100 steps 1,024 validation rows are
@@ -176,14 +184,22 @@ case "$profile" in
        # the decoder or the encoder only: switching a trained adapter's encoder part off
        # removed most of its harm on real speech). Run a pair for its seeds as, e.g.,
        # --decisive "static_r16_dec flexi_benefit_nscale_dec".
-       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel"
-       runs_static_extra="static_r16_tel static_r16_dec"
+       # The keep-base pair (static_r16_keep / flexi_benefit_nscale_keep: a distillation term
+       # towards the base model's predictions, train.keep_base) is not yet trained on a GPU.
+       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel flexi_benefit_nscale_keep"
+       runs_static_extra="static_r16_tel static_r16_dec static_r16_keep"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
-       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel static_r16_dec" ;;
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel static_r16_dec static_r16_keep flexi_benefit_nscale_keep" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}
+case "$real_examples" in
+  '') ;;
+  all) real_args=() ;;
+  *[!0-9]*|0) echo "speech_stages.sh: --real-examples must be a positive number or all, got '$real_examples'" >&2; exit 2 ;;
+  *) real_args=(--max-examples "$real_examples") ;;
+esac
 for r in $fixed_ranks; do
   case "$r" in ''|*[!0-9]*|0) echo "speech_stages.sh: --fixed-ranks must be ranks > 0, got '$fixed_ranks'" >&2; exit 2 ;; esac
 done

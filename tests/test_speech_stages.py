@@ -711,3 +711,49 @@ def test_consensus_evaluates_each_flexi_run_behind_its_gate(tmp_path: Path) -> N
     bad, calls = _refused(tmp_path / "one", "--consensus", "4")
     assert bad.returncode == 2 and "--consensus needs two or more ranks" in bad.stderr
     assert not calls.exists()
+
+
+@pytest.mark.parametrize(
+    "run, parent", [("static_r16_keep", "static_r16"), ("flexi_benefit_nscale_keep", "flexi_benefit_nscale")]
+)
+def test_a_keep_base_run_is_its_parent_with_the_term_on(run: str, parent: str) -> None:
+    conf = RECIPES / "synthetic" / "conf"
+    keep, base = to_dict(load_config(conf / f"{run}.yaml")), to_dict(load_config(conf / f"{parent}.yaml"))
+    assert keep["train"].pop("keep_base")["weight"] > 0 and base["train"].pop("keep_base")["weight"] == 0
+    for d in (keep, base):
+        d.pop("name"), d.pop("output_dir")
+    assert keep == base
+
+
+def test_the_cpu_profile_trains_the_keep_run_when_named_on_every_real_recording(tmp_path: Path) -> None:
+    """static_r16_keep is off the cpu profile's default list; named, it trains as a static run
+    and is paired against static r16; --real-examples all scores every real recording,
+    N a seeded sample of N, anything else is refused."""
+    calls = run_stages(
+        tmp_path,
+        "cpu",
+        "--stage",
+        "3",
+        "--real",
+        "data/real",
+        "--runs",
+        "static_r16 static_r16_keep",
+        "--real-examples",
+        "all",
+    )
+    trained = [c[c.index("--config") + 1].rsplit("/", 1)[1] for c in calls if c[0] == "train"]
+    assert trained == ["static_r16.yaml", "static_r16_keep.yaml"]
+    evals = _evals(calls)
+    assert {"static_r16_keep/eval_test", "static_r16_keep/eval_real"} <= set(evals)
+    assert not any("--max-examples" in c for c in evals.values())
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert _baselines(compare) == ["base", "static_r16", "static_r16_keep"]
+    for sub in ("default", "n"):
+        (tmp_path / sub).mkdir()
+    default = run_stages(tmp_path / "default", "cpu", "--real", "data/real")
+    assert not any("static_r16_keep" in " ".join(c) for c in default)
+    sample = _evals(run_stages(tmp_path / "n", "cpu", "--real", "data/real", "--real-examples", "100"))
+    assert all(c[c.index("--max-examples") + 1] == "100" for k, c in sample.items() if "eval_real" in k)
+    for bad in ("0", "some"):
+        out, _ = _refused(tmp_path / f"bad{bad}", "--real-examples", bad)
+        assert out.returncode == 2 and "--real-examples must be a positive number or all" in out.stderr

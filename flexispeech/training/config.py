@@ -150,6 +150,25 @@ class NestedConfig:
 
 
 @dataclass
+class KeepBaseConfig:
+    """Distillation towards the base model: each training token also pays the KL divergence
+    from the base model's next-token distribution to the adapted one, so the adapter keeps
+    what the base model already does well (``flexispeech.training.keep_base``)."""
+
+    weight: float = 0.0
+    """Weight of the KL term: loss = CE + weight * KL; 0 turns it off."""
+    tokens: str = "all"
+    """all: every label token pays it | base_correct: only tokens the base model already
+    predicts right (its argmax is the label)."""
+
+    def __post_init__(self) -> None:
+        if self.weight < 0:
+            raise ConfigError(f"train.keep_base.weight: expected 0 or a positive weight, got {self.weight}")
+        if self.tokens not in ("all", "base_correct"):
+            raise ConfigError(f"train.keep_base.tokens: expected all or base_correct, got {self.tokens!r}")
+
+
+@dataclass
 class TrainConfig:
     batch_size: int = 8
     grad_accum: int = 1
@@ -186,6 +205,8 @@ class TrainConfig:
     false: in the workers, on their CPUs. Augmented batches are always featurised there."""
     nested: NestedConfig = field(default_factory=NestedConfig)
     """Nested-rank training: each example also trains at a sampled rank (off by default)."""
+    keep_base: KeepBaseConfig = field(default_factory=KeepBaseConfig)
+    """Distillation towards the base model's predictions (off by default)."""
 
 
 @dataclass

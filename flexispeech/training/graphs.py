@@ -47,6 +47,7 @@ def why_not_graphed(
     mixed_precision: str,
     enabled: bool,
     nested_prob: float = 0.0,
+    keep_base_weight: float = 0.0,
 ) -> str | None:
     """Why the training step cannot be captured here, or None when it can."""
     if not enabled:
@@ -55,6 +56,10 @@ def why_not_graphed(
         # The graph replays the routed ranks' forward + backward only; the nested loss adds
         # rows at sampled ranks inside the loss step, which a replay would skip.
         return "train.nested is on (its extra rows are built in the loss step)"
+    if keep_base_weight > 0:
+        # The base model's pass runs with the adapters switched off inside the loss step;
+        # the captured step replays the adapted forward + backward only.
+        return "train.keep_base is on (its base-model pass runs inside the loss step)"
     if device.type != "cuda":
         return f"the device is {device.type}, not cuda"
     if processes > 1:
@@ -180,6 +185,7 @@ def graphed_steps(
         train_cfg.mixed_precision,
         getattr(train_cfg, "cuda_graphs", True),
         getattr(getattr(train_cfg, "nested", None), "prob", 0.0),
+        getattr(getattr(train_cfg, "keep_base", None), "weight", 0.0),
     )
     if reason is not None:
         log(f"training step: eager ({reason})")

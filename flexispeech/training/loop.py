@@ -49,6 +49,7 @@ from flexispeech.training.early_stopping import (
     validation_entry,
 )
 from flexispeech.training.graphs import graphed_steps
+from flexispeech.training.keep_base import KeepBaseInputs
 from flexispeech.training.nested import check_nested, nested_generator, nested_loss
 from flexispeech.training.rank_losses import RankLosses, capture_row_losses
 from flexispeech.training.routing import build_routers
@@ -142,6 +143,12 @@ class Trainer:
             cfg.train.features_on_device,
         )
         self.inputs = self._train_inputs(model)
+        # The training loss; with train.keep_base, plus the KL term towards the base model
+        # (validation keeps the plain loss: the runs' validation losses stay comparable).
+        self.loss_inputs: TrainInputs = self.inputs
+        if cfg.train.keep_base.weight > 0:
+            self.loss_inputs = KeepBaseInputs(self.inputs, cfg.train.keep_base)
+        self.kl_terms: list[torch.Tensor] = []
         self.validator = self._validator()
         self.train_rank_losses = RankLosses()
         self.stopped = "max_steps"
@@ -285,9 +292,9 @@ class Trainer:
                 self.cfg.seed, self.state.epoch, self.state.batch_in_epoch, self.accelerator.process_index
             )
             return nested_loss(
-                self.inputs, self.model, inputs, batch.ranks, self.cfg.adapter.ranks, nested, generator
+                self.loss_inputs, self.model, inputs, batch.ranks, self.cfg.adapter.ranks, nested, generator
             )
-        return self.inputs.loss(self.model, inputs)
+        return self.loss_inputs.loss(self.model, inputs)
 
     def train(self) -> Path:
         """Run to ``train.max_steps``; returns the directory of the final adapter."""
@@ -329,6 +336,8 @@ class Trainer:
                     loss = self._loss_step(batch) / accum
                     accelerator.backward(loss)
                 self.train_rank_losses.add(batch.ranks, captured)
+                if isinstance(self.loss_inputs, KeepBaseInputs) and self.loss_inputs.last_kl is not None:
+                    self.kl_terms.append(self.loss_inputs.last_kl)
             self.losses.append(loss.detach() * accum)
             state.examples_seen += planned.n_global
             throughput.examples += planned.n_global
@@ -373,9 +382,12 @@ class Trainer:
             by_rank = self.train_rank_losses.mean_by_rank()
             if by_rank:  # token-mean loss of each rank's rows since the last line
                 entry["loss_by_rank"] = by_rank
+            if self.kl_terms:  # train.keep_base: the mean KL term since the last line
+                entry["keep_base_kl"] = round(float(torch.stack(self.kl_terms).float().mean()), 5)
             with (self.out / "train_log.jsonl").open("a") as f:
                 f.write(json.dumps(entry) + "\n")
         self.losses.clear()
+        self.kl_terms.clear()
         self.train_rank_losses.mean_by_rank(reset=True)
 
     def _save_checkpoint(self, elapsed_s: float) -> None:

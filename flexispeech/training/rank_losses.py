@@ -17,12 +17,27 @@ the overall loss only.
 from __future__ import annotations
 
 import contextlib
+import threading
 from collections import defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
+
+_PAUSED = threading.local()
+
+
+@contextlib.contextmanager
+def no_row_capture() -> Iterator[None]:
+    """Forward passes inside the block are not captured by :func:`capture_row_losses`
+    (an auxiliary pass, e.g. the base model's in ``training.keep_base``)."""
+    previous = getattr(_PAUSED, "on", False)
+    _PAUSED.on = True
+    try:
+        yield
+    finally:
+        _PAUSED.on = previous
 
 
 @contextlib.contextmanager
@@ -32,6 +47,8 @@ def capture_row_losses(model: nn.Module) -> Iterator[list[tuple[torch.Tensor, to
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
+        if getattr(_PAUSED, "on", False):
+            return
         labels, logits = kwargs.get("labels"), getattr(output, "logits", None)
         if labels is None or logits is None or logits.dim() != 3 or logits.shape[:2] != labels.shape:
             return

@@ -8,6 +8,7 @@
 #                                            default: data/real from `flexispeech prepare realspeech`)
 #                            [--runs "static_r16 flexi_nested"] [--device cuda|cpu] [--jobs N]
 #                            [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2"] [--strengths "0.5"] [--consensus "2 4 8 16"]
+#                            [--real-examples N|all]
 #                                           (see speech_stages.sh)
 #
 # --profile gpu is the full study on one GPU: the gpu corpus size (28,000 utterances, 4,480
@@ -50,8 +51,8 @@ while [ $# -gt 0 ]; do
     --model) model=$2; pass+=("$1" "$2"); shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --real) real_given=1; pass+=("$1" "$2"); shift 2 ;;
-    --steps|--decisive|--runs|--device|--jobs|--gated|--fixed-ranks|--strengths|--consensus) pass+=("$1" "$2"); shift 2 ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    --steps|--decisive|--runs|--device|--jobs|--gated|--fixed-ranks|--strengths|--consensus|--real-examples) pass+=("$1" "$2"); shift 2 ;;
+    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done

@@ -24,6 +24,7 @@ def test_graphs_are_taken_only_where_safe() -> None:
     assert "grad_accum=4" in why_not_graphed(cuda, 1, 4, "no", True)
     assert "bf16" in why_not_graphed(cuda, 1, 1, "bf16", True)
     assert "nested" in why_not_graphed(cuda, 1, 1, "no", True, nested_prob=0.5)
+    assert "keep_base" in why_not_graphed(cuda, 1, 1, "no", True, keep_base_weight=0.1)
 
 
 def test_label_buckets() -> None:
