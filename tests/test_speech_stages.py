@@ -757,3 +757,24 @@ def test_the_cpu_profile_trains_the_keep_run_when_named_on_every_real_recording(
     for bad in ("0", "some"):
         out, _ = _refused(tmp_path / f"bad{bad}", "--real-examples", bad)
         assert out.returncode == 2 and "--real-examples must be a positive number or all" in out.stderr
+
+
+def test_real_30s_scores_the_cpu_profiles_adapters_on_real_speech_at_the_full_window(tmp_path: Path) -> None:
+    """The cpu profile scores adapters on real speech at their own 10-s window only, unless
+    --real-30s asks for the 30-s window too (the base model gets both either way); the
+    30-s scores are what stage 7 pairs an adapter with the base on."""
+    (tmp_path / "off").mkdir()
+    off = _evals(run_stages(tmp_path / "off", "cpu", "--real", "data/real", "--runs", "static_r16"))
+    assert {"base/eval_real", "base/eval_real_30s", "static_r16/eval_real"} <= set(off)
+    assert "static_r16/eval_real_30s" not in off
+    (tmp_path / "on").mkdir()
+    calls = run_stages(
+        tmp_path / "on", "cpu", "--real", "data/real", "--runs", "static_r16 static_r16_keep", "--real-30s"
+    )
+    evals = _evals(calls)
+    for r in ("static_r16", "static_r16_keep"):
+        c = evals[f"{r}/eval_real_30s"]
+        assert c[c.index("--audio-ctx") + 1] == "1500" and c[c.index("--data") + 1] == "data/real"
+        assert c[c.index("--adapter") + 1].endswith(f"{r}/adapter")
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert any(a.endswith("static_r16_keep/eval_real_30s") for a in compare)

@@ -277,6 +277,9 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint is str and value is False and key.endswith("mixed_precision"):
+        # YAML 1.1 (PyYAML) reads a bare `no`, accelerate's name for full precision, as false.
+        return "no"
     if hint in (int, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ConfigError(f"{key}: expected {hint.__name__}, got {value!r}")

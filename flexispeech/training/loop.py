@@ -94,6 +94,7 @@ class Trainer:
             )
         check_augment(cfg.augment, cfg.model.family, cfg.model.cache_encoder_layers)
         cfg.train.early_stopping.check(cfg.train.eval_every)
+        _allow_new_precision(cfg.train.mixed_precision)
         # Rows at rank 0 leave adapter parameters unused in some steps: DDP must allow that.
         self.accelerator = Accelerator(
             mixed_precision=cfg.train.mixed_precision,
@@ -436,6 +437,21 @@ class Trainer:
     def _kept(self) -> dict[str, Any]:
         """Which step's adapter the run keeps, and why."""
         return kept_step(self.state, self.cfg.train.early_stopping, self.validator is not None)
+
+
+def _allow_new_precision(mixed_precision: str) -> None:
+    """Let a second run in the same process train at another precision.
+
+    accelerate keeps one process-wide state and refuses an ``Accelerator`` whose
+    mixed_precision differs from the first one's (two ``train`` calls in one notebook or
+    script, one in bf16). In a single process nothing else holds that state, so it is
+    cleared; under a distributed launch it is left alone (the launcher set it up).
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:

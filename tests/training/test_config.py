@@ -108,3 +108,14 @@ def test_adapter_values_are_checked_when_the_config_loads(tmp_path) -> None:
         load_config(None, ["adapter.ranks=[8, 4]"])
     with pytest.raises(ConfigError, match=r"unknown key 'adapter.lora_alpha'"):
         load_config(None, ["adapter.lora_alpha=8"])
+
+
+def test_a_bare_no_is_full_precision(tmp_path) -> None:
+    """YAML reads `mixed_precision: no` (accelerate's name) as false: it still means "no";
+    other mistyped strings are still refused."""
+    assert load_config(write(tmp_path, "train:\n  mixed_precision: no\n")).train.mixed_precision == "no"
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    with pytest.raises(ConfigError, match=r"train.mixed_precision: expected str, got True"):
+        load_config(None, ["train.mixed_precision=yes"])
+    with pytest.raises(ConfigError, match=r"train.name|expected str"):
+        load_config(None, ["name=no"])

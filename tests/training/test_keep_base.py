@@ -103,9 +103,12 @@ def test_bad_keep_base_settings_are_config_errors() -> None:
     assert load_config(None, ["train.keep_base.weight=0.5"]).train.keep_base.weight == 0.5
 
 
-def test_a_run_with_the_term_ends_closer_to_the_base(tmp_path, tiny) -> None:
+@pytest.mark.parametrize("precision", ["no", "bf16"])
+def test_a_run_with_the_term_ends_closer_to_the_base(tmp_path, tiny, precision) -> None:
     """The same run with and without train.keep_base: afterwards its adapter's outputs on
-    the training batch are closer to the base model's (smaller KL), and the log has the term."""
+    the training batch are closer to the base model's (smaller KL), and the log has the term.
+    On a GPU machine the runs train on the GPU; bf16 is the gpu profile's precision (eager:
+    no CUDA graphs under autocast), where the teacher pass runs under autocast too."""
     import soundfile as sf
 
     from flexispeech.data.corpus import write_corpus
@@ -149,6 +152,7 @@ def test_a_run_with_the_term_ends_closer_to_the_base(tmp_path, tiny) -> None:
                 "adapter.ranks=[8]",
                 "adapter.target_modules=[q_proj, fc1]",
                 "routing.mode=fixed",
+                f"train.mixed_precision={precision}",
                 *extra,
             ],
         )
