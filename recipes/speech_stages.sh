@@ -132,8 +132,9 @@ case "$profile" in
   # costs about 40 s, and the demo has 20 minutes.
   cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40); fallback_args=(); gate_args=()
        # runs only when --runs names it: static r16 with the distillation term towards the
-       # base model (train.keep_base), e.g. --runs "static_r16 static_r16_keep" --real-examples all
-       runs_static_extra="static_r16_keep" ;;
+       # base model (train.keep_base; static_r16_keep3 at weight 3), e.g.
+       # --runs "static_r16 static_r16_keep" --real-examples all --real-30s
+       runs_static_extra="static_r16_keep static_r16_keep3" ;;
   # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
   # on-the-fly augmentation (off in the *_noaug ablation). Up to 1,500 steps (at 500 every
   # run's validation loss was still falling). Every 100 steps 1,024 validation rows are

@@ -714,7 +714,12 @@ def test_consensus_evaluates_each_flexi_run_behind_its_gate(tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize(
-    "run, parent", [("static_r16_keep", "static_r16"), ("flexi_benefit_nscale_keep", "flexi_benefit_nscale")]
+    "run, parent",
+    [
+        ("static_r16_keep", "static_r16"),
+        ("static_r16_keep3", "static_r16"),
+        ("flexi_benefit_nscale_keep", "flexi_benefit_nscale"),
+    ],
 )
 def test_a_keep_base_run_is_its_parent_with_the_term_on(run: str, parent: str) -> None:
     conf = RECIPES / "synthetic" / "conf"
@@ -737,17 +742,17 @@ def test_the_cpu_profile_trains_the_keep_run_when_named_on_every_real_recording(
         "--real",
         "data/real",
         "--runs",
-        "static_r16 static_r16_keep",
+        "static_r16 static_r16_keep static_r16_keep3",
         "--real-examples",
         "all",
     )
     trained = [c[c.index("--config") + 1].rsplit("/", 1)[1] for c in calls if c[0] == "train"]
-    assert trained == ["static_r16.yaml", "static_r16_keep.yaml"]
+    assert trained == ["static_r16.yaml", "static_r16_keep.yaml", "static_r16_keep3.yaml"]
     evals = _evals(calls)
     assert {"static_r16_keep/eval_test", "static_r16_keep/eval_real"} <= set(evals)
     assert not any("--max-examples" in c for c in evals.values())
     (compare,) = [c for c in calls if c[0] == "compare"]
-    assert _baselines(compare) == ["base", "static_r16", "static_r16_keep"]
+    assert _baselines(compare) == ["base", "static_r16", "static_r16_keep", "static_r16_keep3"]
     for sub in ("default", "n"):
         (tmp_path / sub).mkdir()
     default = run_stages(tmp_path / "default", "cpu", "--real", "data/real")
