@@ -193,12 +193,14 @@ case "$profile" in
        # removed most of its harm on real speech). Run a pair for its seeds as, e.g.,
        # --decisive "static_r16_dec flexi_benefit_nscale_dec".
        # The keep-base pair (static_r16_keep / flexi_benefit_nscale_keep: a distillation term
-       # towards the base model's predictions, train.keep_base) is not yet trained on a GPU.
-       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel flexi_benefit_nscale_keep"
-       runs_static_extra="static_r16_tel static_r16_dec static_r16_keep"
+       # towards the base model's predictions, train.keep_base) and its weight-3 pair
+       # (static_r16_keep3 / flexi_benefit_nscale_keep3: real speech at the base model's
+       # level on the CPU profile) are not yet trained on a GPU.
+       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel flexi_benefit_nscale_keep flexi_benefit_nscale_keep3"
+       runs_static_extra="static_r16_tel static_r16_dec static_r16_keep static_r16_keep3"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
-       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel static_r16_dec static_r16_keep flexi_benefit_nscale_keep" ;;
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel static_r16_dec static_r16_keep flexi_benefit_nscale_keep static_r16_keep3 flexi_benefit_nscale_keep3" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}

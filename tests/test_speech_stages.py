@@ -451,10 +451,12 @@ def test_a_decoder_only_run_is_its_parent_on_the_decoder(run: str, parent: str) 
     assert dec == base
 
 
-def test_the_decoder_only_pair_runs_when_named(tmp_path: Path) -> None:
-    """static_r16_dec and flexi_benefit_nscale_dec are off the default list; named, static
-    trains as static (no calibration), Flexi is calibrated, both are gated, and stage 7 pairs
-    the Flexi run with the static run on the same modules."""
+@pytest.mark.parametrize("suffix", ["dec", "keep", "keep3"])
+def test_a_named_pair_runs_as_a_pair(tmp_path: Path, suffix: str) -> None:
+    """The decoder-only and keep-base pairs (static_r16_<s>, flexi_benefit_nscale_<s>) are off
+    the gpu profile's default list; named, static trains as static (no calibration), Flexi
+    is calibrated, both are gated, and stage 7 pairs the Flexi run with its static half."""
+    static, flexi = f"static_r16_{suffix}", f"flexi_benefit_nscale_{suffix}"
     calls = run_stages(
         tmp_path,
         "gpu",
@@ -465,20 +467,20 @@ def test_the_decoder_only_pair_runs_when_named(tmp_path: Path) -> None:
         "--stop-stage",
         "7",
         "--decisive",
-        "static_r16_dec flexi_benefit_nscale_dec",
+        f"{static} {flexi}",
         "--runs",
-        "static_r16_dec flexi_benefit_nscale_dec",
+        f"{static} {flexi}",
     )
     trained = sorted(c[c.index("--config") + 1].rsplit("/", 1)[1] for c in calls if c[0] == "train")
-    assert trained == ["flexi_benefit_nscale_dec.yaml", "static_r16_dec.yaml"]
+    assert trained == [f"{flexi}.yaml", f"{static}.yaml"]
     calibrated = [c[1].split("exp/", 1)[1] for c in calls if c[0] == "calibrate"]
-    assert calibrated == ["flexi_benefit_nscale_dec/adapter"]
+    assert calibrated == [f"{flexi}/adapter"]
     gated = sorted(c[c.index("--out") + 1].split("exp/", 1)[1] for c in calls if c[0] == "gate")
-    assert gated == ["flexi_benefit_nscale_dec_gated/adapter", "static_r16_dec_gated/adapter"]
+    assert gated == [f"{flexi}_gated/adapter", f"{static}_gated/adapter"]
     (compare,) = [c for c in calls if c[0] == "compare"]
     baselines = {compare[i + 1] for i, a in enumerate(compare) if a == "--baseline"}
-    assert {"static_r16_dec", "static_r16_dec_gated"} <= baselines
-    assert "flexi_benefit_nscale_dec" not in baselines
+    assert {static, f"{static}_gated"} <= baselines
+    assert flexi not in baselines
 
 
 def test_the_telephone_pair_runs_when_named_with_its_seeds(tmp_path: Path) -> None:
@@ -719,6 +721,7 @@ def test_consensus_evaluates_each_flexi_run_behind_its_gate(tmp_path: Path) -> N
         ("static_r16_keep", "static_r16"),
         ("static_r16_keep3", "static_r16"),
         ("flexi_benefit_nscale_keep", "flexi_benefit_nscale"),
+        ("flexi_benefit_nscale_keep3", "flexi_benefit_nscale"),
     ],
 )
 def test_a_keep_base_run_is_its_parent_with_the_term_on(run: str, parent: str) -> None:
