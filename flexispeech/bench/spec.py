@@ -14,7 +14,8 @@ from flexispeech.models.whisper import FULL_POSITIONS
 @dataclass
 class BenchSpec:
     """One benchmark run: a Whisper shape of ``models.SHAPES``, the batch, where and how
-    it is timed (``warmup`` untimed steps, then the median of ``reps``)."""
+    it is timed (``reps`` interleaved rounds, ``warmup`` untimed steps before a variant's
+    first timed one; ``rounds``)."""
 
     shape: str = "tiny"
     batch: int = 8

@@ -1,18 +1,20 @@
 """Speed of base, PEFT LoRA and every Flexi-LoRA path, side by side in one run.
 
 A random-initialised ``WhisperForConditionalGeneration`` of a real shape (tiny, base, small,
-large-v3) is built once; each variant adds its adapters to that same base model, is timed
-(warm-up, then the median of several steps) and removed again. A training step is forward
+large-v3) is built once; each variant adds its adapters to that same base model and removes
+them again. The variants are timed in interleaved rounds (``rounds``: every round builds each
+model state in turn and times each of its steps once; the median over rounds is reported),
+so a drifting machine slows every row alike. A training step is forward
 + backward + AdamW on the trainable parameters; the *floor* is the frozen base model's
 forward + backward (gradients flow down to the positional embeddings, the cheapest way to
 make autograd walk the whole network). Ratios are over the floor (training) and over the
-base forward (inference). The steps and the timer are in ``steps``, the run's options in ``spec``.
+base forward (inference). The steps are in ``steps``, the run's options in ``spec``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -27,6 +29,7 @@ from flexispeech.bench.models import (
     peft_adapters,
     permute,
 )
+from flexispeech.bench.rounds import Samples, Setup, Timed, run_rounds
 from flexispeech.bench.spec import BenchSpec
 from flexispeech.bench.steps import (
     graphed_infer,
@@ -39,169 +42,245 @@ from flexispeech.bench.steps import (
 
 
 def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Time every variant; returns rows ``{kind, variant, seconds, ratio}``."""
-    from flexispeech.lora import use_ranks
-    from flexispeech.lora.inject import merge_for_inference, unmerge
-    from flexispeech.lora.plans import rank_sort_order
-
+    """Time every variant in interleaved rounds (``rounds``); returns rows ``{kind, variant,
+    seconds, ratio, spread}`` (and ``ratio_graphed`` for graphed rows), ratios over the
+    floor (train) and the base forward (infer) of the same run."""
     model = build_whisper(spec)
     model.train()
     gen = torch.Generator().manual_seed(spec.seed)
     batch = make_batch(spec, model, gen)
     ranks = mixed_ranks(spec.batch, gen)
+    from flexispeech.lora.plans import rank_sort_order
+
     order = rank_sort_order(ranks)
     sorted_batch, sorted_ranks = permute(batch, order), ranks[order]
     log(
         f"shape={spec.shape} batch={spec.batch} audio_ctx={spec.audio_ctx} labels={spec.label_len} "
         f"device={spec.device} dtype={spec.dtype} ranks={sorted_ranks.tolist()}"
     )
-    rows: list[dict[str, Any]] = []
-
-    graph_refs: dict[str, float] = {}
-
-    def record(kind: str, variant: str, seconds: float, graphed: bool = False) -> None:
-        ref = next((r["seconds"] for r in rows if r["kind"] == kind), seconds)
-        row = {"kind": kind, "variant": variant, "seconds": seconds, "ratio": seconds / ref}
-        extra = ""
-        if graphed:  # graphed rows are also compared with the graphed base of their kind
-            gref = graph_refs.setdefault(kind, seconds)
-            row["ratio_graphed"] = seconds / gref
-            extra = f"  {seconds / gref:5.2f}x of graphed base"
-        rows.append(row)
-        log(f"  {kind:5s} {variant:34s} {seconds * 1000:9.2f} ms  {seconds / ref:5.2f}x{extra}")
-
-    def attempt(name: str, fn: Callable[[], None]) -> None:
-        """Run one graphed variant; a capture failure is logged, not fatal."""
-        try:
-            fn()
-        except Exception as err:  # e.g. a host sync inside the captured region
-            log(f"  {name}: CUDA graph capture failed: {type(err).__name__}: {str(err)[:300]}")
-        torch.cuda.synchronize()
-        torch.cuda.empty_cache()
-
-    # Floor: the frozen base, backward through every layer.
-    embeds = [model.model.encoder.embed_positions.weight, model.model.decoder.embed_positions.weight]
-    for p in embeds:
-        p.requires_grad_(True)
-    floor_step = train_step_fn(model, batch, embeds, nullcontext)
-    record("train", "base (floor)", time_fn(floor_step, spec))
-    if spec.profile:
-        profile_step(floor_step, spec, "base (floor)")
     cuda = spec.device.startswith("cuda")
-    if cuda:
-
-        def floor_graphed() -> None:
-            replay, _ = graphed_train_step(model, batch, embeds, nullcontext)
-            record("train", "base (floor) graphed", time_fn(replay, spec), graphed=True)
-
-        attempt("floor graphed", floor_graphed)
-    for p in embeds:
-        p.requires_grad_(False)
-        p.grad = None
-    model.eval()
-    record("infer", "base", time_fn(infer_fn(model, batch, nullcontext), spec))
-    if cuda:
-        attempt(
-            "base graphed",
-            lambda: record(
-                "infer", "base graphed", time_fn(graphed_infer(model, batch, nullcontext), spec), graphed=True
-            ),
+    setups = (
+        base_setups(model, batch, cuda)
+        + peft_setups(model, batch)
+        + flexi_setups(model, batch, ranks, sorted_batch, sorted_ranks, cuda)
+        + train_loop_setups(spec, model, batch, ranks)
+    )
+    log(f"{len(setups)} model states, {spec.reps} interleaved rounds (median of the rounds)")
+    rows = ratio_rows(run_rounds(setups, spec, log))
+    for row in rows:
+        extra = f"  {row['ratio_graphed']:5.2f}x of graphed base" if "ratio_graphed" in row else ""
+        log(
+            f"  {row['kind']:5s} {row['variant']:34s} {row['seconds'] * 1000:9.2f} ms  "
+            f"{row['ratio']:5.2f}x  ±{100 * row['spread']:.0f}%{extra}"
         )
-    model.train()
-
-    for same in (False, True):
-        name = f"PEFT r=64 ({'same dtype' if same else 'fp32 adapter'})"
-        with peft_adapters(model, 64, same) as pm:
-            params = [p for p in pm.parameters() if p.requires_grad]
-            record("train", name, time_fn(train_step_fn(pm, batch, params, nullcontext), spec))
-            if same:  # PEFT's default fp32 adapters are 2.4-2.6x at inference (earlier runs)
-                pm.eval()
-                record("infer", name + " unmerged", time_fn(infer_fn(pm, batch, nullcontext), spec))
-                pm.train()
-
-    def ranks_ctx(m: nn.Module, r: Any) -> Callable[[], Any]:
-        return lambda: use_ranks(m, r)
-
-    from flexispeech.lora import adapter_parameters
-
-    # (grouped-with-gather and segmented were 5.9-7.0x and 2.2-2.9x on GPUs in earlier
-    # runs and are left out of the GPU table; they stay the CPU paths.) Every row is the
-    # public API: inject, then each step under use_ranks (path, fused option, batch, ranks).
-    # The "torch fused" rows are the unfolded node, which ``auto`` took on GPUs before the
-    # folded path: the side-by-side baseline of the "auto" rows, which fold where it pays.
-    variants = [
-        ("masked", False, "plain ops masked, mixed sorted", sorted_batch, sorted_ranks),
-        ("masked", True, "torch fused masked, mixed sorted", sorted_batch, sorted_ranks),
-        ("masked", True, "torch fused, all r=64", batch, 64),
-        ("masked", True, "torch fused, all r=16", batch, 16),
-        ("masked", True, "torch fused, all r=4", batch, 4),
-        ("triton", True, "triton, mixed sorted", sorted_batch, sorted_ranks),
-        ("auto", True, "auto, mixed (arrival order)", batch, ranks),
-        ("auto", True, "auto, mixed sorted", sorted_batch, sorted_ranks),
-        ("auto", True, "auto, all r=64", batch, 64),
-        ("auto", True, "auto, all r=16", batch, 16),
-        ("auto", True, "auto, all r=4", batch, 4),
-        ("auto", True, "auto, all r=0", batch, 0),
-    ]
-    if not spec.device.startswith("cuda"):
-        variants += [
-            ("grouped", False, "grouped (gather), mixed", batch, ranks),
-            ("segmented", True, "segmented, mixed sorted", sorted_batch, sorted_ranks),
-        ]
-    for path, fused, name, b, r in variants:
-        with flexi_adapters(model, path, fused) as fm:
-            step = train_step_fn(fm, b, adapter_parameters(fm), ranks_ctx(fm, r))
-            record("train", f"Flexi {name}", time_fn(step, spec))
-            if spec.profile and name == "auto, mixed sorted":
-                profile_step(step, spec, f"Flexi {name}")
-    with flexi_adapters(model, "masked") as fm:
-        fm.eval()
-        record(
-            "infer",
-            "Flexi unmerged torch fused masked, mixed sorted",
-            time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec),
-        )
-        for r in (64, 4):
-            record(
-                "infer",
-                f"Flexi unmerged torch fused, all r={r}",
-                time_fn(infer_fn(fm, batch, ranks_ctx(fm, r)), spec),
-            )
-    with flexi_adapters(model, "auto") as fm:
-        fm.eval()
-        record(
-            "infer",
-            "Flexi unmerged auto, mixed sorted",
-            time_fn(infer_fn(fm, sorted_batch, ranks_ctx(fm, sorted_ranks)), spec),
-        )
-        record(
-            "infer", "Flexi unmerged auto, mixed", time_fn(infer_fn(fm, batch, ranks_ctx(fm, ranks)), spec)
-        )
-        for r in (64, 16, 4):
-            record(
-                "infer",
-                f"Flexi unmerged auto, all r={r}",
-                time_fn(infer_fn(fm, batch, ranks_ctx(fm, r)), spec),
-            )
-        merge_for_inference(fm, 16)
-        record(
-            "infer", "Flexi merged fast path, all r=16", time_fn(infer_fn(fm, batch, ranks_ctx(fm, 16)), spec)
-        )
-        unmerge(fm)
-    train_loop_rows(spec, model, batch, ranks, record, attempt)
+    if spec.profile:
+        profile_rows(spec, model, batch, sorted_batch, sorted_ranks)
     if cuda:
         rows.extend(throughput(spec, model, log))
     return rows
 
 
-def train_loop_rows(
-    spec: BenchSpec,
+def ratio_rows(samples: list[Samples]) -> list[dict[str, Any]]:
+    """Rows with their ratio to the first row of their kind (the floor, the base forward),
+    graphed rows also to the first graphed row of their kind."""
+    rows: list[dict[str, Any]] = []
+    refs: dict[str, float] = {}
+    graph_refs: dict[str, float] = {}
+    for s in samples:
+        seconds = s.median
+        ref = refs.setdefault(s.kind, seconds)
+        row: dict[str, Any] = {
+            "kind": s.kind,
+            "variant": s.name,
+            "seconds": seconds,
+            "ratio": seconds / ref,
+            "spread": s.spread,
+        }
+        if s.graphed:
+            row["ratio_graphed"] = seconds / graph_refs.setdefault(s.kind, seconds)
+        rows.append(row)
+    return rows
+
+
+def base_setups(model: nn.Module, batch: dict[str, torch.Tensor], cuda: bool) -> list[Setup]:
+    """The floor (the frozen base model's forward + backward: gradients flow down to the
+    positional embeddings) and the base forward, each also as a CUDA graph on a GPU."""
+    embeds = [model.model.encoder.embed_positions.weight, model.model.decoder.embed_positions.weight]
+
+    @contextmanager
+    def floor(graphed: bool) -> Iterator[list[Timed]]:
+        for p in embeds:
+            p.requires_grad_(True)
+        model.train()
+        try:
+            if graphed:
+                replay, _ = graphed_train_step(model, batch, embeds, nullcontext)
+                yield [Timed("train", "base (floor) graphed", replay, graphed=True)]
+            else:
+                yield [
+                    Timed("train", "base (floor)", train_step_fn(model, batch, embeds, nullcontext), model)
+                ]
+        finally:
+            for p in embeds:
+                p.requires_grad_(False)
+                p.grad = None
+
+    @contextmanager
+    def forward(graphed: bool) -> Iterator[list[Timed]]:
+        model.eval()
+        try:
+            if graphed:
+                yield [Timed("infer", "base graphed", graphed_infer(model, batch, nullcontext), graphed=True)]
+            else:
+                yield [Timed("infer", "base", infer_fn(model, batch, nullcontext), model, train=False)]
+        finally:
+            model.train()
+
+    setups = [Setup("floor", lambda: floor(False)), Setup("base forward", lambda: forward(False))]
+    if cuda:
+        setups += [
+            Setup("floor graphed", lambda: floor(True), optional=True),
+            Setup("base forward graphed", lambda: forward(True), optional=True),
+        ]
+    return setups
+
+
+def peft_setups(model: nn.Module, batch: dict[str, torch.Tensor]) -> list[Setup]:
+    """PEFT LoRA r=64 with fp32 adapters (PEFT's default on a bf16 model) and in the model's
+    dtype; the second also unmerged inference (the fp32 adapters were 2.4-2.6x there)."""
+
+    @contextmanager
+    def peft(same: bool) -> Iterator[list[Timed]]:
+        name = f"PEFT r=64 ({'same dtype' if same else 'fp32 adapter'})"
+        with peft_adapters(model, 64, same) as pm:
+            params = [p for p in pm.parameters() if p.requires_grad]
+            rows = [Timed("train", name, train_step_fn(pm, batch, params, nullcontext), pm)]
+            if same:
+                rows.append(
+                    Timed("infer", name + " unmerged", infer_fn(pm, batch, nullcontext), pm, train=False)
+                )
+            yield rows
+
+    return [Setup("PEFT fp32 adapter", lambda: peft(False)), Setup("PEFT same dtype", lambda: peft(True))]
+
+
+def flexi_setups(
     model: nn.Module,
     batch: dict[str, torch.Tensor],
     ranks: torch.Tensor,
-    record: Callable[..., None],
-    attempt: Callable[[str, Callable[[], None]], None],
+    sorted_batch: dict[str, torch.Tensor],
+    sorted_ranks: torch.Tensor,
+    cuda: bool,
+) -> list[Setup]:
+    """Every Flexi-LoRA path through the public API (inject, then each step under
+    ``use_ranks``), one setup per (path, fused option): the rows of one adapter at
+    different ranks are timed next to each other in every round. The "torch fused" rows
+    are the unfolded node, the side-by-side baseline of the "auto" rows, which fold where
+    it pays. (Grouped-with-gather and segmented were 5.9-7.0x and 2.2-2.9x on GPUs in
+    earlier runs and are left out of the GPU table; they stay the CPU paths.)"""
+    from flexispeech.lora import adapter_parameters, use_ranks
+    from flexispeech.lora.inject import merge_for_inference, unmerge
+
+    Step = tuple[str, str, dict[str, torch.Tensor], Any]  # kind, name, batch, ranks
+    mixed_sorted, mixed = (sorted_batch, sorted_ranks), (batch, ranks)
+
+    def at(kind: str, name: str, data: tuple[dict[str, torch.Tensor], Any] | int) -> Step:
+        b, r = data if isinstance(data, tuple) else (batch, data)
+        return (kind, name, b, r)
+
+    groups: list[tuple[str, bool, list[Step]]] = [
+        ("masked", False, [at("train", "plain ops masked, mixed sorted", mixed_sorted)]),
+        (
+            "masked",
+            True,
+            [at("train", "torch fused masked, mixed sorted", mixed_sorted)]
+            + [at("train", f"torch fused, all r={r}", r) for r in (64, 16, 4)]
+            + [at("infer", "unmerged torch fused masked, mixed sorted", mixed_sorted)]
+            + [at("infer", f"unmerged torch fused, all r={r}", r) for r in (64, 4)],
+        ),
+        ("triton", True, [at("train", "triton, mixed sorted", mixed_sorted)]),
+        (
+            "auto",
+            True,
+            [
+                at("train", "auto, mixed (arrival order)", mixed),
+                at("train", "auto, mixed sorted", mixed_sorted),
+            ]
+            + [at("train", f"auto, all r={r}", r) for r in (64, 16, 4, 0)]
+            + [
+                at("infer", "unmerged auto, mixed sorted", mixed_sorted),
+                at("infer", "unmerged auto, mixed", mixed),
+            ]
+            + [at("infer", f"unmerged auto, all r={r}", r) for r in (64, 16, 4)],
+        ),
+    ]
+    if not cuda:
+        groups += [
+            ("grouped", False, [at("train", "grouped (gather), mixed", mixed)]),
+            ("segmented", True, [at("train", "segmented, mixed sorted", mixed_sorted)]),
+        ]
+
+    @contextmanager
+    def flexi(path: str, fused: bool, steps: list[Step], merged: int | None = None) -> Iterator[list[Timed]]:
+        with flexi_adapters(model, path, fused) as fm:
+            if merged is not None:
+                merge_for_inference(fm, merged)
+            try:
+                rows = []
+                for kind, name, b, r in steps:
+                    ctx = lambda r=r: use_ranks(fm, r)  # noqa: E731  (one per row: its own ranks)
+                    fn = (
+                        train_step_fn(fm, b, adapter_parameters(fm), ctx)
+                        if kind == "train"
+                        else infer_fn(fm, b, ctx)
+                    )
+                    rows.append(Timed(kind, f"Flexi {name}", fn, fm, train=kind == "train"))
+                yield rows
+            finally:
+                if merged is not None:
+                    unmerge(fm)
+
+    setups = [
+        Setup(
+            f"Flexi {path}{'' if fused else ' (plain ops)'}", lambda p=path, f=fused, s=steps: flexi(p, f, s)
+        )
+        for path, fused, steps in groups
+    ]
+    setups.append(
+        Setup(
+            "Flexi merged",
+            lambda: flexi("auto", True, [at("infer", "merged fast path, all r=16", 16)], merged=16),
+        )
+    )
+    return setups
+
+
+def profile_rows(
+    spec: BenchSpec,
+    model: nn.Module,
+    batch: dict[str, torch.Tensor],
+    sorted_batch: dict[str, torch.Tensor],
+    sorted_ranks: torch.Tensor,
 ) -> None:
+    """``--profile``: torch.profiler tables of the floor and of the Flexi auto mixed step,
+    after the timed rounds (so the profiler does not slow any timed call)."""
+    from flexispeech.lora import adapter_parameters, use_ranks
+
+    embeds = [model.model.encoder.embed_positions.weight, model.model.decoder.embed_positions.weight]
+    for p in embeds:
+        p.requires_grad_(True)
+    profile_step(train_step_fn(model, batch, embeds, nullcontext), spec, "base (floor)")
+    for p in embeds:
+        p.requires_grad_(False)
+        p.grad = None
+    with flexi_adapters(model, "auto") as fm:
+        step = train_step_fn(fm, sorted_batch, adapter_parameters(fm), lambda: use_ranks(fm, sorted_ranks))
+        profile_step(step, spec, "Flexi auto, mixed sorted")
+
+
+def train_loop_setups(
+    spec: BenchSpec, model: nn.Module, batch: dict[str, torch.Tensor], ranks: torch.Tensor
+) -> list[Setup]:
     """The step of ``flexispeech train`` as its loop runs it: host-side inputs (float32
     features, labels, ranks from the batch step) copied in, forward + backward (CUDA
     graphs where the trainer takes them, ``training.graphs``), gradient clipping, AdamW,
@@ -218,29 +297,36 @@ def train_loop_rows(
     }
     host_ranks = ranks[order].cpu()
     loss_fn = WhisperFamily().loss
-    cuda = spec.device.startswith("cuda")
     patterns = {
         "mixed sorted": host_ranks,
         "all r=64": torch.full_like(host_ranks, 64),
         "all r=4": torch.full_like(host_ranks, 4),
     }
-    for graphed in (False, True) if cuda else (False,):
+
+    @contextmanager
+    def loop(graphed: bool) -> Iterator[list[Timed]]:
+        label = "graphed" if graphed else "eager"
         with flexi_adapters(model, "auto") as fm:
-            step = loop_step(fm, host, GraphedSteps(fm, loss_fn, log=lambda _: None) if graphed else None)
-            label = "graphed" if graphed else "eager"
+            runner = GraphedSteps(fm, loss_fn, log=lambda _: None) if graphed else None
+            step = loop_step(fm, host, runner)
+            try:
+                yield [
+                    Timed(
+                        "train",
+                        f"flexispeech train step ({label}), {name}",
+                        lambda p=pattern: step(p),
+                        fm,
+                        graphed=graphed,
+                    )
+                    for name, pattern in patterns.items()
+                ]
+            finally:
+                set_static_path(fm, False)
 
-            def timed(
-                step: Callable[[torch.Tensor], None] = step, label: str = label, graphed: bool = graphed
-            ) -> None:
-                for name, pattern in patterns.items():
-                    seconds = time_fn(lambda p=pattern: step(p), spec)
-                    record("train", f"flexispeech train step ({label}), {name}", seconds, graphed=graphed)
-
-            if graphed:
-                attempt("train step graphed", timed)
-            else:
-                timed()
-            set_static_path(fm, False)
+    setups = [Setup("train step eager", lambda: loop(False))]
+    if spec.device.startswith("cuda"):
+        setups.append(Setup("train step graphed", lambda: loop(True), optional=True))
+    return setups
 
 
 def loop_step(model: nn.Module, host: dict[str, torch.Tensor], runner: Any) -> Callable[[torch.Tensor], None]:
@@ -320,15 +406,18 @@ def format_table(rows: list[dict[str, Any]], spec: BenchSpec) -> str:
     lines = [
         f"### {spec.shape}, batch {spec.batch}, {spec.audio_ctx} encoder positions, {spec.dtype} on {spec.device}",
         "",
-        "| kind | variant | ms | ratio | vs graphed base |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| kind | variant | ms | ratio | ± (half IQR over rounds) | vs graphed base |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
         graphed = f"{r['ratio_graphed']:.2f}x" if "ratio_graphed" in r else ""
         if r["kind"] == "throughput":
-            lines.append(f"| train | {r['variant']} | {r['seconds'] * 1000:.1f} | {r['ratio']:.1f} utt/s | |")
+            lines.append(
+                f"| train | {r['variant']} | {r['seconds'] * 1000:.1f} | {r['ratio']:.1f} utt/s | | |"
+            )
         else:
             lines.append(
-                f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x | {graphed} |"
+                f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x "
+                f"| {100 * r['spread']:.0f} % | {graphed} |"
             )
     return "\n".join(lines)

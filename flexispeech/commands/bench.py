@@ -24,8 +24,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)"
     )
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (default 2)")
-    parser.add_argument("--reps", type=int, default=5, help="timed steps; the median is reported (default 5)")
+    parser.add_argument(
+        "--warmup",
+        type=int,
+        default=2,
+        help="untimed steps before a variant's first timed step, one before each later one (default 2)",
+    )
+    parser.add_argument(
+        "--reps",
+        type=int,
+        default=5,
+        help="interleaved rounds: each round times every variant once, in turn; the median over "
+        "the rounds is reported, with its spread (default 5)",
+    )
     parser.add_argument(
         "--profile", default=None, help="write a torch.profiler table of one Flexi step to this file"
     )
