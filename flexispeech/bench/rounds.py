@@ -68,11 +68,11 @@ class Samples:
         return statistics.median(self.seconds)
 
     @property
-    def spread(self) -> float:
-        """Half the interquartile range over the median (0 with fewer than 4 samples): the
-        run's own noise for this row, e.g. 0.05 = about ±5 %."""
+    def spread(self) -> float | None:
+        """Half the interquartile range over the median: the run's own noise for this row,
+        e.g. 0.05 = about ±5 %; None with fewer than 4 rounds (too few to say)."""
         if len(self.seconds) < 4:
-            return 0.0
+            return None
         q1, _, q3 = statistics.quantiles(self.seconds, n=4)
         return (q3 - q1) / 2 / self.median
 

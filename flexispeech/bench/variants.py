@@ -71,13 +71,18 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
         extra = f"  {row['ratio_graphed']:5.2f}x of graphed base" if "ratio_graphed" in row else ""
         log(
             f"  {row['kind']:5s} {row['variant']:34s} {row['seconds'] * 1000:9.2f} ms  "
-            f"{row['ratio']:5.2f}x  ±{100 * row['spread']:.0f}%{extra}"
+            f"{row['ratio']:5.2f}x  {spread_text(row['spread'])}{extra}"
         )
     if spec.profile:
         profile_rows(spec, model, batch, sorted_batch, sorted_ranks)
     if cuda:
         rows.extend(throughput(spec, model, log))
     return rows
+
+
+def spread_text(spread: float | None) -> str:
+    """``±5 %``, or ``–`` when the run had too few rounds to say."""
+    return "–" if spread is None else f"±{100 * spread:.0f} %"
 
 
 def ratio_rows(samples: list[Samples]) -> list[dict[str, Any]]:
@@ -406,7 +411,7 @@ def format_table(rows: list[dict[str, Any]], spec: BenchSpec) -> str:
     lines = [
         f"### {spec.shape}, batch {spec.batch}, {spec.audio_ctx} encoder positions, {spec.dtype} on {spec.device}",
         "",
-        "| kind | variant | ms | ratio | ± (half IQR over rounds) | vs graphed base |",
+        "| kind | variant | ms | ratio | spread (half IQR over rounds) | vs graphed base |",
         "| --- | --- | ---: | ---: | ---: | ---: |",
     ]
     for r in rows:
@@ -418,6 +423,6 @@ def format_table(rows: list[dict[str, Any]], spec: BenchSpec) -> str:
         else:
             lines.append(
                 f"| {r['kind']} | {r['variant']} | {r['seconds'] * 1000:.2f} | {r['ratio']:.2f}x "
-                f"| {100 * r['spread']:.0f} % | {graphed} |"
+                f"| {spread_text(r['spread'])} | {graphed} |"
             )
     return "\n".join(lines)
