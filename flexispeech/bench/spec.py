@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from flexispeech.errors import ConfigError
 from flexispeech.models.whisper import FULL_POSITIONS
 
 
@@ -27,3 +28,11 @@ class BenchSpec:
     reps: int = 5
     seed: int = 0
     profile: str | None = None  # a file to write a torch.profiler table of the Flexi step to
+
+    def __post_init__(self) -> None:
+        # Checked before any model is built: a 0 would fail deep inside the model's forward.
+        for name, least in (("batch", 1), ("audio_ctx", 1), ("label_len", 2), ("reps", 1), ("warmup", 0)):
+            value = getattr(self, name)
+            if value < least:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"bench {flag}: expected at least {least}, got {value}")

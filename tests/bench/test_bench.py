@@ -79,3 +79,17 @@ def test_time_fn_is_the_median_after_warmup(
     seconds = time_fn(clock.step, BenchSpec(device="cpu", warmup=warmup, reps=len(durations) - warmup))
     assert clock.durations == []  # every warm-up and timed call ran, no more
     assert seconds == pytest.approx(median, abs=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "flag"),
+    [
+        ("reps", 0, "--reps"),
+        ("batch", 0, "--batch"),
+        ("audio_ctx", 0, "--audio-ctx"),
+        ("warmup", -1, "--warmup"),
+    ],
+)
+def test_numbers_that_cannot_be_timed_are_a_config_error(field: str, value: int, flag: str) -> None:
+    with pytest.raises(ConfigError, match=f"bench {flag}: expected at least"):
+        BenchSpec(**{field: value})
