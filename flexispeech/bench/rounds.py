@@ -92,12 +92,20 @@ def time_once(fn: Callable[[], Any], device: str) -> float:
     return time.perf_counter() - t0
 
 
-def run_rounds(setups: Sequence[Setup], spec: BenchSpec, log: Callable[[str], None] = print) -> list[Samples]:
+def run_rounds(
+    setups: Sequence[Setup],
+    spec: BenchSpec,
+    log: Callable[[str], None] = print,
+    keep: Callable[[Timed], bool] | None = None,
+) -> list[Samples]:
     """Time every row of every setup once per round, for ``spec.reps`` rounds.
 
     A row is called ``spec.warmup`` times untimed before its first timed call, and
     ``min(spec.warmup, 1)`` times before each later one (the setup was built anew: new
     optimizer state, cold caches). Round ``i`` starts at setup ``i mod len(setups)``.
+
+    ``keep``: only the rows it accepts are timed; a setup none of whose rows it accepts is
+    entered once and then left out of the rounds.
 
     Returns:
         One ``Samples`` per row, in the order the rows first appeared (setups in the given
@@ -113,8 +121,11 @@ def run_rounds(setups: Sequence[Setup], spec: BenchSpec, log: Callable[[str], No
         start = round_no % len(live)
         for index, setup in live[start:] + live[:start]:
             try:
-                with setup.enter() as rows:
-                    for row_no, row in enumerate(rows):
+                with setup.enter() as all_rows:
+                    rows = [(n, r) for n, r in enumerate(all_rows) if keep is None or keep(r)]
+                    if not rows:
+                        live = [(i, s) for i, s in live if s is not setup]
+                    for row_no, row in rows:
                         key = (row.kind, row.name)
                         first = key not in found
                         if first:

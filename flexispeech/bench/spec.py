@@ -6,6 +6,7 @@ read it, and the variants call the steps.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from flexispeech.errors import ConfigError
@@ -28,6 +29,7 @@ class BenchSpec:
     reps: int = 5
     seed: int = 0
     profile: str | None = None  # a file to write a torch.profiler table of the Flexi step to
+    only: str | None = None  # a regular expression: time only the variants whose name it finds
 
     def __post_init__(self) -> None:
         # Checked before any model is built: a 0 would fail deep inside the model's forward.
@@ -36,3 +38,10 @@ class BenchSpec:
             if value < least:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"bench {flag}: expected at least {least}, got {value}")
+        if self.only is not None:
+            try:
+                re.compile(self.only)
+            except re.error as err:
+                raise ConfigError(
+                    f"bench --only: {self.only!r} is not a regular expression ({err})"
+                ) from None

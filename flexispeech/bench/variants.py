@@ -13,6 +13,7 @@ base forward (inference). The steps are in ``steps``, the run's options in ``spe
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -66,7 +67,7 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
         + train_loop_setups(spec, model, batch, ranks)
     )
     log(f"{len(setups)} model states, {spec.reps} interleaved rounds (median of the rounds)")
-    rows = ratio_rows(run_rounds(setups, spec, log))
+    rows = ratio_rows(run_rounds(setups, spec, log, keep=row_filter(spec.only)))
     for row in rows:
         extra = f"  {row['ratio_graphed']:5.2f}x of graphed base" if "ratio_graphed" in row else ""
         log(
@@ -75,9 +76,22 @@ def run_bench(spec: BenchSpec, log: Callable[[str], None] = print) -> list[dict[
         )
     if spec.profile:
         profile_rows(spec, model, batch, sorted_batch, sorted_ranks)
-    if cuda:
+    if cuda and (spec.only is None or re.search(spec.only, THROUGHPUT)):
         rows.extend(throughput(spec, model, log))
     return rows
+
+
+REFERENCES = ("base (floor)", "base", "base (floor) graphed", "base graphed")  # every ratio's denominator
+THROUGHPUT = "Flexi auto incl. log-mel"
+
+
+def row_filter(only: str | None) -> Callable[[Timed], bool] | None:
+    """``--only``: the rows whose name the expression finds, and always the references the
+    ratios are taken to (the floor and the base forward, eager and graphed)."""
+    if only is None:
+        return None
+    pattern = re.compile(only)
+    return lambda row: row.name in REFERENCES or bool(pattern.search(row.name))
 
 
 def spread_text(spread: float | None) -> str:
@@ -399,7 +413,7 @@ def throughput(spec: BenchSpec, model: nn.Module, log: Callable[[str], None]) ->
     return [
         {
             "kind": "throughput",
-            "variant": "Flexi auto incl. log-mel",
+            "variant": THROUGHPUT,
             "seconds": seconds,
             "ratio": spec.batch / seconds,
         }

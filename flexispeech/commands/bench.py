@@ -40,6 +40,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--profile", default=None, help="write a torch.profiler table of one Flexi step to this file"
     )
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="REGEX",
+        help="time only the variants whose name matches (a Python regular expression, e.g. "
+        "'auto, all r=' or 'PEFT|mixed sorted'); the floor and the base forward, the ratios' "
+        "references, are always timed",
+    )
     parser.add_argument("--out", default=None, help="append the markdown table to this file")
 
 
@@ -59,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         warmup=args.warmup,
         reps=args.reps,
         profile=args.profile,
+        only=args.only,
     )
     table = format_table(run_bench(spec), spec)
     print(table)

@@ -93,3 +93,28 @@ def test_time_fn_is_the_median_after_warmup(
 def test_numbers_that_cannot_be_timed_are_a_config_error(field: str, value: int, flag: str) -> None:
     with pytest.raises(ConfigError, match=f"bench {flag}: expected at least"):
         BenchSpec(**{field: value})
+
+
+def test_only_times_the_matching_variants_and_the_references() -> None:
+    spec = BenchSpec(
+        shape="tiny",
+        batch=2,
+        audio_ctx=4,
+        label_len=3,
+        device="cpu",
+        dtype="float32",
+        warmup=0,
+        reps=1,
+        only=r"auto, all r=(4|64)$",
+    )
+    rows = run_bench(spec, log=lambda _: None)
+    assert [(r["kind"], r["variant"]) for r in rows] == [
+        ("train", "base (floor)"),
+        ("infer", "base"),
+        ("train", "Flexi auto, all r=64"),
+        ("train", "Flexi auto, all r=4"),
+        ("infer", "Flexi unmerged auto, all r=64"),
+        ("infer", "Flexi unmerged auto, all r=4"),
+    ]
+    with pytest.raises(ConfigError, match="bench --only: '\\(' is not a regular expression"):
+        BenchSpec(only="(")

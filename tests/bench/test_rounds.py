@@ -115,3 +115,14 @@ def test_spread_is_half_the_interquartile_range_over_the_median() -> None:
     q1, _, q3 = (1.5, 3.0, 4.5)  # statistics.quantiles' default (exclusive) method
     assert s.spread == pytest.approx((q3 - q1) / 2 / 3.0)
     assert rounds.Samples("train", "y", False, [1.0, 2.0, 9.0]).spread is None  # too few to say
+
+
+def test_keep_times_only_the_rows_it_accepts_and_drops_a_setup_with_none(machine: Machine) -> None:
+    samples = run_rounds(
+        [machine.setup("A", {"a1": [1.0] * 4, "a2": [2.0] * 4}), machine.setup("B", {"b1": [3.0] * 4})],
+        BenchSpec(device="cpu", warmup=1, reps=2),
+        keep=lambda row: row.name != "a2" and row.name != "b1",
+    )
+    assert [s.name for s in samples] == ["a1"]
+    assert machine.events.count("enter B") == 1  # entered once, then left out
+    assert "a2" not in machine.events and "b1" not in machine.events  # never called
