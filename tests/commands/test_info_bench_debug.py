@@ -70,10 +70,10 @@ def test_bench_prints_and_appends_the_table(tmp_path: Path) -> None:
     assert (
         lines[0] == "### tiny, batch 2, 4 encoder positions, float32 on cpu"
     )  # the options reached the spec
-    assert lines[2] == "| kind | variant | ms | ratio | vs graphed base |"
+    assert lines[2] == "| kind | variant | ms | ratio | spread (half IQR over rounds) | vs graphed base |"
     rows = {}
-    for line in lines[4:]:  # the last column (vs a CUDA-graphed base) is empty on a CPU
-        m = re.fullmatch(r"\| (train|infer) \| (.+?) \| (\d+\.\d\d) \| (\d+\.\d\d)x \|  \|", line)
+    for line in lines[4:]:  # one round: no spread; the last column (vs a CUDA-graphed base) is empty on a CPU
+        m = re.fullmatch(r"\| (train|infer) \| (.+?) \| (\d+\.\d\d) \| (\d+\.\d\d)x \| – \|  \|", line)
         assert m, line
         rows[(m[1], m[2])] = (float(m[3]), float(m[4]))
     assert rows[("train", "base (floor)")][1] == 1.0 and rows[("infer", "base")][1] == 1.0
