@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flexispeech.lora.kernels import scale_block
+from flexispeech.lora.kernels import block_mask, scale_block
 
 Run = tuple[int, int, int]  # (first row, last row + 1, rank)
 
@@ -127,11 +127,12 @@ class _FoldedLinear(torch.autograd.Function):
             xs = x3[start:end].reshape(-1, d_in)
             gs = g3[start:end].reshape(-1, d_out)
             scale = ctx.scales[top] if mask is None else None
+            rows_mask = block_mask(mask, start, end) if mask is not None else mask
             if need_bb:
-                h = scale_block(xs @ A[:top].T, start, end, top, scale, mask)  # made again from x
+                h = scale_block(xs @ A[:top].T, start, end, top, scale, rows_mask)  # made again from x
                 grad_bb = F.pad(gs.T @ h, (0, r_max - top))
             if need_a:
-                gh = scale_block(gs @ B[:, :top], start, end, top, scale, mask)
+                gh = scale_block(gs @ B[:, :top], start, end, top, scale, rows_mask)
                 grad_a = F.pad(gh.T @ xs, (0, 0, 0, r_max - top))
         if need_a and grad_a is None:  # every row at rank 0: zero gradients (DDP keeps step)
             grad_a = torch.zeros_like(A)

@@ -48,11 +48,34 @@ def scale_block(
 ) -> torch.Tensor:
     """The block of rows ``start:end`` [(end - start) x positions, r] (``x @ A[:r].T``, or
     its gradient twin ``g @ B[:, :r]``) times each row's scale: ``scale`` in place, or with
-    ``scale`` None the rows' ``mask[start:end, :r]`` (which also zeroes the components at
-    or above each row's rank)."""
+    ``scale`` None the block's mask ``mask`` [end - start, 1, r] (``block_mask``: each row's
+    scale, zero at or above its rank)."""
     if scale is None:
-        return (t.view(end - start, -1, r) * mask[start:end, None, :r]).view(-1, r)
+        return (t.view(end - start, -1, r) * mask).view(-1, r)
     return t.mul_(scale)
+
+
+def block_mask(mask: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """The masked block's rows of a rank mask [N, top] as [end - start, 1, top], made once
+    per call and read by the forward and the backward (fewer tensor ops per layer: the eager
+    step is bound by host work per op on GPUs, benchmarks/RESULTS.md)."""
+    return mask[start:end, None, :]
+
+
+def rows_of(t: torch.Tensor, start: int, end: int, width: int) -> torch.Tensor:
+    """Rows ``start:end`` of ``t`` [N, ..., width] as a 2-D [rows·positions, width] view; the
+    whole tensor without slicing when the block is every row (the common case)."""
+    if start == 0 and end == t.shape[0]:
+        return t.reshape(-1, width)
+    return t[start:end].reshape(-1, width)
+
+
+def first(t: torch.Tensor, r: int, dim: int) -> torch.Tensor:
+    """The first ``r`` components of ``t`` along ``dim`` (0: A's rows, 1: B's columns),
+    without a slicing op when ``r`` is all of them."""
+    if r == t.shape[dim]:
+        return t
+    return t[:r] if dim == 0 else t[:, :r]
 
 
 def fused_forward(
@@ -67,16 +90,13 @@ def fused_forward(
     """``F.linear(x, weight, bias)`` [N, *, out] plus the update of ``blocks`` (as
     ``_FlexiLinear``), and the ``h`` [rows·positions, r] of each block. Without autograd
     (inference) ``lora_linear`` calls it directly: the node's bookkeeping is host time."""
-    n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
-    x3 = x.reshape(n, -1, d_in)
+    d_in, d_out = x.shape[-1], weight.shape[0]
     out = F.linear(x, weight, bias)
-    o3 = out.view(n, -1, d_out)
     hs = []
     for start, end, r, scale in blocks:
-        xs = x3[start:end].reshape(-1, d_in)
-        h = scale_block(xs @ A[:r].T, start, end, r, scale, mask)
+        h = scale_block(rows_of(x, start, end, d_in) @ first(A, r, 0).T, start, end, r, scale, mask)
         # C += h @ B^T inside the GEMM: no delta tensor, no separate add.
-        o3[start:end].view(-1, d_out).addmm_(h, B[:, :r].T)
+        rows_of(out, start, end, d_out).addmm_(h, first(B, r, 1).T)
         hs.append(h)
     return out, hs
 
@@ -101,12 +121,9 @@ class _FlexiLinear(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, A, B, mask, *hs = ctx.saved_tensors
         need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
-        n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
+        d_in, d_out = x.shape[-1], weight.shape[0]
         g2 = grad_out.reshape(-1, d_out)
-        g3 = g2.view(n, -1, d_out)
-        x3 = x.reshape(n, -1, d_in)
         grad_x = (g2 @ weight).view(x.shape) if need_x else None
-        gx3 = grad_x.view(n, -1, d_in) if need_x else None
         # One block (the masked and uniform paths): the adapter grads come straight out of
         # one matmul each, in their own layout (zero-padded to r_max only below the top
         # rank); several blocks accumulate into r_max-sized buffers.
@@ -118,7 +135,7 @@ class _FlexiLinear(torch.autograd.Function):
         )
         grad_bb = None
         for (start, end, r, scale), h in zip(ctx.blocks, hs):
-            gs = g3[start:end].reshape(-1, d_out)
+            gs = rows_of(grad_out, start, end, d_out)
             if need_bb:
                 if single:
                     grad_bb = gs.T @ h  # [out, r]: no transpose copy
@@ -128,16 +145,17 @@ class _FlexiLinear(torch.autograd.Function):
                     grad_bt[:r].addmm_(h.T, gs)
             if not (need_a or need_x):
                 continue
-            gh = scale_block(gs @ B[:, :r], start, end, r, scale, mask)
+            gh = scale_block(gs @ first(B, r, 1), start, end, r, scale, mask)
             if need_a:
+                xs = rows_of(x, start, end, d_in)
                 if single:
-                    grad_a = gh.T @ x3[start:end].reshape(-1, d_in)
+                    grad_a = gh.T @ xs
                     if r < r_max:
                         grad_a = F.pad(grad_a, (0, 0, 0, r_max - r))
                 else:
-                    grad_a[:r].addmm_(gh.T, x3[start:end].reshape(-1, d_in))
+                    grad_a[:r].addmm_(gh.T, xs)
             if need_x:
-                gx3[start:end].view(-1, d_in).addmm_(gh, A[:r])
+                rows_of(grad_x, start, end, d_in).addmm_(gh, first(A, r, 0))
         grad_w = g2.T @ x.reshape(-1, d_in) if need_w else None
         grad_b = g2.sum(0) if (need_b and ctx.has_bias) else None
         if need_a and grad_a is None:  # no blocks (all rows at rank 0): zero gradients
@@ -228,7 +246,7 @@ def lora_linear(
     elif route.grouping == "segmented":
         blocks = [(s, e, r, scales[r]) for s, e, r in plan.nonzero_runs()]
     else:
-        mask = plan.mask(scales, x.dtype, x.device)
+        mask = block_mask(plan.mask(scales, x.dtype, x.device), *plan.span)
         blocks = [(plan.span[0], plan.span[1], plan.top, None)] if plan.top else []
     if not blocks and not (torch.is_grad_enabled() and (A.requires_grad or B.requires_grad)):
         return base(x)
@@ -261,5 +279,5 @@ def static_linear(
         if out is not None:
             return out
     r_max = A.shape[0]
-    mask = rank_mask(expand_ranks(ranks, x.shape[0]), scale_table, r_max, x.dtype)
+    mask = block_mask(rank_mask(expand_ranks(ranks, x.shape[0]), scale_table, r_max, x.dtype), 0, x.shape[0])
     return _FlexiLinear.apply(x, base.weight, base.bias, A, B, mask, [(0, x.shape[0], r_max, None)])
