@@ -246,7 +246,7 @@ def lora_linear(
     elif route.grouping == "segmented":
         blocks = [(s, e, r, scales[r]) for s, e, r in plan.nonzero_runs()]
     else:
-        mask = block_mask(plan.mask(scales, x.dtype, x.device), *plan.span)
+        mask = plan.span_mask(scales, x.dtype, x.device)
         blocks = [(plan.span[0], plan.span[1], plan.top, None)] if plan.top else []
     if not blocks and not (torch.is_grad_enabled() and (A.requires_grad or B.requires_grad)):
         return base(x)

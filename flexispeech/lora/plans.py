@@ -121,6 +121,15 @@ class RankPlan:
             self.masks[key] = rank_mask(self.ranks.to(device), table, self.top, dtype)
         return self.masks[key]
 
+    def span_mask(self, scales: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """``mask`` over the rows of ``span`` as [span rows, 1, top]: the masked block's
+        per-row scales in the shape the fused node multiplies by, made once per batch and
+        shared by every layer (one tensor op fewer per layer call)."""
+        key = ("span", dtype, device, tuple(scales))
+        if key not in self.masks:
+            self.masks[key] = self.mask(scales, dtype, device)[self.span[0] : self.span[1], None, :]
+        return self.masks[key]
+
     def scale_tensor(self, scales: list[float], device: torch.device) -> torch.Tensor:
         """``scales`` as a float32 tensor on ``device`` [r_max + 1], cached like ``mask``."""
         key = ("scales", device, tuple(scales))
