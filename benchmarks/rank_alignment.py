@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from flexispeech.lora.fold import _FoldedLinear, adapter_block, folded_forward
-from flexispeech.lora.kernels import _FlexiLinear, fused_forward
+from flexispeech.lora.kernels import _FlexiLinear, block_mask, fused_forward
 from flexispeech.lora.plans import make_plan, rank_mask
 
 # Whisper small: d_model 768, fc1 768 -> 3072, fc2 3072 -> 768
@@ -121,7 +121,11 @@ def variants(
         plan = make_plan(torch.tensor(per_row, device=device), per_row)
         mask = plan.mask(table, dtype, device)
         blocks = [(plan.span[0], plan.span[1], plan.top, None)]
-        out["train mixed masked"], out["infer mixed masked"] = train(blocks, mask), infer(blocks, mask)
+        span_mask = plan.span_mask(table, dtype, device)  # the fused node's block mask
+        out["train mixed masked"], out["infer mixed masked"] = (
+            train(blocks, span_mask),
+            infer(blocks, span_mask),
+        )
         out["train mixed folded"] = fold_train(plan.runs, mask)
         out["infer mixed folded"] = fold_infer(plan.runs)
     for r in ranks:
@@ -130,7 +134,7 @@ def variants(
         out[f"train r={r} folded"] = fold_train([(0, rows, r)])
         out[f"infer r={r} folded"] = fold_infer([(0, rows, r)])
         if r < pad <= r_max:
-            mask = rank_mask(torch.full((rows,), r, device=device), scales, pad, dtype)
+            mask = block_mask(rank_mask(torch.full((rows,), r, device=device), scales, pad, dtype), 0, rows)
             padded = [(0, rows, pad, None)]
             out[f"train r={r} padded to {pad}"] = train(padded, mask)
             out[f"infer r={r} padded to {pad}"] = infer(padded, mask)

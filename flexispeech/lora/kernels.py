@@ -105,7 +105,8 @@ class _FlexiLinear(torch.autograd.Function):
     """``F.linear(x, W, b)`` plus the adapter update of ``blocks``, in one autograd node.
 
     ``blocks``: ``(start, end, r, scale)`` row ranges of ``x`` (dim 0) with their rank; a
-    ``scale`` of ``None`` means "use ``mask[start:end, :r]``" (the masked path). Only the
+    ``scale`` of ``None`` means "use ``mask``", the block's rows of the rank mask as
+    [end - start, 1, r] (``block_mask``; the masked path has one such block). Only the
     small ``h = scale * x @ A[:r].T`` of each block is saved besides what the base saves.
     """
 

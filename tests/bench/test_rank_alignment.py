@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from flexispeech.lora.kernels import _FlexiLinear
+from flexispeech.lora.kernels import _FlexiLinear, block_mask
 from flexispeech.lora.plans import rank_mask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +62,10 @@ def test_padded_block_computes_the_exact_rank() -> None:
     results = []
     for blocks, mask in (
         ([(0, rows, r, float(scales[r]))], A),
-        ([(0, rows, pad, None)], rank_mask(torch.full((rows,), r), scales, pad, torch.float64)),
+        (
+            [(0, rows, pad, None)],
+            block_mask(rank_mask(torch.full((rows,), r), scales, pad, torch.float64), 0, rows),
+        ),
     ):
         y = _FlexiLinear.apply(x, w, b, A, B, mask, blocks)
         grads = torch.autograd.grad(y, (x, w, b, A, B), grad)
