@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from flexispeech.lora.fold import _FoldedLinear, adapter_block, folded_forward
-from flexispeech.lora.kernels import _FlexiLinear, block_mask, fused_forward
-from flexispeech.lora.plans import make_plan, rank_mask
+from flexispeech.lora.kernels import _FlexiLinear, fused_forward
+from flexispeech.lora.plans import block_mask, make_plan, rank_mask
 
 # Whisper small: d_model 768, fc1 768 -> 3072, fc2 3072 -> 768
 SHAPES = {"attn": (768, 768), "fc1": (768, 3072), "fc2": (3072, 768)}

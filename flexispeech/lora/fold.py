@@ -37,7 +37,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flexispeech.lora.kernels import block_mask, scale_block
+from flexispeech.lora.kernels import scale_block
+from flexispeech.lora.plans import block_mask
 
 Run = tuple[int, int, int]  # (first row, last row + 1, rank)
 

@@ -40,7 +40,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-from flexispeech.lora.plans import RankPlan, Route, expand_ranks, rank_mask
+from flexispeech.lora.plans import RankPlan, Route, block_mask, expand_ranks, rank_mask
 
 
 def scale_block(
@@ -48,18 +48,11 @@ def scale_block(
 ) -> torch.Tensor:
     """The block of rows ``start:end`` [(end - start) x positions, r] (``x @ A[:r].T``, or
     its gradient twin ``g @ B[:, :r]``) times each row's scale: ``scale`` in place, or with
-    ``scale`` None the block's mask ``mask`` [end - start, 1, r] (``block_mask``: each row's
+    ``scale`` None the block's mask ``mask`` [end - start, 1, r] (``plans.block_mask``: each row's
     scale, zero at or above its rank)."""
     if scale is None:
         return (t.view(end - start, -1, r) * mask).view(-1, r)
     return t.mul_(scale)
-
-
-def block_mask(mask: torch.Tensor, start: int, end: int) -> torch.Tensor:
-    """The masked block's rows of a rank mask [N, top] as [end - start, 1, top], made once
-    per call and read by the forward and the backward (fewer tensor ops per layer: the eager
-    step is bound by host work per op on GPUs, benchmarks/RESULTS.md)."""
-    return mask[start:end, None, :]
 
 
 def rows_of(t: torch.Tensor, start: int, end: int, width: int) -> torch.Tensor:
@@ -106,7 +99,7 @@ class _FlexiLinear(torch.autograd.Function):
 
     ``blocks``: ``(start, end, r, scale)`` row ranges of ``x`` (dim 0) with their rank; a
     ``scale`` of ``None`` means "use ``mask``", the block's rows of the rank mask as
-    [end - start, 1, r] (``block_mask``; the masked path has one such block). Only the
+    [end - start, 1, r] (``plans.block_mask``; the masked path has one such block). Only the
     small ``h = scale * x @ A[:r].T`` of each block is saved besides what the base saves.
     """
 

@@ -37,6 +37,15 @@ def rank_mask(ranks: torch.Tensor, scale_table: torch.Tensor, top: int, dtype: t
     return ((cols < ranks[:, None]) * scale_table[ranks][:, None]).to(dtype)
 
 
+def block_mask(mask: torch.Tensor, start: int, end: int) -> torch.Tensor:
+    """Rows ``start:end`` of a rank mask [N, top] as [end - start, 1, top]: the shape the
+    fused node multiplies a block's ``x @ A^T`` by, made once per call (or, for a batch's
+    span, once per batch: ``RankPlan.span_mask``) and read by the forward and the backward
+    (fewer tensor ops per layer: the eager step is bound by host work per op on GPUs,
+    benchmarks/RESULTS.md)."""
+    return mask[start:end, None, :]
+
+
 def token_positions(x: torch.Tensor) -> int:
     """Token positions in one call: rows x sequence positions of ``x`` [..., in]."""
     return x.numel() // x.shape[-1]
@@ -127,7 +136,7 @@ class RankPlan:
         shared by every layer (one tensor op fewer per layer call)."""
         key = ("span", dtype, device, tuple(scales))
         if key not in self.masks:
-            self.masks[key] = self.mask(scales, dtype, device)[self.span[0] : self.span[1], None, :]
+            self.masks[key] = block_mask(self.mask(scales, dtype, device), *self.span)
         return self.masks[key]
 
     def scale_tensor(self, scales: list[float], device: torch.device) -> torch.Tensor:

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
-from flexispeech.lora.kernels import _FlexiLinear, block_mask
-from flexispeech.lora.plans import rank_mask
+from flexispeech.lora.kernels import _FlexiLinear
+from flexispeech.lora.plans import block_mask, rank_mask
 
 ROOT = Path(__file__).resolve().parents[2]
 
