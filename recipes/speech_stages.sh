@@ -193,9 +193,9 @@ case "$profile" in
        # removed most of its harm on real speech). Run a pair for its seeds as, e.g.,
        # --decisive "static_r16_dec flexi_benefit_nscale_dec".
        # The keep-base pair (static_r16_keep / flexi_benefit_nscale_keep: a distillation term
-       # towards the base model's predictions, train.keep_base) and its weight-3 pair
-       # (static_r16_keep3 / flexi_benefit_nscale_keep3: real speech at the base model's
-       # level on the CPU profile) are not yet trained on a GPU.
+       # towards the base model's predictions, train.keep_base) is not yet trained on a GPU;
+       # its weight-3 pair (static_r16_keep3 / flexi_benefit_nscale_keep3) is, and lost most
+       # of the gain on synthetic speech (RESULTS.md, fourteenth lease).
        runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel flexi_benefit_nscale_keep flexi_benefit_nscale_keep3"
        runs_static_extra="static_r16_tel static_r16_dec static_r16_keep static_r16_keep3"
        runs_ablation="inconsistent flexi_nested_noaug"
