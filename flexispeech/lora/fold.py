@@ -37,7 +37,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flexispeech.lora.kernels import scale_block
+from flexispeech.lora.kernels import first, rows_of, scale_block
 from flexispeech.lora.plans import block_mask
 
 Run = tuple[int, int, int]  # (first row, last row + 1, rank)
@@ -67,14 +67,11 @@ def folded_forward(
     if len(runs) == 1:
         r = runs[0][2]
         return F.linear(x, fold_weight(weight, A, B, r, scales[r]), bias)
-    n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
-    x3 = x.reshape(n, -1, d_in)
+    d_in, d_out = x.shape[-1], weight.shape[0]
     out = x.new_empty(*x.shape[:-1], d_out)
-    o3 = out.view(n, -1, d_out)
     for start, end, r in runs:
         w = fold_weight(weight, A, B, r, scales[r])
-        xs = x3[start:end].reshape(-1, d_in)
-        os = o3[start:end].view(-1, d_out)
+        xs, os = rows_of(x, start, end, d_in), rows_of(out, start, end, d_out)
         if bias is None:
             torch.mm(xs, w.T, out=os)
         else:
@@ -106,10 +103,8 @@ class _FoldedLinear(torch.autograd.Function):
     def backward(ctx, grad_out):  # type: ignore[override]
         x, weight, A, B, mask = ctx.saved_tensors
         need_x, need_w, need_b, need_a, need_bb = ctx.needs_input_grad[:5]
-        n, d_in, d_out = x.shape[0], x.shape[-1], weight.shape[0]
+        d_in, d_out = x.shape[-1], weight.shape[0]
         g2 = grad_out.reshape(-1, d_out)
-        g3 = g2.view(n, -1, d_out)
-        x3 = x.reshape(n, -1, d_in)
         grad_x = None
         if need_x:
             if len(ctx.runs) == 1:
@@ -117,24 +112,28 @@ class _FoldedLinear(torch.autograd.Function):
                 grad_x = (g2 @ fold_weight(weight, A, B, r, ctx.scales[r])).view(x.shape)
             else:
                 grad_x = x.new_empty(x.shape)
-                gx3 = grad_x.view(n, -1, d_in)
                 for start, end, r in ctx.runs:
                     w = fold_weight(weight, A, B, r, ctx.scales[r])
-                    torch.mm(g3[start:end].reshape(-1, d_out), w, out=gx3[start:end].view(-1, d_in))
+                    torch.mm(rows_of(grad_out, start, end, d_out), w, out=rows_of(grad_x, start, end, d_in))
         grad_a = grad_bb = None
         start, end, top = ctx.block
         r_max = A.shape[0]
         if (need_a or need_bb) and top > 0:
-            xs = x3[start:end].reshape(-1, d_in)
-            gs = g3[start:end].reshape(-1, d_out)
+            xs, gs = rows_of(x, start, end, d_in), rows_of(grad_out, start, end, d_out)
             scale = ctx.scales[top] if mask is None else None
             rows_mask = block_mask(mask, start, end) if mask is not None else mask
             if need_bb:
-                h = scale_block(xs @ A[:top].T, start, end, top, scale, rows_mask)  # made again from x
-                grad_bb = F.pad(gs.T @ h, (0, r_max - top))
+                h = scale_block(
+                    xs @ first(A, top, 0).T, start, end, top, scale, rows_mask
+                )  # made again from x
+                grad_bb = gs.T @ h
+                if top < r_max:
+                    grad_bb = F.pad(grad_bb, (0, r_max - top))
             if need_a:
-                gh = scale_block(gs @ B[:, :top], start, end, top, scale, rows_mask)
-                grad_a = F.pad(gh.T @ xs, (0, 0, 0, r_max - top))
+                gh = scale_block(gs @ first(B, top, 1), start, end, top, scale, rows_mask)
+                grad_a = gh.T @ xs
+                if top < r_max:
+                    grad_a = F.pad(grad_a, (0, 0, 0, r_max - top))
         if need_a and grad_a is None:  # every row at rank 0: zero gradients (DDP keeps step)
             grad_a = torch.zeros_like(A)
         if need_bb and grad_bb is None:
