@@ -132,9 +132,10 @@ case "$profile" in
   # costs about 40 s, and the demo has 20 minutes.
   cpu) audio_ctx=500; overrides=(); real_args=(--max-examples 40); fallback_args=(); gate_args=()
        # runs only when --runs names it: static r16 with the distillation term towards the
-       # base model (train.keep_base; static_r16_keep3 at weight 3), e.g.
+       # base model (train.keep_base; static_r16_keep3 at weight 3, static_r16_keepbc only on
+       # the tokens the base model gets right), e.g.
        # --runs "static_r16 static_r16_keep" --real-examples all --real-30s
-       runs_static_extra="static_r16_keep static_r16_keep3" ;;
+       runs_static_extra="static_r16_keep static_r16_keep3 static_r16_keepbc" ;;
   # GPU: the full 30-s window, adapters on encoder and decoder, bf16, DataLoader workers,
   # on-the-fly augmentation (off in the *_noaug ablation). Up to 1,500 steps (at 500 every
   # run's validation loss was still falling). Every 100 steps 1,024 validation rows are
@@ -187,20 +188,21 @@ case "$profile" in
        # runs only when --runs names them: flexi_benefit (the standard scale alpha/r) and
        # flexi_benefit_full measured worse (RESULTS.md); the telephone-line pair (30 % of
        # training utterances through an 8 kHz G.711 line) won on the test split and did not
-       # help real speech (twelfth lease); not yet trained: the decoder-only pair
-       # static_r16_dec / flexi_benefit_nscale_dec and flexi_benefit_nscale_enc (adapters on
-       # the decoder or the encoder only: switching a trained adapter's encoder part off
-       # removed most of its harm on real speech). Run a pair for its seeds as, e.g.,
-       # --decisive "static_r16_dec flexi_benefit_nscale_dec".
-       # The keep-base pair (static_r16_keep / flexi_benefit_nscale_keep: a distillation term
-       # towards the base model's predictions, train.keep_base) is not yet trained on a GPU;
-       # its weight-3 pair (static_r16_keep3 / flexi_benefit_nscale_keep3) is, and lost most
-       # of the gain on synthetic speech (RESULTS.md, fourteenth lease).
-       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel flexi_benefit_nscale_keep flexi_benefit_nscale_keep3"
-       runs_static_extra="static_r16_tel static_r16_dec static_r16_keep static_r16_keep3"
+       # help real speech (twelfth lease); the decoder-only pair static_r16_dec /
+       # flexi_benefit_nscale_dec kept half the synthetic gain and still hurt real speech
+       # (fifteenth lease); not yet trained: flexi_benefit_nscale_enc (encoder only). Run a
+       # pair for its seeds as, e.g., --decisive "static_r16_dec flexi_benefit_nscale_dec".
+       # The keep-base pairs (a distillation term towards the base model's predictions,
+       # train.keep_base): at weight 3 on every token (static_r16_keep3 /
+       # flexi_benefit_nscale_keep3) it lost most of the gain on synthetic speech (fourteenth
+       # lease); not yet trained on a GPU: weight 1 (static_r16_keep / flexi_benefit_nscale_keep)
+       # and weight 1 on the tokens the base model gets right (static_r16_keepbc /
+       # flexi_benefit_nscale_keepbc).
+       runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel flexi_benefit_nscale_keep flexi_benefit_nscale_keep3 flexi_benefit_nscale_keepbc"
+       runs_static_extra="static_r16_tel static_r16_dec static_r16_keep static_r16_keep3 static_r16_keepbc"
        runs_ablation="inconsistent flexi_nested_noaug"
        jobs=${jobs:-2}
-       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel static_r16_dec static_r16_keep flexi_benefit_nscale_keep static_r16_keep3 flexi_benefit_nscale_keep3" ;;
+       [ "$gated_given" = 1 ] || gated="static_r16 flexi_benefit_nscale flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_nested static_r16_tel flexi_benefit_nscale_tel static_r16_dec static_r16_keep flexi_benefit_nscale_keep static_r16_keep3 flexi_benefit_nscale_keep3 static_r16_keepbc flexi_benefit_nscale_keepbc" ;;
   *) echo "speech_stages.sh: --profile must be cpu or gpu" >&2; exit 2 ;;
 esac
 jobs=${jobs:-1}

@@ -451,7 +451,7 @@ def test_a_decoder_only_run_is_its_parent_on_the_decoder(run: str, parent: str) 
     assert dec == base
 
 
-@pytest.mark.parametrize("suffix", ["dec", "keep", "keep3"])
+@pytest.mark.parametrize("suffix", ["dec", "keep", "keep3", "keepbc"])
 def test_a_named_pair_runs_as_a_pair(tmp_path: Path, suffix: str) -> None:
     """The decoder-only and keep-base pairs (static_r16_<s>, flexi_benefit_nscale_<s>) are off
     the gpu profile's default list; named, static trains as static (no calibration), Flexi
@@ -722,12 +722,16 @@ def test_consensus_evaluates_each_flexi_run_behind_its_gate(tmp_path: Path) -> N
         ("static_r16_keep3", "static_r16"),
         ("flexi_benefit_nscale_keep", "flexi_benefit_nscale"),
         ("flexi_benefit_nscale_keep3", "flexi_benefit_nscale"),
+        ("static_r16_keepbc", "static_r16"),
+        ("flexi_benefit_nscale_keepbc", "flexi_benefit_nscale"),
     ],
 )
 def test_a_keep_base_run_is_its_parent_with_the_term_on(run: str, parent: str) -> None:
     conf = RECIPES / "synthetic" / "conf"
     keep, base = to_dict(load_config(conf / f"{run}.yaml")), to_dict(load_config(conf / f"{parent}.yaml"))
-    assert keep["train"].pop("keep_base")["weight"] > 0 and base["train"].pop("keep_base")["weight"] == 0
+    term = keep["train"].pop("keep_base")
+    assert term["weight"] > 0 and base["train"].pop("keep_base")["weight"] == 0
+    assert term["tokens"] == ("base_correct" if run.endswith("_keepbc") else "all")
     for d in (keep, base):
         d.pop("name"), d.pop("output_dir")
     assert keep == base
