@@ -119,14 +119,13 @@ def variants(
         per_row = [64] * 7 + [32] * 9 + [16] * 4 + [8] * 8 + [4] + [0] * 3
         per_row = (per_row * (rows // len(per_row) + 1))[:rows]
         plan = make_plan(torch.tensor(per_row, device=device), per_row)
-        mask = plan.mask(table, dtype, device)
         blocks = [(plan.span[0], plan.span[1], plan.top, None)]
-        span_mask = plan.span_mask(table, dtype, device)  # the fused node's block mask
+        span_mask = plan.span_mask(table, dtype, device)  # the fused and folded nodes' block mask
         out["train mixed masked"], out["infer mixed masked"] = (
             train(blocks, span_mask),
             infer(blocks, span_mask),
         )
-        out["train mixed folded"] = fold_train(plan.runs, mask)
+        out["train mixed folded"] = fold_train(plan.runs, span_mask)
         out["infer mixed folded"] = fold_infer(plan.runs)
     for r in ranks:
         exact = [(0, rows, r, float(scales[r]))]

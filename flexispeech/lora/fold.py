@@ -38,7 +38,6 @@ import torch
 import torch.nn.functional as F
 
 from flexispeech.lora.kernels import first, rows_of, scale_block
-from flexispeech.lora.plans import block_mask
 
 Run = tuple[int, int, int]  # (first row, last row + 1, rank)
 
@@ -85,8 +84,9 @@ class _FoldedLinear(torch.autograd.Function):
 
     Gradients: ``grad_x`` per run through its folded weight (the base layer's cost); the
     adapter gradients as one block over the rows with a rank (``block``: first row, last
-    row + 1, top rank), where ``mask`` [N, top] carries each row's scale and zeroes the
-    components above its rank (``plans.rank_mask``), so ``grad_B[:, :top] = g^T (x A^T ⊙
+    row + 1, top rank), where ``mask`` [end - start, 1, top], the block's rows of the rank
+    mask (``RankPlan.span_mask``, made once per batch for every layer), carries each row's
+    scale and zeroes the components above its rank, so ``grad_B[:, :top] = g^T (x A^T ⊙
     mask)`` and ``grad_A[:top] = ((g B) ⊙ mask)^T x`` are two large GEMMs however many
     runs there are (per-run GEMMs as narrow as the rank measured slower); ``mask`` None:
     the rows with a rank all have the top rank, and its scale ``scales[top]`` serves.
@@ -121,16 +121,14 @@ class _FoldedLinear(torch.autograd.Function):
         if (need_a or need_bb) and top > 0:
             xs, gs = rows_of(x, start, end, d_in), rows_of(grad_out, start, end, d_out)
             scale = ctx.scales[top] if mask is None else None
-            rows_mask = block_mask(mask, start, end) if mask is not None else mask
             if need_bb:
-                h = scale_block(
-                    xs @ first(A, top, 0).T, start, end, top, scale, rows_mask
-                )  # made again from x
+                # h is made again from x: the node saves x alone
+                h = scale_block(xs @ first(A, top, 0).T, start, end, top, scale, mask)
                 grad_bb = gs.T @ h
                 if top < r_max:
                     grad_bb = F.pad(grad_bb, (0, r_max - top))
             if need_a:
-                gh = scale_block(gs @ first(B, top, 1), start, end, top, scale, rows_mask)
+                gh = scale_block(gs @ first(B, top, 1), start, end, top, scale, mask)
                 grad_a = gh.T @ xs
                 if top < r_max:
                     grad_a = F.pad(grad_a, (0, 0, 0, r_max - top))
@@ -164,8 +162,9 @@ def folded_linear(
     """``base(x)`` plus each row's update, folded per run (see the module docstring).
 
     ``x`` [N, *, in]; ``runs`` ``(start, end, rank)`` cover rows 0..N-1 in order; ``scales[r]``
-    is scale(r); ``mask`` [N, top] the batch's scaled rank mask (``RankPlan.mask``), needed
-    for the gradients when the rows have more than one rank > 0. Requires
+    is scale(r); ``mask`` [span rows, 1, top] the scaled rank mask of the rows with a rank
+    (``RankPlan.span_mask``; the span is ``adapter_block(runs)``), needed for the gradients
+    when the rows have more than one rank > 0. Requires
     ``kernels.fused_supported`` (one dtype, eager, no autocast). Without autograd
     (inference) the same ops run without the node.
     """

@@ -153,7 +153,7 @@ class FlexiLoraLinear(nn.Module):
                 return folded_linear(
                     x, self.base_layer, A, B, [(0, x.shape[0], self.default_rank)], self.scales
                 )
-            mask = plan.mask(self.scales, x.dtype, x.device) if len(plan.distinct) > 1 else None
+            mask = plan.span_mask(self.scales, x.dtype, x.device) if len(plan.distinct) > 1 else None
             return folded_linear(x, self.base_layer, A, B, plan.runs, self.scales, mask)
         if route.grouping == "static":
             # No plan, no host sync: CUDA graphs (set_static_path) and torch.compile.
