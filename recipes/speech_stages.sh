@@ -195,9 +195,10 @@ case "$profile" in
        # The keep-base pairs (a distillation term towards the base model's predictions,
        # train.keep_base): at weight 3 on every token (static_r16_keep3 /
        # flexi_benefit_nscale_keep3) it lost most of the gain on synthetic speech (fourteenth
-       # lease); not yet trained on a GPU: weight 1 (static_r16_keep / flexi_benefit_nscale_keep)
-       # and weight 1 on the tokens the base model gets right (static_r16_keepbc /
-       # flexi_benefit_nscale_keepbc).
+       # lease); at weight 1 on the tokens the base model gets right (static_r16_keepbc /
+       # flexi_benefit_nscale_keepbc) it kept the gain, not real speech at the base's level,
+       # and the Flexi run lost to static r16 (sixteenth lease); not yet trained on a GPU:
+       # weight 1 on every token (static_r16_keep / flexi_benefit_nscale_keep).
        runs_extra="flexi_benefit flexi_benefit_full flexi_benefit_nscale_dec flexi_benefit_nscale_enc flexi_benefit_nscale_tel flexi_benefit_nscale_keep flexi_benefit_nscale_keep3 flexi_benefit_nscale_keepbc"
        runs_static_extra="static_r16_tel static_r16_dec static_r16_keep static_r16_keep3 static_r16_keepbc"
        runs_ablation="inconsistent flexi_nested_noaug"
