@@ -321,7 +321,7 @@ class Trainer:
             if self.augmenter is None:
                 batch = planned.batch
             else:
-                with throughput.timing("augment_s"):
+                with throughput.augmenting(accelerator.device):
                     batch = self._augmented(planned, state.step)
             state.epoch, state.batch_in_epoch = planned.epoch, planned.index + 1
             self.router_state = planned.router_state
