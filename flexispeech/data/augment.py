@@ -39,6 +39,7 @@ from flexispeech.data.augment_waveform import (
     valid_mask,
 )
 from flexispeech.errors import ConfigError
+from flexispeech.host_copy import to_device
 
 NOISE_TYPES = (*NOISE_COLOURS, "bank", "babble")
 RIR_SOURCES = ("synthetic", "bank")
@@ -269,7 +270,9 @@ def _draw_noise(
     batch, width = audio.shape
     kind = choose(generator, batch, len(cfg.noise_types), audio.device)
     colours = [NOISE_COLOURS[t] for t in cfg.noise_types if t in NOISE_COLOURS]
-    exponents = torch.tensor(colours or [0.0], device=audio.device, dtype=audio.dtype)
+    # host lists reach the device through pinned memory: a plain copy would wait for the
+    # previous training step to finish (host_copy)
+    exponents = to_device(torch.tensor(colours or [0.0], dtype=audio.dtype), audio.device)
     # every row draws a colour too (unused when its source is not a colour) so that the
     # draws do not depend on which source each row took
     colour = exponents[choose(generator, batch, len(exponents), audio.device)]
@@ -286,7 +289,7 @@ def _draw_noise(
         out = torch.where((kind == k)[:, None], source.to(audio.dtype), out)
     if colours:
         coloured = colored_noise(colour, width, generator)
-        is_colour = torch.tensor([t in NOISE_COLOURS for t in cfg.noise_types], device=audio.device)[kind]
+        is_colour = to_device(torch.tensor([t in NOISE_COLOURS for t in cfg.noise_types]), audio.device)[kind]
         out = torch.where(is_colour[:, None], coloured, out)
     return out
 

@@ -191,6 +191,24 @@ def sinc_resample_kernel(
     return kernel[:, None, :].to(dtype), width
 
 
+_RESAMPLERS: dict[tuple[int, int, torch.dtype, torch.device], torch.nn.Module] = {}
+
+
+def torchaudio_resampler(orig: int, new: int, dtype: torch.dtype, device: torch.device) -> torch.nn.Module:
+    """torchaudio's ``transforms.Resample`` from ``orig`` to ``new`` Hz, made once per dtype and
+    device. Why not ``functional.resample``: it builds its sinc kernel on every call, with a
+    host scalar copied to the device inside, and on a GPU that copy waits for all the work
+    queued before it, so each training step's augmentation would wait for the previous
+    step's backward pass (``training.throughput``). The module builds the same kernel once;
+    only torchaudio loaded (``torchaudio_ops``) calls this."""
+    key = (orig, new, dtype, torch.device(device))
+    if key not in _RESAMPLERS:
+        import torchaudio.transforms as tat  # lazy: see the module docstring
+
+        _RESAMPLERS[key] = tat.Resample(orig, new, dtype=dtype).to(device)
+    return _RESAMPLERS[key]
+
+
 def resample(audio: torch.Tensor, orig: int, new: int, backend: str = "auto") -> torch.Tensor:
     """Resample rows [batch, T] from rate ``orig`` to ``new`` -> [batch, ceil(T * new / orig)].
 
@@ -199,9 +217,8 @@ def resample(audio: torch.Tensor, orig: int, new: int, backend: str = "auto") ->
     """
     if orig == new:
         return audio
-    taf = torchaudio_ops(backend)
-    if taf is not None:
-        return taf.resample(audio, orig, new)
+    if torchaudio_ops(backend) is not None:
+        return torchaudio_resampler(orig, new, audio.dtype, audio.device)(audio)
     gcd = math.gcd(orig, new)
     orig, new = orig // gcd, new // gcd
     kernel, width = sinc_resample_kernel(orig, new, audio.device, audio.dtype)

@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 import torch
 
+from flexispeech.host_copy import to_device
+
 # The segmented path launches ~6 small matmuls per run of equal-rank rows; past this many
 # runs (an unsorted batch) the launches cost more than the FLOPs they save.
 MAX_SEGMENTS = 8
@@ -126,8 +128,9 @@ class RankPlan:
         """The scaled mask of ``rank_mask`` at the top rank, [N, top], cached per dtype/device."""
         key = (dtype, device, tuple(scales))
         if key not in self.masks:
-            table = torch.tensor(scales, dtype=torch.float32, device=device)
-            self.masks[key] = rank_mask(self.ranks.to(device), table, self.top, dtype)
+            # host values through pinned memory: a plain copy would wait for the queued work
+            table = to_device(torch.tensor(scales, dtype=torch.float32), device)
+            self.masks[key] = rank_mask(to_device(self.ranks, device), table, self.top, dtype)
         return self.masks[key]
 
     def span_mask(self, scales: list[float], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -143,7 +146,7 @@ class RankPlan:
         """``scales`` as a float32 tensor on ``device`` [r_max + 1], cached like ``mask``."""
         key = ("scales", device, tuple(scales))
         if key not in self.masks:
-            self.masks[key] = torch.tensor(scales, dtype=torch.float32, device=device)
+            self.masks[key] = to_device(torch.tensor(scales, dtype=torch.float32), device)
         return self.masks[key]
 
 

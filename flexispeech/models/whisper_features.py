@@ -16,6 +16,8 @@ from typing import Any
 
 import torch
 
+from flexispeech.host_copy import to_device
+
 
 def device_log_mel_supported(feature_extractor: Any) -> bool:
     """Whether ``log_mel`` reproduces this extractor (Whisper's, without normalisation)."""
@@ -44,7 +46,8 @@ def log_mel(feature_extractor: Any, audio: torch.Tensor) -> torch.Tensor:
     hann = torch.hann_window(fe.n_fft, device=audio.device)
     stft = torch.stft(audio, fe.n_fft, fe.hop_length, window=hann, return_complex=True)
     power = (stft[..., :-1].abs() ** 2).contiguous()  # [B, n_fft/2+1, frames]
-    filters = torch.as_tensor(fe.mel_filters, dtype=torch.float32, device=audio.device)  # [freqs, mels]
+    # through pinned memory: a plain host-to-device copy would wait for the work queued before it
+    filters = to_device(torch.as_tensor(fe.mel_filters, dtype=torch.float32), audio.device)  # [freqs, mels]
     log_spec = torch.clamp(filters.T @ power, min=1e-10).log10()
     floor = log_spec.amax(dim=(1, 2), keepdim=True) - 8.0  # per clip: 8 decades below its peak
     return (torch.maximum(log_spec, floor) + 4.0) / 4.0

@@ -31,10 +31,24 @@ import torch
 from torch import nn
 
 from flexispeech.errors import ConfigError
+from flexispeech.host_copy import to_device
 from flexispeech.lora.plans import rank_sort_order
 from flexispeech.lora.ranks import use_ranks
 from flexispeech.models.family import TrainInputs
 from flexispeech.training.config import NestedConfig
+
+
+def select_rows(batch: dict[str, torch.Tensor], index: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Rows ``index`` [M] (long, on the host) of every tensor of ``batch`` ([B, ...] each):
+    the index goes to each device once, through pinned memory (a plain copy would make the
+    step wait for the work queued before it, host_copy)."""
+    on: dict[torch.device, torch.Tensor] = {}
+    out = {}
+    for k, v in batch.items():
+        if v.device not in on:
+            on[v.device] = to_device(index, v.device)
+        out[k] = v[on[v.device]]
+    return out
 
 
 def check_nested(cfg: NestedConfig, ranks: Sequence[int]) -> None:
@@ -110,7 +124,9 @@ def scale_rows(model: nn.Module, weights: torch.Tensor) -> Iterator[None]:
         raise ConfigError(
             "train.nested.weight other than 1 with forward=joint needs a model with an output layer"
         )
-    hook = head.register_forward_hook(lambda _m, _i, out: _ScaleRows.apply(out, weights.to(out.device)))
+    hook = head.register_forward_hook(
+        lambda _m, _i, out: _ScaleRows.apply(out, to_device(weights, out.device))
+    )
     try:
         yield
     finally:
@@ -155,9 +171,9 @@ def nested_loss(
     if cfg.forward == "separate":
         with use_ranks(model, routed):
             routed_loss = inputs.loss(model, batch)
-        extra = {k: v[rows.to(v.device)] for k, v in batch.items()}
+        extra = select_rows(batch, rows)
         order = rank_sort_order(sampled)
-        extra = {k: v[order.to(v.device)] for k, v in extra.items()}
+        extra = select_rows(extra, order)
         with use_ranks(model, sampled[order]):
             sampled_loss = inputs.loss(model, extra)
         return (routed_loss + w * sampled_loss) / (1 + w)
@@ -165,7 +181,7 @@ def nested_loss(
     index = torch.cat([torch.arange(routed.shape[0]), rows])
     order = rank_sort_order(all_ranks)
     index = index[order]
-    joint = {k: v[index.to(v.device)] for k, v in batch.items()}
+    joint = select_rows(batch, index)
     with use_ranks(model, all_ranks[order]):
         if w == 1.0:
             return inputs.loss(model, joint)

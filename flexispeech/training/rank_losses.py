@@ -43,7 +43,9 @@ def no_row_capture() -> Iterator[None]:
 @contextlib.contextmanager
 def capture_row_losses(model: nn.Module) -> Iterator[list[tuple[torch.Tensor, torch.Tensor]]]:
     """Within the block, every forward pass of ``model`` with token labels appends
-    ``(nll_sum [B], n_tokens [B])`` (float64 / int64, on the CPU) to the yielded list."""
+    ``(nll_sum [B], n_tokens [B])`` (float64 / int64, on the logits' device) to the yielded
+    list. They stay there: copying them to the host here would make every training step
+    wait for its forward pass on a GPU (:class:`RankLosses` reads them when asked)."""
     captured: list[tuple[torch.Tensor, torch.Tensor]] = []
 
     def hook(module: nn.Module, args: Any, kwargs: dict[str, Any], output: Any) -> None:
@@ -56,7 +58,7 @@ def capture_row_losses(model: nn.Module) -> Iterator[list[tuple[torch.Tensor, to
             nll = nn.functional.cross_entropy(
                 logits.detach().flatten(0, 1), labels.flatten(), ignore_index=-100, reduction="none"
             ).view(labels.shape)
-            captured.append((nll.sum(1).double().cpu(), (labels != -100).sum(1).cpu()))
+            captured.append((nll.sum(1).double(), (labels != -100).sum(1)))
 
     handle = model.register_forward_hook(hook, with_kwargs=True)
     try:
@@ -66,31 +68,50 @@ def capture_row_losses(model: nn.Module) -> Iterator[list[tuple[torch.Tensor, to
 
 
 class RankLosses:
-    """Token losses summed per rank since the last :meth:`mean_by_rank` with ``reset``."""
+    """Token losses summed per rank since the last :meth:`mean_by_rank` with ``reset``.
+
+    Batches are added with their row losses still on the device and summed on the host only
+    when a mean is asked for (a logged line, a validation pass): one copy for all of them,
+    after the loss read that already waits for the device, instead of a wait every step.
+    """
 
     def __init__(self) -> None:
         self.nll: dict[int, float] = defaultdict(float)
         self.tokens: dict[int, int] = defaultdict(int)
+        self._pending: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
 
     def add(self, ranks: torch.Tensor, captured: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Add the rows of one batch: ``ranks`` [B] in the rows' order, ``captured`` from
-        :func:`capture_row_losses` around its forward pass (nothing when it holds none)."""
+        """Add the rows of one batch: ``ranks`` [B] (on the host) in the rows' order,
+        ``captured`` from :func:`capture_row_losses` around its forward pass (nothing when
+        it holds none)."""
         if not captured:
             return
         nll, tokens = (torch.cat(parts) for parts in zip(*captured))
         if len(nll) != len(ranks):  # a family that runs several forward passes per batch
             return
-        for r, v, n in zip(ranks.tolist(), nll.tolist(), tokens.tolist()):
+        self._pending.append((ranks.tolist(), nll, tokens))
+
+    def _settle(self) -> None:
+        """Move the pending batches' sums to the host (one copy per device)."""
+        if not self._pending:
+            return
+        ranks = [r for batch_ranks, _, _ in self._pending for r in batch_ranks]
+        nll = torch.cat([v.to(torch.float64).flatten() for _, v, _ in self._pending]).tolist()
+        tokens = torch.cat([n.to(torch.int64).flatten() for _, _, n in self._pending]).tolist()
+        self._pending.clear()
+        for r, v, n in zip(ranks, nll, tokens):
             self.nll[r] += v
             self.tokens[r] += n
 
     def mean(self) -> float | None:
         """Token-mean loss over every rank (None when nothing was captured)."""
+        self._settle()
         total = sum(self.tokens.values())
         return sum(self.nll.values()) / total if total else None
 
     def mean_by_rank(self, reset: bool = False) -> dict[str, float]:
         """``{rank: token-mean loss}`` (rank as a string, JSON's key type), rounded to 5 digits."""
+        self._settle()
         out = {str(r): round(self.nll[r] / self.tokens[r], 5) for r in sorted(self.tokens) if self.tokens[r]}
         if reset:
             self.nll.clear()

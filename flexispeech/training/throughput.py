@@ -7,13 +7,14 @@ augmenting it (``training.augmented``, in this process) and validating. Each lin
 train_log.jsonl gets the utterances per second and the share of wall time spent waiting
 for data since the line before; train_summary.json gets the totals.
 
-Times are host wall times, and on a GPU the host runs ahead of the device. A training
-step's last host sync is in its forward pass (the per-rank loss capture copies the row
-losses to the host); its backward pass and optimizer step are still queued when the next
-batch is augmented (the loss is read only when a line is logged), and the augmentation's
-first host sync (a blocking copy to the device, e.g. inside torchaudio's resampler) waits
-for them. So on a GPU ``augment_s`` holds the previous step's backward and optimizer step
-too. ``augment_gpu_s`` (CUDA only) is the augmentation's own share of the device's time,
+Times are host wall times, and on a GPU the host runs ahead of the device: nothing in
+a training step or in the augmentation waits for the device (host values reach it through
+pinned memory, ``host_copy``; the per-rank losses are read when a line is logged;
+tests/training/test_no_host_sync.py), so the host augments the next batch while the
+device still runs the previous step, and ``augment_s`` is the host's own work on the
+batch. Anything that did wait (a blocking copy, a read back) would put the previous
+step's backward pass and optimizer step inside ``augment_s``, as it did before the loop
+lost its syncs (benchmarks/RESULTS.md, round 10). ``augment_gpu_s`` (CUDA only) is the augmentation's own share of the device's time,
 from two CUDA events around it: from when the device finished the work queued before it
 to when it finished the augmentation's last kernel (idle gaps while the host works on the
 batch count; the previous step does not). The events add no host sync: they are read

@@ -39,3 +39,9 @@ def test_flexi_run_augmentation_only() -> None:
     out = run("--run", "flexi_benefit_nscale", "--no-step")
     assert "flexi_benefit_nscale: batch 2" in out and "| **stages, sum** |" in out
     assert "training step" not in out
+
+
+def test_the_loop_mode_times_both_loops() -> None:
+    out = run("--step-reps", "1", "--loop", "1", "--loop-rounds", "1")
+    assert "| steps on one batch (no augmentation) |" in out
+    assert "| augment each batch, then step |" in out and "augmentation's cost in the loop:" in out

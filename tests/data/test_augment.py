@@ -437,4 +437,11 @@ def test_plain_torch_ops_agree_with_torchaudio(batch) -> None:
     ta_cfg = AugmentConfig(**{**on, "backend": "torchaudio"})
     ta_out = augment_waveforms(audio, lengths, ta_cfg, step_generator(0, 1))
     assert torch.equal(torch_out[1], ta_out[1])
-    torch.testing.assert_close(torch_out[0], ta_out[0], rtol=0, atol=1e-4)
+    # Chained, the ops' differences (1e-5 alone, above) grow: the reverberation sums up to
+    # 0.8 s of taps and the level is set again after it and after the noise. Measured where
+    # torchaudio loads (torch 2.11): 8 of 151,398 samples differ by more than 1e-4, the
+    # largest by 9.3e-4. So: every sample within 2e-3, and the difference 40 dB or more
+    # below the signal, row by row.
+    torch.testing.assert_close(torch_out[0], ta_out[0], rtol=0, atol=2e-3)
+    error = (torch_out[0] - ta_out[0]).double().square().sum(1)
+    assert torch.all(error <= 1e-4 * ta_out[0].double().square().sum(1))
