@@ -13,14 +13,12 @@ training inputs (Whisper's cached encoder prefix) come from ``models.family.trai
 from __future__ import annotations
 
 import contextlib
-import json
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -28,21 +26,17 @@ from flexispeech.data.augment import step_generator
 from flexispeech.data.speech import LengthBucketSampler
 from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
-from flexispeech.evaluation.fallback import Fallback
-from flexispeech.evaluation.metrics import source_normalizer
 from flexispeech.host_copy import to_device
 from flexispeech.lora.inject import adapter_parameters, attach_router, inject, use_ranks
 from flexispeech.lora.io import load_adapter, save_adapter
 from flexispeech.lora.router import RandomRouter
 from flexispeech.lora.stats import count_parameters
 from flexispeech.models.family import TrainInputs, train_inputs
-from flexispeech.models.whisper import POSITIONS_PER_SECOND
-from flexispeech.training.augmented import SPEECH_FAMILIES, AudioInputs, batch_maker, check_augment
+from flexispeech.training.augmented import AudioInputs, batch_maker, check_augment
 from flexispeech.training.batch import Batch, BatchPlan, train_loader
 from flexispeech.training.checkpoint import TrainerState, find_checkpoint, load_checkpoint, save_checkpoint
-from flexispeech.training.config import RunConfig, to_dict
+from flexispeech.training.config import RunConfig
 from flexispeech.training.early_stopping import (
-    Validator,
     kept_step,
     record_validation,
     stop_reason,
@@ -53,7 +47,15 @@ from flexispeech.training.keep_base import KeepBaseInputs
 from flexispeech.training.nested import check_nested, nested_generator, nested_loss
 from flexispeech.training.rank_losses import RankLosses, capture_row_losses
 from flexispeech.training.routing import build_routers
-from flexispeech.training.run_setup import adapter_config, load_model, lr_schedule
+from flexispeech.training.run_log import append_log, rank_histogram, start_logs, write_summary
+from flexispeech.training.run_setup import (
+    adapter_config,
+    allow_new_precision,
+    build_validator,
+    load_model,
+    lr_schedule,
+    max_duration,
+)
 from flexispeech.training.throughput import Throughput
 
 BEST_ADAPTER = "best_adapter"  # early stopping: the best adapter so far, beside the checkpoint
@@ -94,7 +96,7 @@ class Trainer:
             )
         check_augment(cfg.augment, cfg.model.family, cfg.model.cache_encoder_layers)
         cfg.train.early_stopping.check(cfg.train.eval_every)
-        _allow_new_precision(cfg.train.mixed_precision)
+        allow_new_precision(cfg.train.mixed_precision)
         # Rows at rank 0 leave adapter parameters unused in some steps: DDP must allow that.
         self.accelerator = Accelerator(
             mixed_precision=cfg.train.mixed_precision,
@@ -105,7 +107,7 @@ class Trainer:
         self.split = open_split(
             cfg.data.corpus,
             cfg.data.train_split,
-            self._max_duration(),
+            max_duration(self.cfg),
             cfg.data.max_train_examples,
             cfg.seed,
             cfg.data.target,
@@ -150,20 +152,12 @@ class Trainer:
         if cfg.train.keep_base.weight > 0:
             self.loss_inputs = KeepBaseInputs(self.inputs, cfg.train.keep_base)
         self.kl_terms: list[torch.Tensor] = []
-        self.validator = self._validator()
+        self.validator = build_validator(cfg, self.family, self.processor, self.infer_router)
         self.train_rank_losses = RankLosses()
         self.stopped = "max_steps"
         self.model = self.accelerator.prepare_model(model)
         if self.accelerator.is_main_process:
             self._start_logs()
-
-    def _max_duration(self) -> float | None:
-        """``data.max_duration``, capped by a shortened Whisper window (longer clips would be cut)."""
-        max_duration = self.cfg.data.max_duration
-        if self.cfg.model.family == "whisper" and self.cfg.model.audio_ctx:
-            window = self.cfg.model.audio_ctx / POSITIONS_PER_SECOND
-            max_duration = window if max_duration is None else min(max_duration, window)
-        return max_duration
 
     def _restore(self, model: torch.nn.Module) -> tuple[TrainerState, Path | None]:
         """The trainer state to start from, and the checkpoint it came from (None: a fresh start)."""
@@ -189,17 +183,9 @@ class Trainer:
         )
 
     def _start_logs(self) -> None:
-        """config.yaml; train_log.jsonl cut back to the checkpoint's step (or emptied)."""
+        """config.yaml and train_log.jsonl (``run_log``); the routers and a resume on stdout."""
         cfg = self.cfg
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-        log_path = self.out / "train_log.jsonl"
-        kept = []
-        if self.resumed_from is not None and log_path.exists():
-            kept = [
-                ln for ln in log_path.read_text().splitlines() if json.loads(ln)["step"] <= self.state.step
-            ]
-        log_path.write_text("".join(ln + "\n" for ln in kept))
+        start_logs(self.out, cfg, self.state.step if self.resumed_from is not None else None)
         print(
             f"[{cfg.name}] train router: {self.train_router.describe()}; inference router: {self.infer_router.describe()}"
         )
@@ -219,32 +205,6 @@ class Trainer:
             self._augment_step = step
         return self.augmenter(planned, self._augment_gen)
 
-    def _validator(self) -> Validator | None:
-        """The validation loss of the run (None when ``train.eval_every`` is 0)."""
-        cfg = self.cfg
-        if not cfg.train.eval_every:
-            return None
-        split = open_split(
-            cfg.data.corpus,
-            cfg.data.eval_split,
-            self._max_duration(),
-            cfg.train.eval_examples,
-            cfg.seed,
-            cfg.data.target,
-        )
-        normalize = None
-        if cfg.train.early_stopping.metric == "wer":
-            if self.family.name not in SPEECH_FAMILIES:
-                raise ConfigError(
-                    f"train.early_stopping.metric: wer is for speech models, not the {self.family.name} family"
-                )
-            normalize = source_normalizer(cfg.model.source)  # as eval scores it
-        es = cfg.train.early_stopping
-        fallback = Fallback(es.fallback_rank) if es.fallback_rank is not None else None
-        return Validator(
-            split, self.family, self.processor, self.infer_router, cfg.eval.batch_size, normalize, fallback
-        )
-
     def _validate(self) -> bool:
         """Validate, log, keep the best adapter; returns whether early stopping says stop.
 
@@ -256,8 +216,7 @@ class Trainer:
         if self.accelerator.is_main_process:
             if better and es.patience is not None:  # save_adapter writes atomically
                 save_adapter(self.accelerator.unwrap_model(self.model), self.out / BEST_ADAPTER)
-            with (self.out / "train_log.jsonl").open("a") as f:
-                f.write(json.dumps(validation_entry(state, result)) + "\n")
+            append_log(self.out, validation_entry(state, result))
         reason = stop_reason(state, es)
         if reason is not None:
             self.stopped = reason
@@ -376,7 +335,7 @@ class Trainer:
                 "loss": round(mean_loss, 5),
                 "lr": self.scheduler.get_last_lr()[0],
                 "epoch": state.epoch,
-                "ranks": {str(k): v for k, v in sorted(self.counts.items())},
+                "ranks": rank_histogram(self.counts),
                 "elapsed_s": round(elapsed_s, 2),
                 **self.throughput.interval(),
             }
@@ -385,8 +344,7 @@ class Trainer:
                 entry["loss_by_rank"] = by_rank
             if self.kl_terms:  # train.keep_base: the mean KL term since the last line
                 entry["keep_base_kl"] = round(float(torch.stack(self.kl_terms).float().mean()), 5)
-            with (self.out / "train_log.jsonl").open("a") as f:
-                f.write(json.dumps(entry) + "\n")
+            append_log(self.out, entry)
         self.losses.clear()
         self.kl_terms.clear()
         self.train_rank_losses.mean_by_rank(reset=True)
@@ -418,7 +376,7 @@ class Trainer:
                 "train_time_s": round(train_time, 2),
                 "examples_per_s": round(state.examples_seen / max(train_time, 1e-9), 3),
                 "processes": accelerator.num_processes,
-                "train_rank_histogram": {str(k): v for k, v in sorted(self.counts.items())},
+                "train_rank_histogram": rank_histogram(self.counts),
                 "adapter_params_total": params.total,
                 "train_active_params_mean": params.active_mean,
                 "train_router": self.train_router.describe(),
@@ -431,27 +389,12 @@ class Trainer:
                 "kept": kept,
                 "stopped": self.stopped,
             }
-            (self.out / "train_summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_summary(self.out, summary)
         return adapter_dir
 
     def _kept(self) -> dict[str, Any]:
         """Which step's adapter the run keeps, and why."""
         return kept_step(self.state, self.cfg.train.early_stopping, self.validator is not None)
-
-
-def _allow_new_precision(mixed_precision: str) -> None:
-    """Let a second run in the same process train at another precision.
-
-    accelerate keeps one process-wide state and refuses an ``Accelerator`` whose
-    mixed_precision differs from the first one's (two ``train`` calls in one notebook or
-    script, one in bf16). In a single process nothing else holds that state, so it is
-    cleared; under a distributed launch it is left alone (the launcher set it up).
-    """
-    from accelerate.state import AcceleratorState, PartialState
-
-    state = AcceleratorState._shared_state
-    if state and state.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
-        AcceleratorState._reset_state()
 
 
 def train(cfg: RunConfig, resume: bool = False, progress: bool = True) -> Path:

@@ -1,5 +1,6 @@
 """What a run builds from its config before training: the model, the adapter config, the
-learning-rate schedule."""
+learning-rate schedule, the longest clip it trains on, its validation, accelerate's
+precision state."""
 
 from __future__ import annotations
 
@@ -7,12 +8,18 @@ from typing import Any
 
 import torch
 
+from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
+from flexispeech.evaluation.fallback import Fallback
+from flexispeech.evaluation.metrics import source_normalizer
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.models.family import get_family
 from flexispeech.models.family import load_model as load_family_model
+from flexispeech.models.whisper import POSITIONS_PER_SECOND
 from flexispeech.models.whisper_prefix import frozen_prefix_pattern
+from flexispeech.training.augmented import SPEECH_FAMILIES
 from flexispeech.training.config import RunConfig
+from flexispeech.training.early_stopping import Validator
 
 
 def lr_schedule(cfg: RunConfig, optimizer: torch.optim.Optimizer) -> Any:
@@ -52,3 +59,54 @@ def adapter_config(cfg: RunConfig, family: Any) -> FlexiLoraConfig:
             "routing": cfg.routing.mode,
         },
     )
+
+
+def max_duration(cfg: RunConfig) -> float | None:
+    """``data.max_duration``, capped by a shortened Whisper window (longer clips would be cut)."""
+    longest = cfg.data.max_duration
+    if cfg.model.family == "whisper" and cfg.model.audio_ctx:
+        window = cfg.model.audio_ctx / POSITIONS_PER_SECOND
+        longest = window if longest is None else min(longest, window)
+    return longest
+
+
+def allow_new_precision(mixed_precision: str) -> None:
+    """Let a second run in the same process train at another precision.
+
+    accelerate keeps one process-wide state and refuses an ``Accelerator`` whose
+    mixed_precision differs from the first one's (two ``train`` calls in one notebook or
+    script, one in bf16). In a single process nothing else holds that state, so it is
+    cleared; under a distributed launch it is left alone (the launcher set it up).
+    """
+    from accelerate.state import AcceleratorState, PartialState
+
+    state = AcceleratorState._shared_state
+    if state and state.get("_mixed_precision") != mixed_precision and PartialState().num_processes == 1:
+        AcceleratorState._reset_state()
+
+
+def build_validator(cfg: RunConfig, family: Any, processor: Any, router: Any) -> Validator | None:
+    """The run's validation (``training.early_stopping``) on ``cfg.train.eval_examples`` rows
+    of the eval split, each at the inference ``router``'s rank; None when
+    ``train.eval_every`` is 0. With ``early_stopping.metric: wer`` the rows are also decoded
+    and scored as ``flexispeech eval`` scores them."""
+    if not cfg.train.eval_every:
+        return None
+    split = open_split(
+        cfg.data.corpus,
+        cfg.data.eval_split,
+        max_duration(cfg),
+        cfg.train.eval_examples,
+        cfg.seed,
+        cfg.data.target,
+    )
+    normalize = None
+    if cfg.train.early_stopping.metric == "wer":
+        if family.name not in SPEECH_FAMILIES:
+            raise ConfigError(
+                f"train.early_stopping.metric: wer is for speech models, not the {family.name} family"
+            )
+        normalize = source_normalizer(cfg.model.source)  # as eval scores it
+    es = cfg.train.early_stopping
+    fallback = Fallback(es.fallback_rank) if es.fallback_rank is not None else None
+    return Validator(split, family, processor, router, cfg.eval.batch_size, normalize, fallback)
