@@ -338,6 +338,14 @@ if step 1; then
   if [ ${#emb[@]} -gt 0 ] && [ ${#same[@]} -eq 0 ]; then
     $FLEXI signals "$data" --model "$model" --audio-ctx "$audio_ctx" --splits "$signal_splits" --embedding "${dev_args[@]}"
   fi
+  # The real recordings (--real) have no cached signals, so `eval` computes what a router
+  # or confidence gate reads from the adapted model's own base (adapter off): the same as
+  # tiny.en's only when that model is tiny.en. For another model (whisper-base: entropy 1.87
+  # against tiny.en's 0.87 on one recording) the routers and gates, fit on tiny.en's proxy,
+  # would read another model's; so tiny.en's proxy is cached on the real recordings too.
+  if [ -n "$real" ] && [ "$model" != whisper-tiny.en ]; then
+    $FLEXI signals "$real" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits test "${dev_args[@]}"
+  fi
 fi
 
 evaluate() {  # evaluate DIR_NAME ARGS...: one eval unless its results exist

@@ -301,6 +301,24 @@ def test_signals_of_the_training_split_only_when_a_run_reads_them(tmp_path: Path
     assert splits("profile") == ["train,validation,test"]  # the whole gpu list
 
 
+def test_another_model_reads_tiny_en_signals_on_real_speech_too(tmp_path: Path) -> None:
+    """Routers and confidence gates are fit on tiny.en's proxy (cached in stage 1); the real
+    recordings have none cached, and `eval` would compute them from the adapted model's
+    base. For a model other than tiny.en stage 1 caches tiny.en's on them as well."""
+
+    def real_signals(sub: str, *extra: str) -> list[list[str]]:
+        (tmp_path / sub).mkdir()
+        calls = run_stages(
+            tmp_path / sub, "gpu", "--stage", "1", "--stop-stage", "1", "--real", "data/real", *extra
+        )
+        return [c for c in calls if c[0] == "signals" and c[1] == "data/real"]
+
+    (base,) = real_signals("base", "--model", "whisper-base")
+    assert base[base.index("--model") + 1] == "whisper-tiny.en" and base[base.index("--splits") + 1] == "test"
+    assert base[base.index("--audio-ctx") + 1] == "1500" and "--embedding" not in base
+    assert real_signals("tiny") == []  # tiny.en: the live signals are tiny.en's already
+
+
 def test_runs_side_by_side_share_the_loader_workers(tmp_path: Path) -> None:
     """With --jobs N on the gpu profile, each run's loaders (training and decoding) get 1/N
     of the cores (2 to 8); one run at a time keeps the profile's 8 and eval's default."""
