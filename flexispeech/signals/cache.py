@@ -123,7 +123,7 @@ def cache_model_signals(
     ds = load_corpus(corpus_dir, split)
     if not force and all(c in ds.column_names for c in MODEL_COLUMNS):
         return set()
-    with_embedding = embedding and (force or SIGNAL_PREFIX + EMBEDDING not in ds.column_names)
+    with_embedding = embedding and (force or _embedding_missing(ds, model, split))
     split_rows = CorpusSplit(corpus_dir, split)
     keep = _rows_within(split_rows, max_duration)
     normalize = english_normalizer(model_dir)
@@ -203,6 +203,28 @@ def _batches(
             yield loaded if finish is None else replace(loaded, inputs=finish(loaded.inputs))
 
 
+def _embedding_missing(ds: Any, model: torch.nn.Module, split: str) -> bool:
+    """Whether ``split`` (a ``Dataset``) lacks ``model``'s embedding: no column, or one of
+    another width, cached by another model's encoder (tiny.en's 384 values where whisper-base
+    gives 512: a novelty gate fit on them would read another encoder, and fail on live ones).
+    """
+    from flexispeech.signals.embedding import EMBEDDING
+
+    column = SIGNAL_PREFIX + EMBEDDING
+    if column not in ds.column_names:
+        return True
+    width = next((len(v) for v in ds.select_columns([column])[column] if v is not None), None)
+    want = int(model.config.d_model)
+    if width is None or width == want:
+        return False
+    tqdm.write(
+        f"{split}: the cached {column} has {width} values per row, this model's encoder {want}: "
+        "cached by another model, made again",
+        file=sys.stderr,
+    )
+    return True
+
+
 def cache_embedding(
     corpus_dir: str | Path,
     split: str,
@@ -222,7 +244,7 @@ def cache_embedding(
 
     corpus_dir = Path(corpus_dir)
     column = SIGNAL_PREFIX + EMBEDDING
-    if not force and column in load_corpus(corpus_dir, split).column_names:
+    if not force and not _embedding_missing(load_corpus(corpus_dir, split), model, split):
         return False
     split_rows = CorpusSplit(corpus_dir, split)
     keep = _rows_within(split_rows, max_duration)

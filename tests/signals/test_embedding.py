@@ -114,6 +114,15 @@ def test_signals_embedding_column_feeds_a_learned_router(corpus, tmp_path, capsy
     assert cache_embedding(corpus, "train", model, processor, batch_size=8, max_duration=2.0, force=True)
     torch.testing.assert_close(CorpusSplit(corpus, "train").all_signals()["embedding"], signals["embedding"])
 
+    # an embedding of another width (another model's encoder: tiny.en 384, whisper-base 512)
+    # is made again, not taken as this model's
+    from flexispeech.data.corpus import add_columns
+
+    add_columns(corpus, "train", {"signal_embedding": [[0.5, 0.5, 0.5]] * 16})
+    assert cache_embedding(corpus, "train", model, processor, batch_size=8, max_duration=2.0)
+    torch.testing.assert_close(CorpusSplit(corpus, "train").all_signals()["embedding"], signals["embedding"])
+    assert not cache_embedding(corpus, "train", model, processor, batch_size=8, max_duration=2.0)  # its own
+
     cfg = load_config(
         None,
         [
