@@ -239,7 +239,14 @@ if [ "$profile" = gpu ] && [ "$device" != cpu ] && [ "$jobs" -gt 1 ]; then
   # up to 3 runs side by side decode at 512, up to 6 at 256, more at 128 (the later
   # --batch-size wins). With three runs nvidia-smi already read 100 % utilisation, so more
   # runs at once make none faster; they can fill the gaps between the others' phases.
-  if [ "$jobs" -gt 3 ]; then dev_args+=(--batch-size "$([ "$jobs" -le 6 ] && echo 256 || echo 128)"); fi
+  # A larger model holds more: Whisper base took 2.1x tiny.en's memory decoding 64 clips at
+  # 30 s on a CPU (2.02 against 0.96 GB), so two base runs at 512 would need about the
+  # H200's whole 140 GiB; larger models decode at half the batch for the same job counts.
+  if [ "$model" = whisper-tiny.en ]; then
+    if [ "$jobs" -gt 3 ]; then dev_args+=(--batch-size "$([ "$jobs" -le 6 ] && echo 256 || echo 128)"); fi
+  else
+    dev_args+=(--batch-size "$([ "$jobs" -le 3 ] && echo 256 || echo 128)")
+  fi
 fi
 # The decisive pair again for every other seed of --seeds: runs <name>_seed<N>.
 for s in ${seeds//,/ }; do

@@ -351,8 +351,10 @@ def test_more_runs_side_by_side_decode_in_smaller_batches(tmp_path: Path) -> Non
     """GPU memory: up to 3 runs side by side decode at the profile's 512, up to 6 at 256,
     more at 128 (the last --batch-size of a call is the one argparse keeps)."""
 
-    def batch(sub: str, jobs: str) -> set[str]:
-        out, _ = _stages(tmp_path / sub, "--runs", "static_r16 flexi_nested inconsistent", "--jobs", jobs)
+    def batch(sub: str, jobs: str, *model: str) -> set[str]:
+        out, _ = _stages(
+            tmp_path / sub, "--runs", "static_r16 flexi_nested inconsistent", "--jobs", jobs, *model
+        )
         assert out.returncode == 0, out.stderr
         calls = [shlex.split(line) for line in (tmp_path / sub / "calls.txt").read_text().splitlines()]
         return {
@@ -364,6 +366,10 @@ def test_more_runs_side_by_side_decode_in_smaller_batches(tmp_path: Path) -> Non
     assert batch("three", "3") == {"512"}
     assert batch("six", "6") == {"256"}
     assert batch("eight", "8") == {"128"}
+    # Whisper base holds about twice tiny.en's memory: half the batch at the same job counts
+    assert batch("base-one", "1", "--model", "whisper-base") == {"512"}
+    assert batch("base-two", "2", "--model", "whisper-base") == {"256"}
+    assert batch("base-six", "6", "--model", "whisper-base") == {"128"}
 
 
 def _refused(tmp_path: Path, *extra: str) -> tuple[subprocess.CompletedProcess, Path]:

@@ -183,6 +183,7 @@ class TrainConfig:
     """no | bf16 | fp16 (GPU); passed to accelerate."""
     log_every: int = 5
     save_every: int = 50
+    """A resumable checkpoint every this many optimizer steps (0: never)."""
     bucket_by_length: bool = True
     eval_every: int = 0
     """Validation loss every this many optimizer steps on ``data.eval_split`` (0: never),

@@ -319,7 +319,8 @@ class Trainer:
                 stop = (
                     self.validator is not None and state.step % cfg.train.eval_every == 0 and self._validate()
                 )
-            if state.step % cfg.train.save_every == 0 and state.step < cfg.train.max_steps and not stop:
+            checkpoint = cfg.train.save_every and state.step % cfg.train.save_every == 0
+            if checkpoint and state.step < cfg.train.max_steps and not stop:
                 self._save_checkpoint(time.perf_counter() - t_start)
             if stop or state.step >= cfg.train.max_steps:
                 break

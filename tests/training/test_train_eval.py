@@ -17,6 +17,7 @@ from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import ConfigError
 from flexispeech.lora.inject import adapter_parameters
 from flexispeech.lora.io import load_adapter, read_adapter_config
+from flexispeech.training.checkpoint import find_checkpoint
 from flexispeech.training.config import load_config
 from flexispeech.training.loop import Trainer, train
 
@@ -140,6 +141,15 @@ def test_resume_with_loader_workers_continues_the_random_draws(corpus, tmp_path)
     wa = load_file(str(straight / "adapter_model.safetensors"))
     wb = load_file(str(resumed / "adapter_model.safetensors"))
     assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_save_every_0_trains_without_checkpoints(corpus, tmp_path) -> None:
+    out = tmp_path / "never"
+    adapter = train(
+        config(corpus, out, "threshold", **{"train.max_steps": 3, "train.save_every": 0}), progress=False
+    )
+    assert (adapter / "adapter_model.safetensors").is_file() and find_checkpoint(out) is None
+    assert json.loads((out / "train_summary.json").read_text())["steps"] == 3
 
 
 def test_eval_and_compare_commands(corpus, tmp_path, capsys) -> None:
