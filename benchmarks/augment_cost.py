@@ -222,8 +222,7 @@ def augment_stages(
     return {"input_features": features, "num_frames": frames, "labels": labels}
 
 
-def whole_augmenter(
-    timer: StageTimer,
+def augmenter_and_batch(
     host_audio: torch.Tensor,
     host_lengths: torch.Tensor,
     texts: list[str],
@@ -231,16 +230,16 @@ def whole_augmenter(
     cfg: Any,
     processor: Any,
     router: Any,
-    seed: int,
-) -> None:
-    """One ``Augmenter.__call__`` on the same batch, timed whole (the stages' cross-check)."""
-    from flexispeech.data.augment import step_generator
+    device: torch.device,
+) -> tuple[Any, Any]:
+    """The run's ``Augmenter`` on ``device`` and the planned batch it augments (the host
+    audio [batch, T] and lengths [batch] as the loader hands them over, rows in order)."""
     from flexispeech.models.family import get_family
     from flexispeech.training.augmented import Augmenter
     from flexispeech.training.batch import Batch, PlannedBatch
 
     split = StubSplit(texts, host_audio.shape[1] / SR)
-    augmenter = Augmenter(cfg.augment, get_family("whisper"), processor, split, router, timer.device)  # type: ignore[arg-type]
+    augmenter = Augmenter(cfg.augment, get_family("whisper"), processor, split, router, device)  # type: ignore[arg-type]
     rows = list(range(len(texts)))
     planned = PlannedBatch(
         Batch(rows, {}, ranks, torch.arange(len(rows)), {"audio": host_audio, "lengths": host_lengths}),
@@ -249,6 +248,13 @@ def whole_augmenter(
         len(rows),
         None,
     )
+    return augmenter, planned
+
+
+def whole_augmenter(timer: StageTimer, augmenter: Any, planned: Any, seed: int) -> None:
+    """One ``Augmenter.__call__`` on the same batch, timed whole (the stages' cross-check)."""
+    from flexispeech.data.augment import step_generator
+
     timer("Augmenter.__call__ (whole)", lambda: augmenter(planned, step_generator(seed, 0, timer.device)))
 
 
@@ -344,33 +350,14 @@ def loop_ms(
 
 def loop_table(
     args: argparse.Namespace,
-    cfg: Any,
-    processor: Any,
-    router: Any,
-    host_audio: torch.Tensor,
-    host_lengths: torch.Tensor,
-    texts: list[str],
-    ranks: torch.Tensor,
+    augmenter: Any,
+    planned: Any,
     step: Callable[..., None],
     device: torch.device,
     fenced_ms: float,
 ) -> str:
     """``--loop``: interleaved rounds of the loop with and without augmentation; their
     medians as a markdown table."""
-    from flexispeech.models.family import get_family
-    from flexispeech.training.augmented import Augmenter
-    from flexispeech.training.batch import Batch, PlannedBatch
-
-    split = StubSplit(texts, host_audio.shape[1] / SR)
-    augmenter = Augmenter(cfg.augment, get_family("whisper"), processor, split, router, device)  # type: ignore[arg-type]
-    rows = list(range(len(texts)))
-    planned = PlannedBatch(
-        Batch(rows, {}, ranks, torch.arange(len(rows)), {"audio": host_audio, "lengths": host_lengths}),
-        0,
-        0,
-        len(rows),
-        None,
-    )
     loop_ms(step, augmenter, planned, device, 2, True, seed=99)  # warm-up
     with_aug, without = [], []
     for r in range(args.loop_rounds):
@@ -450,13 +437,16 @@ def main(argv: list[str] | None = None) -> int:
         f"(resample/FFT convolution: {resampler}); tokenizer {tokenizer}"
     )
     timer = StageTimer(device)
+    augmenter, planned = augmenter_and_batch(
+        host_audio, host_lengths, texts, ranks, cfg, processor, router, device
+    )
     inputs: dict[str, torch.Tensor] = {}
     for r in range(args.reps + 1):
         if r == 1:
             timer.times.clear()  # round 0 warms up
         generator = step_generator(0, r, device)
         inputs = augment_stages(timer, host_audio, host_lengths, texts, ranks, cfg, processor, generator)
-        whole_augmenter(timer, host_audio, host_lengths, texts, ranks, cfg, processor, router, r)
+        whole_augmenter(timer, augmenter, planned, r)
     # "(...)" rows are notes, not stages of the call: they stay out of the sum
     stages = [n for n in timer.times if n != "Augmenter.__call__ (whole)" and not n.startswith("(")]
     notes = [n for n in timer.times if n.startswith("(")]
@@ -471,9 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         step_ms = timer.median_ms("training step")
         if args.loop:
             fenced = timer.median_ms("Augmenter.__call__ (whole)")
-            loop_text = loop_table(
-                args, cfg, processor, router, host_audio, host_lengths, texts, ranks, step, device, fenced
-            )
+            loop_text = loop_table(args, augmenter, planned, step, device, fenced)
     print(
         f"\n| stage | ms (median of {args.reps}) | share of augmentation |"
         + (" / training step |" if step_ms else "")

@@ -171,9 +171,8 @@ def nested_loss(
     if cfg.forward == "separate":
         with use_ranks(model, routed):
             routed_loss = inputs.loss(model, batch)
-        extra = select_rows(batch, rows)
         order = rank_sort_order(sampled)
-        extra = select_rows(extra, order)
+        extra = select_rows(batch, rows[order])  # the sampled rows, in their ranks' order
         with use_ranks(model, sampled[order]):
             sampled_loss = inputs.loss(model, extra)
         return (routed_loss + w * sampled_loss) / (1 + w)

@@ -92,12 +92,12 @@ class RankLosses:
         self._pending.append((ranks.tolist(), nll, tokens))
 
     def _settle(self) -> None:
-        """Move the pending batches' sums to the host (one copy per device)."""
+        """Move the pending batches' sums to the host, one copy for all of them."""
         if not self._pending:
             return
         ranks = [r for batch_ranks, _, _ in self._pending for r in batch_ranks]
-        nll = torch.cat([v.to(torch.float64).flatten() for _, v, _ in self._pending]).tolist()
-        tokens = torch.cat([n.to(torch.int64).flatten() for _, _, n in self._pending]).tolist()
+        nll = torch.cat([v for _, v, _ in self._pending]).tolist()
+        tokens = torch.cat([n for _, _, n in self._pending]).tolist()
         self._pending.clear()
         for r, v, n in zip(ranks, nll, tokens):
             self.nll[r] += v
