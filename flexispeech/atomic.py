@@ -14,6 +14,12 @@ tasks, the model-conversion cache, the synthetic corpus's per-utterance files):
 - :func:`create_dir` makes a directory that never changes once made (a cache entry): it is
   renamed into place unless another writer made it first, whose result is then kept.
 
+Readers in other processes that open what :func:`replace_dir` swaps (a corpus that one
+process adds signal columns to while another trains on it) take :func:`dir_lock` shared
+while they open it; ``replace_dir(..., lock=...)`` holds it exclusive around the two
+renames only, so a reader never opens a directory between them or half in the old copy
+and half in the new one.
+
 Temporary directories of killed processes are removed by the next write of the same
 target (those of a process still running are left alone). The promise is about killed
 processes, not power loss: nothing is fsync'ed.
@@ -30,10 +36,17 @@ import os
 import shutil
 import uuid
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
+
+try:  # POSIX advisory locks; where there are none, dir_lock takes no lock
+    import fcntl
+except ImportError:  # pragma: no cover - not POSIX
+    fcntl = None  # type: ignore[assignment]
 
 TMP_INFIX = ".tmp-"
 OLD_SUFFIX = ".old"
+LOCK_NAME = ".swap.lock"
 
 
 def _rename(src: Path, dst: Path) -> None:
@@ -100,27 +113,53 @@ def _tmp_dir(target: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def replace_dir(target: str | Path) -> Iterator[Path]:
+def replace_dir(
+    target: str | Path, lock: Callable[[], AbstractContextManager[object]] | None = None
+) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``target`` when the block succeeds.
 
     ``target`` may exist (it is replaced whole: files of the old one not written again are
     gone) or not. The swap is ``target`` -> ``target.old``, temporary -> ``target``, then
     ``target.old`` removed; readers use :func:`existing_dir` to find the one complete copy
-    at every moment. On an exception in the block ``target`` is untouched.
+    at every moment. On an exception in the block ``target`` is untouched. ``lock``: a
+    context manager held around the two renames (e.g. ``dir_lock(parent, exclusive=True)``),
+    not while the block writes.
     """
     target = Path(target)
     old = old_path(target)
     with _tmp_dir(target) as tmp:
         yield tmp
-        if target.exists():
-            if old.exists():
-                # The leftover of a swap killed after its second rename: the target is
-                # complete, so this copy is not needed.
-                _remove(old)
-            _rename(target, old)
-        _rename(tmp, target)
+        with lock() if lock is not None else contextlib.nullcontext():
+            if target.exists():
+                if old.exists():
+                    # The leftover of a swap killed after its second rename: the target is
+                    # complete, so this copy is not needed.
+                    _remove(old)
+                _rename(target, old)
+            _rename(tmp, target)
     if old.exists():
         _remove(old)
+
+
+@contextlib.contextmanager
+def dir_lock(directory: str | Path, exclusive: bool) -> Iterator[None]:
+    """An advisory lock on ``directory/.swap.lock``: shared for a reader while it opens what
+    :func:`replace_dir` swaps in ``directory``, exclusive for the swap's renames. Released
+    when the block ends (or the process dies). Without write access to ``directory`` (a
+    read-only copy, which nothing swaps) or without POSIX locks, no lock is taken."""
+    try:
+        handle = open(Path(directory) / LOCK_NAME, "a+b") if fcntl is not None else None
+    except OSError:
+        handle = None
+    if handle is None:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 @contextlib.contextmanager

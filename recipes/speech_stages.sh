@@ -15,7 +15,9 @@
 # profile on a CPU with --size tiny --steps 2. --jobs N trains and evaluates up to N runs at
 # once (stages 3-6, each run's output in EXP/<run>/stages.log; default 1, the gpu profile 2):
 # a small model's training step is bound by the host, so one GPU has room for several runs;
-# their loaders share the cores. GPU memory bounds N: Whisper tiny.en runs held about
+# their loaders share the cores. With N > 1, stages 1-2 also run beside the runs, whose
+# training starts at once where it reads no signal (static and benefit runs; see below).
+# GPU memory bounds N: Whisper tiny.en runs held about
 # 34 GiB each while decoding at batch 512 on an H200, so 4 ran out of its 140 GiB and 3 fit;
 # with N over 3 the gpu profile decodes at batch 256 (N up to 6) or 128.
 # --gated names runs that are also evaluated behind a novelty gate (`flexispeech gate`:
@@ -300,10 +302,12 @@ train_run() {  # train one run unless it already finished; --resume continues a 
   if [ -f "$exp/$name/train_summary.json" ]; then
     echo "$name: already trained"
   else
+    if trains_on_signals "$name"; then await_signals; fi
     $FLEXI train --config "$conf/$config.yaml" output_dir="$exp/$name" "${overrides[@]}" "${extra[@]}" --resume
   fi
   # a run killed between its training and its calibration is calibrated on the next invocation
   if [[ $config == flexi_benefit* ]] && [ ! -f "$exp/$name/calibrate_validation/summary.json" ]; then
+    await_signals  # the validation split's model signals and base WER
     # Routing by benefit: fit the router on the validation split (replaces the adapter's router).
     $FLEXI calibrate "$exp/$name/adapter" --data "$data" --split validation "${dev_args[@]}" "${calib_args[@]}"
   fi
@@ -316,12 +320,17 @@ train_signals_needed() {  # does a run of this invocation read the training spli
   # the embedding). The novelty gate reads only the training split's embedding.
   local r
   for r in $all_runs; do
-    case $(base_run "$r") in static_*|flexi_benefit*) ;; *) return 0 ;; esac
+    if trains_on_signals "$r"; then return 0; fi
   done
   return 1
 }
 
-if step 1; then
+trains_on_signals() {  # trains_on_signals RUN: does RUN's training read stage 1's columns?
+  case $(base_run "$1") in static_*|flexi_benefit*) return 1 ;; esac
+  return 0
+}
+
+stage_signals() {  # stage 1
   log 1 "signals and base-model decoding"
   # The training split's model signals (decoding 20,720 utterances on the gpu profile, three
   # quarters of the corpus) only when a run reads them; its audio signals (duration, SNR,
@@ -353,14 +362,14 @@ if step 1; then
   if [ -n "$real" ] && [ "$model" != whisper-tiny.en ]; then
     $FLEXI signals "$real" --model whisper-tiny.en --audio-ctx "$audio_ctx" --splits test "${dev_args[@]}"
   fi
-fi
+}
 
 evaluate() {  # evaluate DIR_NAME ARGS...: one eval unless its results exist
   local out=$1; shift
   [ -f "$out/results.json" ] || $FLEXI eval "$@" --out "$out" "${dev_args[@]}"
 }
 
-if step 2; then
+stage_base() {  # stage 2
   log 2 "base model on the whole test split, at the adapters' window and at 30 s"
   base=(--model "$model" --family "$family" --name base)
   evaluate "$exp/base/eval_test" --data "$data" "${base[@]}" "${ctx_args[@]}"
@@ -372,6 +381,42 @@ if step 2; then
     [ "$family" != whisper ] || [ "$audio_ctx" = 1500 ] || \
       evaluate "$exp/base/eval_real_30s" --data "$real" "${base[@]}" --audio-ctx 1500 "${real_args[@]}"
   fi
+}
+
+# Stages 1-2 beside the runs (--jobs > 1): a static or benefit run trains on the corpus
+# alone (fixed or random ranks; the benefit router is fit after training), so its training
+# starts as soon as the corpus exists, and stages 1-2 (signals and the base model's
+# decoding: 304 s of a Whisper base lease on an H200, the GPU half idle) run beside it. A
+# run waits for stage 1 (`await_signals`) before the first step that reads its columns:
+# routed runs before training, every run before calibration, evaluation and the gate.
+# Stage 1 swaps columns into the corpus while the runs read it; the corpus' lock
+# (flexispeech.data.corpus) keeps a reader from opening it halfway through a swap.
+signals_status="$exp/.signals_status"
+signals_beside=0
+if [ "$jobs" -gt 1 ] && step 1 && { step 3 || step 4 || step 5 || step 6; }; then
+  signals_beside=1
+fi
+await_signals() {  # wait for the stage 1 running beside the runs; fail if it failed
+  [ "$signals_beside" = 1 ] || return 0
+  [ -f "$signals_status" ] || echo "waiting for stage 1 (signals; its output: the recipe's log) (at ${SECONDS} s)"
+  while [ ! -f "$signals_status" ]; do sleep 1; done
+  if [ "$(cat "$signals_status")" != 0 ]; then
+    echo "stage 1 (signals) failed; this run needs its columns (the recipe's log says why)" >&2
+    return 1
+  fi
+}
+if [ "$signals_beside" = 1 ]; then
+  mkdir -p "$exp"
+  rm -f "$signals_status" "$exp/.base_status"
+  (
+    set +e
+    (set -e; stage_signals); echo $? > "$signals_status"
+    if [ "$(cat "$signals_status")" = 0 ] && step 2; then (set -e; stage_base); echo $? > "$exp/.base_status"; fi
+  ) &
+  signals_pid=$!
+else
+  if step 1; then stage_signals; fi
+  if step 2; then stage_base; fi
 fi
 
 eval_run() {  # stage 6 for one run: the test split at its window (and 30 s), real speech
@@ -448,6 +493,7 @@ gate_run() {  # a --gated run's adapter behind the novelty gate (a router change
   local r=$1
   is_gated "$r" || return 0
   step "$(kind_of "$r")" || step 6 || return 0
+  await_signals  # the training split's embedding
   [ -f "$exp/${r}_gated/adapter/router.json" ] || \
     $FLEXI gate "$exp/$r/adapter" --data "$data" --out "$exp/${r}_gated/adapter" "${gate_args[@]}"
   if step 6; then eval_run "${r}_gated"; fi
@@ -456,7 +502,7 @@ gate_run() {  # a --gated run's adapter behind the novelty gate (a router change
 run_one() {  # stages 3-6 of one run; its kind says which training stage it belongs to
   local r=$1
   if step "$(kind_of "$r")"; then train_run "$r"; fi
-  if step 6; then eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; fi
+  if step 6; then await_signals; eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; fi
   gate_run "$r"
   if step 6; then eval_consensus "$r"; fi  # after the gate: a gated run's consensus is behind it
 }
@@ -464,21 +510,30 @@ run_one() {  # stages 3-6 of one run; its kind says which training stage it belo
 if [ "$jobs" -gt 1 ] && { step 3 || step 4 || step 5 || step 6; }; then
   log "3-6" "train and evaluate $jobs runs at a time (each run's output: $exp/<run>/stages.log)"
   for r in $all_runs; do
-    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    # only runs count towards --jobs, not the stages 1-2 beside them
+    while [ "$(jobs -rp | grep -cvx "${signals_pid:-none}")" -ge "$jobs" ]; do wait -n || true; done
     mkdir -p "$exp/$r"
     rm -f "$exp/$r/.stages_status"
     ( set +e; (set -e; run_one "$r"); echo $? > "$exp/$r/.stages_status" ) > "$exp/$r/stages.log" 2>&1 &
     echo "$r: started (at ${SECONDS} s)"
   done
   wait
-  failed=""
+  failed="" status=0
+  if [ "$signals_beside" = 1 ]; then
+    if [ "$(cat "$signals_status" 2>/dev/null)" != 0 ]; then
+      echo "speech_stages.sh: stage 1 (signals) failed, stage 2 not run (their output: above)" >&2; status=1
+    elif step 2 && [ "$(cat "$exp/.base_status" 2>/dev/null)" != 0 ]; then
+      echo "speech_stages.sh: stage 2 (the base model) failed (its output: above)" >&2; status=1
+    fi
+  fi
   for r in $all_runs; do
     if [ "$(cat "$exp/$r/.stages_status" 2>/dev/null)" = 0 ]; then echo "$r: done"; else failed+=" $r"; fi
   done
   if [ -n "$failed" ]; then
     echo "speech_stages.sh: runs that failed:$failed (their output: $exp/<run>/stages.log)" >&2
-    exit 1
+    status=1
   fi
+  [ "$status" = 0 ] || exit 1
 else
   if step 3; then log 3 "static LoRA"; for r in $runs_static; do train_run "$r"; done; fi
   if step 4; then log 4 "Flexi-LoRA"; for r in $runs_flexi; do train_run "$r"; done; fi

@@ -269,6 +269,94 @@ def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) 
     assert out.returncode == 2 and "--jobs must be a positive integer" in out.stderr
 
 
+SPANS = """
+name=$1; for a in "$@"; do case "$a" in output_dir=*) name="$1:$(basename "${a#output_dir=}")" ;; esac; done
+echo "start $name $(date +%s.%N)" >> "$TIMES"
+case "$1" in signals) sleep 1; [ -z "${SIGNALS_FAIL:-}" ] || exit 1 ;; train) sleep 0.3 ;; esac
+echo "end $name $(date +%s.%N)" >> "$TIMES"
+"""
+
+
+def _timed_stages(
+    tmp_path: Path, *extra: str, fail_signals: bool = False
+) -> tuple[subprocess.CompletedProcess, dict]:
+    """speech_stages.sh from stage 1 with a stand-in whose `signals` takes 1 s and `train`
+    0.3 s; by "command" or "train:<run>": the first call's start and the last call's end."""
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    fake, calls, times = tmp_path / "flexispeech", tmp_path / "calls.txt", tmp_path / "times.txt"
+    fake.write_text(FAKE + SPANS)
+    fake.chmod(0o755)
+    env = {"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls), "TIMES": str(times)}
+    if fail_signals:
+        env["SIGNALS_FAIL"] = "1"
+    out = subprocess.run(
+        [
+            "bash",
+            str(RECIPES / "speech_stages.sh"),
+            "--conf",
+            "c",
+            "--data",
+            "d",
+            "--exp",
+            str(tmp_path / "exp"),
+            "--profile",
+            "gpu",
+            "--stage",
+            "1",
+            "--stop-stage",
+            "6",
+            *extra,
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    spans: dict[str, list[float]] = {}
+    for line in times.read_text().splitlines():
+        kind, name, t = line.split()
+        span = spans.setdefault(name, [float(t), 0.0])
+        if kind == "end":
+            span[1] = float(t)
+    return out, spans
+
+
+def test_stages_1_2_run_beside_runs_that_train_without_signals(tmp_path: Path) -> None:
+    """With --jobs 2 a static and a benefit run start training while stage 1 still computes
+    signals; a routed run trains only after it, and every run's calibration, gate and
+    evaluation come after it too. With --jobs 1 everything is in stage order."""
+    runs = "static_r16 flexi_benefit_nscale flexi_nested"
+    out, spans = _timed_stages(
+        tmp_path / "two", "--runs", runs, "--gated", "flexi_benefit_nscale", "--jobs", "3"
+    )
+    assert out.returncode == 0, out.stderr
+    signals_start, signals_end = spans["signals"]
+    for r in ("static_r16", "flexi_benefit_nscale"):
+        assert spans[f"train:{r}"][0] < signals_end  # trains beside stage 1
+    assert spans["train:flexi_nested"][0] >= signals_end  # reads the proxy: waits
+    for name in ("calibrate", "gate", "eval"):
+        assert spans[name][0] >= signals_end  # the first of each
+    calls = (tmp_path / "two" / "calls.txt").read_text().splitlines()
+    assert any(c.startswith("eval ") and "--name base" in c for c in calls)  # stage 2 ran
+    assert signals_start < spans["train:static_r16"][1]
+
+    out, spans = _timed_stages(tmp_path / "one", "--runs", runs, "--gated", "", "--jobs", "1")
+    assert out.returncode == 0, out.stderr
+    assert all(spans[f"train:{r}"][0] >= spans["signals"][1] for r in runs.split())
+
+
+def test_a_failed_stage_1_beside_the_runs_fails_only_those_that_need_it(tmp_path: Path) -> None:
+    """Stage 1 failing beside the runs: the static run still trains (it needs no signal) but
+    is not evaluated; the script fails naming stage 1 and the runs, and skips stage 2."""
+    out, spans = _timed_stages(
+        tmp_path, "--runs", "static_r16 flexi_nested", "--gated", "", "--jobs", "2", fail_signals=True
+    )
+    assert out.returncode == 1
+    assert "stage 1 (signals) failed, stage 2 not run" in out.stderr
+    assert "runs that failed: static_r16 flexi_nested" in out.stderr
+    assert "train:static_r16" in spans and "train:flexi_nested" not in spans and "eval" not in spans
+    assert "needs its columns" in (tmp_path / "exp" / "flexi_nested" / "stages.log").read_text()
+
+
 def test_signals_of_the_training_split_only_when_a_run_reads_them(tmp_path: Path) -> None:
     """Static and benefit runs train without model signals: stage 1 then decodes no
     training row (three quarters of the gpu corpus); a routed run needs its model signals,

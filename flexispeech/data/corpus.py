@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from flexispeech.atomic import existing_dir, replace_dir, write_text
+from flexispeech.atomic import dir_lock, existing_dir, replace_dir, write_text
 from flexispeech.errors import FlexispeechError
 
 REQUIRED_COLUMNS = ("id", "audio", "text", "duration", "speaker", "split")
@@ -70,7 +70,8 @@ def save_dataset_dict(dataset_dict: Any, out_dir: Path) -> None:
     import datasets
 
     datasets.disable_progress_bars()  # one bar per split per save is noise: callers show their own
-    with replace_dir(Path(out_dir) / DATASET_DIR) as tmp:
+    # The lock: a recipe trains on a corpus while stage 1 swaps signal columns into it.
+    with replace_dir(Path(out_dir) / DATASET_DIR, lock=lambda: dir_lock(out_dir, exclusive=True)) as tmp:
         dataset_dict.save_to_disk(str(tmp))
 
 
@@ -79,7 +80,11 @@ def load_dataset_dict(directory: Path) -> Any:
     copy when a save was killed between its two renames)."""
     import datasets
 
-    return datasets.load_from_disk(str(existing_dir(Path(directory) / DATASET_DIR)))
+    # Shared lock while opening: never between a concurrent save's two renames. The arrow
+    # files are memory-mapped once open, so a later swap (which removes them) leaves this
+    # copy readable.
+    with dir_lock(directory, exclusive=False):
+        return datasets.load_from_disk(str(existing_dir(Path(directory) / DATASET_DIR)))
 
 
 def _summary(dataset_dict: Any, name: str, info: dict | None) -> dict:

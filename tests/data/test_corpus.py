@@ -106,6 +106,50 @@ def test_add_columns_caches_signals(corpus_rows: tuple[Path, list[dict]]) -> Non
         add_columns(root, "train", {"text": ["a", "b"]})
 
 
+def test_a_reader_never_opens_the_corpus_during_a_column_swap(corpus_rows: tuple[Path, list[dict]]) -> None:
+    """A recipe trains on a corpus while stage 1 adds signal columns to it: a reader opening
+    the corpus waits while a writer holds the swap, then sees the new columns; the swap
+    itself takes the lock only around its renames."""
+    import threading
+
+    from flexispeech import atomic
+
+    root, rows = corpus_rows
+    write_corpus(rows, root, name="toy")
+    opened: list[list[str]] = []
+    reader = threading.Thread(target=lambda: opened.append(load_corpus(root, "train").column_names))
+    with atomic.dir_lock(root, exclusive=True):  # a writer between its two renames
+        reader.start()
+        reader.join(timeout=0.5)
+        assert reader.is_alive() and not opened  # the reader waits for the swap
+    reader.join(timeout=10)
+    assert opened and "snr_est" not in opened[0]
+
+    held: list[bool] = []
+    rename = atomic._rename
+
+    def probing_rename(src: Path, dst: Path) -> None:
+        # during the swap a reader's shared lock cannot be had
+        import fcntl
+
+        with open(root / atomic.LOCK_NAME, "a+b") as handle:
+            try:
+                fcntl.flock(handle.fileno(), fcntl.LOCK_SH | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+                held.append(False)
+            except BlockingIOError:
+                held.append(True)
+        rename(src, dst)
+
+    atomic._rename = probing_rename
+    try:
+        add_columns(root, "train", {"snr_est": [12.5, 3.0]})
+    finally:
+        atomic._rename = rename
+    assert held == [True, True]  # both renames of the swap under the exclusive lock
+    assert load_corpus(root, "train")["snr_est"] == [12.5, 3.0]
+
+
 def test_errors_name_the_problem(corpus_rows: tuple[Path, list[dict]], tmp_path_factory) -> None:
     root, rows = corpus_rows
     with pytest.raises(FlexispeechError, match="not a flexispeech corpus"):
