@@ -11,10 +11,11 @@ A batch of random 30-s clips at 16 kHz goes through the stages of
 (``recipes/speech_stages.sh``: SpecAugment, noise 0.5, speed 0.3, reverberation 0.2; the
 run's YAML for the rest): the host-to-device copy, speed perturbation, RIR synthesis and
 FFT convolution, noise generation and mixing, the telephone line (if on), routing and
-ordering (``prepare_batch``), the device log-mel and the label tokens (Whisper's
-``collate_waveforms``), SpecAugment. Then the whole ``Augmenter.__call__`` once per round,
-a check that the stages add up, and the training step of a random-initialised Whisper
-tiny.en (adapters of ``--run`` on every attention and MLP projection, dropout on;
+ordering (``prepare_batch``), the device log-mel and the labels put in the routed order
+(Whisper's ``collate_waveforms``; the loader's workers tokenise them, ``AudioInputs``: that
+time is a note outside the sum), SpecAugment. Then the whole ``Augmenter.__call__`` once
+per round, a check that the stages add up, and the training step of a random-initialised
+Whisper tiny.en (adapters of ``--run`` on every attention and MLP projection, dropout on;
 forward with the per-rank loss capture, backward, clipping, AdamW; Flexi runs with their
 nested rows), as ``Trainer.train`` takes it.
 
@@ -211,13 +212,14 @@ def augment_stages(
         lambda: prepare_batch(examples, lambda _: ranks, lambda ordered: {"ordered": ordered}),
     )
     ordered = routed.inputs["ordered"]
-    index = to_device(torch.tensor([int(e.id) for e in ordered]), device)
+    host_index = torch.tensor([int(e.id) for e in ordered])
+    index = to_device(host_index, device)
     fe = processor.feature_extractor
     features = timer("collate: device log-mel", lambda: log_mel(fe, audio[index]))
     frames = (lengths[index] // fe.hop_length).clamp(max=features.shape[-1])
-    labels = timer(
-        "collate: label tokens (host)", lambda: family.labels(processor, [e.text for e in ordered])
-    )
+    # The loader's workers tokenise the rows in planned order; the call only reorders them.
+    loader_labels = timer("(loader workers: label tokens)", lambda: family.labels(processor, texts))
+    labels = timer("collate: labels in routed order (host)", lambda: loader_labels[host_index])
     features = timer("SpecAugment", lambda: aug.spec_augment(features, frames, a, generator))
     return {"input_features": features, "num_frames": frames, "labels": labels}
 
@@ -233,16 +235,20 @@ def augmenter_and_batch(
     device: torch.device,
 ) -> tuple[Any, Any]:
     """The run's ``Augmenter`` on ``device`` and the planned batch it augments (the host
-    audio [batch, T] and lengths [batch] as the loader hands them over, rows in order)."""
+    audio [batch, T], lengths [batch] and labels [batch, L] as the loader hands them over,
+    rows in order)."""
     from flexispeech.models.family import get_family
     from flexispeech.training.augmented import Augmenter
     from flexispeech.training.batch import Batch, PlannedBatch
 
+    family = get_family("whisper")
     split = StubSplit(texts, host_audio.shape[1] / SR)
-    augmenter = Augmenter(cfg.augment, get_family("whisper"), processor, split, router, device)  # type: ignore[arg-type]
+    augmenter = Augmenter(cfg.augment, family, processor, split, router, device)  # type: ignore[arg-type]
     rows = list(range(len(texts)))
+    labels = family.labels(processor, texts)  # as the loader's workers make them (AudioInputs)
+    inputs = {"audio": host_audio, "lengths": host_lengths, "labels": labels}
     planned = PlannedBatch(
-        Batch(rows, {}, ranks, torch.arange(len(rows)), {"audio": host_audio, "lengths": host_lengths}),
+        Batch(rows, {}, ranks, torch.arange(len(rows)), inputs),
         0,
         0,
         len(rows),

@@ -1,4 +1,5 @@
-"""Helpers every model family shares: resolving a model name to a directory and loading it.
+"""Helpers every model family shares: resolving a model name to a directory and loading it;
+checking training labels made outside ``collate``.
 
 (Ranks are not handled here: sub-batches run under ``use_ranks(model, rows=...)`` and the
 base model under ``adapter_off``, both in ``flexispeech.lora``.)"""
@@ -7,6 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any
+
+import torch
 
 from flexispeech.errors import FlexispeechError
 
@@ -27,3 +30,12 @@ def from_pretrained(loader: Callable[..., Any], source: str, what: str, **kwargs
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise FlexispeechError(f"model {source!r}: cannot load the {what} ({first})") from None
+
+
+def checked_labels(labels: torch.Tensor, rows: int) -> torch.Tensor:
+    """``labels`` [rows, L] token ids as a family's ``collate`` was given them, or a
+    ValueError: labels made for another batch would pair each clip with another clip's
+    text and train on it without a sign."""
+    if labels.dim() != 2 or labels.shape[0] != rows:
+        raise ValueError(f"labels: expected [{rows}, L] token ids, got shape {list(labels.shape)}")
+    return labels

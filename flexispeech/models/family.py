@@ -31,6 +31,7 @@ class ModelFamily(Protocol):
     A family may also offer ``cached_train_inputs(model, processor, split, n_layers, key,
     progress) -> TrainInputs``, a cheaper training path that :func:`train_inputs` takes
     when ``model.cache_encoder_layers`` is set (Whisper).
+    The speech families are also :class:`SpeechFamily`.
     """
 
     name: str
@@ -66,6 +67,30 @@ class ModelFamily(Protocol):
     ) -> list[str]:
         """Decoded text per example; call inside ``use_ranks`` (ranks follow beams).
         ``max_new_tokens`` caps the new tokens (per window for Whisper; None: the family's default)."""
+        ...
+
+
+class SpeechFamily(ModelFamily, Protocol):
+    """A family whose training labels are the token ids of each example's text (Whisper,
+    Wav2Vec2): they can be made apart from the features, where the tokenising costs the
+    training step nothing (the augmented loop's loader workers,
+    ``training.augmented.AudioInputs``), and handed to ``collate``."""
+
+    def labels(self, processor: Any, texts: Sequence[str]) -> torch.Tensor:
+        """``labels`` [B, L] long of ``texts`` exactly as ``collate(train=True)`` makes them
+        (-100 padded)."""
+        ...
+
+    def collate(
+        self,
+        processor: Any,
+        examples: Sequence[Example],
+        train: bool = True,
+        device: str | None = None,
+        labels: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """``ModelFamily.collate``; with ``labels`` [B, L] (``train``) those are the batch's
+        labels as given, and the examples' texts are not tokenised."""
         ...
 
 

@@ -19,7 +19,7 @@ from torch import nn
 
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
-from flexispeech.models.common import from_pretrained, resolve_source
+from flexispeech.models.common import checked_labels, from_pretrained, resolve_source
 from flexispeech.models.example import Example
 
 
@@ -57,10 +57,16 @@ class Wav2Vec2Family:
         return model.to(device=device, dtype=dtype).eval(), processor
 
     def collate(
-        self, processor: Any, examples: Sequence[Example], train: bool = True, device: str | None = None
+        self,
+        processor: Any,
+        examples: Sequence[Example],
+        train: bool = True,
+        device: str | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """``input_values`` [B, T] (normalised, zero padded), ``attention_mask`` [B, T] and,
-        when ``train``, ``labels`` [B, L] (character ids, -100 padded)."""
+        when ``train``, ``labels`` [B, L] (``labels`` of the examples' texts). ``labels``:
+        those made beforehand (by the training loader's workers), taken as they are."""
         audios = []
         for ex in examples:
             if ex.audio is None:
@@ -75,14 +81,21 @@ class Wav2Vec2Family:
         )
         batch = {"input_values": inputs.input_values.float(), "attention_mask": inputs.attention_mask.long()}
         if train:
-            tok = processor.tokenizer
-            vocab = tok.get_vocab()
-            rows = [tok(normalize_text(ex.text, vocab)).input_ids for ex in examples]
-            labels = torch.full((len(rows), max(1, max(len(r) for r in rows))), -100, dtype=torch.long)
-            for i, r in enumerate(rows):
-                labels[i, : len(r)] = torch.tensor(r, dtype=torch.long)
-            batch["labels"] = labels
+            if labels is None:
+                labels = self.labels(processor, [ex.text for ex in examples])
+            batch["labels"] = checked_labels(labels, len(examples))
         return batch
+
+    def labels(self, processor: Any, texts: Sequence[str]) -> torch.Tensor:
+        """Character ids [B, L] of ``texts`` (``normalize_text`` to the vocabulary), -100
+        padded; L is at least 1 (an empty text is a row of padding)."""
+        tok = processor.tokenizer
+        vocab = tok.get_vocab()
+        rows = [tok(normalize_text(text, vocab)).input_ids for text in texts]
+        labels = torch.full((len(rows), max(1, max(len(r) for r in rows))), -100, dtype=torch.long)
+        for i, r in enumerate(rows):
+            labels[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+        return labels
 
     def _inputs(self, model: nn.Module, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         device = next(model.parameters()).device

@@ -29,7 +29,7 @@ from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 from flexispeech.host_copy import to_device
 from flexispeech.lora.ranks import use_ranks
-from flexispeech.models.common import from_pretrained, resolve_source
+from flexispeech.models.common import checked_labels, from_pretrained, resolve_source
 from flexispeech.models.example import Example
 from flexispeech.models.whisper_greedy import greedy_decode
 
@@ -134,7 +134,12 @@ class WhisperFamily:
             processor.tokenizer.set_prefix_tokens(predict_timestamps=False)
 
     def collate(
-        self, processor: Any, examples: Sequence[Example], train: bool = True, device: str | None = None
+        self,
+        processor: Any,
+        examples: Sequence[Example],
+        train: bool = True,
+        device: str | None = None,
+        labels: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """Batch of ``input_features`` [B, n_mels, frames] float32, ``num_frames`` [B] (true
         length of each clip in mel frames) and, when ``train``, ``labels`` [B, L].
@@ -145,7 +150,9 @@ class WhisperFamily:
         every clip whole (padded to the longest) so that ``generate`` can decode it
         window by window. Labels: the prefix tokens (after ``<|startoftranscript|>``,
         which the model's right shift puts back as the first decoder input), the text
-        with Whisper's leading space, ``<|endoftext|>``; padding is -100.
+        with Whisper's leading space, ``<|endoftext|>``; padding is -100. ``labels``: the
+        examples' ``labels(processor, texts)`` [B, L] made beforehand (by the training
+        loader's workers), taken as they are instead of tokenising the texts here.
         """
         fe = processor.feature_extractor
         audios = [_audio(ex) for ex in examples]
@@ -164,16 +171,20 @@ class WhisperFamily:
         )
         batch = {"input_features": features.float(), "num_frames": num_frames}
         if train:
-            batch["labels"] = self.labels(processor, [ex.text for ex in examples])
+            if labels is None:
+                labels = self.labels(processor, [ex.text for ex in examples])
+            batch["labels"] = checked_labels(labels, len(examples))
         return batch
 
     def collate_waveforms(
-        self, processor: Any, audio: torch.Tensor, lengths: torch.Tensor, texts: Sequence[str]
+        self, processor: Any, audio: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor
     ) -> dict[str, torch.Tensor] | None:
         """``collate(train=True)`` of waveforms already on a device, without a host round trip:
         ``audio`` [B, T] (zero past ``lengths`` [B]) -> ``input_features`` [B, n_mels, frames]
-        and ``num_frames`` [B] on ``audio``'s device, ``labels`` [B, L] on the CPU. None when
-        the processor's extractor is not one ``whisper_features.log_mel`` reproduces.
+        and ``num_frames`` [B] on ``audio``'s device, and ``labels`` [B, L] (the rows'
+        ``labels(processor, texts)``, tokenised beforehand: in the training loop, by the
+        loader's workers) as given. None when the processor's extractor is not one
+        ``whisper_features.log_mel`` reproduces.
         ``num_frames`` stays on the device: reading ``lengths`` back to the host would wait
         for every queued kernel (the previous training step's included)."""
         from flexispeech.models.whisper_features import device_log_mel_supported, log_mel
@@ -183,7 +194,11 @@ class WhisperFamily:
             return None
         features = log_mel(fe, audio)
         frames = torch.clamp(lengths.to(features.device) // HOP_LENGTH, max=features.shape[-1]).long()
-        return {"input_features": features, "num_frames": frames, "labels": self.labels(processor, texts)}
+        return {
+            "input_features": features,
+            "num_frames": frames,
+            "labels": checked_labels(labels, len(audio)),
+        }
 
     def labels(self, processor: Any, texts: Sequence[str]) -> torch.Tensor:
         """Token ids [B, L] of ``texts`` as the decoder must predict them, -100 padded."""

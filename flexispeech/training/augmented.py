@@ -3,14 +3,18 @@
 Without augmentation a batch is routed on its cached signals before it is collated
 (``training.batch``). Augmentation changes what the router reads: noise lowers the SNR,
 speed perturbation changes the duration. So here the loader's workers only decode the
-rows' audio (:class:`AudioInputs`), and the training process, on the training device:
+rows' audio and tokenise their label texts (:class:`AudioInputs`), and the training
+process, on the training device:
 
 1. pads the clips and runs ``augment_waveforms`` (speed, reverberation, noise at a sampled SNR);
 2. unpads them and recomputes their audio signals (``signals.audio``: duration, snr_db,
    speech_activity), keeping the cached proxy (a base-model decoding pass per step would
    cost more than the step);
 3. routes and collates them through the batch step (``prepare_batch``), so that an example
-   is trained at the rank the router would give it at serving time;
+   is trained at the rank the router would give it at serving time; the workers' labels
+   are only put in the new row order (tokenising them here took 10.3 of the 24.8 ms of
+   an augmentation on an H200, host time that a small model's step does not hide:
+   benchmarks/RESULTS.md, round 10);
 4. Whisper: SpecAugment on the log-mel features (Wav2Vec2 gets the waveform ops only).
 
 Every random number comes from the step's generator (``data.augment.step_generator``),
@@ -39,7 +43,7 @@ from flexispeech.data.split import Split
 from flexispeech.errors import ConfigError
 from flexispeech.host_copy import to_device
 from flexispeech.lora.router import RandomRouter, Router
-from flexispeech.models.family import Example, ModelFamily
+from flexispeech.models.family import Example, ModelFamily, SpeechFamily
 from flexispeech.signals.audio import audio_signals
 from flexispeech.training.batch import Batch, PlannedBatch, prepare_batch
 
@@ -68,15 +72,22 @@ def check_augment(cfg: AugmentConfig, family: str, cache_encoder_layers: int) ->
 
 @dataclass
 class AudioInputs:
-    """The loader's part: split rows -> ``audio`` [B, T] float32 (zero padded) and
-    ``lengths`` [B] long; the loss is the family's on the batch :class:`Augmenter` makes."""
+    """The loader's part: split rows -> ``audio`` [B, T] float32 (zero padded), ``lengths``
+    [B] long and ``labels`` [B, L] long (the family's ``labels`` of the rows' texts, -100
+    padded), all in the order of ``rows``; the loss is the family's on the batch
+    :class:`Augmenter` or :class:`DeviceFeatures` makes.
 
-    family: ModelFamily
+    ``processor``: the family's (its tokenizer makes the labels)."""
+
+    family: SpeechFamily
+    processor: Any
     split: Split
 
     def collate(self, rows: Sequence[int]) -> dict[str, torch.Tensor]:
-        audio, lengths = pad_waveforms([self.split[i].audio for i in rows])
-        return {"audio": audio, "lengths": lengths}
+        examples = [self.split[i] for i in rows]
+        audio, lengths = pad_waveforms([ex.audio for ex in examples])
+        labels = self.family.labels(self.processor, [ex.text for ex in examples])
+        return {"audio": audio, "lengths": lengths, "labels": labels}
 
     def loss(self, model: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.family.loss(model, inputs)
@@ -99,7 +110,7 @@ class Augmenter:
     def __init__(
         self,
         cfg: AugmentConfig,
-        family: ModelFamily,
+        family: SpeechFamily,
         processor: Any,
         split: Split,
         router: Router,
@@ -109,15 +120,17 @@ class Augmenter:
         self.router, self.device = router, device
         self.banks = AugmentBanks.load(cfg, SAMPLE_RATE, device)
 
-    def collate(self, examples: list[Example]) -> dict[str, torch.Tensor]:
+    def collate(self, examples: list[Example], labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``family.collate`` of the Examples (their audio on the host) with their ``labels``
+        [B, L] as the loader made them."""
         # Features of the augmented clips on the training device: this runs in the training
         # process, between steps, where a CPU log-mel of a batch would idle the GPU.
         device = None if self.device.type == "cpu" else str(self.device)
-        return self.family.collate(self.processor, examples, train=True, device=device)
+        return self.family.collate(self.processor, examples, train=True, device=device, labels=labels)
 
     def __call__(self, planned: PlannedBatch, generator: torch.Generator) -> Batch[int]:
-        """The augmented batch of ``planned`` (whose ``inputs`` hold ``AudioInputs``' audio),
-        every random draw from ``generator`` (on ``device``)."""
+        """The augmented batch of ``planned`` (whose ``inputs`` hold ``AudioInputs``' audio,
+        lengths and labels), every random draw from ``generator`` (on ``device``)."""
         rows, inputs = planned.batch.rows, planned.batch.inputs
         audio = to_device(inputs["audio"], self.device)
         lengths = to_device(inputs["lengths"], self.device)
@@ -139,12 +152,14 @@ class Augmenter:
             examples.append(Example(id=str(k), text=texts[k], audio=clip, signals=signals))
 
         def collate(ordered: list[Example]) -> dict[str, torch.Tensor]:
+            # The rows' labels in the routed order: a gather, no tokenising (the loader's workers
+            # did it). Their width is the batch's longest label whatever the order.
+            index = torch.tensor([int(e.id) for e in ordered])
+            labels = inputs["labels"][index]
             if not on_device:
-                return self.collate(ordered)
-            index = to_device(torch.tensor([int(e.id) for e in ordered]), audio.device)
-            return self.family.collate_waveforms(
-                self.processor, audio[index], lengths[index], [e.text for e in ordered]
-            )
+                return self.collate(ordered, labels)
+            index = to_device(index, audio.device)
+            return self.family.collate_waveforms(self.processor, audio[index], lengths[index], labels)
 
         if isinstance(self.router, RandomRouter):
             planned_ranks = planned.batch.ranks
@@ -164,25 +179,31 @@ class DeviceFeatures:
 
     Whisper's log-mel of a batch of 30-s clips costs ~1 s of one CPU core (an FFT per 10 ms
     of every clip), far more than a GPU step of a small model, so loader workers on a few
-    cores cannot keep the GPU fed. Here the workers only read the audio (``AudioInputs``)
-    and the features are made on the training device in one batched STFT. The rows stay in
-    the planned (rank) order with their planned ranks: nothing about them changed.
+    cores cannot keep the GPU fed. Here the workers only read the audio and tokenise the
+    labels (``AudioInputs``) and the features are made on the training device in one
+    batched STFT. The rows stay in the planned (rank) order with their planned ranks and
+    the workers' labels: nothing about them changed.
     """
 
-    def __init__(self, family: ModelFamily, processor: Any, split: Split, device: torch.device) -> None:
+    def __init__(self, family: SpeechFamily, processor: Any, split: Split, device: torch.device) -> None:
         self.family, self.processor, self.split, self.device = family, processor, split, device
 
     def __call__(self, planned: PlannedBatch, generator: torch.Generator | None = None) -> Batch[int]:
+        """The batch of ``planned`` (whose ``inputs`` hold ``AudioInputs``' audio, lengths and
+        labels) with the family's training inputs; ``generator`` is not drawn from."""
         rows, inputs = planned.batch.rows, planned.batch.inputs
-        texts = [str(self.split.rows[i]["text"]) for i in rows]
+        labels = inputs["labels"]
         if collates_on_device(self.family, self.processor):
             audio = to_device(inputs["audio"], self.device)
             lengths = to_device(inputs["lengths"], self.device)
-            features = self.family.collate_waveforms(self.processor, audio, lengths, texts)
+            features = self.family.collate_waveforms(self.processor, audio, lengths, labels)
         else:
+            texts = [str(self.split.rows[i]["text"]) for i in rows]
             clips = unpad_waveforms(inputs["audio"], inputs["lengths"])
             examples = [Example(id=str(i), text=t, audio=c) for i, t, c in zip(rows, texts, clips)]
-            features = self.family.collate(self.processor, examples, train=True, device=str(self.device))
+            features = self.family.collate(
+                self.processor, examples, train=True, device=str(self.device), labels=labels
+            )
         return replace(planned.batch, inputs=features)
 
 

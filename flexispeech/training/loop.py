@@ -171,8 +171,8 @@ class Trainer:
 
     def _train_inputs(self, model: torch.nn.Module) -> TrainInputs:
         cfg = self.cfg
-        if self.augmenter is not None:  # the loader decodes audio; the batch is made in this process
-            return AudioInputs(self.family, self.split)
+        if self.augmenter is not None:  # the loader decodes audio, tokenises labels; the batch is made here
+            return AudioInputs(self.family, self.processor, self.split)
         if cfg.model.cache_encoder_layers and self.accelerator.num_processes > 1:
             raise ConfigError(
                 "model.cache_encoder_layers: Whisper only, in a single process (GPUs need no cache)"

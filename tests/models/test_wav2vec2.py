@@ -53,6 +53,24 @@ def test_collate_character_labels(base, examples: list[Example]) -> None:
     assert normalize_text("Doctor's 9:30, ok!", tok.get_vocab()) == "DOCTOR'S OK"
 
 
+def test_collate_takes_labels_made_beforehand(base, examples: list[Example], monkeypatch) -> None:
+    """``labels`` are collate's own labels, and given labels are kept without tokenising
+    (the training loader's workers make them); labels of another batch size are refused."""
+    _, processor = base
+    want = FAMILY.collate(processor, examples)
+    labels = FAMILY.labels(processor, [ex.text for ex in examples])
+    assert torch.equal(labels, want["labels"])
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("collate tokenised the texts although it was given their labels")
+
+    monkeypatch.setattr(FAMILY, "labels", no_tokenising)
+    got = FAMILY.collate(processor, examples, labels=labels)
+    assert set(got) == set(want) and torch.equal(got["labels"], want["labels"])
+    with pytest.raises(ValueError, match=r"labels: expected \[2, L\]"):
+        FAMILY.collate(processor, examples, labels=labels[:1])
+
+
 def test_per_example_ranks_in_loss_and_decoding(base, examples: list[Example]) -> None:
     model, processor = copy.deepcopy(base)
     inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))

@@ -74,6 +74,23 @@ def test_collate_labels_prefix_and_padding(base, examples: list[Example]) -> Non
         assert row[n - 1] == eot and (row[n:] == -100).all()
 
 
+def test_collate_takes_labels_made_beforehand(base, examples: list[Example], monkeypatch) -> None:
+    """The training loader's workers tokenise (``training.augmented.AudioInputs``): collate
+    keeps their labels and tokenises nothing; labels of another batch size are refused."""
+    _, processor = base
+    want = FAMILY.collate(processor, examples)
+    labels = FAMILY.labels(processor, [ex.text for ex in examples])
+
+    def no_tokenising(*args, **kwargs):
+        raise AssertionError("collate tokenised the texts although it was given their labels")
+
+    monkeypatch.setattr(FAMILY, "labels", no_tokenising)
+    got = FAMILY.collate(processor, examples, labels=labels)
+    assert set(got) == set(want) and torch.equal(got["labels"], want["labels"])
+    with pytest.raises(ValueError, match=r"labels: expected \[3, L\]"):
+        FAMILY.collate(processor, examples, labels=labels[:2])
+
+
 def test_loss_is_token_cross_entropy(base, examples: list[Example]) -> None:
     model, processor = base
     batch = FAMILY.collate(processor, examples[:2])

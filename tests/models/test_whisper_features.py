@@ -40,7 +40,7 @@ def test_collate_waveforms_equals_collate(clips) -> None:
         processor, [Example(id=str(i), text=t, audio=c) for i, (t, c) in enumerate(zip(texts, clips))]
     )
     audio, lengths = pad_waveforms(clips)
-    got = FAMILY.collate_waveforms(processor, audio, lengths, texts)
+    got = FAMILY.collate_waveforms(processor, audio, lengths, FAMILY.labels(processor, texts))
     assert set(got) == set(want)
     torch.testing.assert_close(got["input_features"], want["input_features"], rtol=1e-5, atol=1e-5)
     assert torch.equal(got["num_frames"], want["num_frames"]) and torch.equal(got["labels"], want["labels"])
@@ -52,4 +52,5 @@ def test_an_extractor_it_does_not_reproduce_is_refused() -> None:
     assert device_log_mel_supported(fe)
     fe.do_normalize = True  # per-clip normalisation of the waveform: not what log_mel does
     assert not device_log_mel_supported(fe)
-    assert FAMILY.collate_waveforms(processor, torch.zeros(1, 16000), torch.tensor([16000]), ["x"]) is None
+    labels = FAMILY.labels(processor, ["x"])
+    assert FAMILY.collate_waveforms(processor, torch.zeros(1, 16000), torch.tensor([16000]), labels) is None

@@ -62,22 +62,24 @@ def test_augmenting_a_batch_does_not_wait_for_the_device(backend: str) -> None:
     cfg = AugmentConfig(backend=backend, spec_augment=True, noise_prob=0.5, speed_prob=0.5, reverb_prob=0.5)
     texts = ["one two three", "four five", "six seven eight nine"]
     device = torch.device("cuda")
+    family, processor = get_family("whisper"), random_whisper()[1]
     augmenter = Augmenter(
         cfg,
-        get_family("whisper"),
-        random_whisper()[1],
+        family,
+        processor,
         Split(texts),
         FixedRouter(4),
         device,  # type: ignore[arg-type]
     )
     audio = 0.1 * torch.randn(3, 32_000)
+    labels = family.labels(processor, texts)  # as the loader's workers make them (AudioInputs)
     planned = PlannedBatch(
         Batch(
             [0, 1, 2],
             {},
             torch.full((3,), 4),
             torch.arange(3),
-            {"audio": audio, "lengths": torch.full((3,), 32_000)},
+            {"audio": audio, "lengths": torch.full((3,), 32_000), "labels": labels},
         ),
         0,
         0,

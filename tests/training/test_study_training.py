@@ -51,7 +51,7 @@ def planned_audio_batch(corpus):  # noqa: F811
     )
     rows = list(range(8))
     planned = PlannedBatch(route_rows(rows, split.signals_of(rows), router), 0, 0, 8, None)
-    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    planned.batch.inputs = AudioInputs(family, processor, split).collate(planned.batch.rows)
     return family, processor, split, router, planned
 
 
@@ -122,7 +122,7 @@ def test_augmented_rows_are_routed_on_their_recomputed_signals(corpus, monkeypat
     random_router = RandomRouter([0, 2, 8], seed=0)
     rows = list(range(8))
     planned = PlannedBatch(route_rows(rows, split.signals_of(rows), random_router), 0, 0, 8, None)
-    planned.batch.inputs = AudioInputs(family, split).collate(planned.batch.rows)
+    planned.batch.inputs = AudioInputs(family, processor, split).collate(planned.batch.rows)
     batch = Augmenter(cfg, family, processor, split, random_router, torch.device("cpu"))(
         planned, torch.Generator().manual_seed(0)
     )
