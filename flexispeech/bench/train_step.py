@@ -42,6 +42,7 @@ def train_loop_setups(
     patterns = {
         "mixed sorted": host_ranks,
         "all r=64": torch.full_like(host_ranks, 64),
+        "all r=16": torch.full_like(host_ranks, 16),
         "all r=4": torch.full_like(host_ranks, 4),
     }
 

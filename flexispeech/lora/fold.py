@@ -11,11 +11,13 @@ costs one small GEMM per run instead (``d_out x d_in x r`` multiply-adds and one
 over a weight-sized tensor, in proportion to the rank), after which the forward and the
 input gradient cost what the base layer's do. So it pays when a call has many token
 positions (an encoder pass, a training step), not in a decoding step (one token per row),
-where the fold would cost more than the update; and ``auto`` (``plans.choose_route``)
-takes it for a batch at one rank only: on an H200, inference at one rank came to
-1.04-1.07x the base model (the unfolded node 1.20-1.33x), while mixed ranks folded run by
-run were slower than one masked block (twice the launches of a host-bound eager step;
-benchmarks/RESULTS.md, round 6).
+where the fold would cost more than the update (a CPU training call needs more
+positions, ``plans.FOLD_MIN_TRAIN_TOKENS_CPU``: its backward folds again and makes ``h``
+again, against unfolded FLOPs a CPU pays at the rank's price); and ``auto``
+(``plans.choose_route``) takes it for a batch at one rank only: on an H200, inference at
+one rank came to 1.04-1.07x the base model (the unfolded node 1.20-1.33x), while mixed
+ranks folded run by run were slower than one masked block (twice the launches of a
+host-bound eager step; benchmarks/RESULTS.md, round 6).
 
 The adapter gradients need ``h = x @ A[:r].T``, which the forward no longer makes: the
 backward makes it again from the saved ``x`` (rows x positions x r multiply-adds), so
@@ -37,7 +39,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flexispeech.lora.kernels import first, rows_of, scale_block
+from flexispeech.lora.kernels import first, needs_grad, rank_mm, rows_of, scale_block
 
 Run = tuple[int, int, int]  # (first row, last row + 1, rank)
 
@@ -124,11 +126,11 @@ class _FoldedLinear(torch.autograd.Function):
             if need_bb:
                 # h is made again from x: the node saves x alone
                 h = scale_block(xs @ first(A, top, 0).T, start, end, top, scale, mask)
-                grad_bb = gs.T @ h
+                grad_bb = rank_mm(gs.T, h)
                 if top < r_max:
                     grad_bb = F.pad(grad_bb, (0, r_max - top))
             if need_a:
-                gh = scale_block(gs @ first(B, top, 1), start, end, top, scale, mask)
+                gh = scale_block(rank_mm(gs, first(B, top, 1)), start, end, top, scale, mask)
                 grad_a = gh.T @ xs
                 if top < r_max:
                     grad_a = F.pad(grad_a, (0, 0, 0, r_max - top))
@@ -168,7 +170,7 @@ def folded_linear(
     ``kernels.fused_supported`` (one dtype, eager, no autocast). Without autograd
     (inference) the same ops run without the node.
     """
-    if not (torch.is_grad_enabled() and any(t.requires_grad for t in (x, base.weight, A, B))):
+    if not needs_grad(x, base, A, B):
         return folded_forward(x, base.weight, base.bias, A, B, runs, scales)
     if len({r for _, _, r in runs if r > 0}) <= 1:
         mask = None  # one rank: its scale is a number

@@ -49,10 +49,29 @@ def scale_block(
     """The block of rows ``start:end`` [(end - start) x positions, r] (``x @ A[:r].T``, or
     its gradient twin ``g @ B[:, :r]``) times each row's scale: ``scale`` in place, or with
     ``scale`` None the block's mask ``mask`` [end - start, 1, r] (``plans.block_mask``: each row's
-    scale, zero at or above its rank)."""
+    scale, zero at or above its rank). ``t`` may be a transposed view (``rank_mm``)."""
     if scale is None:
         return (t.view(end - start, -1, r) * mask).view(-1, r)
     return t.mul_(scale)
+
+
+# On a CPU a GEMM whose output has as few columns as a low rank is slow: in the adapter's
+# backward ``g^T h`` [out, r] ran 2.5-6x slower at r = 4 and 8 than the same product made
+# transposed, ``(h^T g)^T`` (an output of r rows), and ``g B[:, :r]`` [rows x positions,
+# r] up to 1.9x (Whisper tiny's three layer shapes, 800 and 2,048 positions, 2 cores,
+# float32; 384 -> 1536 at 2,048 positions: 14.8 ms against 2.5 ms;
+# ``benchmarks/rank_alignment.py --layouts``, benchmarks/RESULTS.md, "CPU: a lower rank
+# costs less in eager training"). From r = 16 on the plain layout was as fast or faster
+# (``g B[:, :16]`` 1.4-2.3x) and stays, as it does on GPUs (not measured).
+NARROW_RANK = 16
+
+
+def rank_mm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` [m, r] for ``b`` [k, r] with r a rank; on a CPU below ``NARROW_RANK``
+    computed as ``(b^T a^T)^T`` (the same product, a transposed view: see above)."""
+    if b.shape[1] < NARROW_RANK and b.device.type == "cpu":
+        return (b.T @ a.T).T
+    return a @ b
 
 
 def rows_of(t: torch.Tensor, start: int, end: int, width: int) -> torch.Tensor:
@@ -132,14 +151,14 @@ class _FlexiLinear(torch.autograd.Function):
             gs = rows_of(grad_out, start, end, d_out)
             if need_bb:
                 if single:
-                    grad_bb = gs.T @ h  # [out, r]: no transpose copy
+                    grad_bb = rank_mm(gs.T, h)  # [out, r]: no transpose copy
                     if r < r_max:
                         grad_bb = F.pad(grad_bb, (0, r_max - r))
                 else:
                     grad_bt[:r].addmm_(h.T, gs)
             if not (need_a or need_x):
                 continue
-            gh = scale_block(gs @ first(B, r, 1), start, end, r, scale, mask)
+            gh = scale_block(rank_mm(gs, first(B, r, 1)), start, end, r, scale, mask)
             if need_a:
                 xs = rows_of(x, start, end, d_in)
                 if single:
@@ -204,6 +223,12 @@ def fused_supported(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor) -> 
     if torch.compiler.is_compiling() or torch.is_autocast_enabled(x.device.type):
         return False
     return x.dtype == base.weight.dtype == A.dtype and (base.bias is None or base.bias.dtype == x.dtype)
+
+
+def needs_grad(x: torch.Tensor, base: torch.nn.Linear, A: torch.Tensor, B: torch.Tensor) -> bool:
+    """Whether autograd records a layer call: grad mode on and the input, the base weight
+    or the adapter requires a gradient (a training step, not inference)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in (x, base.weight, A, B))
 
 
 def lora_linear(

@@ -10,7 +10,7 @@ from torch import nn
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.deltas import lora_delta
 from flexispeech.lora.fold import folded_linear
-from flexispeech.lora.kernels import fused_supported, lora_linear, static_linear, triton_usable
+from flexispeech.lora.kernels import fused_supported, lora_linear, needs_grad, static_linear, triton_usable
 from flexispeech.lora.plans import RankPlan, Route, choose_route, expand_ranks
 from flexispeech.lora.ranks import RankSlot
 
@@ -125,6 +125,7 @@ class FlexiLoraLinear(nn.Module):
             tokens=x.numel() // x.shape[-1],
             fusable=self.fused and self._no_dropout() and fused_supported(x, self.base_layer, self.lora_A),
             triton_ok=triton_usable(x),
+            needs_grad=needs_grad(x, self.base_layer, self.lora_A, self.lora_B),
             merged_rank=None if merged is None else merged[0],
             default_rank=self.default_rank,
             compiling=torch.compiler.is_compiling(),

@@ -69,12 +69,30 @@ def auto_takes_masked(device_type: str, tokens: int | None) -> bool:
 # one masked block on an H200 (less GPU work, twice the launches of an eager step that the
 # host bounds; benchmarks/RESULTS.md, round 6); a ``fold`` request still folds it.
 FOLD_MIN_TOKENS = 512
+# A CPU call that needs gradients (a training step) folds from twice as many positions. In
+# training the fold is made twice (forward and backward) and ``x A^T`` again in the
+# backward, against the unfolded node's expand and its input-gradient update; on a CPU,
+# where the unfolded update costs its FLOPs, that trade pays later. One layer of Whisper
+# tiny's (384 -> 384, 384 -> 1536, 1536 -> 384), 2 cores, float32, forward + backward with
+# the base frozen, folded over unfolded at ranks 4, 16 and 64 (benchmarks/RESULTS.md, "CPU:
+# a lower rank costs less in eager training"): at 512 positions folding cost more
+# (medians 1.05-1.09x in three runs, up to 1.27x), at 640 and 800 about the same (medians
+# 0.96-0.99x, single layers 0.86-1.08x), from 1,024 to 2,048 a few percent less (medians
+# 0.91-0.99x, single layers 0.87-1.05x). No rank trend: the folded cost follows the rank
+# as the unfolded one does. Inference folds from ``FOLD_MIN_TOKENS`` on a CPU as before
+# (one fold, no backward: folded at or below unfolded in 34 of 36 layers, lengths and
+# ranks measured), and GPUs fold in training as before (H200, round 9: all r=64 1.23x the
+# floor folded against 1.28x unfolded; not measured again).
+FOLD_MIN_TRAIN_TOKENS_CPU = 2 * FOLD_MIN_TOKENS
 
 
-def fold_pays(plan: RankPlan | None, tokens: int) -> bool:
+def fold_pays(plan: RankPlan | None, tokens: int, *, device_type: str, needs_grad: bool) -> bool:
     """Whether ``auto`` folds a call of ``tokens`` positions: every row at one rank (or no
-    plan: the default rank) and at least ``FOLD_MIN_TOKENS`` positions."""
-    return (plan is None or plan.uniform) and tokens >= FOLD_MIN_TOKENS
+    plan: the default rank) and at least ``FOLD_MIN_TOKENS`` positions, or
+    ``FOLD_MIN_TRAIN_TOKENS_CPU`` for a CPU call that needs gradients (``needs_grad``:
+    autograd records it)."""
+    least = FOLD_MIN_TRAIN_TOKENS_CPU if needs_grad and device_type == "cpu" else FOLD_MIN_TOKENS
+    return (plan is None or plan.uniform) and tokens >= least
 
 
 # The plain grouped path pays a gather and a scatter of its rows; ``auto`` takes it (CPU,
@@ -203,6 +221,7 @@ def choose_route(
     tokens: int,
     fusable: bool,
     triton_ok: bool,
+    needs_grad: bool,
     merged_rank: int | None = None,
     default_rank: int | None = None,
     compiling: bool = False,
@@ -217,16 +236,19 @@ def choose_route(
         fusable: the fused node applies (no active dropout, one dtype, no autocast, and the
             layer's ``fused`` option on).
         triton_ok: the Triton kernels can serve the input (CUDA, bf16/fp16, installed).
+        needs_grad: autograd records the call (grad mode on and the input, the base weight
+            or the adapter requires a gradient): a training step.
         merged_rank: the rank of a ``merge_for_inference`` copy, if any.
         compiling: inside ``torch.compile`` (shape-static plain ops only).
 
     Rules: under compile, plain ops at r_max; ``static``: r_max with device-side ranks;
     a batch all at the merged rank takes the merged weight; a fusable call of a batch at
-    one rank with enough token positions (``fold_pays``), or a ``fold`` request, is
-    folded; a uniform batch otherwise one block at its rank; otherwise ``auto`` takes one
-    masked block on GPUs (the adapter's matmuls are bound by memory there, not FLOPs)
-    and, on CPUs, one block per run of a rank-sorted batch (cost follows Σ r) except in
-    decoding steps (``MIN_SEGMENTED_TOKENS``).
+    one rank with enough token positions (``fold_pays``: more for a CPU call that needs
+    gradients), or a ``fold`` request, is folded; a uniform batch otherwise one block at
+    its rank; otherwise ``auto`` takes one masked block on GPUs (the adapter's matmuls
+    are bound by memory there, not FLOPs) and, on CPUs, one block per run of a
+    rank-sorted batch (cost follows Σ r) except in decoding steps
+    (``MIN_SEGMENTED_TOKENS``).
     Grouping by gather (``grouped``) is only a plain path; the fused node serves a
     grouped request on a sorted batch by its runs. The Triton kernels serve ``masked``
     and ``uniform`` blocks of ``triton`` requests, and the ``static`` path.
@@ -238,7 +260,10 @@ def choose_route(
     distinct = [default_rank] if plan is None else plan.distinct
     if merged_rank is not None and distinct == [merged_rank]:
         return Route("merged", "uniform")
-    if fusable and (requested == "fold" or (requested == "auto" and fold_pays(plan, tokens))):
+    if fusable and (
+        requested == "fold"
+        or (requested == "auto" and fold_pays(plan, tokens, device_type=device_type, needs_grad=needs_grad))
+    ):
         return Route("fold", "uniform" if len(distinct) == 1 else "segmented")
     if requested == "fold":
         requested = "segmented"  # not fusable: the plain ops by runs

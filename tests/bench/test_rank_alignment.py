@@ -5,6 +5,7 @@ and test_kernels.py."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,30 @@ def test_every_variant_is_timed() -> None:
         )
     }
     assert variants == expected and len(rows) == 3 * len(expected)  # three layer shapes
+
+
+def test_layouts_time_the_plain_layout_and_the_products_per_length() -> None:
+    """``--layouts``: the plain-layout rows for ranks under ``NARROW_RANK`` only, the four
+    products for every rank; ``--positions`` a list: one table per length and shape."""
+    out = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "rank_alignment.py"), "--device", "cpu"]
+        + ["--rows", "2", "--positions", "4,8", "--reps", "1", "--warmup", "0", "--ranks", "4,16"]
+        + ["--pad", "0", "--d-model", "16", "--frozen-base", "--layouts", "--shapes", "attn,fc1"],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    ).stdout
+    assert "attn: 16 -> 16, 2 x 4 = 8 positions" in out and "fc1: 16 -> 64, 2 x 8 = 16 positions" in out
+    rows = [line.split("|")[1:3] for line in out.splitlines() if line.startswith("| ")]
+    variants = [f"{k.strip()} {v.strip()}" for k, v in rows if k.strip() != "kind"]
+    products = ("g^T h", "(h^T g)^T", "g B[:, :r]", "(B[:, :r]^T g^T)^T")
+    expected = ["train r=4 exact, plain layout", "train r=4 folded, plain layout"]
+    expected += [f"gemm r={r}: {p}" for r in (4, 16) for p in products]
+    for name in expected:
+        assert variants.count(name) == 4  # 2 lengths x 2 shapes
+    assert not any(v.startswith("train r=16") and "plain layout" in v for v in variants)
 
 
 def test_padded_block_computes_the_exact_rank() -> None:

@@ -160,6 +160,37 @@ def test_frozen_base_gets_no_gradient_and_adapter_does() -> None:
     assert layer.base_layer.weight.grad is None and layer.lora_A.grad is not None
 
 
+@pytest.mark.parametrize("narrow", [True, False])
+@pytest.mark.parametrize("path", ["auto", "masked", "segmented", "fold"])
+@pytest.mark.parametrize(
+    "ranks",
+    [[4] * 6, [8] * 6, [8, 8, 4, 4, 2, 0], [0, 4, 0, 2, 0, 0]],
+    ids=["r4", "rmax", "sorted", "sparse"],
+)
+def test_narrow_rank_gradients_in_either_layout_equal_the_reference(
+    monkeypatch: pytest.MonkeyPatch, narrow: bool, path: str, ranks: list[int]
+) -> None:
+    """The adapter's backward computes its rank-wide products ``g^T h`` and ``g B[:, :r]``
+    transposed on a CPU below ``NARROW_RANK`` (``kernels.rank_mm``): the same gradients as
+    the plain layout and the reference, r_max included (B's gradient is then the transposed
+    product itself, unpadded); 516 positions, under which ``auto`` trains unfolded on a
+    CPU (``fold`` asked for folds)."""
+    import flexispeech.lora.kernels as kernels
+
+    monkeypatch.setattr(kernels, "NARROW_RANK", 16 if narrow else 0)
+    torch.manual_seed(0)
+    layer = FlexiLoraLinear(nn.Linear(24, 20), FlexiLoraConfig(ranks=(0, 2, 4, 8), alpha=8.0))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    x = torch.randn(6, 86, 24)  # 516 positions
+    expected = grads(layer, x, ranks, None)
+    got = grads(layer, x, ranks, path)
+    for name, g, e in zip(["x", "W", "b", "A", "B"], got, expected):
+        torch.testing.assert_close(g, e, rtol=1e-4, atol=1e-4, msg=f"grad of {name}")
+    top = max(ranks)
+    assert torch.count_nonzero(got[3][top:]) == 0 and torch.count_nonzero(got[4][:, top:]) == 0
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_bf16_within_tolerance(path: str) -> None:
     layer = make_layer(dtype=torch.bfloat16)

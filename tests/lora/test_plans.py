@@ -8,6 +8,7 @@ from torch import nn
 from flexispeech import FlexiLoraConfig, FlexiLoraLinear, inject, use_ranks
 from flexispeech.lora.plans import (
     FOLD_MIN_TOKENS,
+    FOLD_MIN_TRAIN_TOKENS_CPU,
     MAX_SEGMENTS,
     MIN_SEGMENTED_TOKENS,
     Route,
@@ -46,10 +47,24 @@ def test_span_covers_only_rows_with_a_rank() -> None:
 
 
 def route(
-    plan, requested="auto", device="cpu", tokens=MIN_SEGMENTED_TOKENS, fusable=True, triton_ok=False, **kw
+    plan,
+    requested="auto",
+    device="cpu",
+    tokens=MIN_SEGMENTED_TOKENS,
+    fusable=True,
+    triton_ok=False,
+    needs_grad=False,
+    **kw,
 ):
     return choose_route(
-        requested, plan, device_type=device, tokens=tokens, fusable=fusable, triton_ok=triton_ok, **kw
+        requested,
+        plan,
+        device_type=device,
+        tokens=tokens,
+        fusable=fusable,
+        triton_ok=triton_ok,
+        needs_grad=needs_grad,
+        **kw,
     )
 
 
@@ -102,6 +117,64 @@ def test_auto_folds_a_batch_at_one_rank_with_many_positions() -> None:
     # other requests and the merged copy keep their paths
     assert route(make_plan(torch.tensor([8, 8])), "masked", tokens=10**6) == Route("fused", "uniform")
     assert route(None, default_rank=8, merged_rank=8, tokens=10**6) == Route("merged", "uniform")
+
+
+def test_auto_folds_a_cpu_training_call_only_from_more_positions() -> None:
+    """On a CPU a call that needs gradients folds from ``FOLD_MIN_TRAIN_TOKENS_CPU``
+    positions, below it the unfolded node; inference on a CPU and training on a GPU fold
+    from ``FOLD_MIN_TOKENS`` as before (benchmarks/RESULTS.md)."""
+    enough, train_enough = FOLD_MIN_TOKENS, FOLD_MIN_TRAIN_TOKENS_CPU
+    assert train_enough > enough
+    for ranks in ([4] * 8, [16] * 8, [64] * 8):
+        plan = make_plan(torch.tensor(ranks))
+        for tokens in (enough, train_enough - 1):
+            assert route(plan, tokens=tokens, needs_grad=True) == Route("fused", "uniform")
+        for tokens in (train_enough, 10**6):
+            assert route(plan, tokens=tokens, needs_grad=True) == Route("fold", "uniform")
+        for tokens in (enough, train_enough - 1, train_enough):
+            assert route(plan, tokens=tokens) == Route("fold", "uniform")  # inference
+            assert route(plan, device="cuda", tokens=tokens, needs_grad=True) == Route("fold", "uniform")
+            assert route(plan, device="cuda", tokens=tokens) == Route("fold", "uniform")
+        assert route(plan, device="cuda", tokens=enough - 1, needs_grad=True) == Route("fused", "uniform")
+    assert route(None, default_rank=4, tokens=enough, needs_grad=True) == Route("fused", "uniform")
+    assert route(None, default_rank=4, tokens=train_enough, needs_grad=True) == Route("fold", "uniform")
+    assert route(None, default_rank=4, tokens=enough) == Route("fold", "uniform")
+    # asked for: folded in training too; mixed ranks keep their unfolded grouping
+    plan = make_plan(torch.tensor([4] * 8))
+    assert route(plan, "fold", tokens=enough, needs_grad=True) == Route("fold", "uniform")
+    sorted_plan = make_plan(torch.tensor([16, 16, 8, 4, 0, 0]))
+    assert route(sorted_plan, tokens=10**6, needs_grad=True) == Route("fused", "segmented")
+
+
+def test_layer_folds_a_cpu_call_without_autograd_only(monkeypatch) -> None:
+    """The layer tells ``choose_route`` whether autograd records the call: on a CPU a
+    training call at one rank with ``FOLD_MIN_TOKENS`` positions takes the unfolded node,
+    the same call under ``no_grad`` the folded one, and both equal the unfolded node's
+    values."""
+    import flexispeech.lora.layer as layer_module
+
+    torch.manual_seed(0)
+    layer = FlexiLoraLinear(nn.Linear(24, 20), FlexiLoraConfig(ranks=(0, 4, 8, 16), alpha=8.0))
+    with torch.no_grad():
+        layer.lora_B.normal_()
+    folded: list[bool] = []
+    real = layer_module.folded_linear
+    monkeypatch.setattr(layer_module, "folded_linear", lambda *a, **k: folded.append(True) or real(*a, **k))
+    x = torch.randn(4, FOLD_MIN_TOKENS // 4, 24)
+    layer.rank_slot.ranks = torch.tensor([4, 4, 4, 4])
+    try:
+        trained = layer(x)
+        assert trained.requires_grad and folded == []  # training: not folded
+        with torch.no_grad():
+            inferred = layer(x)
+        assert folded == [True]  # inference: folded
+        layer.compute_path = "masked"  # the unfolded node, asked for
+        with torch.no_grad():
+            unfolded = layer(x)
+    finally:
+        layer.rank_slot.ranks = None
+    torch.testing.assert_close(trained.detach(), unfolded)
+    torch.testing.assert_close(inferred, unfolded, rtol=1e-5, atol=1e-5)
 
 
 def test_route_of_plain_ops_merged_static_and_compile() -> None:
