@@ -214,11 +214,14 @@ fi
 
 
 def _stages(
-    tmp_path: Path, *extra: str
+    tmp_path: Path, *extra: str, stage: str = "3", stand_in: str = TIMED, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess, dict[str, tuple[float, float]]]:
+    """speech_stages.sh from ``stage`` to 6 (gpu profile) with the stand-in ``FAKE +
+    stand_in``, which writes "start|end NAME TIME" lines; NAME -> (the first call's start,
+    the last call's end)."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     fake, calls, times = tmp_path / "flexispeech", tmp_path / "calls.txt", tmp_path / "times.txt"
-    fake.write_text(FAKE + TIMED)
+    fake.write_text(FAKE + stand_in)
     fake.chmod(0o755)
     args = [
         "--conf",
@@ -230,19 +233,27 @@ def _stages(
         "--profile",
         "gpu",
         "--stage",
-        "3",
+        stage,
     ]
     out = subprocess.run(
         ["bash", str(RECIPES / "speech_stages.sh"), *args, "--stop-stage", "6", *extra],
         capture_output=True,
         text=True,
-        env={"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls), "TIMES": str(times)},
+        env={
+            "PATH": "/usr/bin:/bin",
+            "FLEXISPEECH": str(fake),
+            "CALLS": str(calls),
+            "TIMES": str(times),
+            **(env or {}),
+        },
     )
     spans: dict[str, list[float]] = {}
     for line in times.read_text().splitlines():
-        _, run, t = line.split()
-        spans.setdefault(run, []).append(float(t))
-    return out, {r: (v[0], v[1]) for r, v in spans.items()}
+        kind, name, t = line.split()
+        span = spans.setdefault(name, [float(t), 0.0])
+        if kind == "end":
+            span[1] = float(t)
+    return out, {name: (start, end) for name, (start, end) in spans.items()}
 
 
 def _overlapping(spans: dict[str, tuple[float, float]]) -> int:
@@ -269,6 +280,8 @@ def test_jobs_trains_runs_side_by_side_and_names_the_failed_one(tmp_path: Path) 
     assert out.returncode == 2 and "--jobs must be a positive integer" in out.stderr
 
 
+# The stand-in's tail for stage 1 beside the runs: `signals` takes 1 s (fails with
+# SIGNALS_FAIL set), `train` 0.3 s; each call timed as "command" or "train:<run>".
 SPANS = """
 name=$1; for a in "$@"; do case "$a" in output_dir=*) name="$1:$(basename "${a#output_dir=}")" ;; esac; done
 echo "start $name $(date +%s.%N)" >> "$TIMES"
@@ -277,56 +290,21 @@ echo "end $name $(date +%s.%N)" >> "$TIMES"
 """
 
 
-def _timed_stages(
-    tmp_path: Path, *extra: str, fail_signals: bool = False
-) -> tuple[subprocess.CompletedProcess, dict]:
-    """speech_stages.sh from stage 1 with a stand-in whose `signals` takes 1 s and `train`
-    0.3 s; by "command" or "train:<run>": the first call's start and the last call's end."""
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    fake, calls, times = tmp_path / "flexispeech", tmp_path / "calls.txt", tmp_path / "times.txt"
-    fake.write_text(FAKE + SPANS)
-    fake.chmod(0o755)
-    env = {"PATH": "/usr/bin:/bin", "FLEXISPEECH": str(fake), "CALLS": str(calls), "TIMES": str(times)}
-    if fail_signals:
-        env["SIGNALS_FAIL"] = "1"
-    out = subprocess.run(
-        [
-            "bash",
-            str(RECIPES / "speech_stages.sh"),
-            "--conf",
-            "c",
-            "--data",
-            "d",
-            "--exp",
-            str(tmp_path / "exp"),
-            "--profile",
-            "gpu",
-            "--stage",
-            "1",
-            "--stop-stage",
-            "6",
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        env=env,
-    )
-    spans: dict[str, list[float]] = {}
-    for line in times.read_text().splitlines():
-        kind, name, t = line.split()
-        span = spans.setdefault(name, [float(t), 0.0])
-        if kind == "end":
-            span[1] = float(t)
-    return out, spans
-
-
 def test_stages_1_2_run_beside_runs_that_train_without_signals(tmp_path: Path) -> None:
     """With --jobs 2 a static and a benefit run start training while stage 1 still computes
     signals; a routed run trains only after it, and every run's calibration, gate and
     evaluation come after it too. With --jobs 1 everything is in stage order."""
     runs = "static_r16 flexi_benefit_nscale flexi_nested"
-    out, spans = _timed_stages(
-        tmp_path / "two", "--runs", runs, "--gated", "flexi_benefit_nscale", "--jobs", "3"
+    out, spans = _stages(
+        tmp_path / "two",
+        "--runs",
+        runs,
+        "--gated",
+        "flexi_benefit_nscale",
+        "--jobs",
+        "3",
+        stage="1",
+        stand_in=SPANS,
     )
     assert out.returncode == 0, out.stderr
     signals_start, signals_end = spans["signals"]
@@ -339,7 +317,9 @@ def test_stages_1_2_run_beside_runs_that_train_without_signals(tmp_path: Path) -
     assert any(c.startswith("eval ") and "--name base" in c for c in calls)  # stage 2 ran
     assert signals_start < spans["train:static_r16"][1]
 
-    out, spans = _timed_stages(tmp_path / "one", "--runs", runs, "--gated", "", "--jobs", "1")
+    out, spans = _stages(
+        tmp_path / "one", "--runs", runs, "--gated", "", "--jobs", "1", stage="1", stand_in=SPANS
+    )
     assert out.returncode == 0, out.stderr
     assert all(spans[f"train:{r}"][0] >= spans["signals"][1] for r in runs.split())
 
@@ -347,8 +327,12 @@ def test_stages_1_2_run_beside_runs_that_train_without_signals(tmp_path: Path) -
 def test_a_failed_stage_1_beside_the_runs_fails_only_those_that_need_it(tmp_path: Path) -> None:
     """Stage 1 failing beside the runs: the static run still trains (it needs no signal) but
     is not evaluated; the script fails naming stage 1 and the runs, and skips stage 2."""
-    out, spans = _timed_stages(
-        tmp_path, "--runs", "static_r16 flexi_nested", "--gated", "", "--jobs", "2", fail_signals=True
+    out, spans = _stages(
+        tmp_path,
+        *("--runs", "static_r16 flexi_nested", "--gated", "", "--jobs", "2"),
+        stage="1",
+        stand_in=SPANS,
+        env={"SIGNALS_FAIL": "1"},
     )
     assert out.returncode == 1
     assert "stage 1 (signals) failed, stage 2 not run" in out.stderr

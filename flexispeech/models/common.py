@@ -6,7 +6,7 @@ base model under ``adapter_off``, both in ``flexispeech.lora``.)"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -39,3 +39,11 @@ def checked_labels(labels: torch.Tensor, rows: int) -> torch.Tensor:
     if labels.dim() != 2 or labels.shape[0] != rows:
         raise ValueError(f"labels: expected [{rows}, L] token ids, got shape {list(labels.shape)}")
     return labels
+
+
+def batch_labels(
+    labels: torch.Tensor | None, texts: Sequence[str], make: Callable[[Sequence[str]], torch.Tensor]
+) -> torch.Tensor:
+    """A family ``collate``'s ``labels`` [B, L]: those given (made beforehand by the training
+    loader's workers; ``checked_labels``), else ``make(texts)`` (the family's ``labels``)."""
+    return checked_labels(make(texts) if labels is None else labels, len(texts))

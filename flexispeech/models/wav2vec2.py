@@ -19,7 +19,7 @@ from torch import nn
 
 from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
-from flexispeech.models.common import checked_labels, from_pretrained, resolve_source
+from flexispeech.models.common import batch_labels, from_pretrained, resolve_source
 from flexispeech.models.example import Example
 
 
@@ -81,9 +81,9 @@ class Wav2Vec2Family:
         )
         batch = {"input_values": inputs.input_values.float(), "attention_mask": inputs.attention_mask.long()}
         if train:
-            if labels is None:
-                labels = self.labels(processor, [ex.text for ex in examples])
-            batch["labels"] = checked_labels(labels, len(examples))
+            batch["labels"] = batch_labels(
+                labels, [ex.text for ex in examples], lambda texts: self.labels(processor, texts)
+            )
         return batch
 
     def labels(self, processor: Any, texts: Sequence[str]) -> torch.Tensor:

@@ -29,7 +29,7 @@ from flexispeech.audio import SAMPLE_RATE
 from flexispeech.errors import ConfigError
 from flexispeech.host_copy import to_device
 from flexispeech.lora.ranks import use_ranks
-from flexispeech.models.common import checked_labels, from_pretrained, resolve_source
+from flexispeech.models.common import batch_labels, checked_labels, from_pretrained, resolve_source
 from flexispeech.models.example import Example
 from flexispeech.models.whisper_greedy import greedy_decode
 
@@ -171,9 +171,9 @@ class WhisperFamily:
         )
         batch = {"input_features": features.float(), "num_frames": num_frames}
         if train:
-            if labels is None:
-                labels = self.labels(processor, [ex.text for ex in examples])
-            batch["labels"] = checked_labels(labels, len(examples))
+            batch["labels"] = batch_labels(
+                labels, [ex.text for ex in examples], lambda texts: self.labels(processor, texts)
+            )
         return batch
 
     def collate_waveforms(
