@@ -8,6 +8,7 @@
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_benefit_nscale"]
 #       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
 #       [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2 4"] [--strengths "0.5"] [--consensus "2 4 8 16"]
+#       [--joint "0"]
 #       [--real-examples N|all] [--real-30s]
 #
 # --runs trains and evaluates only these runs, in this order (default: the profile's list);
@@ -41,6 +42,11 @@
 # with the consensus of those ranks (`eval --consensus-ranks`: each utterance the router
 # sends to an adapter rank decoded at every one of them, the transcript closest to the
 # others kept; one decoding per rank), as <name>_consensus; default: none.
+# --joint "R ..." also evaluates every static and Flexi run (behind its gate when --gated
+# names it) with the joint pick of its routed rank and those ranks (`eval --joint-ranks`:
+# each transcript scored at every one of them, the likeliest together kept; "0": the routed
+# rank and the base model), as <name>_joint; a static run's is a baseline in stage 7;
+# default: none.
 #
 # The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
 # on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
@@ -87,6 +93,7 @@ fixed_ranks=""
 fixed_given=0
 strengths=""
 consensus=""
+joint=""
 real_examples=""
 real_30s=0
 
@@ -112,6 +119,7 @@ while [ $# -gt 0 ]; do
     --fixed-ranks) fixed_ranks=$2; fixed_given=1; shift 2 ;;
     --strengths) strengths=$2; shift 2 ;;
     --consensus) consensus=$2; shift 2 ;;
+    --joint) joint=$2; shift 2 ;;
     --real-examples) real_examples=$2; shift 2 ;;
     --real-30s) real_30s=1; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
@@ -230,6 +238,9 @@ done
 if [ -n "$consensus" ] && [ "$(echo $consensus | wc -w)" -lt 2 ]; then
   echo "speech_stages.sh: --consensus needs two or more ranks, got '$consensus'" >&2; exit 2
 fi
+for r in $joint; do
+  case "$r" in ''|*[!0-9]*) echo "speech_stages.sh: --joint must be ranks >= 0, got '$joint'" >&2; exit 2 ;; esac
+done
 case "$jobs" in ''|*[!0-9]*|0) echo "speech_stages.sh: --jobs must be a positive integer, got '$jobs'" >&2; exit 2 ;; esac
 if [ "$profile" = gpu ] && [ "$device" != cpu ] && [ "$jobs" -gt 1 ]; then
   # Runs side by side share the host: each run's loaders (training and decoding) get their
@@ -444,6 +455,7 @@ fixed_runs() {  # the <run>_r<R> and <run>_s<S> evaluations of this invocation
     if is_flexi "$r"; then for k in $fixed_ranks; do out+=" ${r}_r$k"; done; fi
     if is_flexi "$r" || is_static "$r"; then for k in $strengths; do out+=" ${r}_s$k"; done; fi
     if is_flexi "$r" && [ -n "$consensus" ]; then out+=" ${r}_consensus"; fi
+    if { is_flexi "$r" || is_static "$r"; } && [ -n "$joint" ]; then out+=" ${r}_joint"; fi
   done
   echo "$out"
 }
@@ -477,6 +489,13 @@ eval_consensus() {  # stage 6 for a Flexi run served by the consensus of --conse
   if is_gated "$r"; then dir="$exp/${r}_gated/adapter"; fi  # the gate keeps its rank-0 rows
   eval_variant "${r}_consensus" "$dir" --consensus-ranks "$(echo $consensus | tr ' ' ,)"
 }
+eval_joint() {  # stage 6 for a static or Flexi run served by the joint pick with --joint ranks
+  local r=$1 dir
+  { is_flexi "$r" || is_static "$r"; } && [ -n "$joint" ] || return 0
+  dir="$exp/$r/adapter"
+  if is_gated "$r"; then dir="$exp/${r}_gated/adapter"; fi  # the gate keeps its rank-0 rows
+  eval_variant "${r}_joint" "$dir" --joint-ranks "$(echo $joint | tr ' ' ,)"
+}
 eval_fixed() {  # stage 6 for a Flexi run at each --fixed-ranks rank: <run>_r<R>
   local r=$1 k
   is_flexi "$r" || return 0
@@ -504,7 +523,7 @@ run_one() {  # stages 3-6 of one run; its kind says which training stage it belo
   if step "$(kind_of "$r")"; then train_run "$r"; fi
   if step 6; then await_signals; eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; fi
   gate_run "$r"
-  if step 6; then eval_consensus "$r"; fi  # after the gate: a gated run's consensus is behind it
+  if step 6; then eval_consensus "$r"; eval_joint "$r"; fi  # after the gate: a gated run's are behind it
 }
 
 if [ "$jobs" -gt 1 ] && { step 3 || step 4 || step 5 || step 6; }; then
@@ -543,7 +562,7 @@ else
     for r in $all_runs; do eval_run "$r"; eval_fixed "$r"; eval_strength "$r"; done
   fi
   for r in $all_runs; do gate_run "$r"; done
-  if step 6; then for r in $all_runs; do eval_consensus "$r"; done; fi
+  if step 6; then for r in $all_runs; do eval_consensus "$r"; eval_joint "$r"; done; fi
 fi
 
 if step 7; then
@@ -562,6 +581,7 @@ if step 7; then
     baselines+=(--baseline "$r")
     if is_gated "$r"; then baselines+=(--baseline "${r}_gated"); fi
     for k in $strengths; do baselines+=(--baseline "${r}_s$k"); done
+    if [ -n "$joint" ]; then baselines+=(--baseline "${r}_joint"); fi
   done
   $FLEXI compare "${results[@]}" --out "$exp" "${baselines[@]}"
   echo "tables: $exp/compare.md; plots: $exp/wer_by_snr.png, $exp/ranks.png"

@@ -512,6 +512,40 @@ def test_recipe_scores_real_speech_when_its_packages_are_installed(tmp_path: Pat
     assert not any("eval_real" in k for k in _evals(calls)) and "base/eval_test" in _evals(calls)
 
 
+def test_joint_evaluates_each_static_and_flexi_run_behind_its_gate(tmp_path: Path) -> None:
+    """--joint "0": every static and Flexi run (seed repetitions too) is also evaluated with
+    `eval --joint-ranks 0`, a gated one through its gated adapter (after the gate exists),
+    as <run>_joint on the test split and real speech; each static run's is a baseline."""
+    calls = run_stages(
+        tmp_path, "gpu", "--real", "data/real", "--jobs", "1", "--fixed-ranks", "", "--seeds", "0,1",
+        "--gated", "static_r16 flexi_benefit_nscale", "--joint", "0",
+        "--runs", "static_r16 flexi_benefit_nscale flexi_benefit_nscale_seed1 flexi_nested inconsistent",
+    )  # fmt: skip
+    evals = _evals(calls)
+    for run, adapter in [
+        ("static_r16", "static_r16_gated"),
+        ("flexi_benefit_nscale", "flexi_benefit_nscale_gated"),
+        ("flexi_benefit_nscale_seed1", "flexi_benefit_nscale_seed1_gated"),  # a seed of a gated run
+        ("flexi_nested", "flexi_nested"),  # not gated: its own adapter
+    ]:
+        for split in ("eval_test", "eval_real"):
+            call = evals[f"{run}_joint/{split}"]
+            assert call[call.index("--adapter") + 1].endswith(f"exp/{adapter}/adapter")
+            assert call[call.index("--joint-ranks") + 1] == "0"
+    for run in ("static_r16", "flexi_benefit_nscale"):
+        gate = next(i for i, c in enumerate(calls) if c[0] == "gate" and f"{run}/" in c[1])
+        first = next(i for i, c in enumerate(calls) if f"{run}_joint/" in str(c))
+        assert gate < first  # the gated adapter exists before its joint pick is evaluated
+    assert not any(k.startswith("inconsistent_joint") for k in evals)  # the ablation is neither
+    (compare,) = [c for c in calls if c[0] == "compare"]
+    assert sum("_joint/" in a for a in compare) == 8
+    assert "static_r16_joint" in _baselines(compare)
+    assert "flexi_benefit_nscale_joint" not in _baselines(compare)
+    bad, calls = _refused(tmp_path / "neg", "--joint", "-1")
+    assert bad.returncode == 2 and "--joint must be ranks >= 0" in bad.stderr
+    assert not calls.exists()
+
+
 @pytest.mark.parametrize(
     "run, parent", [("static_r16_tel", "static_r16"), ("flexi_benefit_nscale_tel", "flexi_benefit_nscale")]
 )

@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "keep the transcript closest to the others (least total word distance; costs one decoding "
         "per rank). Utterances routed to rank 0 keep the base model's. Speech only; needs --adapter",
     )
+    parser.add_argument(
+        "--joint-ranks", metavar="R,R,...", help=options.JOINT_HELP + "; not with --consensus-ranks"
+    )
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
     parser.add_argument(
@@ -85,23 +88,33 @@ def run(args: argparse.Namespace) -> int:
     fallback = options.fallback(args)
     if fallback is not None and not args.adapter:
         raise FlexispeechError("--fallback-rank needs --adapter: the base model has no other rank")
-    consensus = _consensus_ranks(args.consensus_ranks)
+    consensus = options.rank_list(args.consensus_ranks, "--consensus-ranks", least=2)
     if consensus and not args.adapter:
         raise FlexispeechError("--consensus-ranks needs --adapter: the base model has no other rank")
+    joint = options.rank_list(args.joint_ranks, "--joint-ranks", least=1)
+    if joint and not args.adapter:
+        raise FlexispeechError("--joint-ranks needs --adapter: the base model has no other rank")
+    if joint and consensus:
+        raise FlexispeechError("--joint-ranks and --consensus-ranks each pick the transcript: give one")
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
     source = (
         args.model or meta.get("base_model") or (causal_lm.DEFAULT_SOURCE if text else whisper.DEFAULT_SOURCE)
     )
     family = get_family(args.family or meta.get("family") or ("causal_lm" if text else "whisper"))
+    if joint and not hasattr(family, "label_logprob"):
+        raise FlexispeechError(
+            f"--joint-ranks: speech only; the {family.name} family cannot score transcripts"
+        )
     audio_ctx = args.audio_ctx
     if family.name == "whisper" and args.adapter:
         audio_ctx = serving_window(args.audio_ctx, args.adapter, "eval")  # default: the adapter's window
     # The data first: a wrong --data fails in a moment, not after the model has loaded. No
     # utterance is dropped for the window: one it cannot hear whole is scored as decoded.
     split = open_split(args.data, args.split, max_duration=args.max_duration, max_examples=args.max_examples)
-    if consensus and isinstance(split, TextTaskSplit):
-        raise FlexispeechError(f"--consensus-ranks: {args.data} is a text task; the consensus is for speech")
+    if (consensus or joint) and isinstance(split, TextTaskSplit):
+        option = "--consensus-ranks" if consensus else "--joint-ranks"
+        raise FlexispeechError(f"{option}: {args.data} is a text task; the pick is for speech")
     model, processor = load_model(family, source, args.device, audio_ctx)
     router = None
     if args.adapter:
@@ -110,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
         from flexispeech.lora.ranks import check_ranks, get_state
 
         # before decoding, not in it
-        check_ranks(get_state(model).config, ([fallback.rank] if fallback else []) + consensus)
+        check_ranks(get_state(model).config, ([fallback.rank] if fallback else []) + consensus + joint)
     elif args.rank is not None:
         print("note: --rank without --adapter is ignored (the base model has no adapter)")
     from flexispeech.data.speech import CorpusSplit
@@ -140,7 +153,8 @@ def run(args: argparse.Namespace) -> int:
         num_workers=workers(args),
         fallback=fallback,
         consensus=consensus,
-        normalize=source_normalizer(source) if consensus else None,
+        joint=joint,
+        normalize=source_normalizer(source) if consensus or joint else None,
     )
     window = {"audio_ctx": whisper.encoder_positions(model)} if family.name == "whisper" else {}
     corpus = {"data": str(args.data), **window}
@@ -187,6 +201,7 @@ def run(args: argparse.Namespace) -> int:
         "router": router.describe() if router is not None else None,
         "fallback": {"rank": fallback.rank, "threshold": fallback.threshold} if fallback else None,
         "consensus_ranks": consensus or None,
+        "joint_ranks": joint or None,
         **corpus,
     }
     out = write_results(result, args.out or default_out)
@@ -202,6 +217,11 @@ def run(args: argparse.Namespace) -> int:
             f"consensus of ranks {consensus}: {result['decodes_per_utterance']:.2f} decodings per utterance "
             f"(served ranks: {result['rank_histogram']})"
         )
+    if joint:
+        print(
+            f"joint pick of ranks {joint}: {result['decodes_per_utterance']:.2f} decodings per utterance, "
+            f"{result['scored_utterances']} utterances scored (served ranks: {result['rank_histogram']})"
+        )
     skipped = f", {result['n_skipped']} skipped (undecodable audio)" if result["n_skipped"] else ""
     empty = f", {o['n_empty_refs']} with empty references (not scored)" if o["n_empty_refs"] else ""
     print(
@@ -209,19 +229,3 @@ def run(args: argparse.Namespace) -> int:
         f"(mean rank {result['mean_rank']:.2f}, RTF {result['rtf']:.3f}) -> {out}"
     )
     return 0
-
-
-def _consensus_ranks(value: str | None) -> list[int]:
-    """``--consensus-ranks 2,4,8`` as sorted ranks (empty when not given); a bad list is a
-    one-line ``ConfigError``."""
-    from flexispeech.errors import ConfigError
-
-    if value is None:
-        return []
-    try:
-        ranks = sorted({int(v) for v in value.replace(" ", ",").split(",") if v})
-    except ValueError:
-        raise ConfigError(f"--consensus-ranks: expected ranks like 2,4,8,16, got {value!r}") from None
-    if len(ranks) < 2 or ranks[0] < 0:
-        raise ConfigError(f"--consensus-ranks: needs two or more ranks >= 0, got {value!r}")
-    return ranks

@@ -56,3 +56,31 @@ def fallback(args: argparse.Namespace):  # -> Fallback | None (imported lazily: 
         return Fallback(args.fallback_rank, args.compression_ratio)
     except ValueError as err:
         raise ConfigError(f"--fallback-rank / --compression-ratio: {err}") from None
+
+
+def rank_list(value: str | None, option: str, least: int) -> list[int]:
+    """``--consensus-ranks 2,4,8`` (or ``--joint-ranks 0``) as sorted ranks (empty when not
+    given); a bad list, or one of fewer than ``least`` ranks, is a one-line ``ConfigError``
+    naming ``option``."""
+    from flexispeech.errors import ConfigError
+
+    if value is None:
+        return []
+    try:
+        ranks = sorted({int(v) for v in value.replace(" ", ",").split(",") if v})
+    except ValueError:
+        raise ConfigError(f"{option}: expected ranks like 0 or 2,4,8,16, got {value!r}") from None
+    if len(ranks) < least or (ranks and ranks[0] < 0):
+        many = "one or more" if least == 1 else "two or more"
+        raise ConfigError(f"{option}: needs {many} ranks >= 0, got {value!r}")
+    return ranks
+
+
+JOINT_HELP = (
+    "decode every utterance the router sends to an adapter rank also at each of these ranks, "
+    "score each transcript at every one of them and at the routed rank (teacher-forced), and keep "
+    "the one they find likeliest together. `--joint-ranks 0`: the routed rank and the base model, "
+    "which can then veto a transcript only the adapter believes. Costs one decoding per rank, and "
+    "one scoring pass per rank where the transcripts differ. Speech only (Whisper, Wav2Vec2); needs "
+    "--adapter"
+)

@@ -50,6 +50,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "loops less, as `flexispeech eval --fallback-rank R` scores it; 0 is the base model. "
         "Needs --adapter (default: off)",
     )
+    parser.add_argument(
+        "--joint-ranks",
+        metavar="R,R,...",
+        help=options.JOINT_HELP + "; serves what `flexispeech eval --joint-ranks` scores",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -75,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         fallback=options.fallback(args),
+        joint=options.rank_list(args.joint_ranks, "--joint-ranks", least=1),
     )
     failed = 0
     for result in transcriber.transcribe_files(args.audio):

@@ -25,6 +25,7 @@ from flexispeech.data.split import Split, signals_tensor
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.consensus import decode_consensus
 from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
+from flexispeech.evaluation.joint import decode_joint, row_scorer
 from flexispeech.evaluation.metrics import error_counts
 from flexispeech.lora.inject import use_ranks
 from flexispeech.models.decode_features import decode_features
@@ -48,6 +49,7 @@ def decode_split(
     fallback: Fallback | None = None,
     consensus: Sequence[int] | None = None,
     normalize: Callable[[str], str] | None = None,
+    joint: Sequence[int] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Decode every row of ``split`` (or the rows ``indices``); returns per-utterance
     records (in split order, or in the order of ``indices``) and decode seconds.
@@ -69,7 +71,14 @@ def decode_split(
     ``normalize``); the record's rank is the one picked, its ``consensus`` note holds every
     rank's hypothesis, and the extra decodings count as decoding time. With ``fallback``
     too, the fallback applies to the consensus.
+    ``joint``: rows routed to an adapter rank are decoded at each of these ranks and get
+    the hypothesis the ranks find likeliest together (``evaluation.joint``; the family
+    scores transcripts with ``label_logprob``); the record's rank is the one picked, its
+    ``joint`` note holds every rank's hypothesis and the scores; the extra decodings and
+    scoring passes count as decoding time. Not with ``consensus``.
     """
+    if consensus and joint:
+        raise ValueError("consensus and joint each pick the hypothesis: give one")
     device = next(model.parameters()).device
 
     # Workers read and pad; Whisper's log-mel is made here, on a GPU (``decode_features``).
@@ -116,6 +125,9 @@ def decode_split(
         agreed: list[dict[str, Any]] = [{} for _ in texts]
         if consensus:
             texts, ranks, agreed = decode_consensus(texts, ranks, consensus, decode_rows, normalize)
+        elif joint:
+            scorer = row_scorer(model, family, processor, inputs)
+            texts, ranks, agreed = decode_joint(texts, ranks, joint, decode_rows, scorer, normalize)
         notes: list[dict[str, Any]] = [{} for _ in texts]
         if fallback is not None:
             texts, notes = decode_with_fallback(texts, ranks, fallback, decode_rows)
@@ -125,7 +137,8 @@ def decode_split(
             record = split.record(i)
             if live_signals:
                 record["signals"] = scalar_signals(signals[i])  # computed while decoding
-            extra = ({"fallback": note} if note else {}) | ({"consensus": agree} if agree else {})
+            picked = {"joint" if joint else "consensus": agree} if agree else {}
+            extra = ({"fallback": note} if note else {}) | picked
             records[i] = {**record, "hyp": text, "rank": rank} | extra
     return [records.get(i, {}) for i in wanted], decode_s
 
@@ -213,6 +226,8 @@ def summarize(
         "fallback_kept": sum(bool(r.get("fallback", {}).get("kept")) for r in records),
         # decodings per utterance: 1, more where the consensus of several ranks served it
         "decodes_per_utterance": _decodes_per_utterance(records),
+        # rows a joint pick scored: their ranks' hypotheses differed
+        "scored_utterances": sum("scores" in r.get("joint", {}) for r in records),
     }
     if result["fallback_decodes"]:  # the same rows scored with the routed rank's hypotheses
         routed = [r.get("fallback", {}).get("routed_hyp", r["hyp"]) for r in records]
@@ -223,10 +238,12 @@ def summarize(
 
 def _decodes_per_utterance(records: Sequence[dict[str, Any]]) -> float:
     """Mean decodings per utterance: one for a routed row, the pool's size for a consensus
-    row (the loop fallback's few extra decodings are counted in ``fallback_decodes``)."""
+    row and a joint pick's row (the loop fallback's few extra decodings are counted in
+    ``fallback_decodes``)."""
     if not records:
         return 0.0
-    return sum(len(r["consensus"]["hyps"]) if "consensus" in r else 1 for r in records) / len(records)
+    picks = (r.get("consensus") or r.get("joint") for r in records)
+    return sum(len(p["hyps"]) if p else 1 for p in picks) / len(records)
 
 
 def write_results(result: dict[str, Any], out_dir: str | Path) -> Path:

@@ -93,6 +93,14 @@ class SpeechFamily(ModelFamily, Protocol):
         labels as given, and the examples' texts are not tokenised."""
         ...
 
+    def label_logprob(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], labels: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """[C, B] float32: the log-probability the model, at the ranks in force, gives each of
+        C candidate transcripts of each row of the decoding ``batch`` (``labels[c]`` [B, L_c],
+        as ``labels`` makes them); what ``evaluation.joint`` picks by."""
+        ...
+
 
 class TrainInputs(Protocol):
     """How training turns rows of a split into model inputs and a loss.

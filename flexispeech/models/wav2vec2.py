@@ -112,6 +112,38 @@ class Wav2Vec2Family:
             **self._inputs(model, batch), labels=batch["labels"].to(next(model.parameters()).device)
         ).loss
 
+    def label_logprob(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], labels: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """Log-probabilities the model (at the ranks in force) gives candidate transcripts:
+        [C, B] float32 on the CPU, each the CTC log-likelihood of candidate c of row b
+        (``labels[c]`` [B, L_c], as ``labels`` makes them) summed over every alignment; -inf
+        where no alignment fits the clip's frames. The acoustic model runs once for all C
+        candidates; each candidate costs one CTC forward pass over its log-probabilities."""
+        with torch.no_grad():
+            logits = model(**self._inputs(model, batch)).logits.float()  # [B, frames, vocab]
+        log_probs = torch.log_softmax(logits, dim=-1).transpose(0, 1).cpu()  # [frames, B, vocab]
+        n, frames = logits.shape[0], logits.shape[1]
+        if "attention_mask" in batch:
+            lengths = model._get_feat_extract_output_lengths(batch["attention_mask"].sum(-1)).cpu()
+        else:
+            lengths = torch.full((n,), frames)
+        lengths = lengths.long().clamp(max=frames)
+        out = torch.empty(len(labels), n, dtype=torch.float32)
+        for c, lab in enumerate(labels):
+            lab = lab.cpu()
+            nll = nn.functional.ctc_loss(
+                log_probs,
+                lab.clamp(min=0),
+                lengths,
+                (lab != -100).sum(-1),
+                blank=int(model.config.pad_token_id),
+                reduction="none",
+                zero_infinity=False,
+            )
+            out[c] = -nll
+        return out
+
     def generate(
         self,
         model: nn.Module,

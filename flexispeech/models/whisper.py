@@ -246,6 +246,49 @@ class WhisperFamily:
         )
         return out.loss
 
+    def label_logprob(
+        self, model: nn.Module, batch: dict[str, torch.Tensor], labels: Sequence[torch.Tensor]
+    ) -> torch.Tensor:
+        """Log-probabilities the model (at the ranks in force) gives candidate transcripts.
+
+        Args:
+            batch: decoding inputs of B clips (``collate(train=False)``).
+            labels: C candidates, each [B, L_c] long as ``labels`` makes them (-100 padded):
+                candidate c of row b is ``labels[c][b]``.
+
+        Returns:
+            [C, B] float32 on the CPU: each candidate's summed token log-probability
+            (the prefix tokens after ``<|startoftranscript|>`` included, as the training
+            loss counts them; the same for every candidate of a row, so they cancel when
+            candidates are compared). NaN for a clip longer than the encoder window, whose
+            transcript spans several windows and has no single score here.
+
+        The encoder runs once for all C candidates (it is most of the cost at a 30-s
+        window); each candidate is one teacher-forced decoder pass.
+        """
+        device = next(model.parameters()).device
+        features = batch["input_features"].to(device, dtype=model.dtype)
+        window = encoder_positions(model) * FRAMES_PER_POSITION
+        n = features.shape[0]
+        num_frames = batch.get("num_frames", torch.full((n,), min(features.shape[-1], window)))
+        too_long = torch.tensor([int(f) > window for f in num_frames], dtype=torch.bool)
+        start = model.config.decoder_start_token_id
+        out = torch.empty(len(labels), n, dtype=torch.float32)
+        with torch.no_grad():
+            encoded = model.model.encoder(first_window(features, window)).last_hidden_state
+            for c, lab in enumerate(labels):
+                lab = lab.to(device)
+                inputs = torch.cat([torch.full_like(lab[:, :1], start), lab[:, :-1]], dim=1)
+                inputs = inputs.masked_fill(inputs == -100, int(model.generation_config.eos_token_id))
+                hidden = model.model.decoder(
+                    input_ids=inputs, encoder_hidden_states=encoded
+                ).last_hidden_state
+                logp = torch.log_softmax(model.proj_out(hidden).float(), dim=-1)
+                mask = lab != -100
+                picked = logp.gather(-1, lab.clamp(min=0)[..., None])[..., 0]
+                out[c] = torch.where(mask, picked, 0.0).sum(-1).cpu()
+        return out.masked_fill(too_long[None, :], float("nan"))
+
     def generate(
         self,
         model: nn.Module,

@@ -18,6 +18,7 @@ import torch
 from flexispeech.audio import SAMPLE_RATE, audio_duration, check_samples, iter_audio_blocks, load_audio
 from flexispeech.errors import AudioError, ConfigError, FlexispeechError
 from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
+from flexispeech.evaluation.joint import decode_joint, row_scorer
 from flexispeech.lora.ranks import check_ranks, get_state, use_ranks
 from flexispeech.lora.router import batch_size
 from flexispeech.models.family import Example, check_device, get_family
@@ -38,7 +39,11 @@ class Transcription:
     ``fallback`` is empty unless the routed hypothesis looped and was decoded again (then, as
     in ``flexispeech eval``: its compression ratio, the fallback rank, whether that
     hypothesis was kept, and the routed rank's hypothesis; for a file decoded block by
-    block, the fallback rank and how many blocks were decoded again and kept)."""
+    block, the fallback rank and how many blocks were decoded again and kept). ``joint`` is
+    empty unless a joint pick (``evaluation.joint``) decoded the utterance at several ranks
+    (then, as in ``flexispeech eval --joint-ranks``: each rank's hypothesis, the scores, the
+    pick and the routed rank; ``rank`` is the picked one; for a file decoded block by block,
+    how many blocks were scored and how many served another rank than the routed one)."""
 
     id: str
     text: str
@@ -46,6 +51,7 @@ class Transcription:
     duration: float
     signals: dict[str, float] = field(default_factory=dict)
     fallback: dict[str, Any] = field(default_factory=dict)
+    joint: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
         row = {
@@ -55,7 +61,10 @@ class Transcription:
             "duration": round(self.duration, 3),
             "signals": {k: round(v, 4) for k, v in self.signals.items()},
         }
-        return json.dumps(row | ({"fallback": self.fallback} if self.fallback else {}))
+        notes = ({"fallback": self.fallback} if self.fallback else {}) | (
+            {"joint": self.joint} if self.joint else {}
+        )
+        return json.dumps(row | notes)
 
 
 def detect_family(source: str) -> str:
@@ -88,6 +97,9 @@ class Transcriber:
         fallback: decode a looping hypothesis again at another rank of the adapter
             (``evaluation.fallback``), as ``flexispeech eval --fallback-rank`` scores it;
             None: off.
+        joint: ranks whose transcripts join the routed rank's in a joint pick
+            (``evaluation.joint``), as ``flexispeech eval --joint-ranks`` scores it; ``[0]``:
+            the routed rank and the base model. Empty: off.
     """
 
     def __init__(
@@ -103,6 +115,7 @@ class Transcriber:
         batch_size: int = 8,
         max_new_tokens: int | None = None,
         fallback: Fallback | None = None,
+        joint: Sequence[int] = (),
     ) -> None:
         from flexispeech.lora import get_router, load_adapter
         from flexispeech.lora.inject import serving_router
@@ -114,6 +127,10 @@ class Transcriber:
         if fallback is not None and adapter is None:
             raise ConfigError(
                 "--fallback-rank needs an adapter (--adapter DIR): the base model has no other rank"
+            )
+        if joint and adapter is None:
+            raise ConfigError(
+                "--joint-ranks needs an adapter (--adapter DIR): the base model has no other rank"
             )
         if router not in (None, "auto"):
             raise ConfigError(f"router must be 'auto' (the adapter's saved router), got {router!r}")
@@ -135,9 +152,18 @@ class Transcriber:
             load_adapter(self.model, adapter)
             if router == "auto" and get_router(self.model) is None:
                 raise ConfigError(f"{adapter}: --router auto, but the adapter was saved without a router")
-            if fallback is not None:
-                check_ranks(get_state(self.model).config, [fallback.rank])  # before any file is read
+            # before any file is read
+            check_ranks(get_state(self.model).config, ([fallback.rank] if fallback else []) + list(joint))
+        if joint and not hasattr(self.family, "label_logprob"):
+            raise ConfigError(f"--joint-ranks: the {self.family.name} family cannot score transcripts")
         self.fallback = fallback
+        self.joint = sorted(set(joint))
+        # the agreement test of the joint pick compares transcripts as eval scores them
+        self.normalize = None
+        if joint:
+            from flexispeech.evaluation.metrics import source_normalizer
+
+            self.normalize = source_normalizer(model)
         # a fixed rank, else the adapter's router, else r_max; None for the base model
         self.router = serving_router(self.model, rank)
         self.has_adapter = adapter is not None
@@ -206,19 +232,28 @@ class Transcriber:
             with use_ranks(self.model, ranks):
                 texts = self.family.generate(self.model, self.processor, batch, **kwargs)
         notes: list[dict[str, Any]] = [{} for _ in texts]
-        if self.fallback is not None and ranks is not None:
+        picks: list[dict[str, Any]] = [{} for _ in texts]
+        served = None if ranks is None else ranks.tolist()
+        if ranks is not None and (self.joint or self.fallback is not None):
             decode_rows = row_decoder(
                 self.model, self.family, self.processor, batch, self.num_beams, self.max_new_tokens
             )
-            texts, notes = decode_with_fallback(texts, ranks.tolist(), self.fallback, decode_rows)
+            if self.joint:  # as eval: the joint pick first, the loop fallback on what it picked
+                scorer = row_scorer(self.model, self.family, self.processor, batch)
+                texts, served, picks = decode_joint(
+                    texts, served, self.joint, decode_rows, scorer, self.normalize
+                )
+            if self.fallback is not None:
+                texts, notes = decode_with_fallback(texts, served, self.fallback, decode_rows)
         return [
             Transcription(
                 id=i,
                 text=t,
-                rank=None if ranks is None else int(ranks[n]),
+                rank=None if served is None else served[n],
                 duration=len(a) / SAMPLE_RATE,
                 signals={k: float(v[n]) for k, v in signals.items()},
                 fallback=notes[n],
+                joint=picks[n],
             )
             for n, (i, t, a) in enumerate(zip(ids, texts, audios))
         ]
@@ -267,8 +302,23 @@ class Transcriber:
             if flagged
             else {}
         )
+        picked = [p.joint for p in parts if p.joint]
+        joint = (
+            {
+                "blocks_scored": sum("scores" in j for j in picked),
+                "blocks_moved": sum(j["picked"] != j["routed_rank"] for j in picked),
+            }
+            if picked
+            else {}
+        )
         return Transcription(
-            id=str(path), text=" ".join(texts), rank=rank, duration=total, signals=signals, fallback=fallback
+            id=str(path),
+            text=" ".join(texts),
+            rank=rank,
+            duration=total,
+            signals=signals,
+            fallback=fallback,
+            joint=joint,
         )
 
     def transcribe_files(self, paths: Sequence[str | Path]) -> Iterator[Transcription | AudioError]:

@@ -194,6 +194,69 @@ def test_consensus_decodes_every_pool_rank_and_keeps_the_closest(
     assert json.loads((gated / "results.json").read_text())["decodes_per_utterance"] == 1
 
 
+def test_joint_ranks_scores_each_rank_hypothesis_at_each_rank_and_serves_the_likeliest(
+    corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path
+) -> None:
+    """--joint-ranks 0 at --rank 8: every row routed to rank 8 is also decoded at rank 0; where the
+    two differ, each is scored at ranks 0 and 8 and the one with the higher summed
+    log-probability served. The scores are recomputed here one utterance at a time. Fails
+    if a score is taken at the wrong rank or row, or the pick is not the likeliest."""
+    import torch
+
+    from flexispeech.audio import load_audio
+    from flexispeech.evaluation.joint import joint_pick
+    from flexispeech.evaluation.metrics import source_normalizer
+    from flexispeech.lora.io import load_adapter
+    from flexispeech.lora.ranks import use_ranks
+    from flexispeech.models.example import Example
+    from flexispeech.models.family import load_model
+    from flexispeech.models.whisper import FAMILY
+
+    normalize = source_normalizer("random:tiny")
+    at = {"0": texts(greedy["base"]), "8": texts(greedy["8"])}
+    differ = [u for u in at["0"] if normalize(at["0"][u]) != normalize(at["8"][u])]
+    assert differ  # the random adapter moves some transcript
+    out = tmp_path / "joint"
+    evaluate(corpus, out, "--adapter", str(adapter), "--rank", "8", "--joint-ranks", "0")
+    res = json.loads((out / "results.json").read_text())
+    assert res["joint_ranks"] == [0] and res["decodes_per_utterance"] == 2
+    assert res["scored_utterances"] == len(differ)
+    model, processor = load_model(FAMILY, "random:tiny", audio_ctx=150)
+    load_adapter(model, adapter)
+    for u in res["utterances"]:
+        note = u["joint"]
+        assert note["hyps"] == {k: at[k][u["id"]] for k in ("0", "8")} and note["routed_rank"] == 8
+        assert u["rank"] == note["picked"] and u["hyp"] == note["hyps"][str(u["rank"])]
+        if u["id"] not in differ:
+            assert "scores" not in note and u["rank"] == 8
+            continue
+        audio = load_audio(corpus / "audio" / f"{u['id']}.wav")
+        batch = FAMILY.collate(processor, [Example(id=u["id"], text="", audio=audio)], train=False)
+        labels = [FAMILY.labels(processor, [note["hyps"][c]]) for c in ("0", "8")]
+        want = torch.empty(2, 2)
+        for j, k in enumerate((0, 8)):
+            with use_ranks(model, [k]):
+                want[:, j] = FAMILY.label_logprob(model, batch, labels)[:, 0]
+        got = torch.tensor([[note["scores"][c][k] for k in ("0", "8")] for c in ("0", "8")])
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
+        assert u["rank"] == (0, 8)[joint_pick(want)]
+
+
+def test_joint_ranks_needs_an_adapter_two_ranks_and_not_the_consensus(
+    corpus: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    base = ["eval", "--data", str(corpus), *FAST, "--out", str(tmp_path)]
+    assert main([*base, "--joint-ranks", "0,8"]) == 2
+    assert "--joint-ranks needs --adapter" in capsys.readouterr().err
+    for bad in ("", "-1", "zero"):
+        assert main([*base, "--adapter", str(adapter), f"--joint-ranks={bad}"]) == 2
+        assert "--joint-ranks: " in capsys.readouterr().err
+    assert main([*base, "--adapter", str(adapter), "--joint-ranks", "0,8", "--consensus-ranks", "2,8"]) == 2
+    assert "give one" in capsys.readouterr().err
+    assert main([*base, "--adapter", str(adapter), "--joint-ranks", "0,4"]) == 2
+    assert "rank(s) [4] not in the configured ranks" in capsys.readouterr().err
+
+
 def test_consensus_needs_an_adapter_two_ranks_and_speech(
     corpus: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -189,6 +189,63 @@ def test_fallback_needs_an_adapter_and_one_of_its_ranks(tiny_dirs, assets_dir: P
     assert "--compression-ratio" in capsys.readouterr().err
 
 
+def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
+    tiny_dirs, assets_dir: Path, capsys
+) -> None:
+    """``--joint-ranks 0`` in transcribe serves what ``eval --joint-ranks 0`` scores: each
+    file's transcripts at its routed rank (8) and at rank 0 (the base model), each scored at
+    both ranks, the one with the higher sum served and its rank reported. The scores are
+    recomputed here file by file. Fails if transcribe ignores the option, mixes up files or
+    ranks, or serves the less likely transcript."""
+    from flexispeech.audio import load_audio
+    from flexispeech.evaluation.joint import joint_pick
+    from flexispeech.lora.io import load_adapter
+    from flexispeech.lora.ranks import use_ranks
+    from flexispeech.models.example import Example
+    from flexispeech.models.family import load_model
+
+    model_dir, adapter_dir = tiny_dirs
+    paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "stella.wav")]
+    args = ["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--json", *FAST]
+
+    def run(*extra: str) -> list[dict]:
+        assert main([*args, *extra]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    at8, at0 = run("--rank", "8"), run("--rank", "0")
+    served = run("--rank", "8", "--joint-ranks", "0")
+    model, processor = load_model(FAMILY, str(model_dir), audio_ctx=150)
+    load_adapter(model, adapter_dir)
+    scored = 0
+    for row, a, b in zip(served, at8, at0):
+        note = row["joint"]
+        assert row["path"] == a["path"] and note["routed_rank"] == 8 and note["routed_hyp"] == a["text"]
+        assert note["hyps"] == {"0": b["text"], "8": a["text"]}
+        assert row["rank"] == note["picked"] and row["text"] == note["hyps"][str(row["rank"])]
+        if "scores" not in note:
+            assert row["rank"] == 8
+            continue
+        scored += 1
+        batch = FAMILY.collate(
+            processor, [Example(id="x", text="", audio=load_audio(row["path"]))], train=False
+        )
+        labels = [FAMILY.labels(processor, [note["hyps"][c]]) for c in ("0", "8")]
+        want = torch.empty(2, 2)
+        for j, k in enumerate((0, 8)):
+            with use_ranks(model, [k]):
+                want[:, j] = FAMILY.label_logprob(model, batch, labels)[:, 0]
+        got = torch.tensor([[note["scores"][c][k] for k in ("0", "8")] for c in ("0", "8")])
+        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
+        assert row["rank"] == (0, 8)[joint_pick(want)]
+    assert scored  # the random adapter moves some transcript
+    fox = paths[0]
+    assert main(["transcribe", fox, "--model", str(model_dir), "--joint-ranks", "0", *FAST]) == 2
+    assert "--joint-ranks needs an adapter" in capsys.readouterr().err
+    with_adapter = ["transcribe", fox, "--model", str(model_dir), "--adapter", str(adapter_dir), *FAST]
+    assert main([*with_adapter, "--joint-ranks", "5"]) == 2
+    assert "rank(s) [5] not in the configured ranks" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_tiny_en_transcribes_the_fixtures(assets_dir: Path, transcripts: dict[str, str], capsys) -> None:
     import jiwer

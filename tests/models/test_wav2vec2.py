@@ -91,6 +91,32 @@ def test_per_example_ranks_in_loss_and_decoding(base, examples: list[Example]) -
         FAMILY.generate(model, processor, batch, num_beams=2)
 
 
+def test_label_logprob_is_the_ctc_likelihood_of_each_candidate_at_each_rows_rank(
+    base, examples: list[Example]
+) -> None:
+    """Each candidate's score is minus the model's own CTC loss of it (one row at a time,
+    the loss's ``mean`` reduction undone), at per-row ranks, for two candidates scored in
+    one call. Fails if a row's frames, rank or target length is mixed up."""
+    model, processor = copy.deepcopy(base)
+    inject(model, FlexiLoraConfig(ranks=(0, 2, 8), target_modules=FAMILY.default_targets))
+    randomize_adapters(model, b_scale=1.0)
+    assert model.config.ctc_loss_reduction == "mean"
+    texts = [[ex.text for ex in examples], ["a fox", "call stella"]]
+    batch = FAMILY.collate(processor, examples, train=False)
+    labels = [FAMILY.labels(processor, t) for t in texts]
+    with use_ranks(model, [8, 0]):
+        got = FAMILY.label_logprob(model, batch, labels)
+    assert got.shape == (2, 2) and torch.isfinite(got).all()
+    for i, r in enumerate([8, 0]):
+        one = FAMILY.collate(processor, examples[i : i + 1], train=False)
+        for c in range(2):
+            lab = FAMILY.labels(processor, [texts[c][i]])
+            with use_ranks(model, [r]), torch.no_grad():
+                loss = model(**FAMILY._inputs(model, one), labels=lab).loss
+            want = -float(loss) * int((lab != -100).sum())
+            assert abs(float(got[c, i]) - want) <= 1e-3 * max(1.0, abs(want))
+
+
 def test_adapter_training_lowers_ctc_loss(base, examples: list[Example]) -> None:
     model, processor = copy.deepcopy(base)
     inject(model, FlexiLoraConfig(ranks=(2, 8), target_modules=FAMILY.default_targets))

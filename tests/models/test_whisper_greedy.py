@@ -154,3 +154,27 @@ def test_a_failed_capture_falls_back_to_eager_decoding_and_says_so(setup, monkey
     assert_same(got, want)
     assert "CUDA graph capture failed (ValueError: model has no adapter); decoding eagerly" in caplog.text
     assert model.__dict__.get("_flexispeech_greedy") == {}  # no half-captured state kept
+
+
+def test_label_logprob_scores_the_greedy_tokens_as_decoding_did(setup) -> None:
+    """``label_logprob`` of each row's greedy sequence (prefix after <|startoftranscript|>
+    included), less that of its prefix alone, is minus the decoding's summed NLL, at per-row
+    ranks; a clip longer than the window gets NaN. Fails if the teacher-forced pass shifts
+    the labels wrong, reads another row's rank or drops the end-of-text token."""
+    model, _, features = setup
+    ranks = [0, 8, 2]
+    with use_ranks(model, ranks):
+        out = greedy_decode(model, features, max_new_tokens=12, graphs=False)
+        n_prefix = len(prefix_ids(model))
+        labels = torch.full((3, max(len(s) for s in out.sequences) - 1), -100)
+        for i, seq in enumerate(out.sequences):
+            labels[i, : len(seq) - 1] = seq[1:]
+        prefix = labels[:, : n_prefix - 1].clone()
+        batch = {"input_features": features}
+        whole, only_prefix = FAMILY.label_logprob(model, batch, [labels, prefix])
+    torch.testing.assert_close(whole - only_prefix, -out.nll_sum, atol=1e-3, rtol=1e-4)
+    assert (whole - only_prefix < 0).all()  # a real log-probability over at least one token
+    long = {"input_features": features, "num_frames": torch.tensor([10, 10_000, 10])}
+    with use_ranks(model, ranks):
+        scores = FAMILY.label_logprob(model, long, [labels])
+    assert scores[0, 1].isnan() and not scores[0, [0, 2]].isnan().any()
