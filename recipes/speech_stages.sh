@@ -482,19 +482,18 @@ eval_variant() {  # eval_variant NAME ADAPTER_DIR [ARGS...]: test split and real
   if [ -n "$real" ]; then evaluate "$exp/$name/eval_real" --data "$real" "${adapter[@]}" "${real_args[@]}"; fi
 }
 
+served_adapter() {  # served_adapter RUN: its adapter, behind its gate when --gated names it
+  if is_gated "$1"; then echo "$exp/${1}_gated/adapter"; else echo "$exp/$1/adapter"; fi  # the gate keeps its rank-0 rows
+}
 eval_consensus() {  # stage 6 for a Flexi run served by the consensus of --consensus ranks
-  local r=$1 dir
+  local r=$1
   is_flexi "$r" && [ -n "$consensus" ] || return 0
-  dir="$exp/$r/adapter"
-  if is_gated "$r"; then dir="$exp/${r}_gated/adapter"; fi  # the gate keeps its rank-0 rows
-  eval_variant "${r}_consensus" "$dir" --consensus-ranks "$(echo $consensus | tr ' ' ,)"
+  eval_variant "${r}_consensus" "$(served_adapter "$r")" --consensus-ranks "$(echo $consensus | tr ' ' ,)"
 }
 eval_joint() {  # stage 6 for a static or Flexi run served by the joint pick with --joint ranks
-  local r=$1 dir
+  local r=$1
   { is_flexi "$r" || is_static "$r"; } && [ -n "$joint" ] || return 0
-  dir="$exp/$r/adapter"
-  if is_gated "$r"; then dir="$exp/${r}_gated/adapter"; fi  # the gate keeps its rank-0 rows
-  eval_variant "${r}_joint" "$dir" --joint-ranks "$(echo $joint | tr ' ' ,)"
+  eval_variant "${r}_joint" "$(served_adapter "$r")" --joint-ranks "$(echo $joint | tr ' ' ,)"
 }
 eval_fixed() {  # stage 6 for a Flexi run at each --fixed-ranks rank: <run>_r<R>
   local r=$1 k

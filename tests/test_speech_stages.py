@@ -56,6 +56,18 @@ def _evals(calls: list[list[str]]) -> dict[str, list[str]]:
     return {c[c.index("--out") + 1].split("exp/", 1)[1]: c for c in calls if c[0] == "eval"}
 
 
+def _assert_variant_evals(
+    evals: dict[str, list[str]], variant: str, option: str, value: str, adapters: list[tuple[str, str]]
+) -> None:
+    """Each (run, adapter) of ``adapters`` has its evaluations ``<run>_<variant>`` on the test
+    split and real speech, through ``exp/<adapter>/adapter`` with ``option value``."""
+    for run, adapter in adapters:
+        for split in ("eval_test", "eval_real"):
+            call = evals[f"{run}_{variant}/{split}"]
+            assert call[call.index("--adapter") + 1].endswith(f"exp/{adapter}/adapter")
+            assert call[call.index(option) + 1] == value
+
+
 def _baselines(compare: list[str]) -> list[str]:
     """The run names a `flexispeech compare` call pairs the others against, in order."""
     return [compare[i + 1] for i, a in enumerate(compare) if a == "--baseline"]
@@ -522,16 +534,18 @@ def test_joint_evaluates_each_static_and_flexi_run_behind_its_gate(tmp_path: Pat
         "--runs", "static_r16 flexi_benefit_nscale flexi_benefit_nscale_seed1 flexi_nested inconsistent",
     )  # fmt: skip
     evals = _evals(calls)
-    for run, adapter in [
-        ("static_r16", "static_r16_gated"),
-        ("flexi_benefit_nscale", "flexi_benefit_nscale_gated"),
-        ("flexi_benefit_nscale_seed1", "flexi_benefit_nscale_seed1_gated"),  # a seed of a gated run
-        ("flexi_nested", "flexi_nested"),  # not gated: its own adapter
-    ]:
-        for split in ("eval_test", "eval_real"):
-            call = evals[f"{run}_joint/{split}"]
-            assert call[call.index("--adapter") + 1].endswith(f"exp/{adapter}/adapter")
-            assert call[call.index("--joint-ranks") + 1] == "0"
+    _assert_variant_evals(
+        evals,
+        "joint",
+        "--joint-ranks",
+        "0",
+        [
+            ("static_r16", "static_r16_gated"),
+            ("flexi_benefit_nscale", "flexi_benefit_nscale_gated"),
+            ("flexi_benefit_nscale_seed1", "flexi_benefit_nscale_seed1_gated"),  # a seed of a gated run
+            ("flexi_nested", "flexi_nested"),  # not gated: its own adapter
+        ],
+    )
     for run in ("static_r16", "flexi_benefit_nscale"):
         gate = next(i for i, c in enumerate(calls) if c[0] == "gate" and f"{run}/" in c[1])
         first = next(i for i, c in enumerate(calls) if f"{run}_joint/" in str(c))
@@ -825,15 +839,17 @@ def test_consensus_evaluates_each_flexi_run_behind_its_gate(tmp_path: Path) -> N
     )  # fmt: skip
     evals = _evals(calls)
     names = [" ".join(c[:2]) for c in calls]
-    for run, adapter in [
-        ("flexi_benefit_nscale", "flexi_benefit_nscale_gated"),
-        ("flexi_benefit_nscale_seed1", "flexi_benefit_nscale_seed1_gated"),  # a seed of a gated run
-        ("flexi_nested", "flexi_nested"),  # not gated: its own adapter
-    ]:
-        for split in ("eval_test", "eval_real"):
-            call = evals[f"{run}_consensus/{split}"]
-            assert call[call.index("--adapter") + 1].endswith(f"exp/{adapter}/adapter")
-            assert call[call.index("--consensus-ranks") + 1] == "2,4,8,16"
+    _assert_variant_evals(
+        evals,
+        "consensus",
+        "--consensus-ranks",
+        "2,4,8,16",
+        [
+            ("flexi_benefit_nscale", "flexi_benefit_nscale_gated"),
+            ("flexi_benefit_nscale_seed1", "flexi_benefit_nscale_seed1_gated"),  # a seed of a gated run
+            ("flexi_nested", "flexi_nested"),  # not gated: its own adapter
+        ],
+    )
     gate = next(i for i, c in enumerate(calls) if c[0] == "gate" and "flexi_benefit_nscale/" in c[1])
     first = next(i for i, n in enumerate(names) if "flexi_benefit_nscale_consensus" in str(calls[i]))
     assert gate < first  # the gated adapter exists before its consensus is evaluated

@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 
+from flexispeech.evaluation.fallback import decode_other_ranks
+
 
 def word_distance(a: str, b: str) -> int:
     """Word-level Levenshtein distance between two (already normalised) transcripts."""
@@ -75,15 +77,7 @@ def decode_consensus(
     rows = [i for i, r in enumerate(ranks) if r]
     out, picked = list(texts), list(ranks)
     notes: list[dict[str, Any]] = [{} for _ in texts]
-    jobs = [(i, k) for i in rows for k in pool if k != ranks[i]]
-    again = (
-        decode_rows([i for i, _ in jobs], torch.tensor([k for _, k in jobs], dtype=torch.long))
-        if jobs
-        else []
-    )
-    hyps: dict[int, dict[int, str]] = {i: {ranks[i]: texts[i]} for i in rows}  # type: ignore[index]
-    for (i, k), text in zip(jobs, again, strict=True):
-        hyps[i][k] = text
+    hyps = decode_other_ranks(texts, ranks, dict.fromkeys(rows, pool), decode_rows)
     for i in rows:
         pick = pool[consensus_index([hyps[i][k] for k in pool], normalize)]
         out[i], picked[i] = hyps[i][pick], pick

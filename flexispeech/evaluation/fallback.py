@@ -63,6 +63,21 @@ def keep_better(first: str, second: str) -> bool:
     return compression_ratio(second) < compression_ratio(first)
 
 
+def batch_rows(inputs: dict[str, Any]) -> Callable[[list[int]], dict[str, Any]]:
+    """``rows_of(rows)``: the rows ``rows`` of one collated batch ``inputs`` (a row may
+    repeat), every tensor whose first dimension is the batch cut to them, the rest as is."""
+    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim())
+
+    def rows_of(rows: list[int]) -> dict[str, Any]:
+        index = torch.tensor(rows)
+        return {
+            k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
+            for k, v in inputs.items()
+        }
+
+    return rows_of
+
+
 def row_decoder(
     model: torch.nn.Module,
     family: Any,
@@ -72,20 +87,39 @@ def row_decoder(
     max_new_tokens: int | None = None,
 ) -> Callable[[list[int], torch.Tensor], list[str]]:
     """``decode_rows(rows, ranks)`` for ``decode_with_fallback``: greedy (or beam) decoding
-    of the rows ``rows`` of one collated batch ``inputs`` (every tensor whose first
-    dimension is the batch is cut to those rows) at per-row ``ranks`` [len(rows)]."""
-    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim())
+    of the rows ``rows`` of one collated batch ``inputs`` (``batch_rows``) at per-row
+    ``ranks`` [len(rows)]."""
+    rows_of = batch_rows(inputs)
 
     def decode_rows(rows: list[int], ranks: torch.Tensor) -> list[str]:
-        index = torch.tensor(rows)
-        sub = {
-            k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
-            for k, v in inputs.items()
-        }
         with torch.no_grad(), use_ranks(model, ranks):
-            return family.generate(model, processor, sub, num_beams=num_beams, max_new_tokens=max_new_tokens)
+            return family.generate(
+                model, processor, rows_of(rows), num_beams=num_beams, max_new_tokens=max_new_tokens
+            )
 
     return decode_rows
+
+
+def decode_other_ranks(
+    texts: Sequence[str],
+    ranks: Sequence[int | None],
+    wanted: dict[int, Sequence[int]],
+    decode_rows: Callable[[list[int], torch.Tensor], list[str]],
+) -> dict[int, dict[int, str]]:
+    """Each row's hypotheses at the ranks ``wanted[row]``, its routed hypothesis ``texts[row]``
+    reused at its routed rank ``ranks[row]`` and every other (row, rank) decoded in one
+    ``decode_rows`` call (the consensus' and the joint pick's second decodings).
+    Returns row -> {rank: hypothesis}, the routed rank included."""
+    jobs = [(i, k) for i, ks in wanted.items() for k in ks if k != ranks[i]]
+    again = (
+        decode_rows([i for i, _ in jobs], torch.tensor([k for _, k in jobs], dtype=torch.long))
+        if jobs
+        else []
+    )
+    hyps: dict[int, dict[int, str]] = {i: {ranks[i]: texts[i]} for i in wanted}  # type: ignore[misc]
+    for (i, k), text in zip(jobs, again, strict=True):
+        hyps[i][k] = text
+    return hyps
 
 
 def decode_with_fallback(

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 
+from flexispeech.evaluation.fallback import batch_rows, decode_other_ranks
 from flexispeech.lora.ranks import use_ranks
 
 ScoreRows = Callable[[list[int], int, list[list[str]]], torch.Tensor]
@@ -37,17 +38,12 @@ def row_scorer(model: torch.nn.Module, family: Any, processor: Any, inputs: dict
     """``score_rows`` for ``decode_joint`` on one collated decoding batch ``inputs``:
     candidates are tokenised as training labels (``family.labels``) and scored with
     ``family.label_logprob`` at one rank for every row."""
-    n = next(v.shape[0] for v in inputs.values() if isinstance(v, torch.Tensor) and v.dim())
+    rows_of = batch_rows(inputs)
 
     def score_rows(rows: list[int], rank: int, candidates: list[list[str]]) -> torch.Tensor:
-        index = torch.tensor(rows)
-        sub = {
-            k: v[index.to(v.device)] if isinstance(v, torch.Tensor) and v.dim() and v.shape[0] == n else v
-            for k, v in inputs.items()
-        }
         labels = [family.labels(processor, texts) for texts in candidates]
         with torch.no_grad(), use_ranks(model, torch.full((len(rows),), rank, dtype=torch.long)):
-            return family.label_logprob(model, sub, labels)
+            return family.label_logprob(model, rows_of(rows), labels)
 
     return score_rows
 
@@ -101,15 +97,7 @@ def decode_joint(
     own = {i: sorted(set(pool) | {ranks[i]}) for i in rows}  # type: ignore[arg-type]
     out, picked = list(texts), list(ranks)
     notes: list[dict[str, Any]] = [{} for _ in texts]
-    jobs = [(i, k) for i in rows for k in own[i] if k != ranks[i]]
-    again = (
-        decode_rows([i for i, _ in jobs], torch.tensor([k for _, k in jobs], dtype=torch.long))
-        if jobs
-        else []
-    )
-    hyps: dict[int, dict[int, str]] = {i: {ranks[i]: texts[i]} for i in rows}  # type: ignore[index]
-    for (i, k), text in zip(jobs, again, strict=True):
-        hyps[i][k] = text
+    hyps = decode_other_ranks(texts, ranks, own, decode_rows)
 
     def key(text: str) -> str:
         return normalize(text) if normalize else text

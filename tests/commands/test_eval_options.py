@@ -202,13 +202,12 @@ def test_joint_ranks_scores_each_rank_hypothesis_at_each_rank_and_serves_the_lik
     log-probability served. The scores are recomputed here one utterance at a time. Fails
     if a score is taken at the wrong rank or row, or the pick is not the likeliest."""
     import torch
+    from joint_scores import rescored, stored_scores
 
     from flexispeech.audio import load_audio
     from flexispeech.evaluation.joint import joint_pick
     from flexispeech.evaluation.metrics import source_normalizer
     from flexispeech.lora.io import load_adapter
-    from flexispeech.lora.ranks import use_ranks
-    from flexispeech.models.example import Example
     from flexispeech.models.family import load_model
     from flexispeech.models.whisper import FAMILY
 
@@ -230,15 +229,10 @@ def test_joint_ranks_scores_each_rank_hypothesis_at_each_rank_and_serves_the_lik
         if u["id"] not in differ:
             assert "scores" not in note and u["rank"] == 8
             continue
-        audio = load_audio(corpus / "audio" / f"{u['id']}.wav")
-        batch = FAMILY.collate(processor, [Example(id=u["id"], text="", audio=audio)], train=False)
-        labels = [FAMILY.labels(processor, [note["hyps"][c]]) for c in ("0", "8")]
-        want = torch.empty(2, 2)
-        for j, k in enumerate((0, 8)):
-            with use_ranks(model, [k]):
-                want[:, j] = FAMILY.label_logprob(model, batch, labels)[:, 0]
-        got = torch.tensor([[note["scores"][c][k] for k in ("0", "8")] for c in ("0", "8")])
-        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
+        want = rescored(
+            model, processor, load_audio(corpus / "audio" / f"{u['id']}.wav"), note["hyps"], (0, 8)
+        )
+        torch.testing.assert_close(stored_scores(note, (0, 8)), want, atol=2e-3, rtol=1e-4)
         assert u["rank"] == (0, 8)[joint_pick(want)]
 
 

@@ -197,11 +197,11 @@ def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
     both ranks, the one with the higher sum served and its rank reported. The scores are
     recomputed here file by file. Fails if transcribe ignores the option, mixes up files or
     ranks, or serves the less likely transcript."""
+    from joint_scores import rescored, stored_scores
+
     from flexispeech.audio import load_audio
     from flexispeech.evaluation.joint import joint_pick
     from flexispeech.lora.io import load_adapter
-    from flexispeech.lora.ranks import use_ranks
-    from flexispeech.models.example import Example
     from flexispeech.models.family import load_model
 
     model_dir, adapter_dir = tiny_dirs
@@ -226,16 +226,8 @@ def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
             assert row["rank"] == 8
             continue
         scored += 1
-        batch = FAMILY.collate(
-            processor, [Example(id="x", text="", audio=load_audio(row["path"]))], train=False
-        )
-        labels = [FAMILY.labels(processor, [note["hyps"][c]]) for c in ("0", "8")]
-        want = torch.empty(2, 2)
-        for j, k in enumerate((0, 8)):
-            with use_ranks(model, [k]):
-                want[:, j] = FAMILY.label_logprob(model, batch, labels)[:, 0]
-        got = torch.tensor([[note["scores"][c][k] for k in ("0", "8")] for c in ("0", "8")])
-        torch.testing.assert_close(got, want, atol=2e-3, rtol=1e-4)
+        want = rescored(model, processor, load_audio(row["path"]), note["hyps"], (0, 8))
+        torch.testing.assert_close(stored_scores(note, (0, 8)), want, atol=2e-3, rtol=1e-4)
         assert row["rank"] == (0, 8)[joint_pick(want)]
     assert scored  # the random adapter moves some transcript
     fox = paths[0]
