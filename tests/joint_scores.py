@@ -31,3 +31,19 @@ def rescored(
 def stored_scores(note: dict[str, Any], ranks: Sequence[int]) -> torch.Tensor:
     """[C, K]: the scores a joint-pick note recorded, in the order of ``rescored``."""
     return torch.tensor([[note["scores"][str(c)][str(k)] for k in ranks] for c in ranks])
+
+
+def counted_encoder_rows(monkeypatch: Any) -> list[int]:
+    """Make every Whisper encoder pass append its batch size to the returned list (the
+    passes ``models.encoder_reuse`` serves from its cache run no encoder and add nothing)."""
+    from transformers.models.whisper import modeling_whisper
+
+    rows: list[int] = []
+    forward = modeling_whisper.WhisperEncoder.forward
+
+    def counted(self: Any, input_features: Any = None, *args: Any, **kwargs: Any) -> Any:
+        rows.append(int(input_features.shape[0]))
+        return forward(self, input_features, *args, **kwargs)
+
+    monkeypatch.setattr(modeling_whisper.WhisperEncoder, "forward", counted)
+    return rows

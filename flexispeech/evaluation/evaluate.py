@@ -24,12 +24,13 @@ from flexispeech.data.speech import scalar_signals
 from flexispeech.data.split import Split, signals_tensor
 from flexispeech.evaluation.breakdown import duration_bucket, rank_summary, ranks_by_bucket, snr_bucket
 from flexispeech.evaluation.consensus import decode_consensus
-from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
+from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder, second_passes
 from flexispeech.evaluation.joint import decode_joint, row_scorer
 from flexispeech.evaluation.metrics import error_counts
 from flexispeech.lora.inject import use_ranks
 from flexispeech.models.decode_features import decode_features
 from flexispeech.models.example import Example
+from flexispeech.signals.live import runs_model
 from flexispeech.training.batch import route_rows
 
 
@@ -96,6 +97,7 @@ def decode_split(
         split, order, batch_size, features.collate, num_workers, keep_audio=bool(live_signals)
     )
     n_batches = math.ceil(len(order) / batch_size)
+    again = bool(consensus or joint) or fallback is not None  # a batch decoded more than once
     for loaded in tqdm(loaded_batches, total=n_batches, desc="decode", unit="batch", disable=not progress):
         for i, err in loaded.errors:  # one bad file is reported and skipped, not the end of the run
             tqdm.write(f"skipped: {err}", file=sys.stderr)
@@ -103,35 +105,37 @@ def decode_split(
         if not loaded.rows:
             continue
         examples, inputs = loaded.examples, features.finish(loaded.inputs, device)
-        if live_signals:
-            _add_live_signals(examples, inputs, live_signals, model, family, processor, max_new_tokens)
-        # Rows decode independently: the batch step puts them in rank order for speed only
-        # (the loader collated them in split order; the rows of every input are reordered).
-        batch = route_rows(loaded.rows, signals_tensor(examples), router)
-        inputs = {
-            k: (v[batch.order] if batch.ranks is not None else v).to(device)
-            if isinstance(v, torch.Tensor)
-            else v
-            for k, v in inputs.items()
-        }
-        ranks_ctx = use_ranks(model, batch.ranks) if batch.ranks is not None else contextlib.nullcontext()
-        t0 = time.perf_counter()
-        with torch.no_grad(), ranks_ctx:
-            texts = family.generate(
-                model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens
-            )
-        ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
-        decode_rows = row_decoder(model, family, processor, inputs, num_beams, max_new_tokens)
-        agreed: list[dict[str, Any]] = [{} for _ in texts]
-        if consensus:
-            texts, ranks, agreed = decode_consensus(texts, ranks, consensus, decode_rows, normalize)
-        elif joint:
-            scorer = row_scorer(model, family, processor, inputs)
-            texts, ranks, agreed = decode_joint(texts, ranks, joint, decode_rows, scorer, normalize)
-        notes: list[dict[str, Any]] = [{} for _ in texts]
-        if fallback is not None:
-            texts, notes = decode_with_fallback(texts, ranks, fallback, decode_rows)
-        decode_s += time.perf_counter() - t0
+        # One encoder pass per clip and rank for the signals' base passes and the decodings.
+        with second_passes(model, family, again or runs_model(live_signals or ())):
+            if live_signals:
+                _add_live_signals(examples, inputs, live_signals, model, family, processor, max_new_tokens)
+            # Rows decode independently: the batch step puts them in rank order for speed only
+            # (the loader collated them in split order; the rows of every input are reordered).
+            batch = route_rows(loaded.rows, signals_tensor(examples), router)
+            inputs = {
+                k: (v[batch.order] if batch.ranks is not None else v).to(device)
+                if isinstance(v, torch.Tensor)
+                else v
+                for k, v in inputs.items()
+            }
+            ranks_ctx = use_ranks(model, batch.ranks) if batch.ranks is not None else contextlib.nullcontext()
+            t0 = time.perf_counter()
+            with torch.no_grad(), ranks_ctx:
+                texts = family.generate(
+                    model, processor, inputs, num_beams=num_beams, max_new_tokens=max_new_tokens
+                )
+            ranks = [None] * len(texts) if batch.ranks is None else batch.ranks.tolist()
+            decode_rows = row_decoder(model, family, processor, inputs, num_beams, max_new_tokens)
+            agreed: list[dict[str, Any]] = [{} for _ in texts]
+            if consensus:
+                texts, ranks, agreed = decode_consensus(texts, ranks, consensus, decode_rows, normalize)
+            elif joint:
+                scorer = row_scorer(model, family, processor, inputs)
+                texts, ranks, agreed = decode_joint(texts, ranks, joint, decode_rows, scorer, normalize)
+            notes: list[dict[str, Any]] = [{} for _ in texts]
+            if fallback is not None:
+                texts, notes = decode_with_fallback(texts, ranks, fallback, decode_rows)
+            decode_s += time.perf_counter() - t0
         signals = {i: ex.signals for i, ex in zip(loaded.rows, examples)}
         for i, text, rank, note, agree in zip(batch.rows, texts, ranks, notes, agreed):
             record = split.record(i)

@@ -14,6 +14,7 @@ text); it is one line, so it is written here rather than depending on that packa
 
 from __future__ import annotations
 
+import contextlib
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -76,6 +77,16 @@ def batch_rows(inputs: dict[str, Any]) -> Callable[[list[int]], dict[str, Any]]:
         }
 
     return rows_of
+
+
+def second_passes(
+    model: torch.nn.Module, family: Any, wanted: bool
+) -> contextlib.AbstractContextManager[Any]:
+    """The block one batch's decodings run in when it has second ones (``wanted``: the
+    consensus, the joint pick, the loop fallback): the family's ``reuse_encoder``, so no clip
+    runs the encoder twice at one rank; nothing when not wanted or the family keeps nothing."""
+    reuse = getattr(family, "reuse_encoder", None)
+    return reuse(model) if wanted and reuse is not None else contextlib.nullcontext()
 
 
 def row_decoder(

@@ -13,9 +13,10 @@ transcript is one only the adapter believes.
 
 This is N-best rescoring with a model ensemble (as system combination rescores with
 several models), with candidates and scorers from one set of weights. It costs one
-decoding per rank of the pool and one teacher-forced pass per rank for the rows whose
-candidates differ, so, like the consensus (``evaluation.consensus``), it is an accuracy
-option, not a serving default.
+decoding per rank of the pool and one teacher-forced decoder pass per rank for the rows
+whose candidates differ (Whisper's scoring passes take the encoder outputs the decodings
+made: ``models.encoder_reuse``), so, like the consensus (``evaluation.consensus``), it is
+an accuracy option, not a serving default.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -99,6 +100,13 @@ class SpeechFamily(ModelFamily, Protocol):
         """[C, B] float32: the log-probability the model, at the ranks in force, gives each of
         C candidate transcripts of each row of the decoding ``batch`` (``labels[c]`` [B, L_c],
         as ``labels`` makes them); what ``evaluation.joint`` picks by."""
+        ...
+
+    def reuse_encoder(self, model: nn.Module) -> AbstractContextManager[Any]:
+        """A block in which a batch decoded and scored several times (the joint pick, the
+        consensus, the loop fallback) runs no encoder pass twice for a clip at one rank
+        (Whisper: ``models.encoder_reuse``); ``contextlib.nullcontext()`` where the family
+        keeps nothing."""
         ...
 
 

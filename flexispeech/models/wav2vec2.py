@@ -9,6 +9,7 @@ attention mask), so the per-example ranks of ``use_ranks`` line up with the rows
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -143,6 +144,11 @@ class Wav2Vec2Family:
             )
             out[c] = -nll
         return out
+
+    def reuse_encoder(self, model: nn.Module) -> contextlib.AbstractContextManager[None]:
+        """Nothing kept: CTC's acoustic model is the whole network, so a scoring pass could
+        only reuse the decoding's logits at the same rank, which no caller holds yet."""
+        return contextlib.nullcontext()
 
     def generate(
         self,

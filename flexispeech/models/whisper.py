@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager
 from typing import Any
 
 import numpy as np
@@ -30,6 +31,7 @@ from flexispeech.errors import ConfigError
 from flexispeech.host_copy import to_device
 from flexispeech.lora.ranks import use_ranks
 from flexispeech.models.common import batch_labels, checked_labels, from_pretrained, resolve_source
+from flexispeech.models.encoder_reuse import EncoderCache, reuse_encoder
 from flexispeech.models.example import Example
 from flexispeech.models.whisper_greedy import greedy_decode
 
@@ -288,6 +290,10 @@ class WhisperFamily:
                 picked = logp.gather(-1, lab.clamp(min=0)[..., None])[..., 0]
                 out[c] = torch.where(mask, picked, 0.0).sum(-1).cpu()
         return out.masked_fill(too_long[None, :], float("nan"))
+
+    def reuse_encoder(self, model: nn.Module) -> AbstractContextManager[EncoderCache]:
+        """``models.encoder_reuse.reuse_encoder``: each clip's encoder output kept per rank."""
+        return reuse_encoder(model)
 
     def generate(
         self,

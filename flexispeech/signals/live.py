@@ -23,6 +23,12 @@ from flexispeech.signals.embedding import EMBEDDING, pooled_embedding
 from flexispeech.signals.proxy import PROXY_KEYS, first_pass_confidence
 
 
+def runs_model(needed: Collection[str]) -> bool:
+    """True when computing the signals ``needed`` runs the model (the proxy's first pass,
+    the pooled embedding: each a pass of the base encoder over the batch)."""
+    return bool(set(needed) & {*PROXY_KEYS, EMBEDDING})
+
+
 def live_signals(
     audios: Sequence[np.ndarray],
     batch: dict[str, torch.Tensor],

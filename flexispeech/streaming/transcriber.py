@@ -17,7 +17,7 @@ import torch
 
 from flexispeech.audio import SAMPLE_RATE, audio_duration, check_samples, iter_audio_blocks, load_audio
 from flexispeech.errors import AudioError, ConfigError, FlexispeechError
-from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder
+from flexispeech.evaluation.fallback import Fallback, decode_with_fallback, row_decoder, second_passes
 from flexispeech.evaluation.joint import decode_joint, row_scorer
 from flexispeech.lora.ranks import check_ranks, get_state, use_ranks
 from flexispeech.lora.router import batch_size
@@ -221,30 +221,36 @@ class Transcriber:
     def _batch(self, audios: list[np.ndarray], ids: list[str]) -> list[Transcription]:
         examples = [Example(id=i, text="", audio=a) for i, a in zip(ids, audios)]
         batch = self.family.collate(self.processor, examples, train=False)
-        signals = self.signals(audios, batch)
-        ranks = self.ranks_for({k: torch.tensor(v, dtype=torch.float32) for k, v in signals.items()})
         kwargs: dict[str, Any] = {"num_beams": self.num_beams}
         if self.max_new_tokens is not None:
             kwargs["max_new_tokens"] = self.max_new_tokens
-        if ranks is None:
-            texts = self.family.generate(self.model, self.processor, batch, **kwargs)
-        else:
-            with use_ranks(self.model, ranks):
+        notes: list[dict[str, Any]] = [{} for _ in audios]
+        picks: list[dict[str, Any]] = [{} for _ in audios]
+        from flexispeech.signals.live import runs_model  # as in ``signals``: loaded on first use
+
+        second = bool(self.joint) or self.fallback is not None or runs_model(self.needed_signals())
+        # One encoder pass per clip and rank for the signals' base passes and the decodings.
+        with second_passes(self.model, self.family, second):
+            signals = self.signals(audios, batch)
+            ranks = self.ranks_for({k: torch.tensor(v, dtype=torch.float32) for k, v in signals.items()})
+            again = ranks is not None and bool(self.joint or self.fallback is not None)
+            served = None if ranks is None else ranks.tolist()
+            if ranks is None:
                 texts = self.family.generate(self.model, self.processor, batch, **kwargs)
-        notes: list[dict[str, Any]] = [{} for _ in texts]
-        picks: list[dict[str, Any]] = [{} for _ in texts]
-        served = None if ranks is None else ranks.tolist()
-        if ranks is not None and (self.joint or self.fallback is not None):
-            decode_rows = row_decoder(
-                self.model, self.family, self.processor, batch, self.num_beams, self.max_new_tokens
-            )
-            if self.joint:  # as eval: the joint pick first, the loop fallback on what it picked
-                scorer = row_scorer(self.model, self.family, self.processor, batch)
-                texts, served, picks = decode_joint(
-                    texts, served, self.joint, decode_rows, scorer, self.normalize
+            else:
+                with use_ranks(self.model, ranks):
+                    texts = self.family.generate(self.model, self.processor, batch, **kwargs)
+            if again:
+                decode_rows = row_decoder(
+                    self.model, self.family, self.processor, batch, self.num_beams, self.max_new_tokens
                 )
-            if self.fallback is not None:
-                texts, notes = decode_with_fallback(texts, served, self.fallback, decode_rows)
+                if self.joint:  # as eval: the joint pick first, the loop fallback on what it picked
+                    scorer = row_scorer(self.model, self.family, self.processor, batch)
+                    texts, served, picks = decode_joint(
+                        texts, served, self.joint, decode_rows, scorer, self.normalize
+                    )
+                if self.fallback is not None:
+                    texts, notes = decode_with_fallback(texts, served, self.fallback, decode_rows)
         return [
             Transcription(
                 id=i,

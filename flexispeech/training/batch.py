@@ -63,7 +63,14 @@ def route_rows(rows: Sequence[K], signals: dict[str, torch.Tensor], router: Rout
     """Rank and order ``rows`` by ``router`` on their ``signals`` (name -> [len(rows)])."""
     if router is None:
         return Batch(list(rows), dict(signals), None, torch.arange(len(rows)))
-    ranks = router(signals)
+    given = signals
+    if not signals and getattr(router, "signal_names", None) == ():
+        # A router that reads no signal (random, fixed) still takes the batch size from the
+        # signals; rows of a corpus whose signals are not cached yet have none (the recipe
+        # trains such runs while ``flexispeech signals`` runs beside them), so it gets a
+        # column of the batch's size. A router that reads signals still names the missing ones.
+        given = {"rows": torch.zeros(len(rows))}
+    ranks = router(given)
     order = rank_sort_order(ranks)
     return Batch(
         [rows[j] for j in order.tolist()], {k: v[order] for k, v in signals.items()}, ranks[order], order

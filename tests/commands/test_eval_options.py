@@ -236,6 +236,23 @@ def test_joint_ranks_scores_each_rank_hypothesis_at_each_rank_and_serves_the_lik
         assert u["rank"] == (0, 8)[joint_pick(want)]
 
 
+def test_joint_ranks_runs_the_encoder_once_per_clip_and_rank(
+    corpus: Path, adapter: Path, greedy: dict[str, Decoded], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The joint pick's scoring passes take the encoder outputs its decodings made (the
+    adapter covers the encoder, so one pass per clip at rank 8 and one at rank 0): 8
+    encoder rows for 4 clips, where scoring again would add 2 per clip scored. The
+    transcripts are those of the test above, which recomputes every score without reuse."""
+    from joint_scores import counted_encoder_rows
+
+    rows = counted_encoder_rows(monkeypatch)
+    out = tmp_path / "joint"
+    evaluate(corpus, out, "--adapter", str(adapter), "--rank", "8", "--joint-ranks", "0")
+    res = json.loads((out / "results.json").read_text())
+    assert res["scored_utterances"] > 0  # scoring passes ran, and ran no encoder
+    assert sum(rows) == 2 * 4
+
+
 def test_joint_ranks_needs_an_adapter_two_ranks_and_not_the_consensus(
     corpus: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -96,6 +96,34 @@ def test_router_auto_json_lines(tiny_dirs, assets_dir: Path, capsys) -> None:
     assert rows[0]["duration"] == pytest.approx(rows[2]["duration"], abs=0.01)  # 48 kHz stereo resampled
 
 
+def test_the_proxy_pass_and_the_joint_pick_share_the_base_encoder_pass(
+    tiny_dirs, assets_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The router reads the proxy (a base-model decoding of every file) and the joint pick
+    decodes every file at rank 0 again: both take one base encoder pass per file, and the
+    routed decoding one more (the scores none), 2 x 3 encoder rows in all. The rank-0
+    transcripts are the base model's and the routed ones the router's. Fails if the signals
+    are computed outside the block or a kept output is served at another rank."""
+    from joint_scores import counted_encoder_rows
+
+    model_dir, adapter_dir = tiny_dirs
+    paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "stella.wav")]
+    args = ["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--json", *FAST]
+
+    def run(*extra: str) -> list[dict]:
+        assert main([*args, *extra]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    routed, base = run("--router", "auto"), run("--rank", "0")
+    rows = counted_encoder_rows(monkeypatch)
+    served = run("--router", "auto", "--joint-ranks", "0")
+    assert sum(rows) == 2 * len(paths)
+    for row, a, b in zip(served, routed, base):
+        note = row["joint"]
+        assert note["routed_rank"] == a["rank"] and note["routed_hyp"] == a["text"]
+        assert note["hyps"] == {"0": b["text"], str(a["rank"]): a["text"]}
+
+
 def test_fixed_rank_matches_router_for_same_rank(tiny_dirs, assets_dir: Path, capsys) -> None:
     model_dir, adapter_dir = tiny_dirs
     fox = str(assets_dir / "fox.wav")
@@ -190,14 +218,14 @@ def test_fallback_needs_an_adapter_and_one_of_its_ranks(tiny_dirs, assets_dir: P
 
 
 def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
-    tiny_dirs, assets_dir: Path, capsys
+    tiny_dirs, assets_dir: Path, capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``--joint-ranks 0`` in transcribe serves what ``eval --joint-ranks 0`` scores: each
     file's transcripts at its routed rank (8) and at rank 0 (the base model), each scored at
     both ranks, the one with the higher sum served and its rank reported. The scores are
     recomputed here file by file. Fails if transcribe ignores the option, mixes up files or
     ranks, or serves the less likely transcript."""
-    from joint_scores import rescored, stored_scores
+    from joint_scores import counted_encoder_rows, rescored, stored_scores
 
     from flexispeech.audio import load_audio
     from flexispeech.evaluation.joint import joint_pick
@@ -230,6 +258,11 @@ def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
         torch.testing.assert_close(stored_scores(note, (0, 8)), want, atol=2e-3, rtol=1e-4)
         assert row["rank"] == (0, 8)[joint_pick(want)]
     assert scored  # the random adapter moves some transcript
+    # The scoring passes took the decodings' encoder outputs: one pass per file at rank 8
+    # and one at rank 0 (the adapter covers the encoder), none more for the scores.
+    rows = counted_encoder_rows(monkeypatch)
+    assert run("--rank", "8", "--joint-ranks", "0") == served
+    assert sum(rows) == 2 * len(paths)
     fox = paths[0]
     assert main(["transcribe", fox, "--model", str(model_dir), "--joint-ranks", "0", *FAST]) == 2
     assert "--joint-ranks needs an adapter" in capsys.readouterr().err

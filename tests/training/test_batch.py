@@ -30,6 +30,26 @@ def test_route_rows_sorts_by_rank_and_unsorts() -> None:
     assert plain.rows == ["a", "b"] and plain.ranks is None and plain.unsort(["x", "y"]) == ["x", "y"]
 
 
+def test_routers_that_read_no_signal_route_rows_without_signals() -> None:
+    """Rows of a corpus whose signals are not cached yet (the gpu recipe trains the random-
+    rank and static runs while ``flexispeech signals`` runs beside them): a random or fixed
+    router ranks every row, and the batch keeps no made-up signal; a router that reads a
+    signal still names the one missing. Fails with "signals are empty" without the rows'
+    column (the eighteenth lease's Flexi run stopped on it at its first step)."""
+    import pytest
+
+    from flexispeech.errors import ConfigError
+    from flexispeech.lora.router import FixedRouter, ThresholdRouter
+
+    rows = ["a", "b", "c"]
+    batch = route_rows(rows, {}, RandomRouter(ranks=(0, 4, 16), seed=1))
+    assert sorted(batch.rows) == rows and len(batch.ranks) == 3 and batch.signals == {}
+    assert set(batch.ranks.tolist()) <= {0, 4, 16}
+    assert route_rows(rows, {}, FixedRouter(16)).ranks.tolist() == [16, 16, 16]
+    with pytest.raises(ConfigError, match=r"needs signals \['duration'\]"):
+        route_rows(rows, {}, ThresholdRouter(ranks=(2, 8), weights={"duration": 1.0}, thresholds=[2.0]))
+
+
 def test_prepare_batch_collates_in_rank_order() -> None:
     examples = [
         Example(f"u{i}", f"text {i}", signals={"snr_db": float(r), "other": 1.0})

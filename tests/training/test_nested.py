@@ -142,29 +142,11 @@ def test_bad_nested_settings_are_config_errors() -> None:
 def test_the_trainer_trains_the_sampled_ranks(tmp_path) -> None:
     """Routed at rank 2 only, a run trains components 2..7 only through nesting (mode random).
     (B starts at zero, so its columns are what the first steps move.)"""
-    import soundfile as sf
     from safetensors.torch import load_file
 
-    from flexispeech.data.corpus import write_corpus
     from flexispeech.training.loop import train
 
-    (tmp_path / "c" / "audio").mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    rows = []
-    for i in range(8):
-        sf.write(tmp_path / "c" / "audio" / f"u{i}.wav", rng.normal(0, 0.05, 8000).astype(np.float32), 16000)
-        rows.append(
-            {
-                "id": f"u{i}",
-                "audio": f"audio/u{i}.wav",
-                "text": "the quick fox",
-                "duration": 0.5,
-                "speaker": "v",
-                "split": "train",
-                "signal_duration": 0.5,
-            }
-        )
-    corpus = write_corpus(rows, tmp_path / "c", name="mini")
+    corpus = noise_corpus(tmp_path / "c", signals=True)
 
     def run(name: str, *extra: str) -> dict[str, torch.Tensor]:
         cfg = load_config(
@@ -190,3 +172,61 @@ def test_the_trainer_trains_the_sampled_ranks(tmp_path) -> None:
     assert all(torch.all(plain[k][:, 2:] == 0) for k in b)  # without nesting: never trained
     assert all(torch.any(plain[k][:, :2] != 0) for k in b)
     assert all(torch.any(nested[k][:, 2:4] != 0) for k in b)  # with it: trained at sampled ranks 4 and 8
+
+
+def noise_corpus(root, signals: bool, validation: int = 0):  # type: ignore[no-untyped-def]
+    """8 training rows (and ``validation`` validation rows) of 0.5-s noise, "the quick fox";
+    with ``signals`` the cached duration signal a fixed router's corpus has."""
+    import soundfile as sf
+
+    from flexispeech.data.corpus import write_corpus
+
+    (root / "audio").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(8 + validation):
+        sf.write(root / "audio" / f"u{i}.wav", rng.normal(0, 0.05, 8000).astype(np.float32), 16000)
+        row = {
+            "id": f"u{i}",
+            "audio": f"audio/u{i}.wav",
+            "text": "the quick fox",
+            "duration": 0.5,
+            "speaker": "v",
+            "split": "train" if i < 8 else "validation",
+        }
+        rows.append(row | ({"signal_duration": 0.5} if signals else {}))
+    return write_corpus(rows, root, name="mini")
+
+
+def test_a_corpus_without_cached_signals_trains_at_random_ranks(tmp_path) -> None:
+    """The gpu recipe trains the random-rank runs while ``flexispeech signals`` runs beside
+    them, on a corpus with no signal column yet: training at random ranks with nested rows,
+    and validating at the fixed inference rank, needs none. Fails with "signals are empty"
+    where routing takes the batch size from the signals alone."""
+    from flexispeech.training.loop import train
+
+    corpus = noise_corpus(tmp_path / "c", signals=False, validation=4)
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "model.source=random:tiny",
+            f"data.corpus={corpus}",
+            "model.audio_ctx=50",
+            "train.batch_size=4",
+            "train.max_steps=2",
+            "train.warmup_steps=1",
+            "train.eval_every=1",
+            "train.eval_examples=4",
+            "adapter.ranks=[0, 2, 4, 8]",
+            "routing.mode=random",
+            "train.nested={prob: 1.0, mode: random}",
+        ],
+    )
+    train(cfg, progress=False)
+    import json
+
+    summary = json.loads((tmp_path / "run" / "train_summary.json").read_text())
+    assert summary["steps_run"] == 2 and sum(summary["train_rank_histogram"].values()) == 8
+    log = [json.loads(line) for line in (tmp_path / "run" / "train_log.jsonl").read_text().splitlines()]
+    assert any("val_loss" in entry for entry in log)
