@@ -8,7 +8,7 @@
 #       [--real DIR] [--seeds 0,1,2] [--decisive "static_r16 flexi_benefit_nscale"]
 #       [--runs "static_r16 flexi_nested ..."] [--device cuda|cpu] [--jobs N]
 #       [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2 4"] [--strengths "0.5"] [--consensus "2 4 8 16"]
-#       [--joint "0"]
+#       [--joint "0"] [--joint-weight W]
 #       [--real-examples N|all] [--real-30s]
 #
 # --runs trains and evaluates only these runs, in this order (default: the profile's list);
@@ -46,7 +46,8 @@
 # names it) with the joint pick of its routed rank and those ranks (`eval --joint-ranks`:
 # each transcript scored at every one of them, the likeliest together kept; "0": the routed
 # rank and the base model), as <name>_joint; a static run's is a baseline in stage 7;
-# default: none.
+# default: none. --joint-weight W weighs the base model's (rank 0's) vote by W
+# (`eval --joint-base-weight`; default 1, equal votes): choose it on validation data.
 #
 # The gpu profile is the full study: 30-s windows, adapters in encoder and decoder, bf16,
 # on-the-fly augmentation, early stopping on the validation split, and the extra runs (static
@@ -94,6 +95,7 @@ fixed_given=0
 strengths=""
 consensus=""
 joint=""
+joint_weight=""
 real_examples=""
 real_30s=0
 
@@ -120,6 +122,7 @@ while [ $# -gt 0 ]; do
     --strengths) strengths=$2; shift 2 ;;
     --consensus) consensus=$2; shift 2 ;;
     --joint) joint=$2; shift 2 ;;
+    --joint-weight) joint_weight=$2; shift 2 ;;
     --real-examples) real_examples=$2; shift 2 ;;
     --real-30s) real_30s=1; shift ;;
     -h|--help) awk 'NR > 1 && !/^#/ {exit} NR > 1' "$0"; exit 0 ;;
@@ -241,6 +244,12 @@ fi
 for r in $joint; do
   case "$r" in ''|*[!0-9]*) echo "speech_stages.sh: --joint must be ranks >= 0, got '$joint'" >&2; exit 2 ;; esac
 done
+joint_args=()
+if [ -n "$joint_weight" ]; then
+  [ -n "$joint" ] || { echo "speech_stages.sh: --joint-weight needs --joint" >&2; exit 2; }
+  case "$joint_weight" in *[!0-9.]*|.|*.*.*) echo "speech_stages.sh: --joint-weight must be a number >= 0, got '$joint_weight'" >&2; exit 2 ;; esac
+  joint_args=(--joint-base-weight "$joint_weight")
+fi
 case "$jobs" in ''|*[!0-9]*|0) echo "speech_stages.sh: --jobs must be a positive integer, got '$jobs'" >&2; exit 2 ;; esac
 if [ "$profile" = gpu ] && [ "$device" != cpu ] && [ "$jobs" -gt 1 ]; then
   # Runs side by side share the host: each run's loaders (training and decoding) get their
@@ -493,7 +502,7 @@ eval_consensus() {  # stage 6 for a Flexi run served by the consensus of --conse
 eval_joint() {  # stage 6 for a static or Flexi run served by the joint pick with --joint ranks
   local r=$1
   { is_flexi "$r" || is_static "$r"; } && [ -n "$joint" ] || return 0
-  eval_variant "${r}_joint" "$(served_adapter "$r")" --joint-ranks "$(echo $joint | tr ' ' ,)"
+  eval_variant "${r}_joint" "$(served_adapter "$r")" --joint-ranks "$(echo $joint | tr ' ' ,)" "${joint_args[@]}"
 }
 eval_fixed() {  # stage 6 for a Flexi run at each --fixed-ranks rank: <run>_r<R>
   local r=$1 k

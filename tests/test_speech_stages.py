@@ -555,9 +555,27 @@ def test_joint_evaluates_each_static_and_flexi_run_behind_its_gate(tmp_path: Pat
     assert sum("_joint/" in a for a in compare) == 8
     assert "static_r16_joint" in _baselines(compare)
     assert "flexi_benefit_nscale_joint" not in _baselines(compare)
+    assert all("--joint-base-weight" not in c for k, c in evals.items() if "_joint/" in k)  # equal votes
     bad, calls = _refused(tmp_path / "neg", "--joint", "-1")
     assert bad.returncode == 2 and "--joint must be ranks >= 0" in bad.stderr
     assert not calls.exists()
+    for args, said in (
+        (("--joint", "0", "--joint-weight", "-1"), "--joint-weight must be a number >= 0"),
+        (("--joint-weight", "0.5"), "--joint-weight needs --joint"),
+    ):
+        bad, calls = _refused(tmp_path / said[:14].replace(" ", "_"), *args)
+        assert bad.returncode == 2 and said in bad.stderr and not calls.exists()
+
+
+def test_joint_weight_reaches_every_joint_evaluation(tmp_path: Path) -> None:
+    """--joint-weight 0.25: each <run>_joint evaluation weighs the base model's vote so."""
+    calls = run_stages(
+        tmp_path, "gpu", "--real", "data/real", "--jobs", "1", "--fixed-ranks", "",
+        "--joint", "0", "--joint-weight", "0.25", "--runs", "static_r16 flexi_benefit_nscale",
+    )  # fmt: skip
+    joint = {k: c for k, c in _evals(calls).items() if "_joint/" in k}
+    assert len(joint) == 4
+    assert all(c[c.index("--joint-base-weight") + 1] == "0.25" for c in joint.values())
 
 
 @pytest.mark.parametrize(

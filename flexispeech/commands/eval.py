@@ -52,6 +52,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--joint-ranks", metavar="R,R,...", help=options.JOINT_HELP + "; not with --consensus-ranks"
     )
+    parser.add_argument("--joint-base-weight", type=float, metavar="W", help=options.JOINT_WEIGHT_HELP)
     parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
     parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
     parser.add_argument(
@@ -96,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
         raise FlexispeechError("--joint-ranks needs --adapter: the base model has no other rank")
     if joint and consensus:
         raise FlexispeechError("--joint-ranks and --consensus-ranks each pick the transcript: give one")
+    joint_weights = options.base_weight(args.joint_base_weight, joint)
     meta = read_adapter_config(args.adapter)["config"]["metadata"] if args.adapter else {}
     text = is_text_task(Path(args.data))  # text tasks default to the causal LM
     source = (
@@ -154,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         fallback=fallback,
         consensus=consensus,
         joint=joint,
+        joint_weights=joint_weights,
         normalize=source_normalizer(source) if consensus or joint else None,
     )
     window = {"audio_ctx": whisper.encoder_positions(model)} if family.name == "whisper" else {}
@@ -202,6 +205,7 @@ def run(args: argparse.Namespace) -> int:
         "fallback": {"rank": fallback.rank, "threshold": fallback.threshold} if fallback else None,
         "consensus_ranks": consensus or None,
         "joint_ranks": joint or None,
+        "joint_weights": {str(k): w for k, w in joint_weights.items()} or None,
         **corpus,
     }
     out = write_results(result, args.out or default_out)
@@ -219,7 +223,9 @@ def run(args: argparse.Namespace) -> int:
         )
     if joint:
         print(
-            f"joint pick of ranks {joint}: {result['decodes_per_utterance']:.2f} decodings per utterance, "
+            f"joint pick of ranks {joint}"
+            + (f" (base model's weight {joint_weights[0]:g})" if joint_weights else "")
+            + f": {result['decodes_per_utterance']:.2f} decodings per utterance, "
             f"{result['scored_utterances']} utterances scored (served ranks: {result['rank_histogram']})"
         )
     skipped = f", {result['n_skipped']} skipped (undecodable audio)" if result["n_skipped"] else ""

@@ -76,6 +76,27 @@ def rank_list(value: str | None, option: str, least: int) -> list[int]:
     return ranks
 
 
+def base_weight(value: float | None, joint: list[int]) -> dict[int, float]:
+    """``--joint-base-weight W`` as the joint pick's weights (``{0: W}``; empty when not
+    given); a bad value, or one without rank 0 in ``--joint-ranks``, is a one-line
+    ``ConfigError``."""
+    from flexispeech.errors import ConfigError
+
+    if value is None:
+        return {}
+    if not 0 <= value < float("inf"):
+        raise ConfigError(f"--joint-base-weight: needs a finite weight >= 0, got {value}")
+    if 0 not in joint:
+        raise ConfigError("--joint-base-weight weighs rank 0's vote: give --joint-ranks with 0")
+    return {0: float(value)}
+
+
+JOINT_WEIGHT_HELP = (
+    "the weight of the base model's (rank 0's) log-probabilities in the joint pick's sum, the "
+    "routed rank's being 1 (default 1: equal votes). Lower keeps more of what the adapter "
+    "learned and vetoes less; choose it on validation data, not on the test split"
+)
+
 JOINT_HELP = (
     "decode every utterance the router sends to an adapter rank also at each of these ranks, "
     "score each transcript at every one of them and at the routed rank (teacher-forced), and keep "

@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="R,R,...",
         help=options.JOINT_HELP + "; serves what `flexispeech eval --joint-ranks` scores",
     )
+    parser.add_argument("--joint-base-weight", type=float, metavar="W", help=options.JOINT_WEIGHT_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -68,6 +69,7 @@ def run(args: argparse.Namespace) -> int:
     hf_logging.disable_progress_bar()
     if args.beam < 1 or args.batch_size < 1:
         raise ConfigError("--beam and --batch-size must be >= 1")
+    joint = options.rank_list(args.joint_ranks, "--joint-ranks", least=1)
     transcriber = Transcriber(
         model=args.model,
         adapter=args.adapter,
@@ -80,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_new_tokens=args.max_new_tokens,
         fallback=options.fallback(args),
-        joint=options.rank_list(args.joint_ranks, "--joint-ranks", least=1),
+        joint=joint,
+        joint_weights=options.base_weight(args.joint_base_weight, joint),
     )
     failed = 0
     for result in transcriber.transcribe_files(args.audio):

@@ -51,6 +51,7 @@ def decode_split(
     consensus: Sequence[int] | None = None,
     normalize: Callable[[str], str] | None = None,
     joint: Sequence[int] | None = None,
+    joint_weights: dict[int, float] | None = None,
 ) -> tuple[list[dict[str, Any]], float]:
     """Decode every row of ``split`` (or the rows ``indices``); returns per-utterance
     records (in split order, or in the order of ``indices``) and decode seconds.
@@ -76,7 +77,8 @@ def decode_split(
     the hypothesis the ranks find likeliest together (``evaluation.joint``; the family
     scores transcripts with ``label_logprob``); the record's rank is the one picked, its
     ``joint`` note holds every rank's hypothesis and the scores; the extra decodings and
-    scoring passes count as decoding time. Not with ``consensus``.
+    scoring passes count as decoding time. Not with ``consensus``. ``joint_weights``: a
+    weight per scoring rank on its vote (``decode_joint``; 1 where not named).
     """
     if consensus and joint:
         raise ValueError("consensus and joint each pick the hypothesis: give one")
@@ -131,7 +133,9 @@ def decode_split(
                 texts, ranks, agreed = decode_consensus(texts, ranks, consensus, decode_rows, normalize)
             elif joint:
                 scorer = row_scorer(model, family, processor, inputs)
-                texts, ranks, agreed = decode_joint(texts, ranks, joint, decode_rows, scorer, normalize)
+                texts, ranks, agreed = decode_joint(
+                    texts, ranks, joint, decode_rows, scorer, normalize, joint_weights
+                )
             notes: list[dict[str, Any]] = [{} for _ in texts]
             if fallback is not None:
                 texts, notes = decode_with_fallback(texts, ranks, fallback, decode_rows)

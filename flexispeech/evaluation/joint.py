@@ -21,7 +21,7 @@ an accuracy option, not a serving default.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -68,6 +68,7 @@ def decode_joint(
     decode_rows: Callable[[list[int], torch.Tensor], list[str]],
     score_rows: ScoreRows,
     normalize: Callable[[str], str] | None = None,
+    weights: Mapping[int, float] | None = None,
 ) -> tuple[list[str], list[int | None], list[dict[str, Any]]]:
     """Serve one decoded batch by the joint likelihood of ``pool`` and each row's routed rank.
 
@@ -85,6 +86,9 @@ def decode_joint(
         decode_rows: as ``fallback.row_decoder`` makes it.
         score_rows: as ``row_scorer`` makes it.
         normalize: applied to hypotheses before they are compared for agreement.
+        weights: a weight per scoring rank (1 where not named) on its log-probabilities in
+            the sum, e.g. ``{0: 0.25}``: the base model's vote at a quarter of the adapter's.
+            The notes keep the scores unweighted.
 
     Returns:
         The hypotheses, each row's rank after the pick (the rank whose hypothesis it is),
@@ -94,6 +98,9 @@ def decode_joint(
     """
     if not pool or min(pool) < 0:
         raise ValueError(f"a joint pick needs one or more ranks >= 0, got {list(pool)}")
+    weights = dict(weights or {})
+    if any(not 0 <= w < float("inf") for w in weights.values()):
+        raise ValueError(f"joint-pick weights must be finite and >= 0, got {weights}")
     rows = [i for i, r in enumerate(ranks) if r]
     own = {i: sorted(set(pool) | {ranks[i]}) for i in rows}  # type: ignore[arg-type]
     out, picked = list(texts), list(ranks)
@@ -116,7 +123,12 @@ def decode_joint(
         scores |= {i: by_rank[:, j, :] for j, i in enumerate(group)}
     for i in rows:
         ks = own[i]
-        pick = ks[joint_pick(scores[i])] if i in scores else ranks[i]
+        if i in scores:
+            scale = torch.tensor([weights.get(k, 1.0) for k in ks], dtype=scores[i].dtype)
+            # a rank at weight 0 has no vote, even where its score is -inf (0 * -inf is NaN)
+            pick = ks[joint_pick(torch.where(scale == 0, 0.0, scores[i] * scale))]
+        else:
+            pick = ranks[i]
         out[i], picked[i] = hyps[i][pick], pick  # type: ignore[index]
         note: dict[str, Any] = {
             "hyps": {str(k): hyps[i][k] for k in ks},

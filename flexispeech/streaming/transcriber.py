@@ -100,6 +100,8 @@ class Transcriber:
         joint: ranks whose transcripts join the routed rank's in a joint pick
             (``evaluation.joint``), as ``flexispeech eval --joint-ranks`` scores it; ``[0]``:
             the routed rank and the base model. Empty: off.
+        joint_weights: a weight per scoring rank on its vote in the joint pick (1 where not
+            named), as ``flexispeech eval --joint-base-weight`` gives it: ``{0: 0.25}``.
     """
 
     def __init__(
@@ -116,6 +118,7 @@ class Transcriber:
         max_new_tokens: int | None = None,
         fallback: Fallback | None = None,
         joint: Sequence[int] = (),
+        joint_weights: Mapping[int, float] | None = None,
     ) -> None:
         from flexispeech.lora import get_router, load_adapter
         from flexispeech.lora.inject import serving_router
@@ -158,6 +161,7 @@ class Transcriber:
             raise ConfigError(f"--joint-ranks: the {self.family.name} family cannot score transcripts")
         self.fallback = fallback
         self.joint = sorted(set(joint))
+        self.joint_weights = dict(joint_weights or {})
         # the agreement test of the joint pick compares transcripts as eval scores them
         self.normalize = None
         if joint:
@@ -247,7 +251,7 @@ class Transcriber:
                 if self.joint:  # as eval: the joint pick first, the loop fallback on what it picked
                     scorer = row_scorer(self.model, self.family, self.processor, batch)
                     texts, served, picks = decode_joint(
-                        texts, served, self.joint, decode_rows, scorer, self.normalize
+                        texts, served, self.joint, decode_rows, scorer, self.normalize, self.joint_weights
                     )
                 if self.fallback is not None:
                     texts, notes = decode_with_fallback(texts, served, self.fallback, decode_rows)

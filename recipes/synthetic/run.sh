@@ -7,7 +7,7 @@
 #                            [--real DIR]   (a real-speech corpus every model is also evaluated on;
 #                                            default: data/real from `flexispeech prepare realspeech`)
 #                            [--runs "static_r16 flexi_nested"] [--device cuda|cpu] [--jobs N]
-#                            [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2"] [--strengths "0.5"] [--consensus "2 4 8 16"] [--joint "0"]
+#                            [--gated "static_r16 flexi_benefit"] [--fixed-ranks "2"] [--strengths "0.5"] [--consensus "2 4 8 16"] [--joint "0"] [--joint-weight W]
 #                            [--real-examples N|all] [--real-30s]
 #                                           (see speech_stages.sh)
 #
@@ -51,7 +51,7 @@ while [ $# -gt 0 ]; do
     --model) model=$2; pass+=("$1" "$2"); shift 2 ;;
     --seeds) seeds=$2; shift 2 ;;
     --real) real_given=1; pass+=("$1" "$2"); shift 2 ;;
-    --steps|--decisive|--runs|--device|--jobs|--gated|--fixed-ranks|--strengths|--consensus|--joint|--real-examples) pass+=("$1" "$2"); shift 2 ;;
+    --steps|--decisive|--runs|--device|--jobs|--gated|--fixed-ranks|--strengths|--consensus|--joint|--joint-weight|--real-examples) pass+=("$1" "$2"); shift 2 ;;
     --real-30s) pass+=("$1"); shift ;;
     -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
     *) echo "run.sh: unknown option $1 (see --help)" >&2; exit 2 ;;

@@ -253,6 +253,61 @@ def test_joint_ranks_runs_the_encoder_once_per_clip_and_rank(
     assert sum(rows) == 2 * 4
 
 
+def test_joint_base_weight_reweighs_rank_zeros_vote_in_the_stored_scores(
+    corpus: Path,
+    adapter: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """--joint-base-weight 0.25 reaches the pick, each scored row is served the transcript
+    the weighted sum prefers (from the unweighted scores its note keeps: what a weight picks
+    is tests/evaluation/test_joint.py's), results.json names the weight; a
+    bad weight, or one without rank 0 in --joint-ranks, is a one-line error. Fails if the
+    weight is not passed on to the pick."""
+    import torch
+
+    import flexispeech.evaluation.evaluate as evaluate_module
+    from flexispeech.evaluation.joint import joint_pick
+
+    weights_seen = []
+    pick_rows = evaluate_module.decode_joint
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        weights_seen.append(args[6])
+        return pick_rows(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate_module, "decode_joint", spy)
+    out = tmp_path / "w"
+    evaluate(
+        corpus,
+        out,
+        "--adapter",
+        str(adapter),
+        "--rank",
+        "8",
+        "--joint-ranks",
+        "0",
+        "--joint-base-weight",
+        "0.25",
+    )
+    assert weights_seen == [{0: 0.25}]  # one batch, the weight passed on to the pick
+    res = json.loads((out / "results.json").read_text())
+    assert res["joint_weights"] == {"0": 0.25} and res["scored_utterances"] > 0
+    for u in res["utterances"]:
+        note = u["joint"]
+        if "scores" in note:
+            s = note["scores"]
+            weighted = torch.tensor([[0.25 * s[c]["0"], s[c]["8"]] for c in ("0", "8")])
+            assert u["rank"] == (0, 8)[joint_pick(weighted)] and u["hyp"] == note["hyps"][str(u["rank"])]
+    base = ["eval", "--data", str(corpus), *FAST, "--out", str(tmp_path / "bad"), "--adapter", str(adapter)]
+    for bad in ("-1", "inf", "nan"):
+        assert main([*base, "--joint-ranks", "0", f"--joint-base-weight={bad}"]) == 2
+        assert "--joint-base-weight: needs a finite weight >= 0" in capsys.readouterr().err
+    assert main([*base, "--joint-ranks", "2", "--joint-base-weight", "0.5"]) == 2
+    assert "give --joint-ranks with 0" in capsys.readouterr().err
+
+
 def test_joint_ranks_needs_an_adapter_two_ranks_and_not_the_consensus(
     corpus: Path, adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

@@ -269,6 +269,25 @@ def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
     with_adapter = ["transcribe", fox, "--model", str(model_dir), "--adapter", str(adapter_dir), *FAST]
     assert main([*with_adapter, "--joint-ranks", "5"]) == 2
     assert "rank(s) [5] not in the configured ranks" in capsys.readouterr().err
+    assert main([*with_adapter, "--joint-ranks", "0", "--joint-base-weight", "-2"]) == 2
+    assert "--joint-base-weight: needs a finite weight >= 0" in capsys.readouterr().err
+    # --joint-base-weight reaches the pick (eval's test checks what a weight picks)
+    import flexispeech.streaming.transcriber as transcriber_module
+
+    weights_seen = []
+    pick_rows = transcriber_module.decode_joint
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        weights_seen.append(args[6])
+        return pick_rows(*args, **kwargs)
+
+    monkeypatch.setattr(transcriber_module, "decode_joint", spy)
+    for row in run("--rank", "8", "--joint-ranks", "0", "--joint-base-weight", "0.25"):
+        if "scores" in row["joint"]:
+            s = row["joint"]["scores"]
+            weighted = torch.tensor([[0.25 * s[c]["0"], s[c]["8"]] for c in ("0", "8")])
+            assert row["rank"] == (0, 8)[joint_pick(weighted)]
+    assert weights_seen == [{0: 0.25}]
 
 
 @pytest.mark.slow

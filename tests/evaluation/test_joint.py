@@ -84,3 +84,32 @@ def test_decode_joint_needs_a_rank_and_leaves_a_batch_without_adapter_rows_alone
         with pytest.raises(ValueError, match="one or more ranks"):
             decode_joint(["x"], [4], bad, never, never)  # type: ignore[arg-type]
     assert decode_joint(["x", "y"], [None, 0], [0, 4], never, never)[0] == ["x", "y"]  # type: ignore[arg-type]
+
+
+def test_a_weight_on_the_base_models_score_changes_its_vote_not_the_notes() -> None:
+    """{0: 0.25}: row 0's "too luck" now wins (-4.5 against -5.5), and rank 0's -inf still
+    vetoes row 1's "fourteen"; weight 0 ignores rank 0 even where it scores -inf (no NaN). The notes keep the
+    unweighted scores. Fails if the weight goes on the candidate instead of the scoring rank."""
+    hyps = {(0, 0): "to lock", (0, 4): "too luck", (1, 0): "for teen", (1, 4): "fourteen"}
+    logp = {
+        (0, "to lock"): -2.0, (0, "too luck"): -14.0, (4, "to lock"): -5.0, (4, "too luck"): -1.0,
+        (0, "for teen"): -3.0, (0, "fourteen"): float("-inf"), (4, "for teen"): -20.0, (4, "fourteen"): -0.5,
+    }  # fmt: skip
+
+    def decode_rows(rows: list[int], ranks: torch.Tensor) -> list[str]:
+        return [hyps[(r, k)] for r, k in zip(rows, ranks.tolist())]
+
+    def score_rows(rows: list[int], rank: int, candidates: list[list[str]]) -> torch.Tensor:
+        return torch.tensor([[logp[(rank, c[j])] for j in range(len(rows))] for c in candidates])
+
+    texts, ranks = ["too luck", "fourteen"], [4, 4]
+    plain, picked, _ = decode_joint(texts, ranks, [0], decode_rows, score_rows)
+    assert plain == ["to lock", "for teen"] and picked == [0, 0]  # -inf: rank 0 vetoes "fourteen"
+    out, picked, notes = decode_joint(texts, ranks, [0], decode_rows, score_rows, weights={0: 0.25})
+    assert out == ["too luck", "for teen"] and picked == [4, 0]
+    assert notes[0]["scores"] == {"0": {"0": -2.0, "4": -5.0}, "4": {"0": -14.0, "4": -1.0}}
+    out, picked, _ = decode_joint(texts, ranks, [0], decode_rows, score_rows, weights={0: 0.0})
+    assert out == ["too luck", "fourteen"] and picked == [4, 4]
+    for bad in (-1.0, float("inf"), float("nan")):
+        with pytest.raises(ValueError, match="weights"):
+            decode_joint(texts, ranks, [0], decode_rows, score_rows, weights={0: bad})

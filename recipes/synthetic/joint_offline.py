@@ -1,0 +1,147 @@
+"""The joint pick (``flexispeech eval --joint-ranks``) served again from its stored scores,
+under other rules: a weight on the base model's score, or scores per token. No audio is
+decoded: each scored utterance's note holds every rank's transcript and the score matrix.
+
+    python recipes/synthetic/joint_offline.py EVAL [EVAL ...] [--weights 0,0.5,1]
+
+EVAL: an evaluation run with ``--joint-ranks`` (results.json or its folder). For each, one
+row per rule: "sum, base weight w" picks the transcript with the highest
+``w * score_at_rank_0 + score_at_routed_rank`` (w = 1 is what eval served, and the row
+checks that it reproduces the stored WER); "per token" divides each score by the
+transcript's token count first (summed log-probabilities favour short transcripts, and a
+model that drops words in noise writes short ones). Where the evaluation had the loop
+fallback (``--fallback-rank 0``), a looping pick is replaced by the base model's transcript
+as eval does. Each rule is paired utterance by utterance against what eval served.
+
+These are readings of one evaluation, not tuned settings: a weight chosen here on a test
+split would be chosen on the yardstick. A weight to serve has to come from a validation split.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, compression_ratio, keep_better
+from flexispeech.evaluation.joint import joint_pick
+from flexispeech.evaluation.metrics import error_counts, source_normalizer
+from flexispeech.evaluation.paired import sign_test
+from flexispeech.evaluation.report import load_run
+
+Rule = Callable[[dict[str, Any]], str]
+
+
+def scored_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
+    """The utterances whose joint note has scores (the others' transcripts agreed)."""
+    return [u for u in run["utterances"] if u.get("joint", {}).get("scores")]
+
+
+def pick(note: dict[str, Any], weights: dict[str, float], per_token: dict[str, int] | None = None) -> str:
+    """The rank (as its key in ``note["hyps"]``) whose transcript the rule serves: scores
+    weighted by scoring rank (``weights``, 1 where not named), optionally each divided by
+    its transcript's token count ``per_token[candidate]``."""
+    ranks = list(note["scores"])
+    matrix = torch.tensor(
+        [[note["scores"][c][k] * weights.get(k, 1.0) for k in ranks] for c in ranks], dtype=torch.float64
+    )
+    if per_token is not None:
+        matrix = matrix / torch.tensor([[max(per_token[c], 1)] for c in ranks], dtype=torch.float64)
+    return ranks[joint_pick(matrix)]
+
+
+def served(note: dict[str, Any], rank: str, fallback: bool) -> str:
+    """The transcript served for the picked ``rank``, after eval's loop fallback (to rank 0)."""
+    text = note["hyps"][rank]
+    if fallback and rank != "0" and "0" in note["hyps"] and compression_ratio(text) > DEFAULT_THRESHOLD:
+        return note["hyps"]["0"] if keep_better(text, note["hyps"]["0"]) else text
+    return text
+
+
+def readings(
+    run: dict[str, Any], weights: Sequence[float], count_tokens: Callable[[str], int] | None
+) -> list[str]:
+    """Markdown rows: each rule's WER, utterances served the base transcript, and the pair
+    against what eval served."""
+    normalize = source_normalizer(run.get("model") or "whisper-tiny.en")
+    fallback = run.get("fallback") is not None
+    utts = run["utterances"]
+    refs = [u["ref"] for u in utts]
+    stored = [u["hyp"] for u in utts]
+    scored = {u["id"]: u["joint"] for u in scored_rows(run)}
+
+    def errors(ref: str, hyp: str) -> int:
+        c = error_counts([ref], [hyp], normalize)
+        return c["sub"] + c["del"] + c["ins"]
+
+    rules: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
+        (f"sum, base weight {w:g}", lambda note, w=w: pick(note, {"0": w})) for w in weights
+    ]
+    if count_tokens is not None:
+        rules.append(
+            (
+                "per token",
+                lambda note: pick(note, {}, {c: count_tokens(note["hyps"][c]) for c in note["hyps"]}),
+            )
+        )
+    out = []
+    for label, rule in rules:
+        hyps, base = [], 0
+        for u in utts:
+            note = scored.get(u["id"])
+            if note is None:
+                hyps.append(u["hyp"])
+                continue
+            rank = rule(note)
+            base += rank == "0"
+            hyps.append(served(note, rank, fallback))
+        wer = 100 * error_counts(refs, hyps, normalize)["wer"]
+        pairs = [(errors(r, a), errors(r, b)) for r, a, b in zip(refs, stored, hyps) if a != b]
+        better, worse = sum(b < a for a, b in pairs), sum(b > a for a, b in pairs)
+        p = sign_test(better, worse)
+        out.append(f"| {label} | {wer:.1f} | {base} | {better} / {worse}, p = {p:.2g} |")
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("evals", nargs="+", type=Path, help="evaluations run with --joint-ranks")
+    parser.add_argument(
+        "--weights",
+        default="0,0.25,0.5,0.75,1",
+        help="base-model score weights to read (default 0,0.25,0.5,0.75,1)",
+    )
+    parser.add_argument("--no-per-token", action="store_true", help="skip the per-token rule (no tokenizer)")
+    args = parser.parse_args(argv)
+    weights = [float(w) for w in args.weights.split(",")]
+    for path in args.evals:
+        run = load_run(path)
+        if not scored_rows(run):
+            parser.error(f"{path}: no utterance has joint-pick scores (was it run with --joint-ranks?)")
+        count_tokens = None
+        if not args.no_per_token:
+            from flexispeech.models.whisper import FAMILY
+
+            _, processor = FAMILY.load(run.get("model") or "whisper-tiny.en")
+
+            def count_tokens(text: str, processor: Any = processor) -> int:
+                return int((FAMILY.labels(processor, [text]) != -100).sum())
+
+        stored = 100 * run["overall"]["wer"]
+        print(
+            f"\n{run.get('name', path)} ({len(run['utterances'])} utterances, {len(scored_rows(run))} scored; "
+            f"eval served {stored:.1f} % WER)\n"
+        )
+        print(
+            "| rule | WER % | scored utterances served the base transcript | against what eval served: better / worse |"
+        )
+        print("| --- | --- | --- | --- |")
+        print("\n".join(readings(run, weights, count_tokens)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
