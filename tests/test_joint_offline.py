@@ -91,3 +91,14 @@ def test_an_evaluation_without_scores_is_named(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, str(SCRIPT), str(path)], capture_output=True, text=True)
     assert done.returncode == 2 and "no utterance has joint-pick scores" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_budget_names_the_largest_weight_within_it(tmp_path: Path) -> None:
+    """Weights 0 and 0.5 serve 0.0 % here, weight 1 12.5 %: a 5-point budget stops at 0.5,
+    a 20-point one takes 1."""
+    path = str(write_eval(tmp_path / "e", fallback=True))
+    out = run(path, "--weights", "0,0.5,1", "--no-per-token", "--budget", "5")
+    assert rows(out)["sum, base weight 0.5"][0] == "0.0", out
+    assert "largest base weight within 5 points of weight 0's 0.0 %: 0.5" in out, out
+    out = run(path, "--weights", "0,0.5,1", "--no-per-token", "--budget", "20")
+    assert "within 20 points of weight 0's 0.0 %: 1" in out, out

@@ -3,6 +3,9 @@ under other rules: a weight on the base model's score, or scores per token. No a
 decoded: each scored utterance's note holds every rank's transcript and the score matrix.
 
     python recipes/synthetic/joint_offline.py EVAL [EVAL ...] [--weights 0,0.5,1]
+    python recipes/synthetic/joint_offline.py VALIDATION_EVAL --budget 0.5
+        also names the largest weight whose WER is within 0.5 points of the smallest
+        weight's: the base model's vote at that weight costs at most that much in-domain
 
 EVAL: an evaluation run with ``--joint-ranks`` (results.json or its folder). For each, one
 row per rule: "sum, base weight w" picks the transcript with the highest
@@ -14,7 +17,8 @@ fallback (``--fallback-rank 0``), a looping pick is replaced by the base model's
 as eval does. Each rule is paired utterance by utterance against what eval served.
 
 These are readings of one evaluation, not tuned settings: a weight chosen here on a test
-split would be chosen on the yardstick. A weight to serve has to come from a validation split.
+split would be chosen on the yardstick. A weight to serve has to come from a validation split
+(``--budget`` on its evaluation; ``eval --joint-base-weight`` then serves it).
 """
 
 from __future__ import annotations
@@ -62,10 +66,13 @@ def served(note: dict[str, Any], rank: str, fallback: bool) -> str:
 
 
 def readings(
-    run: dict[str, Any], weights: Sequence[float], count_tokens: Callable[[str], int] | None
+    run: dict[str, Any],
+    weights: Sequence[float],
+    count_tokens: Callable[[str], int] | None,
+    wers: dict[float, float] | None = None,
 ) -> list[str]:
     """Markdown rows: each rule's WER, utterances served the base transcript, and the pair
-    against what eval served."""
+    against what eval served. ``wers``, if given, gets each weight's WER (%)."""
     normalize = source_normalizer(run.get("model") or "whisper-tiny.en")
     fallback = run.get("fallback") is not None
     utts = run["utterances"]
@@ -77,18 +84,20 @@ def readings(
         c = error_counts([ref], [hyp], normalize)
         return c["sub"] + c["del"] + c["ins"]
 
-    rules: list[tuple[str, Callable[[dict[str, Any]], str]]] = [
-        (f"sum, base weight {w:g}", lambda note, w=w: pick(note, {"0": w})) for w in weights
+    # (label, the weight when the rule is a weighted sum, the rule)
+    rules: list[tuple[str, float | None, Callable[[dict[str, Any]], str]]] = [
+        (f"sum, base weight {w:g}", w, lambda note, w=w: pick(note, {"0": w})) for w in weights
     ]
     if count_tokens is not None:
         rules.append(
             (
                 "per token",
+                None,
                 lambda note: pick(note, {}, {c: count_tokens(note["hyps"][c]) for c in note["hyps"]}),
             )
         )
     out = []
-    for label, rule in rules:
+    for label, weight, rule in rules:
         hyps, base = [], 0
         for u in utts:
             note = scored.get(u["id"])
@@ -99,6 +108,8 @@ def readings(
             base += rank == "0"
             hyps.append(served(note, rank, fallback))
         wer = 100 * error_counts(refs, hyps, normalize)["wer"]
+        if wers is not None and weight is not None:
+            wers[weight] = wer
         pairs = [(errors(r, a), errors(r, b)) for r, a, b in zip(refs, stored, hyps) if a != b]
         better, worse = sum(b < a for a, b in pairs), sum(b > a for a, b in pairs)
         p = sign_test(better, worse)
@@ -115,6 +126,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="base-model score weights to read (default 0,0.25,0.5,0.75,1)",
     )
     parser.add_argument("--no-per-token", action="store_true", help="skip the per-token rule (no tokenizer)")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        metavar="POINTS",
+        help="also name the largest weight whose WER is at most POINTS above the smallest weight's "
+        "(run it on a validation evaluation)",
+    )
     args = parser.parse_args(argv)
     weights = [float(w) for w in args.weights.split(",")]
     for path in args.evals:
@@ -139,7 +157,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             "| rule | WER % | scored utterances served the base transcript | against what eval served: better / worse |"
         )
         print("| --- | --- | --- | --- |")
-        print("\n".join(readings(run, weights, count_tokens)))
+        wers: dict[float, float] = {}
+        print("\n".join(readings(run, weights, count_tokens, wers)))
+        if args.budget is not None:
+            floor = wers[min(wers)]
+            chosen = max(w for w, wer in wers.items() if wer <= floor + args.budget)
+            print(
+                f"\nlargest base weight within {args.budget:g} points of weight {min(wers):g}'s "
+                f"{floor:.1f} %: {chosen:g}"
+            )
     return 0
 
 
