@@ -47,3 +47,17 @@ def counted_encoder_rows(monkeypatch: Any) -> list[int]:
 
     monkeypatch.setattr(modeling_whisper.WhisperEncoder, "forward", counted)
     return rows
+
+
+def spied_weights(monkeypatch: Any, module: Any) -> list[Any]:
+    """Make ``module.decode_joint`` (as eval's or transcribe's code calls it) append the
+    weights it is given to the returned list, one entry per call."""
+    seen: list[Any] = []
+    pick_rows = module.decode_joint
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        seen.append(args[6])
+        return pick_rows(*args, **kwargs)
+
+    monkeypatch.setattr(module, "decode_joint", spy)
+    return seen

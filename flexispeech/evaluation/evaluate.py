@@ -108,7 +108,7 @@ def decode_split(
             continue
         examples, inputs = loaded.examples, features.finish(loaded.inputs, device)
         # One encoder pass per clip and rank for the signals' base passes and the decodings.
-        with second_passes(model, family, again or runs_model(live_signals or ())):
+        with second_passes(model, family, again or runs_model(live_signals)):
             if live_signals:
                 _add_live_signals(examples, inputs, live_signals, model, family, processor, max_new_tokens)
             # Rows decode independently: the batch step puts them in rank order for speed only

@@ -30,13 +30,11 @@ from typing import Any
 
 import torch
 
-from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, compression_ratio, keep_better
+from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, Fallback, offline_fallback
 from flexispeech.evaluation.joint import joint_pick
 from flexispeech.evaluation.metrics import error_counts, source_normalizer
 from flexispeech.evaluation.paired import sign_test
 from flexispeech.evaluation.report import load_run
-
-Rule = Callable[[dict[str, Any]], str]
 
 
 def scored_rows(run: dict[str, Any]) -> list[dict[str, Any]]:
@@ -57,12 +55,14 @@ def pick(note: dict[str, Any], weights: dict[str, float], per_token: dict[str, i
     return ranks[joint_pick(matrix)]
 
 
-def served(note: dict[str, Any], rank: str, fallback: bool) -> str:
-    """The transcript served for the picked ``rank``, after eval's loop fallback (to rank 0)."""
+def served(note: dict[str, Any], rank: str, fallback: Fallback | None) -> str:
+    """The transcript served for the picked ``rank``, after eval's loop fallback (its rule,
+    ``offline_fallback``) where the note holds the fallback rank's transcript."""
     text = note["hyps"][rank]
-    if fallback and rank != "0" and "0" in note["hyps"] and compression_ratio(text) > DEFAULT_THRESHOLD:
-        return note["hyps"]["0"] if keep_better(text, note["hyps"]["0"]) else text
-    return text
+    second = note["hyps"].get(str(fallback.rank)) if fallback is not None else None
+    if second is None:
+        return text
+    return offline_fallback([text], [second], [int(rank)], fallback)[0][0]
 
 
 def readings(
@@ -74,7 +74,12 @@ def readings(
     """Markdown rows: each rule's WER, utterances served the base transcript, and the pair
     against what eval served. ``wers``, if given, gets each weight's WER (%)."""
     normalize = source_normalizer(run.get("model") or "whisper-tiny.en")
-    fallback = run.get("fallback") is not None
+    stored_fallback = run.get("fallback")
+    fallback = (
+        Fallback(stored_fallback["rank"], stored_fallback.get("threshold", DEFAULT_THRESHOLD))
+        if stored_fallback
+        else None
+    )
     utts = run["utterances"]
     refs = [u["ref"] for u in utts]
     stored = [u["hyp"] for u in utts]

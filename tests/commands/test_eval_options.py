@@ -266,18 +266,12 @@ def test_joint_base_weight_reweighs_rank_zeros_vote_in_the_stored_scores(
     bad weight, or one without rank 0 in --joint-ranks, is a one-line error. Fails if the
     weight is not passed on to the pick."""
     import torch
+    from joint_scores import spied_weights
 
     import flexispeech.evaluation.evaluate as evaluate_module
     from flexispeech.evaluation.joint import joint_pick
 
-    weights_seen = []
-    pick_rows = evaluate_module.decode_joint
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        weights_seen.append(args[6])
-        return pick_rows(*args, **kwargs)
-
-    monkeypatch.setattr(evaluate_module, "decode_joint", spy)
+    weights_seen = spied_weights(monkeypatch, evaluate_module)
     out = tmp_path / "w"
     evaluate(
         corpus,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -66,6 +67,20 @@ def test_bad_files_are_reported_and_the_rest_transcribed(tiny_dirs, files, capsy
     assert files[3] in errors[1] and "no such file" in errors[1]
 
 
+def three_files(tiny_dirs, assets_dir: Path, capsys) -> tuple[list[str], Callable[..., list[dict]]]:
+    """Three fixture files and ``run(*options)``: ``transcribe --json`` of them with the
+    tiny model and adapter plus ``options``, its JSON lines."""
+    model_dir, adapter_dir = tiny_dirs
+    paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "stella.wav")]
+    args = ["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--json", *FAST]
+
+    def run(*extra: str) -> list[dict]:
+        assert main([*args, *extra]) == 0
+        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+
+    return paths, run
+
+
 def test_router_auto_json_lines(tiny_dirs, assets_dir: Path, capsys) -> None:
     model_dir, adapter_dir = tiny_dirs
     paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "fox_48k_stereo.flac")]
@@ -106,13 +121,7 @@ def test_the_proxy_pass_and_the_joint_pick_share_the_base_encoder_pass(
     are computed outside the block or a kept output is served at another rank."""
     from joint_scores import counted_encoder_rows
 
-    model_dir, adapter_dir = tiny_dirs
-    paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "stella.wav")]
-    args = ["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--json", *FAST]
-
-    def run(*extra: str) -> list[dict]:
-        assert main([*args, *extra]) == 0
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    paths, run = three_files(tiny_dirs, assets_dir, capsys)
 
     routed, base = run("--router", "auto"), run("--rank", "0")
     rows = counted_encoder_rows(monkeypatch)
@@ -225,7 +234,7 @@ def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
     both ranks, the one with the higher sum served and its rank reported. The scores are
     recomputed here file by file. Fails if transcribe ignores the option, mixes up files or
     ranks, or serves the less likely transcript."""
-    from joint_scores import counted_encoder_rows, rescored, stored_scores
+    from joint_scores import counted_encoder_rows, rescored, spied_weights, stored_scores
 
     from flexispeech.audio import load_audio
     from flexispeech.evaluation.joint import joint_pick
@@ -233,12 +242,7 @@ def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
     from flexispeech.models.family import load_model
 
     model_dir, adapter_dir = tiny_dirs
-    paths = [str(assets_dir / n) for n in ("fox.wav", "meeting.wav", "stella.wav")]
-    args = ["transcribe", *paths, "--model", str(model_dir), "--adapter", str(adapter_dir), "--json", *FAST]
-
-    def run(*extra: str) -> list[dict]:
-        assert main([*args, *extra]) == 0
-        return [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    paths, run = three_files(tiny_dirs, assets_dir, capsys)
 
     at8, at0 = run("--rank", "8"), run("--rank", "0")
     served = run("--rank", "8", "--joint-ranks", "0")
@@ -274,14 +278,7 @@ def test_joint_ranks_serves_the_likelier_of_the_routed_and_the_base_transcript(
     # --joint-base-weight reaches the pick (eval's test checks what a weight picks)
     import flexispeech.streaming.transcriber as transcriber_module
 
-    weights_seen = []
-    pick_rows = transcriber_module.decode_joint
-
-    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
-        weights_seen.append(args[6])
-        return pick_rows(*args, **kwargs)
-
-    monkeypatch.setattr(transcriber_module, "decode_joint", spy)
+    weights_seen = spied_weights(monkeypatch, transcriber_module)
     for row in run("--rank", "8", "--joint-ranks", "0", "--joint-base-weight", "0.25"):
         if "scores" in row["joint"]:
             s = row["joint"]["scores"]

@@ -149,22 +149,7 @@ def test_the_trainer_trains_the_sampled_ranks(tmp_path) -> None:
     corpus = noise_corpus(tmp_path / "c", signals=True)
 
     def run(name: str, *extra: str) -> dict[str, torch.Tensor]:
-        cfg = load_config(
-            None,
-            [
-                f"output_dir={tmp_path / name}",
-                "model.source=random:tiny",
-                f"data.corpus={corpus}",
-                "model.audio_ctx=50",
-                "train.batch_size=4",
-                "train.max_steps=2",
-                "train.warmup_steps=1",
-                "adapter.ranks=[0, 2, 4, 8]",
-                "routing.mode=fixed",
-                "routing.rank=2",
-                *extra,
-            ],
-        )
+        cfg = tiny_run(tmp_path / name, corpus, "routing.mode=fixed", "routing.rank=2", *extra)
         return load_file(str(train(cfg, progress=False) / "adapter_model.safetensors"))
 
     plain, nested = run("plain"), run("nested", "train.nested={prob: 1.0, mode: random}")
@@ -172,6 +157,23 @@ def test_the_trainer_trains_the_sampled_ranks(tmp_path) -> None:
     assert all(torch.all(plain[k][:, 2:] == 0) for k in b)  # without nesting: never trained
     assert all(torch.any(plain[k][:, :2] != 0) for k in b)
     assert all(torch.any(nested[k][:, 2:4] != 0) for k in b)  # with it: trained at sampled ranks 4 and 8
+
+
+def tiny_run(out, corpus, *extra: str):  # type: ignore[no-untyped-def]
+    """The trainer tests' config: random tiny Whisper, 1-s window, ranks 0-8, 2 steps of 4
+    rows, then ``extra`` overrides."""
+    base = ["model.source=random:tiny", "model.audio_ctx=50", "train.batch_size=4", "train.max_steps=2"]
+    return load_config(
+        None,
+        [
+            f"output_dir={out}",
+            f"data.corpus={corpus}",
+            *base,
+            "train.warmup_steps=1",
+            "adapter.ranks=[0, 2, 4, 8]",
+            *extra,
+        ],
+    )
 
 
 def noise_corpus(root, signals: bool, validation: int = 0):  # type: ignore[no-untyped-def]
@@ -206,22 +208,13 @@ def test_a_corpus_without_cached_signals_trains_at_random_ranks(tmp_path) -> Non
     from flexispeech.training.loop import train
 
     corpus = noise_corpus(tmp_path / "c", signals=False, validation=4)
-    cfg = load_config(
-        None,
-        [
-            f"output_dir={tmp_path / 'run'}",
-            "model.source=random:tiny",
-            f"data.corpus={corpus}",
-            "model.audio_ctx=50",
-            "train.batch_size=4",
-            "train.max_steps=2",
-            "train.warmup_steps=1",
-            "train.eval_every=1",
-            "train.eval_examples=4",
-            "adapter.ranks=[0, 2, 4, 8]",
-            "routing.mode=random",
-            "train.nested={prob: 1.0, mode: random}",
-        ],
+    cfg = tiny_run(
+        tmp_path / "run",
+        corpus,
+        "train.eval_every=1",
+        "train.eval_examples=4",
+        "routing.mode=random",
+        "train.nested={prob: 1.0, mode: random}",
     )
     train(cfg, progress=False)
     import json
