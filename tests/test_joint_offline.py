@@ -37,7 +37,12 @@ def write_eval(path: Path, fallback: bool) -> Path:
         # transcripts agreed: nothing scored, nothing changes
         ("u3", {"hyps": {"0": ref, "4": ref}, "picked": 4, "routed_rank": 4, "routed_hyp": ref}, ref),
     ]
-    utts = [{"id": i, "ref": ref, "hyp": hyp, "rank": 4, "joint": n} for i, n, hyp in rows]
+    # u0 and u3 are clean (30 dB), u1 and u2 noisy (5 dB), as their stored routing signals say
+    snr = {"u0": 30.0, "u1": 5.0, "u2": 5.0, "u3": 30.0}
+    utts = [
+        {"id": i, "ref": ref, "hyp": hyp, "rank": 4, "joint": n, "signals": {"snr_db": snr[i]}}
+        for i, n, hyp in rows
+    ]
     errors = 2 + 0 + 0 + 0  # "the fox": 2 deletions
     run = {
         "name": "static_joint",
@@ -102,3 +107,26 @@ def test_budget_names_the_largest_weight_within_it(tmp_path: Path) -> None:
     assert "largest base weight within 5 points of weight 0's 0.0 %: 0.5" in out, out
     out = run(path, "--weights", "0,0.5,1", "--no-per-token", "--budget", "20")
     assert "within 20 points of weight 0's 0.0 %: 1" in out, out
+
+
+def test_a_condition_gives_the_base_model_its_vote_only_where_it_holds(tmp_path: Path) -> None:
+    """Where the clean utterances keep the base model's vote (snr_db>=20) u0 is served the
+    base transcript (2 errors, as at weight 1) and u2's loop falls back as at weight 0; where
+    only the noisy ones do (snr_db<=10) u0 gets the adapter's (0 errors) and u2 the base
+    model's. Fails if the condition is read the wrong way round or ignored."""
+    path = str(write_eval(tmp_path / "e", fallback=True))
+    out = rows(run(path, "--weights", "1", "--no-per-token", "--where", "snr_db>=20,snr_db<=10"))
+    assert out["base votes where snr_db>=20"] == ["12.5", "1", "0 / 0, p = 1"], out
+    assert out["base votes where snr_db<=10"] == ["0.0", "1", "1 / 0, p = 1"], out
+
+
+def test_a_bad_condition_or_a_missing_signal_is_one_line(tmp_path: Path) -> None:
+    path = str(write_eval(tmp_path / "e", fallback=True))
+    for where, message in (("snr_db=20", "SIGNAL>=T or SIGNAL<=T"), ("proxy_entropy<=1", "no stored signal")):
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), path, "--no-per-token", "--where", where],
+            capture_output=True,
+            text=True,
+        )
+        assert done.returncode == 2 and message in done.stderr, done.stderr
+        assert "Traceback" not in done.stderr

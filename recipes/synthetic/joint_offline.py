@@ -6,13 +6,19 @@ decoded: each scored utterance's note holds every rank's transcript and the scor
     python recipes/synthetic/joint_offline.py VALIDATION_EVAL --budget 0.5
         also names the largest weight whose WER is within 0.5 points of the smallest
         weight's: the base model's vote at that weight costs at most that much in-domain
+    python recipes/synthetic/joint_offline.py EVAL --where "snr_db>=15,proxy_entropy<=0.8"
+        also a rule per condition: the base model votes (weight 1) on the utterances whose
+        routing signal meets it, not at all (weight 0) on the others
 
 EVAL: an evaluation run with ``--joint-ranks`` (results.json or its folder). For each, one
 row per rule: "sum, base weight w" picks the transcript with the highest
 ``w * score_at_rank_0 + score_at_routed_rank`` (w = 1 is what eval served, and the row
 checks that it reproduces the stored WER); "per token" divides each score by the
 transcript's token count first (summed log-probabilities favour short transcripts, and a
-model that drops words in noise writes short ones). Where the evaluation had the loop
+model that drops words in noise writes short ones); "base votes where S>=T" gives the base
+model its vote only on utterances whose stored routing signal S (``snr_db``,
+``proxy_entropy``, ...) meets the condition: a veto kept for clean or confidently decoded
+speech and dropped in noise, where the base model is often wrong. Where the evaluation had the loop
 fallback (``--fallback-rank 0``), a looping pick is replaced by the base model's transcript
 as eval does. Each rule is paired utterance by utterance against what eval served.
 
@@ -55,6 +61,31 @@ def pick(note: dict[str, Any], weights: dict[str, float], per_token: dict[str, i
     return ranks[joint_pick(matrix)]
 
 
+Condition = tuple[str, str, float]
+"""(signal, ">=" or "<=", threshold): which utterances a conditional rule lets the base model vote on."""
+
+
+def parse_condition(text: str) -> Condition:
+    """``"snr_db>=15"`` -> ("snr_db", ">=", 15.0); ValueError for anything else."""
+    for op in (">=", "<="):
+        name, sep, value = text.partition(op)
+        if sep:
+            try:
+                return name.strip(), op, float(value)
+            except ValueError:
+                break
+    raise ValueError(f"a condition is SIGNAL>=T or SIGNAL<=T (e.g. snr_db>=15), got {text!r}")
+
+
+def meets(utt: dict[str, Any], condition: Condition) -> bool:
+    """Whether ``utt``'s stored routing signal meets ``condition`` (KeyError naming it if absent)."""
+    name, op, threshold = condition
+    value = (utt.get("signals") or {}).get(name)
+    if value is None:
+        raise KeyError(f"utterance {utt.get('id')} has no stored signal {name!r}")
+    return value >= threshold if op == ">=" else value <= threshold
+
+
 def served(note: dict[str, Any], rank: str, fallback: Fallback | None) -> str:
     """The transcript served for the picked ``rank``, after eval's loop fallback (its rule,
     ``offline_fallback``) where the note holds the fallback rank's transcript."""
@@ -70,9 +101,11 @@ def readings(
     weights: Sequence[float],
     count_tokens: Callable[[str], int] | None,
     wers: dict[float, float] | None = None,
+    conditions: Sequence[Condition] = (),
 ) -> list[str]:
     """Markdown rows: each rule's WER, utterances served the base transcript, and the pair
-    against what eval served. ``wers``, if given, gets each weight's WER (%)."""
+    against what eval served. ``wers``, if given, gets each weight's WER (%); each of
+    ``conditions`` adds a rule where the base model votes only where it holds."""
     normalize = source_normalizer(run.get("model") or "whisper-tiny.en")
     stored_fallback = run.get("fallback")
     fallback = (
@@ -89,16 +122,25 @@ def readings(
         c = error_counts([ref], [hyp], normalize)
         return c["sub"] + c["del"] + c["ins"]
 
-    # (label, the weight when the rule is a weighted sum, the rule)
-    rules: list[tuple[str, float | None, Callable[[dict[str, Any]], str]]] = [
-        (f"sum, base weight {w:g}", w, lambda note, w=w: pick(note, {"0": w})) for w in weights
+    # (label, the weight when the rule is a weighted sum, the rule: utterance, note -> rank)
+    Rule = Callable[[dict[str, Any], dict[str, Any]], str]
+    rules: list[tuple[str, float | None, Rule]] = [
+        (f"sum, base weight {w:g}", w, lambda u, note, w=w: pick(note, {"0": w})) for w in weights
     ]
+    for name, op, threshold in conditions:
+        rules.append(
+            (
+                f"base votes where {name}{op}{threshold:g}",
+                None,
+                lambda u, note, c=(name, op, threshold): pick(note, {"0": 1.0 if meets(u, c) else 0.0}),
+            )
+        )
     if count_tokens is not None:
         rules.append(
             (
                 "per token",
                 None,
-                lambda note: pick(note, {}, {c: count_tokens(note["hyps"][c]) for c in note["hyps"]}),
+                lambda u, note: pick(note, {}, {c: count_tokens(note["hyps"][c]) for c in note["hyps"]}),
             )
         )
     out = []
@@ -109,7 +151,7 @@ def readings(
             if note is None:
                 hyps.append(u["hyp"])
                 continue
-            rank = rule(note)
+            rank = rule(u, note)
             base += rank == "0"
             hyps.append(served(note, rank, fallback))
         wer = 100 * error_counts(refs, hyps, normalize)["wer"]
@@ -138,8 +180,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="also name the largest weight whose WER is at most POINTS above the smallest weight's "
         "(run it on a validation evaluation)",
     )
+    parser.add_argument(
+        "--where",
+        default="",
+        metavar="CONDITIONS",
+        help="comma-separated SIGNAL>=T or SIGNAL<=T (e.g. snr_db>=15,proxy_entropy<=0.8): a rule "
+        "each, the base model voting only on utterances whose stored routing signal meets it",
+    )
     args = parser.parse_args(argv)
     weights = [float(w) for w in args.weights.split(",")]
+    try:
+        conditions = [parse_condition(c) for c in args.where.split(",") if c.strip()]
+    except ValueError as error:
+        parser.error(str(error))
     for path in args.evals:
         run = load_run(path)
         if not scored_rows(run):
@@ -163,7 +216,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         print("| --- | --- | --- | --- |")
         wers: dict[float, float] = {}
-        print("\n".join(readings(run, weights, count_tokens, wers)))
+        try:
+            print("\n".join(readings(run, weights, count_tokens, wers, conditions)))
+        except KeyError as error:
+            parser.error(f"{path}: {error.args[0]}")
         if args.budget is not None:
             floor = wers[min(wers)]
             chosen = max(w for w, wer in wers.items() if wer <= floor + args.budget)
