@@ -384,9 +384,20 @@ stage_signals() {  # stage 1
   fi
 }
 
-evaluate() {  # evaluate DIR_NAME ARGS...: one eval unless its results exist
+evaluate() {  # evaluate DIR_NAME ARGS...: one eval unless its results exist for these ARGS
   local out=$1; shift
-  [ -f "$out/results.json" ] || $FLEXI eval "$@" --out "$out" "${dev_args[@]}"
+  # ARGS (what is scored and how; not the device, batch or workers) are kept beside the
+  # results: a re-run with other ARGS (another --real-examples, window, fallback, joint
+  # weight) evaluates again (eval replaces the results only once it has new ones) instead
+  # of pairing old results with new ones in stage 7. Results from before this record are
+  # kept as they are.
+  local args="$*"
+  if [ -f "$out/results.json" ]; then
+    if [ ! -f "$out/eval_args.txt" ] || [ "$(cat "$out/eval_args.txt")" = "$args" ]; then return 0; fi
+    echo "$out: evaluated with other arguments ($(cat "$out/eval_args.txt")); evaluating again"
+  fi
+  $FLEXI eval "$@" --out "$out" "${dev_args[@]}"
+  printf '%s\n' "$args" > "$out/eval_args.txt"
 }
 
 stage_base() {  # stage 2

@@ -954,3 +954,24 @@ def test_real_30s_scores_the_cpu_profiles_adapters_on_real_speech_at_the_full_wi
         assert c[c.index("--adapter") + 1].endswith(f"{r}/adapter")
     (compare,) = [c for c in calls if c[0] == "compare"]
     assert any(a.endswith("static_r16_keep/eval_real_30s") for a in compare)
+
+
+def test_a_rerun_evaluates_again_only_what_it_asks_differently(tmp_path: Path) -> None:
+    """Finished evaluations are skipped on a re-run with the same arguments; one with other
+    arguments (here fewer real recordings) evaluates those again, so stage 7 never pairs
+    results scored on different utterances; results written before the record are kept.
+    Fails if evaluate() skips on results.json alone or re-runs everything."""
+    calls_file = tmp_path / "calls.txt"
+    args = ("--real", "data/real", "--runs", "static_r16", "--stop-stage", "6")
+    first = _evals(run_stages(tmp_path, "cpu", *args))
+    assert "static_r16/eval_real" in first and "base/eval_real" in first
+    calls_file.write_text("")
+    assert _evals(run_stages(tmp_path, "cpu", *args)) == {}
+    calls_file.write_text("")
+    again = _evals(run_stages(tmp_path, "cpu", *args, "--real-examples", "5"))
+    assert set(again) == {"base/eval_real", "base/eval_real_30s", "static_r16/eval_real"}
+    assert all(c[c.index("--max-examples") + 1] == "5" for c in again.values())
+    # a result without the record (an older run's) is kept whatever is asked now
+    (tmp_path / "exp" / "static_r16" / "eval_real" / "eval_args.txt").unlink()
+    calls_file.write_text("")
+    assert "static_r16/eval_real" not in _evals(run_stages(tmp_path, "cpu", *args))

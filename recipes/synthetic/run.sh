@@ -17,7 +17,8 @@
 # (static_r16, flexi_benefit_nscale) repeated for each seed of --seeds (default 0,1,2).
 #
 # Stages (each only calls the flexispeech command line; finished outputs are skipped,
-# so a re-run continues where it stopped):
+# so a re-run continues where it stopped; an evaluation asked again with other arguments,
+# e.g. another --real-examples, runs again):
 #   0  build the corpus                      4  train Flexi-LoRA (threshold, learned router)
 #   1  cache signals + base-model decoding   5  train the inconsistent-routing ablation
 #   2  evaluate the base model               6  evaluate every adapter on the test split
