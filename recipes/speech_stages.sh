@@ -391,10 +391,12 @@ evaluate() {  # evaluate DIR_NAME ARGS...: one eval unless its results exist for
   # weight) evaluates again (eval replaces the results only once it has new ones) instead
   # of pairing old results with new ones in stage 7. Results from before this record are
   # kept as they are.
-  local args="$*"
+  local args="$*" recorded
   if [ -f "$out/results.json" ]; then
-    if [ ! -f "$out/eval_args.txt" ] || [ "$(cat "$out/eval_args.txt")" = "$args" ]; then return 0; fi
-    echo "$out: evaluated with other arguments ($(cat "$out/eval_args.txt")); evaluating again"
+    [ -f "$out/eval_args.txt" ] || return 0
+    recorded=$(cat "$out/eval_args.txt")
+    [ "$recorded" != "$args" ] || return 0
+    echo "$out: evaluated with other arguments ($recorded); evaluating again"
   fi
   $FLEXI eval "$@" --out "$out" "${dev_args[@]}"
   printf '%s\n' "$args" > "$out/eval_args.txt"

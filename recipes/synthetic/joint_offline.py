@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from flexispeech.errors import ConfigError
 from flexispeech.evaluation.fallback import DEFAULT_THRESHOLD, Fallback, offline_fallback
 from flexispeech.evaluation.joint import joint_pick
 from flexispeech.evaluation.metrics import error_counts, source_normalizer
@@ -78,11 +79,11 @@ def parse_condition(text: str) -> Condition:
 
 
 def meets(utt: dict[str, Any], condition: Condition) -> bool:
-    """Whether ``utt``'s stored routing signal meets ``condition`` (KeyError naming it if absent)."""
+    """Whether ``utt``'s stored routing signal meets ``condition`` (ConfigError naming it if absent)."""
     name, op, threshold = condition
     value = (utt.get("signals") or {}).get(name)
     if value is None:
-        raise KeyError(f"utterance {utt.get('id')} has no stored signal {name!r}")
+        raise ConfigError(f"utterance {utt.get('id')} has no stored signal {name!r}")
     return value >= threshold if op == ">=" else value <= threshold
 
 
@@ -218,8 +219,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         wers: dict[float, float] = {}
         try:
             print("\n".join(readings(run, weights, count_tokens, wers, conditions)))
-        except KeyError as error:
-            parser.error(f"{path}: {error.args[0]}")
+        except ConfigError as error:  # a condition on a signal the evaluation did not store
+            parser.error(f"{path}: {error}")
         if args.budget is not None:
             floor = wers[min(wers)]
             chosen = max(w for w, wer in wers.items() if wer <= floor + args.budget)
