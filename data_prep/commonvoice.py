@@ -23,7 +23,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.folder import audio_duration, is_complete, link_or_copy, read_text, report_skipped
+from data_prep.folder import audio_duration, check_out, clear_audio, link_or_copy, read_text, report_skipped
 from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import FlexispeechError
 
@@ -32,15 +32,31 @@ REQUIRED_TSV_COLUMNS = ("client_id", "path", "sentence")
 EXTRA_COLUMNS = ("accent", "accents", "gender", "age", "locale")
 
 
-def read_tsv(path: Path) -> list[dict[str, str]]:
-    """Rows of a Common Voice tsv. Quoting is off: sentences contain bare quote characters."""
+def read_tsv(path: Path, malformed: list[str] | None = None) -> list[dict[str, str]]:
+    """Rows of a Common Voice tsv. Quoting is off: sentences contain bare quote characters.
+
+    A row cut short (fewer columns than the header) or with an empty path or sentence is
+    left out; its ``<file>:<line>`` is appended to ``malformed``, for the caller to count.
+    """
     csv.field_size_limit(1 << 24)
     with io.StringIO(read_text(path), newline="") as f:
         reader = csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
         missing = [c for c in REQUIRED_TSV_COLUMNS if c not in (reader.fieldnames or [])]
         if missing:
             raise FlexispeechError(f"{path}: lacks columns {missing} (found {reader.fieldnames})")
-        return list(reader)
+        rows = []
+        for record in reader:
+            # DictReader fills the columns a short row lacks with None
+            if (
+                record["client_id"] is None
+                or not (record["path"] or "").strip()
+                or not (record["sentence"] or "").strip()
+            ):
+                if malformed is not None:
+                    malformed.append(f"{path.name}:{reader.line_num}")  # one line per row: no quoting
+                continue
+            rows.append(record)
+        return rows
 
 
 def prepare_commonvoice(src: Path, out: Path, *, force: bool = False) -> Path:
@@ -53,7 +69,8 @@ def prepare_commonvoice(src: Path, out: Path, *, force: bool = False) -> Path:
 
     Safe to re-run: a complete corpus built from the same folder is kept unless ``force``.
     Skipped rows are logged and counted in ``corpus.json`` (info ``skipped``: ``missing``,
-    ``unreadable``, ``duplicate``).
+    ``unreadable``, ``duplicate``, ``malformed``: too few columns or an empty sentence,
+    logged as ``<file>:<line>``).
 
     Returns:
         ``out``.
@@ -70,12 +87,15 @@ def prepare_commonvoice(src: Path, out: Path, *, force: bool = False) -> Path:
             f"{', '.join(SPLIT_FILES)}"
         )
     info = {"importer": "commonvoice", "source": str(src.resolve()), "tsv": tsvs}
-    if not force and is_complete(out, info):
+    if check_out(out, info, force):
         return out
+    if force:
+        clear_audio(out, src)
 
-    listed = [(SPLIT_FILES[name], r) for name in tsvs for r in read_tsv(src / name)]
+    malformed: list[str] = []
+    listed = [(SPLIT_FILES[name], r) for name in tsvs for r in read_tsv(src / name, malformed)]
     rows, seen = [], set()
-    skipped: dict[str, list[str]] = {"missing": [], "unreadable": [], "duplicate": []}
+    skipped: dict[str, list[str]] = {"missing": [], "unreadable": [], "duplicate": [], "malformed": malformed}
     for split, record in tqdm(listed, desc=f"commonvoice {src.name}", unit="clip"):
         name = record["path"]
         if not name.endswith((".mp3", ".wav", ".flac", ".ogg")):

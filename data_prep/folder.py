@@ -25,7 +25,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from flexispeech.data.corpus import is_corpus, read_corpus_info, write_corpus
+from flexispeech.data.corpus import MARKER, is_corpus, read_corpus_info, write_corpus
+from flexispeech.data.text_format import is_text_task, read_text_task_info
 from flexispeech.errors import FlexispeechError
 
 log = logging.getLogger(__name__)
@@ -34,12 +35,24 @@ AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3", ".opus")  # what soundfile de
 _TEXT_COLUMNS = ("transcription", "text", "sentence")
 
 
+def already_placed(src: Path, dst: Path) -> bool:
+    """Whether ``dst`` is ``src`` as :func:`link_or_copy` placed it: the same file (a hard
+    link) or a copy with the same size and modification time (``shutil.copy2`` keeps it).
+    Size alone is not enough: a new source file of the same length as an old one would
+    leave the old audio under the new transcript."""
+    if os.path.samefile(src, dst):
+        return True
+    s, d = src.stat(), dst.stat()
+    return s.st_size == d.st_size and s.st_mtime_ns == d.st_mtime_ns
+
+
 def link_or_copy(src: Path, dst: Path) -> None:
-    """Place ``src`` at ``dst``: a hard link (no extra disk) or, across file systems, a copy."""
+    """Place ``src`` at ``dst``: a hard link (no extra disk) or, across file systems, a copy.
+    A ``dst`` left by an interrupted earlier run is reused only if it is ``src`` as placed."""
     dst.parent.mkdir(parents=True, exist_ok=True)
-    if dst.exists():
-        if dst.stat().st_size == src.stat().st_size:
-            return  # from an interrupted earlier run
+    if dst.is_file():
+        if already_placed(src, dst):
+            return
         dst.unlink()
     try:
         os.link(src, dst)
@@ -62,7 +75,8 @@ def read_text(path: Path) -> str:
     """The UTF-8 text of a transcript, metadata or task file; a ``FlexispeechError`` naming it
     when it is not UTF-8 (a file saved as UTF-16 or Latin-1 is the input's fault, not a bug)."""
     try:
-        return Path(path).read_text(encoding="utf-8")
+        # utf-8-sig: a byte-order mark (Excel's "CSV UTF-8") would glue itself to the first header
+        return Path(path).read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as err:
         raise FlexispeechError(f"{path}: not UTF-8 text (byte {err.start}: {err.reason})") from None
 
@@ -135,18 +149,24 @@ def prepare_folder(
         validation_fraction: share of utterances in the validation split (by hash of the id)
         test_fraction: share of utterances in the test split (by hash of the id)
         name: the corpus name in corpus.json (default: the folder's name)
-        force: rebuild even if ``out`` holds a complete corpus
+        force: rebuild even if ``out`` holds a complete corpus, or other files
 
-    Transcript entries whose audio is missing or unreadable are skipped and counted
-    (``corpus.json`` info ``skipped``); audio without a transcript is ignored.
-    Safe to re-run: a complete corpus in ``out`` is kept unless ``force``.
+    Keys are paths relative to ``src`` (or absolute paths under it), or stems. Transcript
+    entries whose audio is missing, unreadable or outside ``src`` are skipped and counted
+    (``corpus.json`` info ``skipped``), as is an entry naming a file an earlier entry
+    already named (``duplicate``: the first entry is kept). Audio that no entry lists is
+    not imported; how many is logged.
+    Safe to re-run: a complete corpus built with the same options is kept, and an
+    interrupted import is resumed. Anything else in ``out`` (a corpus built with other
+    options, other files) is an error unless ``force``, which also removes ``out/audio``.
 
     Returns:
         ``out``.
 
     Raises:
         FlexispeechError: ``src`` is not a directory, no transcript file, a malformed
-            transcript, a stem that names two audio files, or no usable utterance.
+            transcript, a stem that names two audio files, no usable utterance, or
+            ``out`` holds other data (without ``force``).
     """
     src, out = Path(src), Path(out)
     if not src.is_dir():
@@ -169,21 +189,30 @@ def prepare_folder(
         "validation_fraction": validation_fraction,
         "test_fraction": test_fraction,
     }
-    if not force and is_complete(out, info):
+    if check_out(out, info, force):
         return out
 
     entries = read_transcripts(transcripts)
+    if force:
+        clear_audio(out, src)
     by_stem: dict[str, list[Path]] = {}
     for path in src.rglob("*"):
         if path.suffix.lower() in AUDIO_SUFFIXES and out.resolve() not in path.resolve().parents:
             by_stem.setdefault(path.stem, []).append(path)
 
-    rows, skipped = [], {"missing": [], "unreadable": []}
+    rows, listed, ids = [], set(), set()
+    skipped: dict[str, list[str]] = {"missing": [], "unreadable": [], "outside": [], "duplicate": []}
     for entry in tqdm(entries, desc=f"import {src.name}", unit="utt"):
         key = entry["key"]
-        path = src / key
+        rel_key = key_path(src, key)
+        if rel_key is None:  # "../x.wav" would be written outside out/audio
+            skipped["outside"].append(key)
+            continue
+        path = src / rel_key
         if not path.is_file():
-            matches = by_stem.get(Path(key).stem if Path(key).suffix.lower() in AUDIO_SUFFIXES else key, [])
+            matches = by_stem.get(
+                rel_key.stem if rel_key.suffix.lower() in AUDIO_SUFFIXES else rel_key.as_posix(), []
+            )
             if len(matches) > 1:
                 raise FlexispeechError(
                     f"{transcripts}: '{key}' matches several audio files ({', '.join(map(str, matches[:3]))}); "
@@ -193,12 +222,17 @@ def prepare_folder(
                 skipped["missing"].append(key)
                 continue
             path = matches[0]
+        listed.add(path)
+        rel = path.relative_to(src)
+        utt_id = rel.with_suffix("").as_posix()
+        if utt_id in ids:  # listed twice (or a.wav and a.flac): the first entry wins
+            skipped["duplicate"].append(key)
+            continue
         duration = audio_duration(path)
         if duration is None:
             skipped["unreadable"].append(key)
             continue
-        rel = path.relative_to(src)
-        utt_id = rel.with_suffix("").as_posix()
+        ids.add(utt_id)
         link_or_copy(path, out / "audio" / rel)
         rows.append(
             {
@@ -211,12 +245,115 @@ def prepare_folder(
             }
         )
     report_skipped(skipped, transcripts)
+    unlisted = sorted(p.relative_to(src).as_posix() for ps in by_stem.values() for p in ps if p not in listed)
+    if unlisted:
+        log.warning(
+            "%s: %d audio files are not listed in %s and were not imported (e.g. %s)",
+            src,
+            len(unlisted),
+            transcripts.name,
+            ", ".join(unlisted[:3]),
+        )
     if not rows:
         raise FlexispeechError(
             f"{transcripts}: none of its {len(entries)} entries has a readable audio file under {src}"
         )
     info["skipped"] = {k: len(v) for k, v in skipped.items()}
     return write_corpus(rows, out, name=name or src.name, info=info)
+
+
+def key_path(src: Path, key: str) -> Path | None:
+    """A transcript key as a path relative to ``src``: an absolute path under ``src`` made
+    relative, ``..`` folded away; None when it points outside ``src`` (its audio would be
+    placed outside ``out/audio``). Lexical, as the placing is: symlinks are not followed."""
+    target = os.path.normpath(os.path.join(os.path.abspath(src), key))  # join keeps an absolute key
+    for base in {os.path.abspath(src), str(src.resolve())}:  # an absolute key may name either
+        rel = os.path.relpath(target, base)
+        if rel != os.pardir and not rel.startswith(os.pardir + os.sep):
+            return Path(rel)
+    return None
+
+
+# What an interrupted import leaves in ``out``: its audio and dataset (flexispeech.data.corpus),
+# and the lock, temporaries and swap leftovers of flexispeech.atomic.
+_LEFTOVERS = ("audio", "dataset", "dataset.old", ".swap.lock")
+
+
+def _is_leftover(path: Path) -> bool:
+    if path.name.startswith(".") and ".tmp-" in path.name:
+        return True
+    if path.name in ("dataset", "dataset.old"):  # a saved DatasetDict, not a user's folder
+        return path.is_dir() and (not any(path.iterdir()) or (path / "dataset_dict.json").is_file())
+    return path.name in _LEFTOVERS
+
+
+def check_out(out: Path, info: dict, force: bool, *, text_task: bool = False) -> bool:
+    """Whether ``out`` already holds the corpus (or, with ``text_task``, the text task)
+    that ``info`` describes: nothing to do. As ``prepare synthetic`` does, other data in
+    ``out`` is never replaced silently.
+
+    Raises:
+        FlexispeechError: unless ``force``, ``out`` holds a complete corpus or text task
+            built with other options or source, or is a non-empty folder that is neither
+            that nor what an interrupted build leaves (``audio/``, ``dataset/``).
+    """
+    if not out.is_dir() or force:
+        return False
+    what = "text task" if text_task else "corpus"
+    if is_text_task(out) if text_task else is_corpus(out):
+        built = dict((read_text_task_info if text_task else read_corpus_info)(out).get("info", {}))
+        built.pop("skipped", None)  # counts, not options
+        if built == info:
+            return True
+        differ = sorted(k for k in set(built) | set(info) if built.get(k) != info.get(k))
+        raise FlexispeechError(
+            f"{out}: already holds a {what} built with other options or source (differs in "
+            f"{', '.join(differ)}); use another --out, or --force to replace it"
+        )
+    foreign = sorted(p.name for p in out.iterdir() if not _is_leftover(p))
+    if foreign:
+        raise FlexispeechError(
+            f"{out}: not empty and not a {what} (holds {', '.join(foreign[:3])}); use another --out, "
+            "or --force to write into it"
+        )
+    return False
+
+
+def check_counts(**counts: int) -> None:
+    """A ``FlexispeechError`` naming the first count below 0 (``n_train=-1`` would quietly
+    make an empty split)."""
+    for name, n in counts.items():
+        if n < 0:
+            raise FlexispeechError(f"{name} must be >= 0, got {n}")
+
+
+def file_digests(files: Sequence[Path]) -> dict[str, str]:
+    """File name -> sha256 of its bytes: what tells a rebuild from another source apart
+    (names alone do not; a hash is cheap next to parsing the file)."""
+    digests = {}
+    for path in files:
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        digests[path.name] = h.hexdigest()
+    return digests
+
+
+def clear_audio(out: Path, src: Path) -> None:
+    """Before a forced rebuild: remove ``out/audio`` so no audio of the old corpus stays
+    behind (and ``corpus.json`` first: it would point at removed files if the rebuild fails)."""
+    audio = out / "audio"
+    if not audio.is_dir():
+        return
+    s, a = src.resolve(), audio.resolve()
+    if s == a or a in s.parents or s == out.resolve():
+        raise FlexispeechError(
+            f"{out}: --force would delete {audio}, which may hold the source audio of {src}; "
+            "use another --out"
+        )
+    (out / MARKER).unlink(missing_ok=True)
+    shutil.rmtree(audio)
 
 
 def is_complete(out: Path, info: dict) -> bool:
@@ -229,14 +366,22 @@ def is_complete(out: Path, info: dict) -> bool:
     return built == info
 
 
+# Reasons whose "skipped N entries with <reason> audio" would not read well.
+_REASONS = {
+    "outside": "a path outside the source folder",
+    "malformed": "a malformed row",
+    "duplicate": "audio an earlier entry already listed (the first is kept)",
+}
+
+
 def report_skipped(skipped: dict[str, Sequence[str]], source: Path) -> None:
     """Log how many entries of ``source`` were skipped and why, with a few examples."""
     for reason, keys in skipped.items():
         if keys:
             log.warning(
-                "%s: skipped %d entries with %s audio (e.g. %s)",
+                "%s: skipped %d entries with %s (e.g. %s)",
                 source,
                 len(keys),
-                reason,
+                _REASONS.get(reason, f"{reason} audio"),
                 ", ".join(keys[:3]),
             )

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.folder import audio_duration, is_complete, link_or_copy, read_text, report_skipped
+from data_prep.folder import audio_duration, check_out, clear_audio, link_or_copy, read_text, report_skipped
 from flexispeech.data.corpus import write_corpus
 from flexispeech.errors import FlexispeechError
 
@@ -87,7 +87,8 @@ def prepare_librispeech(
     """Import LibriSpeech ``subsets`` (default: every subset present) from ``src`` into ``out``.
 
     Args:
-        src: the folder holding ``LibriSpeech/`` (or ``LibriSpeech/`` itself)
+        src: the folder holding ``LibriSpeech/`` (or ``LibriSpeech/`` itself); not needed
+            with hub_id
         out: the corpus directory to write
         subsets: e.g. train-clean-100 dev-clean test-clean (default: every subset present)
         hub_id: load this Hugging Face dataset instead of ``src`` (needs a hub)
@@ -113,7 +114,7 @@ def prepare_librispeech(
     if hub_id is not None:
         return _prepare_from_hub(hub_id, out, list(subsets or SUBSETS), force=force)
     if src is None:
-        raise FlexispeechError("prepare_librispeech: pass src (a local LibriSpeech folder) or hub_id")
+        raise FlexispeechError("librispeech: give --src (a local LibriSpeech folder) or --hub-id")
     root = find_root(Path(src))
     present = [s for s in SUBSETS if (root / s).is_dir()]
     if subsets is None:
@@ -122,8 +123,10 @@ def prepare_librispeech(
     if missing:
         raise FlexispeechError(f"{root}: subsets {missing} not found; present: {', '.join(present)}")
     info = {"importer": "librispeech", "source": str(root.resolve()), "subsets": list(subsets)}
-    if not force and is_complete(out, info):
+    if check_out(out, info, force):
         return out
+    if force:
+        clear_audio(out, root)
 
     genders = read_speakers(root)
     transcripts = [t for s in subsets for t in sorted((root / s).glob("*/*/*.trans.txt"))]
@@ -176,8 +179,10 @@ def _prepare_from_hub(hub_id: str, out: Path, subsets: list[str], *, force: bool
     import datasets
 
     info = {"importer": "librispeech", "hub_id": hub_id, "subsets": subsets}
-    if not force and is_complete(out, info):
+    if check_out(out, info, force):
         return out
+    if force:
+        clear_audio(out, out / "hub")  # the source is the hub: nothing of it lies under out
     rows = []
     for subset in subsets:
         config, split = HUB_SPLITS[subset]

@@ -19,8 +19,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.folder import read_text
-from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
+from data_prep.folder import check_counts, check_out, file_digests, read_text
+from flexispeech.data.text_format import write_text_task
 from flexispeech.errors import FlexispeechError
 from flexispeech.evaluation.text_metrics import extract_final_number
 
@@ -235,14 +235,26 @@ def prepare_math(
 ) -> Path:
     """Generate arithmetic word problems with 1..``max_steps`` steps into the text task ``out``.
 
+    Args:
+        out: the text-task directory to write
+        n_train: problems in the train split
+        n_validation: problems in the validation split
+        n_test: problems in the test split
+        seed: the same seed gives the same problems
+        max_steps: the most operations in one problem (difficulty = steps, drawn uniformly
+            from 1..max_steps)
+        force: rebuild even if ``out`` holds a task built with other options, or other files
+
     Difficulties are drawn uniformly; no prompt appears twice (so none is in two splits).
-    Safe to re-run: a complete task built with the same options is kept unless ``force``.
+    Safe to re-run: a complete task built with the same options is kept; one built with
+    other options is an error unless ``force``.
 
     Returns:
         ``out``.
     """
     if max_steps < 1:
         raise FlexispeechError(f"max_steps must be >= 1, got {max_steps}")
+    check_counts(n_train=n_train, n_validation=n_validation, n_test=n_test)
     info = {
         "generator": "math",
         "seed": seed,
@@ -250,7 +262,7 @@ def prepare_math(
         "n": {"train": n_train, "validation": n_validation, "test": n_test},
     }
     out = Path(out)
-    if not force and is_text_task(out) and read_text_task_info(out).get("info") == info:
+    if check_out(out, info, force, text_task=True):
         return out
     rng = random.Random(seed)
     seen: set[str] = set()
@@ -312,13 +324,22 @@ def _gsm8k_rows(path: Path, split: str) -> list[dict]:
 def prepare_gsm8k(src: Path, out: Path, *, force: bool = False) -> Path:
     """Import GSM8K jsonl files (``train.jsonl``, ``test.jsonl``) from ``src`` into ``out``.
 
+    Args:
+        src: a directory of GSM8K *.jsonl files, or one file; each file is one split,
+            named by its stem (train.jsonl -> train, test.jsonl -> test, dev/val ->
+            validation, any other stem kept as the split's name)
+        out: the text-task directory to write
+        force: rebuild even if ``out`` holds a task built from another source, or other files
+
     ``src`` is a directory of ``*.jsonl`` files or one file; the split is the file's stem
     (``train``, ``test``; ``dev``/``val`` -> ``validation``; other stems kept as they are).
     ``difficulty`` is the number of non-empty solution lines before ``####``.
+    Safe to re-run: a task built from the same files (by content) is kept; one built from
+    others is an error unless ``force``.
 
     Raises:
-        FlexispeechError: ``src`` missing or holding no jsonl file, or a malformed record
-            (named by file and line).
+        FlexispeechError: ``src`` missing or holding no jsonl file, a malformed record
+            (named by file and line), or ``out`` holds other data (without ``force``).
     """
     src, out = Path(src), Path(out)
     if not src.exists():
@@ -326,8 +347,8 @@ def prepare_gsm8k(src: Path, out: Path, *, force: bool = False) -> Path:
     files = sorted(src.glob("*.jsonl")) if src.is_dir() else [src]
     if not files:
         raise FlexispeechError(f"{src}: no *.jsonl files (expected GSM8K train.jsonl / test.jsonl)")
-    info = {"importer": "gsm8k", "files": [f.name for f in files]}
-    if not force and is_text_task(out) and read_text_task_info(out).get("info") == info:
+    info = {"importer": "gsm8k", "files": [f.name for f in files], "sha256": file_digests(files)}
+    if check_out(out, info, force, text_task=True):
         return out
     rows = []
     for path in files:

@@ -23,8 +23,8 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from data_prep.folder import read_text
-from flexispeech.data.text_format import is_text_task, read_text_task_info, write_text_task
+from data_prep.folder import check_counts, check_out, file_digests, read_text
+from flexispeech.data.text_format import write_text_task
 from flexispeech.errors import FlexispeechError
 
 _ONSETS = ("b", "br", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "th", "st")
@@ -211,15 +211,25 @@ def prepare_qa(
 ) -> Path:
     """Generate fictional-world QA (difficulty 1-3, drawn uniformly) into the text task ``out``.
 
-    Safe to re-run: a complete task built with the same options is kept unless ``force``.
+    Args:
+        out: the text-task directory to write
+        n_train: questions in the train split
+        n_validation: questions in the validation split
+        n_test: questions in the test split
+        seed: the same seed gives the same questions
+        force: rebuild even if ``out`` holds a task built with other options, or other files
+
+    Safe to re-run: a complete task built with the same options is kept; one built with
+    other options is an error unless ``force``.
     """
+    check_counts(n_train=n_train, n_validation=n_validation, n_test=n_test)
     info = {
         "generator": "qa",
         "seed": seed,
         "n": {"train": n_train, "validation": n_validation, "test": n_test},
     }
     out = Path(out)
-    if not force and is_text_task(out) and read_text_task_info(out).get("info") == info:
+    if check_out(out, info, force, text_task=True):
         return out
     rng = random.Random(seed)
     rows, seen = [], set()
@@ -280,11 +290,20 @@ def _squad_records(data: list[dict], split: str) -> list[dict]:
 def prepare_squad(src: Path, out: Path, *, force: bool = False) -> Path:
     """Import SQuAD v1.1 / v2.0 json files from ``src`` (a directory or one file) into ``out``.
 
+    Args:
+        src: a directory of SQuAD *.json files, or one file; each file is one split, named
+            by its stem: a stem with "train" -> train, with "dev" or "test" -> test (SQuAD's
+            own test set is hidden), any other stem kept as the split's name
+        out: the text-task directory to write
+        force: rebuild even if ``out`` holds a task built from another source, or other files
+
     Split by file name: ``train-*`` -> train, ``dev-*`` -> test (SQuAD's test set is hidden).
+    Safe to re-run: a task built from the same files (by content) is kept; one built from
+    others is an error unless ``force``.
 
     Raises:
-        FlexispeechError: ``src`` missing or without ``*.json`` files, or a file not in SQuAD
-            layout (named).
+        FlexispeechError: ``src`` missing or without ``*.json`` files, a file not in SQuAD
+            layout (named), or ``out`` holds other data (without ``force``).
     """
     src, out = Path(src), Path(out)
     if not src.exists():
@@ -292,8 +311,8 @@ def prepare_squad(src: Path, out: Path, *, force: bool = False) -> Path:
     files = sorted(src.glob("*.json")) if src.is_dir() else [src]
     if not files:
         raise FlexispeechError(f"{src}: no *.json files (expected e.g. train-v2.0.json, dev-v2.0.json)")
-    info = {"importer": "squad", "files": [f.name for f in files]}
-    if not force and is_text_task(out) and read_text_task_info(out).get("info") == info:
+    info = {"importer": "squad", "files": [f.name for f in files], "sha256": file_digests(files)}
+    if check_out(out, info, force, text_task=True):
         return out
     rows = [row for path in files for row in _squad_rows(path)]
     return write_text_task(rows, out, name="squad", info=info)

@@ -259,14 +259,23 @@ def prepare_synthetic(
             festival, pico, hibari); default: every installed one
 
     Raises:
-        FlexispeechError: unknown size, no TTS engine installed, or ``out`` holds a partial
-            build made with other settings.
+        FlexispeechError: unknown size or engine, no TTS engine installed, or ``out`` holds
+            a partial build made with other settings.
     """
     from tqdm import tqdm
 
     out = Path(out)
     if size not in SIZES:
         raise FlexispeechError(f"--size {size!r}: choose one of {', '.join(SIZES)}")
+    if workers < 0:
+        raise FlexispeechError(
+            f"--workers {workers}: expected 0 or more processes (0 or 1: render in this one)"
+        )
+    unknown = sorted(set(engines or ()) - set(ENGINE_SHARES))
+    if unknown:  # else a typo reads as "not installed", or as "no engine found" when alone
+        raise FlexispeechError(
+            f"--engines {' '.join(unknown)}: unknown engine; known: {', '.join(ENGINE_SHARES)}"
+        )
     if is_corpus(out):
         info = read_corpus_info(out).get("info", {})
         if info.get("size") == size and info.get("seed") == seed:

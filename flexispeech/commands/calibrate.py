@@ -125,13 +125,15 @@ def run(args: argparse.Namespace) -> int:
     )
     from flexispeech.evaluation.metrics import error_counts, source_normalizer
     from flexispeech.evaluation.tables import pct
-    from flexispeech.lora.io import load_adapter, read_adapter_config
+    from flexispeech.lora.io import check_own_dir, load_adapter, read_adapter_config
     from flexispeech.models import whisper
     from flexispeech.models.family import get_family, load_model
 
     adapter = Path(args.adapter)
     data = read_adapter_config(adapter)["config"]
     meta = data["metadata"]
+    if args.out:  # refused now, not after every rank of the split is decoded
+        check_own_dir(Path(args.out), adapter)
     if args.split == "test":
         raise ConfigError(
             "--split test: fit the router on a held-out split (validation), never on the test split"
@@ -166,9 +168,11 @@ def run(args: argparse.Namespace) -> int:
     missing = [f for f in features if f not in split.signal_names]
     if missing or not features:
         raise ConfigError(
-            f"{args.data}: split {args.split!r} has no cached signals {missing or list(DEFAULT_FEATURES)}; "
+            f"{args.data}: split {args.split!r} has no cached signals {missing or list(DEFAULT_FEATURES)} "
+            f"(it has {sorted(split.signal_names)}); "
             f"run `flexispeech signals {args.data} --splits {args.split} --model whisper-tiny.en` first"
             + (" (with --embedding for 'embedding')" if "embedding" in missing else "")
+            + ", or name --features among its signals"
         )
 
     source = meta.get("base_model") or whisper.DEFAULT_SOURCE

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 HELP = "print evaluation results side by side (WER overall/by SNR/unseen voices, ranks, parameters)"
 
@@ -36,9 +38,21 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.errors import FlexispeechError
     from flexispeech.evaluation.report import compare_table, load_run, plot_ranks, plot_wer_by_snr
 
-    results = [load_run(r) for r in args.runs]
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise FlexispeechError(f"{args.out}: --out is a file; give a directory for compare.md and the plots")
+    runs, seen = [], set()
+    for run in args.runs:  # the first of each results.json, in the order given
+        if _results_file(run) not in seen:
+            seen.add(_results_file(run))
+            runs.append(run)
+    if len(runs) < len(args.runs):  # a run paired with itself would read as a tie on every utterance
+        print(
+            f"warning: compare: {len(args.runs) - len(runs)} run(s) given twice, compared once",
+            file=sys.stderr,
+        )
+    results = [load_run(r) for r in runs]
     if args.rescore:
-        results = [_rescored(r, path) for r, path in zip(results, args.runs)]
+        results = [_rescored(r, path) for r, path in zip(results, runs)]
     table = compare_table(results)
     for baseline in args.baseline or ():
         from flexispeech.evaluation.paired import paired_table
@@ -60,6 +74,12 @@ def run(args: argparse.Namespace) -> int:
         if routed:
             plot_ranks(routed, out / "ranks.png")
     return 0
+
+
+def _results_file(run: str) -> Path:
+    """The results.json a run argument names (the file, or the directory holding it), resolved."""
+    path = Path(run)
+    return (path / "results.json" if path.is_dir() else path).resolve()
 
 
 def _rescored(result: dict, path: str) -> dict:

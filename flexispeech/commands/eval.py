@@ -53,13 +53,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--joint-ranks", metavar="R,R,...", help=options.JOINT_HELP + "; not with --consensus-ranks"
     )
     parser.add_argument("--joint-base-weight", type=float, metavar="W", help=options.JOINT_WEIGHT_HELP)
-    parser.add_argument("--beam", type=int, default=1, help="beam size (default: 1 = greedy)")
-    parser.add_argument("--max-new-tokens", type=int, help="cap on generated tokens (default: the family's)")
     parser.add_argument(
-        "--batch-size", type=int, default=16, help="utterances per decoding batch (default: 16)"
+        "--beam", type=options.positive_int, default=1, help="beam size (default: 1 = greedy)"
     )
     parser.add_argument(
-        "--max-examples", type=int, help="evaluate only the first N utterances (seeded sample)"
+        "--max-new-tokens", type=options.positive_int, help="cap on generated tokens (default: the family's)"
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=options.positive_int,
+        default=16,
+        help="utterances per decoding batch (default: 16)",
+    )
+    parser.add_argument(
+        "--max-examples",
+        type=options.positive_int,
+        help="evaluate only the first N utterances (seeded sample)",
     )
     parser.add_argument("--max-duration", type=float, help="skip utterances longer than this many seconds")
     parser.add_argument(

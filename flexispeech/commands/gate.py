@@ -182,6 +182,8 @@ def _gate_from(args: argparse.Namespace) -> int:
     from flexispeech.lora.gate import GatedRouter
     from flexispeech.lora.io import read_router
 
+    if args.data:  # nothing is fitted: a corpus given anyway is a sign of a mix-up, not used silently
+        raise ConfigError("--gate-from takes the gates as they are: --data is not used; give one of the two")
     donor = read_router(args.gate_from)
     if not isinstance(donor, GatedRouter):
         raise ConfigError(f"{args.gate_from}: its router is not gated ({donor.describe()}): nothing to take")

@@ -7,6 +7,18 @@ import argparse
 from flexispeech.data.loading import MAX_DEFAULT_WORKERS, default_workers
 
 
+def positive_int(text: str) -> int:
+    """argparse ``type``: a whole number >= 1 (a beam, a batch or a cap of 0 would divide by
+    zero or decode nothing deep inside, a negative one would slice from the end)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
 def add_workers_option(parser: argparse.ArgumentParser) -> None:
     """``--workers N``: loader processes that read and featurise clips ahead of the model."""
     parser.add_argument(

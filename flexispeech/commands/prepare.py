@@ -52,17 +52,28 @@ def _converter(annotation: object, default: object):
     return type(default) if default not in (None, inspect.Parameter.empty) else str
 
 
+def _allows_none(annotation: object) -> bool:
+    """Whether a parameter's annotation admits None (``"Path | None"``, ``Optional[Path]``)."""
+    if isinstance(annotation, str):
+        return "None" in [part.strip() for part in annotation.split("|")]
+    return type(None) in typing.get_args(annotation)
+
+
 def _arg_docs(doc: str) -> dict[str, str]:
-    """Parameter help from the docstring's ``Args:`` section (Google style)."""
-    helps, inside = {}, False
+    """Parameter help from the docstring's ``Args:`` section (Google style); a description
+    continued on deeper-indented lines is joined (else ``--help`` shows it cut off)."""
+    helps, inside, key = {}, False, None
     for line in doc.splitlines():
         if line.strip() in ("Args:", "Arguments:"):
             inside = True
         elif inside and line and not line.startswith(" "):
-            inside = False
+            inside, key = False, None
         elif inside and ":" in line and line.startswith("    ") and not line.startswith("     "):
             key, text = line.strip().split(":", 1)
-            helps[key.split(" ")[0]] = text.strip()
+            key = key.split(" ")[0]
+            helps[key] = text.strip()
+        elif inside and key and line.startswith("     ") and line.strip():
+            helps[key] += " " + line.strip()
     return helps
 
 
@@ -76,6 +87,10 @@ def corpus_parser(name: str, func) -> argparse.ArgumentParser:
         default = param.default
         conv = _converter(param.annotation, default)
         required = default is inspect.Parameter.empty
+        if required and _allows_none(param.annotation):
+            # "src: Path | None" with no default: positional in Python, but None is allowed
+            # (LibriSpeech's --src is not needed with --hub-id): an optional flag here
+            required, default = False, None
         shown = helps.get(param.name, param.name) + ("" if required else f" (default: {default})")
         if conv is bool:
             parser.add_argument(
@@ -107,19 +122,35 @@ def corpus_parser(name: str, func) -> argparse.ArgumentParser:
     return parser
 
 
+def check_out_dir(out: Path) -> None:
+    """A one-line error when ``out``, or the nearest of its parents that exists, is not a
+    directory. Checked here once for every corpus: each importer would fail deep in mkdir
+    instead, with a traceback."""
+    for path in (out, *out.parents):
+        if path.exists():
+            if not path.is_dir():
+                where = "exists" if path == out else f"is inside {path}, which exists"
+                raise FlexispeechError(
+                    f"{out}: {where} and is not a directory (--out is the directory to write)"
+                )
+            return
+
+
 def run(args: argparse.Namespace) -> int:
     func = _resolve(args.corpus)
     options = vars(corpus_parser(args.corpus, func).parse_args(args.options))
-    if options.get("out") is not None and Path(options["out"]).exists() and not Path(options["out"]).is_dir():
-        # checked here once for every corpus: each importer would fail deep in mkdir instead
-        raise FlexispeechError(
-            f"{options['out']}: exists and is not a directory (--out is the directory to write)"
-        )
+    if options.get("out") is not None:
+        check_out_dir(Path(options["out"]))
     out = func(**options)
     from flexispeech.data.corpus import read_corpus_info
+    from flexispeech.data.text_format import is_text_task, read_text_task_info
 
     if out is not None and (Path(out) / "corpus.json").is_file():
         info = read_corpus_info(Path(out))
         counts = ", ".join(f"{s} {n}" for s, n in info["splits"].items())
         print(f"{out}: {info['hours']:.2f} h of audio ({counts})")
+    elif out is not None and is_text_task(Path(out)):
+        info = read_text_task_info(Path(out))
+        counts = ", ".join(f"{s} {n}" for s, n in info["splits"].items())
+        print(f"{out}: text task {info['name']}, {sum(info['splits'].values())} examples ({counts})")
     return 0

@@ -42,7 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"{FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s without an adapter)",
     )
     parser.add_argument("--batch-size", type=int, default=8, help="files decoded together (default 8)")
-    parser.add_argument("--max-new-tokens", type=int, help="cap on tokens per window (default: the model's)")
+    parser.add_argument(
+        "--max-new-tokens", type=options.positive_int, help="cap on tokens per window (default: the model's)"
+    )
     options.add_fallback_options(
         parser,
         "transcribe a file again at adapter rank R when its transcript loops (gzip compression "

@@ -31,7 +31,7 @@ from flexispeech.lora.inject import use_ranks
 from flexispeech.models.decode_features import decode_features
 from flexispeech.models.example import Example
 from flexispeech.signals.live import runs_model
-from flexispeech.training.batch import route_rows
+from flexispeech.training.batch import RouterFn, route_rows
 
 
 def decode_split(
@@ -39,7 +39,7 @@ def decode_split(
     family: Any,
     processor: Any,
     split: Split,
-    router: Callable[[dict[str, torch.Tensor]], torch.Tensor] | None,
+    router: RouterFn | None,
     batch_size: int = 16,
     num_beams: int = 1,
     progress: bool = True,

@@ -98,6 +98,10 @@ def _mean_rank(histogram: dict[str, int]) -> float:
     return sum(int(r) * n for r, n in histogram.items()) / total if total else 0.0
 
 
+RESULT_KEYS = ("name", "n", "overall", "rank_histogram")
+"""Keys every ``results.json`` of ``flexispeech eval`` holds, speech and text alike."""
+
+
 def load_run(path: str | Path) -> dict[str, Any]:
     """An evaluation's results.json (``path`` is the file or its directory), with the
     training summary of its run attached when one is found beside or above it."""
@@ -109,6 +113,10 @@ def load_run(path: str | Path) -> dict[str, Any]:
         result = json.loads(file.read_text())
     except json.JSONDecodeError as err:  # an evaluation killed while writing, or a hand edit
         raise FlexispeechError(f"{file}: not valid JSON ({err})") from None
+    # Every evaluation writes these; another JSON file (a train_summary.json) has none of them.
+    missing = [k for k in RESULT_KEYS if k not in result] if isinstance(result, dict) else list(RESULT_KEYS)
+    if missing:
+        raise FlexispeechError(f"{file}: not the results of `flexispeech eval` (no {', '.join(missing[:3])})")
     for parent in (file.parent, file.parent.parent):
         summary = parent / "train_summary.json"
         if summary.is_file():

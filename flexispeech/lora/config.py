@@ -56,7 +56,14 @@ class FlexiLoraConfig:
     """Free-form facts saved with the adapter (base model name, training run, ...)."""
 
     def __post_init__(self) -> None:
-        ranks = tuple(int(r) for r in self.ranks)
+        try:
+            ranks = tuple(int(r) for r in self.ranks)
+        except (TypeError, ValueError):
+            raise ConfigError(f"ranks: expected a list of whole numbers, got {self.ranks!r}") from None
+        for name in ("alpha", "dropout"):  # a string here would fail later, as a TypeError deep inside
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"{name}: expected a finite number, got {value!r}")
         if not ranks:
             raise ConfigError("ranks: at least one rank is required")
         if any(r < 0 for r in ranks):

@@ -237,17 +237,16 @@ class GatedRouter(Router):
     def neutral_value(self, name: str) -> float:
         return self.router.neutral_value(name)
 
-    def __call__(self, signals: Signals) -> torch.Tensor:
+    def __call__(self, signals: Signals, n: int | None = None) -> torch.Tensor:
         if self.gate is not None and EMBEDDING not in signals:
             raise ConfigError(
                 f"the novelty gate needs the '{EMBEDDING}' signal; the batch has {sorted(signals)}"
             )
-        inner_signals = {k: signals[k] for k in self.router.signal_names} or {
-            k: signals[k] for k in self.signal_names if k in signals
-        }
-        ranks = self.router(inner_signals).clone()
+        n = batch_size(signals, n)
+        # The wrapped router gets its own signals only (it names any that are missing).
+        ranks = self.router({k: signals[k] for k in self.router.signal_names if k in signals}, n).clone()
         if self.gate is not None:
-            novel = self.gate.novel(torch.as_tensor(signals[EMBEDDING]).reshape(batch_size(signals), -1))
+            novel = self.gate.novel(torch.as_tensor(signals[EMBEDDING]).reshape(n, -1))
             ranks[novel] = self.fallback_rank
         if self.confident is not None:
             ranks[self.confident.confident(signals)] = self.fallback_rank

@@ -27,7 +27,7 @@ from flexispeech.atomic import existing_dir, replace_dir, write_file, write_text
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import attach_router, flexi_layers, inject
-from flexispeech.lora.ranks import check_ranks, get_state
+from flexispeech.lora.ranks import RankError, check_ranks, get_state
 from flexispeech.lora.router import Router
 from flexispeech.version import __version__
 
@@ -51,16 +51,7 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
     """
     state = get_state(model)
     directory = Path(directory)
-    foreign = (
-        sorted(p.name for p in directory.iterdir() if p.name not in ADAPTER_FILES)
-        if directory.is_dir()
-        else []
-    )
-    if foreign:
-        raise FlexispeechError(
-            f"{directory}: holds files that are not an adapter's ({', '.join(foreign[:5])}); "
-            "save the adapter into a directory of its own"
-        )
+    check_own_dir(directory)
     layers = flexi_layers(model)
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers:
@@ -85,14 +76,26 @@ def save_adapter(model: nn.Module, directory: str | Path) -> Path:
 def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     """The parsed ``adapter_config.json`` of a saved adapter, validated."""
     path = existing_dir(directory) / CONFIG_NAME
+    if not path.parent.is_dir():
+        raise FlexispeechError(f"{directory}: no such adapter directory")
     if not path.is_file():
         raise FlexispeechError(f"{directory}: not a flexispeech adapter (no {CONFIG_NAME})")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON ({err})") from None
-    if data.get("format") != FORMAT:
-        raise ConfigError(f"{path}: not a flexispeech adapter config (format {data.get('format')!r})")
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ConfigError(f"{path}: not a flexispeech adapter config (format {found!r})")
+    # A damaged config must not load as another adapter: without its ranks the defaults
+    # would serve ranks the weights were never trained at.
+    config = data.get("config")
+    if not isinstance(config, dict) or "ranks" not in config:
+        raise ConfigError(f"{path}: no adapter 'config' with its 'ranks' (a damaged adapter config?)")
+    try:
+        FlexiLoraConfig.from_dict(config)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
     return data
 
 
@@ -174,6 +177,10 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
                 dst.copy_(src)
     router = _saved_router(directory)
     if router is not None:
+        try:  # checked here: at serving time it would read as a --rank the user gave
+            check_ranks(get_state(model).config, list(router.ranks))
+        except RankError as err:
+            raise ConfigError(f"{directory / ROUTER_NAME}: the saved router's {err}") from None
         attach_router(model, router)
     return model
 
@@ -184,9 +191,15 @@ def _saved_router(directory: Path) -> Router | None:
     if not path.is_file():
         return None
     try:
-        return Router.from_dict(json.loads(path.read_text()))
+        data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{path}: invalid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a router is a JSON object with its 'type', got a {type(data).__name__}")
+    try:
+        return Router.from_dict(data)
+    except ConfigError as err:
+        raise ConfigError(f"{path}: {err}") from None
 
 
 def read_router(directory: str | Path) -> Router:
@@ -211,6 +224,27 @@ def save_router(directory: str | Path, router: Router, out: str | Path | None = 
     return rewrite_adapter(directory, out if out is not None else directory, {ROUTER_NAME: router.to_dict()})
 
 
+def check_own_dir(directory: Path, source: Path | None = None) -> None:
+    """Refuse to write an adapter into ``directory`` when replacing it would lose something:
+    files that are not an adapter's (a user's folder, a run's parent directory), or the
+    adapter ``source`` being read (``directory`` holding it). The adapter directory is
+    replaced whole, so anything else in it would be deleted."""
+    if source is not None and directory.resolve() in source.resolve().parents:
+        raise FlexispeechError(
+            f"{directory}: holds the adapter {source} being read; write the new adapter into a directory of its own"
+        )
+    foreign = (
+        sorted(p.name for p in directory.iterdir() if p.name not in ADAPTER_FILES)
+        if directory.is_dir()
+        else []
+    )
+    if foreign:
+        raise FlexispeechError(
+            f"{directory}: holds files that are not an adapter's ({', '.join(foreign[:5])}); "
+            "write the adapter into a directory of its own"
+        )
+
+
 def rewrite_adapter(
     directory: str | Path,
     out: str | Path,
@@ -220,8 +254,13 @@ def rewrite_adapter(
     """Write the saved adapter ``directory`` into ``out`` (which may be ``directory``) with
     the JSON files named in ``replace`` (e.g. ``router.json``) given new contents, the
     weights replaced by ``weights`` when given, and every other adapter file copied;
-    replaced whole and atomically. Returns ``out``."""
+    replaced whole and atomically. Returns ``out``.
+
+    Raises:
+        FlexispeechError: ``out`` holds files that are not an adapter's, or holds
+            ``directory`` (``check_own_dir``): replacing it would delete them."""
     directory, target = existing_dir(directory), Path(out)
+    check_own_dir(target, directory)
     with replace_dir(target) as tmp:
         for name in ADAPTER_FILES:
             if name in replace or (name == WEIGHTS_NAME and weights is not None):

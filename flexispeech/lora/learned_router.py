@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from flexispeech.errors import ConfigError
-from flexispeech.lora.router_base import Router, Signals, feature_matrix, validate_ranks
+from flexispeech.lora.router_base import Router, Signals, batch_size, feature_matrix, validate_ranks
 
 
 class LearnedRouter(nn.Module, Router):
@@ -80,7 +80,8 @@ class LearnedRouter(nn.Module, Router):
         r = torch.tensor(self.ranks, dtype=logits.dtype, device=logits.device) / max(max(self.ranks), 1)
         return (logits - penalty * r).argmax(dim=-1).cpu()
 
-    def __call__(self, signals: Signals) -> torch.Tensor:  # type: ignore[override]
+    def __call__(self, signals: Signals, n: int | None = None) -> torch.Tensor:  # type: ignore[override]
+        batch_size(signals, n)  # signals and n must agree
         with torch.no_grad():
             idx = self._pick(self.logits(signals), self.rank_penalty)
         return torch.tensor(self.ranks, dtype=torch.long)[idx]

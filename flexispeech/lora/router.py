@@ -67,8 +67,8 @@ class FixedRouter(Router):
     def signal_names(self) -> tuple[str, ...]:
         return ()
 
-    def __call__(self, signals: Signals) -> torch.Tensor:
-        return torch.full((batch_size(signals),), self.rank, dtype=torch.long)
+    def __call__(self, signals: Signals, n: int | None = None) -> torch.Tensor:
+        return torch.full((batch_size(signals, n),), self.rank, dtype=torch.long)
 
     def describe(self) -> str:
         return f"FixedRouter(rank={self.rank})"
@@ -98,9 +98,9 @@ class RandomRouter(Router):
     def signal_names(self) -> tuple[str, ...]:
         return ()
 
-    def __call__(self, signals: Signals) -> torch.Tensor:
+    def __call__(self, signals: Signals, n: int | None = None) -> torch.Tensor:
         idx = torch.multinomial(
-            torch.tensor(self.probs), batch_size(signals), replacement=True, generator=self.generator
+            torch.tensor(self.probs), batch_size(signals, n), replacement=True, generator=self.generator
         )
         return torch.tensor(self.ranks, dtype=torch.long)[idx]
 
@@ -156,7 +156,8 @@ class ThresholdRouter(Router):
         z = torch.nan_to_num((x - mean) / std, nan=0.0)
         return z @ torch.tensor([self.weights[k] for k in names], dtype=torch.float64)
 
-    def __call__(self, signals: Signals) -> torch.Tensor:
+    def __call__(self, signals: Signals, n: int | None = None) -> torch.Tensor:
+        batch_size(signals, n)  # signals and n must agree
         idx = torch.bucketize(
             self.score(signals), torch.tensor(self.thresholds, dtype=torch.float64), right=True
         )

@@ -21,9 +21,15 @@ from flexispeech.errors import ConfigError
 Signals = Mapping[str, torch.Tensor]
 
 
-def batch_size(signals: Signals) -> int:
-    """The number of examples in a batch of signals (all entries must agree)."""
+def batch_size(signals: Signals, n: int | None = None) -> int:
+    """The number of examples in a batch of signals (all entries must agree).
+
+    ``n``: the batch size as the caller knows it (a router call's ``n``); it must agree
+    with the signals, and it is the answer when there are none (the rows of a corpus whose
+    signals are not cached, routed by a router that reads none)."""
     sizes = {name: int(torch.as_tensor(v).shape[0]) for name, v in signals.items()}
+    if n is not None:
+        sizes = {**sizes, "(batch)": int(n)}
     if not sizes:
         raise ConfigError("signals are empty: a router needs at least one signal per example")
     if len(set(sizes.values())) != 1:
@@ -82,8 +88,11 @@ class Router(ABC):
         """The signals this router reads (empty: it routes without looking at the input)."""
 
     @abstractmethod
-    def __call__(self, signals: Signals) -> torch.Tensor:
-        """Ranks [batch] int64 (values from ``ranks``) for signals ``name -> [batch]``."""
+    def __call__(self, signals: Signals, n: int | None = None) -> torch.Tensor:
+        """Ranks [batch] int64 (values from ``ranks``) for signals ``name -> [batch]``.
+
+        ``n``: the batch size, which a router that reads no signal (fixed, random) needs
+        when ``signals`` is empty; given beside signals, it must agree with them."""
 
     @abstractmethod
     def describe(self) -> str:

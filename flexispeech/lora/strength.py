@@ -16,6 +16,7 @@ measured without retraining.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import replace
 from pathlib import Path
@@ -31,8 +32,8 @@ from flexispeech.lora.io import CONFIG_NAME, WEIGHTS_NAME, read_adapter_config, 
 def scaled_config(config: FlexiLoraConfig, strength: float) -> FlexiLoraConfig:
     """``config`` with every rank's scale multiplied by ``strength`` (kept in ``rank_scales``;
     ``metadata["strength"]`` multiplies too, so a twice-scaled adapter says so)."""
-    if not 0.0 < strength:
-        raise ConfigError(f"strength must be > 0, got {strength}")
+    if not 0.0 < strength < math.inf:  # NaN fails both comparisons
+        raise ConfigError(f"strength must be a finite number > 0, got {strength}")
     scales = {r: config.scale(r) * strength for r in config.ranks if r > 0}
     meta = dict(config.metadata)
     meta["strength"] = round(float(meta.get("strength", 1.0)) * strength, 6)
@@ -57,8 +58,8 @@ def save_strength(
     if modules is None:
         data["config"] = scaled_config(FlexiLoraConfig.from_dict(data["config"]), strength).to_dict()
         return rewrite_adapter(directory, target, {CONFIG_NAME: data})
-    if not 0.0 <= strength:
-        raise ConfigError(f"strength must be >= 0 with --modules, got {strength}")
+    if not 0.0 <= strength < math.inf:
+        raise ConfigError(f"strength must be a finite number >= 0 with --modules, got {strength}")
     try:
         pattern = re.compile(modules)
     except re.error as err:

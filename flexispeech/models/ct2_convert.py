@@ -324,6 +324,11 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path, overwrite: boo
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if out_dir.resolve() == src_dir.resolve() or out_dir.resolve() in src_dir.resolve().parents:
+        # OUT is replaced whole: the model being converted would be deleted with it
+        raise FlexispeechError(
+            f"{out_dir}: is or holds the CTranslate2 model {src_dir}; convert into another directory"
+        )
     model_bin = read_ct2_model(src_dir / "model.bin")
     if model_bin.spec_name != "WhisperSpec":
         raise FlexispeechError(f"{src_dir / 'model.bin'}: a {model_bin.spec_name}, not a WhisperSpec")

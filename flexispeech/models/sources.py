@@ -18,6 +18,7 @@ call reuses the result and an interrupted one leaves nothing that looks finished
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import importlib.metadata
 import importlib.util
@@ -110,6 +111,15 @@ def pretrained_path(name: str = DEFAULT_MODEL) -> Path | str:
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")) or "\\" in name:
         return _local_path(path)
+    if "/" not in name:
+        # A hub id is "org/name"; a bare name close to a packaged one is a typo, which the
+        # hub would only report after minutes of retries on a machine without a network.
+        close = difflib.get_close_matches(name, list(PACKAGED), n=1, cutoff=0.8)
+        if close:
+            raise FlexispeechError(
+                f"unknown model {name!r}: did you mean {close[0]!r}? (packaged: {', '.join(sorted(PACKAGED))}; "
+                "a hub id looks like 'org/name')"
+            )
     return name
 
 

@@ -69,7 +69,7 @@ def route_buffers(transcriber: Transcriber, buffers: Sequence[np.ndarray]) -> Ba
 
     rows = [audio_signals(b, SAMPLE_RATE) for b in buffers]
     signals = {k: torch.tensor([r[k] for r in rows], dtype=torch.float32) for k in rows[0]}
-    router = (lambda s: transcriber.ranks_for(s, neutral=PROXY_KEYS)) if transcriber.has_adapter else None  # noqa: E731
+    router = (lambda s, n: transcriber.ranks_for(s, neutral=PROXY_KEYS)) if transcriber.has_adapter else None  # noqa: E731
     return route_rows(range(len(buffers)), signals, router)
 
 

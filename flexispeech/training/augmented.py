@@ -163,7 +163,7 @@ class Augmenter:
 
         if isinstance(self.router, RandomRouter):
             planned_ranks = planned.batch.ranks
-            batch = prepare_batch(examples, lambda _: planned_ranks, collate, rows=rows)
+            batch = prepare_batch(examples, lambda _s, _n: planned_ranks, collate, rows=rows)
         else:
             batch = prepare_batch(examples, self.router, collate, rows=rows)
         if self.family.name == "whisper" and self.cfg.spec_augment:

@@ -30,8 +30,9 @@ from flexispeech.models.family import Example, TrainInputs
 
 K = TypeVar("K")
 T = TypeVar("T")
-RouterFn = Callable[[dict[str, torch.Tensor]], torch.Tensor]
-"""A router: signals name -> [B] to ranks [B] (``flexispeech.lora.router``)."""
+RouterFn = Callable[[dict[str, torch.Tensor], int], torch.Tensor]
+"""A router: signals name -> [B] and the batch size B to ranks [B] (a
+``flexispeech.lora.router.Router``; B alone serves a router that reads no signal)."""
 
 
 @dataclass
@@ -63,14 +64,10 @@ def route_rows(rows: Sequence[K], signals: dict[str, torch.Tensor], router: Rout
     """Rank and order ``rows`` by ``router`` on their ``signals`` (name -> [len(rows)])."""
     if router is None:
         return Batch(list(rows), dict(signals), None, torch.arange(len(rows)))
-    given = signals
-    if not signals and getattr(router, "signal_names", None) == ():
-        # A router that reads no signal (random, fixed) still takes the batch size from the
-        # signals; rows of a corpus whose signals are not cached yet have none (the recipe
-        # trains such runs while ``flexispeech signals`` runs beside them), so it gets a
-        # column of the batch's size. A router that reads signals still names the missing ones.
-        given = {"rows": torch.zeros(len(rows))}
-    ranks = router(given)
+    # The batch size goes beside the signals: rows of a corpus whose signals are not cached
+    # yet have none (the recipe trains runs whose router reads none, random or fixed, while
+    # ``flexispeech signals`` runs beside them); a router that reads signals names the missing.
+    ranks = router(signals, len(rows))
     order = rank_sort_order(ranks)
     return Batch(
         [rows[j] for j in order.tolist()], {k: v[order] for k, v in signals.items()}, ranks[order], order

@@ -88,6 +88,15 @@ def find_checkpoint(output_dir: Path) -> Path | None:
     return path if (path / STATE_NAME).is_file() else None
 
 
+def checkpoint_step(path: Path) -> int:
+    """The optimizer step a checkpoint was saved at (without restoring anything)."""
+    try:  # mmap: the optimizer's tensors stay on disk, only the trainer's fields are read
+        blob = torch.load(path / STATE_NAME, map_location="cpu", weights_only=False, mmap=True)
+        return int(blob["trainer"]["step"])
+    except Exception as err:  # a corrupt file names itself
+        raise FlexispeechError(f"{path / STATE_NAME}: cannot read checkpoint ({err})") from None
+
+
 def load_checkpoint(
     path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any
 ) -> tuple[TrainerState, Any]:

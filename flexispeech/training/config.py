@@ -234,12 +234,67 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
+        _check_ranges(self)
+        # Checked here, not only when training starts: an impossible setting fails before any model loads.
+        self.train.early_stopping.check(self.train.eval_every)
         if isinstance(self.adapter.target_modules, str) and self.model.cache_encoder_layers:
             raise ConfigError(
                 f"adapter.target_modules: a regex ({self.adapter.target_modules!r}) cannot be combined "
                 f"with model.cache_encoder_layers={self.model.cache_encoder_layers}: list module-name "
                 "suffixes, or set model.cache_encoder_layers: 0"
             )
+
+
+# The numeric fields' allowed values, checked when a RunConfig is built so that a value
+# that cannot work (train.max_steps=0, train.lr=-1) is a one-line error naming its key
+# before any model loads or anything is written, not a traceback deep inside training.
+# "> 0": a count or size that must be positive; ">= 0": 0 turns it off or means none;
+# "in [0, 1]": a share or probability. None (an unset optional) is not checked. The
+# sections with their own __post_init__ (adapter, train.nested, train.keep_base,
+# augment) and train.early_stopping (EarlyStoppingConfig.check) check their fields.
+_RANGES: dict[str, str] = {
+    "seed": ">= 0",  # numpy's seed refuses negatives
+    "model.audio_ctx": "> 0",
+    "model.cache_encoder_layers": ">= 0",
+    "data.max_train_examples": "> 0",
+    "data.max_duration": "> 0",
+    "routing.target_mean_rank": ">= 0",
+    "routing.label_noise": "in [0, 1]",
+    "train.batch_size": "> 0",
+    "train.grad_accum": "> 0",
+    "train.lr": "> 0",
+    "train.weight_decay": ">= 0",
+    "train.warmup_steps": ">= 0",
+    "train.max_steps": "> 0",
+    "train.max_grad_norm": ">= 0",  # 0: no clipping
+    "train.log_every": "> 0",
+    "train.save_every": ">= 0",  # 0: no checkpoints
+    "train.eval_every": ">= 0",  # 0: no validation
+    "train.eval_examples": "> 0",
+    "train.num_workers": ">= 0",
+    "eval.batch_size": "> 0",
+    "eval.num_beams": "> 0",
+    "eval.max_examples": "> 0",
+}
+
+
+def _in_range(value: float, rule: str) -> bool:
+    # Written so that NaN (which YAML's .nan gives) fails every rule.
+    if rule == "> 0":
+        return value > 0
+    if rule == ">= 0":
+        return value >= 0
+    return 0 <= value <= 1
+
+
+def _check_ranges(cfg: RunConfig) -> None:
+    """ConfigError naming the first field of ``_RANGES`` whose value is out of its range."""
+    for key, rule in _RANGES.items():
+        value: Any = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if value is not None and not _in_range(value, rule):
+            raise ConfigError(f"{key}: expected a value {rule}, got {value!r}")
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -278,6 +333,8 @@ def _check_type(value: Any, hint: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+    if hint is float:  # a list, a mapping or a bool is no number (nor would the range checks run)
+        raise ConfigError(f"{key}: expected a number, got {value!r}")
     if hint is str and value is False and key.endswith("mixed_precision"):
         # YAML 1.1 (PyYAML) reads a bare `no`, accelerate's name for full precision, as false.
         return "no"
@@ -374,11 +431,43 @@ def read_yaml(path: Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     return data
 
 
+def _check_override_key(item: str, cls: type = RunConfig) -> None:
+    """ConfigError blaming the command-line override ``item`` (``key=value``) when its key
+    is not in the schema: checked before the merge, which would blame the YAML file."""
+    parts = item.split("=", 1)[0].strip().split(".")
+    for depth, part in enumerate(parts):
+        if not dataclasses.is_dataclass(cls):
+            return  # below a mapping field (routing.weights.snr_db) any key may go
+        fields = {f.name for f in dataclasses.fields(cls)}
+        if part not in fields:
+            prefix = "".join(f"{p}." for p in parts[:depth])
+            close = difflib.get_close_matches(part, fields, n=1)
+            hint = f" (did you mean {prefix}{close[0]}?)" if close else ""
+            raise ConfigError(
+                f"command-line override {item!r}: unknown key {prefix + part!r}{hint}; "
+                f"known keys here: {sorted(fields)}"
+            )
+        cls = typing.get_type_hints(cls)[part]
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Load a ``RunConfig`` from a YAML file (or defaults when ``path`` is None) plus
-    ``key=value`` overrides. Errors name the file and the key."""
+    ``key=value`` overrides. Errors name the file and the key; an unknown key in an
+    override names the override."""
     data = read_yaml(Path(path)) if path is not None else {}
+    for item in overrides or []:
+        _check_override_key(item)
     try:
         return from_dict(RunConfig, apply_overrides(data, overrides or []))
     except ConfigError as err:
-        raise ConfigError(f"{path or 'config'}: {err}") from None
+        raise ConfigError(f"{_source(str(err), path, overrides or [])}: {err}") from None
+
+
+def _source(message: str, path: str | Path | None, overrides: list[str]) -> str:
+    """Where the value an error ``message`` names came from: the last command-line override
+    of the key it starts with, else the YAML file."""
+    for item in reversed(overrides):
+        key = item.split("=", 1)[0].strip()
+        if any(message.startswith(key + end) for end in (":", ".", "[")):
+            return f"command-line override {item!r}"
+    return str(path or "config")

@@ -4,9 +4,11 @@ precision state."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from flexispeech.data.text import open_split
 from flexispeech.errors import ConfigError
@@ -18,6 +20,7 @@ from flexispeech.models.family import load_model as load_family_model
 from flexispeech.models.whisper import POSITIONS_PER_SECOND
 from flexispeech.models.whisper_prefix import frozen_prefix_pattern
 from flexispeech.training.augmented import SPEECH_FAMILIES
+from flexispeech.training.checkpoint import checkpoint_step, find_checkpoint
 from flexispeech.training.config import RunConfig
 from flexispeech.training.early_stopping import Validator
 
@@ -110,3 +113,33 @@ def build_validator(cfg: RunConfig, family: Any, processor: Any, router: Any) ->
     es = cfg.train.early_stopping
     fallback = Fallback(es.fallback_rank) if es.fallback_rank is not None else None
     return Validator(split, family, processor, router, cfg.eval.batch_size, normalize, fallback)
+
+
+def resume_notes(cfg: RunConfig) -> tuple[int | None, str | None]:
+    """What a ``--resume`` of ``cfg`` should be told before it starts: the step of
+    ``<output_dir>/checkpoint`` when it already reaches ``train.max_steps`` (the run then
+    trains nothing and keeps the checkpoint's adapter), and the ``data.corpus`` of the run
+    saved in ``<output_dir>/config.yaml`` when it is another one (the checkpoint's data
+    position then points into other data). None where there is nothing to say.
+
+    Read before training, which overwrites config.yaml with this run's config."""
+    out = Path(cfg.output_dir)
+    ckpt = find_checkpoint(out)
+    if ckpt is None:
+        return None, None
+    step = checkpoint_step(ckpt)
+    reached = step if step >= cfg.train.max_steps else None
+    return reached, _saved_corpus_if_other(out / "config.yaml", cfg.data.corpus)
+
+
+def _saved_corpus_if_other(saved_config: Path, corpus: str) -> str | None:
+    """The ``data.corpus`` of ``saved_config`` when it names another directory than
+    ``corpus``; None when it is the same, or the file is missing or unreadable (the note is
+    a courtesy: the run itself does not depend on that file)."""
+    try:
+        saved = yaml.safe_load(saved_config.read_text())["data"]["corpus"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    if not isinstance(saved, str) or Path(saved).resolve() == Path(corpus).resolve():
+        return None
+    return saved

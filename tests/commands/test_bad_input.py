@@ -179,6 +179,15 @@ def test_compare_and_convert_on_wrong_directories(tmp_path: Path, capsys) -> Non
     (run / "results.json").write_text('{"name": "cut off')  # an evaluation written half-way
     assert main(["compare", str(run)]) == 2
     one_error_line(capsys, str(run / "results.json"), "not valid JSON")
+    for other in ('{"steps_run": 40}', "{}", "[1, 2]"):  # JSON that eval did not write (a KeyError before)
+        (run / "train_summary.json").write_text(other)
+        assert main(["compare", str(run / "train_summary.json")]) == 2
+        one_error_line(capsys, str(run / "train_summary.json"), "not the results of `flexispeech eval`")
+    (run / "results.json").write_text(json.dumps({"name": "a", "n": 0, "overall": {}, "rank_histogram": {}}))
+    assert (
+        main(["compare", str(run), "--out", str(run / "train_summary.json")]) == 2
+    )  # a file, not a directory
+    one_error_line(capsys, "--out is a file")
 
 
 # -- models and devices -----------------------------------------------------------------
@@ -348,3 +357,53 @@ def test_corrupt_adapter_weights_and_config(
     one_error_line(capsys, "adapter_config.json")
     assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--adapter", str(tmp_path / "none")]) == 2
     one_error_line(capsys, str(tmp_path / "none"))
+
+
+@pytest.mark.parametrize(
+    ("damage", "file", "words"),
+    [
+        (lambda c, r: c["config"].pop("ranks"), "adapter_config.json", "'ranks'"),
+        (
+            lambda c, r: c["config"].update(alpha="big"),
+            "adapter_config.json",
+            "alpha: expected a finite number",
+        ),
+        (
+            lambda c, r: r.clear() or r.update(type="fixed", rank=3),
+            "router.json",
+            "saved router's rank(s) [3]",
+        ),
+        (lambda c, r: r.clear() or r.update(type="bogus"), "router.json", "unknown router type"),
+    ],
+    ids=["no-ranks", "alpha-text", "router-rank", "router-type"],
+)
+def test_a_damaged_adapter_or_router_file_is_named(
+    adapter_dir: Path, assets_dir: Path, tmp_path: Path, capsys, damage, file: str, words: str
+) -> None:
+    """A config without its ranks must not load with the default ranks (it served --rank 8
+    on an r16 adapter), a wrong type must not become a TypeError, and a saved router's bad
+    rank must name router.json rather than read as the user's --rank."""
+    bad = _copy_adapter(adapter_dir, tmp_path / "bad")
+    config = json.loads((bad / "adapter_config.json").read_text())
+    router = {"type": "fixed", "rank": 8}
+    damage(config, router)
+    (bad / "adapter_config.json").write_text(json.dumps(config))
+    (bad / "router.json").write_text(json.dumps(router))
+    assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--adapter", str(bad)]) == 2
+    assert words in one_error_line(capsys, str(bad / file))
+
+
+def test_a_router_file_that_is_not_an_object_is_named(
+    adapter_dir: Path, assets_dir: Path, tmp_path: Path, capsys
+) -> None:
+    bad = _copy_adapter(adapter_dir, tmp_path / "bad")
+    (bad / "router.json").write_text("[1]")
+    assert main(["transcribe", str(assets_dir / "fox.wav"), *FAST, "--adapter", str(bad)]) == 2
+    one_error_line(capsys, str(bad / "router.json"), "JSON object")
+
+
+def test_a_misspelled_packaged_model_is_named_at_once(assets_dir: Path, capsys) -> None:
+    """'whisper-tiny-en' went to the hub, which retried for minutes offline before failing
+    without a hint; now one line names the packaged model it is close to."""
+    assert main(["transcribe", str(assets_dir / "fox.wav"), "--model", "whisper-tiny-en"]) == 2
+    one_error_line(capsys, "whisper-tiny-en", "did you mean 'whisper-tiny.en'")

@@ -125,6 +125,11 @@ def test_baseline_end_to_end_from_two_evaluations(tmp_path: Path, capsys) -> Non
     capsys.readouterr()
     assert main(["compare", *map(str, runs), "--baseline", "first"]) == 0
     check_row(paired_rows(capsys.readouterr().out)["second"], 0.0, 0, 0, 4)
+    # one run named twice (its directory and its file) is compared once, with a warning
+    assert main(["compare", *map(str, runs), str(runs[1] / "results.json"), "--baseline", "first"]) == 0
+    out, err = capsys.readouterr()
+    assert "1 run(s) given twice" in err
+    assert list(paired_rows(out)) == ["second"]
 
 
 def test_baseline_errors_are_one_line(tmp_path: Path, capsys, error_line) -> None:

@@ -131,6 +131,22 @@ def test_gate_serves_rank_0_to_inputs_unlike_the_training_data(tmp_path, capsys,
     assert main(["gate", str(other), "--gate-from", str(adapter), "--out", str(tmp_path / "taken")]) == 2
     error_line("gate", str(adapter), "not gated")
     assert (
+        main(
+            [
+                "gate",
+                str(other),
+                "--gate-from",
+                str(adapter),
+                "--data",
+                str(tmp_path),
+                "--out",
+                str(tmp_path / "taken"),
+            ]
+        )
+        == 2
+    )
+    error_line("gate", "--data is not used")  # was ignored without a word
+    assert (
         main(["gate", str(other), "--gate-from", str(tmp_path / "gated"), "--out", str(tmp_path / "taken")])
         == 0
     )

@@ -161,11 +161,12 @@ def commonvoice_dir(root: Path) -> Path:
 @pytest.mark.parametrize(("task", "extra_column"), [("math", "theme"), ("qa", "kind")])
 def test_prepare_generated_text_task(tmp_path: Path, task: str, extra_column: str) -> None:
     out = tmp_path / task
-    ok(
+    stdout = ok(
         prepare(
             task, "--out", str(out), "--n-train", "6", "--n-validation", "1", "--n-test", "3", "--seed", "2"
         )
     )
+    assert stdout == f"{out}: text task {task}, 10 examples (train 6, validation 1, test 3)\n"
     ds = load_text_task(out)
     assert list(ds) == ["train", "validation", "test"] and [len(ds[s]) for s in ds] == [6, 1, 3]
     assert set(TEXT_TASK_COLUMNS) | {extra_column} <= set(ds["train"].column_names)
@@ -179,7 +180,8 @@ def test_prepare_generated_text_task(tmp_path: Path, task: str, extra_column: st
 
 def test_prepare_gsm8k(tmp_path: Path) -> None:
     out = tmp_path / "gsm8k"
-    ok(prepare("gsm8k", "--src", str(gsm8k_dir(tmp_path / "src")), "--out", str(out)))
+    stdout = ok(prepare("gsm8k", "--src", str(gsm8k_dir(tmp_path / "src")), "--out", str(out)))
+    assert stdout == f"{out}: text task gsm8k, 3 examples (train 2, test 1)\n"
     ds = load_text_task(out)
     assert list(ds) == ["train", "test"]
     assert ds["train"]["answer"] == ["5", "12"] and ds["test"]["answer"] == ["6"]
@@ -190,7 +192,8 @@ def test_prepare_gsm8k(tmp_path: Path) -> None:
 
 def test_prepare_squad(tmp_path: Path) -> None:
     out = tmp_path / "squad"
-    ok(prepare("squad", "--src", str(squad_dir(tmp_path / "src")), "--out", str(out)))
+    stdout = ok(prepare("squad", "--src", str(squad_dir(tmp_path / "src")), "--out", str(out)))
+    assert stdout == f"{out}: text task squad, 3 examples (train 2, test 1)\n"
     ds = load_text_task(out)
     assert list(ds) == ["train", "test"]  # dev -> test: SQuAD's own test set is hidden
     assert ds["train"]["id"] == ["squad-a1", "squad-a2"]
@@ -227,7 +230,12 @@ def test_prepare_commonvoice(tmp_path: Path) -> None:
     assert ds["validation"]["speaker"] == ["spk2"] and ds["test"]["id"] == ["cv_3"]
     assert ds["test"]["audio"] == ["audio/clips/cv_3.mp3"]
     assert [ds[s][0]["duration"] for s in ds] == pytest.approx([1.0, 0.5, 0.75], abs=MP3_FRAME)
-    assert read_corpus_info(out)["info"]["skipped"] == {"missing": 1, "unreadable": 0, "duplicate": 0}
+    assert read_corpus_info(out)["info"]["skipped"] == {
+        "missing": 1,
+        "unreadable": 0,
+        "duplicate": 0,
+        "malformed": 0,
+    }
     assert abs(load_row_audio(out, ds["test"][0]).size - 0.75 * SR) <= 1152
 
 
@@ -299,19 +307,90 @@ def test_a_text_file_that_is_not_utf8_names_the_file(
     error_line("prepare", Path(text_file).name, "UTF-8")
 
 
-@pytest.mark.parametrize("name", ["math", "qa", "gsm8k", "squad", "librispeech", "commonvoice"])
-def test_out_that_is_a_file_is_one_line(tmp_path: Path, error_line, name: str) -> None:
-    out = tmp_path / "taken"
-    out.write_text("a file, not a directory")
+@pytest.mark.parametrize("below", [False, True], ids=["out", "below"])
+@pytest.mark.parametrize("name", ["math", "qa", "gsm8k", "squad", "librispeech", "commonvoice", "folder"])
+def test_out_that_is_a_file_is_one_line(tmp_path: Path, error_line, name: str, below: bool) -> None:
+    """--out FILE, or --out FILE/sub (below a file): one line, never NotADirectoryError."""
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a directory")
+    out = taken / "sub" if below else taken
     make = {
         "gsm8k": gsm8k_dir,
         "squad": squad_dir,
         "librispeech": librispeech_dir,
         "commonvoice": commonvoice_dir,
+        "folder": folder_dir,
     }
     src = (
         ["--src", str(make[name](tmp_path / "src"))] if name in make else ["--n-train", "1", "--n-test", "1"]
     )
     assert main(["prepare", name, *src, "--out", str(out)]) == 2
-    error_line("prepare", str(out), "not a directory")
-    assert out.read_text() == "a file, not a directory"
+    error_line("prepare", str(out), str(taken), "not a directory")
+    assert taken.read_text() == "a file, not a directory"
+
+
+@pytest.mark.parametrize(
+    ("name", "make", "text_file"), [("gsm8k", gsm8k_dir, "test.jsonl"), ("squad", squad_dir, "dev-v1.1.json")]
+)
+def test_text_task_from_another_src_is_refused_unless_force(
+    tmp_path: Path, error_line, capsys, name, make, text_file
+) -> None:
+    """Another --src with the same file names is another source: an error without --force."""
+    out = tmp_path / "out"
+    a, b = make(tmp_path / "a"), make(tmp_path / "b")
+    (b / text_file).write_text((b / text_file).read_text().replace("7", "8").replace("Ice", "Snow"))
+    assert main(["prepare", name, "--src", str(a), "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["prepare", name, "--src", str(b), "--out", str(out)]) == 2
+    error_line("prepare", str(out), "already holds a text task", "--force")
+    before = load_text_task(out, "test")["prompt"]
+    assert main(["prepare", name, "--src", str(b), "--out", str(out), "--force"]) == 0
+    assert load_text_task(out, "test")["prompt"] != before
+
+
+def test_unknown_synthetic_engine_lists_the_known_ones(tmp_path: Path, error_line) -> None:
+    from data_prep.tts import ENGINE_SHARES
+
+    assert main(["prepare", "synthetic", "--out", str(tmp_path / "o"), "--engines", "espek"]) == 2
+    error_line("prepare", "espek", "unknown engine", *ENGINE_SHARES)
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["qa", "--n-train", "-1", "--n-validation", "1", "--n-test", "1"], "n_train must be >= 0"),
+        (["math", "--n-train", "1", "--n-validation", "1", "--n-test", "-2"], "n_test must be >= 0"),
+        (["synthetic", "--workers", "-1", "--engines", "espek"], "--workers -1"),
+    ],
+)
+def test_negative_counts_are_one_line(tmp_path: Path, error_line, args: list[str], needle: str) -> None:
+    assert main(["prepare", *args, "--out", str(tmp_path / "o")]) == 2
+    error_line("prepare", needle)
+
+
+def test_librispeech_hub_id_needs_no_src(tmp_path: Path, error_line) -> None:
+    from data_prep.librispeech import prepare_librispeech
+    from flexispeech.commands.prepare import corpus_parser
+
+    parser = corpus_parser("librispeech", prepare_librispeech)
+    options = parser.parse_args(["--hub-id", "openslr/librispeech_asr", "--out", "o"])
+    assert options.src is None and options.hub_id == "openslr/librispeech_asr"
+    assert main(["prepare", "librispeech", "--out", str(tmp_path / "o")]) == 2  # neither: one line
+    error_line("prepare", "--src", "--hub-id")
+
+
+@pytest.mark.parametrize("name", ["math", "qa", "gsm8k", "squad", "synthetic"])
+def test_every_option_has_a_help_text(name: str) -> None:
+    from data_prep.tts import ENGINE_SHARES
+    from flexispeech.commands.prepare import _resolve, corpus_parser
+
+    parser = corpus_parser(name, _resolve(name))
+    for action in parser._actions:
+        if action.option_strings and action.dest != "help":
+            assert action.help.split(" (default")[0] not in (action.dest, ""), (name, action.dest)
+            assert "(default" in action.help or action.required, (name, action.dest)
+    helps = {a.dest: a.help for a in parser._actions}
+    if name in ("gsm8k", "squad"):
+        assert "split" in helps["src"] and "stem" in helps["src"]
+    if name == "synthetic":
+        assert all(engine in helps["engines"] for engine in ENGINE_SHARES)

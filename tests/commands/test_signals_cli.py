@@ -121,3 +121,48 @@ def test_rows_longer_than_the_window_get_no_model_signals(corpus: Path, first_pa
     assert all(math.isnan(v) for v in ds["signal_proxy"]) and all(
         math.isfinite(v) for v in ds["signal_duration"][:3]
     )
+
+
+@pytest.mark.parametrize("splits", ["tset", "test,tset", "validation"])
+def test_a_named_split_the_corpus_lacks_is_an_error(corpus: Path, error_line, capsys, splits: str) -> None:
+    """--splits names a split the corpus (only "test") lacks: one line naming it and the
+    splits there are, not a run that silently does nothing (or less)."""
+    assert main(["signals", str(corpus), "--splits", splits]) == 2
+    line = error_line("signals", str(corpus), "its splits: test")
+    assert splits.split(",")[-1] in line
+    assert main(["signals", str(corpus)]) == 0  # the default: train and validation absent, skipped
+    assert "test: audio signals computed" in capsys.readouterr().out
+
+
+def test_model_none_computes_the_audio_signals_only(corpus: Path, capsys) -> None:
+    """`--model none` means no model on a speech corpus too, as on a text task."""
+    assert main(["signals", str(corpus), "--model", "none"]) == 0
+    assert "proxy" not in capsys.readouterr().out
+    assert not set(MODEL_COLUMNS) & set(load_corpus(corpus, "test").column_names)
+
+
+def test_a_text_task_split_typo_is_an_error(tmp_path: Path, error_line) -> None:
+    from data_prep.math import prepare_math
+
+    task = prepare_math(tmp_path / "math", n_train=2, n_validation=1, n_test=1)
+    assert main(["signals", str(task), "--model", "none", "--splits", "train,tset"]) == 2
+    error_line("signals", "tset", "its splits: train, validation, test")
+
+
+@pytest.mark.parametrize(
+    "option", [["--batch-size", "0"], ["--batch-size", "-2"], ["--audio-ctx", "0"], ["--max-new-tokens", "0"]]
+)
+def test_counts_must_be_positive(corpus: Path, capsys, option: list[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:  # argparse: usage and one error line, status 2
+        main(["signals", str(corpus), *option])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"argument {option[0]}: expected a whole number >= 1, got {option[1]}" in err
+    assert "Traceback" not in err
+
+
+def test_model_help_documents_text_tasks_and_none(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["signals", "--help"])
+    out = " ".join(capsys.readouterr().out.split())
+    assert "--model none" in out and "text task" in out and "default: the model's full window, 1500" in out

@@ -58,7 +58,25 @@ def test_import_listed_clips(tmp_path):
     audio = load_row_audio(out, ds["validation"][0])
     assert abs(len(audio) - 1.5 * SR) <= 1152 and 0.05 < audio.std() < 0.2
     assert not (out / "audio/clips/common_voice_en_9.mp3").exists()  # only listed clips
-    assert read_corpus_info(out)["info"]["skipped"] == {"missing": 1, "unreadable": 0, "duplicate": 0}
+    assert read_corpus_info(out)["info"]["skipped"] == {
+        "missing": 1,
+        "unreadable": 0,
+        "duplicate": 0,
+        "malformed": 0,
+    }
+
+
+def test_short_rows_and_empty_sentences_are_skipped_and_counted(tmp_path, caplog):
+    src = make_language(tmp_path / "en")
+    (src / "dev.tsv").write_text(
+        f"{HEADER}\nccc\tcommon_voice_en_3.mp3\n"  # cut short after the path
+        "ddd\tcommon_voice_en_9.mp3\t\t2\t0\t\t\t\ten\t\n"  # no sentence
+        "eee\tcommon_voice_en_3.mp3\tA dev clip.\t2\t0\t\t\t\ten\t\n"
+    )
+    out = prepare_commonvoice(src, tmp_path / "corpus")
+    assert load_corpus(out, "validation")["speaker"] == ["eee"]
+    assert read_corpus_info(out)["info"]["skipped"]["malformed"] == 2
+    assert "skipped 2 entries with a malformed row (e.g. dev.tsv:2, dev.tsv:3)" in caplog.text
 
 
 def test_unreadable_clip_is_counted(tmp_path):
@@ -77,3 +95,16 @@ def test_not_a_commonvoice_folder(tmp_path):
     (src / "dev.tsv").write_text("path\tsentence\nx.mp3\thi\n")
     with pytest.raises(FlexispeechError, match=r"dev\.tsv: lacks columns \['client_id'\]"):
         prepare_commonvoice(src, tmp_path / "corpus")
+
+
+def test_a_corpus_from_another_folder_is_refused_unless_force(tmp_path):
+    """Another language folder into the same --out: refused (it replaced the corpus without a
+    word, its cached signals with it); with --force rebuilt from the new folder alone."""
+    out = prepare_commonvoice(make_language(tmp_path / "en"), tmp_path / "corpus")
+    other = make_language(tmp_path / "other")
+    (other / "dev.tsv").unlink()
+    with pytest.raises(FlexispeechError, match="already holds a corpus built with other options or source"):
+        prepare_commonvoice(other, out)
+    assert list(load_corpus(out)) == ["train", "validation"]
+    prepare_commonvoice(other, out, force=True)
+    assert list(load_corpus(out)) == ["train"] and not (out / "audio/clips/common_voice_en_3.mp3").exists()

@@ -63,7 +63,9 @@ def test_prepare_math_writes_splits_and_is_rerunnable(tmp_path):
     mtime = marker.stat().st_mtime_ns
     prepare_math(out, n_train=40, n_validation=5, n_test=10, seed=3)  # complete: kept
     assert marker.stat().st_mtime_ns == mtime
-    prepare_math(out, n_train=20, n_validation=5, n_test=10, seed=3)  # new options: rebuilt
+    with pytest.raises(FlexispeechError, match=r"math: already holds a text task .*differs in n\).*--force"):
+        prepare_math(out, n_train=20, n_validation=5, n_test=10, seed=3)  # new options: not silently
+    prepare_math(out, n_train=20, n_validation=5, n_test=10, seed=3, force=True)
     assert read_text_task_info(out)["splits"]["train"] == 20
 
 
@@ -82,6 +84,19 @@ def test_prepare_gsm8k(tmp_path):
     assert ds["train"]["difficulty"] == [1, 2]
     assert ds["train"][1]["solution"].endswith("#### 1,195")
     assert set(ds["train"]["source"]) == {"gsm8k"}
+
+
+def test_gsm8k_from_another_source_is_not_taken_as_built(tmp_path):
+    """Same file names, other content: the old task is neither kept nor silently replaced."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    for src, n in ((a, 7), (b, 8)):
+        src.mkdir()
+        (src / "train.jsonl").write_text(json.dumps({"question": "q?", "answer": f"#### {n}"}) + "\n")
+    out = prepare_gsm8k(a, tmp_path / "out")
+    prepare_gsm8k(a, out)  # same source: kept
+    with pytest.raises(FlexispeechError, match=r"out: already holds a text task .*--force"):
+        prepare_gsm8k(b, out)
+    assert load_text_task(prepare_gsm8k(b, out, force=True))["train"]["answer"] == ["8"]
 
 
 def test_prepare_gsm8k_rejects_bad_records(tmp_path):

@@ -189,6 +189,11 @@ def test_calibrate_command_fits_a_benefit_router_and_resumes(corpus, tmp_path, c
     assert "never on the test split" in capsys.readouterr().err
     assert main([*args, "--max-new-tokens", "8"]) == 2  # a text option
     assert "--max-new-tokens: applies to text tasks" in capsys.readouterr().err
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    assert main([*args, "--out", str(mine)]) == 2  # refused before decoding, the folder kept
+    assert "not an adapter's" in capsys.readouterr().err and (mine / "notes.txt").is_file()
 
     out = tmp_path / "benefit"
     assert main([*args, "--out", str(out), "--target-mean-rank", "2.0"]) == 0

@@ -141,3 +141,29 @@ def test_export_peft_on_a_transformers_whisper(tmp_path) -> None:
         expected = ours(input_features=feats, decoder_input_ids=dec).logits
     got = peft_model(input_features=feats, decoder_input_ids=dec).logits
     torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+def test_rewriting_an_adapter_never_deletes_what_is_not_an_adapter_s(tiny: TinyNet, tmp_path) -> None:
+    """``scale --out`` and ``gate --out`` rewrite an adapter into a directory that is
+    replaced whole: one holding a user's files, or holding the adapter being read (its
+    parent), is refused and left as it was; an adapter directory (or a new one) is written."""
+    from flexispeech.lora.io import rewrite_adapter
+
+    save_adapter(tiny, tmp_path / "run" / "adapter")
+    (tmp_path / "run" / "train_log.jsonl").write_text("{}\n")
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "important.txt").write_text("keep")
+    config = json.loads((tmp_path / "run" / "adapter" / "adapter_config.json").read_text())
+    for out, reason in ((user, "not an adapter's"), (tmp_path / "run", "holds the adapter")):
+        with pytest.raises(FlexispeechError, match=reason):
+            rewrite_adapter(tmp_path / "run" / "adapter", out, {"adapter_config.json": config})
+    assert (user / "important.txt").read_text() == "keep"
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "run" / "train_log.jsonl").is_file()
+    new = rewrite_adapter(tmp_path / "run" / "adapter", tmp_path / "copy", {"adapter_config.json": config})
+    assert sorted(p.name for p in new.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    rewrite_adapter(
+        tmp_path / "run" / "adapter", new, {"adapter_config.json": config}
+    )  # an adapter's own dir
+    rewrite_adapter(new, new, {"adapter_config.json": config})  # in place

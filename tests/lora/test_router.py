@@ -154,6 +154,11 @@ def test_every_router_is_a_router_with_its_ranks_and_signals(router: Router) -> 
     }
     ranks = router(sig)
     assert ranks.dtype == torch.long and ranks.shape == (4,) and set(ranks.tolist()) <= set(router.ranks)
+    assert router(sig, 4).shape == (4,)  # the batch size beside the signals must agree with them
+    with pytest.raises(ConfigError, match="disagree on the batch size"):
+        router(sig, 5)
+    if not router.signal_names:  # a router that reads no signal routes a batch size alone
+        assert router({}, 3).shape == (3,)
     if router.signal_names:  # a router reads exactly its signal_names: without one, it names it
         missing = {k: v for k, v in sig.items() if k != router.signal_names[0]}
         with pytest.raises(ConfigError, match=router.signal_names[0]):

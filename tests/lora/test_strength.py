@@ -57,12 +57,12 @@ def test_half_strength_is_half_way_between_base_and_adapter(tiny: TinyNet, tmp_p
 def test_bad_strength_and_output_are_one_line_errors(tiny: TinyNet, tmp_path: Path, capsys) -> None:
     save_adapter(tiny, tmp_path / "full")
     before = sorted(p.name for p in (tmp_path / "full").iterdir())
-    for strength in ("0", "-1"):
+    for strength in ("0", "-1", "inf", "nan"):  # inf wrote Infinity into the JSON and decoded "!!!!"
         assert (
             main(["scale", str(tmp_path / "full"), "--strength", strength, "--out", str(tmp_path / "x")]) == 2
         )
         err = capsys.readouterr().err
-        assert "strength must be > 0" in err and "Traceback" not in err
+        assert "strength must be a finite number > 0" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
     assert main(["scale", str(tmp_path / "full"), "--strength", "0.5", "--out", str(tmp_path / "full")]) == 2
     assert "another directory" in capsys.readouterr().err
@@ -125,7 +125,8 @@ def test_modules_errors_are_one_line(tiny: TinyNet, tmp_path: Path, capsys) -> N
     for extra, message in (
         (["--modules", "encoder", "--strength", "0"], "matches none of the adapter's 2 modules"),
         (["--modules", "(", "--strength", "0"], "not a regular expression"),
-        (["--modules", "fc2", "--strength", "-1"], "strength must be >= 0"),
+        (["--modules", "fc2", "--strength", "-1"], "strength must be a finite number >= 0"),
+        (["--modules", "fc2", "--strength", "inf"], "strength must be a finite number >= 0"),
     ):
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err

@@ -199,6 +199,26 @@ def test_refuses_to_overwrite_without_flag(tiny_ct2_dir, tmp_path: Path) -> None
     assert not (out / "keep.txt").exists() and (out / "model.safetensors").is_file()
 
 
+def test_overwrite_never_deletes_the_model_being_converted(
+    tiny_ct2_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """OUT is replaced whole under --overwrite: OUT = SRC, or a folder holding SRC, is
+    refused before anything is written, and the source stays whole."""
+    import shutil
+
+    from flexispeech.cli import main
+
+    src = tmp_path / "models" / "ct2"
+    shutil.copytree(tiny_ct2_dir("float16"), src)
+    before = sorted(p.name for p in src.iterdir())
+    for out in (src, src.parent):
+        with pytest.raises(FlexispeechError, match="is or holds the CTranslate2 model"):
+            convert_ct2_whisper(src, out, overwrite=True)
+    assert sorted(p.name for p in src.iterdir()) == before
+    assert main(["convert-ct2", str(src), str(src.parent)]) == 2  # not empty: says how to replace it
+    assert "--overwrite" in capsys.readouterr().err
+
+
 def test_cli_converts(tiny_ct2_dir, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from flexispeech.cli import main
 

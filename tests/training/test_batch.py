@@ -13,7 +13,7 @@ from flexispeech.models.family import Example
 from flexispeech.training.batch import BatchPlan, prepare_batch, route_rows, train_loader
 
 
-def by_snr(signals: dict[str, torch.Tensor]) -> torch.Tensor:
+def by_snr(signals: dict[str, torch.Tensor], n: int) -> torch.Tensor:
     """A router: rank = the snr_db signal (so the expected order is easy to state)."""
     return signals["snr_db"].long()
 
@@ -34,8 +34,9 @@ def test_routers_that_read_no_signal_route_rows_without_signals() -> None:
     """Rows of a corpus whose signals are not cached yet (the gpu recipe trains the random-
     rank and static runs while ``flexispeech signals`` runs beside them): a random or fixed
     router ranks every row, and the batch keeps no made-up signal; a router that reads a
-    signal still names the one missing. Fails with "signals are empty" without the rows'
-    column (the eighteenth lease's Flexi run stopped on it at its first step)."""
+    signal still names the one missing. Fails with "signals are empty" when route_rows does
+    not give the router the batch size (the eighteenth lease's Flexi run stopped on it at
+    its first step)."""
     import pytest
 
     from flexispeech.errors import ConfigError

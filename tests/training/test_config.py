@@ -119,3 +119,57 @@ def test_a_bare_no_is_full_precision(tmp_path) -> None:
         load_config(None, ["train.mixed_precision=yes"])
     with pytest.raises(ConfigError, match=r"train.name|expected str"):
         load_config(None, ["name=no"])
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.max_steps=0", "train.max_steps"),
+        ("train.max_steps=-1", "train.max_steps"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.lr=-1", "train.lr"),
+        ("train.lr=.nan", "train.lr"),
+        ("train.warmup_steps=-1", "train.warmup_steps"),
+        ("train.log_every=0", "train.log_every"),
+        ("routing.label_noise=1.5", "routing.label_noise"),
+        ("eval.batch_size=0", "eval.batch_size"),
+        ("seed=-1", "seed"),
+    ],
+)
+def test_numbers_out_of_range_name_their_key(override: str, key: str) -> None:
+    """A value training cannot use fails when the config is built (before any model loads),
+    as one line naming the key, not as a traceback from inside training."""
+    with pytest.raises(ConfigError, match=rf"^command-line override '{override}': {key}: expected a value"):
+        load_config(None, [override])
+
+
+def test_range_limits_themselves_are_allowed(tmp_path) -> None:
+    cfg = load_config(
+        None, ["train.warmup_steps=0", "train.save_every=0", "train.max_grad_norm=0", "routing.label_noise=1"]
+    )
+    assert (cfg.train.warmup_steps, cfg.train.save_every, cfg.routing.label_noise) == (0, 0, 1.0)
+    with pytest.raises(ConfigError, match=r"^.*run.yaml: train.max_steps: expected a value > 0, got 0$"):
+        load_config(write(tmp_path, "train:\n  max_steps: 0\n"))
+    with pytest.raises(ConfigError, match=r"train.lr: expected a number, got \[1\]"):
+        load_config(None, ["train.lr=[1]"])  # was accepted as is, then failed comparing
+
+
+def test_early_stopping_settings_fail_when_the_config_loads() -> None:
+    with pytest.raises(ConfigError, match="train.early_stopping needs train.eval_every"):
+        load_config(None, ["train.early_stopping={patience: 2}"])
+
+
+def test_unknown_override_key_blames_the_command_line_not_the_file(tmp_path) -> None:
+    path = write(tmp_path, "train:\n  max_steps: 5\n")
+    with pytest.raises(
+        ConfigError,
+        match=r"^command-line override 'train.max_stepz=1': unknown key 'train.max_stepz' "
+        r"\(did you mean train.max_steps\?\)",
+    ):
+        load_config(path, ["train.max_stepz=1"])
+    with pytest.raises(ConfigError, match=r"unknown key 'train.early_stopping.patiense'"):
+        load_config(path, ["train.early_stopping.patiense=1"])
+    # a key in the file is still the file's; a mapping field takes any key below it
+    assert load_config(path, ["routing.weights.snr_db=2"]).routing.weights["snr_db"] == 2.0
+    with pytest.raises(ConfigError, match=r"run.yaml: unknown key 'train.lrr'"):
+        load_config(write(tmp_path, "train:\n  lrr: 1\n"), ["train.lr=0.1"])

@@ -215,7 +215,7 @@ def test_decode_split_sorts_rows_by_rank_without_changing_results(math_task) -> 
     split = open_split(math_task, "test")
     pattern = torch.tensor([2, 0, 8, 2, 8, 0, 0, 2])  # unsorted within every batch of 4
 
-    def router(signals):  # a rank per row, fixed by the row's word count (any function of signals will do)
+    def router(signals, n):  # a rank per row, fixed by the row's word count (any function of signals will do)
         return pattern[signals["n_words"].long() % len(pattern)]
 
     batched, _ = decode_split(
