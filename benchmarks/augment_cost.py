@@ -209,7 +209,7 @@ def augment_stages(
     ]
     routed = timer(
         "prepare_batch: route + order (host)",
-        lambda: prepare_batch(examples, lambda _: ranks, lambda ordered: {"ordered": ordered}),
+        lambda: prepare_batch(examples, lambda _s, _n: ranks, lambda ordered: {"ordered": ordered}),
     )
     ordered = routed.inputs["ordered"]
     host_index = torch.tensor([int(e.id) for e in ordered])

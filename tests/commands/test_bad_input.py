@@ -183,7 +183,7 @@ def test_compare_and_convert_on_wrong_directories(tmp_path: Path, capsys) -> Non
         (run / "train_summary.json").write_text(other)
         assert main(["compare", str(run / "train_summary.json")]) == 2
         one_error_line(capsys, str(run / "train_summary.json"), "not the results of `flexispeech eval`")
-    (run / "results.json").write_text(json.dumps({"name": "a", "n": 0, "overall": {}, "rank_histogram": {}}))
+    (run / "results.json").write_text(json.dumps({"name": "a", "utterances": []}))
     assert (
         main(["compare", str(run), "--out", str(run / "train_summary.json")]) == 2
     )  # a file, not a directory
