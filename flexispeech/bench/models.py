@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from flexispeech.bench.spec import BenchSpec
+from flexispeech.bench.spec import MAX_LABEL_LEN, BenchSpec
 from flexispeech.errors import ConfigError
 
 
@@ -35,21 +35,27 @@ HOP = 160  # samples per log-mel frame (Whisper's hop length)
 
 
 def build_whisper(spec: BenchSpec) -> nn.Module:
-    """A random-initialised Whisper of ``spec.shape`` on ``spec.device`` in ``spec.dtype``."""
+    """A random-initialised Whisper of ``spec.shape`` on ``spec.device`` in ``spec.dtype``,
+    its encoder window cut to ``spec.audio_ctx`` positions."""
     from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    from flexispeech.models.whisper import FULL_POSITIONS, set_audio_ctx
 
     if spec.shape not in SHAPES:
         raise ConfigError(f"bench shape: expected one of {sorted(SHAPES)}, got {spec.shape!r}")
     torch.manual_seed(spec.seed)
     cfg = WhisperConfig(
         vocab_size=51866,
-        max_source_positions=spec.audio_ctx,
-        max_target_positions=448,
+        max_source_positions=FULL_POSITIONS,
+        max_target_positions=MAX_LABEL_LEN,
         attn_implementation="sdpa",
         **SHAPES[spec.shape],
     )
     with torch.device(spec.device):
         model = WhisperForConditionalGeneration(cfg)
+    # Cut as every command cuts a real model: a window past Whisper's 30 s is the same
+    # one-line error here.
+    set_audio_ctx(model, spec.audio_ctx)
     return model.to(dtype=getattr(torch, spec.dtype)).requires_grad_(False)
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass
 from flexispeech.errors import ConfigError
 from flexispeech.models.whisper import FULL_POSITIONS
 
+MAX_LABEL_LEN = 448  # Whisper's decoder positions (max_target_positions)
+
 
 @dataclass
 class BenchSpec:
@@ -38,6 +40,11 @@ class BenchSpec:
             if value < least:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"bench {flag}: expected at least {least}, got {value}")
+        if self.label_len > MAX_LABEL_LEN:  # transformers would fail in the first forward
+            raise ConfigError(
+                f"bench --label-len: expected at most {MAX_LABEL_LEN} (Whisper's decoder positions), "
+                f"got {self.label_len}"
+            )
         if self.only is not None:
             try:
                 re.compile(self.only)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+from pathlib import Path
 
 from flexispeech.models.whisper import FULL_POSITIONS, POSITIONS_PER_SECOND
 
@@ -22,7 +24,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--label-len", type=int, default=32, help="decoder tokens per utterance (default 32)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument(
-        "--dtype", default=None, help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)"
+        "--dtype",
+        choices=("float32", "bfloat16"),
+        default=None,
+        help="float32 or bfloat16 (default: float32 on cpu, bfloat16 on cuda)",
     )
     parser.add_argument(
         "--warmup",
@@ -51,11 +56,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default=None, help="append the markdown table to this file")
 
 
+def check_appendable(path: str, option: str) -> None:
+    """A one-line ``ConfigError`` naming ``option`` when ``path`` cannot be appended to (a
+    directory, a folder that does not exist, no permission): checked before the benchmark,
+    which would otherwise run its minutes only to fail at the end."""
+    from flexispeech.errors import ConfigError
+
+    target = Path(path)
+    if target.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory, not a file")
+    folder = target.parent
+    if not folder.is_dir():
+        raise ConfigError(f"{option} {path}: no such directory {folder}")
+    if not os.access(target if target.exists() else folder, os.W_OK):
+        raise ConfigError(f"{option} {path}: not writable")
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark and print the ratio table."""
     from flexispeech.bench.spec import BenchSpec
     from flexispeech.bench.variants import format_table, run_bench
+    from flexispeech.models.family import check_device
 
+    check_device(args.device)  # as every command that takes --device
+    for path, option in ((args.out, "--out"), (args.profile, "--profile")):
+        if path is not None:
+            check_appendable(path, option)
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     spec = BenchSpec(
         shape=args.shape,

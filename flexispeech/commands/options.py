@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 from flexispeech.data.loading import MAX_DEFAULT_WORKERS, default_workers
 
@@ -16,6 +17,18 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def positive_float(text: str) -> float:
+    """argparse ``type``: a finite number > 0 (0 or less would never advance a stream or time
+    out at once; nan and inf get past a ``> 0`` check and fail deep inside, in ``int()``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}") from None
+    if not 0 < value < math.inf:  # False for nan too
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text!r}")
     return value
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from flexispeech.commands.options import positive_float
 from flexispeech.models.whisper import DEFAULT_SOURCE
 
 HELP = "serve a local web page that streams a file or the microphone through Whisper, live"
@@ -12,7 +13,7 @@ HELP = "serve a local web page that streams a file or the microphone through Whi
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    parser.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    parser.add_argument("--port", type=port_number, default=8000, help="TCP port, 0-65535 (default 8000)")
     parser.add_argument(
         "--model", default=DEFAULT_SOURCE, help=f"Whisper model name or directory (default {DEFAULT_SOURCE})"
     )
@@ -37,50 +38,64 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     limits.add_argument(
         "--idle-timeout",
-        type=float,
+        type=positive_float,
         default=30.0,
         metavar="S",
         help="close a stream that sends nothing for S seconds while audio is expected (default 30)",
     )
     limits.add_argument(
         "--max-pending",
-        type=float,
+        type=positive_float,
         default=30.0,
         metavar="S",
         help="microphone audio a stream may have waiting to be decoded (default 30 s)",
     )
     limits.add_argument(
         "--max-upload-mb",
-        type=float,
+        type=positive_float,
         default=64.0,
         metavar="MB",
         help="largest uploaded file (default 64 MiB)",
     )
 
 
+def port_number(text: str) -> int:
+    """argparse ``type``: a TCP port, 0-65535 (0: one the system picks); a port outside it
+    would fail only once the model had loaded, with an ``OverflowError`` from ``bind``."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {value}")
+    return value
+
+
 def run(args: argparse.Namespace) -> int:
     from flexispeech.commands.stream import load_online
     from flexispeech.errors import ConfigError
+    from flexispeech.models.family import check_device
 
     if args.rank is not None and args.adapter is None:
         raise ConfigError("--rank needs an adapter (--adapter DIR)")
     try:
-        from flexispeech.streaming.server.app import serve
+        from flexispeech.streaming.server.app import check_listen, serve
     except ImportError as err:
         raise ConfigError(
             f"flexispeech serve needs aiohttp (pip install 'flexispeech[serve]'): {err}"
         ) from None
     from flexispeech.streaming.server.protocol import MB, Limits
 
-    for option in ("max_streams", "idle_timeout", "max_pending", "max_upload_mb"):
-        if not getattr(args, option) > 0:
-            raise ConfigError(f"--{option.replace('_', '-')} must be > 0, got {getattr(args, option)}")
+    if args.max_streams < 1:  # the float limits are checked by argparse (positive_float)
+        raise ConfigError(f"--max-streams must be > 0, got {args.max_streams}")
     limits = Limits(
         max_streams=args.max_streams,
         idle_timeout_s=args.idle_timeout,
         max_pending_s=args.max_pending,
         max_upload_bytes=int(args.max_upload_mb * MB),
     )
+    check_device(args.device)  # the cheap checks first: each would fail only after the model loaded
+    check_listen(args.host, args.port)
     online = load_online(args.model, args.adapter, args.rank, args.audio_ctx, args.device)
     print(
         f"flexispeech serve: open http://{args.host}:{args.port}/ (Ctrl-C to stop)",

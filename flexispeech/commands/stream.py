@@ -11,6 +11,7 @@ import sys
 from collections.abc import Iterator
 from typing import Any
 
+from flexispeech.commands.options import positive_float
 from flexispeech.models.whisper import DEFAULT_SOURCE
 
 HELP = "stream a file (or the microphone) through Whisper, printing committed text as it grows"
@@ -22,7 +23,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--mic", action="store_true", help="stream the default microphone (needs the 'mic' extra)"
     )
     parser.add_argument(
-        "--chunk", type=float, default=1.0, metavar="S", help="seconds of audio per update (default 1.0)"
+        "--chunk",
+        type=positive_float,
+        default=1.0,
+        metavar="S",
+        help="seconds of audio per update (default 1.0)",
     )
     parser.add_argument("--realtime", action="store_true", help="feed the file at its own pace, as if live")
     parser.add_argument(
@@ -139,7 +144,8 @@ def microphone_updates(online: Any, chunk_s: float) -> Iterator[Any]:
 
 def stream_concurrently(online: Any, paths: list[str], chunk_s: float, realtime: bool, emit: Any) -> None:
     """Stream every file of ``paths`` at once through one ``Scheduler``; ``emit(path,
-    stream, update)`` is called for every update (from the files' threads, one at a time)."""
+    stream, update)`` is called for every update (from the files' threads, one at a time).
+    Ctrl-C (or a file's error) stops every file at its next chunk, not after it played out."""
     import threading
     from concurrent.futures import ThreadPoolExecutor
 
@@ -149,11 +155,15 @@ def stream_concurrently(online: Any, paths: list[str], chunk_s: float, realtime:
     from flexispeech.streaming.scheduler import Scheduler
 
     lock = threading.Lock()
+    stop = threading.Event()
 
     def one(path: str) -> None:
         stream = OnlineTranscriber(online.t, online.options)
         blocks = iter_audio_blocks(path, block_s=max(30.0, chunk_s))
-        for update in stream_file_chunks(stream, blocks, chunk_s, realtime=realtime, decode=scheduler.decode):
+        chunks = stream_file_chunks(
+            stream, blocks, chunk_s, realtime=realtime, decode=scheduler.decode, stop=stop
+        )
+        for update in chunks:
             with lock:
                 emit(path, stream, update)
 
@@ -161,8 +171,14 @@ def stream_concurrently(online: Any, paths: list[str], chunk_s: float, realtime:
         Scheduler(online.t, max_batch=max(1, len(paths))) as scheduler,
         ThreadPoolExecutor(len(paths)) as pool,
     ):
-        for done in [pool.submit(one, p) for p in paths]:
-            done.result()
+        try:
+            for done in [pool.submit(one, p) for p in paths]:
+                done.result()
+        except BaseException:
+            # KeyboardInterrupt lands here, on the main thread; leaving the pool waits for
+            # its threads, so they must stop too, or every file would play out first.
+            stop.set()
+            raise
 
 
 def format_update(update: Any) -> str | None:
@@ -181,8 +197,6 @@ def run(args: argparse.Namespace) -> int:
 
     if bool(args.audio) == args.mic:
         raise ConfigError("give audio FILEs or --mic (not both)")
-    if args.chunk <= 0:
-        raise ConfigError(f"--chunk must be > 0 seconds, got {args.chunk}")
     if args.rank is not None and args.adapter is None:
         raise ConfigError("--rank needs an adapter (--adapter DIR)")
     if args.concurrent and args.mic:

@@ -3,6 +3,7 @@ CTranslate2 model, at one rank or one per rank. Bad input is caught before any l
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
@@ -19,11 +20,16 @@ TARGETS = ("merged", "peft", "ct2")
 
 
 def check_out_dir(out_dir: Path) -> None:
-    """OUT must not exist, or be an empty directory: an export never overwrites."""
+    """OUT must not exist, or be an empty directory: an export never overwrites; and the
+    nearest of its parents that exists must be a directory it can be made in."""
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise FlexispeechError(
             f"{out_dir}: already exists and is not empty (remove it or choose another OUT)"
         )
+    parent = next(p for p in out_dir.absolute().parents if p.exists())
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        what = "is not a directory" if not parent.is_dir() else "is not writable"
+        raise FlexispeechError(f"{out_dir}: cannot be made: {parent} {what}")
 
 
 def export_adapter(

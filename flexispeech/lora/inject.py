@@ -38,19 +38,58 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(parent, child, module)
 
 
+def _parent(model: nn.Module, name: str) -> nn.Module:
+    parent_name = name.rpartition(".")[0]
+    return model.get_submodule(parent_name) if parent_name else model
+
+
+def _unwrappable(model: nn.Module, linear_names: list[str]) -> set[str]:
+    """The linear layers whose forward is never called: ``out_proj`` of a torch
+    ``nn.MultiheadAttention``, whose forward hands the weight to
+    ``F.multi_head_attention_forward`` itself (an adapter there would never run)."""
+    return {name for name in linear_names if isinstance(_parent(model, name), nn.MultiheadAttention)}
+
+
+def _keep_module_path(module: nn.Module, args: tuple) -> None:
+    """A forward pre-hook that does nothing: its presence is what counts (below)."""
+
+
+def _inside_torch_fast_path(model: nn.Module, name: str) -> bool:
+    """Whether module ``name`` lies inside a torch ``nn.TransformerEncoderLayer``, whose
+    inference fast path (eval mode) reads ``linear1.weight`` etc. directly instead of
+    calling the modules, and so would skip their adapters."""
+    parts = name.split(".")
+    return any(
+        isinstance(model.get_submodule(".".join(parts[:i])), nn.TransformerEncoderLayer)
+        for i in range(len(parts))  # "" is the model itself
+    )
+
+
 def inject(model: nn.Module, config: FlexiLoraConfig, router: Router | None = None) -> nn.Module:
     """Replace every ``nn.Linear`` that ``config.target_modules`` matches by a
     ``FlexiLoraLinear`` (in place) and freeze all base parameters.
 
     Returns ``model``. Raises ``ConfigError`` when nothing matched, listing linear layers
-    that could have been named, and ``FlexispeechError`` if the model already has adapters.
+    that could have been named, or when a match is a layer whose forward torch never calls
+    (``out_proj`` of an ``nn.MultiheadAttention``), and ``FlexispeechError`` if the model
+    already has adapters. Layers inside torch's ``nn.TransformerEncoderLayer`` get a no-op
+    forward pre-hook: torch skips that layer's eval-mode fast path (which reads the weights
+    directly, bypassing the adapter) when any submodule has a hook.
     """
     if any(STATE_ATTR in m.__dict__ for m in model.modules()):
         raise FlexispeechError("model already has a Flexi-LoRA adapter: call flexispeech.remove(model) first")
     linear_names = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    skipped = _unwrappable(model, linear_names)
     targets = [name for name in linear_names if config.matches(name)]
+    never_called = [name for name in targets if name in skipped]
+    if never_called:
+        raise ConfigError(
+            f"target_modules {config.target_modules!r} match {never_called[:3]}: the output projection of a "
+            "torch nn.MultiheadAttention, whose forward reads its weight directly, so an adapter there would "
+            "never run; adapt other layers (e.g. linear1, linear2)"
+        )
     if not targets:
-        examples = sorted({name.rpartition(".")[2] for name in linear_names})[:12]
+        examples = sorted({name.rpartition(".")[2] for name in linear_names if name not in skipped})[:12]
         raise ConfigError(
             f"target_modules {config.target_modules!r} matched no nn.Linear module; "
             f"linear layer names in this model include {examples}"
@@ -60,7 +99,10 @@ def inject(model: nn.Module, config: FlexiLoraConfig, router: Router | None = No
         state.requires_grad[name] = param.requires_grad
         param.requires_grad_(False)
     for name in targets:
-        _set_submodule(model, name, FlexiLoraLinear(model.get_submodule(name), config, state.slot))
+        layer = FlexiLoraLinear(model.get_submodule(name), config, state.slot)
+        if _inside_torch_fast_path(model, name):
+            layer.register_forward_pre_hook(_keep_module_path)
+        _set_submodule(model, name, layer)
     state.router = router
     model.__dict__[STATE_ATTR] = state
     return model

@@ -26,7 +26,7 @@ from torch import nn
 from flexispeech.atomic import existing_dir, replace_dir, write_file, write_text
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import FlexiLoraConfig
-from flexispeech.lora.inject import attach_router, flexi_layers, inject
+from flexispeech.lora.inject import attach_router, flexi_layers, inject, remove
 from flexispeech.lora.ranks import RankError, check_ranks, get_state
 from flexispeech.lora.router import Router
 from flexispeech.version import __version__
@@ -136,7 +136,11 @@ def serving_window(requested: int | None, adapter: str | Path | None, command: s
 def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     """Load a saved adapter into ``model``: injects it with the saved config when the model
     has no adapter yet, and checks every layer name and shape (a mismatch names the layer
-    and both shapes, e.g. an adapter saved for another base model). Returns ``model``."""
+    and both shapes, e.g. an adapter saved for another base model). Returns ``model``.
+
+    Nothing is changed unless everything checks: into a model with an adapter already, the
+    saved one must have its ranks and scales (else its weights would run at the other's
+    scales), and a load that fails takes out the adapter it injected."""
     directory = existing_dir(directory)  # the previous save, when a save was killed between its renames
     data = read_adapter_config(directory)
     config = FlexiLoraConfig.from_dict(data["config"])
@@ -150,39 +154,66 @@ def load_adapter(model: nn.Module, directory: str | Path) -> nn.Module:
     try:
         state = get_state(model)
     except FlexispeechError:
-        inject(model, config)
-    else:
-        if state.config.r_max != config.r_max:
+        state = None
+    if state is not None:
+        differ = [k for k in SCALE_FIELDS if getattr(state.config, k) != getattr(config, k)]
+        if differ:
             raise ConfigError(
-                f"{directory}: adapter has r_max={config.r_max} but the model's adapter has r_max={state.config.r_max}"
+                f"{directory}: the model's adapter differs in {', '.join(differ)} "
+                f"({', '.join(f'{getattr(state.config, k)!r} here, {getattr(config, k)!r} saved' for k in differ)}); "
+                "load it into a model without an adapter (flexispeech.remove(model) first)"
             )
-    layers = dict(flexi_layers(model))
+    else:
+        inject(model, config)
+    try:
+        layers = dict(flexi_layers(model))
+        _check_weights(directory, data, tensors, layers)
+        router = _saved_router(directory)
+        if router is not None:
+            try:  # checked here: at serving time it would read as a --rank the user gave
+                check_ranks(get_state(model).config, list(router.ranks))
+            except RankError as err:
+                raise ConfigError(f"{directory / ROUTER_NAME}: the saved router's {err}") from None
+    except Exception:
+        if state is None:  # the adapter this call injected goes again: the model as it was
+            remove(model)
+        raise
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_A.copy_(tensors[f"{name}.lora_A"])
+            layer.lora_B.copy_(tensors[f"{name}.lora_B"])
+    if router is not None:
+        attach_router(model, router)
+    return model
+
+
+SCALE_FIELDS = ("ranks", "alpha", "scaling", "rank_scales")
+"""What a saved adapter must share with a model's adapter to be loaded into it: the
+fields that set each rank's scale (the weights' shapes follow from the ranks)."""
+
+
+def _check_weights(
+    directory: Path, data: dict[str, Any], tensors: dict[str, torch.Tensor], layers: dict[str, nn.Module]
+) -> None:
+    """Every adapted layer of the model has weights of its shapes in the saved adapter,
+    and the adapter no layer the model lacks (else a FlexispeechError naming them)."""
     missing = sorted(set(data["layers"]) - set(layers))
     if missing:
         raise FlexispeechError(
             f"{directory}: adapter layers not in this model: {missing[:5]} (saved for another base model?)"
         )
-    with torch.no_grad():
-        for name, layer in layers.items():
-            if name not in data["layers"]:
-                raise FlexispeechError(f"{directory}: adapter has no weights for layer {name}")
-            for part in ("lora_A", "lora_B"):
-                src = tensors[f"{name}.{part}"]
-                dst = getattr(layer, part)
-                if src.shape != dst.shape:
-                    raise FlexispeechError(
-                        f"{directory}: {name}.{part} has shape {tuple(src.shape)} but the model needs "
-                        f"{tuple(dst.shape)} (adapter saved for another base model?)"
-                    )
-                dst.copy_(src)
-    router = _saved_router(directory)
-    if router is not None:
-        try:  # checked here: at serving time it would read as a --rank the user gave
-            check_ranks(get_state(model).config, list(router.ranks))
-        except RankError as err:
-            raise ConfigError(f"{directory / ROUTER_NAME}: the saved router's {err}") from None
-        attach_router(model, router)
-    return model
+    for name, layer in layers.items():
+        if name not in data["layers"]:
+            raise FlexispeechError(f"{directory}: adapter has no weights for layer {name}")
+        for part in ("lora_A", "lora_B"):
+            src, dst = tensors.get(f"{name}.{part}"), getattr(layer, part)
+            if src is None:
+                raise FlexispeechError(f"{directory}: adapter has no weights for {name}.{part}")
+            if src.shape != dst.shape:
+                raise FlexispeechError(
+                    f"{directory}: {name}.{part} has shape {tuple(src.shape)} but the model needs "
+                    f"{tuple(dst.shape)} (adapter saved for another base model?)"
+                )
 
 
 def _saved_router(directory: Path) -> Router | None:

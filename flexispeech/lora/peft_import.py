@@ -29,6 +29,7 @@ from torch import nn
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import flexi_layers, inject
+from flexispeech.lora.io import FORMAT
 
 PEFT_CONFIG = "adapter_config.json"
 PEFT_WEIGHTS = ("adapter_model.safetensors", "adapter_model.bin")
@@ -55,10 +56,13 @@ def read_peft_adapter(
         config = json.loads(config_path.read_text())
     except json.JSONDecodeError as err:
         raise ConfigError(f"{config_path}: invalid JSON ({err})") from None
-    if config.get("peft_type") != "LORA":
-        raise ConfigError(
-            f"{config_path}: a {config.get('peft_type')!r} adapter; only PEFT LoRA can be imported"
-        )
+    if not isinstance(config, dict) or config.get("peft_type") != "LORA":
+        found = (config.get("format") or config.get("peft_type")) if isinstance(config, dict) else None
+        if found == FORMAT:
+            what = "a flexispeech adapter: load it with flexispeech.load_adapter"
+        else:
+            what = f"a {found!r} adapter" if found else "no peft_type"
+        raise ConfigError(f"{config_path}: {what}; only PEFT LoRA can be imported")
     for key, why in UNSUPPORTED.items():
         if config.get(key):
             raise ConfigError(f"{config_path}: {key}=true cannot be imported ({why})")
@@ -188,15 +192,17 @@ def from_peft(
         raise FlexispeechError(
             f"{peft_dir}: PEFT layers not linear layers of this model: {missing[:5]} (another base model?)"
         )
+    for name, (A, B) in layers.items():  # checked before inject: a failed import leaves the model as it was
+        linear = model.get_submodule(name)
+        if A.shape[1] != linear.in_features or B.shape[0] != linear.out_features:
+            raise FlexispeechError(
+                f"{peft_dir}: {name} is [{B.shape[0]} x {A.shape[1]}] in the adapter but "
+                f"[{linear.out_features} x {linear.in_features}] in the model (another base model?)"
+            )
     inject(model, flexi, router=router)
     with torch.no_grad():
         for name, layer in flexi_layers(model):
             A, B = layers[name]
-            if A.shape[1] != layer.in_features or B.shape[0] != layer.out_features:
-                raise FlexispeechError(
-                    f"{peft_dir}: {name} is [{B.shape[0]} x {A.shape[1]}] in the adapter but "
-                    f"[{layer.out_features} x {layer.in_features}] in the model (another base model?)"
-                )
             new_a, new_b = nested_factors(
                 A, B, peft_scale(config, name, A.shape[0]), flexi.scale(flexi.r_max)
             )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -10,7 +11,7 @@ import torch
 from torch import nn
 
 from flexispeech.lora.inject import flexi_layers
-from flexispeech.lora.ranks import check_ranks, get_state
+from flexispeech.lora.ranks import RankError, check_ranks, get_state
 
 
 @dataclass(frozen=True)
@@ -38,14 +39,32 @@ def count_parameters(
     per_rank = {r: r * per_unit for r in sorted({0, *state.config.ranks})}
     active = None
     if ranks is not None:
-        if isinstance(ranks, Mapping):
-            weights = {int(r): float(w) for r, w in ranks.items()}
-        else:
-            values = torch.as_tensor(ranks).reshape(-1).tolist()
-            weights = dict(Counter(int(v) for v in values))
+        weights = _rank_weights(ranks)
         check_ranks(state.config, list(weights))
         total_w = sum(weights.values())
         if total_w <= 0:
-            raise ValueError("count_parameters: the rank distribution is empty")
+            raise RankError("count_parameters: the rank distribution is empty")
         active = sum(per_rank[r] * w for r, w in weights.items()) / total_w
     return AdapterParameters(total=state.config.r_max * per_unit, per_rank=per_rank, active_mean=active)
+
+
+def _rank_weights(ranks: Sequence[int] | torch.Tensor | Mapping[int, float]) -> dict[int, float]:
+    """``{rank: weight}`` of per-example ranks or of a distribution; a rank that is not a
+    whole number, or a weight that is negative or not finite, is a ``RankError`` (``int()``
+    would truncate 4.7 to 4, and a negative weight gives a negative mean)."""
+    if isinstance(ranks, Mapping):
+        pairs = list(ranks.items())
+    else:
+        try:
+            values = torch.as_tensor(ranks).reshape(-1).tolist()
+        except (TypeError, ValueError, RuntimeError):
+            raise RankError(f"count_parameters: ranks must be whole numbers, got {ranks!r}") from None
+        pairs = [(v, 1.0) for v in values]
+    weights: Counter[int] = Counter()
+    for r, w in pairs:
+        if isinstance(r, bool) or not isinstance(r, (int, float)) or not math.isfinite(r) or r != int(r):
+            raise RankError(f"count_parameters: ranks must be whole numbers, got {r!r}")
+        if isinstance(w, bool) or not isinstance(w, (int, float)) or not 0 <= w < math.inf:
+            raise RankError(f"count_parameters: weight {w!r} of rank {r}: must be a finite number >= 0")
+        weights[int(r)] += float(w)
+    return dict(weights)

@@ -8,8 +8,9 @@ Names, in the order they are tried:
 - a local CTranslate2 Whisper directory (faster-whisper layout: ``model.bin``,
   ``config.json``, ``tokenizer.json``): converted once into the cache, keyed by a hash of
   its path and modification time;
-- anything else: a hub id, returned unchanged as a ``str`` for transformers to resolve
-  (which needs a hub; set ``HF_HUB_OFFLINE=1`` to fail fast without one).
+- anything else of the form ``org/name``: a hub id, returned unchanged as a ``str`` for
+  transformers to resolve (which needs a hub; set ``HF_HUB_OFFLINE=1`` to fail fast
+  without one); a bare name that is none of the above is an error naming the packaged ones.
 
 Conversions go to ``$FLEXISPEECH_CACHE/models`` (default: the user cache directory +
 ``flexispeech``), written atomically with a completion marker, so a second or concurrent
@@ -111,15 +112,16 @@ def pretrained_path(name: str = DEFAULT_MODEL) -> Path | str:
     path = Path(name).expanduser()
     if path.exists() or name.startswith((".", "/", "~")) or "\\" in name:
         return _local_path(path)
-    if "/" not in name:
-        # A hub id is "org/name"; a bare name close to a packaged one is a typo, which the
-        # hub would only report after minutes of retries on a machine without a network.
+    if "/" not in name and not name.startswith("random:"):
+        # A hub id is "org/name" (the hub's bare legacy ids redirect to one: "gpt2" is
+        # "openai-community/gpt2"); a bare name that is not packaged is a typo, which the hub
+        # would only report after minutes of retries on a machine without a network.
         close = difflib.get_close_matches(name, list(PACKAGED), n=1, cutoff=0.8)
-        if close:
-            raise FlexispeechError(
-                f"unknown model {name!r}: did you mean {close[0]!r}? (packaged: {', '.join(sorted(PACKAGED))}; "
-                "a hub id looks like 'org/name')"
-            )
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise FlexispeechError(
+            f"unknown model {name!r}: {hint}(packaged: {', '.join(sorted(PACKAGED))}; a local "
+            "directory; or a hub id 'org/name')"
+        )
     return name
 
 

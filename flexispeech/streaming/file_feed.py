@@ -8,6 +8,7 @@ never while the model decodes.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 
@@ -58,6 +59,7 @@ def stream_file_chunks(
     chunk_s: float,
     realtime: bool = False,
     decode: Callable[[OnlineTranscriber, bool], Update] | None = None,
+    stop: threading.Event | None = None,
 ) -> Iterator[Update]:
     """Feed ``samples`` [T] (or an iterator of blocks, e.g. ``audio.iter_audio_blocks``)
     to ``online`` in chunks of ``chunk_s`` seconds; one ``Update`` per chunk, then the
@@ -70,11 +72,16 @@ def stream_file_chunks(
 
     ``decode(online, final)``: how an update is decoded, e.g. ``Scheduler.decode`` (batched
     with other streams); default: on this thread (``process_iter`` / ``finish``).
+
+    ``stop``: once set, the feed ends before its next chunk, without a final update (a
+    real-time wait ends at once): how another thread interrupts this one.
     """
     if chunk_s <= 0:
         raise ConfigError(f"--chunk must be > 0 seconds, got {chunk_s}")
     step = max(1, int(round(chunk_s * SAMPLE_RATE)))
     feed = BlockFeed(samples)
+    if stop is None:
+        stop = threading.Event()
     fed, t0 = 0, time.perf_counter()
     while not feed.done:
         want = step
@@ -82,8 +89,10 @@ def stream_file_chunks(
             due = (fed + step) / SAMPLE_RATE
             wait = due - (time.perf_counter() - t0)
             if wait > 0:
-                time.sleep(wait)
+                stop.wait(wait)
             want = max(step, int((time.perf_counter() - t0) * SAMPLE_RATE) - fed)
+        if stop.is_set():
+            return
         piece = feed.take(want)
         online.insert_audio_chunk(piece)
         fed += piece.size

@@ -36,6 +36,7 @@ def test_every_variant_runs_and_ratios_are_to_the_base() -> None:
         "PEFT r=64 (same dtype)",
     } <= names
     assert not any("graphed" in v for v in names)
+    assert "Flexi triton, mixed sorted" not in names  # Triton runs on CUDA only: no fallback row
     table = format_table(rows, spec)
     assert table.count("\n| train |") + table.count("\n| infer |") == len(rows)
     assert "spread (half IQR over rounds)" in table and "| – |" in table
@@ -93,6 +94,17 @@ def test_time_fn_is_the_median_after_warmup(
 def test_numbers_that_cannot_be_timed_are_a_config_error(field: str, value: int, flag: str) -> None:
     with pytest.raises(ConfigError, match=f"bench {flag}: expected at least"):
         BenchSpec(**{field: value})
+
+
+def test_windows_and_labels_past_whisper_s_are_a_config_error() -> None:
+    from flexispeech.bench.models import build_whisper
+
+    with pytest.raises(ConfigError, match="bench --label-len: expected at most 448"):
+        BenchSpec(label_len=5000)
+    # the window: the check every command's model goes through (models.whisper.set_audio_ctx)
+    with pytest.raises(ConfigError, match=r"audio_ctx: must be in \[1, 1500\] encoder positions, got 5000"):
+        build_whisper(BenchSpec(audio_ctx=5000, dtype="float32"))
+    assert build_whisper(BenchSpec(audio_ctx=4, dtype="float32")).config.max_source_positions == 4
 
 
 def test_only_times_the_matching_variants_and_the_references() -> None:

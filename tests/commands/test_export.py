@@ -230,6 +230,7 @@ def foreign_adapter(tmp_path_factory: pytest.TempPathFactory) -> Path:
     [
         ("rank", ["--to", "ct2", "--rank", "3"], "rank(s) [3] not in the configured ranks [0, 2, 8]"),
         ("out", ["--to", "merged"], "already exists and is not empty"),
+        ("under_file", ["--to", "peft"], "is not a directory"),  # was a FileExistsError traceback
         ("foreign", ["--to", "merged"], "saved for another base model?"),
         (
             "no_ct2",
@@ -253,6 +254,9 @@ def test_bad_input_is_one_line(
     if case == "out":
         out.mkdir()
         (out / "keep.txt").write_text("mine")
+    if case == "under_file":
+        (tmp_path / "afile").write_text("mine")
+        out = tmp_path / "afile" / "out"
     if case == "no_ct2":
         monkeypatch.setitem(sys.modules, "ctranslate2", None)  # import ctranslate2 now raises ImportError
     adapter = foreign_adapter if case == "foreign" else adapter_dir

@@ -238,3 +238,30 @@ def test_serving_router_is_one_chain_fixed_then_saved_then_top_rank() -> None:
     assert serving_router(model) is router  # the adapter's router
     assert serving_router(model)(signals).tolist() == [0, 2, 4]
     assert serving_router(model, 0)(signals).tolist() == [0, 0, 0]
+
+
+def test_torch_transformer_layers_run_their_adapters_in_eval_mode_too() -> None:
+    """torch's nn.TransformerEncoderLayer reads linear1/linear2's weights directly on its
+    eval-mode fast path, so an adapter there was skipped at inference (rank 16 gave the
+    rank-0 output, the README's Quickstart model); and nn.MultiheadAttention's out_proj is
+    never called as a module at all, so inject refuses it rather than train nothing."""
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(d_model=64, nhead=4, dropout=0.0, batch_first=True)
+    plain = copy.deepcopy(layer).eval()
+    inject(layer, FlexiLoraConfig(ranks=(0, 4, 16), target_modules=("linear1", "linear2")))
+    for _, flexi in flexi_layers(layer):
+        nn.init.normal_(flexi.lora_B)
+    x = torch.randn(3, 50, 64)
+    with torch.no_grad():
+        with use_ranks(layer.train(), [16, 0, 4]):
+            trained_path = layer(x)
+        with use_ranks(layer.eval(), [16, 0, 4]):
+            served = layer(x)
+        reference = plain(x)
+    torch.testing.assert_close(served, trained_path, atol=1e-5, rtol=1e-5)
+    assert (served[0] - reference[0]).abs().max() > 0.1  # rank 16 changes the output
+    torch.testing.assert_close(served[1], reference[1], atol=1e-5, rtol=1e-5)  # rank 0 is the base
+    with pytest.raises(ConfigError, match="never run"):
+        inject(
+            nn.TransformerEncoderLayer(64, 4, batch_first=True), FlexiLoraConfig(target_modules=("out_proj",))
+        )

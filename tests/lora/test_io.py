@@ -167,3 +167,36 @@ def test_rewriting_an_adapter_never_deletes_what_is_not_an_adapter_s(tiny: TinyN
         tmp_path / "run" / "adapter", new, {"adapter_config.json": config}
     )  # an adapter's own dir
     rewrite_adapter(new, new, {"adapter_config.json": config})  # in place
+
+
+def test_a_load_that_cannot_be_whole_changes_nothing(
+    tiny: TinyNet, config: FlexiLoraConfig, tmp_path
+) -> None:
+    """Loading into a model whose adapter has other scales kept those scales under the new
+    weights; a load that failed on its second layer had copied the first; a failed load
+    into a bare model left the adapter it injected behind."""
+    from dataclasses import replace
+
+    from flexispeech import remove
+    from flexispeech.errors import ConfigError
+    from flexispeech.lora import flexi_layers
+
+    before = {name: layer.lora_A.clone() for name, layer in flexi_layers(tiny)}
+    other = TinyNet()
+    inject(other, replace(config, alpha=16.0))
+    save_adapter(other, tmp_path / "alpha16")
+    with pytest.raises(ConfigError, match="differs in alpha"):
+        load_adapter(tiny, tmp_path / "alpha16")
+    half = TinyNet()
+    inject(half, replace(config, target_modules=("q_proj",)))
+    save_adapter(half, tmp_path / "q_only")
+    with pytest.raises(FlexispeechError, match="no weights for layer fc2"):
+        load_adapter(tiny, tmp_path / "q_only")
+    assert all(torch.equal(layer.lora_A, before[name]) for name, layer in flexi_layers(tiny))
+    save_adapter(tiny, tmp_path / "both")
+    bare = TinyNet()
+    bare.fc2 = nn.Linear(7, 9)  # another base model: fc2's shapes differ
+    with pytest.raises(FlexispeechError, match="fc2.lora_B has shape"):
+        load_adapter(bare, tmp_path / "both")
+    assert type(bare.q_proj) is nn.Linear and type(bare.fc2) is nn.Linear  # the adapter it injected is gone
+    remove(tiny)

@@ -126,7 +126,20 @@ def test_bad_adapters_are_one_clear_error(tmp_path) -> None:
             self.q_proj = torch.nn.Linear(6, 9)
             self.fc2 = torch.nn.Linear(9, 5)
 
+    wider = Wider()
     with pytest.raises(FlexispeechError, match="another base model"):
-        from_peft(Wider(), tmp_path / "peft")
+        from_peft(wider, tmp_path / "peft")
+    assert (
+        type(wider.q_proj) is torch.nn.Linear
+    )  # nothing injected: a retry says the same, not "not linear layers"
+    with pytest.raises(FlexispeechError, match=r"is \[\d+ x \d+\] in the adapter but"):
+        from_peft(wider, tmp_path / "peft")
     with pytest.raises(FlexispeechError, match="not a PEFT adapter"):
         from_peft(TinyNet(), tmp_path)
+    flexi = TinyNet()
+    inject(flexi, FlexiLoraConfig(ranks=(0, 4), target_modules=("q_proj",)))
+    from flexispeech import save_adapter
+
+    save_adapter(flexi, tmp_path / "flexi")
+    with pytest.raises(ConfigError, match="a flexispeech adapter: load it with flexispeech.load_adapter"):
+        from_peft(TinyNet(), tmp_path / "flexi")

@@ -74,6 +74,9 @@ def test_local_transformers_dir_and_hub_id_pass_through(tmp_cache: Path, tmp_pat
     assert not tmp_cache.exists()  # nothing converted, nothing cached
     with pytest.raises(FlexispeechError, match="no such model directory"):
         pretrained_path("./does-not-exist")
+    for bare in ("nosuchmodel", "whisper-tiny-en"):  # went to the hub: minutes of retries offline
+        with pytest.raises(FlexispeechError, match=f"unknown model '{bare}'.*packaged: .*whisper-tiny.en"):
+            pretrained_path(bare)
     (tmp_path / "junk").mkdir()
     with pytest.raises(FlexispeechError, match="neither a transformers directory"):
         pretrained_path(str(tmp_path / "junk"))

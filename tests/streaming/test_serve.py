@@ -155,11 +155,32 @@ def test_serve_rejects_bad_limits_before_loading_a_model(capsys) -> None:
     from flexispeech.cli import main
 
     assert main(["serve", "--max-streams", "0"]) == 2
-    assert main(["serve", "--idle-timeout", "-1"]) == 2
+    with pytest.raises(
+        SystemExit
+    ) as exit_:  # the float limits: argparse (tests/commands/test_stream_serve_options.py)
+        main(["serve", "--idle-timeout", "-1"])
+    assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert (
-        "--max-streams must be > 0" in err and "--idle-timeout must be > 0" in err and "Traceback" not in err
+        "--max-streams must be > 0" in err and "argument --idle-timeout: expected a finite number > 0" in err
     )
+    assert "Traceback" not in err
+
+
+def test_a_port_taken_after_the_check_is_one_error(transcriber) -> None:
+    """The command checks the port before loading the model (tests/commands/
+    test_stream_serve_options.py); one taken meanwhile still fails as a ConfigError."""
+    import socket
+
+    from flexispeech.errors import ConfigError
+    from flexispeech.streaming.server.app import serve
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"cannot listen on 127.0.0.1:{port}: .*in use"):
+            serve(transcriber, host="127.0.0.1", port=port, options=OPTIONS)
 
 
 def test_the_event_loop_waits_idle_while_the_last_update_decodes(

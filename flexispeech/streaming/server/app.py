@@ -23,8 +23,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
+from aiohttp import WSCloseCode, web
 
+from flexispeech.errors import ConfigError
 from flexispeech.streaming.online import StreamOptions
 from flexispeech.streaming.scheduler import Scheduler
 from flexispeech.streaming.server.protocol import Limits, StreamError
@@ -32,6 +33,10 @@ from flexispeech.streaming.server.session import ClientGone, Session
 from flexispeech.streaming.transcriber import Transcriber
 
 STATIC = Path(__file__).parent / "static"
+# On Ctrl-C, how long open connections may take to end before they are cancelled: a page or
+# /stats is answered by then, and a stream, whose websocket is closed first, has stopped.
+# aiohttp's default, 60 s, let a stream play on to its end.
+SHUTDOWN_S = 1.0
 log = logging.getLogger("flexispeech.serve")
 
 
@@ -44,7 +49,7 @@ class ServerState:
     limits: Limits
     scheduler: Scheduler
     pacer: ThreadPoolExecutor  # one thread per open file stream: its real-time pacing waits there
-    active: set[int] = field(default_factory=set)  # ids of the open streams
+    active: dict[int, web.WebSocketResponse] = field(default_factory=dict)  # the open streams by id
     ids: itertools.count = field(default_factory=itertools.count)
 
 
@@ -72,8 +77,22 @@ def create_app(
     app.router.add_get("/ws", websocket)
     app.router.add_get("/stats", stats)
     app.router.add_static("/static", STATIC)
+    app.on_shutdown.append(_close_streams)
     app.on_cleanup.append(_shutdown)
     return app
+
+
+async def _close_streams(app: web.Application) -> None:
+    """On Ctrl-C: close every open stream's websocket (1001, going away), so its session
+    ends at its next event instead of the server waiting for it to play out."""
+    closing = [
+        ws.close(code=WSCloseCode.GOING_AWAY, message=b"server shutting down")
+        for ws in list(app[STATE_KEY].active.values())
+    ]
+    # A close waits for the client's reply: one that does not answer is dropped with the
+    # connection once SHUTDOWN_S has passed.
+    with contextlib.suppress(asyncio.TimeoutError):
+        await asyncio.wait_for(asyncio.gather(*closing, return_exceptions=True), SHUTDOWN_S)
 
 
 async def _shutdown(app: web.Application) -> None:
@@ -129,7 +148,7 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
         await ws.close()
         return ws
     sid = next(state.ids)
-    state.active.add(sid)
+    state.active[sid] = ws
     session = Session(ws, state.transcriber, state.options, state.scheduler, limits, state.pacer)
     try:
         await session.run()
@@ -145,13 +164,34 @@ async def websocket(request: web.Request) -> web.WebSocketResponse:
                 StreamError("internal", "internal error while transcribing this stream").event()
             )
     finally:
-        state.active.discard(sid)
+        state.active.pop(sid, None)
         try:  # a client that stopped reading takes no close frame either: drop the connection
             await asyncio.wait_for(ws.close(), limits.send_timeout_s)
         except Exception:  # noqa: BLE001
             if request.transport is not None:
                 request.transport.abort()
     return ws
+
+
+def listen_error(host: str, port: int, err: OSError) -> ConfigError:
+    """The one-line error of a server that cannot listen on ``host:port``: the name does not
+    resolve (``socket.gaierror``), the port is in use, or it is not ours to take."""
+    return ConfigError(f"cannot listen on {host}:{port}: {err.strerror or err}")
+
+
+def check_listen(host: str, port: int) -> None:
+    """Bind (and let go) every address ``host`` resolves to, as ``serve`` will (with
+    SO_REUSEADDR, as aiohttp on POSIX): a port in use or a name that does not resolve fails
+    in a moment, before a model is loaded, instead of after; ``listen_error`` if not."""
+    try:
+        for family, kind, proto, _, address in socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        ):
+            with socket.socket(family, kind, proto) as sock:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(address)
+    except OSError as err:
+        raise listen_error(host, port, err) from None
 
 
 def serve(
@@ -162,7 +202,17 @@ def serve(
     limits: Limits | None = None,
 ) -> None:
     """Run the app until interrupted. On POSIX, ``kill -USR1 <pid>`` writes every thread's
-    stack to stderr (the server keeps running): where a server that stopped answering waits."""
+    stack to stderr (the server keeps running): where a server that stopped answering waits.
+    A host or port it cannot listen on is a ``listen_error``."""
     if hasattr(signal, "SIGUSR1"):
         faulthandler.register(signal.SIGUSR1, all_threads=True)
-    web.run_app(create_app(transcriber, options, limits), host=host, port=port, print=None)
+    try:
+        web.run_app(
+            create_app(transcriber, options, limits),
+            host=host,
+            port=port,
+            print=None,
+            shutdown_timeout=SHUTDOWN_S,
+        )
+    except OSError as err:  # raised only at start-up, by bind or the name's lookup
+        raise listen_error(host, port, err) from None
