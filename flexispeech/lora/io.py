@@ -306,6 +306,27 @@ def rewrite_adapter(
     return target
 
 
+PEFT_FILES = (CONFIG_NAME, WEIGHTS_NAME, "README.md")
+"""What a PEFT LoRA directory holds (PEFT's ``save_pretrained`` adds a model card)."""
+
+
+def _check_peft_dir(directory: Path) -> None:
+    """``export_peft`` writes into ``directory`` file by file: refused when it holds anything
+    but an earlier PEFT LoRA export (a flexispeech adapter's config and weights would be
+    overwritten with PEFT's, a user's files mixed with the export)."""
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return
+    names = sorted(p.name for p in directory.iterdir())
+    try:
+        peft_type = json.loads((directory / CONFIG_NAME).read_text()).get("peft_type")
+    except (OSError, ValueError, AttributeError):
+        peft_type = None
+    if peft_type != "LORA" or not set(names) <= set(PEFT_FILES):
+        raise FlexispeechError(
+            f"{directory}: holds {', '.join(names[:5])}, not a PEFT LoRA export; export into an empty or new directory"
+        )
+
+
 def export_peft(
     model: nn.Module, directory: str | Path, rank: int, base_model_name_or_path: str | None = None
 ) -> Path:
@@ -322,6 +343,7 @@ def export_peft(
     if rank == 0:
         raise ConfigError("export_peft: rank 0 is the base model; PEFT adapters need rank >= 1")
     directory = Path(directory)
+    _check_peft_dir(directory)
     directory.mkdir(parents=True, exist_ok=True)
     layers = flexi_layers(model)
     peft_config = LoraConfig(

@@ -200,3 +200,20 @@ def test_a_load_that_cannot_be_whole_changes_nothing(
         load_adapter(bare, tmp_path / "both")
     assert type(bare.q_proj) is nn.Linear and type(bare.fc2) is nn.Linear  # the adapter it injected is gone
     remove(tiny)
+
+
+def test_export_peft_writes_over_nothing_but_an_earlier_peft_export(tiny: TinyNet, tmp_path) -> None:
+    """Into a flexispeech adapter's folder it overwrote adapter_config.json and the weights
+    with PEFT's; a user's folder got the export mixed in. An earlier export is replaced."""
+    save_adapter(tiny, tmp_path / "adapter")
+    before = (tmp_path / "adapter" / "adapter_config.json").read_text()
+    with pytest.raises(FlexispeechError, match="not a PEFT LoRA export"):
+        export_peft(tiny, tmp_path / "adapter", 2)
+    assert (tmp_path / "adapter" / "adapter_config.json").read_text() == before
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep")
+    with pytest.raises(FlexispeechError, match="notes.txt"):
+        export_peft(tiny, tmp_path / "mine", 2)
+    export_peft(tiny, tmp_path / "peft", 2)
+    export_peft(tiny, tmp_path / "peft", 4)  # the earlier export is replaced
+    assert json.loads((tmp_path / "peft" / "adapter_config.json").read_text())["r"] == 4
