@@ -274,17 +274,15 @@ def key_path(src: Path, key: str) -> Path | None:
     return None
 
 
-# What an interrupted import leaves in ``out``: its audio and dataset (flexispeech.data.corpus),
-# and the lock, temporaries and swap leftovers of flexispeech.atomic.
-_LEFTOVERS = ("audio", "dataset", "dataset.old", ".swap.lock")
-
-
 def _is_leftover(path: Path) -> bool:
+    """Whether ``path`` in ``out`` is what an interrupted import leaves: its audio, its
+    dataset (flexispeech.data.corpus; a saved DatasetDict, not a user's folder of that
+    name), and the lock and temporaries of flexispeech.atomic."""
     if path.name.startswith(".") and ".tmp-" in path.name:
         return True
-    if path.name in ("dataset", "dataset.old"):  # a saved DatasetDict, not a user's folder
+    if path.name in ("dataset", "dataset.old"):
         return path.is_dir() and (not any(path.iterdir()) or (path / "dataset_dict.json").is_file())
-    return path.name in _LEFTOVERS
+    return path.name in ("audio", ".swap.lock")
 
 
 def check_out(out: Path, info: dict, force: bool, *, text_task: bool = False) -> bool:
@@ -300,9 +298,8 @@ def check_out(out: Path, info: dict, force: bool, *, text_task: bool = False) ->
     if not out.is_dir() or force:
         return False
     what = "text task" if text_task else "corpus"
-    if is_text_task(out) if text_task else is_corpus(out):
-        built = dict((read_text_task_info if text_task else read_corpus_info)(out).get("info", {}))
-        built.pop("skipped", None)  # counts, not options
+    built = _built_options(out, text_task)
+    if built is not None:
         if built == info:
             return True
         differ = sorted(k for k in set(built) | set(info) if built.get(k) != info.get(k))
@@ -340,14 +337,16 @@ def file_digests(files: Sequence[Path]) -> dict[str, str]:
     return digests
 
 
-def clear_audio(out: Path, src: Path) -> None:
+def clear_audio(out: Path, src: Path | None) -> None:
     """Before a forced rebuild: remove ``out/audio`` so no audio of the old corpus stays
-    behind (and ``corpus.json`` first: it would point at removed files if the rebuild fails)."""
+    behind (and ``corpus.json`` first: it would point at removed files if the rebuild fails).
+    ``src``: the local source folder, which must not lie in what is removed (None: the
+    source is not a folder here, e.g. the hub)."""
     audio = out / "audio"
     if not audio.is_dir():
         return
-    s, a = src.resolve(), audio.resolve()
-    if s == a or a in s.parents or s == out.resolve():
+    s, a = (src.resolve() if src is not None else None), audio.resolve()
+    if s is not None and (s == a or a in s.parents or s == out.resolve()):
         raise FlexispeechError(
             f"{out}: --force would delete {audio}, which may hold the source audio of {src}; "
             "use another --out"
@@ -356,14 +355,19 @@ def clear_audio(out: Path, src: Path) -> None:
     shutil.rmtree(audio)
 
 
-def is_complete(out: Path, info: dict) -> bool:
-    """Whether ``out`` holds a complete corpus built with the same options ``info``
+def _built_options(out: Path, text_task: bool = False) -> dict | None:
+    """The build options of the complete corpus (or text task) in ``out``, None without one
     (the counts an import adds to its info, ``skipped``, are not options)."""
-    if not is_corpus(out):
-        return False
-    built = dict(read_corpus_info(out).get("info", {}))
+    if not (is_text_task(out) if text_task else is_corpus(out)):
+        return None
+    built = dict((read_text_task_info if text_task else read_corpus_info)(out).get("info", {}))
     built.pop("skipped", None)
-    return built == info
+    return built
+
+
+def is_complete(out: Path, info: dict) -> bool:
+    """Whether ``out`` holds a complete corpus built with the same options ``info``."""
+    return _built_options(out) == info
 
 
 # Reasons whose "skipped N entries with <reason> audio" would not read well.

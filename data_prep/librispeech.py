@@ -182,7 +182,7 @@ def _prepare_from_hub(hub_id: str, out: Path, subsets: list[str], *, force: bool
     if check_out(out, info, force):
         return out
     if force:
-        clear_audio(out, out / "hub")  # the source is the hub: nothing of it lies under out
+        clear_audio(out, None)  # the source is the hub: nothing of it lies under out
     rows = []
     for subset in subsets:
         config, split = HUB_SPLITS[subset]

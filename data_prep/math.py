@@ -331,8 +331,6 @@ def prepare_gsm8k(src: Path, out: Path, *, force: bool = False) -> Path:
         out: the text-task directory to write
         force: rebuild even if ``out`` holds a task built from another source, or other files
 
-    ``src`` is a directory of ``*.jsonl`` files or one file; the split is the file's stem
-    (``train``, ``test``; ``dev``/``val`` -> ``validation``; other stems kept as they are).
     ``difficulty`` is the number of non-empty solution lines before ``####``.
     Safe to re-run: a task built from the same files (by content) is kept; one built from
     others is an error unless ``force``.

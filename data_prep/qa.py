@@ -297,7 +297,6 @@ def prepare_squad(src: Path, out: Path, *, force: bool = False) -> Path:
         out: the text-task directory to write
         force: rebuild even if ``out`` holds a task built from another source, or other files
 
-    Split by file name: ``train-*`` -> train, ``dev-*`` -> test (SQuAD's test set is hidden).
     Safe to re-run: a task built from the same files (by content) is kept; one built from
     others is an error unless ``force``.
 

@@ -186,6 +186,14 @@ def create_dir(target: str | Path) -> Iterator[Path]:
             _remove(tmp)  # a concurrent writer finished first
 
 
+def nearest_existing(path: str | Path) -> Path:
+    """``path``, or the nearest of its parents that exists: where a directory to be made at
+    ``path`` would be made (checked before long work, which would otherwise end in mkdir's
+    traceback when it is a file)."""
+    path = Path(path)
+    return next(p for p in (path, *path.parents) if p.exists())  # "." or "/" ends a relative or absolute path
+
+
 def existing_dir(target: str | Path) -> Path:
     """``target``, or ``target.old`` when only that exists (a :func:`replace_dir` killed
     between its two renames); ``target`` when neither exists, for the caller's error."""

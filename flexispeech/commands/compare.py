@@ -33,18 +33,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from flexispeech.errors import FlexispeechError
-    from flexispeech.evaluation.report import compare_table, load_run, plot_ranks, plot_wer_by_snr
+    from flexispeech.evaluation.report import (
+        compare_table,
+        load_run,
+        plot_ranks,
+        plot_wer_by_snr,
+        results_file,
+    )
 
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise FlexispeechError(f"{args.out}: --out is a file; give a directory for compare.md and the plots")
-    runs, seen = [], set()
-    for run in args.runs:  # the first of each results.json, in the order given
-        if _results_file(run) not in seen:
-            seen.add(_results_file(run))
-            runs.append(run)
+    by_file: dict[Path, str] = {}
+    for run in args.runs:  # the first argument naming each results.json, in the order given
+        by_file.setdefault(results_file(run).resolve(), run)
+    runs = list(by_file.values())
     if len(runs) < len(args.runs):  # a run paired with itself would read as a tie on every utterance
         print(
             f"warning: compare: {len(args.runs) - len(runs)} run(s) given twice, compared once",
@@ -76,16 +79,8 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _results_file(run: str) -> Path:
-    """The results.json a run argument names (the file, or the directory holding it), resolved."""
-    path = Path(run)
-    return (path / "results.json" if path.is_dir() else path).resolve()
-
-
 def _rescored(result: dict, path: str) -> dict:
     """A text result scored again and written back beside its old self (speech: unchanged)."""
-    from pathlib import Path
-
     from flexispeech.evaluation.evaluate import write_results
     from flexispeech.evaluation.text_report import KIND, rescore_text
 

@@ -6,8 +6,6 @@ import argparse
 import time
 from pathlib import Path
 
-from flexispeech.errors import FlexispeechError
-
 HELP = "convert a CTranslate2 (faster-whisper) Whisper directory into a transformers directory"
 
 DESCRIPTION = f"""{HELP}.
@@ -43,10 +41,6 @@ def run(args: argparse.Namespace) -> int:
     from flexispeech.models.ct2_convert import convert_ct2_whisper
 
     start = time.perf_counter()
-    if not args.overwrite and args.out.is_dir() and any(args.out.iterdir()):
-        raise FlexispeechError(
-            f"{args.out}: already exists and is not empty (another OUT, or --overwrite to replace it)"
-        )
     out = convert_ct2_whisper(args.src, args.out, overwrite=args.overwrite)
     size = (out / "model.safetensors").stat().st_size / 1e6
     print(f"{out}: {size:.0f} MB float32 safetensors in {time.perf_counter() - start:.1f} s")

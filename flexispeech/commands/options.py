@@ -4,20 +4,31 @@ from __future__ import annotations
 
 import argparse
 import math
+from collections.abc import Callable
 
 from flexispeech.data.loading import MAX_DEFAULT_WORKERS, default_workers
 
 
-def positive_int(text: str) -> int:
-    """argparse ``type``: a whole number >= 1 (a beam, a batch or a cap of 0 would divide by
-    zero or decode nothing deep inside, a negative one would slice from the end)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
-    return value
+def whole_number(least: int, most: int | None = None, what: str | None = None) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number from ``least`` to ``most`` (``what`` names it in
+    the error, default "a whole number >= least")."""
+    what = what or f"a whole number >= {least}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if value < least or (most is not None and value > most):
+            raise argparse.ArgumentTypeError(f"expected {what}, got {value}")
+        return value
+
+    return parse
+
+
+# A beam, a batch or a cap of 0 would divide by zero or decode nothing deep inside, a
+# negative one would slice from the end.
+positive_int = whole_number(1)
 
 
 def positive_float(text: str) -> float:

@@ -15,6 +15,7 @@ import inspect
 import typing
 from pathlib import Path
 
+from flexispeech.atomic import nearest_existing
 from flexispeech.errors import FlexispeechError
 
 HELP = "build or import a corpus (flexispeech prepare NAME --help for its options)"
@@ -126,14 +127,10 @@ def check_out_dir(out: Path) -> None:
     """A one-line error when ``out``, or the nearest of its parents that exists, is not a
     directory. Checked here once for every corpus: each importer would fail deep in mkdir
     instead, with a traceback."""
-    for path in (out, *out.parents):
-        if path.exists():
-            if not path.is_dir():
-                where = "exists" if path == out else f"is inside {path}, which exists"
-                raise FlexispeechError(
-                    f"{out}: {where} and is not a directory (--out is the directory to write)"
-                )
-            return
+    path = nearest_existing(out)
+    if not path.is_dir():
+        where = "exists" if path == out else f"is inside {path}, which exists"
+        raise FlexispeechError(f"{out}: {where} and is not a directory (--out is the directory to write)")
 
 
 def run(args: argparse.Namespace) -> int:

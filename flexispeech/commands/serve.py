@@ -5,10 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 
-from flexispeech.commands.options import positive_float
+from flexispeech.commands.options import positive_float, whole_number
 from flexispeech.models.whisper import DEFAULT_SOURCE
 
 HELP = "serve a local web page that streams a file or the microphone through Whisper, live"
+
+
+# A TCP port (0: one the system picks); one outside would fail only once the model had
+# loaded, with an OverflowError from bind.
+port_number = whole_number(0, 65535, "a port 0-65535")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -57,18 +62,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="MB",
         help="largest uploaded file (default 64 MiB)",
     )
-
-
-def port_number(text: str) -> int:
-    """argparse ``type``: a TCP port, 0-65535 (0: one the system picks); a port outside it
-    would fail only once the model had loaded, with an ``OverflowError`` from ``bind``."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"expected a port 0-65535, got {value}")
-    return value
 
 
 def run(args: argparse.Namespace) -> int:

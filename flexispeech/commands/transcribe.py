@@ -28,7 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=("auto",),
         help="'auto': route each file with the router saved with the adapter (the default when it has one)",
     )
-    parser.add_argument("--beam", type=int, default=1, metavar="N", help="beam size (default 1: greedy)")
+    parser.add_argument(
+        "--beam", type=options.positive_int, default=1, metavar="N", help="beam size (default 1: greedy)"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
         "--json", action="store_true", help="print JSON lines: path, text, rank, duration, signals"
@@ -41,7 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "default: the window the adapter was trained with, a warning when it differs; "
         f"{FULL_POSITIONS} = {FULL_POSITIONS // POSITIONS_PER_SECOND} s without an adapter)",
     )
-    parser.add_argument("--batch-size", type=int, default=8, help="files decoded together (default 8)")
+    parser.add_argument(
+        "--batch-size", type=options.positive_int, default=8, help="files decoded together (default 8)"
+    )
     parser.add_argument(
         "--max-new-tokens", type=options.positive_int, help="cap on tokens per window (default: the model's)"
     )
@@ -63,14 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from transformers.utils import logging as hf_logging
 
-    from flexispeech.errors import AudioError, ConfigError
+    from flexispeech.errors import AudioError
     from flexispeech.streaming.transcriber import Transcriber
 
     # Our output is the transcripts: keep transformers' load bars and advice off stderr.
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()
-    if args.beam < 1 or args.batch_size < 1:
-        raise ConfigError("--beam and --batch-size must be >= 1")
     joint = options.rank_list(args.joint_ranks, "--joint-ranks", least=1)
     transcriber = Transcriber(
         model=args.model,

@@ -102,11 +102,17 @@ ROW_KEYS = ("utterances", "examples")
 """Where a ``results.json`` of ``flexispeech eval`` keeps its rows: speech, text tasks."""
 
 
+def results_file(path: str | Path) -> Path:
+    """The results.json that ``path`` names: the file itself, or the one in its directory."""
+    path = Path(path)
+    return path / "results.json" if path.is_dir() else path
+
+
 def load_run(path: str | Path) -> dict[str, Any]:
     """An evaluation's results.json (``path`` is the file or its directory), with the
     training summary of its run attached when one is found beside or above it."""
     path = Path(path)
-    file = path / "results.json" if path.is_dir() else path
+    file = results_file(path)
     if not file.is_file():
         raise FlexispeechError(f"{path}: no results.json (run `flexispeech eval` first)")
     try:

@@ -7,13 +7,13 @@ import os
 import tempfile
 from pathlib import Path
 
+from flexispeech.atomic import nearest_existing
 from flexispeech.errors import ConfigError, FlexispeechError
 from flexispeech.export.ct2 import QUANTIZATIONS, require_ctranslate2, write_ct2
 from flexispeech.export.merged import AdaptedModel, load_adapted, write_merged
 from flexispeech.export.routing import rank_dir_name, write_routing
-from flexispeech.lora.config import FlexiLoraConfig
 from flexispeech.lora.inject import check_ranks, get_router
-from flexispeech.lora.io import export_peft, read_adapter_config
+from flexispeech.lora.io import export_peft, read_lora_config
 from flexispeech.models.cache import atomic_dir
 
 TARGETS = ("merged", "peft", "ct2")
@@ -26,7 +26,7 @@ def check_out_dir(out_dir: Path) -> None:
         raise FlexispeechError(
             f"{out_dir}: already exists and is not empty (remove it or choose another OUT)"
         )
-    parent = next(p for p in out_dir.absolute().parents if p.exists())
+    parent = nearest_existing(out_dir.absolute().parent)
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
         what = "is not a directory" if not parent.is_dir() else "is not writable"
         raise FlexispeechError(f"{out_dir}: cannot be made: {parent} {what}")
@@ -69,7 +69,7 @@ def export_adapter(
     check_out_dir(out_dir)
     if to == "ct2":
         require_ctranslate2()
-    config = FlexiLoraConfig.from_dict(read_adapter_config(adapter_dir)["config"])
+    config = read_lora_config(adapter_dir)
     rank = config.r_max if rank is None else rank
     check_ranks(config, [rank])
     if to == "peft" and rank == 0:

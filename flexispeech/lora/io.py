@@ -99,6 +99,11 @@ def read_adapter_config(directory: str | Path) -> dict[str, Any]:
     return data
 
 
+def read_lora_config(directory: str | Path) -> FlexiLoraConfig:
+    """The ``FlexiLoraConfig`` of a saved adapter (``read_adapter_config``, validated)."""
+    return FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"])
+
+
 def adapter_audio_ctx(directory: str | Path) -> int | None:
     """The Whisper encoder window (positions of 20 ms) a saved adapter was trained with: its
     ``audio_ctx`` metadata, the full 1500 (30 s) when the run kept the whole window, None
@@ -242,7 +247,7 @@ def read_router(directory: str | Path) -> Router:
     saved = _saved_router(directory)
     if saved is not None:
         return saved
-    return FixedRouter(FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"]).r_max)
+    return FixedRouter(read_lora_config(directory).r_max)
 
 
 def save_router(directory: str | Path, router: Router, out: str | Path | None = None) -> Path:
@@ -250,7 +255,7 @@ def save_router(directory: str | Path, router: Router, out: str | Path | None = 
     place, or in a copy at ``out`` (weights and config copied, replaced whole and atomically).
     Every rank the router serves must be one the adapter has (rank 0, the base, always is)."""
     directory = existing_dir(directory)
-    config = FlexiLoraConfig.from_dict(read_adapter_config(directory)["config"])
+    config = read_lora_config(directory)
     check_ranks(config, list(router.ranks))
     return rewrite_adapter(directory, out if out is not None else directory, {ROUTER_NAME: router.to_dict()})
 

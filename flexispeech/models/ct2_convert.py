@@ -324,6 +324,10 @@ def convert_ct2_whisper(src_dir: str | Path, out_dir: str | Path, overwrite: boo
     from transformers import WhisperFeatureExtractor, WhisperForConditionalGeneration, WhisperProcessor
 
     src_dir, out_dir = Path(src_dir), Path(out_dir)
+    if not overwrite and out_dir.is_dir() and any(out_dir.iterdir()):  # before the conversion's work
+        raise FlexispeechError(
+            f"{out_dir}: already exists and is not empty (another OUT, or overwrite it: --overwrite)"
+        )
     if out_dir.resolve() == src_dir.resolve() or out_dir.resolve() in src_dir.resolve().parents:
         # OUT is replaced whole: the model being converted would be deleted with it
         raise FlexispeechError(

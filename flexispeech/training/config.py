@@ -234,15 +234,20 @@ class RunConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     def __post_init__(self) -> None:
-        _check_ranges(self)
-        # Checked here, not only when training starts: an impossible setting fails before any model loads.
-        self.train.early_stopping.check(self.train.eval_every)
+        self.check()  # here, not only when training starts: before any model loads
         if isinstance(self.adapter.target_modules, str) and self.model.cache_encoder_layers:
             raise ConfigError(
                 f"adapter.target_modules: a regex ({self.adapter.target_modules!r}) cannot be combined "
                 f"with model.cache_encoder_layers={self.model.cache_encoder_layers}: list module-name "
                 "suffixes, or set model.cache_encoder_layers: 0"
             )
+
+    def check(self) -> None:
+        """ConfigError (one line) for values that cannot work: the numeric ranges
+        (``_RANGES``) and the early-stopping settings. Run when the config is built, and
+        again by the trainer on the config it is given (its fields may be set after)."""
+        _check_ranges(self)
+        self.train.early_stopping.check(self.train.eval_every)
 
 
 # The numeric fields' allowed values, checked when a RunConfig is built so that a value

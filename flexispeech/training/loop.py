@@ -90,12 +90,8 @@ class Trainer:
         from accelerate.utils import set_seed
 
         cfg = self.cfg
-        if cfg.train.num_workers < 0:
-            raise ConfigError(
-                f"train.num_workers: expected 0 or more worker processes, got {cfg.train.num_workers}"
-            )
+        cfg.check()
         check_augment(cfg.augment, cfg.model.family, cfg.model.cache_encoder_layers)
-        cfg.train.early_stopping.check(cfg.train.eval_every)
         allow_new_precision(cfg.train.mixed_precision)
         # Rows at rank 0 leave adapter parameters unused in some steps: DDP must allow that.
         self.accelerator = Accelerator(
