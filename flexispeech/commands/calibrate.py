@@ -81,9 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         type=int,
         help="text tasks: cap on generated tokens, as `flexispeech eval --max-new-tokens` (default: the family's)",
     )
-    parser.add_argument(
-        "--batch-size", type=int, default=16, help="utterances (questions) per decoding batch (default: 16)"
-    )
+    options.add_batch_size_option(parser, "utterances (questions)")
     parser.add_argument(
         "--max-examples", type=int, help="use only the first N utterances or questions (seeded sample)"
     )

@@ -59,12 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--max-new-tokens", type=options.positive_int, help="cap on generated tokens (default: the family's)"
     )
-    parser.add_argument(
-        "--batch-size",
-        type=options.positive_int,
-        default=16,
-        help="utterances per decoding batch (default: 16)",
-    )
+    options.add_batch_size_option(parser)
     parser.add_argument(
         "--max-examples",
         type=options.positive_int,

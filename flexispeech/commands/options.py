@@ -43,6 +43,16 @@ def positive_float(text: str) -> float:
     return value
 
 
+def add_batch_size_option(parser: argparse.ArgumentParser, rows: str = "utterances") -> None:
+    """``--batch-size N``: ``rows`` decoded together, 16 by default (eval, signals, calibrate)."""
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=16,
+        help=f"{rows} per decoding batch (default: 16)",
+    )
+
+
 def add_workers_option(parser: argparse.ArgumentParser) -> None:
     """``--workers N``: loader processes that read and featurise clips ahead of the model."""
     parser.add_argument(

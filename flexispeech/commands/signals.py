@@ -37,12 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="Whisper encoder positions (500 = 10 s); longer utterances get no model signals "
         f"(default: the model's full window, {FULL_POSITIONS} = 30 s)",
     )
-    parser.add_argument(
-        "--batch-size",
-        type=options.positive_int,
-        default=16,
-        help="utterances per decoding batch (default: 16)",
-    )
+    options.add_batch_size_option(parser)
     parser.add_argument(
         "--max-new-tokens",
         type=options.positive_int,
